@@ -1,0 +1,89 @@
+"""Tiny random models of several architectures, built with transformers for tests.
+
+They are real checkpoints (config, safetensors, a trained byte-level BPE tokenizer
+with a ChatML template) small enough to build in well under a second each, so
+the store, the runtime and the UI can be tested against the code paths real
+models take without downloading anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = (
+    "The capital of France is Paris. The quick brown fox jumps over the lazy dog. "
+    "It was the best of times, it was the worst of times. Models run on GPUs and CPUs. "
+    "Hello world! What is the answer? Tokens per second, time to first token, memory. "
+) * 20
+
+# Small enough to build fast, big enough that every quantized layer is a real bnb layer
+# (bitsandbytes' 4-bit blocks are 64 weights; every dimension here is a multiple of 64).
+_COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256)
+
+ARCHS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", dict(_COMMON, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(_COMMON, tie_word_embeddings=False, sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(_COMMON, tie_word_embeddings=True)),
+    "phi3": ("Phi3Config", dict(_COMMON, tie_word_embeddings=False, pad_token_id=0)),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, tie_word_embeddings=True)),
+}
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer trained on a few sentences, with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>", chat_template=CHATML,
+    )
+
+
+def build_tiny(arch: str, dest: Path, *, sharded: bool = False, dtype: str = "float32", seed: int = 0) -> Path:
+    """Write a tiny random ``arch`` model (and tokenizer) to ``dest``; returns ``dest``.
+
+    ``sharded`` splits the weights into several safetensors files with an index.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    cls_name, kwargs = ARCHS[arch]
+    tokenizer = build_tokenizer()
+    vocab = ((len(tokenizer) + 63) // 64) * 64
+    config = getattr(transformers, cls_name)(
+        vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest, max_shard_size="60KB" if sharded else "10GB")
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def expected_params(folder: Path) -> int:
+    """``sum(p.numel() for p in model.parameters())`` of the model loaded from ``folder``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,220 @@
+"""The ``workbench`` command (ARCHITECTURE.md section 3 is its contract).
+
+Every command takes ``--json`` and then prints exactly one JSON document on
+stdout; progress and logs go to stderr. Errors exit non-zero with a one-line
+message naming the file or input at fault (and, with ``--json``, an error
+document on stdout).
+
+Heavy libraries are imported inside the commands that need them, so
+``workbench store list`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import WorkbenchError
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- store ------------------------------------------------------------------------------------
+
+
+def cmd_store_list(args: argparse.Namespace) -> int:
+    from .store import ModelStore, format_bytes
+
+    entries = ModelStore().list()
+    rows = [[e.name + (" (shadowed)" if e.shadowed else ""), e.format, e.status, e.params_str, e.dtype or "-",
+             format_bytes(e.size_bytes), str(e.context_length or "-"), e.quantization or "-",
+             "rw" if e.writable else "ro"] for e in entries]
+    text = _table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
+        if entries else "The store is empty: run `workbench store seed` or `workbench store import PATH`."
+    problems = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
+    if problems:
+        text += "\n\nProblems:\n" + "\n".join(problems)
+    _emit(args, [e.to_dict() for e in entries], text)
+    return 0
+
+
+def cmd_store_inspect(args: argparse.Namespace) -> int:
+    from .store import ModelStore, estimate_table, format_bytes
+
+    entry = ModelStore().get(args.name)
+    doc = entry.to_dict()
+    lines = [f"{k}: {v}" for k, v in doc.items() if k not in ("weights",)]
+    if entry.ok:
+        table = estimate_table(entry)
+        doc["estimate"] = {label: est.total_bytes for label, est in table.items()}
+        doc["estimate"]["kv_cache_bytes_per_1k_tokens"] = next(iter(table.values())).kv_cache_bytes_per_1k_tokens
+        doc["estimate_detail"] = {label: est.to_dict() for label, est in table.items()}
+        lines.append("estimate:")
+        lines += [f"  {label:<9} {format_bytes(est.total_bytes)}" for label, est in table.items()]
+        lines.append(f"  KV cache per 1,000 tokens (bfloat16): "
+                     f"{format_bytes(doc['estimate']['kv_cache_bytes_per_1k_tokens'])}")
+        fits = _fits(entry)
+        if fits is not None:
+            doc["fits"] = fits
+            lines.append("fits: " + (", ".join(f"{f['precision']} on {f['device']}" for f in fits if f["fits"])
+                                     or "nowhere with the memory free now"))
+    else:
+        doc["estimate"] = None
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def _fits(entry: Any) -> list[dict[str, Any]] | None:
+    try:
+        from .devices import list_devices
+    except ImportError:
+        return None
+    from .store import fits_on
+
+    return [{"device": f.device, "precision": f.precision, "needed_bytes": f.needed_bytes,
+             "free_bytes": f.free_bytes, "fits": f.fits} for f in fits_on(entry, list_devices())]
+
+
+def cmd_store_seed(args: argparse.Namespace) -> int:
+    from .store import ModelStore
+    from .store.importer import DEFAULT_MODEL_NAME, seed
+
+    store = ModelStore()
+    already = (store.user_root / DEFAULT_MODEL_NAME).is_dir()
+    entry = seed(store, check=not args.no_check, progress=_progress)
+    verb = "already in" if already else "seeded into"
+    _emit(args, {**entry.to_dict(), "seeded": not already}, f"{entry.name} {verb} {entry.root}")
+    return 0
+
+
+def cmd_store_import(args: argparse.Namespace) -> int:
+    from .store import ModelStore
+    from .store.importer import import_path
+
+    entry = import_path(args.path, ModelStore(), name=args.name, check=args.check, progress=_progress)
+    _emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
+    return 0
+
+
+def cmd_store_delete(args: argparse.Namespace) -> int:
+    from .store import ModelStore
+
+    store = ModelStore()
+    plan = store.plan_delete(args.name)
+    if not args.yes:
+        _emit(args, {"plan": plan.describe(), "frees_bytes": plan.frees_bytes, "deleted": False},
+              f"would {plan.describe()}; pass --yes to do it")
+        return 0
+    freed = store.execute(plan)
+    _emit(args, {"plan": plan.describe(), "frees_bytes": freed, "deleted": True}, f"done: {plan.describe()}")
+    return 0
+
+
+# -- devices and run --------------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .devices import devices_report, format_devices
+
+    report = devices_report()
+    _emit(args, report, format_devices(report))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.oneshot import run_once
+
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    report = run_once(
+        args.name, args.prompt, devices=devices, dtype=args.dtype, quant=args.quant,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+        progress=None if args.json else _progress,
+    )
+    doc = report.to_dict()
+    text = (f"{report.text}\n\n[{report.new_tokens} tokens, TTFT {report.ttft_s:.3f} s, "
+            f"{report.tokens_per_s:.1f} tokens/s, load {report.load_s:.2f} s, "
+            f"footprint {report.footprint_bytes / 2**20:.1f} MiB on {', '.join(report.devices)}]")
+    _emit(args, doc, text)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description="Run large language models on your own GPUs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    store = sub.add_parser("store", help="the model store").add_subparsers(dest="store_command", required=True)
+    add(store, "list", cmd_store_list, "list every entry in every store root, broken and unsafe ones included")
+    sp = add(store, "inspect", cmd_store_inspect, "one entry with its memory estimate")
+    sp.add_argument("name")
+    sp = add(store, "seed", cmd_store_seed, "import the embedded SmolLM2-135M-Instruct into the user store")
+    sp.add_argument("--no-check", action="store_true", help="skip the check generation")
+    sp = add(store, "import", cmd_store_import, "add a GGUF file (converted to safetensors) or a model folder")
+    sp.add_argument("path")
+    sp.add_argument("--name", help="the entry's name (default: the file or folder name)")
+    sp.add_argument("--check", action="store_true", help="check a converted GGUF with a greedy generation")
+    sp = add(store, "delete", cmd_store_delete, "delete an entry from the user store (a plan unless --yes)")
+    sp.add_argument("name")
+    sp.add_argument("--yes", action="store_true", help="really delete")
+
+    add(sub, "devices", cmd_devices, "the GPUs and CPU this session can use")
+
+    sp = add(sub, "run", cmd_run, "load a model, generate once, unload")
+    sp.add_argument("name")
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...]")
+    sp.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
+    sp.add_argument("--quant", default="none", choices=["none", "int8", "nf4", "fp4"])
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only=True)")
+    sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except WorkbenchError as exc:
+        if args.json:
+            json.dump(exc.to_dict(), sys.stdout, default=str)
+            sys.stdout.write("\n")
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Typed, actionable errors.
+
+Every error the workbench raises on purpose is a :class:`WorkbenchError`. Each one
+also subclasses the matching built-in (``FileNotFoundError``, ``MemoryError``...)
+so callers that already catch those keep working, carries the context that
+explains it as attributes (``path``, ``device``, ``needed_bytes``...), and ends
+its message with what to do next (``hint``).
+
+The UI shows ``str(error)`` in a banner; the CLI prints it on one line and exits
+non-zero. Keep messages one sentence of fact plus one of advice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class WorkbenchError(Exception):
+    """Base class of every error the workbench raises on purpose.
+
+    Args:
+        message: what went wrong, naming the file, model or device at fault.
+        hint: what the user can do about it; appended to the message.
+        **context: attributes that describe the failure (``path=...``).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
+        self.message = message
+        self.hint = hint
+        self.context = context
+        for key, value in context.items():
+            setattr(self, key, value)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}: {self.hint}" if not self.message.endswith(".") else f"{self.message} {self.hint}"
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description, used by ``--json`` output and the REST API."""
+        ctx = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.context.items()}
+        return {"error": type(self).__name__, "message": str(self), **ctx}
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """A setting or argument has a value the workbench cannot use."""
+
+
+# --- the model store --------------------------------------------------------------------------
+
+
+class StoreError(WorkbenchError):
+    """Something about the model store or one of its entries."""
+
+
+class ModelNotFoundError(StoreError, FileNotFoundError):
+    """No entry of that name in any store root."""
+
+
+class UnsafeNameError(StoreError, PermissionError):
+    """A model name that would resolve outside its store root (``..``, absolute, symlinks)."""
+
+
+class ReadOnlyStoreError(StoreError, PermissionError):
+    """A write was asked of a shared, read-only store root."""
+
+
+class BrokenModelError(StoreError, ValueError):
+    """An entry's files cannot be read: bad header, truncated file, missing shard..."""
+
+
+class UnsafeModelError(StoreError, PermissionError):
+    """An entry needs pickle or remote code, and the caller did not opt in."""
+
+
+class ModelImportError(StoreError, RuntimeError):
+    """Importing or seeding a model into the user store failed; nothing was left behind."""
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+class DeviceError(WorkbenchError):
+    """Something about a device: unknown, unavailable, or a failing driver."""
+
+
+class DeviceNotFoundError(DeviceError, LookupError):
+    """A device name (``cuda:3``) that this session cannot use."""
+
+
+class NVMLUnavailableError(DeviceError, RuntimeError):
+    """NVML (the NVIDIA driver's management library) cannot be used at all."""
+
+
+# --- runtime ---------------------------------------------------------------------------------
+
+
+class RuntimeErrorBase(WorkbenchError, RuntimeError):
+    """Base of loading and generation errors (named to avoid shadowing ``RuntimeError``)."""
+
+
+class LoadSpecError(WorkbenchError, ValueError):
+    """A load request that cannot be satisfied as written (bad dtype, device, quant...)."""
+
+
+class InsufficientMemoryError(RuntimeErrorBase, MemoryError):
+    """The model does not fit in the memory of the chosen devices."""
+
+
+class LoadError(RuntimeErrorBase):
+    """Loading failed; the workbench rolled back and holds nothing of the attempt."""
+
+
+class LoadCancelledError(LoadError):
+    """The user interrupted a load; it was rolled back."""
+
+
+class QuantizationUnsupportedError(RuntimeErrorBase):
+    """The chosen quantization is not available on this device or backend."""
+
+
+class ModelNotLoadedError(RuntimeErrorBase, KeyError):
+    """No loaded model of that name in this kernel's registry."""
+
+    # KeyError quotes its message; keep the WorkbenchError formatting.
+    __str__ = WorkbenchError.__str__
+
+
+class GenerationError(RuntimeErrorBase):
+    """Generation failed; the model stays loaded and usable."""
+
+
+class GenerationOutOfMemoryError(GenerationError, MemoryError):
+    """Generation ran out of memory; the model stays loaded and usable."""
+
+
+__all__ = [name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, Exception)]

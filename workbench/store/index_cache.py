@@ -1,0 +1,84 @@
+"""A small on-disk cache of header summaries, keyed by path, size and mtime.
+
+Listing a store of hundreds of models reads one header per weight file; on a
+network file system (a JupyterHub's shared store) those reads dominate. The cache
+keeps each file's summary under its absolute path and re-reads the header as soon
+as the file's size or modification time changes. A missing, unreadable or
+foreign cache is just empty: the cache is an optimisation, never a source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_VERSION = 2
+
+
+class IndexCache:
+    """Header summaries by file. ``path=None`` keeps them in memory only.
+
+    Example:
+        >>> cache = IndexCache(None)
+        >>> cache.get(Path(__file__), lambda: {"n": 1})
+        {'n': 1}
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._dirty = False
+        self.hits = 0
+        self.misses = 0
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    with open(self.path, encoding="utf-8") as fh:
+                        data = json.load(fh)
+                    if data.get("version") == _VERSION and isinstance(data.get("files"), dict):
+                        self._entries = data["files"]
+                except (OSError, ValueError, AttributeError):
+                    pass
+        return self._entries
+
+    def get(self, file: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The cached summary of ``file``, or ``compute()``'s result, stored for next time."""
+        st = file.stat()
+        key = os.path.abspath(file)
+        stamp = [st.st_size, st.st_mtime_ns]
+        with self._lock:
+            hit = self._load().get(key)
+            if hit is not None and hit.get("stamp") == stamp:
+                self.hits += 1
+                return hit["summary"]
+        summary = compute()
+        with self._lock:
+            self._load()[key] = {"stamp": stamp, "summary": summary}
+            self._dirty = True
+            self.misses += 1
+        return summary
+
+    def save(self) -> None:
+        """Write the cache atomically if anything changed; failures are ignored (read-only home)."""
+        with self._lock:
+            if not self._dirty or self.path is None or self._entries is None:
+                return
+            live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-", suffix=".json")
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump({"version": _VERSION, "files": live}, fh)
+                os.replace(tmp, self.path)
+                self._dirty = False
+            except OSError:
+                pass

@@ -1,0 +1,342 @@
+"""Turn one path in a store root into a :class:`ModelEntry`, reading headers only.
+
+Nothing here loads weights, unpickles, or imports model code: configs are read as
+JSON, safetensors and GGUF files by their headers. Every problem becomes the
+entry's ``status``/``problem`` instead of an exception, so one broken folder never
+breaks a listing (principle 4 of ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import BrokenModelError
+from .entry import ModelEntry, WeightStats
+from .gguf_header import read_gguf_header
+from .index_cache import IndexCache
+from .safetensors_header import TORCH_NAMES, read_safetensors_header
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+
+_EMBED = re.compile(r"(^|\.)(embed_tokens|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|embeddings|token_embd|embed_positions)\.weight$")
+_HEAD = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$|^output\.weight$")
+
+
+def classify_tensor(name: str, shape: tuple[int, ...]) -> str:
+    """The role bitsandbytes gives a tensor: ``embedding``, ``lm_head``, ``linear`` or ``other``.
+
+    transformers replaces every ``nn.Linear`` (and GPT-2's ``Conv1D``) with a
+    bitsandbytes layer except the output head; embeddings, norms and biases keep
+    the compute dtype. From names and shapes alone, a 2-D ``*.weight`` that is not
+    an embedding or the head is a linear layer's weight.
+    """
+    if _HEAD.search(name):
+        return "lm_head"
+    if _EMBED.search(name):
+        return "embedding"
+    if len(shape) == 2 and name.endswith(".weight"):
+        return "linear"
+    return "other"
+
+
+def tensor_summary(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> dict[str, Any]:
+    """Sum ``(name, dtype, shape, nbytes)`` records of one file into a JSON-ready partial summary."""
+    out: dict[str, Any] = {"params": 0, "linear_params": 0, "linear_rows": 0, "linear_count": 0,
+                           "head_params": 0, "has_embed": False, "bytes_by_dtype": {}}
+    by_dtype: Counter[str] = Counter()
+    for name, dtype, shape, nbytes in tensors:
+        numel = 1
+        for d in shape:
+            numel *= d
+        role = classify_tensor(name, shape)
+        out["params"] += numel
+        by_dtype[dtype] += nbytes
+        if role == "linear":
+            out["linear_params"] += numel
+            out["linear_rows"] += shape[0]
+            out["linear_count"] += 1
+        elif role == "lm_head":
+            out["head_params"] += numel
+        elif role == "embedding":
+            out["has_embed"] = True
+    out["bytes_by_dtype"] = dict(by_dtype)
+    return out
+
+
+def weight_stats(parts: list[dict[str, Any]], tie_word_embeddings: bool) -> WeightStats:
+    """Combine per-file summaries (from :func:`tensor_summary`) into :class:`WeightStats`."""
+    params = sum(p["params"] for p in parts)
+    head = sum(p["head_params"] for p in parts)
+    has_embed = any(p["has_embed"] for p in parts)
+    by_dtype: Counter[str] = Counter()
+    for p in parts:
+        by_dtype.update(p["bytes_by_dtype"])
+    # A tied head is stored on disk but shares the embedding's tensor once loaded.
+    tied = head if (tie_word_embeddings and has_embed and head) else 0
+    return WeightStats(
+        params=params - tied,
+        linear_params=sum(p["linear_params"] for p in parts),
+        linear_rows=sum(p["linear_rows"] for p in parts),
+        linear_count=sum(p["linear_count"] for p in parts),
+        tied_params=tied,
+        bytes_by_dtype=dict(by_dtype),
+    )
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    # Multimodal configs keep the language model's numbers under text_config.
+    inner = config.get("text_config")
+    return {**config, **inner} if isinstance(inner, dict) else config
+
+
+def _first(cfg: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        v = cfg.get(k)
+        if v is not None:
+            return v
+    return None
+
+
+def config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The entry fields a transformers ``config.json`` provides, under the names of every common family."""
+    cfg = _text_config(config)
+    heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
+    head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+    quant = config.get("quantization_config")
+    quant_name = None
+    if isinstance(quant, dict):
+        method = quant.get("quant_method", "unknown")
+        if method == "bitsandbytes":
+            if quant.get("load_in_4bit"):
+                quant_name = f"bitsandbytes-{quant.get('bnb_4bit_quant_type', 'nf4')}"
+            else:
+                quant_name = "bitsandbytes-int8"
+        else:
+            bits = quant.get("bits")
+            quant_name = f"{method}-{bits}bit" if bits else str(method)
+    archs = config.get("architectures") or ()
+    return {
+        "model_type": config.get("model_type"),
+        "architectures": tuple(a for a in archs if isinstance(a, str)),
+        "context_length": _first(cfg, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx"),
+        "num_layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_kv_heads": _first(cfg, "num_key_value_heads", "n_head_kv", "multi_query_group_num") or heads,
+        "head_dim": head_dim,
+        "vocab_size": cfg.get("vocab_size"),
+        "quantization": quant_name,
+    }
+
+
+def _license_from_card(folder: Path) -> str | None:
+    card = folder / "README.md"
+    try:
+        with open(card, encoding="utf-8", errors="replace") as fh:
+            if fh.readline().strip() != "---":
+                return None
+            for _ in range(200):
+                line = fh.readline()
+                if not line or line.strip() == "---":
+                    return None
+                m = re.match(r"^license:\s*['\"]?([^'\"#\n]+)", line)
+                if m:
+                    return m.group(1).strip()
+    except OSError:
+        return None
+    return None
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        with open(folder / "tokenizer_config.json", encoding="utf-8") as fh:
+            return bool(json.load(fh).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class Scanner:
+    """Builds entries for paths in one root, using ``cache`` to skip unchanged headers."""
+
+    def __init__(self, root: Path, writable: bool, cache: IndexCache):
+        self.root = root
+        self.writable = writable
+        self.cache = cache
+
+    def entry(self, path: Path) -> ModelEntry:
+        """Describe ``path`` (a model folder or a ``.gguf`` file); never raises for bad content."""
+        name = path.stem if path.is_file() else path.name
+        base = {"name": name, "path": path, "root": self.root, "writable": self.writable}
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            return ModelEntry(**base, format="safetensors", status="unsafe",
+                              problem=f"{path.name} is a link to {real}, outside its store root {self.root}; "
+                                      "copy the model into the store instead of linking it")
+        try:
+            if path.is_file():
+                return self._gguf(base, path, path.parent, size=path.stat().st_size)
+            return self._folder(base, path)
+        except BrokenModelError as exc:
+            fmt = "gguf" if path.suffix == ".gguf" else "safetensors"
+            return ModelEntry(**base, format=fmt, status="broken", problem=str(exc))
+        except OSError as exc:
+            return ModelEntry(**base, format="safetensors", status="broken",
+                              problem=f"{path.name}: cannot be read ({exc.strerror or exc})")
+
+    # -- GGUF -------------------------------------------------------------------------------
+
+    def _gguf(self, base: dict[str, Any], file: Path, folder: Path, size: int) -> ModelEntry:
+        summary = self.cache.get(file, lambda: _gguf_summary(file))
+        if "problem" in summary:
+            raise BrokenModelError(summary["problem"])
+        fields = dict(summary["fields"])
+        fields["architectures"] = tuple(fields.get("architectures") or ())
+        if not fields.get("license") and folder != self.root:
+            fields["license"] = _license_from_card(folder)
+        return ModelEntry(
+            **base, format="gguf", size_bytes=size, gguf_file=file.name, weight_files=(file.name,),
+            params=summary["stats"]["params"], weights=WeightStats(**summary["stats"]), **fields,
+        )
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:
+        files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        safetensors = sorted(n for n in files if n.endswith(".safetensors"))
+        ggufs = sorted(n for n in files if n.endswith(".gguf"))
+        pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES) and n != "training_args.bin")
+        size = _folder_size(folder)
+
+        config: dict[str, Any] | None = None
+        if "config.json" in files:
+            try:
+                with open(files["config.json"], encoding="utf-8") as fh:
+                    config = json.load(fh)
+                if not isinstance(config, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BrokenModelError(f"config.json is not valid JSON ({exc})") from None
+
+        if not safetensors and not pickles and ggufs:
+            return self._gguf(base, files[ggufs[0]], folder, size=size)
+
+        fields = config_fields(config) if config else {}
+        extra = {
+            "size_bytes": size,
+            "has_tokenizer": any(n in files for n in ("tokenizer.json", "tokenizer.model", "vocab.json")),
+            "has_chat_template": _has_chat_template(folder),
+            "license": _license_from_card(folder),
+            **fields,
+        }
+        if config is not None and config.get("auto_map"):
+            classes = ", ".join(sorted(str(v) for v in config["auto_map"].values()))[:200]
+            return ModelEntry(**base, format="safetensors" if safetensors else "pickle", status="unsafe",
+                              problem=f"config.json needs remote code ({classes}); it runs only if you pass "
+                                      "trust_remote_code=True for this model", **extra)
+        if not safetensors:
+            if pickles:
+                return ModelEntry(**base, format="pickle", status="unsafe", weight_files=tuple(pickles),
+                                  problem=f"weights are pickle files ({', '.join(pickles[:3])}), which can run code "
+                                          "when loaded; convert them to safetensors, or load with allow_pickle=True "
+                                          "if you trust their source", **extra)
+            raise BrokenModelError("no weight files (.safetensors, .gguf or .bin) in the folder")
+        if config is None:
+            raise BrokenModelError("config.json is missing; transformers needs it to build the model")
+
+        if INDEX_NAME in files:
+            shard_names = self._shards_from_index(files[INDEX_NAME])
+            missing = [s for s in shard_names if s not in files]
+            if missing:
+                raise BrokenModelError(f"shard {missing[0]} listed in {INDEX_NAME} is missing"
+                                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            weight_files = shard_names
+        else:
+            weight_files = safetensors
+
+        parts = []
+        for fname in weight_files:
+            summary = self.cache.get(files[fname], lambda f=files[fname]: _safetensors_summary(f))
+            if "problem" in summary:
+                raise BrokenModelError(summary["problem"])
+            parts.append(summary)
+        tie = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", True)))
+        stats = weight_stats(parts, tie)
+        dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
+        return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files), params=stats.params,
+                          dtype=TORCH_NAMES.get(dominant, dominant), weights=stats, **extra)
+
+    @staticmethod
+    def _shards_from_index(index: Path) -> list[str]:
+        try:
+            with open(index, encoding="utf-8") as fh:
+                weight_map = json.load(fh)["weight_map"]
+            return sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BrokenModelError(f"{INDEX_NAME} is not a valid shard index ({exc})") from None
+
+
+def _safetensors_summary(path: Path) -> dict[str, Any]:
+    try:
+        hdr = read_safetensors_header(path)
+    except BrokenModelError as exc:
+        return {"problem": exc.message}
+    return tensor_summary([(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors])
+
+
+def _gguf_summary(path: Path) -> dict[str, Any]:
+    try:
+        hdr = read_gguf_header(path)
+    except BrokenModelError as exc:
+        return {"problem": exc.message}
+    tie = not any(t.name == "output.weight" for t in hdr.tensors)
+    # ggml stores shapes fastest-varying first; reverse to torch order for row counts.
+    stats = weight_stats([tensor_summary([(t.name, t.type_name, tuple(reversed(t.shape)), t.nbytes or 0)
+                                          for t in hdr.tensors])], tie)
+    heads = hdr.arch_value("attention.head_count")
+    hidden = hdr.arch_value("embedding_length")
+    tokens = hdr.metadata.get("tokenizer.ggml.tokens")
+    vocab = hdr.arch_value("vocab_size") or getattr(tokens, "length", None) or (len(tokens) if isinstance(tokens, list) else None)
+    types = Counter()
+    for t in hdr.tensors:
+        types[t.type_name] += t.nbytes or 0
+    fields = {
+        "model_type": hdr.architecture,
+        "architectures": (),
+        "context_length": hdr.arch_value("context_length"),
+        "num_layers": hdr.arch_value("block_count"),
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_kv_heads": hdr.arch_value("attention.head_count_kv") or heads,
+        "head_dim": hdr.arch_value("attention.key_length") or (hidden // heads if hidden and heads else None),
+        "vocab_size": vocab,
+        "quantization": hdr.file_type_name,
+        "dtype": types.most_common(1)[0][0] if types else None,
+        "has_chat_template": bool(hdr.metadata.get("tokenizer.chat_template")),
+        "has_tokenizer": tokens is not None,
+        "license": hdr.metadata.get("general.license"),
+    }
+    s = stats
+    return {"stats": {"params": s.params, "linear_params": s.linear_params, "linear_rows": s.linear_rows,
+                      "linear_count": s.linear_count, "tied_params": s.tied_params,
+                      "bytes_by_dtype": s.bytes_by_dtype}, "fields": fields}

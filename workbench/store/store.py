@@ -1,0 +1,169 @@
+"""The model store: layered roots, listing, safe name resolution.
+
+The first root is the user's writable store; later roots are read-only shared
+stores (a team's model folder on JupyterHub). A name is unique across roots: the
+first root that has it wins and later ones are listed as ``shadowed``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import get_settings
+from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
+from .entry import ModelEntry, format_bytes
+from .index_cache import IndexCache
+from .scan import Scanner
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    path: Path
+    writable: bool
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """What deleting an entry will free; nothing happens until :meth:`ModelStore.execute` runs it."""
+
+    entry: ModelEntry
+    frees_bytes: int
+
+    def describe(self) -> str:
+        return f"delete {self.entry.name} ({self.entry.path}), freeing {format_bytes(self.frees_bytes)}"
+
+
+def check_name(name: str) -> str:
+    """Refuse names that could point outside a root: separators, ``..``, absolute paths.
+
+    Raises:
+        UnsafeNameError: with the name and what a valid one looks like.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "/" in name or "\\" in name \
+            or name in (".", "..") or not _NAME_OK.match(name):
+        raise UnsafeNameError(
+            f"model name {name!r} is not a plain name in the store",
+            hint="use a folder or file name such as 'SmolLM2-135M-Instruct' (letters, digits, . _ + -)",
+            name=name,
+        )
+    return name
+
+
+class ModelStore:
+    """Layered model roots and what they hold.
+
+    Args:
+        roots: folders in priority order, the first writable. Default: the settings'
+            ``store_path`` (``WORKBENCH_STORE`` or the XDG data folder).
+        cache_path: the header index file; ``None`` keeps it in memory. Default:
+            ``index.json`` in the settings' cache folder.
+
+    Example:
+        >>> store = ModelStore(["/home/me/models", "/shared/models"])  # doctest: +SKIP
+        >>> [e.name for e in store.list() if e.ok]  # doctest: +SKIP
+        ['SmolLM2-135M-Instruct']
+    """
+
+    def __init__(self, roots: Sequence[str | os.PathLike[str]] | None = None, cache_path: Path | None | str = "default"):
+        settings = get_settings()
+        paths = [Path(r).expanduser() for r in roots] if roots is not None else settings.store_roots()
+        self.roots = [StoreRoot(p, writable=i == 0) for i, p in enumerate(paths)]
+        if cache_path == "default":
+            cache_path = Path(settings.cache_dir) / "index.json"
+        self.cache = IndexCache(Path(cache_path) if cache_path is not None else None)
+
+    @property
+    def user_root(self) -> Path:
+        return self.roots[0].path
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def _candidates(self, root: Path) -> list[Path]:
+        try:
+            children = sorted(root.iterdir(), key=lambda p: p.name.lower())
+        except FileNotFoundError:
+            return []
+        except OSError:
+            return []
+        out = []
+        for p in children:
+            if p.name.startswith("."):
+                continue  # hidden files and our own in-progress imports (.import-*)
+            if p.is_dir() or (p.suffix == ".gguf" and p.is_file()):
+                out.append(p)
+        return out
+
+    def list(self) -> list[ModelEntry]:
+        """Every entry in every root, broken and unsafe ones included, user store first."""
+        seen: set[str] = set()
+        entries = []
+        for root in self.roots:
+            scanner = Scanner(root.path, root.writable, self.cache)
+            for path in self._candidates(root.path):
+                e = scanner.entry(path)
+                if e.name in seen:
+                    e = replace(e, shadowed=True)
+                seen.add(e.name)
+                entries.append(e)
+        self.cache.save()
+        return entries
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry called ``name`` (the first root that has it wins).
+
+        Raises:
+            UnsafeNameError: the name could resolve outside its root.
+            ModelNotFoundError: no root has it; the message lists what does exist.
+        """
+        check_name(name)
+        for root in self.roots:
+            for candidate in (root.path / name, root.path / f"{name}.gguf"):
+                if not (candidate.is_dir() or (candidate.suffix == ".gguf" and candidate.is_file())):
+                    continue
+                real_root = os.path.realpath(root.path)
+                if os.path.commonpath([real_root, os.path.realpath(candidate)]) != real_root:
+                    raise UnsafeNameError(
+                        f"{name} resolves to {os.path.realpath(candidate)}, outside its store root {root.path}",
+                        hint="copy the model into the store instead of linking it", name=name, path=candidate,
+                    )
+                entry = Scanner(root.path, root.writable, self.cache).entry(candidate)
+                self.cache.save()
+                return entry
+        known = [p.stem if p.is_file() else p.name for r in self.roots for p in self._candidates(r.path)]
+        hint = f"known models: {', '.join(sorted(set(known))[:10])}" if known else \
+            "the store is empty: run `workbench store seed` or `workbench store import PATH`"
+        raise ModelNotFoundError(f"no model named {name!r} in {', '.join(str(r.path) for r in self.roots)}",
+                                 hint=hint, name=name)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def writable_path(self, name: str) -> Path:
+        """Where a new entry called ``name`` goes in the user store (created if missing)."""
+        check_name(name)
+        self.user_root.mkdir(parents=True, exist_ok=True)
+        return self.user_root / name
+
+    def plan_delete(self, name: str) -> DeletePlan:
+        """Plan deleting ``name`` from the user store; shared roots are read-only."""
+        entry = self.get(name)
+        if not entry.writable:
+            raise ReadOnlyStoreError(f"{name} is in the shared store {entry.root}, which is read-only",
+                                     hint="ask the store's owner to remove it", name=name, path=entry.path)
+        return DeletePlan(entry, entry.size_bytes)
+
+    def execute(self, plan: DeletePlan) -> int:
+        """Carry out a :class:`DeletePlan`; returns the bytes freed."""
+        path = plan.entry.path
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return plan.frees_bytes
