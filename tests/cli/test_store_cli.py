@@ -1,0 +1,96 @@
+"""The `workbench` command's store commands, run as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONTRACT_FIELDS = {"name", "path", "root", "writable", "format", "status", "problem", "model_type", "params",
+                   "dtype", "size_bytes", "context_length", "quantization"}
+
+
+def run_cli(*args: str, env_store: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WORKBENCH_STORE": env_store}
+    proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def mixed_store(tmp_path, tiny_models, tiny_root, seeded_root):
+    user = tmp_path / "user"
+    shutil.copytree(tiny_models["llama"], user / "broken-one")
+    (user / "broken-one" / "config.json").write_text("{")
+    shutil.copytree(tiny_models["gpt2"], user / "pickled")
+    (user / "pickled" / "model.safetensors").rename(user / "pickled" / "pytorch_model.bin")
+    return os.pathsep.join(map(str, [user, tiny_root, seeded_root]))
+
+
+def test_store_list_json_contract(mixed_store, tiny_models):
+    proc = run_cli("store", "list", "--json", env_store=mixed_store)
+    items = json.loads(proc.stdout)
+    by_name = {i["name"]: i for i in items}
+    for item in items:
+        assert CONTRACT_FIELDS <= set(item)
+    assert by_name["broken-one"]["status"] == "broken" and "config.json" in by_name["broken-one"]["problem"]
+    assert by_name["pickled"]["status"] == "unsafe" and by_name["pickled"]["format"] == "pickle"
+    assert by_name["SmolLM2-135M-Instruct"]["params"] == 134_515_008
+    assert by_name["SmolLM2-135M-Instruct"]["writable"] is False
+    assert by_name["broken-one"]["writable"] is True
+
+
+def test_store_list_does_not_import_torch(mixed_store):
+    code = ("import sys, io, contextlib; from workbench.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(['store', 'list', '--json'])\n"
+            "heavy = [m for m in ('torch', 'transformers', 'ipywidgets', 'plotly', 'IPython') if m in sys.modules]\n"
+            "print(heavy)")
+    env = {**os.environ, "WORKBENCH_STORE": mixed_store}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_import_workbench_is_light():
+    code = ("import sys, workbench, workbench.store, workbench.config, workbench.errors\n"
+            "print([m for m in ('torch', 'transformers', 'ipywidgets', 'plotly', 'numpy', 'IPython') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_store_table_and_inspect(mixed_store):
+    table = run_cli("store", "list", env_store=mixed_store).stdout
+    assert "SmolLM2-135M-Instruct" in table and "Problems:" in table and "broken-one" in table
+    doc = json.loads(run_cli("store", "inspect", "SmolLM2-135M-Instruct", "--json", env_store=mixed_store).stdout)
+    est = doc["estimate"]
+    assert set(est) >= {"float32", "bfloat16", "int8", "nf4", "kv_cache_bytes_per_1k_tokens"}
+    assert est["float32"] > est["bfloat16"] > est["int8"] > est["nf4"] > 0
+    assert any(f["device"] == "cpu" for f in doc["fits"])
+
+
+def test_errors_are_one_line_and_nonzero(mixed_store):
+    proc = run_cli("store", "inspect", "../../etc", env_store=mixed_store, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "../../etc" in proc.stderr
+    proc = run_cli("store", "inspect", "nope", "--json", env_store=mixed_store, check=False)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"] == "ModelNotFoundError"
+
+
+def test_import_then_delete_plan(mixed_store, tiny_models, tmp_path):
+    run_cli("store", "import", str(tiny_models["qwen2"]), "--name", "q", env_store=mixed_store)
+    user = Path(mixed_store.split(os.pathsep)[0])
+    assert (user / "q" / "config.json").is_file()
+    plan = json.loads(run_cli("store", "delete", "q", "--json", env_store=mixed_store).stdout)
+    assert plan["deleted"] is False and (user / "q").exists()
+    run_cli("store", "delete", "q", "--yes", env_store=mixed_store)
+    assert not (user / "q").exists()
+    proc = run_cli("store", "delete", "tiny-llama", env_store=mixed_store, check=False)
+    assert proc.returncode == 1 and "read-only" in proc.stderr

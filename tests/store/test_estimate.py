@@ -1,0 +1,66 @@
+"""Memory estimates from headers (the footprint check against real loads lives in tests/runtime)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.store import ModelStore, estimate, estimate_table, fits_on, kv_cache_bytes
+
+
+@dataclass
+class FakeDevice:
+    name: str
+    memory_free_bytes: int | None
+
+
+@pytest.fixture
+def entry(seeded_root):
+    return ModelStore([seeded_root], cache_path=None).get("SmolLM2-135M-Instruct")
+
+
+def test_table_orders_precisions(entry):
+    t = estimate_table(entry)
+    assert list(t) == ["float32", "bfloat16", "int8", "nf4"]
+    assert t["float32"].total_bytes == 2 * t["bfloat16"].total_bytes == 4 * entry.params
+    assert t["bfloat16"].total_bytes > t["int8"].total_bytes > t["nf4"].total_bytes
+    # Embeddings (28.3M of 134.5M parameters) stay in bfloat16, so nf4 is far from a quarter.
+    assert t["nf4"].weights_bytes == entry.weights.linear_params // 2 + (entry.params - entry.weights.linear_params) * 2
+
+
+def test_double_quant_shrinks_state_only(entry):
+    plain = estimate(entry, "bfloat16", "nf4")
+    dq = estimate(entry, "bfloat16", "nf4", double_quant=True)
+    assert dq.weights_bytes == plain.weights_bytes
+    assert dq.quant_state_bytes < plain.quant_state_bytes / 3
+
+
+def test_cpu_quantized_load_peak_includes_full_precision(entry):
+    gpu = estimate(entry, "bfloat16", "nf4", device_type="cuda")
+    cpu = estimate(entry, "bfloat16", "nf4", device_type="cpu")
+    assert cpu.load_peak_bytes >= entry.params * 2 + gpu.weights_bytes
+    assert gpu.load_peak_bytes == gpu.total_bytes
+
+
+def test_kv_cache_formula(entry):
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims; keys and values in bfloat16.
+    assert kv_cache_bytes(entry, 1000) == 2 * 30 * 3 * 64 * 2 * 1000
+    assert kv_cache_bytes(entry, 1000, "float32", batch=2) == 4 * kv_cache_bytes(entry, 1000)
+
+
+def test_fits_on_devices(entry):
+    devices = [FakeDevice("cuda:0", 200 * 2**20), FakeDevice("cuda:1", 10 * 2**30), FakeDevice("cpu", None)]
+    fits = {(f.device, f.precision): f.fits for f in fits_on(entry, devices)}
+    assert fits[("cuda:0", "nf4")] and fits[("cuda:0", "int8")] and not fits[("cuda:0", "bfloat16")]
+    assert all(fits[("cuda:1", p)] for p in ("float32", "bfloat16", "int8", "nf4"))
+    assert not any(v for (d, _), v in fits.items() if d == "cpu")  # unknown free memory never "fits"
+
+
+def test_bad_arguments_are_config_errors(entry):
+    with pytest.raises(ConfigError, match="int3"):
+        estimate(entry, "bfloat16", "int3")
+    with pytest.raises(ConfigError, match="float8"):
+        estimate(entry, "float8", "none")
+    assert estimate(entry, "auto").dtype == "bfloat16"
