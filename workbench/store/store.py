@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import replace
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import get_settings
