@@ -1,0 +1,90 @@
+"""Live telemetry: GPU, CPU and RAM sampled in the background, event marks, export.
+
+One :class:`Sampler` per process (:func:`get_sampler`) samples every second on a
+daemon thread into bounded float32 ring buffers; panels subscribe to it or read
+:meth:`Sampler.series`. Without an NVIDIA driver it samples CPU and RAM only and
+says why once (:attr:`Sampler.notices`). Nothing starts at import time.
+
+Example:
+    >>> from workbench.telemetry import get_sampler, post_event, reset_sampler
+    >>> sampler = get_sampler()                 # started on first use
+    >>> unsubscribe = sampler.subscribe(lambda s: None)
+    >>> _ = post_event("load_started", "loading tiny", model="tiny", devices=["cpu"])
+    >>> times, cpu = sampler.series("cpu_percent")
+    >>> unsubscribe(); reset_sampler()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# Lazy re-exports (name -> submodule): the runtime imports ``post_event`` on its hot
+# import path, which should not pay for numpy and the sampler.
+_EXPORTS = {
+    "EVENT_KINDS": "events",
+    "Event": "events",
+    "EventLog": "events",
+    "get_event_log": "events",
+    "post_event": "events",
+    "reset_event_log": "events",
+    "events_to_records": "export",
+    "to_csv": "export",
+    "to_prometheus": "export",
+    "to_records": "export",
+    "GPU_METRICS": "sample",
+    "HOST_METRICS": "sample",
+    "GpuSample": "sample",
+    "HostSample": "sample",
+    "Sample": "sample",
+    "Sampler": "sampler",
+    "get_sampler": "sampler",
+    "reset_sampler": "sampler",
+    "NVMLSource": "sources",
+    "PsutilSource": "sources",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .events import EVENT_KINDS, Event, EventLog, get_event_log, post_event, reset_event_log  # noqa: F401
+    from .export import events_to_records, to_csv, to_prometheus, to_records  # noqa: F401
+    from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample  # noqa: F401
+    from .sampler import Sampler, get_sampler, reset_sampler  # noqa: F401
+    from .sources import NVMLSource, PsutilSource  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workbench.telemetry' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [
+    "EVENT_KINDS",
+    "GPU_METRICS",
+    "HOST_METRICS",
+    "Event",
+    "EventLog",
+    "GpuSample",
+    "HostSample",
+    "NVMLSource",
+    "PsutilSource",
+    "Sample",
+    "Sampler",
+    "events_to_records",
+    "get_event_log",
+    "get_sampler",
+    "post_event",
+    "reset_event_log",
+    "reset_sampler",
+    "to_csv",
+    "to_prometheus",
+    "to_records",
+]

@@ -1,0 +1,1 @@
+"""Scriptable fakes for the seams the workbench talks through (NVML, torch.cuda)."""
