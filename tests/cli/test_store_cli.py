@@ -94,3 +94,14 @@ def test_import_then_delete_plan(mixed_store, tiny_models, tmp_path):
     assert not (user / "q").exists()
     proc = run_cli("store", "delete", "tiny-llama", env_store=mixed_store, check=False)
     assert proc.returncode == 1 and "read-only" in proc.stderr
+
+
+def test_devices_json_on_this_machine(mixed_store):
+    """The real path: no NVIDIA driver here, so the CPU alone, with the reason."""
+    doc = json.loads(run_cli("devices", "--json", env_store=mixed_store).stdout)
+    names = [d["name"] for d in doc["devices"]]
+    assert "cpu" in names
+    cpu = doc["devices"][names.index("cpu")]
+    assert cpu["memory_total_bytes"] > cpu["memory_free_bytes"] > 0
+    if not doc["nvml"]["available"]:
+        assert names == ["cpu"] and doc["no_gpu_reason"]
