@@ -1,0 +1,153 @@
+"""``Workbench()``: every panel in one app, sharing one store, one sampler and one registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store import ModelStore
+from .base import Panel
+from .display import StaticHTML, display_mode, esc, section_html
+from .load_panel import LoadPanel
+from .prompt_panel import PromptPanel
+from .store_panel import StorePanel
+from .telemetry_panel import TelemetryPanel
+
+
+class Workbench:
+    """The workbench as one app: Store, Load, Prompt and Telemetry tabs.
+
+    Panels talk through the app: a refreshed store re-lists models in Load, and a
+    finished load selects the model in Prompt and switches to that tab. More
+    panels (the Quantization study) plug in with :meth:`add_panel`.
+
+    Args:
+        store: the model store; default ``ModelStore()`` (``WORKBENCH_STORE``).
+        registry: loaded models; default the kernel's :func:`workbench.runtime.get_registry`.
+        sampler: telemetry; default :func:`workbench.telemetry.get_sampler`.
+        tab: the tab shown first (a title); default Load, or Prompt when a model is loaded.
+
+    Example:
+        >>> from workbench import Workbench
+        >>> wb = Workbench()                                       # doctest: +SKIP
+        >>> wb                                                     # doctest: +SKIP
+        >>> wb.load.load_model("SmolLM2-135M-Instruct")            # doctest: +SKIP
+        >>> wb.prompt.send("What is the capital of France?").text  # doctest: +SKIP
+        'The capital of France is Paris.'
+    """
+
+    def __init__(self, store: ModelStore | None = None, registry: Any = None, sampler: Any = None,
+                 tab: str | None = None) -> None:
+        self.model_store = store if store is not None else ModelStore()
+        self.store = StorePanel(self.model_store)
+        self.load = LoadPanel(self.model_store, registry)
+        self.prompt = PromptPanel(registry)
+        self.telemetry = TelemetryPanel(sampler)
+        self.panels: dict[str, Panel] = {}
+        for panel in (self.store, self.load, self.prompt, self.telemetry):
+            self.panels[panel.title] = panel
+        self._tab_widget: Any = None
+        self._root: Any = None
+        self._first_tab = tab
+        self.store.on_change(self._store_changed)
+        self.load.on_change(self._loaded_changed)
+
+    @property
+    def registry(self) -> Any:
+        """The loaded-model registry every panel shares."""
+        return self.load.registry
+
+    @property
+    def sampler(self) -> Any:
+        """The telemetry sampler every panel shares."""
+        return self.telemetry.sampler
+
+    def add_panel(self, panel: Panel, title: str | None = None) -> Panel:
+        """Add a panel as a new tab (for example the Quantization study of a later release).
+
+        Example:
+            >>> wb.add_panel(QuantizationPanel(wb.model_store))  # doctest: +SKIP
+        """
+        title = title or panel.title
+        self.panels[title] = panel
+        if self._tab_widget is not None:
+            self._tab_widget.children = [*self._tab_widget.children, panel.widget]
+            self._tab_widget.set_title(len(self._tab_widget.children) - 1, title)
+        return panel
+
+    # --- links between panels ---------------------------------------------------------------
+
+    def _store_changed(self) -> None:
+        self.load.refresh_models()
+
+    def _loaded_changed(self) -> None:
+        names = self.prompt.refresh_models()
+        if names and self._tab_widget is not None:
+            self.select_tab("Prompt")
+
+    def select_tab(self, title: str) -> None:
+        """Show one tab by its title (``"Store"``, ``"Load"``, ``"Prompt"``, ``"Telemetry"``)."""
+        titles = list(self.panels)
+        if title not in titles:
+            raise KeyError(f"no tab {title!r}; tabs: {', '.join(titles)}")
+        if self._tab_widget is not None:
+            self._tab_widget.selected_index = titles.index(title)
+        self._first_tab = title
+
+    @property
+    def selected_tab(self) -> str | None:
+        """The title of the tab on show (``None`` before the app is displayed live)."""
+        if self._tab_widget is None:
+            return self._first_tab
+        return list(self.panels)[self._tab_widget.selected_index]
+
+    # --- widgets and display ----------------------------------------------------------------
+
+    @property
+    def widget(self) -> Any:
+        """The app's root widget (a header and one tab per panel), built on first access."""
+        if self._root is None:
+            import ipywidgets as widgets
+
+            titles = list(self.panels)
+            self._tab_widget = widgets.Tab(children=[p.widget for p in self.panels.values()],
+                                           titles=titles, layout=widgets.Layout(width="100%"))
+            first = self._first_tab or ("Prompt" if self.load.loaded() else "Load")
+            self._tab_widget.selected_index = titles.index(first) if first in titles else 0
+            self.prompt.refresh_models()
+            header = widgets.HTML(self._header_html())
+            self._root = widgets.VBox([header, self._tab_widget], layout=widgets.Layout(width="100%"))
+            self._root.add_class("workbench-app")
+        return self._root
+
+    def _header_html(self) -> str:
+        ok = sum(1 for e in self.store.entries if e.ok)
+        devices = ", ".join(d.name for d in self.load.device_records)
+        return (f"<div style='font-size:14px;margin:2px 0 6px 0'><b>llm-workbench</b> &middot; {ok} model(s) "
+                f"ready in the store &middot; devices: {esc(devices)}</div>")
+
+    def static_html(self, plots: bool = True) -> str:
+        """Every panel's static twin, one section each."""
+        parts = [self._header_html()]
+        for panel in self.panels.values():
+            parts.append(panel._static_with_banner(plots=plots))
+        return section_html("Workbench", "".join(parts), level=2)
+
+    def static(self) -> StaticHTML:
+        """The whole app as static HTML (what a report shows)."""
+        return StaticHTML(self.static_html(plots=True), text="<Workbench (static)>")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if display_mode() == "live":
+            bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+            bundle["text/html"] = self.static_html(plots=False)
+            return bundle
+        return self.static()._repr_mimebundle_()
+
+    def close(self) -> None:
+        """Close every panel (unsubscribes from telemetry; loaded models stay in the registry)."""
+        for panel in self.panels.values():
+            panel.close()
+        if self._root is not None:
+            self._root.close()
+            self._root = None
+            self._tab_widget = None

@@ -1,0 +1,233 @@
+"""What every panel shares: lazy widgets, the error banner, worker threads, live/static display.
+
+A panel keeps its state in plain attributes and builds its ipywidgets only when
+something asks for :attr:`Panel.widget` (a live display, or a test). A report
+therefore never creates a widget: no saved widget state, no "Loading widget..."
+box, no CDN script; it shows :meth:`Panel.static_html` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ..errors import WorkbenchError
+from .display import StaticHTML, banner_html, display_mode, section_html
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the banner: a ``WorkbenchError``'s own message, else the type and text.
+
+    Example:
+        >>> error_message(ValueError("bad"))
+        'Unexpected error (ValueError): bad'
+    """
+    if isinstance(exc, WorkbenchError):
+        return str(exc)
+    return f"Unexpected error ({type(exc).__name__}): {exc}"
+
+
+class Throttle:
+    """Lets a call through at most once per ``interval_s``; the caller decides what to skip.
+
+    Example:
+        >>> t = Throttle(10.0)
+        >>> t.ready(), t.ready()
+        (True, False)
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def ready(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._last >= self.interval_s:
+                self._last = now
+                return True
+            return False
+
+
+class Panel:
+    """Base of the workbench panels.
+
+    Subclasses implement :meth:`_build` (the widgets, below the banner) and
+    :meth:`static_html` (the twin for reports). Displaying a panel picks one of
+    the two with :func:`~workbench.ui.display.display_mode`; in live mode the
+    mimebundle carries the static twin as ``text/html`` too, without plots, so a
+    saved notebook still says something where widgets cannot render.
+
+    Example:
+        >>> from workbench.ui import StorePanel
+        >>> panel = StorePanel()            # no widgets yet
+        >>> panel.static()                  # doctest: +SKIP
+    """
+
+    title = "Panel"
+
+    def __init__(self) -> None:
+        self._root: Any = None
+        self._banner: Any = None
+        self._banner_state: tuple[str, str] | None = None  # (message, kind), kept for the static twin
+        self._executor: ThreadPoolExecutor | None = None
+        self._future: Future | None = None
+        self._build_lock = threading.RLock()
+
+    # --- widgets ---------------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        """Whether the widgets exist (they are built on first use of :attr:`widget`)."""
+        return self._root is not None
+
+    @property
+    def widget(self) -> Any:
+        """The panel's root widget, built on first access."""
+        with self._build_lock:
+            if self._root is None:
+                import ipywidgets as widgets
+
+                self._banner = widgets.HTML(layout=widgets.Layout(width="100%"))
+                body = self._build()
+                self._root = widgets.VBox([self._banner, body], layout=widgets.Layout(width="100%"))
+                self._root.add_class("workbench-panel")
+                self._paint_banner()
+        return self._root
+
+    def _build(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- the banner ------------------------------------------------------------------------
+
+    def show_message(self, message: str, kind: str = "info") -> None:
+        """Show one escaped message above the panel (``kind``: error, warning, info, ok)."""
+        self._banner_state = (message, kind)
+        self._paint_banner()
+
+    def show_error(self, exc: BaseException) -> None:
+        """Show an error in the banner; unexpected ones are also logged with their traceback."""
+        if not isinstance(exc, WorkbenchError):
+            logger.warning("%s: unexpected error", type(self).__name__, exc_info=exc)
+        self.show_message(error_message(exc), "error")
+
+    def clear_message(self) -> None:
+        """Hide the banner."""
+        self._banner_state = None
+        self._paint_banner()
+
+    @property
+    def message(self) -> tuple[str, str] | None:
+        """The banner's ``(text, kind)``, or ``None`` (tests read this)."""
+        return self._banner_state
+
+    def _paint_banner(self) -> None:
+        if self._banner is None:
+            return
+        state = self._banner_state
+        self._banner.value = banner_html(*state) if state else ""
+
+    def guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a widget callback so any error lands in the banner instead of the log as a traceback.
+
+        Example:
+            >>> button.on_click(panel.guarded(lambda _: panel.refresh()))  # doctest: +SKIP
+        """
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # a panel must stay usable whatever a callback raises
+                self.show_error(exc)
+                return None
+
+        return wrapper
+
+    # --- background work -------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` on this panel's worker thread (one job at a time, in order).
+
+        Errors are shown in the banner and also set on the returned future.
+
+        Example:
+            >>> panel.submit(time.sleep, 0.1).result()  # doctest: +SKIP
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"workbench-{self.title.lower()}")
+
+        def job() -> T:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                self.show_error(exc)
+                raise
+
+        future = self._executor.submit(job)
+        self._future = future
+        return future
+
+    @property
+    def busy(self) -> bool:
+        """Whether a background job is queued or running."""
+        return self._future is not None and not self._future.done()
+
+    def wait(self, timeout_s: float | None = 300.0) -> Any:
+        """Wait for the latest background job and return its result (re-raising its error).
+
+        Example:
+            >>> panel.load_model("SmolLM2-135M-Instruct", wait=False)  # doctest: +SKIP
+            >>> panel.wait().footprint_bytes  # doctest: +SKIP
+        """
+        future = self._future
+        return None if future is None else future.result(timeout=timeout_s)
+
+    @staticmethod
+    def _finish(future: Future, wait: bool) -> Any:
+        return future.result() if wait else future
+
+    def close(self) -> None:
+        """Stop background work and close the widgets."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self._root is not None:
+            self._root.close()
+            self._root = None
+            self._banner = None
+
+    # --- display ---------------------------------------------------------------------------
+
+    def static_html(self, plots: bool = True) -> str:  # pragma: no cover - abstract
+        """The twin for reports: HTML tables and text, and Plotly figures when ``plots``."""
+        raise NotImplementedError
+
+    def _static_with_banner(self, plots: bool = True) -> str:
+        banner = banner_html(*self._banner_state) if self._banner_state else ""
+        return section_html(self.title, banner + self.static_html(plots=plots))
+
+    def static(self) -> StaticHTML:
+        """The static twin as a displayable object (what a report shows).
+
+        Example:
+            >>> display(panel.static())  # doctest: +SKIP
+        """
+        return StaticHTML(self._static_with_banner(plots=True), text=f"<{type(self).__name__} (static)>")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if display_mode() == "live":
+            bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+            bundle["text/html"] = self._static_with_banner(plots=False)
+            return bundle
+        return self.static()._repr_mimebundle_()

@@ -1,0 +1,449 @@
+"""The Load panel: pick a model, devices, precision and budgets; load; see placement; unload.
+
+The estimate is checked against the selection as it changes, before anything is
+loaded; the load runs on the panel's worker thread with a progress bar and can
+be cancelled; afterwards the panel shows where every byte went and, on unload,
+how much came back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import LoadSpecError, WorkbenchError
+from ..store import ModelStore, format_bytes
+from ._shims import SelectionCheck, check_selection
+from .base import Panel, Throttle
+from .display import banner_html, esc, html_table
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTS = ("none", "int8", "nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+GIB = 2**30
+DEVICE_REFRESH_S = 2.0
+
+
+def _registry() -> Any:
+    from ..runtime import get_registry
+
+    return get_registry()
+
+
+def loaded_table_html(loaded: Sequence[Any]) -> str:
+    """Loaded models: devices, precision, bytes per device, footprint and load time."""
+    if not loaded:
+        return "<p><em>No model loaded.</em></p>"
+    rows = []
+    for m in loaded:
+        spec = m.spec
+        precision = spec.dtype if spec.quant == "none" else f"{spec.quant}" + ("+dq" if spec.double_quant else "")
+        placement = ", ".join(f"{dev}: {format_bytes(b)}" for dev, b in (m.placement or {}).items())
+        rows.append([m.name, m.entry.name if m.entry else spec.model, ", ".join(m.devices), precision, placement,
+                     format_bytes(m.footprint_bytes), f"{m.load_s:.1f} s" if m.load_s is not None else None])
+    return html_table(["Name", "Model", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
+
+
+def unload_html(report: Any) -> str:
+    """What an unload gave back, in one line."""
+    text = f"Unloaded {report.name}: freed {format_bytes(report.freed_bytes)}"
+    before, after = getattr(report, "rss_before_bytes", None), getattr(report, "rss_after_bytes", None)
+    if before is not None and after is not None:
+        text += f" (kernel RSS {format_bytes(before)} \u2192 {format_bytes(after)})"
+    return banner_html(text + ".", "ok")
+
+
+class LoadPanel(Panel):
+    """Load models onto devices and unload them.
+
+    Args:
+        store: where models are listed; default ``ModelStore()``.
+        registry: the kernel's loaded models; default :func:`workbench.runtime.get_registry`.
+
+    Example:
+        >>> panel = LoadPanel()
+        >>> panel.check().message                                   # doctest: +SKIP
+        'bfloat16 needs about 280.1 MiB ...: fits'
+        >>> loaded = panel.load_model("SmolLM2-135M-Instruct")      # doctest: +SKIP
+        >>> panel.unload(loaded.name).freed_bytes > 0               # doctest: +SKIP
+        True
+    """
+
+    title = "Load"
+
+    def __init__(self, store: ModelStore | None = None, registry: Any = None) -> None:
+        super().__init__()
+        self.store = store if store is not None else ModelStore()
+        self._registry = registry
+        self.models: list[str] = []
+        self.model: str | None = None
+        from ..devices import list_devices
+
+        self.device_records = list_devices()
+        gpus = [d.name for d in self.device_records if d.kind != "cpu"]
+        self.devices: list[str] = gpus[:1] or ["cpu"]
+        self.dtype = "auto"
+        self.quant = "none"
+        self.double_quant = False
+        self.compute_dtype = "bfloat16"
+        self.budgets_gib: dict[str, float] = {}
+        self.progress: tuple[str, float, str] = ("idle", 0.0, "")
+        self.last_unload: Any = None
+        self._cancel: threading.Event | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._progress_throttle = Throttle(0.1)
+        self._device_throttle = Throttle(DEVICE_REFRESH_S)
+        self._unsubscribe: Callable[[], None] | None = None
+        self.refresh_models()
+
+    @property
+    def registry(self) -> Any:
+        """The kernel's registry of loaded models (imports the runtime on first use)."""
+        if self._registry is None:
+            self._registry = _registry()
+        return self._registry
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every load and unload (the Prompt panel lists loaded models)."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for cb in list(self._listeners):
+            cb()
+
+    # --- selection -------------------------------------------------------------------------
+
+    def refresh_models(self) -> list[str]:
+        """Re-list the loadable (``ok``) store entries."""
+        self.models = [e.name for e in self.store.list() if e.ok]
+        if self.model not in self.models:
+            self.model = self.models[0] if self.models else None
+        if self._root is not None:
+            self._model_w.options = self.models
+            self._model_w.value = self.model
+            self._render_check()
+        return self.models
+
+    def refresh_devices(self) -> None:
+        """Re-read free memory (and, for GPUs, who holds it) of every device."""
+        from ..devices import list_devices
+
+        self.device_records = list_devices()
+        if self._root is not None:
+            for d in self.device_records:
+                label = self._device_labels.get(d.name)
+                if label is not None:
+                    label.value = self._device_html(d)
+            self._render_check()
+
+    def budgets_bytes(self) -> dict[str, int]:
+        """Per-device caps from the budget fields (0 or empty means no cap)."""
+        return {dev: int(gib * GIB) for dev, gib in self.budgets_gib.items() if gib and gib > 0 and dev in self.devices}
+
+    def check(self) -> SelectionCheck:
+        """The estimate for the current selection against the selected devices' free memory and budgets."""
+        if not self.model:
+            return SelectionCheck(0, None, "", False, "no loadable model in the store")
+        entry = self.store.get(self.model)
+        selected = [d for d in self.device_records if d.name in self.devices]
+        return check_selection(entry, selected, self.dtype, self.quant, double_quant=self.double_quant,
+                               budgets_bytes=self.budgets_bytes())
+
+    def spec(self, name: str | None = None) -> Any:
+        """The :class:`workbench.runtime.LoadSpec` the Load button would use."""
+        from ..runtime import LoadSpec
+
+        if not self.model:
+            raise LoadSpecError("no model selected", hint="import or seed a model first (see the Store tab)")
+        budgets = self.budgets_bytes()
+        four_bit = self.quant in ("nf4", "fp4")
+        return LoadSpec(
+            model=self.model, devices=tuple(self.devices), dtype=self.dtype, quant=self.quant,
+            double_quant=self.double_quant if four_bit else False,
+            compute_dtype=self.compute_dtype if self.quant != "none" else None,
+            max_memory=budgets or None, name=name or None,
+        )
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def load_model(self, model: str | None = None, *, devices: Sequence[str] | None = None, dtype: str | None = None,
+                   quant: str | None = None, double_quant: bool | None = None, compute_dtype: str | None = None,
+                   budgets_gib: dict[str, float] | None = None, name: str | None = None, wait: bool = True) -> Any:
+        """Load a model with the given selection (arguments left out keep the panel's current choice).
+
+        Runs on the panel's worker thread; the progress bar follows it and Cancel
+        stops it (the runtime rolls back).
+
+        Returns:
+            The ``LoadedModel`` (``wait=True``) or a ``Future`` of it.
+
+        Example:
+            >>> panel.load_model("SmolLM2-135M-Instruct", devices=["cpu"], dtype="bfloat16")  # doctest: +SKIP
+        """
+        self.select(model=model, devices=devices, dtype=dtype, quant=quant, double_quant=double_quant,
+                    compute_dtype=compute_dtype, budgets_gib=budgets_gib)
+        spec = self.spec(name)
+        cancel = threading.Event()
+        self._cancel = cancel
+        self.clear_message()
+
+        def job() -> Any:
+            self._set_progress("starting", 0.0, f"loading {spec.model} on {', '.join(spec.devices)}", force=True)
+            try:
+                loaded = self.registry.load(spec, progress=self._on_progress, cancel=cancel)
+            except WorkbenchError:
+                self._set_progress("failed", 0.0, "load failed", force=True)
+                raise
+            self._set_progress("done", 1.0, f"loaded {loaded.name} in {loaded.load_s:.1f} s", force=True)
+            self.show_message(f"Loaded {loaded.name}: {format_bytes(loaded.footprint_bytes)} on "
+                              f"{', '.join(loaded.devices)}.", "ok")
+            self._after_change()
+            return loaded
+
+        return self._finish(self.submit(job), wait)
+
+    def cancel(self) -> None:
+        """Ask a running load to stop; the runtime rolls back what it had loaded."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def unload(self, name: str | None = None) -> Any:
+        """Unload a model (default: the newest) and show the memory given back.
+
+        Returns:
+            The runtime's ``UnloadReport``.
+        """
+        loaded = self.loaded()
+        if name is None:
+            if not loaded:
+                raise LoadSpecError("no model is loaded", hint="load one first")
+            name = loaded[-1].name
+        report = self.registry.unload(name)
+        self.last_unload = report
+        self.show_message(f"Unloaded {report.name}: freed {format_bytes(report.freed_bytes)}.", "ok")
+        self._after_change()
+        return report
+
+    def loaded(self) -> list[Any]:
+        """The models loaded in this kernel."""
+        return list(self.registry.list())
+
+    def select(self, *, model: str | None = None, devices: Sequence[str] | None = None, dtype: str | None = None,
+               quant: str | None = None, double_quant: bool | None = None, compute_dtype: str | None = None,
+               budgets_gib: dict[str, float] | None = None) -> SelectionCheck:
+        """Change the selection (as the widgets do) and return the new estimate check."""
+        if model is not None:
+            if model not in self.models:
+                self.refresh_models()
+            self.store.get(model)  # raises ModelNotFoundError with a hint
+            self.model = model
+        if devices is not None:
+            known = {d.name for d in self.device_records}
+            unknown = [d for d in devices if d not in known]
+            if unknown:
+                raise LoadSpecError(f"no device {unknown[0]!r} in this session",
+                                    hint=f"available: {', '.join(sorted(known))}")
+            self.devices = list(devices)
+        if dtype is not None:
+            self.dtype = dtype
+        if quant is not None:
+            self.quant = quant
+        if double_quant is not None:
+            self.double_quant = double_quant
+        if compute_dtype is not None:
+            self.compute_dtype = compute_dtype
+        if budgets_gib is not None:
+            self.budgets_gib = dict(budgets_gib)
+        self._sync_widgets()
+        return self.check()
+
+    # --- progress, sync --------------------------------------------------------------------
+
+    def _on_progress(self, p: Any) -> None:
+        self._set_progress(getattr(p, "phase", ""), float(getattr(p, "fraction", 0.0) or 0.0),
+                           getattr(p, "message", "") or "")
+
+    def _set_progress(self, phase: str, fraction: float, message: str, force: bool = False) -> None:
+        self.progress = (phase, fraction, message)
+        if self._root is None or not (force or self._progress_throttle.ready()):
+            return
+        self._bar.value = max(0.0, min(1.0, fraction))
+        self._bar.bar_style = {"done": "success", "failed": "danger"}.get(phase, "info")
+        self._progress_label.value = esc(message or phase)
+        loading = phase not in ("done", "failed", "idle")
+        self._load_button.disabled = loading
+        self._cancel_button.disabled = not loading
+
+    def _after_change(self) -> None:
+        self.refresh_devices()
+        self._render_loaded()
+        self._notify()
+
+    def _sync_widgets(self) -> None:
+        if self._root is None:
+            return
+        self._syncing = True
+        try:
+            self._model_w.value = self.model
+            for name, box in self._device_boxes.items():
+                box.value = name in self.devices
+            self._dtype_w.value = self.dtype
+            self._quant_w.value = self.quant
+            self._dq_w.value = self.double_quant
+            self._compute_w.value = self.compute_dtype
+            for name, field in self._budget_fields.items():
+                field.value = float(self.budgets_gib.get(name, 0.0))
+        finally:
+            self._syncing = False
+        self._render_check()
+
+    def _from_widgets(self, _change: Any = None) -> None:
+        if getattr(self, "_syncing", False):
+            return
+        self.model = self._model_w.value
+        self.devices = [n for n, box in self._device_boxes.items() if box.value]
+        self.dtype = self._dtype_w.value
+        self.quant = self._quant_w.value
+        self.double_quant = self._dq_w.value
+        self.compute_dtype = self._compute_w.value
+        self.budgets_gib = {n: f.value for n, f in self._budget_fields.items() if f.value}
+        self._render_check()
+
+    # --- widgets ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _device_html(d: Any) -> str:
+        text = (f"<b>{esc(d.name)}</b> {esc(d.label)} &middot; {esc(format_bytes(d.memory_free_bytes))} free of "
+                f"{esc(format_bytes(d.memory_total_bytes))}")
+        if d.kind != "cpu":
+            from ..devices import gpu_processes
+
+            try:
+                procs = gpu_processes(d.name)
+            except WorkbenchError:
+                procs = []
+            if procs:
+                held = "; ".join(f"{p.user or '?'} pid {p.pid} {esc((p.command or '')[:40])} "
+                                 f"({esc(format_bytes(p.used_memory_bytes))})" for p in procs[:4])
+                text += f"<br><span style='color:#666;font-size:12px'>held by: {esc(held)}</span>"
+        return text
+
+    def _build(self) -> Any:
+        import ipywidgets as widgets
+
+        self._syncing = False
+        wide = widgets.Layout(width="360px")
+        self._model_w = widgets.Dropdown(options=self.models, value=self.model, description="Model", layout=wide)
+        self._device_boxes: dict[str, Any] = {}
+        self._device_labels: dict[str, Any] = {}
+        self._budget_fields: dict[str, Any] = {}
+        rows = []
+        for d in self.device_records:
+            box = widgets.Checkbox(value=d.name in self.devices, description=d.name, indent=False,
+                                   layout=widgets.Layout(width="90px"))
+            label = widgets.HTML(self._device_html(d), layout=widgets.Layout(width="460px"))
+            budget = widgets.BoundedFloatText(value=float(self.budgets_gib.get(d.name, 0.0)), min=0.0, max=1e6,
+                                              step=0.5, description="budget GiB",
+                                              tooltip="cap for this device (max_memory); 0 = no cap",
+                                              layout=widgets.Layout(width="190px"))
+            self._device_boxes[d.name], self._device_labels[d.name], self._budget_fields[d.name] = box, label, budget
+            rows.append(widgets.HBox([box, label, budget]))
+        self._dtype_w = widgets.Dropdown(options=DTYPES, value=self.dtype, description="dtype",
+                                         layout=widgets.Layout(width="220px"))
+        self._quant_w = widgets.Dropdown(options=QUANTS, value=self.quant, description="quant",
+                                         layout=widgets.Layout(width="220px"))
+        self._dq_w = widgets.Checkbox(value=self.double_quant, description="double quant (4-bit)", indent=False,
+                                      layout=widgets.Layout(width="170px"))
+        self._compute_w = widgets.Dropdown(options=COMPUTE_DTYPES, value=self.compute_dtype, description="compute",
+                                           layout=widgets.Layout(width="220px"))
+        self._check_w = widgets.HTML()
+        self._load_button = widgets.Button(description="Load", button_style="primary", icon="play",
+                                           layout=widgets.Layout(width="110px"))
+        self._cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                             layout=widgets.Layout(width="110px"))
+        self._bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="300px"))
+        self._progress_label = widgets.HTML()
+        self._loaded_w = widgets.HTML()
+        self._unload_pick = widgets.Dropdown(description="Loaded", layout=widgets.Layout(width="300px"))
+        self._unload_button = widgets.Button(description="Unload", icon="eject", layout=widgets.Layout(width="110px"))
+
+        for w in (self._model_w, self._dtype_w, self._quant_w, self._dq_w, self._compute_w,
+                  *self._device_boxes.values(), *self._budget_fields.values()):
+            w.observe(self.guarded(self._from_widgets), names="value")
+        self._load_button.on_click(self.guarded(lambda _: self.load_model(wait=False)))
+        self._cancel_button.on_click(self.guarded(lambda _: self.cancel()))
+        self._unload_button.on_click(self.guarded(lambda _: self.unload(self._unload_pick.value)))
+
+        # Live free memory: piggy-back on the telemetry sampler's ticks, every few seconds at most.
+        from ..telemetry import get_sampler
+
+        self._unsubscribe = get_sampler().subscribe(self._on_tick)
+        self._render_check()
+        self._render_loaded()
+        return widgets.VBox([
+            self._model_w,
+            widgets.HTML("<b>Devices</b> (free memory updates live)"),
+            *rows,
+            widgets.HBox([self._dtype_w, self._quant_w, self._dq_w, self._compute_w]),
+            self._check_w,
+            widgets.HBox([self._load_button, self._cancel_button, self._bar, self._progress_label]),
+            self._loaded_w,
+            widgets.HBox([self._unload_pick, self._unload_button]),
+        ])
+
+    def _on_tick(self, _sample: Any) -> None:
+        if self._device_throttle.ready() and not self.busy:
+            try:
+                self.refresh_devices()
+            except WorkbenchError as exc:
+                self.show_error(exc)
+
+    def _render_check(self) -> None:
+        if not hasattr(self, "_check_w"):
+            return
+        four_bit = self.quant in ("nf4", "fp4")
+        self._dq_w.disabled = not four_bit
+        self._compute_w.disabled = self.quant == "none"
+        try:
+            check = self.check()
+        except WorkbenchError as exc:
+            self._check_w.value = banner_html(str(exc), "error")
+            return
+        self._check_w.value = banner_html(check.message, "ok" if check.fits else "warning")
+
+    def _render_loaded(self) -> None:
+        if not hasattr(self, "_loaded_w"):
+            return
+        loaded = self.loaded()
+        html = loaded_table_html(loaded)
+        if self.last_unload is not None:
+            html += unload_html(self.last_unload)
+        self._loaded_w.value = html
+        names = [m.name for m in loaded]
+        self._unload_pick.options = names
+        self._unload_pick.value = names[-1] if names else None
+        self._unload_button.disabled = not names
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        super().close()
+
+    # --- static ----------------------------------------------------------------------------
+
+    def static_html(self, plots: bool = True) -> str:
+        """Devices with free memory, the current selection's estimate check, and the loaded models."""
+        rows = [[d.name, d.label, format_bytes(d.memory_free_bytes), format_bytes(d.memory_total_bytes)]
+                for d in self.device_records]
+        parts = [html_table(["Device", "Label", "Free", "Total"], rows, caption="Devices")]
+        try:
+            check = self.check()
+            parts.append(banner_html(check.message, "ok" if check.fits else "warning"))
+        except WorkbenchError as exc:
+            parts.append(banner_html(str(exc), "error"))
+        parts.append(loaded_table_html(self.loaded()))
+        if self.last_unload is not None:
+            parts.append(unload_html(self.last_unload))
+        return "".join(parts)

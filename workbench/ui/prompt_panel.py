@@ -1,0 +1,396 @@
+"""The Prompt panel: chat with a loaded model, streamed; batches of prompts; per-run metrics.
+
+Streaming never waits on the front end: the worker thread appends each piece to
+a buffer and repaints the transcript at most :data:`FLUSH_PER_S` times a second,
+so a fast model is not slowed by widget messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from ..errors import GenerationError, ModelNotLoadedError
+from ..store import format_bytes
+from .base import Panel, Throttle
+from .display import esc, html_table, pre_html
+
+FLUSH_PER_S = 10
+DEFAULTS = dict(max_new_tokens=128, temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.0)
+
+
+def _pct(x: float | None) -> str | None:
+    return None if x is None else f"{100 * x:.0f}%"
+
+
+def metrics_rows(results: Sequence[Any]) -> list[list[Any]]:
+    """Rows for the metrics table, one per run."""
+    rows = []
+    for i, r in enumerate(results, 1):
+        bw = getattr(r, "bandwidth_bytes_per_s", None)
+        rows.append([
+            i, r.prompt_tokens, r.new_tokens,
+            f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else None,
+            f"{r.tokens_per_s:.1f}" if r.tokens_per_s is not None else None,
+            f"{r.total_s:.2f} s" if r.total_s is not None else None,
+            _pct(getattr(r, "decode_efficiency", None)),
+            f"{format_bytes(bw)}/s" if bw else None,
+            r.stopped_by,
+        ])
+    return rows
+
+
+METRIC_HEADERS = ["Run", "Prompt tokens", "New tokens", "TTFT", "Tokens/s", "Total", "Decode efficiency",
+                  "Device bandwidth", "Stopped by"]
+
+
+def metrics_table_html(results: Sequence[Any]) -> str:
+    """Per-run metrics: time to first token, decode speed, and decode efficiency against bandwidth.
+
+    Decode efficiency is the share of the device's memory bandwidth the decode
+    loop used (each new token reads every weight once), so 100% is the ceiling.
+    """
+    if not results:
+        return ""
+    return html_table(METRIC_HEADERS, metrics_rows(results), caption="Metrics")
+
+
+def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]], pending: str | None = None) -> str:
+    """The chat as HTML: every message escaped, the answer being streamed last."""
+    parts = []
+    if system_prompt:
+        parts.append(f"<div style='color:#666;font-size:12px'><b>system:</b> {esc(system_prompt)}</div>")
+    for m in history:
+        parts.append(_bubble(m["role"], m["content"]))
+    if pending is not None:
+        parts.append(_bubble("assistant", pending + "\u258c"))
+    if not parts:
+        parts.append("<div style='color:#888'><em>No messages yet: type a prompt below and press Send.</em></div>")
+    return "<div class='workbench-transcript'>" + "".join(parts) + "</div>"
+
+
+def _bubble(role: str, content: str) -> str:
+    bg = "#eef5ff" if role == "user" else "#f6f8fa"
+    return (f"<div style='background:{bg};border-radius:6px;padding:4px 8px;margin:4px 0'>"
+            f"<div style='font-size:11px;color:#666'>{esc(role)}</div>"
+            f"<div class='workbench-message workbench-{esc(role)}' style='white-space:pre-wrap'>{esc(content)}</div>"
+            f"</div>")
+
+
+def batch_table_html(rows: Sequence[tuple[str, Any]]) -> str:
+    """Batch outputs: prompt, answer and its numbers."""
+    if not rows:
+        return ""
+    body = [[p, r.text, r.new_tokens, f"{r.tokens_per_s:.1f}" if r.tokens_per_s else None, r.stopped_by]
+            for p, r in rows]
+    return html_table(["Prompt", "Output", "New tokens", "Tokens/s", "Stopped by"], body, caption="Batch")
+
+
+class PromptPanel(Panel):
+    """Chat with a loaded model, with streaming, sampling controls, Stop, Clear and batches.
+
+    Args:
+        registry: the kernel's loaded models; default :func:`workbench.runtime.get_registry`.
+
+    Example:
+        >>> panel = PromptPanel()
+        >>> result = panel.send("What is the capital of France?")   # doctest: +SKIP
+        >>> "Paris" in result.text                                   # doctest: +SKIP
+        True
+    """
+
+    title = "Prompt"
+
+    def __init__(self, registry: Any = None) -> None:
+        super().__init__()
+        self._registry = registry
+        self.model: str | None = None
+        self.system_prompt = ""
+        self.params: dict[str, Any] = dict(DEFAULTS, seed=None, stop=())
+        self.history: list[dict[str, str]] = []
+        self.results: list[Any] = []
+        self.batch_rows: list[tuple[str, Any]] = []
+        self.pending: str | None = None
+        self.flushes = 0
+        self._stream: Any = None
+        self._flush_throttle = Throttle(1.0 / FLUSH_PER_S)
+        self._listeners: list[Callable[[Any], None]] = []
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from ..runtime import get_registry
+
+            self._registry = get_registry()
+        return self._registry
+
+    def on_result(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(result)`` after each finished generation."""
+        self._listeners.append(callback)
+
+    # --- state -----------------------------------------------------------------------------
+
+    def refresh_models(self) -> list[str]:
+        """Re-list loaded models; keeps the choice if it is still loaded, else picks the newest."""
+        names = [m.name for m in self.registry.list()]
+        if self.model not in names:
+            self.model = names[-1] if names else None
+        if hasattr(self, "_model_w"):
+            self._syncing = True
+            try:
+                self._model_w.options = names
+                self._model_w.value = self.model
+            finally:
+                self._syncing = False
+            self._send_button.disabled = self.model is None
+        return names
+
+    def generation_params(self) -> Any:
+        """The :class:`workbench.runtime.GenerationParams` the Send button would use."""
+        from ..runtime import GenerationParams
+
+        known = {f.name for f in fields(GenerationParams)}
+        kwargs = {k: v for k, v in self.params.items() if k in known}
+        kwargs["stop"] = tuple(kwargs.get("stop") or ())
+        if "system_prompt" in known:
+            kwargs["system_prompt"] = self.system_prompt or None
+        return GenerationParams(**kwargs)
+
+    def set_params(self, **params: Any) -> None:
+        """Change sampling settings: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+        ``repetition_penalty``, ``seed`` (``None`` for random), ``stop`` (a list of strings)."""
+        unknown = set(params) - {*DEFAULTS, "seed", "stop"}
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+        self.params.update(params)
+        self._sync_widgets()
+
+    def _loaded(self) -> Any:
+        if self.model is None:
+            self.refresh_models()
+        if self.model is None:
+            raise ModelNotLoadedError("no model is loaded", hint="load one in the Load tab first")
+        return self.registry.get(self.model)
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def send(self, text: str, *, wait: bool = True) -> Any:
+        """Send a user message; the answer streams into the transcript.
+
+        Returns:
+            The runtime's ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
+        """
+        text = text.strip()
+        if not text:
+            raise GenerationError("the prompt is empty", hint="type something to send")
+        loaded = self._loaded()
+        params = self.generation_params()
+        messages = [*self.history, {"role": "user", "content": text}]
+        self.clear_message()
+
+        def job() -> Any:
+            from ..runtime import stream
+
+            self.history.append({"role": "user", "content": text})
+            self.pending = ""
+            self._set_busy(True)
+            self._render_transcript()
+            try:
+                s = stream(loaded, messages, params)
+                self._stream = s
+                for piece in s:
+                    self.pending += piece
+                    if self._flush_throttle.ready():
+                        self._render_transcript()
+                result = s.result
+            except Exception:
+                # The user's message stays; the half answer is dropped with the error shown.
+                self.pending = None
+                self._render_transcript()
+                raise
+            finally:
+                self._stream = None
+                self._set_busy(False)
+            self.pending = None
+            self.history.append({"role": "assistant", "content": result.text})
+            self.results.append(result)
+            self._render_all()
+            for cb in list(self._listeners):
+                cb(result)
+            return result
+
+        return self._finish(self.submit(job), wait)
+
+    def stop(self) -> None:
+        """Stop the answer being generated (what was generated so far is kept)."""
+        s = self._stream
+        if s is not None:
+            s.stop()
+
+    def clear(self) -> None:
+        """Forget the conversation (metrics and batch results stay)."""
+        self.history = []
+        self.pending = None
+        self._render_transcript()
+
+    def run_batch(self, prompts: Sequence[str], *, wait: bool = True) -> Any:
+        """Answer several independent prompts (no chat history) into a table.
+
+        Returns:
+            A list of ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
+        """
+        prompts = [p.strip() for p in prompts if p and p.strip()]
+        if not prompts:
+            raise GenerationError("no prompts in the batch", hint="write one prompt per line")
+        loaded = self._loaded()
+        params = self.generation_params()
+
+        def job() -> list[Any]:
+            from ..runtime import generate_batch
+
+            self._set_busy(True)
+            try:
+                results = generate_batch(loaded, list(prompts), params)
+            finally:
+                self._set_busy(False)
+            self.batch_rows = list(zip(prompts, results))
+            self._render_all()
+            return results
+
+        return self._finish(self.submit(job), wait)
+
+    # --- widgets ---------------------------------------------------------------------------
+
+    def _build(self) -> Any:
+        import ipywidgets as widgets
+
+        self._syncing = False
+        self._model_w = widgets.Dropdown(description="Model", layout=widgets.Layout(width="360px"))
+        refresh = widgets.Button(description="Refresh", icon="refresh", layout=widgets.Layout(width="100px"))
+        self._system_w = widgets.Textarea(value=self.system_prompt, placeholder="optional system prompt",
+                                          description="System", layout=widgets.Layout(width="100%", height="48px"))
+        p = self.params
+        self._param_w = {
+            "max_new_tokens": widgets.IntSlider(value=p["max_new_tokens"], min=1, max=2048, description="max tokens"),
+            "temperature": widgets.FloatSlider(value=p["temperature"], min=0.0, max=2.0, step=0.05,
+                                               description="temperature"),
+            "top_p": widgets.FloatSlider(value=p["top_p"], min=0.0, max=1.0, step=0.01, description="top p"),
+            "top_k": widgets.IntSlider(value=p["top_k"], min=0, max=200, description="top k"),
+            "repetition_penalty": widgets.FloatSlider(value=p["repetition_penalty"], min=1.0, max=2.0, step=0.05,
+                                                      description="repetition"),
+        }
+        self._seed_w = widgets.Text(value="" if p["seed"] is None else str(p["seed"]), placeholder="random",
+                                    description="seed", layout=widgets.Layout(width="220px"))
+        self._stop_w = widgets.Text(value=", ".join(p["stop"]), placeholder="e.g. ###, User:", description="stop at",
+                                    layout=widgets.Layout(width="320px"))
+        sampling = widgets.VBox([widgets.HBox(list(self._param_w.values())[:3]),
+                                 widgets.HBox([*list(self._param_w.values())[3:], self._seed_w]), self._stop_w])
+        self._transcript = widgets.HTML(layout=widgets.Layout(width="100%", max_height="420px", overflow="auto"))
+        self._transcript.add_class("workbench-transcript-box")
+        self._input = widgets.Textarea(placeholder="Ask something, then press Send",
+                                       layout=widgets.Layout(width="100%", height="64px"))
+        self._input.add_class("workbench-prompt-input")
+        self._send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane",
+                                           layout=widgets.Layout(width="100px"))
+        self._stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
+                                           layout=widgets.Layout(width="100px"))
+        clear = widgets.Button(description="Clear", icon="trash", layout=widgets.Layout(width="100px"))
+        self._metrics_w = widgets.HTML()
+        self._batch_input = widgets.Textarea(placeholder="one prompt per line",
+                                             layout=widgets.Layout(width="100%", height="90px"))
+        self._batch_button = widgets.Button(description="Run batch", icon="list", layout=widgets.Layout(width="120px"))
+        self._batch_w = widgets.HTML()
+
+        self._model_w.observe(self.guarded(self._on_model), names="value")
+        self._system_w.observe(self.guarded(lambda ch: setattr(self, "system_prompt", ch["new"])), names="value")
+        for w in (*self._param_w.values(), self._seed_w, self._stop_w):
+            w.observe(self.guarded(self._params_from_widgets), names="value")
+        refresh.on_click(self.guarded(lambda _: self.refresh_models()))
+        self._send_button.on_click(self.guarded(self._on_send))
+        self._stop_button.on_click(self.guarded(lambda _: self.stop()))
+        clear.on_click(self.guarded(lambda _: self.clear()))
+        self._batch_button.on_click(self.guarded(
+            lambda _: self.run_batch(self._batch_input.value.splitlines(), wait=False)))
+
+        extras = widgets.Accordion(children=[sampling, widgets.VBox([self._batch_input, self._batch_button,
+                                                                     self._batch_w])])
+        extras.set_title(0, "Sampling")
+        extras.set_title(1, "Batch: many prompts into a table")
+        self._render_all()
+        self.refresh_models()
+        return widgets.VBox([
+            widgets.HBox([self._model_w, refresh]),
+            self._system_w,
+            self._transcript,
+            self._input,
+            widgets.HBox([self._send_button, self._stop_button, clear]),
+            self._metrics_w,
+            extras,
+        ])
+
+    def _on_model(self, change: dict[str, Any]) -> None:
+        if not self._syncing:
+            self.model = change["new"]
+
+    def _on_send(self, _button: Any) -> None:
+        text = self._input.value
+        self.send(text, wait=False)
+        self._input.value = ""
+
+    def _params_from_widgets(self, _change: Any = None) -> None:
+        if self._syncing:
+            return
+        for k, w in self._param_w.items():
+            self.params[k] = w.value
+        seed = self._seed_w.value.strip()
+        if seed and not seed.lstrip("-").isdigit():
+            raise GenerationError(f"seed {seed!r} is not a whole number", hint="leave it empty for a random seed")
+        self.params["seed"] = int(seed) if seed else None
+        self.params["stop"] = tuple(s.strip() for s in self._stop_w.value.split(",") if s.strip())
+
+    def _sync_widgets(self) -> None:
+        if self._root is None:
+            return
+        self._syncing = True
+        try:
+            for k, w in self._param_w.items():
+                w.value = self.params[k]
+            self._seed_w.value = "" if self.params["seed"] is None else str(self.params["seed"])
+            self._stop_w.value = ", ".join(self.params["stop"])
+            self._system_w.value = self.system_prompt
+        finally:
+            self._syncing = False
+
+    def _set_busy(self, busy: bool) -> None:
+        if self._root is None:
+            return
+        self._send_button.disabled = busy or self.model is None
+        self._batch_button.disabled = busy
+        self._stop_button.disabled = not busy
+
+    def _render_transcript(self) -> None:
+        if not hasattr(self, "_transcript"):
+            return
+        self.flushes += 1
+        self._transcript.value = transcript_html(self.system_prompt, self.history, self.pending)
+
+    def _render_all(self) -> None:
+        if not hasattr(self, "_metrics_w"):
+            return
+        self._render_transcript()
+        self._metrics_w.value = metrics_table_html(self.results[-10:])
+        self._batch_w.value = batch_table_html(self.batch_rows)
+
+    # --- static ----------------------------------------------------------------------------
+
+    def static_html(self, plots: bool = True) -> str:
+        """The conversation, the metrics of every run and the last batch."""
+        parts = [f"<p>Model: <b>{esc(self.model or 'none loaded')}</b></p>"]
+        if self.system_prompt:
+            parts.append(f"<p><b>System prompt:</b></p>{pre_html(self.system_prompt)}")
+        for m in self.history:
+            parts.append(f"<p style='margin:4px 0 0 0'><b>{esc(m['role'])}:</b></p>{pre_html(m['content'])}")
+        parts.append(metrics_table_html(self.results))
+        parts.append(batch_table_html(self.batch_rows))
+        return "".join(parts)

@@ -1,0 +1,352 @@
+"""The Telemetry panel: live plots per GPU and for the CPU/RAM, with the workbench's events marked.
+
+Redraws are cheap on purpose: at most 4 a second, one ``batch_update()`` each
+(one comm message for every trace and mark), at most :data:`MAX_POINTS` points a
+trace, float32 values, and x as float32 seconds relative to the newest sample.
+They run on the sampler's subscriber thread, so the kernel never blocks on a plot.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..store import format_bytes
+from .base import Panel, Throttle
+from .display import esc, figure_html, html_table
+
+MAX_POINTS = 600
+MAX_EVENTS = 40
+REDRAW_INTERVAL_S = 0.25  # at most 4 redraws a second
+GIB = float(2**30)
+WINDOWS = (("1 min", 60), ("5 min", 300), ("15 min", 900), ("1 hour", 3600))
+
+# Per GPU: (metric, subplot title, scale divisor, unit)
+GPU_PLOTS = (
+    ("utilization_percent", "Utilisation (%)", 1.0),
+    ("memory_used_bytes", "Memory used (GiB)", GIB),
+    ("power_w", "Power (W)", 1.0),
+    ("temperature_c", "Temperature (°C)", 1.0),
+)
+HOST_PLOTS = (
+    (("cpu_percent", "CPU"),),
+    (("ram_used_bytes", "RAM used"), ("process_rss_bytes", "kernel RSS")),
+)
+HOST_TITLES = ("CPU (%)", "RAM (GiB)")
+_EVENT_COLOURS = {
+    "load_started": "#1f77b4", "load_finished": "#2ca02c", "generate_started": "#9467bd",
+    "generate_finished": "#8c564b", "unload": "#ff7f0e", "error": "#d62728",
+}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One line of a plot: float32 ``x`` (seconds relative to ``t_end``) and float32 ``y``."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+def _downsample(times: np.ndarray, values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(times)
+    if n <= max_points:
+        return times, values
+    stride = math.ceil(n / max_points)
+    # Keep the newest sample: step back from the end.
+    idx = np.arange(n - 1, -1, -stride)[::-1]
+    return times[idx], values[idx]
+
+
+class TelemetryPanel(Panel):
+    """Live GPU, CPU and RAM plots from the process's one sampler, with event marks.
+
+    Args:
+        sampler: default :func:`workbench.telemetry.get_sampler` (started when the
+            panel is shown live or :meth:`snapshot` runs).
+        window_s: seconds of history shown.
+        event_log: default the process-wide log.
+
+    Example:
+        >>> panel = TelemetryPanel(window_s=120)
+        >>> panel.figure().data[0].name              # doctest: +SKIP
+        'CPU'
+        >>> panel.pause(); panel.resume()
+    """
+
+    title = "Telemetry"
+
+    def __init__(self, sampler: Any = None, window_s: float = 300, event_log: Any = None) -> None:
+        super().__init__()
+        from ..telemetry import get_event_log, get_sampler
+
+        self.sampler = sampler if sampler is not None else get_sampler(start=False)
+        self.event_log = event_log if event_log is not None else get_event_log()
+        self.window_s = float(window_s)
+        self.paused = False
+        self.redraws = 0
+        self.max_redraw_s = 0.0
+        self._throttle = Throttle(REDRAW_INTERVAL_S)
+        self._draw_lock = threading.Lock()
+        self._unsubscribers: list[Any] = []
+        self._figures: dict[str, Any] = {}  # "host" or a GPU name -> FigureWidget
+
+    # --- data ------------------------------------------------------------------------------
+
+    def _ensure_sampled(self) -> None:
+        self.sampler.start()
+        if self.sampler.latest() is None:
+            self.sampler.sample_now()
+
+    def devices(self) -> list[str]:
+        """GPU names with telemetry (empty without NVML: then only CPU/RAM plots)."""
+        return list(self.sampler.gpu_devices)
+
+    def traces(self, now_s: float | None = None) -> tuple[float, dict[str, list[list[Trace]]]]:
+        """The data of every plot: ``(t_end, {"host": [[Trace...] per subplot], "cuda:0": ...})``.
+
+        ``x`` is float32 seconds relative to ``t_end`` (the newest sample), so 0 is
+        "now" and -60 a minute ago.
+        """
+        since = (now_s or time.time()) - self.window_s
+        times, cols = self.sampler.columns(since)
+        t_end = float(times[-1]) if len(times) else (now_s or time.time())
+        out: dict[str, list[list[Trace]]] = {}
+
+        def series(key: str, scale: float, name: str) -> Trace:
+            values = cols.get(key)
+            if values is None:
+                values = np.full(len(times), np.nan, dtype=np.float32)
+            t, v = _downsample(times, values, MAX_POINTS)
+            x = (t - t_end).astype(np.float32)
+            y = (v / scale).astype(np.float32) if scale != 1.0 else v.astype(np.float32)
+            return Trace(name, x, y)
+
+        out["host"] = [[series(key, GIB if key.endswith("_bytes") else 1.0, label) for key, label in plot]
+                       for plot in HOST_PLOTS]
+        for dev in self.devices():
+            out[dev] = [[series(f"{dev}/{metric}", scale, dev)] for metric, _, scale in GPU_PLOTS]
+        return t_end, out
+
+    def events(self, t_end: float | None = None) -> list[Any]:
+        """The workbench events inside the window (newest :data:`MAX_EVENTS`)."""
+        t_end = t_end or time.time()
+        return self.event_log.events(since_s=t_end - self.window_s)[-MAX_EVENTS:]
+
+    # --- figures ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _layout(key: str) -> tuple[int, int, tuple[str, ...]]:
+        if key == "host":
+            return 1, 2, HOST_TITLES
+        return 2, 2, tuple(title for _, title, _ in GPU_PLOTS)
+
+    def _empty_figure(self, key: str, widget: bool) -> Any:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        rows, cols, titles = self._layout(key)
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                            vertical_spacing=0.16 if rows > 1 else 0.1)
+        if widget:
+            fig = go.FigureWidget(fig)
+        title = "CPU and RAM" if key == "host" else f"GPU {key}"
+        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=50, b=35), title=dict(text=title, x=0.01),
+                          showlegend=key == "host", legend=dict(orientation="h", y=-0.15), template="plotly_white")
+        fig.update_xaxes(title_text="seconds (0 = latest sample)", range=[-self.window_s, 0])
+        return fig
+
+    def _marks(self, key: str, events: list[Any], t_end: float) -> tuple[list[dict], list[dict]]:
+        rows, cols, _ = self._layout(key)
+        shapes, annotations = [], []
+        for e in events:
+            x = float(np.float32(e.time_s - t_end))
+            colour = _EVENT_COLOURS.get(e.kind, "#7f7f7f")
+            for i in range(1, rows * cols + 1):
+                suffix = "" if i == 1 else str(i)
+                shapes.append(dict(type="line", xref=f"x{suffix}", yref=f"y{suffix} domain", x0=x, x1=x, y0=0, y1=1,
+                                   line=dict(color=colour, width=1, dash="dot")))
+            # One label per event, on the first subplot; the message shows on hover.
+            annotations.append(dict(x=x, xref="x", yref="y domain", y=1.0, yanchor="bottom", showarrow=False,
+                                    text=esc(e.kind.replace("_", " ")), font=dict(size=9, color=colour),
+                                    textangle=-90, hovertext=esc(f"{e.kind}: {e.message}")))
+        return shapes, annotations
+
+    def _fill(self, fig: Any, key: str, plots: list[list[Trace]], events: list[Any], t_end: float) -> None:
+        """Put data and marks into ``fig``; adds traces on first use, else updates them in place."""
+        import plotly.graph_objects as go
+
+        rows, cols, _ = self._layout(key)
+        flat = [(i, t) for i, plot in enumerate(plots) for t in plot]
+        if len(fig.data) != len(flat):
+            for i, trace in flat:
+                fig.add_trace(go.Scatter(x=trace.x, y=trace.y, name=trace.name, mode="lines",
+                                         line=dict(width=1.5), hovertemplate="%{y:.3g}<extra>%{fullData.name}</extra>"),
+                              row=i // cols + 1, col=i % cols + 1)
+        else:
+            for data, (_, trace) in zip(fig.data, flat):
+                data.x, data.y = trace.x, trace.y
+        shapes, annotations = self._marks(key, events, t_end)
+        # Keep the subplot titles (they are annotations too) ahead of the event labels.
+        titles = [a for a in fig.layout.annotations if getattr(a, "hovertext", None) is None]
+        fig.layout.shapes = shapes
+        fig.layout.annotations = [*titles, *annotations]
+        fig.update_xaxes(range=[-self.window_s, 0])
+
+    def figure(self, key: str = "host") -> Any:
+        """A static ``go.Figure`` of one plot group (``"host"`` or a GPU name), for reports."""
+        self._ensure_sampled()
+        t_end, data = self.traces()
+        fig = self._empty_figure(key, widget=False)
+        self._fill(fig, key, data[key], self.events(t_end), t_end)
+        return fig
+
+    # --- live ------------------------------------------------------------------------------
+
+    def redraw(self, force: bool = False) -> bool:
+        """Redraw the live figures (one ``batch_update`` each); skipped when paused or too soon.
+
+        Returns:
+            Whether it drew.
+        """
+        if not self._figures or (self.paused and not force):
+            return False
+        if not force and not self._throttle.ready():
+            return False
+        with self._draw_lock:
+            t0 = time.perf_counter()
+            t_end, data = self.traces()
+            events = self.events(t_end)
+            for key, fig in list(self._figures.items()):
+                if key in data:
+                    with fig.batch_update():
+                        self._fill(fig, key, data[key], events, t_end)
+            self._status.value = self.status_html()
+            self.redraws += 1
+            self.max_redraw_s = max(self.max_redraw_s, time.perf_counter() - t0)
+        return True
+
+    def pause(self) -> None:
+        """Freeze the plots (sampling goes on, so nothing is lost)."""
+        self.paused = True
+        if self._root is not None and not self._pause.value:
+            self._pause.value = True
+
+    def resume(self) -> None:
+        """Unfreeze the plots and redraw now."""
+        self.paused = False
+        if self._root is not None and self._pause.value:
+            self._pause.value = False
+        self.redraw(force=True)
+
+    def set_window(self, seconds: float) -> None:
+        """Show the last ``seconds`` of history."""
+        self.window_s = float(seconds)
+        self.redraw(force=True)
+
+    def export_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write the history and events as CSV (see :func:`workbench.telemetry.to_csv`); returns the path."""
+        from ..telemetry import to_csv
+
+        path = path or f"telemetry-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        to_csv(self.sampler, path, log=self.event_log)
+        return os.fspath(path)
+
+    def status_html(self) -> str:
+        """The latest readings in one line per device."""
+        s = self.sampler.latest()
+        if s is None:
+            return "<em>no sample yet</em>"
+        lines = [f"<b>CPU</b> {esc(s.cpu_str)} &middot; <b>RAM</b> {esc(s.ram_used_str)} / {esc(s.ram_total_str)}"
+                 f" &middot; <b>kernel RSS</b> {esc(s.process_rss_str)}"]
+        for g in s.gpus:
+            lines.append(f"<b>{esc(g.device)}</b> {esc(g.utilization_str)} &middot; {esc(g.memory_used_str)} / "
+                         f"{esc(g.memory_total_str)} &middot; {esc(g.power_str)} &middot; {esc(g.temperature_str)}")
+        for notice in self.sampler.notices:
+            lines.append(f"<span style='color:#666'>{esc(notice)}</span>")
+        return "<div style='font-size:13px;line-height:1.6'>" + "<br>".join(lines) + "</div>"
+
+    def _on_sample(self, _sample: Any) -> None:
+        self.redraw()
+
+    def _on_event(self, _event: Any) -> None:
+        self.redraw()
+
+    def _build(self) -> Any:
+        import ipywidgets as widgets
+
+        self._ensure_sampled()
+        self._status = widgets.HTML()
+        self._pause = widgets.ToggleButton(value=self.paused, description="Pause", icon="pause",
+                                           tooltip="freeze the plots; sampling goes on",
+                                           layout=widgets.Layout(width="110px"))
+        self._window = widgets.Dropdown(options=list(WINDOWS), value=min(WINDOWS, key=lambda w: abs(w[1] - self.window_s))[1],
+                                        description="Window", layout=widgets.Layout(width="200px"))
+        export = widgets.Button(description="Export CSV", icon="file", layout=widgets.Layout(width="120px"))
+
+        def on_pause(change: dict[str, Any]) -> None:
+            self._pause.description = "Resume" if change["new"] else "Pause"
+            self._pause.icon = "play" if change["new"] else "pause"
+            if change["new"]:
+                self.pause()
+            else:
+                self.resume()
+
+        self._pause.observe(self.guarded(on_pause), names="value")
+        self._window.observe(self.guarded(lambda ch: self.set_window(ch["new"])), names="value")
+        export.on_click(self.guarded(lambda _: self.show_message(f"Wrote {self.export_csv()}", "ok")))
+        self._export_button = export
+
+        for key in ["host", *self.devices()]:
+            self._figures[key] = self._empty_figure(key, widget=True)
+        self._unsubscribers = [self.sampler.subscribe(self._on_sample), self.event_log.subscribe(self._on_event)]
+        children = [widgets.HBox([self._pause, self._window, export]), self._status]
+        # GPUs first: they are what people come for; the host plot last.
+        children += [self._figures[k] for k in [*self.devices(), "host"]]
+        box = widgets.VBox(children)
+        self._draw_initial()
+        return box
+
+    def _draw_initial(self) -> None:
+        self._status.value = self.status_html()
+        t_end, data = self.traces()
+        events = self.events(t_end)
+        for key, fig in self._figures.items():
+            with fig.batch_update():
+                self._fill(fig, key, data.get(key, []), events, t_end)
+
+    def close(self) -> None:
+        """Unsubscribe from the sampler and the event log, and close the widgets."""
+        for unsubscribe in self._unsubscribers:
+            unsubscribe()
+        self._unsubscribers = []
+        self._figures = {}
+        super().close()
+
+    # --- static ----------------------------------------------------------------------------
+
+    def static_html(self, plots: bool = True) -> str:
+        """Figures of the window (plotly.js inline once per page), the latest readings and the events."""
+        self._ensure_sampled()
+        t_end = time.time()
+        parts = [self.status_html()]
+        if plots:
+            for key in [*self.devices(), "host"]:
+                parts.append(figure_html(self.figure(key)))
+        events = self.events(t_end)
+        if events:
+            start = events[0].time_s
+            rows = [[_dt.datetime.fromtimestamp(e.time_s).strftime("%H:%M:%S"), f"+{e.time_s - start:.1f} s",
+                     e.kind, e.model, e.message] for e in events]
+            parts.append(html_table(["Time", "Since first", "Event", "Model", "Message"], rows,
+                                    caption=f"Workbench events (last {self.window_s:.0f} s)"))
+        parts.append(f"<p style='color:#666;font-size:12px'>{self.sampler.rows} samples held, every "
+                     f"{self.sampler.interval_s:g} s; buffers {esc(format_bytes(self.sampler.buffer_nbytes))}.</p>")
+        return "".join(parts)
