@@ -304,23 +304,25 @@ class TelemetryPanel(Panel):
         export.on_click(self.guarded(lambda _: self.show_message(f"Wrote {self.export_csv()}", "ok")))
         self._export_button = export
 
-        for key in ["host", *self.devices()]:
-            self._figures[key] = self._empty_figure(key, widget=True)
+        figures = {key: self._empty_figure(key, widget=True) for key in ["host", *self.devices()]}
+        self._draw_initial(figures)
+        # Publish the figures (and subscribe) only once their traces exist, so a redraw on the
+        # sampler's thread never races the first fill.
+        self._figures = figures
         self._unsubscribers = [self.sampler.subscribe(self._on_sample), self.event_log.subscribe(self._on_event)]
         children = [widgets.HBox([self._pause, self._window, export]), self._status]
         # GPUs first: they are what people come for; the host plot last.
-        children += [self._figures[k] for k in [*self.devices(), "host"]]
-        box = widgets.VBox(children)
-        self._draw_initial()
-        return box
+        children += [figures[k] for k in [*self.devices(), "host"]]
+        return widgets.VBox(children)
 
-    def _draw_initial(self) -> None:
-        self._status.value = self.status_html()
-        t_end, data = self.traces()
-        events = self.events(t_end)
-        for key, fig in self._figures.items():
-            with fig.batch_update():
-                self._fill(fig, key, data.get(key, []), events, t_end)
+    def _draw_initial(self, figures: dict[str, Any]) -> None:
+        with self._draw_lock:
+            self._status.value = self.status_html()
+            t_end, data = self.traces()
+            events = self.events(t_end)
+            for key, fig in figures.items():
+                with fig.batch_update():
+                    self._fill(fig, key, data.get(key, []), events, t_end)
 
     def close(self) -> None:
         """Unsubscribe from the sampler and the event log, and close the widgets."""

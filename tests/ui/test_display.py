@@ -1,0 +1,60 @@
+"""Live/static detection and the static HTML kit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.ui import display
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("WORKBENCH_DISPLAY", "JPY_SESSION_NAME", "VSCODE_PID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_static_without_a_front_end() -> None:
+    assert display.display_mode() == "static"
+
+
+@pytest.mark.parametrize("var", ["JPY_SESSION_NAME", "VSCODE_PID"])
+def test_live_under_a_jupyter_session_or_vscode(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "x")
+    assert display.display_mode() == "live"
+
+
+def test_env_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JPY_SESSION_NAME", "nb.ipynb")
+    monkeypatch.setenv("WORKBENCH_DISPLAY", "static")
+    assert display.display_mode() == "static"
+    monkeypatch.setenv("WORKBENCH_DISPLAY", "bogus")
+    with pytest.raises(ConfigError, match="bogus"):
+        display.display_mode()
+
+
+def test_html_table_escapes_cells_and_headers() -> None:
+    html = display.html_table(["<h>"], [["<script>alert(1)</script>"], [None]])
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;h&gt;" in html and "&mdash;" in html
+
+
+def test_plotlyjs_is_inlined_once_per_page() -> None:
+    import plotly.graph_objects as go
+
+    display.reset_plotlyjs()
+    first = display.figure_html(go.Figure(go.Scatter(y=[1, 2])))
+    second = display.figure_html(go.FigureWidget(go.Scatter(y=[3, 4])))
+    assert "plotly.js v" in first and len(first) > 1_000_000
+    assert "plotly.js v" not in second and "Plotly.newPlot" in second and len(second) < 50_000
+    assert "cdn.plot.ly" not in second
+    display.reset_plotlyjs()
+
+
+def test_importing_the_ui_is_light() -> None:
+    code = ("import sys, workbench.ui; from workbench.ui import Workbench; "
+            "print(sorted(m for m in ('torch', 'transformers', 'workbench.runtime', 'workbench.server') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,123 @@
+"""The Telemetry panel: bounded float32 data, throttled batched redraws, events as marks, pause/resume."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from workbench.telemetry import GpuSample, HostSample, Sampler
+from workbench.ui import TelemetryPanel
+from workbench.ui.telemetry_panel import MAX_POINTS, REDRAW_INTERVAL_S
+
+
+class FakeHost:
+    """A scriptable psutil stand-in: instant samples."""
+
+    name = "fake-host"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def sample(self) -> HostSample:
+        self.n += 1
+        return HostSample(cpu_percent=float(self.n % 100), ram_used_bytes=2**30 + self.n, ram_total_bytes=2**34,
+                          process_rss_bytes=2**29)
+
+
+class FakeGpu:
+    name = "fake-gpu"
+    notice = None
+
+    def sample(self) -> tuple[GpuSample, ...]:
+        return (GpuSample("cuda:0", uuid="GPU-fake", utilization_percent=50.0, memory_used_bytes=3 * 2**30,
+                          memory_total_bytes=80 * 2**30, power_w=250.0, power_limit_w=700.0, temperature_c=60.0),)
+
+
+def test_traces_are_bounded_float32_and_relative(event_log) -> None:
+    s = Sampler(interval_s=1, history_s=10_000, sources=[FakeHost()])
+    for _ in range(2000):
+        s.sample_now()
+    panel = TelemetryPanel(sampler=s, window_s=3600, event_log=event_log)
+    t_end, data = panel.traces()
+    for plot in data["host"]:
+        for trace in plot:
+            assert trace.x.dtype == np.float32 and trace.y.dtype == np.float32
+            assert len(trace.x) <= MAX_POINTS and trace.x[-1] == 0.0 and trace.x[0] < 0
+    s.close()
+
+
+def test_live_redraws_are_throttled_and_batched(sampler, event_log) -> None:
+    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+    _ = panel.widget
+    fig = panel._figures["host"]
+    messages = []
+    for name in ("_send_update_msg", "_send_relayout_msg", "_send_restyle_msg"):
+        original = getattr(fig, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            messages.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(fig, name, counting)
+    before = panel.redraws
+    start = time.monotonic()
+    time.sleep(1.6)  # the sampler ticks every 50 ms: 32 samples
+    elapsed = time.monotonic() - start
+    redraws = panel.redraws - before
+    assert 2 <= redraws <= elapsed / REDRAW_INTERVAL_S + 2
+    # One batch_update per redraw: one message to the front end carrying every trace and mark.
+    assert len(messages) in (redraws, redraws + 1) and set(messages) == {"_send_update_msg"}
+    assert len(fig.data[0].y) > 5 and fig.data[0].y.dtype == np.float32
+    panel.close()
+
+
+def test_events_are_marked_and_escaped(sampler, event_log) -> None:
+    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+    _ = panel.widget
+    event_log.post("load_finished", "loaded <tiny>", model="tiny")
+    assert panel.redraw(force=True)
+    fig = panel._figures["host"]
+    assert len(fig.layout.shapes) == 2  # one line per subplot
+    labels = [a for a in fig.layout.annotations if a.hovertext]
+    assert labels[0].text == "load finished" and "&lt;tiny&gt;" in labels[0].hovertext
+    static = panel.static_html(plots=False)
+    assert "load_finished" in static and "loaded &lt;tiny&gt;" in static
+    panel.close()
+
+
+def test_pause_and_resume(sampler, event_log) -> None:
+    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+    _ = panel.widget
+    panel._pause.value = True
+    assert panel.paused and panel._pause.description == "Resume"
+    time.sleep(0.4)
+    frozen = panel.redraws
+    time.sleep(0.6)
+    assert panel.redraws == frozen
+    panel._pause.value = False
+    assert not panel.paused and panel.redraws > frozen
+    panel.close()
+
+
+def test_a_gpu_gets_its_own_figure(event_log) -> None:
+    s = Sampler(interval_s=0.05, history_s=60, sources=[FakeGpu(), FakeHost()])
+    panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log)
+    _ = panel.widget
+    assert panel.devices() == ["cuda:0"]
+    fig = panel._figures["cuda:0"]
+    assert len(fig.data) == 4 and float(fig.data[2].y[-1]) == pytest.approx(250.0)
+    assert "cuda:0" in panel.status_html() and "250 / 700 W" in panel.status_html()
+    panel.close()
+    s.close()
+
+
+def test_static_twin_has_a_plotly_figure_and_export(sampler, event_log, tmp_path) -> None:
+    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+    event_log.post("unload", "unloaded tiny", model="tiny")
+    html = panel.static().html
+    assert "Plotly.newPlot" in html and "unloaded tiny" in html and not panel.built
+    path = panel.export_csv(tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().startswith("time_s,type,cpu_percent")
+    assert path.endswith("t.csv")
