@@ -39,9 +39,12 @@ chromium:
 test: seed chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# WORKBENCH_DISPLAY=static: a report is static even when run from a VS Code or JupyterLab terminal,
+# whose environment would otherwise make the panels render live widgets.
 report: seed
 	@mkdir -p reports
-	$(BIN)/jupyter nbconvert --to html --execute notebooks/report.ipynb --output-dir reports --output report.html
+	WORKBENCH_DISPLAY=static $(BIN)/jupyter nbconvert --to html --execute notebooks/report.ipynb \
+		--ExecutePreprocessor.store_widget_state=False --output-dir reports --output report.html
 
 bench: seed
 	$(BIN)/python bench/bench_runtime.py

@@ -9,6 +9,7 @@ They run on the sampler's subscriber thread, so the kernel never blocks on a plo
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
 import threading
@@ -21,6 +22,20 @@ import numpy as np
 from ..store import format_bytes
 from .base import Panel, Throttle
 from .display import esc, figure_html, html_table
+
+
+class _PanelShowsNotices(logging.Filter):
+    """Drop the sampler's one-off notices ("NVIDIA driver not found...") from the log.
+
+    The panel prints them in its status line; logged at WARNING they would also land
+    as red stderr under the cell that shows the panel.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("telemetry: ")
+
+
+_notice_filter = _PanelShowsNotices()
 
 MAX_POINTS = 600
 MAX_EVENTS = 40
@@ -86,6 +101,10 @@ class TelemetryPanel(Panel):
     def __init__(self, sampler: Any = None, window_s: float = 300, event_log: Any = None) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
+
+        sampler_logger = logging.getLogger("workbench.telemetry.sampler")
+        if _notice_filter not in sampler_logger.filters:
+            sampler_logger.addFilter(_notice_filter)
 
         self.sampler = sampler if sampler is not None else get_sampler(start=False)
         self.event_log = event_log if event_log is not None else get_event_log()

@@ -1,0 +1,114 @@
+"""Every curated notebook runs top to bottom on a CPU with the embedded model, and shows what it promises.
+
+Executed by nbclient (what ``nbconvert --execute`` uses), so these also check the
+static side: no live front end, panels render their static twins.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import NOTEBOOKS, REPO, outputs_text
+
+pytestmark = pytest.mark.slow
+
+_PLOTLY_JS = re.compile(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v[\s\S]*?</script>")
+
+
+def test_every_notebook_is_tested() -> None:
+    tested = {"00-start-here", "01-model-store", "02-load-and-place", "03-prompting", "04-telemetry", "report"}
+    assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == tested
+
+
+def test_notebooks_are_stored_without_outputs() -> None:
+    import nbformat
+
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
+
+
+def test_00_start_here(run_notebook) -> None:
+    nb = run_notebook("00-start-here.ipynb")
+    text = outputs_text(nb)
+    # No Jupyter server session started this kernel, so the panels render static twins.
+    assert "'static'" in text
+    assert "Loading widget" not in text and "application/vnd.jupyter.widget-view+json" not in str(nb)
+    assert "SmolLM2-135M-Instruct" in text and "Telemetry" in text
+    assert "Paris" in text and "Tokens/s" in text
+
+
+def test_01_model_store(run_notebook) -> None:
+    text = outputs_text(run_notebook("01-model-store.ipynb"))
+    assert "truncated-model" in text and "'broken'" in text
+    assert "pickled-model" in text and "'unsafe'" in text
+    assert "smollm2-from-gguf" in text and "'safetensors'" in text
+    assert "Fits now" in text and "nf4" in text
+
+
+def test_02_load_and_place(run_notebook) -> None:
+    text = outputs_text(run_notebook("02-load-and-place.ipynb"))
+    assert "does NOT fit" in text and ": fits" in text
+    assert "freed" in text and "footprint" in text
+    assert "'cpu'" in text  # the placement dict
+
+
+def test_03_prompting(run_notebook) -> None:
+    text = outputs_text(run_notebook("03-prompting.ipynb"))
+    assert "Paris" in text and "Rome" in text
+    assert "Tokens/s" in text and "Batch" in text and "ttft_s" in text
+
+
+def test_04_telemetry(run_notebook) -> None:
+    text = outputs_text(run_notebook("04-telemetry.ipynb"))
+    assert "Plotly.newPlot" in text and "plotly.js v" in text  # plotly.js inline, once
+    assert text.count("plotly.js v") == 1
+    assert "load_started" in text and "unload" in text
+    assert "time_s,type,cpu_percent" in text
+
+
+def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
+    """``make report``'s notebook as HTML: plots with plotly.js inline, tables, the answer; no CDN, no widgets."""
+    from nbconvert import HTMLExporter
+
+    nb = run_notebook("report.ipynb")
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    out = tmp_path / "report.html"
+    out.write_text(html, encoding="utf-8")
+    (REPO / "test-output").mkdir(exist_ok=True)
+    shutil.copyfile(out, REPO / "test-output" / "report.html")
+
+    assert html.count("plotly.js v") == 1, "plotly.js should be inlined exactly once"
+    assert "Plotly.newPlot" in html and "<table" in html
+    assert "Paris" in html and "Tokens/s" in html and "freed" in html
+    assert "load_finished" in html
+    assert "Loading widget" not in html and "widget-view+json" not in html
+    # plotly.js itself mentions CDNs (map tiles and icons it never fetches here); the page must not.
+    page = _PLOTLY_JS.sub("", html)
+    assert len(page) < len(html) - 1_000_000
+    for cdn in ("cdn.jsdelivr", "cdn.plot.ly", "unpkg.com"):
+        assert cdn not in page, cdn
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian chromium is not installed: the offline rendering check needs it (make chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page_ = browser.new_page(viewport={"width": 1200, "height": 1600})
+            # No network at all: only the file itself may load.
+            page_.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                        else route.abort())
+            page_.goto(out.as_uri(), wait_until="load")
+            page_.locator(".js-plotly-plot .main-svg").first.wait_for(state="attached", timeout=30_000)
+            assert page_.locator(".js-plotly-plot").count() >= 1
+            assert "Paris" in page_.inner_text("body")
+        finally:
+            browser.close()

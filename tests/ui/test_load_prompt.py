@@ -1,0 +1,147 @@
+"""Load and Prompt panels, and the Workbench app, driven through their widgets with the real runtime on tiny models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.ui import LoadPanel, PromptPanel, Workbench
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def registry():
+    from workbench.runtime import get_registry
+
+    reg = get_registry()
+    yield reg
+    for m in list(reg.list()):
+        reg.unload(m.name)
+
+
+def _load(registry, model: str = "tiny-llama"):
+    return LoadPanel(registry=registry).load_model(model, devices=["cpu"], dtype="float32")
+
+
+def test_load_panel_checks_loads_places_and_unloads(tiny_store: Path, registry) -> None:
+    panel = LoadPanel(registry=registry)
+    _ = panel.widget
+    panel._model_w.value = "tiny-llama"
+    panel._dtype_w.value = "float32"
+    assert ": fits" in panel._check_w.value and "float32 needs about" in panel._check_w.value
+    panel._budget_fields["cpu"].value = 0.00001  # about 10 KiB
+    assert "does NOT fit" in panel._check_w.value
+    panel._budget_fields["cpu"].value = 0.0
+    panel._quant_w.value = "nf4"
+    assert not panel._dq_w.disabled and "nf4 needs about" in panel._check_w.value
+    panel._quant_w.value = "none"
+    assert panel._dq_w.disabled
+
+    panel._load_button.click()
+    loaded = panel.wait()
+    assert loaded.name in [m.name for m in registry.list()]
+    assert panel._bar.value == 1.0 and panel._bar.bar_style == "success"
+    assert loaded.name in panel._loaded_w.value and "cpu:" in panel._loaded_w.value
+    assert panel.message[1] == "ok"
+
+    panel._unload_pick.value = loaded.name
+    panel._unload_button.click()
+    assert registry.list() == [] or loaded.name not in [m.name for m in registry.list()]
+    assert "freed" in panel._loaded_w.value and "No model loaded" in panel._loaded_w.value
+
+
+def test_load_errors_show_in_the_banner_and_the_panel_stays_usable(tiny_store: Path, registry) -> None:
+    panel = LoadPanel(registry=registry)
+    _ = panel.widget
+    panel._model_w.value = "tiny-llama"
+    panel._budget_fields["cpu"].value = 0.00001
+    panel._load_button.click()
+    with pytest.raises(Exception):  # noqa: B017 - whichever WorkbenchError the runtime raises
+        panel.wait()
+    kind, html = panel.message[1], panel._banner.value
+    assert kind == "error" and "Traceback" not in html
+    assert panel._bar.bar_style == "danger" and not panel._load_button.disabled
+    panel._budget_fields["cpu"].value = 0.0
+    panel._load_button.click()
+    assert panel.wait().name
+
+
+def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_store: Path, registry) -> None:
+    _load(registry)
+    panel = PromptPanel(registry=registry)
+    _ = panel.widget
+    assert panel._model_w.value == "tiny-llama" and not panel._send_button.disabled
+    panel._param_w["max_new_tokens"].value = 48
+    panel._seed_w.value = "0"
+    panel._input.value = "Hello <world>"
+    panel._send_button.click()
+    assert panel._input.value == ""
+    result = panel.wait()
+    assert result.new_tokens > 0
+    assert "Hello &lt;world&gt;" in panel._transcript.value
+    assert "Tokens/s" in panel._metrics_w.value and "TTFT" in panel._metrics_w.value
+    # At most ~10 repaints a second while streaming, plus the first and the last.
+    assert panel.flushes <= result.total_s * 10 + 4
+    assert [m["role"] for m in panel.history] == ["user", "assistant"]
+
+    panel._batch_input.value = "The capital of France\nHello world\n\n"
+    panel._batch_button.click()
+    results = panel.wait()
+    assert len(results) == 2 and "Batch" in panel._batch_w.value and "Hello world" in panel._batch_w.value
+
+    panel.clear()
+    assert panel.history == [] and "No messages yet" in panel._transcript.value
+    static = panel.static_html()
+    assert "Tokens/s" in static and "Batch" in static
+
+
+def test_stop_ends_a_long_answer(tiny_store: Path, registry) -> None:
+    _load(registry)
+    panel = PromptPanel(registry=registry)
+    _ = panel.widget
+    panel.set_params(max_new_tokens=2000, seed=0, temperature=1.0)
+    panel.send("Count to a thousand", wait=False)
+    deadline = time.monotonic() + 60
+    while not panel.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    panel._stop_button.click()
+    result = panel.wait()
+    assert result.new_tokens < 2000
+    assert panel._stop_button.disabled and not panel._send_button.disabled
+
+
+def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
+    panel = PromptPanel(registry=registry)
+    _ = panel.widget
+    panel._input.value = "hello"
+    panel._send_button.click()  # nothing loaded
+    assert panel.message[1] == "error" and "load" in panel.message[0].lower()
+    _load(registry)
+    panel.refresh_models()
+    panel._input.value = "   "
+    panel._send_button.click()
+    assert panel.message[1] == "error" and "empty" in panel.message[0]
+    panel._seed_w.value = "abc"
+    assert "whole number" in panel.message[0]
+
+
+def test_workbench_links_the_panels(tiny_store: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    wb = Workbench(registry=registry)
+    _ = wb.widget
+    assert wb.selected_tab == "Load" and list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry"]
+    wb.load._model_w.value = "tiny-gpt2"
+    wb.load._load_button.click()
+    loaded = wb.load.wait()
+    assert wb.selected_tab == "Prompt" and wb.prompt.model == loaded.name
+    result = wb.prompt.send("Hello", wait=True)
+    assert result.new_tokens > 0
+    monkeypatch.setenv("WORKBENCH_DISPLAY", "static")
+    html = wb._repr_mimebundle_()["text/html"]
+    for title in ("Store", "Load", "Prompt", "Telemetry", "Tokens/s", "Plotly.newPlot"):
+        assert title in html
+    monkeypatch.setenv("WORKBENCH_DISPLAY", "live")
+    assert "application/vnd.jupyter.widget-view+json" in wb._repr_mimebundle_()
+    wb.close()
