@@ -1,0 +1,287 @@
+"""Compare quantization variants of one model on one device: memory, speed, quality.
+
+Each variant is loaded, measured and unloaded in turn, so only one copy of the
+model is ever held and the memory between variants is checked to come back. The
+first variant is the baseline that quality is compared against (bfloat16 by
+default): perplexity on a held-out text, mean KL divergence of next-token
+distributions, and how often greedy continuations pick the same tokens.
+
+Example:
+    >>> from workbench.quant import compare
+    >>> study = compare("SmolLM2-135M-Instruct", device="cpu")  # doctest: +SKIP
+    >>> study.recommendation().reason  # doctest: +SKIP
+    'nf4: 41% of the memory, perplexity +3.1%, 0.9x speed on cpu'
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import ConfigError, LoadCancelledError, WorkbenchError
+from ..store.entry import format_bytes
+
+DEFAULT_PROMPTS = (
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "List three colours.",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision to try: a dtype and a bitsandbytes quantization (``none|int8|nf4|fp4``)."""
+
+    label: str
+    dtype: str = "bfloat16"
+    quant: str = "none"
+    double_quant: bool = False
+    compute_dtype: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``"bfloat16"``, ``"float32"``, ``"int8"``, ``"nf4"``, ``"nf4+dq"``, ``"fp4"``, ``"fp4+dq"``."""
+        label = text.strip()
+        base, _, extra = label.partition("+")
+        if base in ("float32", "float16", "bfloat16") and not extra:
+            return cls(label, dtype=base)
+        if base in ("int8", "nf4", "fp4") and extra in ("", "dq"):
+            if extra and base == "int8":
+                raise ConfigError(f"variant {text!r}: double quantization applies to 4-bit only",
+                                  hint="use nf4+dq or fp4+dq")
+            return cls(label, quant=base, double_quant=extra == "dq")
+        raise ConfigError(f"variant {text!r} is not known",
+                          hint="use float32, float16, bfloat16, int8, nf4, nf4+dq, fp4 or fp4+dq")
+
+
+DEFAULT_VARIANTS = tuple(Variant.parse(v) for v in ("bfloat16", "int8", "nf4", "nf4+dq", "fp4"))
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """What one variant measured; ``error`` is set (and the numbers None) when it could not run."""
+
+    variant: Variant
+    error: str | None = None
+    footprint_bytes: int | None = None
+    estimate_bytes: int | None = None
+    load_s: float | None = None
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+    decode_efficiency: float | None = None
+    perplexity: float | None = None
+    kl_divergence: float | None = None
+    token_match_rate: float | None = None
+    rss_after_unload_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def estimate_error(self) -> float | None:
+        if not (self.footprint_bytes and self.estimate_bytes):
+            return None
+        return self.estimate_bytes / self.footprint_bytes - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["variant"] = self.variant.label
+        d["estimate_error"] = self.estimate_error
+        return d
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QuantStudy:
+    """Rows of measurements, one per variant, with the baseline first."""
+
+    model: str
+    device: str
+    rows: tuple[VariantResult, ...]
+    eval_tokens: int
+    eval_source: str
+    cancelled: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def baseline(self) -> VariantResult | None:
+        return self.rows[0] if self.rows and self.rows[0].ok else None
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per variant: the raw numbers plus ratios against the baseline."""
+        base = self.baseline
+        out = []
+        for r in self.rows:
+            d = r.to_dict()
+            if base and r.ok:
+                d["memory_ratio"] = r.footprint_bytes / base.footprint_bytes if base.footprint_bytes else None
+                d["speed_ratio"] = r.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None
+                d["perplexity_change"] = r.perplexity / base.perplexity - 1 if base.perplexity else None
+            out.append(d)
+        return out
+
+    def recommendation(self, max_perplexity_increase: float = 0.05, min_token_match: float = 0.5) -> Recommendation:
+        """The smallest variant whose quality stays within the bounds, with the reason in words.
+
+        A variant qualifies when its perplexity is at most ``max_perplexity_increase``
+        above the baseline's and its greedy tokens match the baseline's at least
+        ``min_token_match`` of the time. Among those, the smallest footprint wins.
+        """
+        base = self.baseline
+        if base is None:
+            return Recommendation("none", "the baseline did not run, so nothing can be compared")
+        rows = {r.variant.label: r for r in self.rows}
+        good = []
+        for d in self.table()[1:]:
+            if d["error"] is None and d.get("perplexity_change") is not None \
+                    and d["perplexity_change"] <= max_perplexity_increase \
+                    and (d["token_match_rate"] or 0) >= min_token_match:
+                good.append(d)
+        if not good:
+            return Recommendation(base.variant.label,
+                                  f"{base.variant.label}: no quantized variant kept perplexity within "
+                                  f"+{max_perplexity_increase:.0%} and token agreement above {min_token_match:.0%}")
+        best = min(good, key=lambda d: d["footprint_bytes"])
+        r = rows[best["variant"]]
+        return Recommendation(r.variant.label,
+                              f"{r.variant.label}: {best['memory_ratio']:.0%} of the memory, perplexity "
+                              f"{best['perplexity_change']:+.1%}, {best['speed_ratio']:.2g}x speed on {self.device}")
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.recommendation()
+        return {"model": self.model, "device": self.device, "eval_tokens": self.eval_tokens,
+                "eval_source": self.eval_source, "cancelled": self.cancelled, "rows": self.table(),
+                "recommendation": {"label": rec.label, "reason": rec.reason}}
+
+    def format_table(self) -> str:
+        """A fixed-width text table for the terminal and bench output."""
+        head = ["variant", "memory", "est.err", "load s", "ttft s", "tok/s", "ppl", "KL", "match", "note"]
+        lines = []
+        for d in self.table():
+            if d["error"]:
+                lines.append([d["variant"], "-", "-", "-", "-", "-", "-", "-", "-", d["error"][:60]])
+                continue
+            lines.append([
+                d["variant"], format_bytes(d["footprint_bytes"]),
+                f"{d['estimate_error']:+.1%}" if d["estimate_error"] is not None else "-",
+                f"{d['load_s']:.2f}", f"{d['ttft_s']:.3f}", f"{d['tokens_per_s']:.1f}", f"{d['perplexity']:.2f}",
+                f"{d['kl_divergence']:.4f}", f"{d['token_match_rate']:.0%}", "",
+            ])
+        widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *lines])
+
+
+Progress = Callable[[str, float], None]
+
+
+def compare(
+    model: str,
+    variants: Sequence[Variant | str] = DEFAULT_VARIANTS,
+    device: str = "cpu",
+    *,
+    text: str | None = None,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    max_eval_tokens: int = 1024,
+    kl_tokens: int = 256,
+    new_tokens: int = 24,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    registry: Any = None,
+) -> QuantStudy:
+    """Load, measure and unload each variant of ``model`` on ``device`` in turn.
+
+    Args:
+        model: a store entry name.
+        variants: :class:`Variant` objects or their labels; the first is the baseline.
+        device: ``"cpu"`` or ``"cuda:N"``.
+        text: evaluation text (default: the shipped public-domain chapters).
+        prompts: prompts whose greedy continuations are compared with the baseline's.
+        max_eval_tokens: tokens of ``text`` scored for perplexity.
+        kl_tokens: positions whose full next-token distributions are compared (KL).
+        new_tokens: tokens generated per prompt, for speed and agreement.
+        progress: called with ``(message, fraction)``.
+        cancel: set it to stop after the current step; whatever is loaded is unloaded.
+
+    A variant that fails (unsupported on this backend, out of memory) becomes a
+    row with ``error`` set; the others still run.
+    """
+    from ..runtime import GenerationParams, LoadSpec, generate, get_registry
+    from .metrics import EVAL_TEXT_SOURCE, default_eval_text, greedy_tokens, match_rate, mean_kl, score_text
+
+    parsed = [v if isinstance(v, Variant) else Variant.parse(v) for v in variants]
+    if not parsed:
+        raise ConfigError("no variants to compare", hint="pass at least a baseline such as 'bfloat16'")
+    registry = registry or get_registry()
+    eval_text = text if text is not None else default_eval_text()
+    source = "user text" if text is not None else EVAL_TEXT_SOURCE
+    say = progress or (lambda msg, frac: None)
+    rows: list[VariantResult] = []
+    base_logprobs = None
+    base_tokens: list[list[int]] | None = None
+    eval_count = 0
+    steps = len(parsed)
+
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    for i, variant in enumerate(parsed):
+        if cancelled():
+            break
+        say(f"{variant.label}: loading", i / steps)
+        spec = LoadSpec(model=model, devices=(device,), dtype=variant.dtype, quant=variant.quant,
+                        double_quant=variant.double_quant, compute_dtype=variant.compute_dtype,
+                        name=f"{model}@study-{variant.label}")
+        loaded = None
+        try:
+            loaded = registry.load(spec, cancel=cancel)
+            row = VariantResult(variant, footprint_bytes=loaded.footprint_bytes,
+                                estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None,
+                                load_s=loaded.load_s)
+            say(f"{variant.label}: generating", (i + 0.3) / steps)
+            gen = generate(loaded, prompts[0], GenerationParams(max_new_tokens=new_tokens, temperature=0.0))
+            row = replace(row, ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s, decode_efficiency=gen.decode_efficiency)
+            if cancelled():
+                raise LoadCancelledError(f"study of {model} cancelled during {variant.label}")
+            say(f"{variant.label}: scoring the evaluation text", (i + 0.5) / steps)
+            score = score_text(loaded.model, loaded.tokenizer, eval_text, max_tokens=max_eval_tokens,
+                               keep_logprobs=kl_tokens)
+            eval_count = score.tokens
+            tokens = [greedy_tokens(loaded.model, loaded.tokenizer, p, new_tokens) for p in prompts]
+            if i == 0:
+                base_tokens, base_logprobs = tokens, score.logprobs
+            row = replace(row, perplexity=score.perplexity)
+            if base_tokens is not None:  # quality is relative: only when the baseline ran
+                row = replace(row, kl_divergence=mean_kl(base_logprobs, score.logprobs),
+                              token_match_rate=match_rate(base_tokens, tokens))
+        except LoadCancelledError:
+            break
+        except WorkbenchError as exc:
+            row = VariantResult(variant, error=str(exc))
+        except (RuntimeError, ValueError, ImportError, NotImplementedError) as exc:
+            # bitsandbytes reports a missing backend or kernel as plain errors; the row says so.
+            row = VariantResult(variant, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        finally:
+            if loaded is not None:
+                report = registry.unload(loaded.name)
+                del loaded
+                gc.collect()
+                rss = report.rss_after_bytes
+            else:
+                rss = None
+        if row.ok and row.perplexity is not None and not math.isfinite(row.perplexity):
+            row = replace(row, error=f"perplexity is {row.perplexity}: the quantized model's outputs are not finite")
+        rows.append(replace(row, rss_after_unload_bytes=rss))
+    say("done", 1.0)
+    return QuantStudy(model=model, device=device, rows=tuple(rows), eval_tokens=eval_count, eval_source=source,
+                      cancelled=cancelled())

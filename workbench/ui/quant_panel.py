@@ -1,0 +1,262 @@
+"""The Quantization panel: pick variants, run the study with progress, see the table and plots.
+
+A thin view over :func:`workbench.quant.compare`; the figures are built from the
+study's raw numbers by :func:`study_figures`, which reports use too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigError
+from ..store import ModelStore, format_bytes
+from .base import Panel, Throttle
+from .display import banner_html, esc, figure_html, html_table
+
+VARIANT_CHOICES = ("float32", "bfloat16", "int8", "nf4", "nf4+dq", "fp4")
+DEFAULT_CHOICE = ("bfloat16", "int8", "nf4", "nf4+dq", "fp4")
+
+EXPLANATION = (
+    "Each variant is loaded, measured and unloaded in turn; the first is the baseline that quality is "
+    "compared with. <b>Perplexity</b> is measured on a held-out public-domain text (lower is better), "
+    "<b>KL</b> is the mean divergence of next-token distributions from the baseline's (0 = identical), "
+    "<b>match</b> is how often greedy continuations pick the baseline's tokens. "
+    "Speed depends on the backend: on GPUs, bitsandbytes' int8 (LLM.int8) at batch 1 is known to be "
+    "slower than 16-bit, and 4-bit trades some speed for memory; on the CPU, bitsandbytes' kernels are "
+    "less tuned than PyTorch's 16-bit matmuls, so quantized variants are usually slower there. "
+    "Memory savings carry over to GPUs; speed ratios measured on the CPU do not."
+)
+
+
+def study_rows(study: Any) -> list[list[Any]]:
+    """Display rows of a study's table (strings, escaped later by ``html_table``)."""
+    rows = []
+    for d in study.table():
+        if d["error"]:
+            rows.append([d["variant"], "error: " + d["error"], None, None, None, None, None, None, None])
+            continue
+        rows.append([
+            d["variant"], format_bytes(d["footprint_bytes"]),
+            f"{d['memory_ratio']:.0%}" if d.get("memory_ratio") is not None else None,
+            f"{d['estimate_error']:+.1%}" if d["estimate_error"] is not None else None,
+            f"{d['ttft_s']:.3f}", f"{d['tokens_per_s']:.1f}",
+            f"{d['perplexity']:.2f}" + (f" ({d['perplexity_change']:+.1%})" if d.get("perplexity_change") is not None else ""),
+            f"{d['kl_divergence']:.4f}" if d["kl_divergence"] is not None else None,
+            f"{d['token_match_rate']:.0%}" if d["token_match_rate"] is not None else None,
+        ])
+    return rows
+
+
+STUDY_HEADERS = ["Variant", "Memory", "vs baseline", "Estimate error", "TTFT s", "Tokens/s", "Perplexity", "KL",
+                 "Match"]
+
+
+def study_figures(study: Any) -> tuple[Any, Any]:
+    """Two Plotly figures: memory vs quality (perplexity), and speed vs memory.
+
+    Example:
+        >>> quality, speed = study_figures(study)  # doctest: +SKIP
+    """
+    import plotly.graph_objects as go
+
+    ok = [r for r in study.rows if r.ok]
+    labels = [r.variant.label for r in ok]
+    mem_mib = [r.footprint_bytes / 2**20 for r in ok]
+    quality = go.Figure(go.Scatter(x=mem_mib, y=[r.perplexity for r in ok], mode="markers+text", text=labels,
+                                   textposition="top center", marker={"size": 11}))
+    quality.update_layout(title="Memory vs quality", xaxis_title="footprint (MiB)",
+                          yaxis_title="perplexity (lower is better)", height=320, margin={"t": 40, "b": 40})
+    speed = go.Figure(go.Bar(x=labels, y=[r.tokens_per_s for r in ok], text=[f"{m:.0f} MiB" for m in mem_mib],
+                             textposition="outside"))
+    speed.update_layout(title=f"Decode speed on {study.device} (bar labels: memory)", yaxis_title="tokens/s",
+                        height=320, margin={"t": 40, "b": 40})
+    return quality, speed
+
+
+class QuantizationPanel(Panel):
+    """Run and show a quantization study.
+
+    Args:
+        store: where models are listed from; default ``ModelStore()``.
+        registry: the loaded-model registry (variants are loaded into it one at a time).
+
+    Example:
+        >>> panel = QuantizationPanel()                                        # doctest: +SKIP
+        >>> panel.run("SmolLM2-135M-Instruct", ["bfloat16", "nf4"]).recommendation().reason  # doctest: +SKIP
+    """
+
+    title = "Quantization"
+
+    def __init__(self, store: ModelStore | None = None, registry: Any = None) -> None:
+        super().__init__()
+        self.store = store if store is not None else ModelStore()
+        self._registry = registry
+        self.models = [e.name for e in self.store.list() if e.ok and not e.shadowed]
+        self.model: str | None = self.models[0] if self.models else None
+        self.device = "cpu"
+        self.variants: list[str] = list(DEFAULT_CHOICE)
+        self.eval_tokens = 512
+        self.study: Any = None
+        self.progress: tuple[str, float] = ("idle", 0.0)
+        self._cancel: threading.Event | None = None
+        self._throttle = Throttle(0.25)
+
+    def refresh_models(self) -> list[str]:
+        """Re-list the store's usable models."""
+        self.models = [e.name for e in self.store.list() if e.ok and not e.shadowed]
+        if self.model not in self.models:
+            self.model = self.models[0] if self.models else None
+        if self._root is not None:
+            self._model_w.options = self.models
+            self._model_w.value = self.model
+        return self.models
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def run(self, model: str | None = None, variants: Sequence[str] | None = None, device: str | None = None,
+            *, eval_tokens: int | None = None, new_tokens: int = 24, wait: bool = True, **kwargs: Any) -> Any:
+        """Run the study on the panel's worker thread; returns the ``QuantStudy`` (or a Future).
+
+        Extra keyword arguments go to :func:`workbench.quant.compare` (``prompts``, ``text``...).
+        """
+        from ..quant import compare
+
+        self.model = model or self.model
+        self.variants = list(variants or self.variants)
+        self.device = device or self.device
+        self.eval_tokens = eval_tokens or self.eval_tokens
+        if not self.model:
+            raise ConfigError("no model to study", hint="seed or import a model into the store first")
+        if not self.variants:
+            raise ConfigError("no variants selected", hint="tick at least a baseline such as bfloat16")
+        cancel = threading.Event()
+        self._cancel = cancel
+        self.clear_message()
+        self._sync_widgets()
+
+        def job() -> Any:
+            self._set_progress("starting", 0.0, force=True)
+            study = compare(self.model, self.variants, self.device, max_eval_tokens=self.eval_tokens,
+                            new_tokens=new_tokens, progress=self._set_progress, cancel=cancel,
+                            registry=self._registry, **kwargs)
+            self.study = study
+            self._set_progress("cancelled" if study.cancelled else "done", 1.0, force=True)
+            failed = [r.variant.label for r in study.rows if not r.ok]
+            if study.cancelled:
+                self.show_message("Study cancelled; every variant was unloaded.", "warning")
+            elif failed:
+                self.show_message(f"{', '.join(failed)} could not run (see the table); the other rows completed.",
+                                  "warning")
+            else:
+                self.show_message("Recommendation: " + study.recommendation().reason, "ok")
+            self._render_results()
+            return study
+
+        return self._finish(self.submit(job), wait)
+
+    def cancel(self) -> None:
+        """Stop after the current step; whatever is loaded is unloaded."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    # --- widgets ---------------------------------------------------------------------------
+
+    def _set_progress(self, message: str, fraction: float, force: bool = False) -> None:
+        self.progress = (message, fraction)
+        if self._root is None or not (force or self._throttle.ready()):
+            return
+        self._bar.value = max(0.0, min(1.0, fraction))
+        self._status.value = esc(message)
+        running = message not in ("done", "cancelled", "idle")
+        self._run_button.disabled = running
+        self._cancel_button.disabled = not running
+
+    def _sync_widgets(self) -> None:
+        if self._root is None:
+            return
+        self._model_w.value = self.model
+        self._device_w.value = self.device
+        for label, box in self._boxes.items():
+            box.value = label in self.variants
+        self._tokens_w.value = self.eval_tokens
+
+    def _from_widgets(self, _change: Any = None) -> None:
+        self.model = self._model_w.value
+        self.device = self._device_w.value
+        self.variants = [label for label, box in self._boxes.items() if box.value]
+        self.eval_tokens = int(self._tokens_w.value)
+
+    def _build(self) -> Any:
+        import ipywidgets as widgets
+        import plotly.graph_objects as go
+
+        from ..devices import list_devices
+
+        devices = [d.name for d in list_devices()]
+        self._model_w = widgets.Dropdown(options=self.models, value=self.model, description="Model",
+                                         layout=widgets.Layout(width="360px"))
+        self._device_w = widgets.Dropdown(options=devices, value=self.device if self.device in devices else devices[0],
+                                          description="Device", layout=widgets.Layout(width="200px"))
+        self._boxes = {label: widgets.Checkbox(value=label in self.variants, description=label, indent=False,
+                                               layout=widgets.Layout(width="100px")) for label in VARIANT_CHOICES}
+        self._tokens_w = widgets.BoundedIntText(value=self.eval_tokens, min=32, max=8192, step=64,
+                                                description="eval tokens", layout=widgets.Layout(width="200px"))
+        self._run_button = widgets.Button(description="Run study", button_style="primary", icon="play",
+                                          layout=widgets.Layout(width="120px"))
+        self._cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                             layout=widgets.Layout(width="110px"))
+        self._bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="300px"))
+        self._status = widgets.HTML()
+        self._table_w = widgets.HTML()
+        self._quality_fig = go.FigureWidget(layout={"height": 320, "title": "Memory vs quality"})
+        self._speed_fig = go.FigureWidget(layout={"height": 320, "title": "Decode speed"})
+        for w in (self._model_w, self._device_w, self._tokens_w, *self._boxes.values()):
+            w.observe(self.guarded(self._from_widgets), names="value")
+        self._run_button.on_click(self.guarded(lambda _: self.run(wait=False)))
+        self._cancel_button.on_click(self.guarded(lambda _: self.cancel()))
+        self._render_results()
+        return widgets.VBox([
+            widgets.HTML(f"<div style='font-size:13px;max-width:900px'>{EXPLANATION}</div>"),
+            widgets.HBox([self._model_w, self._device_w, self._tokens_w]),
+            widgets.HBox([widgets.HTML("<b>Variants</b>", layout=widgets.Layout(width="70px")),
+                          *self._boxes.values()]),
+            widgets.HBox([self._run_button, self._cancel_button, self._bar, self._status]),
+            self._table_w,
+            widgets.HBox([self._quality_fig, self._speed_fig]),
+        ])
+
+    def _render_results(self) -> None:
+        if not hasattr(self, "_table_w"):  # widgets not built: the static twin renders on demand
+            return
+        if self.study is None:
+            self._table_w.value = "<i>No study yet: pick variants and press Run study.</i>"
+            return
+        self._table_w.value = html_table(STUDY_HEADERS, study_rows(self.study),
+                                         caption=f"{self.study.model} on {self.study.device}, "
+                                                 f"{self.study.eval_tokens} evaluation tokens")
+        quality, speed = study_figures(self.study)
+        for live, fig in ((self._quality_fig, quality), (self._speed_fig, speed)):
+            with live.batch_update():
+                live.data = ()
+                live.add_traces(list(fig.data))
+                live.layout.title = fig.layout.title
+
+    # --- static ----------------------------------------------------------------------------
+
+    def static_html(self, plots: bool = True) -> str:
+        """The explanation, the table, the recommendation and both plots."""
+        parts = [f"<p style='font-size:13px;max-width:900px'>{EXPLANATION}</p>"]
+        if self.study is None:
+            parts.append("<p><i>No study has run in this kernel.</i></p>")
+            return "".join(parts)
+        parts.append(html_table(STUDY_HEADERS, study_rows(self.study),
+                                caption=f"{self.study.model} on {self.study.device}, "
+                                        f"{self.study.eval_tokens} evaluation tokens ({self.study.eval_source})"))
+        rec = self.study.recommendation()
+        parts.append(banner_html("Recommendation: " + rec.reason, "ok"))
+        if plots and any(r.ok for r in self.study.rows):
+            quality, speed = study_figures(self.study)
+            parts.append(figure_html(quality, height=320) + figure_html(speed, height=320))
+        return "".join(parts)
