@@ -50,7 +50,7 @@ def test_load_panel_checks_loads_places_and_unloads(tiny_store: Path, registry) 
     panel._unload_pick.value = loaded.name
     panel._unload_button.click()
     assert registry.list() == [] or loaded.name not in [m.name for m in registry.list()]
-    assert "freed" in panel._loaded_w.value and "No model loaded" in panel._loaded_w.value
+    assert "freed" in panel._banner.value and "No model loaded" in panel._loaded_w.value
 
 
 def test_load_errors_show_in_the_banner_and_the_panel_stays_usable(tiny_store: Path, registry) -> None:

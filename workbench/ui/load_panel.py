@@ -45,13 +45,13 @@ def loaded_table_html(loaded: Sequence[Any]) -> str:
     return html_table(["Name", "Model", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
 
 
-def unload_html(report: Any) -> str:
-    """What an unload gave back, in one line."""
+def unload_message(report: Any) -> str:
+    """What an unload gave back, in one line (shown in the banner)."""
     text = f"Unloaded {report.name}: freed {format_bytes(report.freed_bytes)}"
     before, after = getattr(report, "rss_before_bytes", None), getattr(report, "rss_after_bytes", None)
-    if before is not None and after is not None:
+    if before and after:
         text += f" (kernel RSS {format_bytes(before)} \u2192 {format_bytes(after)})"
-    return banner_html(text + ".", "ok")
+    return text + "."
 
 
 class LoadPanel(Panel):
@@ -221,7 +221,7 @@ class LoadPanel(Panel):
             name = loaded[-1].name
         report = self.registry.unload(name)
         self.last_unload = report
-        self.show_message(f"Unloaded {report.name}: freed {format_bytes(report.freed_bytes)}.", "ok")
+        self.show_message(unload_message(report), "ok")
         self._after_change()
         return report
 
@@ -416,10 +416,7 @@ class LoadPanel(Panel):
         if not hasattr(self, "_loaded_w"):
             return
         loaded = self.loaded()
-        html = loaded_table_html(loaded)
-        if self.last_unload is not None:
-            html += unload_html(self.last_unload)
-        self._loaded_w.value = html
+        self._loaded_w.value = loaded_table_html(loaded)
         names = [m.name for m in loaded]
         self._unload_pick.options = names
         self._unload_pick.value = names[-1] if names else None
@@ -444,6 +441,4 @@ class LoadPanel(Panel):
         except WorkbenchError as exc:
             parts.append(banner_html(str(exc), "error"))
         parts.append(loaded_table_html(self.loaded()))
-        if self.last_unload is not None:
-            parts.append(unload_html(self.last_unload))
         return "".join(parts)

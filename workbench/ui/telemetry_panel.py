@@ -177,8 +177,9 @@ class TelemetryPanel(Panel):
         if widget:
             fig = go.FigureWidget(fig)
         title = "CPU and RAM" if key == "host" else f"GPU {key}"
-        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=50, b=35), title=dict(text=title, x=0.01),
-                          showlegend=key == "host", legend=dict(orientation="h", y=-0.15), template="plotly_white")
+        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=60, b=40), title=dict(text=title, x=0.01),
+                          showlegend=key == "host", template="plotly_white",
+                          legend=dict(orientation="h", x=1.0, xanchor="right", y=1.18, yanchor="bottom"))
         fig.update_xaxes(title_text="seconds (0 = latest sample)", range=[-self.window_s, 0])
         return fig
 
@@ -217,7 +218,9 @@ class TelemetryPanel(Panel):
         titles = [a for a in fig.layout.annotations if getattr(a, "hovertext", None) is None]
         fig.layout.shapes = shapes
         fig.layout.annotations = [*titles, *annotations]
-        fig.update_xaxes(range=[-self.window_s, 0])
+        # Show the window, or less while the history is shorter than it (a fresh kernel, a report).
+        oldest = min((float(t.x[0]) for _, t in flat if len(t.x) > 1), default=-self.window_s)
+        fig.update_xaxes(range=[max(-self.window_s, oldest), 0])
 
     def figure(self, key: str = "host") -> Any:
         """A static ``go.Figure`` of one plot group (``"host"`` or a GPU name), for reports."""
