@@ -64,7 +64,8 @@ def test_start_here_load_chat_telemetry(lab_server: LabServer, chromium_page, tm
         "() => { const b = [...document.querySelectorAll('.widget-button')].find(b => b.innerText.trim() === 'Send');"
         " return b && !b.disabled; }", timeout=60_000)
 
-    # A fixed seed: the same answer on every run.
+    # A fixed seed, set in the (collapsed) Sampling section: the same answer on every run.
+    page.get_by_text("Sampling", exact=True).first.click()
     seed = page.locator(".widget-text", has=page.locator("label", has_text=re.compile(r"^seed$"))).locator("input")
     seed.fill("0")
     seed.press("Enter")
