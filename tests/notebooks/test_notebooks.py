@@ -52,7 +52,7 @@ def test_01_model_store(run_notebook) -> None:
 
 def test_02_load_and_place(run_notebook) -> None:
     text = outputs_text(run_notebook("02-load-and-place.ipynb"))
-    assert "does NOT fit" in text and ": fits" in text
+    assert "does not fit" in text and ": fits" in text
     assert "freed" in text and "footprint" in text
     assert "'cpu'" in text  # the placement dict
 

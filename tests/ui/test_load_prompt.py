@@ -31,12 +31,12 @@ def test_load_panel_checks_loads_places_and_unloads(tiny_store: Path, registry) 
     _ = panel.widget
     panel._model_w.value = "tiny-llama"
     panel._dtype_w.value = "float32"
-    assert ": fits" in panel._check_w.value and "float32 needs about" in panel._check_w.value
+    assert ": fits" in panel._check_w.value and "in float32 needs about" in panel._check_w.value
     panel._budget_fields["cpu"].value = 0.00001  # about 10 KiB
-    assert "does NOT fit" in panel._check_w.value
+    assert "does not fit" in panel._check_w.value
     panel._budget_fields["cpu"].value = 0.0
     panel._quant_w.value = "nf4"
-    assert not panel._dq_w.disabled and "nf4 needs about" in panel._check_w.value
+    assert not panel._dq_w.disabled and "in nf4 needs about" in panel._check_w.value
     panel._quant_w.value = "none"
     assert panel._dq_w.disabled
 

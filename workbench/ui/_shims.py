@@ -2,8 +2,6 @@
 
 * :func:`fit_summary` (store/devices): the sentence "fits on cpu in bfloat16, int8, nf4; not in
   float32" from :func:`workbench.store.fits_on`; the CLI's ``store inspect`` would want it too.
-* :func:`check_selection` (runtime): whether a load selection fits the chosen devices and
-  budgets before loading; the runtime's own pre-load check should own this rule.
 * :func:`sort_entries` / :func:`filter_entries` (store): listing order and search, which
   ``workbench store list --sort/--filter`` could share.
 """
@@ -11,11 +9,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from ..store import ModelEntry, estimate, fits_on, format_bytes
-from ..store.estimate import kv_cache_bytes
+from ..store import ModelEntry, fits_on
 
 SORT_KEYS = ("name", "model_type", "params", "size_bytes", "dtype", "context_length", "quantization", "status")
 
@@ -78,57 +74,3 @@ def fit_summary(entry: ModelEntry, devices: Sequence[Any], context_tokens: int =
         else:
             out.append(f"does not fit on {device} at any precision")
     return out
-
-
-@dataclass(frozen=True)
-class SelectionCheck:
-    """Whether a load selection fits: what it needs against what the chosen devices offer."""
-
-    needed_bytes: int
-    available_bytes: int | None
-    label: str
-    fits: bool
-    message: str
-
-
-def check_selection(entry: ModelEntry, devices: Sequence[Any], dtype: str = "auto", quant: str = "none", *,
-                    double_quant: bool = False, budgets_bytes: dict[str, int] | None = None,
-                    context_tokens: int = 1000) -> SelectionCheck:
-    """Check an estimate against the free memory (capped by budgets) of the selected devices.
-
-    Args:
-        entry: the model.
-        devices: the selected ``Device`` records (their ``memory_free_bytes`` is used).
-        dtype, quant, double_quant: as for :func:`workbench.store.estimate`.
-        budgets_bytes: per-device caps (``max_memory``); a device missing here is uncapped.
-        context_tokens: KV cache to leave room for.
-
-    Example:
-        >>> check_selection(entry, [cpu_device()], "bfloat16").fits  # doctest: +SKIP
-        True
-    """
-    if not devices:
-        return SelectionCheck(0, 0, "", False, "select at least one device")
-    device_type = "cpu" if all(getattr(d, "name", "cpu") == "cpu" for d in devices) else "cuda"
-    est = estimate(entry, dtype, quant, double_quant=double_quant, device_type=device_type)
-    kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0
-    needed = max(est.total_bytes + kv, est.load_peak_bytes)
-    available = 0
-    unknown = []
-    for d in devices:
-        free = d.memory_free_bytes
-        cap = (budgets_bytes or {}).get(d.name)
-        if free is None and cap is None:
-            unknown.append(d.name)
-            continue
-        available += min(v for v in (free, cap) if v is not None)
-    need_str = f"{est.label} needs about {format_bytes(needed)} (weights {est.total_str}"
-    need_str += f" + KV cache for {context_tokens:,} tokens)" if kv else ")"
-    if unknown:
-        return SelectionCheck(needed, None, est.label, True,
-                              f"{need_str}; free memory of {', '.join(unknown)} is unknown")
-    fits = needed <= available
-    where = ", ".join(d.name for d in devices)
-    verdict = "fits" if fits else "does NOT fit"
-    return SelectionCheck(needed, available, est.label, fits,
-                          f"{need_str}; {where} offer {format_bytes(available)}: {verdict}")

@@ -14,7 +14,6 @@ from typing import Any
 
 from ..errors import LoadSpecError, WorkbenchError
 from ..store import ModelStore, format_bytes
-from ._shims import SelectionCheck, check_selection
 from .base import Panel, Throttle
 from .display import banner_html, esc, html_table
 
@@ -141,14 +140,28 @@ class LoadPanel(Panel):
         """Per-device caps from the budget fields (0 or empty means no cap)."""
         return {dev: int(gib * GIB) for dev, gib in self.budgets_gib.items() if gib and gib > 0 and dev in self.devices}
 
-    def check(self) -> SelectionCheck:
-        """The estimate for the current selection against the selected devices' free memory and budgets."""
-        if not self.model:
-            return SelectionCheck(0, None, "", False, "no loadable model in the store")
-        entry = self.store.get(self.model)
-        selected = [d for d in self.device_records if d.name in self.devices]
-        return check_selection(entry, selected, self.dtype, self.quant, double_quant=self.double_quant,
-                               budgets_bytes=self.budgets_bytes())
+    def check(self) -> Any:
+        """The runtime's own pre-load check of the current selection (a ``FitCheck``).
+
+        The same rule the runtime applies when Load is pressed (free memory now,
+        budgets, the load peak, room for 1,000 tokens of KV cache), so the panel's
+        verdict and the runtime's refusal always agree.
+
+        Raises:
+            LoadSpecError: no model, or a selection the runtime would reject outright.
+        """
+        from ..runtime.fit import check_fit
+
+        spec = self.spec()
+        return check_fit(self.store.get(spec.model_name), spec)
+
+    def suggestion(self) -> str:
+        """What to change when the selection does not fit (a smaller precision, another device)."""
+        from ..runtime.fit import suggest
+
+        spec = self.spec()
+        return suggest(self.store.get(spec.model_name), spec,
+                       other_devices=[d.name for d in self.device_records])
 
     def spec(self, name: str | None = None) -> Any:
         """The :class:`workbench.runtime.LoadSpec` the Load button would use."""
@@ -161,9 +174,9 @@ class LoadPanel(Panel):
         return LoadSpec(
             model=self.model, devices=tuple(self.devices), dtype=self.dtype, quant=self.quant,
             double_quant=self.double_quant if four_bit else False,
-            compute_dtype=self.compute_dtype if self.quant != "none" else None,
+            compute_dtype=self.compute_dtype if four_bit else None,
             max_memory=budgets or None, name=name or None,
-        )
+        ).validate()
 
     # --- actions ---------------------------------------------------------------------------
 
@@ -231,8 +244,8 @@ class LoadPanel(Panel):
 
     def select(self, *, model: str | None = None, devices: Sequence[str] | None = None, dtype: str | None = None,
                quant: str | None = None, double_quant: bool | None = None, compute_dtype: str | None = None,
-               budgets_gib: dict[str, float] | None = None) -> SelectionCheck:
-        """Change the selection (as the widgets do) and return the new estimate check."""
+               budgets_gib: dict[str, float] | None = None) -> Any:
+        """Change the selection (as the widgets do) and return the new fit check (see :meth:`check`)."""
         if model is not None:
             if model not in self.models:
                 self.refresh_models()
@@ -404,13 +417,18 @@ class LoadPanel(Panel):
             return
         four_bit = self.quant in ("nf4", "fp4")
         self._dq_w.disabled = not four_bit
-        self._compute_w.disabled = self.quant == "none"
+        self._compute_w.disabled = not four_bit
+        self._check_w.value = self.check_html()
+
+    def check_html(self) -> str:
+        """The fit check as a coloured line: green fits, yellow does not (with a suggestion), blue unknown."""
         try:
             check = self.check()
+            if check.fits is False:
+                return banner_html(f"{check.message}. {self.suggestion().capitalize()}.", "warning")
         except WorkbenchError as exc:
-            self._check_w.value = banner_html(str(exc), "error")
-            return
-        self._check_w.value = banner_html(check.message, "ok" if check.fits else "warning")
+            return banner_html(str(exc), "error")
+        return banner_html(check.message, "ok" if check.fits else "info")
 
     def _render_loaded(self) -> None:
         if not hasattr(self, "_loaded_w"):
@@ -434,11 +452,6 @@ class LoadPanel(Panel):
         """Devices with free memory, the current selection's estimate check, and the loaded models."""
         rows = [[d.name, d.label, format_bytes(d.memory_free_bytes), format_bytes(d.memory_total_bytes)]
                 for d in self.device_records]
-        parts = [html_table(["Device", "Label", "Free", "Total"], rows, caption="Devices")]
-        try:
-            check = self.check()
-            parts.append(banner_html(check.message, "ok" if check.fits else "warning"))
-        except WorkbenchError as exc:
-            parts.append(banner_html(str(exc), "error"))
+        parts = [html_table(["Device", "Label", "Free", "Total"], rows, caption="Devices"), self.check_html()]
         parts.append(loaded_table_html(self.loaded()))
         return "".join(parts)
