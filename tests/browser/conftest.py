@@ -124,9 +124,8 @@ def lab_server(tmp_path: Path, seeded_root: Path, isolated_store: Path) -> Itera
 
 @pytest.fixture
 def chromium_page(tmp_path: Path) -> Iterator[object]:
-    """A page in headless Debian Chromium (skips when it is not installed: run ``make chromium``)."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (make chromium installs it)")
+    """A page in headless Debian Chromium (``make test`` installs it with apt-get)."""
+    assert CHROMIUM.exists(), "Debian chromium is not installed: `make chromium` installs it"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -20,7 +20,8 @@ _PLOTLY_JS = re.compile(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v[\s\S]*?</scrip
 
 
 def test_every_notebook_is_tested() -> None:
-    tested = {"00-start-here", "01-model-store", "02-load-and-place", "03-prompting", "04-telemetry", "report"}
+    tested = {"00-start-here", "01-model-store", "02-load-and-place", "03-prompting", "04-telemetry",
+              "05-quantization-study", "report"}
     assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -71,6 +72,14 @@ def test_04_telemetry(run_notebook) -> None:
     assert "time_s,type,cpu_percent" in text
 
 
+def test_05_quantization_study(run_notebook) -> None:
+    text = outputs_text(run_notebook("05-quantization-study.ipynb"))
+    for label in ("bfloat16", "int8", "nf4+dq", "fp4"):
+        assert label in text
+    assert "ppl" in text and "Recommendation" in text and "of the memory" in text
+    assert "Memory vs quality" in text and "Plotly.newPlot" in text and text.count("plotly.js v") == 1
+
+
 def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
     """``make report``'s notebook as HTML: plots with plotly.js inline, tables, the answer; no CDN, no widgets."""
     from nbconvert import HTMLExporter
@@ -86,6 +95,7 @@ def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
     assert "Plotly.newPlot" in html and "<table" in html
     assert "Paris" in html and "Tokens/s" in html and "freed" in html
     assert "load_finished" in html
+    assert "Memory vs quality" in html and "Recommendation" in html  # the short quantization study
     assert "Loading widget" not in html and "widget-view+json" not in html
     # plotly.js itself mentions CDNs (map tiles and icons it never fetches here); the page must not.
     page = _PLOTLY_JS.sub("", html)
@@ -94,8 +104,7 @@ def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
         assert cdn not in page, cdn
 
     chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Debian chromium is not installed: the offline rendering check needs it (make chromium)")
+    assert chromium.exists(), "Debian chromium is missing: `make chromium` installs it"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

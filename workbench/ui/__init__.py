@@ -25,6 +25,7 @@ _EXPORTS = {
     "LoadPanel": "load_panel",
     "PromptPanel": "prompt_panel",
     "TelemetryPanel": "telemetry_panel",
+    "QuantizationPanel": "quant_panel",
     "display_mode": "display",
     "is_live": "display",
     "StaticHTML": "display",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .display import StaticHTML, display_mode, figure_html, html_table, is_live  # noqa: F401
     from .load_panel import LoadPanel  # noqa: F401
     from .prompt_panel import PromptPanel  # noqa: F401
+    from .quant_panel import QuantizationPanel  # noqa: F401
     from .store_panel import StorePanel  # noqa: F401
     from .telemetry_panel import TelemetryPanel  # noqa: F401
 

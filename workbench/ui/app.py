@@ -9,16 +9,17 @@ from .base import Panel
 from .display import StaticHTML, display_mode, esc, section_html
 from .load_panel import LoadPanel
 from .prompt_panel import PromptPanel
+from .quant_panel import QuantizationPanel
 from .store_panel import StorePanel
 from .telemetry_panel import TelemetryPanel
 
 
 class Workbench:
-    """The workbench as one app: Store, Load, Prompt and Telemetry tabs.
+    """The workbench as one app: Store, Load, Prompt, Telemetry and Quantization tabs.
 
     Panels talk through the app: a refreshed store re-lists models in Load, and a
     finished load selects the model in Prompt and switches to that tab. More
-    panels (the Quantization study) plug in with :meth:`add_panel`.
+    panels plug in with :meth:`add_panel`.
 
     Args:
         store: the model store; default ``ModelStore()`` (``WORKBENCH_STORE``).
@@ -42,8 +43,9 @@ class Workbench:
         self.load = LoadPanel(self.model_store, registry)
         self.prompt = PromptPanel(registry)
         self.telemetry = TelemetryPanel(sampler)
+        self.quantization = QuantizationPanel(self.model_store, registry)
         self.panels: dict[str, Panel] = {}
-        for panel in (self.store, self.load, self.prompt, self.telemetry):
+        for panel in (self.store, self.load, self.prompt, self.telemetry, self.quantization):
             self.panels[panel.title] = panel
         self._tab_widget: Any = None
         self._root: Any = None
@@ -62,10 +64,10 @@ class Workbench:
         return self.telemetry.sampler
 
     def add_panel(self, panel: Panel, title: str | None = None) -> Panel:
-        """Add a panel as a new tab (for example the Quantization study of a later release).
+        """Add a panel as a new tab.
 
         Example:
-            >>> wb.add_panel(QuantizationPanel(wb.model_store))  # doctest: +SKIP
+            >>> wb.add_panel(StorePanel(ModelStore(["/other/models"])), title="Other store")  # doctest: +SKIP
         """
         title = title or panel.title
         self.panels[title] = panel
@@ -78,6 +80,7 @@ class Workbench:
 
     def _store_changed(self) -> None:
         self.load.refresh_models()
+        self.quantization.refresh_models()
 
     def _loaded_changed(self) -> None:
         names = self.prompt.refresh_models()
