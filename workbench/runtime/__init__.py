@@ -1,0 +1,77 @@
+"""The runtime: load models onto chosen devices, quantize, generate, unload.
+
+Importing this package is cheap (no torch, transformers or bitsandbytes): they load
+inside the functions that need them. Names resolve lazily on first use.
+
+Example:
+    >>> from workbench.runtime import GenerationParams, LoadSpec, generate, get_registry
+    >>> reg = get_registry()
+    >>> m = reg.load(LoadSpec("SmolLM2-135M-Instruct", quant="nf4"))  # doctest: +SKIP
+    >>> generate(m, "What is the capital of France?", GenerationParams(temperature=0)).text  # doctest: +SKIP
+    'The capital of France is Paris.'
+    >>> reg.unload(m.name).freed_bytes > 0  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "LoadSpec": "spec",
+    "LoadProgress": "spec",
+    "tqdm_progress": "spec",
+    "FitCheck": "fit",
+    "DeviceBudget": "fit",
+    "check_fit": "fit",
+    "placement_plan": "fit",
+    "LoadedModel": "registry",
+    "Registry": "registry",
+    "UnloadPlan": "registry",
+    "UnloadReport": "registry",
+    "get_registry": "registry",
+    "GenerationParams": "generation",
+    "GenerationResult": "generation",
+    "Stream": "generation",
+    "generate": "generation",
+    "generate_batch": "generation",
+    "stream": "generation",
+    "render_prompt": "generation",
+    "measure_bandwidth": "bandwidth",
+    "RunReport": "oneshot",
+    "run_once": "oneshot",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bandwidth import measure_bandwidth  # noqa: F401
+    from .fit import DeviceBudget, FitCheck, check_fit, placement_plan  # noqa: F401
+    from .generation import (  # noqa: F401
+        GenerationParams,
+        GenerationResult,
+        Stream,
+        generate,
+        generate_batch,
+        render_prompt,
+        stream,
+    )
+    from .oneshot import RunReport, run_once  # noqa: F401
+    from .registry import LoadedModel, Registry, UnloadPlan, UnloadReport, get_registry  # noqa: F401
+    from .spec import LoadProgress, LoadSpec, tqdm_progress  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workbench.runtime' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

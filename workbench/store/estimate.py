@@ -137,15 +137,61 @@ def estimate(
             weights = (w.linear_params + 1) // 2 + other
             blocks = -(-w.linear_params // _BLOCK)
             state = blocks + -(-blocks // 256) * 4 + 16 * w.linear_count if double_quant else blocks * 4
-    # Peak during load: on the CPU, transformers materialises the full-precision
-    # weights before bitsandbytes quantizes them, so the peak is the unquantized size
-    # plus the quantized copy; on GPUs it quantizes tensor by tensor.
-    if quant != "none" and device_type == "cpu":
-        peak = full + weights + state
-    else:
-        peak = weights + state
+    peak = load_peak(entry, dtype, quant, weights + state, device_type)
     return MemoryEstimate(dtype, quant, double_quant if quant in ("nf4", "fp4") else False,
                           int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
+
+
+# Tensors read between two heap trims while the runtime quantizes on the CPU
+# (workbench/runtime/loader.py, TRIM_EVERY).
+_TRIM_EVERY = 8
+# glibc serves allocations above its largest mmap threshold (32 MiB) with mmap, and
+# gives them back at once on free: only smaller tensors linger between trims.
+_LINGER_MAX = 32 * 2**20
+# A CPU load also holds the tokenizer, the config and the model's Python objects, and
+# transformers' loader threads keep small scratch in their heaps: 30-40 MB seen for
+# SmolLM2-135M, whatever the precision.
+_CPU_LOAD_OVERHEAD = 64 * 2**20
+
+
+def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, device_type: str = "cuda") -> int:
+    """The most memory a load holds at once on ``device_type``, for ``loaded_bytes`` of final weights.
+
+    Measured, not guessed (tests/runtime/test_memory.py checks peak RSS against this):
+
+    * GPUs: transformers quantizes tensor by tensor as it reads, so the peak is the
+      loaded weights (one full-precision tensor at a time on top is small).
+    * CPU, quantized: the checkpoint is memory-mapped and every page of it is read
+      (resident in RSS until the file closes) while bitsandbytes quantizes each
+      tensor through a float32 copy; the full-precision pages, the quantized
+      weights, and the scratch of the tensors freed since the last heap trim are
+      held together. Seen for SmolLM2-135M nf4: 352 MiB peak against a 110 MB footprint.
+    * CPU, converting dtype (a bfloat16 checkpoint loaded as float32): the mapped
+      checkpoint plus the converted copy.
+    * CPU, same dtype: the weights stay views of the mapped file.
+
+    Every CPU load also holds the tokenizer and loader scratch (``_CPU_LOAD_OVERHEAD``).
+
+    GGUF checkpoints are dequantized to a float32 state dict before the model is
+    built, so they count four bytes a parameter for the file.
+    """
+    w = entry.weights
+    if entry.format == "gguf":
+        disk = (entry.params or 0) * 4
+    else:
+        disk = sum(w.bytes_by_dtype.values()) or (entry.params or 0) * DTYPE_BYTES.get(dtype, 2)
+    if device_type != "cpu":
+        return loaded_bytes
+    avg_linear = w.linear_params // max(1, w.linear_count)
+    width = DTYPE_BYTES.get(dtype, 2)
+    if quant != "none":
+        scratch = min(avg_linear * (width + 4), 2 * _LINGER_MAX)
+        return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
+    converting = entry.format == "gguf" or (entry.dtype is not None and entry.dtype != dtype)
+    if converting:
+        scratch = min(avg_linear * (DTYPE_BYTES.get(entry.dtype or dtype, 4) + width), 2 * _LINGER_MAX)
+        return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
+    return loaded_bytes + _CPU_LOAD_OVERHEAD
 
 
 def estimate_table(entry: ModelEntry) -> dict[str, MemoryEstimate]:

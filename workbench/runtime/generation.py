@@ -1,0 +1,635 @@
+"""Generation: one prompt, a stream of text pieces, or a batch; with the metrics of every run.
+
+Every run reports prompt tokens, new tokens, time to first token, decode tokens/s,
+total time, and the roofline the user is working against: decoding a token reads
+every weight once, so ``weight bytes x tokens/s`` is the memory bandwidth the run
+achieved, and its ratio to the device's measured bandwidth
+(:func:`workbench.runtime.measure_bandwidth`) is the decode efficiency.
+
+Example:
+    >>> r = generate(loaded, "What is the capital of France?", GenerationParams(temperature=0))  # doctest: +SKIP
+    >>> r.text, r.tokens_per_s_str  # doctest: +SKIP
+    ('The capital of France is Paris.', '38.2 tokens/s')
+    >>> s = stream(loaded, [{"role": "user", "content": "Tell me a story"}])  # doctest: +SKIP
+    >>> for piece in s: print(piece, end="")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, WorkbenchError
+from ..store import format_bytes
+from . import _memory
+from .registry import LoadedModel, post
+
+logger = logging.getLogger(__name__)
+
+Messages = Sequence[dict[str, str]]
+PromptLike = "str | Messages"
+
+#: Below this many weight bytes the weights sit in CPU/GPU caches and the memory
+#: roofline does not apply, so no decode efficiency is reported.
+ROOFLINE_MIN_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings. ``temperature=0`` means greedy decoding.
+
+    Attributes:
+        max_new_tokens: at most this many tokens are generated.
+        temperature, top_p, top_k: sampling (``top_k=0`` disables top-k).
+        repetition_penalty: above 1 discourages repeats.
+        stop: strings that end generation; the text returned stops before them.
+        seed: seed torch's RNG for a reproducible sample (``None``: not seeded).
+        system_prompt: a system message, put first when the prompt has none.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self) -> GenerationParams:
+        """Raises :class:`ConfigError` naming the setting at fault."""
+        def bad(what: str, hint: str) -> ConfigError:
+            return ConfigError(what, hint=hint)
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad(f"max_new_tokens must be a positive integer, not {self.max_new_tokens!r}", "e.g. 128")
+        if not self.temperature >= 0:
+            raise bad(f"temperature must be 0 (greedy) or more, not {self.temperature!r}", "e.g. 0.7")
+        if not 0 < self.top_p <= 1:
+            raise bad(f"top_p must be in (0, 1], not {self.top_p!r}", "e.g. 0.95, or 1 to disable it")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad(f"top_k must be 0 or a positive integer, not {self.top_k!r}", "e.g. 50, or 0 to disable it")
+        if not self.repetition_penalty > 0:
+            raise bad(f"repetition_penalty must be positive, not {self.repetition_penalty!r}", "1.0 means none")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad(f"stop strings must be non-empty strings, not {list(self.stop)!r}", "e.g. stop=('###',)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One generation's text and metrics (raw values; ``*_str`` for display).
+
+    Attributes:
+        text: the generated text (without the prompt, cut before a stop string).
+        prompt_tokens: tokens in the prompt, chat template included.
+        new_tokens: tokens generated (an end-of-sequence token counts: it cost a step).
+        ttft_s: from the call to the first new token (templating, tokenizing, prefill).
+        tokens_per_s: decode rate after the first token.
+        total_s: the whole call.
+        stopped_by: ``"eos"``, ``"max_new_tokens"``, ``"stop_string"`` or ``"cancelled"``.
+        weight_bytes: bytes a decode step reads (footprint plus quantization scales).
+        achieved_bytes_per_s: ``weight_bytes x tokens_per_s``.
+        bandwidth_bytes_per_s: the devices' measured memory bandwidth (``None`` if unmeasured).
+        decode_efficiency: achieved over measured bandwidth, 0..1; ``None`` when the
+            weights are small enough to live in caches (the roofline does not apply).
+    """
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+    stopped_by: str
+    weight_bytes: int
+    achieved_bytes_per_s: float
+    bandwidth_bytes_per_s: float | None
+    decode_efficiency: float | None
+    model: str = ""
+
+    @property
+    def tokens_per_s_str(self) -> str:
+        return f"{self.tokens_per_s:.1f} tokens/s"
+
+    @property
+    def ttft_str(self) -> str:
+        return f"{self.ttft_s * 1000:.0f} ms"
+
+    @property
+    def efficiency_str(self) -> str:
+        return "N/A" if self.decode_efficiency is None else f"{100 * self.decode_efficiency:.0f}%"
+
+    @property
+    def achieved_str(self) -> str:
+        return f"{format_bytes(self.achieved_bytes_per_s)}/s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+def _messages(prompt: Any, system_prompt: str | None) -> tuple[list[dict[str, str]], bool]:
+    """``(messages, was_plain_prompt)``; checks the shape of a messages list."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise GenerationError("the prompt is empty", hint="write something to answer")
+        msgs = [{"role": "user", "content": prompt}]
+        plain = True
+    else:
+        try:
+            msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        except (TypeError, KeyError) as exc:
+            raise GenerationError(f"messages must be dicts with 'role' and 'content' ({exc})",
+                                  hint='e.g. [{"role": "user", "content": "Hello"}]') from None
+        if not msgs:
+            raise GenerationError("the message list is empty", hint="add a user message")
+        plain = False
+    if system_prompt and not any(m["role"] == "system" for m in msgs):
+        msgs = [{"role": "system", "content": system_prompt}, *msgs]
+    return msgs, plain
+
+
+def render_prompt(tokenizer: Any, prompt: Any, system_prompt: str | None = None) -> tuple[str, bool]:
+    """The text fed to the model, and whether the tokenizer should add special tokens.
+
+    With a chat template, the template formats the messages (a plain prompt becomes
+    one user message) and adds its own special tokens. Without one, a plain prompt
+    is used as is; messages become ``"Role: content"`` lines ending in ``"Assistant:"``.
+    """
+    msgs, plain = _messages(prompt, system_prompt)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return text, False
+    if plain and len(msgs) == 1:
+        return msgs[0]["content"], True
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in msgs]
+    return "\n".join([*lines, "Assistant:"]), True
+
+
+# --- streaming pieces ------------------------------------------------------------------------
+
+
+class _TextGate:
+    """Release text as it arrives, but never a stop string or what may become one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.text = ""
+        self.emitted = 0
+        self.hit: int | None = None
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if self.hit is not None:
+            return ""
+        end = len(self.text)
+        if self.stops:
+            found = [i for i in (self.text.find(s, self.emitted) for s in self.stops) if i >= 0]
+            if found:
+                self.hit = end = min(found)
+            elif not final:
+                hold = 0
+                for s in self.stops:
+                    for k in range(min(len(s) - 1, len(self.text) - self.emitted), hold, -1):
+                        if self.text.endswith(s[:k]):
+                            hold = k
+                            break
+                end -= hold
+        out = self.text[self.emitted:end]
+        self.emitted = max(self.emitted, end)
+        return out
+
+    @property
+    def final_text(self) -> str:
+        return self.text if self.hit is None else self.text[: self.hit]
+
+
+class _Streamer:
+    """transformers streamer (``put``/``end``): times each step, decodes batch-1 text as it comes.
+
+    Decoding follows transformers' ``TextStreamer``: text is released up to the
+    last space (SentencePiece tokenizers change a word's spelling as it grows) or
+    at a newline, and held while it ends in an incomplete UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.gate = _TextGate(stops)
+        self.step_times: list[float] = []
+        self.tokens: list[int] = []
+        self._cache: list[int] = []
+        self._printed = 0
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True  # the first call is the prompt
+            return
+        self.step_times.append(time.perf_counter())
+        if self.on_text is None:
+            return
+        ids = value.reshape(-1).tolist()
+        if len(ids) != 1:  # batches are decoded at the end
+            return
+        self.tokens.extend(ids)
+        self._cache.extend(ids)
+        text = self.tokenizer.decode(self._cache, skip_special_tokens=True)
+        if text.endswith("\n"):
+            piece = text[self._printed:]
+            self._cache, self._printed = [], 0
+        elif text and ord(text[-1]) == 0xFFFD:
+            return
+        else:
+            cut = text.rfind(" ") + 1
+            piece = text[self._printed:cut] if cut > self._printed else ""
+            self._printed += len(piece)
+        self._emit(self.gate.feed(piece))
+
+    def end(self) -> None:
+        if self.on_text is None:
+            return
+        if self._cache:
+            text = self.tokenizer.decode(self._cache, skip_special_tokens=True)
+            rest = text[self._printed:]
+            self._cache, self._printed = [], 0
+            self._emit(self.gate.feed(rest))
+        self._emit(self.gate.finish())
+
+    def _emit(self, piece: str) -> None:
+        if piece and self.on_text is not None:
+            self.on_text(piece)
+
+
+class _EventStop:
+    """A stopping criterion that ends generation at the next step once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# --- the core --------------------------------------------------------------------------------
+
+
+def _is_oom(exc: BaseException) -> bool:
+    from .loader import _is_oom as oom
+
+    return oom(exc)
+
+
+def _generation_config(loaded: LoadedModel, params: GenerationParams) -> Any:
+    model, tok = loaded.model, loaded.tokenizer
+    gc = copy.deepcopy(model.generation_config)
+    settings: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "repetition_penalty": params.repetition_penalty,
+                                "stop_strings": list(params.stop) or None}
+    if params.greedy:
+        # Unset the sampling knobs so transformers does not warn that they are ignored.
+        settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        settings.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+    if gc.pad_token_id is None:
+        settings["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if gc.eos_token_id is None and tok.eos_token_id is not None:
+        settings["eos_token_id"] = tok.eos_token_id
+    gc.update(**settings)
+    return gc
+
+
+def _eos_ids(loaded: LoadedModel, gc: Any) -> set[int]:
+    eos = gc.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
+def _row_tokens(row: list[int], eos: set[int], pad: int | None) -> tuple[list[int], bool]:
+    """The tokens a row really generated, and whether it ended with an EOS token."""
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[: i + 1], True
+    if pad is not None:
+        while row and row[-1] == pad:
+            row = row[:-1]
+    return row, False
+
+
+def _tokens_to_stop(tokenizer: Any, ids: list[int], stop: str) -> int:
+    """How many of ``ids`` it took for the decoded text to contain ``stop``."""
+    for k in range(1, len(ids) + 1):
+        if stop in tokenizer.decode(ids[:k], skip_special_tokens=True):
+            return k
+    return len(ids)
+
+
+def _bandwidth(loaded: LoadedModel) -> float | None:
+    """The devices' combined bandwidth, weighted by where the weights are: a decode step
+    reads each device's share at that device's speed, one after the other."""
+    from .bandwidth import measure_bandwidth
+
+    total_time = 0.0
+    total_bytes = 0
+    for device, nbytes in loaded.placement.items():
+        if not nbytes:
+            continue
+        try:
+            bw = measure_bandwidth(device)
+        except (RuntimeError, ValueError, OSError) as exc:
+            logger.debug("bandwidth of %s unavailable: %s", device, exc)
+            return None
+        if not bw:
+            return None
+        total_time += nbytes / bw
+        total_bytes += nbytes
+    return total_bytes / total_time if total_time else None
+
+
+def _metrics(loaded: LoadedModel, tokens_per_s: float) -> tuple[int, float, float | None, float | None]:
+    weight_bytes = loaded.weight_bytes
+    achieved = weight_bytes * tokens_per_s
+    bandwidth = _bandwidth(loaded)
+    efficiency = None
+    if bandwidth and weight_bytes >= ROOFLINE_MIN_BYTES:
+        efficiency = achieved / bandwidth
+    return weight_bytes, achieved, bandwidth, efficiency
+
+
+def _rate(n: int, times: list[float], t0: float, t_end: float) -> float:
+    """Decode tokens/s: steps after the first over the time they took."""
+    if n >= 2 and len(times) >= n and times[n - 1] > times[0]:
+        return (n - 1) / (times[n - 1] - times[0])
+    span = t_end - (times[0] if times else t0)
+    return n / span if span > 0 and n else 0.0
+
+
+def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
+         on_piece: Callable[[str], None] | None, stop_event: threading.Event | None) -> list[GenerationResult]:
+    """Generate for one prompt (streamed to ``on_piece``) or a left-padded batch; in this thread."""
+    params.validate()
+    loaded.require()
+    with loaded.lock:
+        loaded.require()  # unloaded while we waited for the lock
+        loaded.touch()
+        t0 = time.perf_counter()
+        model, tok = loaded.model, loaded.tokenizer
+        texts, add_special = [], True
+        for p in prompts:
+            text, add_special = render_prompt(tok, p, params.system_prompt)
+            texts.append(text)
+        enc = tok(texts, return_tensors="pt", padding=len(texts) > 1, padding_side="left",
+                  add_special_tokens=add_special)
+        first_device = next(iter(loaded.placement), loaded.devices[0])
+        if first_device == "meta":
+            first_device = loaded.devices[0]
+        input_ids = enc["input_ids"].to(first_device)
+        attention = enc["attention_mask"].to(first_device)
+        prompt_lens = [int(x) for x in enc["attention_mask"].sum(dim=1).tolist()]
+        gc = _generation_config(loaded, params)
+        streamer = _Streamer(tok, on_piece if len(texts) == 1 else None, params.stop)
+        event = stop_event or threading.Event()
+        criteria = [_EventStop(event)]
+        post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
+             prompt_tokens=sum(prompt_lens), max_new_tokens=params.max_new_tokens)
+        failure: WorkbenchError | None = None
+        try:
+            import torch
+            from transformers import StoppingCriteriaList
+
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
+                                     streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria),
+                                     tokenizer=tok)
+        except Exception as exc:  # translated below, outside the handler, so no frame pins activations
+            from .loader import _scrub
+
+            if _is_oom(exc):
+                failure = GenerationOutOfMemoryError(
+                    f"{loaded.name} ran out of memory generating on {', '.join(loaded.devices)} "
+                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
+                    hint="the model is still loaded: try a shorter prompt, fewer new tokens or a smaller batch",
+                    name=loaded.name, devices=list(loaded.devices))
+            else:
+                failure = GenerationError(f"generation with {loaded.name} failed ({type(exc).__name__}: {exc})",
+                                          hint="the model is still loaded; check the prompt and settings",
+                                          name=loaded.name)
+            _scrub(exc)
+            del exc
+        if failure is not None:
+            input_ids = attention = enc = None
+            _memory.release_memory()
+            post("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
+            raise failure
+        t_end = time.perf_counter()
+        seqs = out[:, input_ids.shape[1]:].tolist()
+        del out
+        eos = _eos_ids(loaded, gc)
+        pad = gc.pad_token_id
+        results = []
+        for i, row in enumerate(seqs):
+            ids, ended = _row_tokens(row, eos, pad)
+            if len(texts) == 1 and on_piece is not None:
+                text = streamer.gate.final_text
+                hit = streamer.gate.hit is not None
+            else:
+                gate = _TextGate(params.stop)
+                gate.feed(tok.decode(ids, skip_special_tokens=True))
+                gate.finish()
+                text, hit = gate.final_text, gate.hit is not None
+            if hit:
+                stopped = "stop_string"
+                stop = next(s for s in params.stop if s in tok.decode(ids, skip_special_tokens=True))
+                ids = ids[: _tokens_to_stop(tok, ids, stop)]
+            elif ended:
+                stopped = "eos"
+            elif event.is_set() and len(ids) < params.max_new_tokens:
+                stopped = "cancelled"
+            else:
+                stopped = "max_new_tokens"
+            n = len(ids)
+            times = streamer.step_times
+            ttft = (times[0] - t0) if times else (t_end - t0)
+            rate = _rate(n, times, t0, t_end)
+            results.append((text, prompt_lens[i], n, ttft, rate, stopped))
+        total = t_end - t0
+    # Measured outside the timed region (once per device, then cached).
+    out_results = []
+    for text, plen, n, ttft, rate, stopped in results:
+        wbytes, achieved, bw, eff = _metrics(loaded, rate)
+        out_results.append(GenerationResult(text, plen, n, ttft, rate, total, stopped, wbytes, achieved, bw, eff,
+                                            loaded.name))
+    agg = out_results[0]
+    post("generate_finished", f"{loaded.name}: {sum(r.new_tokens for r in out_results)} tokens, "
+         f"{agg.tokens_per_s:.1f} tokens/s", model=loaded.name, tokens_per_s=agg.tokens_per_s,
+         new_tokens=sum(r.new_tokens for r in out_results), ttft_s=agg.ttft_s, total_s=total, batch=len(texts),
+         decode_efficiency=agg.decode_efficiency)
+    return out_results
+
+
+def _resolve(loaded: LoadedModel | str) -> LoadedModel:
+    if isinstance(loaded, str):
+        from .registry import get_registry
+
+        return get_registry().get(loaded)
+    return loaded
+
+
+def generate(loaded: LoadedModel | str, prompt_or_messages: Any,
+             params: GenerationParams = GenerationParams()) -> GenerationResult:  # noqa: B008 (frozen, shared safely)
+    """Generate an answer to a prompt or a chat (a list of ``{"role", "content"}`` dicts).
+
+    Raises:
+        ModelNotLoadedError: the model was unloaded.
+        GenerationOutOfMemoryError: out of memory; the model stays loaded and usable.
+        GenerationError: anything else that went wrong; the model stays loaded.
+    """
+    return _run(_resolve(loaded), [prompt_or_messages], params, on_piece=None, stop_event=None)[0]
+
+
+def generate_batch(loaded: LoadedModel | str, prompts: Sequence[Any],
+                   params: GenerationParams = GenerationParams()) -> list[GenerationResult]:  # noqa: B008
+    """Generate for several prompts together (left padding); results in input order.
+
+    Each result's ``tokens_per_s`` is its row's rate (one token per step while it
+    runs); ``total_s`` is the whole batch.
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise GenerationError("generate_batch needs a list of prompts", hint="use generate() for one prompt")
+    return _run(_resolve(loaded), list(prompts), params, on_piece=None, stop_event=None)
+
+
+_DONE = object()
+
+
+class Stream:
+    """An iterator of text pieces from a generation running on a background thread.
+
+    ``stop()`` ends the generation at the next token step; the pieces so far stay.
+    ``result`` is the :class:`GenerationResult` once iteration finished. If the
+    generation raises, iteration raises it (a typed :class:`GenerationError`):
+    it never hangs. Interrupting the iteration (Ctrl-C in a notebook) stops the
+    generation too.
+    """
+
+    def __init__(self, loaded: LoadedModel, prompt: Any, params: GenerationParams,
+                 on_piece: Callable[[str], None] | None = None) -> None:
+        self.loaded = loaded
+        self.params = params
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+        self._on_piece = on_piece
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(prompt,), daemon=True,
+                                        name=f"workbench-generate-{loaded.name}")
+        self._started = False
+
+    def start(self) -> Stream:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def _work(self, prompt: Any) -> None:
+        try:
+            self.result = _run(self.loaded, [prompt], self.params, on_piece=self._queue.put, stop_event=self._stop)[0]
+        except WorkbenchError as exc:
+            self.error = exc
+        except Exception as exc:  # surfaced to the consumer as a typed error
+            self.error = GenerationError(f"generation with {self.loaded.name} failed ({type(exc).__name__}: {exc})",
+                                         hint="the model is still loaded", name=self.loaded.name)
+        finally:
+            self._queue.put(_DONE)  # always: the consumer never waits forever
+
+    def stop(self) -> None:
+        """End generation within one token step (what was generated so far is kept)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def __iter__(self) -> Iterator[str]:
+        self.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _DONE:
+                    break
+                if self._on_piece is not None:
+                    self._on_piece(item)
+                yield item
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, generator closed early): stop the worker, then re-raise.
+            self._stop.set()
+            self._thread.join()
+            raise
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def text(self) -> str:
+        """Consume the stream and return the whole text."""
+        return "".join(self)
+
+    def wait(self) -> GenerationResult:
+        """Consume the stream (calling ``on_piece`` for each piece) and return the result."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+def stream(loaded: LoadedModel | str, prompt_or_messages: Any,
+           params: GenerationParams = GenerationParams(), *,  # noqa: B008
+           on_piece: Callable[[str], None] | None = None) -> Stream:
+    """Start a streamed generation; iterate the returned :class:`Stream` for text pieces.
+
+    Args:
+        on_piece: also called with each piece as the iterator yields it (the callback form).
+
+    Example:
+        >>> s = stream(loaded, "Count to ten")  # doctest: +SKIP
+        >>> for piece in s:  # doctest: +SKIP
+        ...     if "5" in piece: s.stop()
+        >>> s.result.stopped_by  # doctest: +SKIP
+        'cancelled'
+    """
+    m = _resolve(loaded)
+    m.require()
+    params.validate()
+    return Stream(m, prompt_or_messages, params, on_piece).start()

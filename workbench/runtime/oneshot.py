@@ -1,0 +1,100 @@
+"""``workbench run``: load a model, generate once, unload; one report.
+
+Example:
+    >>> r = run_once("SmolLM2-135M-Instruct", "What is the capital of France?", quant="nf4")  # doctest: +SKIP
+    >>> "Paris" in r.text  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..store import format_bytes
+from .spec import LoadProgress, LoadSpec, devices_tuple
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What ``workbench run`` prints (ARCHITECTURE.md section 3), plus the details behind it."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    load_s: float
+    footprint_bytes: int
+    devices: list[str]
+    model: str = ""
+    dtype: str = ""
+    quant: str = "none"
+    stopped_by: str = ""
+    total_s: float = 0.0
+    estimate_bytes: int | None = None
+    placement: dict[str, int] = field(default_factory=dict)
+    decode_efficiency: float | None = None
+    bandwidth_bytes_per_s: float | None = None
+    freed_bytes: int = 0
+
+    @property
+    def footprint_str(self) -> str:
+        return format_bytes(self.footprint_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_once(
+    name: str,
+    prompt: str,
+    *,
+    devices: str | Sequence[str] = ("cpu",),
+    dtype: str = "auto",
+    quant: str = "none",
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    progress: Callable[[str], Any] | None = None,
+) -> RunReport:
+    """Load ``name``, answer ``prompt`` once, unload (also when generation fails).
+
+    Args:
+        progress: called with one line per load phase (the CLI prints them on stderr).
+
+    Raises:
+        The runtime's typed errors (:class:`~workbench.errors.WorkbenchError`).
+    """
+    from .generation import GenerationParams, generate
+    from .registry import get_registry
+
+    spec = LoadSpec(name, devices=devices_tuple(devices), dtype=dtype, quant=quant,
+                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    last_phase: list[str] = []
+
+    def on_progress(p: LoadProgress) -> None:
+        # One line per phase change: a terminal, not a progress bar.
+        if progress is not None and (not last_phase or last_phase[-1] != p.phase):
+            last_phase.append(p.phase)
+            progress(f"[{p.percent_str:>4}] {p.phase}: {p.message}")
+
+    registry = get_registry()
+    loaded = registry.load(spec, progress=on_progress)
+    try:
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        result = generate(loaded, prompt, params)
+    finally:
+        unload = registry.unload(loaded.name)
+    return RunReport(
+        text=result.text, prompt_tokens=result.prompt_tokens, new_tokens=result.new_tokens, ttft_s=result.ttft_s,
+        tokens_per_s=result.tokens_per_s, load_s=loaded.load_s, footprint_bytes=loaded.footprint_bytes,
+        devices=list(loaded.devices), model=loaded.entry.name, dtype=loaded.estimate.dtype if loaded.estimate else dtype,
+        quant=quant, stopped_by=result.stopped_by, total_s=result.total_s,
+        estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None, placement=dict(loaded.placement),
+        decode_efficiency=result.decode_efficiency, bandwidth_bytes_per_s=result.bandwidth_bytes_per_s,
+        freed_bytes=unload.freed_bytes,
+    )

@@ -1,0 +1,493 @@
+"""The kernel's loaded models: load, list, get, and unload so that memory really comes back.
+
+One :class:`Registry` per process (:func:`get_registry`): the Load panel, the
+Prompt panel and notebook code all see the same models.
+
+Unloading in a notebook: the registry drops every reference the workbench holds,
+clears the model out of IPython's output history (``Out``, ``_``, ``__``, ``___``,
+``_N``) and out of the last traceback's frames, collects garbage, empties the
+CUDA cache and trims glibc's heap. What it cannot reach are your own names: a
+variable bound to ``loaded.model`` or ``loaded.tokenizer`` (or to a tensor the
+model produced on the GPU) keeps that memory alive. Keep the :class:`LoadedModel`
+(which is emptied on unload) rather than its ``model``, or ``del`` such names
+before unloading.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
+from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
+from ..store.estimate import resolve_dtype
+from . import _memory
+from .fit import FitCheck, check_devices, placement_plan, require_fit
+from .spec import LoadProgress, LoadSpec
+
+logger = logging.getLogger(__name__)
+
+
+def post(kind: str, message: str = "", *, model: str | None = None, **data: Any) -> None:
+    """Post a telemetry event; telemetry trouble never breaks a load or a generation."""
+    try:
+        from ..telemetry import post_event
+
+        post_event(kind, message, model=model, **data)
+    except (ImportError, ValueError, RuntimeError, OSError) as exc:
+        logger.debug("telemetry event %s not posted: %s", kind, exc)
+
+
+class LoadedModel:
+    """A model in memory, with where it is and what it cost.
+
+    Attributes:
+        name: its registry name.
+        spec: the :class:`LoadSpec` it was loaded with.
+        entry: its store entry.
+        model: the transformers model (``None`` once unloaded).
+        tokenizer: its tokenizer (``None`` once unloaded).
+        devices: the devices chosen.
+        placement: bytes of weights on each device (like ``ollama ps``'s CPU/GPU split).
+        module_devices: module -> device, like transformers' ``hf_device_map``.
+        footprint_bytes: ``model.get_memory_footprint()``.
+        estimate: the store's estimate the load was checked against (``None`` when the
+            headers could not be read, e.g. pickle checkpoints).
+        fit: the pre-load check (needed vs available), or ``None``.
+        load_times_s: seconds per phase (``check``, ``tokenizer``, ``weights``, ``finalize``).
+        load_s: the whole load, in seconds.
+        loaded_at, last_used: ``time.time()`` stamps.
+    """
+
+    def __init__(self, name: str, spec: LoadSpec, entry: ModelEntry, model: Any, tokenizer: Any, *,
+                 placement: dict[str, int], module_devices: dict[str, str], footprint_bytes: int,
+                 estimate: MemoryEstimate | None, fit: FitCheck | None, load_times_s: dict[str, float],
+                 load_s: float) -> None:
+        self.name = name
+        self.spec = spec
+        self.entry = entry
+        self.model = model
+        self.tokenizer = tokenizer
+        self.devices = tuple(spec.devices)
+        self.placement = placement
+        self.module_devices = module_devices
+        self.footprint_bytes = footprint_bytes
+        self.estimate = estimate
+        self.fit = fit
+        self.load_times_s = load_times_s
+        self.load_s = load_s
+        self.loaded_at = time.time()
+        self.last_used = self.loaded_at
+        # One generation at a time per model: the Prompt panel and a notebook cell may
+        # both ask, and a model's KV cache and RNG are not shareable between them.
+        self.lock = threading.RLock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    @property
+    def precision(self) -> str:
+        """``"bfloat16"``, ``"nf4+dq"``...: the spec's, with ``"auto"`` resolved."""
+        if self.spec.quant == "none" and self.estimate is not None:
+            return self.estimate.dtype
+        return self.spec.precision
+
+    @property
+    def quant_state_bytes(self) -> int:
+        """bitsandbytes scales the footprint leaves out (from the estimate; 0 unquantized)."""
+        return self.estimate.quant_state_bytes if self.estimate is not None else 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes a decode step reads: the footprint plus quantization scales."""
+        return self.footprint_bytes + self.quant_state_bytes
+
+    @property
+    def footprint_str(self) -> str:
+        return format_bytes(self.footprint_bytes)
+
+    @property
+    def placement_str(self) -> str:
+        """``"cuda:0 1.2 GiB (60%), cuda:1 0.8 GiB (40%)"``, as ``ollama ps`` shows the split."""
+        total = sum(self.placement.values()) or 1
+        return ", ".join(f"{d} {format_bytes(b)} ({100 * b / total:.0f}%)" for d, b in self.placement.items())
+
+    @property
+    def estimate_error(self) -> float | None:
+        """``(estimate - footprint) / footprint``: how far the pre-load estimate was off."""
+        if self.estimate is None or not self.footprint_bytes:
+            return None
+        return (self.estimate.weights_bytes - self.footprint_bytes) / self.footprint_bytes
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+
+    def require(self) -> None:
+        """Raise :class:`ModelNotLoadedError` if this model was unloaded."""
+        if self.model is None:
+            raise ModelNotLoadedError(f"{self.name} was unloaded", hint="load it again", name=self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "model": self.entry.name, "spec": self.spec.to_dict(), "devices": list(self.devices),
+            "precision": self.precision, "placement": dict(self.placement), "module_devices": dict(self.module_devices),
+            "footprint_bytes": self.footprint_bytes, "quant_state_bytes": self.quant_state_bytes,
+            "estimate": self.estimate.to_dict() if self.estimate else None,
+            "estimate_error": self.estimate_error, "load_times_s": dict(self.load_times_s), "load_s": self.load_s,
+            "loaded_at": self.loaded_at, "last_used": self.last_used, "loaded": self.loaded,
+        }
+
+    def __repr__(self) -> str:
+        state = f"{self.footprint_str} on {', '.join(self.devices)}" if self.loaded else "unloaded"
+        return f"<LoadedModel {self.name!r} {self.precision} {state}>"
+
+
+@dataclass(frozen=True)
+class UnloadPlan:
+    """What unloading ``name`` will free, before it happens (ARCHITECTURE.md principle 6)."""
+
+    name: str
+    frees_bytes: int
+    devices: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"unload {self.name}, freeing about {format_bytes(self.frees_bytes)} on {', '.join(self.devices)}"
+
+
+@dataclass(frozen=True)
+class UnloadReport:
+    """What an unload gave back.
+
+    Attributes:
+        freed_bytes: the model's footprint plus quantization state, now released.
+        rss_before_bytes, rss_after_bytes: process RSS around the unload.
+        cuda_before_bytes, cuda_after_bytes: torch's reserved CUDA memory per device.
+        cleared: references cleared outside the workbench (``"Out[3]"``, ``"_"``,
+            ``"sys.last_traceback"``...).
+    """
+
+    name: str
+    freed_bytes: int
+    rss_before_bytes: int
+    rss_after_bytes: int
+    cuda_before_bytes: dict[str, int] = field(default_factory=dict)
+    cuda_after_bytes: dict[str, int] = field(default_factory=dict)
+    cleared: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def rss_returned_bytes(self) -> int:
+        return self.rss_before_bytes - self.rss_after_bytes
+
+    @property
+    def freed_str(self) -> str:
+        return format_bytes(self.freed_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "freed_bytes": self.freed_bytes, "rss_before_bytes": self.rss_before_bytes,
+                "rss_after_bytes": self.rss_after_bytes, "rss_returned_bytes": self.rss_returned_bytes,
+                "cuda_before_bytes": dict(self.cuda_before_bytes), "cuda_after_bytes": dict(self.cuda_after_bytes),
+                "cleared": list(self.cleared), "seconds": self.seconds}
+
+
+# --- references IPython keeps ----------------------------------------------------------------
+
+
+def _is_ours(value: Any, targets: list[Any]) -> bool:
+    return any(value is t for t in targets)
+
+
+def _pins_memory(value: Any, targets: list[Any]) -> bool:
+    if _is_ours(value, targets):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, (torch.nn.Module, torch.Tensor))
+
+
+def clear_ipython_references(targets: list[Any]) -> list[str]:
+    """Remove ``targets`` from IPython's output history and the last traceback's frames.
+
+    Only when IPython is already imported (never imports it). Returns what was cleared.
+    """
+    cleared: list[str] = []
+    ipython = sys.modules.get("IPython")
+    shell = None
+    if ipython is not None:
+        try:
+            shell = ipython.get_ipython()
+        except (AttributeError, RuntimeError):
+            shell = None
+    if shell is not None:
+        ns = getattr(shell, "user_ns", {}) or {}
+        hist = ns.get("_oh")
+        out = ns.get("Out")
+        for store in {id(h): h for h in (hist, out) if isinstance(h, dict)}.values():
+            for key in [k for k, v in store.items() if _is_ours(v, targets)]:
+                del store[key]
+                cleared.append(f"Out[{key}]")
+        for key in [k for k in list(ns) if k.startswith("_") and k[1:].isdigit() and _is_ours(ns[k], targets)]:
+            del ns[key]
+            cleared.append(key)
+        hook = getattr(shell, "displayhook", None)
+        for unders in ("_", "__", "___"):
+            if unders in ns and _is_ours(ns[unders], targets):
+                ns[unders] = ""
+                cleared.append(unders)
+            if hook is not None and _is_ours(getattr(hook, unders, None), targets):
+                setattr(hook, unders, "")
+    # The last uncaught exception (IPython sets these, so does the plain REPL): its
+    # frames' locals often hold the model or activations of a failed generation.
+    tb = getattr(sys, "last_traceback", None)
+    if tb is not None:
+        pinned = False
+        walk = tb
+        while walk is not None and not pinned:
+            try:
+                pinned = any(_pins_memory(v, targets) for v in walk.tb_frame.f_locals.values())
+            except (AttributeError, RuntimeError):
+                pinned = False
+            walk = walk.tb_next
+        if pinned:
+            from .loader import _scrub, clear_traceback_frames
+
+            clear_traceback_frames(tb)
+            for attr in ("last_value", "last_exc"):
+                _scrub(getattr(sys, attr, None))
+            cleared.append("sys.last_traceback")
+    return cleared
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+class Registry:
+    """The models loaded in this process.
+
+    Example:
+        >>> reg = get_registry()
+        >>> m = reg.load(LoadSpec("SmolLM2-135M-Instruct", quant="nf4"))   # doctest: +SKIP
+        >>> [x.name for x in reg.list()]                                    # doctest: +SKIP
+        ['SmolLM2-135M-Instruct']
+        >>> reg.unload(m.name).freed_str                                    # doctest: +SKIP
+        '116.6 MiB'
+    """
+
+    def __init__(self, store: ModelStore | None = None) -> None:
+        self._store = store
+        self._models: dict[str, LoadedModel] = {}
+        self._reserved: set[str] = set()  # names of loads in flight
+        self._lock = threading.RLock()
+
+    @property
+    def store(self) -> ModelStore:
+        # The store is built on first use so WORKBENCH_STORE changes (tests, notebooks) are seen.
+        return self._store if self._store is not None else ModelStore()
+
+    # -- names --------------------------------------------------------------------------------
+
+    def _choose_name(self, spec: LoadSpec, entry: ModelEntry) -> str:
+        taken = set(self._models) | self._reserved
+        if spec.name is not None:
+            if spec.name in taken:
+                raise LoadSpecError(f"a model named {spec.name!r} is already loaded",
+                                    hint="unload it first, or choose another name", name=spec.name)
+            return spec.name
+        base = entry.name
+        if spec.quant != "none":
+            label = spec.precision
+        else:
+            try:
+                label = resolve_dtype(entry, spec.dtype)
+            except WorkbenchError:
+                label = spec.dtype
+        candidates = [base, f"{base}@{label}", f"{base}@{label}@{'+'.join(spec.devices)}"]
+        for c in candidates:
+            if c not in taken:
+                return c
+        i = 2
+        while f"{candidates[-1]}#{i}" in taken:
+            i += 1
+        return f"{candidates[-1]}#{i}"
+
+    # -- load ---------------------------------------------------------------------------------
+
+    def resolve(self, spec: LoadSpec) -> ModelEntry:
+        """The spec's store entry (looked up by name, or the entry it carries)."""
+        return spec.model if isinstance(spec.model, ModelEntry) else self.store.get(spec.model)
+
+    def load(self, spec: LoadSpec, progress: Any = None, cancel: threading.Event | None = None) -> LoadedModel:
+        """Load a model as ``spec`` says, after checking it fits.
+
+        Args:
+            spec: what to load (validated here first).
+            progress: called with :class:`LoadProgress` (phase, fraction, message);
+                :func:`tqdm_progress` draws a bar.
+            cancel: set it from another thread to stop the load; it rolls back.
+
+        Raises:
+            LoadSpecError: the spec is wrong (what to change is in the message).
+            ModelNotFoundError, BrokenModelError, UnsafeModelError: from the store entry.
+            InsufficientMemoryError: it cannot fit (numbers and a suggestion), or ran out.
+            LoadCancelledError: ``cancel`` was set; nothing was kept.
+            LoadError, QuantizationUnsupportedError: the load failed and was rolled back.
+        """
+        from . import loader
+
+        t0 = time.perf_counter()
+        name = spec.model_name
+        try:
+            spec.validate()
+            if progress is not None:
+                progress(LoadProgress("check", 0.0, f"checking {name}"))
+            entry = self.resolve(spec)
+            name = entry.name
+            loader.check_entry(entry, spec)
+            if cancel is not None and cancel.is_set():
+                raise LoadCancelledError(f"load of {name} cancelled before it started", hint="nothing was loaded")
+            if entry.params is not None:
+                fit = require_fit(entry, spec)
+            else:  # pickle or remote-code entries: the store read no headers to estimate from
+                fit = None
+                check_devices(spec)
+            device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
+            with self._lock:
+                reg_name = self._choose_name(spec, entry)
+                self._reserved.add(reg_name)
+        except WorkbenchError as exc:
+            post("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
+            raise
+        check_s = time.perf_counter() - t0
+        post("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}", model=reg_name,
+             devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
+             needed_bytes=fit.needed_bytes if fit else None)
+        try:
+            outcome = loader.load(entry, spec, device_map=device_map, max_memory=max_memory, progress=progress,
+                                  cancel=cancel, phase_times={"check": check_s})
+        except WorkbenchError as exc:
+            with self._lock:
+                self._reserved.discard(reg_name)
+            if progress is not None:
+                phase = "cancelled" if isinstance(exc, LoadCancelledError) else "failed"
+                progress(LoadProgress(phase, 0.0, str(exc)))
+            post("error", f"load of {reg_name} failed: {exc}", model=reg_name, error=type(exc).__name__, phase="load")
+            raise
+        except BaseException:
+            with self._lock:  # KeyboardInterrupt: the loader rolled back; forget the name too
+                self._reserved.discard(reg_name)
+            raise
+        load_s = time.perf_counter() - t0
+        loaded = LoadedModel(
+            reg_name, spec, entry, outcome.model, outcome.tokenizer, placement=outcome.placement,
+            module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
+            estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s)
+        del outcome
+        with self._lock:
+            self._reserved.discard(reg_name)
+            self._models[reg_name] = loaded
+        if progress is not None:
+            progress(LoadProgress("done", 1.0, f"loaded {reg_name} in {load_s:.1f} s"))
+        post("load_finished", f"loaded {reg_name} in {load_s:.1f} s", model=reg_name, load_s=load_s,
+             footprint_bytes=loaded.footprint_bytes, placement=dict(loaded.placement), devices=list(spec.devices))
+        return loaded
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model called ``name``.
+
+        Raises:
+            ModelNotLoadedError: listing what is loaded.
+        """
+        with self._lock:
+            found = self._models.get(name)
+            names = sorted(self._models)
+        if found is None:
+            hint = f"loaded: {', '.join(names)}" if names else "nothing is loaded; load a model first"
+            raise ModelNotLoadedError(f"no loaded model named {name!r}", hint=hint, name=name)
+        return found
+
+    def list(self) -> list[LoadedModel]:
+        """Loaded models, oldest first."""
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.loaded_at)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    # -- unload -------------------------------------------------------------------------------
+
+    def plan_unload(self, name: str) -> UnloadPlan:
+        """What :meth:`unload` would free."""
+        m = self.get(name)
+        return UnloadPlan(m.name, m.weight_bytes, m.devices)
+
+    def unload(self, name: str) -> UnloadReport:
+        """Unload ``name`` and give its memory back; see the module docstring for what you must avoid.
+
+        Raises:
+            ModelNotLoadedError: nothing of that name is loaded.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            m = self.get(name)
+            del self._models[name]
+        with m.lock:  # wait for a generation in progress to finish
+            devices = [d for d in m.devices if d.startswith("cuda")]
+            rss_before = _memory.rss_bytes()
+            cuda_before = _memory.cuda_reserved_bytes(devices) if devices else {}
+            freed = m.weight_bytes
+            targets = [m, m.model, m.tokenizer]
+            cleared = clear_ipython_references([t for t in targets if t is not None])
+            # accelerate's dispatch hooks and generation caches hang off the model itself,
+            # so dropping the model drops them; the LoadedModel survives, empty, in user code.
+            m.model = None
+            m.tokenizer = None
+            del targets
+            _memory.release_memory()
+            rss_after = _memory.rss_bytes()
+            cuda_after = _memory.cuda_reserved_bytes(devices) if devices else {}
+        report = UnloadReport(name, freed, rss_before, rss_after, cuda_before, cuda_after, tuple(cleared),
+                              time.perf_counter() - t0)
+        post("unload", f"unloaded {name}, freed {format_bytes(freed)}", model=name, freed_bytes=freed,
+             rss_before_bytes=rss_before, rss_after_bytes=rss_after)
+        return report
+
+    def unload_all(self) -> list[UnloadReport]:
+        """Unload every model (newest first)."""
+        return [self.unload(m.name) for m in reversed(self.list())]
+
+
+def _torch_free_bytes(device: str) -> int | None:
+    """torch's free-memory query, for a device whose NVML reading is missing."""
+    if device == "cpu":
+        from ..devices import memory_free_bytes
+
+        return memory_free_bytes("cpu")
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process's (kernel's) registry, created on first use."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry

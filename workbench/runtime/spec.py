@@ -1,0 +1,214 @@
+"""What to load and how: :class:`LoadSpec`, and load progress (:class:`LoadProgress`).
+
+A spec is checked before any work (:meth:`LoadSpec.validate`), so a typo in a
+device name or an impossible combination (double quantization with int8) fails
+at once with what to change, not half-way through a load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import LoadSpecError
+from ..store import ModelEntry
+from ..store.estimate import QUANTS
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+
+
+def normalize_device(name: str) -> str:
+    """``"CUDA"`` -> ``"cuda:0"``, ``" cpu "`` -> ``"cpu"``: torch's meaning of the bare names."""
+    text = str(name).strip().lower()
+    return "cuda:0" if text == "cuda" else text
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """A load request: which model, on which devices, at which precision.
+
+    Attributes:
+        model: a store entry name, or a :class:`~workbench.store.ModelEntry`.
+        devices: ``("cpu",)``, ``("cuda:0",)`` or several GPUs ``("cuda:0", "cuda:1")``
+            (the model is split across them, as transformers' ``device_map="auto"`` does).
+        dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        quant: bitsandbytes quantization: ``"none"``, ``"int8"``, ``"nf4"`` or ``"fp4"``.
+        double_quant: quantize the 4-bit scales too (``bnb_4bit_use_double_quant``).
+        compute_dtype: the dtype 4-bit layers compute in (default: ``dtype``).
+        max_memory: bytes each device may hold, like transformers' ``max_memory``
+            (``{"cuda:0": 20 * 2**30}``); devices left out get their free memory.
+        allow_pickle: allow pickle checkpoints (loaded with ``weights_only=True``).
+        trust_remote_code: allow this model's own Python code to run.
+        name: the registry name; default the entry name, suffixed if already taken
+            (``"SmolLM2-135M-Instruct@nf4"``).
+
+    Example:
+        >>> LoadSpec("SmolLM2-135M-Instruct", devices=("cpu",), quant="nf4").validate().quant
+        'nf4'
+    """
+
+    model: str | ModelEntry
+    devices: tuple[str, ...] = ("cpu",)
+    dtype: str = "auto"
+    quant: str = "none"
+    double_quant: bool = False
+    compute_dtype: str | None = None
+    max_memory: dict[str, int] | None = field(default=None, hash=False)
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        # Accept what people type: a list, or one device as a string.
+        devices = (self.devices,) if isinstance(self.devices, str) else tuple(self.devices or ())
+        object.__setattr__(self, "devices", tuple(normalize_device(d) for d in devices))
+        if self.max_memory is not None and isinstance(self.max_memory, Mapping):
+            object.__setattr__(self, "max_memory", {normalize_device(k): v for k, v in self.max_memory.items()})
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name if isinstance(self.model, ModelEntry) else str(self.model)
+
+    @property
+    def precision(self) -> str:
+        """``"bfloat16"``, ``"int8"``, ``"nf4+dq"``...: what the load panel shows."""
+        if self.quant == "none":
+            return self.dtype
+        return self.quant + ("+dq" if self.double_quant else "")
+
+    @property
+    def device_type(self) -> str:
+        """``"cuda"`` if any GPU is chosen (transformers then quantizes on the GPU), else ``"cpu"``."""
+        return "cuda" if any(d.startswith("cuda") for d in self.devices) else "cpu"
+
+    def with_(self, **changes: Any) -> LoadSpec:
+        """A copy with some fields changed (``spec.with_(quant="nf4")``)."""
+        return replace(self, **changes)
+
+    def validate(self) -> LoadSpec:
+        """Check the spec without touching devices or files; returns ``self``.
+
+        Raises:
+            LoadSpecError: naming the field at fault and the values it accepts.
+        """
+        def bad(message: str, hint: str, **ctx: Any) -> LoadSpecError:
+            return LoadSpecError(message, hint=hint, **ctx)
+
+        if isinstance(self.model, str):
+            if not self.model.strip():
+                raise bad("no model given", "pass a store entry name such as 'SmolLM2-135M-Instruct'")
+        elif not isinstance(self.model, ModelEntry):
+            raise bad(f"model must be a store entry name or a ModelEntry, not {type(self.model).__name__}",
+                      "pass the name shown by `workbench store list`")
+        if not self.devices:
+            raise bad("no device chosen", "pass devices=('cpu',) or ('cuda:0',)")
+        for d in self.devices:
+            if not _DEVICE.match(d):
+                raise bad(f"device {d!r} is not a device name", "use 'cpu' or 'cuda:N' (e.g. 'cuda:0')", device=d)
+        if len(set(self.devices)) != len(self.devices):
+            raise bad(f"devices {list(self.devices)} name a device twice", "list each device once")
+        if self.dtype not in DTYPES:
+            raise bad(f"dtype {self.dtype!r} is not supported", f"use one of {', '.join(DTYPES)}", dtype=self.dtype)
+        if self.quant not in QUANTS:
+            raise bad(f"quantization {self.quant!r} is not supported", f"use one of {', '.join(QUANTS)}",
+                      quant=self.quant)
+        if self.double_quant and self.quant not in ("nf4", "fp4"):
+            raise bad(f"double quantization applies to 4-bit weights, not quant={self.quant!r}",
+                      "use quant='nf4' (or 'fp4') with double_quant=True, or drop double_quant")
+        if self.compute_dtype is not None:
+            if self.compute_dtype not in COMPUTE_DTYPES:
+                raise bad(f"compute_dtype {self.compute_dtype!r} is not supported",
+                          f"use one of {', '.join(COMPUTE_DTYPES)} or None")
+            if self.quant not in ("nf4", "fp4"):
+                raise bad(f"compute_dtype applies to 4-bit layers, not quant={self.quant!r}",
+                          "use dtype= to choose the precision, or quant='nf4' with compute_dtype")
+        if self.max_memory is not None:
+            if not isinstance(self.max_memory, Mapping):
+                raise bad("max_memory must map device names to bytes", "e.g. max_memory={'cuda:0': 20 * 2**30}")
+            for d, v in self.max_memory.items():
+                if d not in self.devices:
+                    raise bad(f"max_memory names {d!r}, which is not among the devices {list(self.devices)}",
+                              "add it to devices or remove it from max_memory", device=d)
+                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                    raise bad(f"max_memory[{d!r}] must be a positive number of bytes, not {v!r}",
+                              "e.g. 20 * 2**30 for 20 GiB", device=d)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()
+                                      or len(self.name) > 200 or any(c in self.name for c in "\n\r\t")):
+            raise bad(f"registry name {self.name!r} is not usable", "use a short one-line name, or None for the default")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name, "devices": list(self.devices), "dtype": self.dtype, "quant": self.quant,
+            "double_quant": self.double_quant, "compute_dtype": self.compute_dtype,
+            "max_memory": dict(self.max_memory) if self.max_memory else None,
+            "allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code, "name": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """One progress report of a load.
+
+    Attributes:
+        phase: ``"check"``, ``"tokenizer"``, ``"weights"``, ``"finalize"``, ``"done"``,
+            ``"cancelled"`` or ``"failed"``.
+        fraction: of the whole load, 0 to 1.
+        message: one line for a label (``"weights 120/272"``).
+    """
+
+    phase: str
+    fraction: float
+    message: str = ""
+
+    @property
+    def percent_str(self) -> str:
+        return f"{100 * self.fraction:.0f}%"
+
+
+ProgressCallback = Callable[[LoadProgress], Any]
+
+
+class _TqdmProgress:
+    """A progress callback drawing a tqdm bar (``tqdm.auto``: a widget in Jupyter, text in a terminal)."""
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
+        self._kwargs = {"total": 100, "unit": "%", "bar_format": "{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                        **tqdm_kwargs}
+        self._bar: Any = None
+
+    def __call__(self, p: LoadProgress) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(**self._kwargs)
+        self._bar.set_description_str(p.phase, refresh=False)
+        self._bar.set_postfix_str(p.message[:60], refresh=False)
+        self._bar.n = round(100 * max(0.0, min(1.0, p.fraction)))
+        self._bar.refresh()
+        if p.phase in ("done", "cancelled", "failed"):
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def tqdm_progress(**tqdm_kwargs: Any) -> _TqdmProgress:
+    """A load progress callback that draws a tqdm bar; keyword arguments go to ``tqdm``.
+
+    Example:
+        >>> registry.load(spec, progress=tqdm_progress(desc="loading"))  # doctest: +SKIP
+    """
+    return _TqdmProgress(**tqdm_kwargs)
+
+
+def devices_tuple(devices: str | Sequence[str]) -> tuple[str, ...]:
+    """``"cuda:0,cuda:1"`` or a list -> a tuple of normalized names."""
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    return tuple(normalize_device(d) for d in items if str(d).strip())
