@@ -60,6 +60,56 @@ def malloc_trim() -> bool:
     return True
 
 
+_omp_pause: list = []  # [function] once found; looked up again until torch has loaded OpenMP
+
+
+def _find_omp_pause():
+    if _omp_pause:
+        return _omp_pause[0]
+    if sys.platform != "linux":
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            paths = {line.split()[-1] for line in fh if "omp" in line and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        name = path.rsplit("/", 1)[-1]
+        if not name.startswith(("libgomp", "libiomp5", "libomp")):
+            continue
+        try:
+            fn = ctypes.CDLL(path).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        _omp_pause.append(fn)
+        return fn
+    return None
+
+
+def release_omp_threads() -> bool:
+    """Release the calling thread's OpenMP worker pool (``omp_pause_resource_all``, soft).
+
+    Why: torch's CPU kernels run on OpenMP thread teams, one per thread that ran
+    them (the notebook's main thread, a panel's worker, a generation thread). GNU
+    OpenMP lets idle workers spin between parallel regions only while all teams
+    together have no more threads than CPUs; past that every region waits on a
+    futex, and CPU decoding ran at 18 tokens/s instead of 32 (SmolLM2-135M, 2 cores)
+    as soon as a second team existed. So each workbench operation releases its
+    thread's pool when it ends, and a stream releases the consumer's pool before
+    its generation thread starts: one team at a time. The next torch call on the
+    thread recreates its pool (microseconds).
+    """
+    if "torch" not in sys.modules:
+        return False
+    fn = _find_omp_pause()
+    if fn is None:
+        return False
+    fn(1)  # omp_pause_soft; a non-zero result (inside a parallel region) changes nothing
+    return True
+
+
 def torch_if_imported():
     """torch, if this process already imported it; never imports it."""
     return sys.modules.get("torch")

@@ -430,10 +430,13 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
 
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
-                                     streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria),
-                                     tokenizer=tok)
+            try:
+                with torch.inference_mode():
+                    out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
+                                         streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria),
+                                         tokenizer=tok)
+            finally:
+                _memory.release_omp_threads()  # one OpenMP team at a time
         except Exception as exc:  # translated below, outside the handler, so no frame pins activations
             from .loader import _scrub
 
@@ -561,6 +564,9 @@ class Stream:
     def start(self) -> Stream:
         if not self._started:
             self._started = True
+            # The consumer's OpenMP pool would throttle the generation thread's (see
+            # _memory.release_omp_threads): give it back while this stream runs.
+            _memory.release_omp_threads()
             self._thread.start()
         return self
 

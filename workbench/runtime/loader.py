@@ -419,8 +419,6 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         times["tokenizer"] = time.perf_counter() - t
         ctx.check_cancel("tokenizer")
 
-        t = time.perf_counter()
-        report("weights", 0.0, f"reading weights ({spec.precision} on {', '.join(spec.devices)})")
         kwargs: dict[str, Any] = dict(common, dtype=getattr(torch, dtype_name), device_map=device_map)
         if max_memory:
             kwargs["max_memory"] = max_memory
@@ -434,6 +432,8 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         converting = entry.dtype is not None and entry.dtype != dtype_name
         if qc is not None or ("cpu" in spec.devices and converting):
             ctx.trim_every = TRIM_EVERY
+        t = time.perf_counter()
+        report("weights", 0.0, f"reading weights ({spec.precision} on {', '.join(spec.devices)})")
         _local.ctx = ctx
         try:
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -475,5 +475,6 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
             _local.ctx = None
             model = tokenizer = None
             _memory.release_memory()
+        _memory.release_omp_threads()  # one OpenMP team at a time (see _memory.release_omp_threads)
     assert err is not None
     raise err
