@@ -215,3 +215,15 @@ def test_int8_matmul_noise_is_filtered(shared_store, caplog):
     reg.unload_all()
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
     assert _noise.suppressed_count > before  # the messages were there, and dropped
+
+
+def test_openmp_pool_is_released_after_a_generation(tiny_llama):
+    """One OpenMP team at a time (see workbench/runtime/_memory.py): the release must find libgomp."""
+    import platform
+
+    from workbench.runtime import _memory
+
+    generate(tiny_llama, "Hello", GenerationParams(temperature=0, max_new_tokens=2))
+    if platform.system() != "Linux":
+        pytest.skip("OpenMP pools are released on Linux only")
+    assert _memory.release_omp_threads() is True

@@ -267,3 +267,62 @@ def test_link_out_of_the_store_cannot_be_opted_in(tmp_path, tiny_models):
     reg = Registry(ModelStore([root], cache_path=None))
     with pytest.raises(UnsafeModelError):
         reg.load(LoadSpec(ModelStore([root], cache_path=None).list()[0], allow_pickle=True, trust_remote_code=True))
+
+
+def test_out_of_memory_during_load_is_typed_and_rolled_back(registry, monkeypatch):
+    import torch
+    import transformers
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", oom)
+    from workbench.errors import InsufficientMemoryError
+
+    with pytest.raises(InsufficientMemoryError, match="ran out of memory loading tiny-llama") as err:
+        registry.load(LoadSpec("tiny-llama"))
+    assert "quant='nf4'" in str(err.value) and registry.list() == []
+
+
+def test_keyboard_interrupt_during_load_rolls_back(registry):
+    before = _model_count()
+
+    def progress(p):
+        if p.phase == "weights" and p.fraction > 0.3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        registry.load(LoadSpec("tiny-llama-sharded"), progress=progress)
+    assert registry.list() == [] and _model_count() == before
+    assert registry.load(LoadSpec("tiny-llama-sharded")).name == "tiny-llama-sharded"  # name not left reserved
+
+
+def test_unload_accounts_cuda_memory_through_a_fake_torch_cuda(registry, monkeypatch, shared_store):
+    """torch.cuda faked at its boundary: a 'GPU' model's unload reports reserved bytes and empties the cache."""
+    import torch
+
+    from workbench.runtime import LoadedModel
+
+    reserved = {"cuda:0": 300 * 2**20}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: reserved[str(d)])
+
+    def empty_cache():
+        calls.append("empty_cache")
+        reserved["cuda:0"] = 2 * 2**20
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    module = torch.nn.Linear(4, 4)
+    spec = LoadSpec("tiny-llama", devices=("cuda:0",))
+    loaded = LoadedModel("fake-gpu", spec, shared_store.get("tiny-llama"), module, None,
+                         placement={"cuda:0": 80}, module_devices={"": "cuda:0"}, footprint_bytes=80, estimate=None,
+                         fit=None, load_times_s={}, load_s=0.0)
+    registry._models["fake-gpu"] = loaded
+    ref = weakref.ref(module)
+    del module
+    report = registry.unload("fake-gpu")
+    assert report.cuda_before_bytes == {"cuda:0": 300 * 2**20} and report.cuda_after == {"cuda:0": 2 * 2**20}
+    assert "empty_cache" in calls and ref() is None

@@ -181,6 +181,16 @@ class UnloadReport:
     seconds: float = 0.0
 
     @property
+    def cuda_before(self) -> dict[str, int]:
+        """Alias of :attr:`cuda_before_bytes`."""
+        return self.cuda_before_bytes
+
+    @property
+    def cuda_after(self) -> dict[str, int]:
+        """Alias of :attr:`cuda_after_bytes`."""
+        return self.cuda_after_bytes
+
+    @property
     def rss_returned_bytes(self) -> int:
         return self.rss_before_bytes - self.rss_after_bytes
 
