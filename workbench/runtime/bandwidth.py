@@ -45,24 +45,26 @@ def _measure_cpu(nbytes: int) -> float:
 def _measure_cuda(device: str, nbytes: int) -> float:
     import torch
 
-    free, _total = torch.cuda.mem_get_info(device)
-    nbytes = max(64 * 2**20, min(nbytes, int(free) // 4))
-    n = nbytes // 4
-    src = torch.ones(n, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize(device)
-    best = float("inf")
-    for _ in range(REPEATS * 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    # Events record on the current device's stream: make it the measured device.
+    with torch.cuda.device(device):
+        free, _total = torch.cuda.mem_get_info(device)
+        nbytes = max(64 * 2**20, min(nbytes, int(free) // 4))
+        n = nbytes // 4
+        src = torch.ones(n, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
         dst.copy_(src)
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / 1000.0)
-    moved = 2 * n * 4
-    del src, dst
-    torch.cuda.empty_cache()
+        torch.cuda.synchronize(device)
+        best = float("inf")
+        for _ in range(REPEATS * 2):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / 1000.0)
+        moved = 2 * n * 4
+        del src, dst
+        torch.cuda.empty_cache()
     return moved / best
 
 

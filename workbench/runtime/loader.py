@@ -430,7 +430,8 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         if qc is not None:
             kwargs["quantization_config"] = qc
         converting = entry.dtype is not None and entry.dtype != dtype_name
-        if qc is not None or ("cpu" in spec.devices and converting):
+        if "cpu" in spec.devices and (qc is not None or converting):
+            # Host-side scratch only matters when the weights end up in host memory.
             ctx.trim_every = TRIM_EVERY
         t = time.perf_counter()
         report("weights", 0.0, f"reading weights ({spec.precision} on {', '.join(spec.devices)})")
@@ -447,11 +448,14 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         report("finalize", 0.0, "placing and checking")
         model.eval()
         placement = measure_placement(model)
-        stray = sorted(set(placement) - set(spec.devices) - {"meta"})
+        # accelerate may offload what does not fit (to the CPU, or to disk: "meta" here);
+        # the user chose the devices, so that is a failure to fit, not a silent slow model.
+        stray = sorted(set(placement) - set(spec.devices))
         if stray:
             raise InsufficientMemoryError(
                 f"{entry.name} did not fit on {', '.join(spec.devices)}: accelerate put part of it on "
-                f"{', '.join(stray)}", hint="add a device, raise max_memory, or use a smaller quantization",
+                f"{', '.join('disk' if d == 'meta' else d for d in stray)}",
+                hint="add a device, raise max_memory, or use a smaller quantization",
                 devices=list(spec.devices), name=entry.name)
         hf_map = getattr(model, "hf_device_map", None) or {"": spec.devices[0]}
         module_devices = {str(k): _device_str(v) for k, v in hf_map.items()}

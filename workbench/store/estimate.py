@@ -13,6 +13,9 @@ How bitsandbytes stores weights, and so how we count them:
   of 64 weights: float32, or with double quantization one byte per block plus a
   float32 per 256 blocks;
 * embeddings, the output head, norms and biases keep the compute dtype.
+
+The load peak (:func:`load_peak`) is what a load holds at once, which on the CPU
+is far above the footprint: see there.
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, devi
       (resident in RSS until the file closes) while bitsandbytes quantizes each
       tensor through a float32 copy; the full-precision pages, the quantized
       weights, and the scratch of the tensors freed since the last heap trim are
-      held together. Seen for SmolLM2-135M nf4: 352 MiB peak against a 110 MB footprint.
+      held together. Seen for SmolLM2-135M nf4: 314-352 MiB peak against a 110 MB footprint.
     * CPU, converting dtype (a bfloat16 checkpoint loaded as float32): the mapped
       checkpoint plus the converted copy.
     * CPU, same dtype: the weights stay views of the mapped file.
