@@ -326,3 +326,20 @@ def test_unload_accounts_cuda_memory_through_a_fake_torch_cuda(registry, monkeyp
     report = registry.unload("fake-gpu")
     assert report.cuda_before_bytes == {"cuda:0": 300 * 2**20} and report.cuda_after == {"cuda:0": 2 * 2**20}
     assert "empty_cache" in calls and ref() is None
+
+
+def test_clean_pickle_loads_only_with_the_opt_in(tmp_path, tiny_models):
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path / "store"
+    folder = root / "plain-pickle"
+    shutil.copytree(tiny_models["llama"], folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(tiny_models["llama"] / "model.safetensors"), folder / "pytorch_model.bin")
+    reg = Registry(ModelStore([root], cache_path=None))
+    with pytest.raises(UnsafeModelError):
+        reg.load(LoadSpec("plain-pickle"))
+    m = reg.load(LoadSpec("plain-pickle", allow_pickle=True))
+    assert m.estimate is None and m.footprint_bytes > 0  # no headers to estimate from
+    assert generate(m, "Hello", GenerationParams(max_new_tokens=2, temperature=0)).new_tokens == 2
+    reg.unload_all()
