@@ -95,9 +95,9 @@ def test_cancel_leaves_nothing_loaded(tiny_store_env):
     assert get_registry().list() == []
 
 
-def _row(label, mem, ppl, tps, match=1.0, quant="none"):
+def _row(label, mem, ppl, tps, kl=0.01, quant="none"):
     return VariantResult(Variant(label, quant=quant), footprint_bytes=mem, estimate_bytes=mem, load_s=1.0,
-                         ttft_s=0.1, tokens_per_s=tps, perplexity=ppl, kl_divergence=0.01, token_match_rate=match)
+                         ttft_s=0.1, tokens_per_s=tps, perplexity=ppl, kl_divergence=kl, token_match_rate=0.3)
 
 
 def test_recommendation_states_its_reason():
@@ -106,9 +106,33 @@ def test_recommendation_states_its_reason():
         _row("int8", 600, 10.1, 10.0, quant="int8"),
         _row("nf4", 410, 10.31, 18.0, quant="nf4"),
         _row("fp4", 400, 12.0, 18.0, quant="fp4"),  # too much perplexity lost
+        _row("nf4+dq", 405, 10.2, 18.0, kl=0.4, quant="nf4"),  # next-token distributions too far off
     ), eval_tokens=100, eval_source="t")
     rec = study.recommendation()
     assert rec.label == "nf4"
     assert rec.reason == "nf4: 41% of the memory, perplexity +3.1%, 0.9x speed on cpu"
     strict = study.recommendation(max_perplexity_increase=0.001)
     assert strict.label == "bfloat16" and "no quantized variant" in strict.reason
+    assert study.recommendation(max_kl=0.5).label == "nf4+dq"
+
+
+def test_embedded_model_study_returns_memory_between_variants(monkeypatch, isolated_store, seeded_root):
+    import os
+
+    from workbench.config import reset_settings
+    from workbench.runtime import get_registry
+
+    monkeypatch.setenv("WORKBENCH_STORE", os.pathsep.join([str(isolated_store), str(seeded_root)]))
+    reset_settings()
+    study = compare("SmolLM2-135M-Instruct", ["bfloat16", "int8", "nf4"], "cpu", max_eval_tokens=64,
+                    kl_tokens=16, new_tokens=4, prompts=("What is the capital of France?",))
+    rows = {r.variant.label: r for r in study.rows}
+    assert all(r.ok for r in rows.values()), [r.error for r in rows.values()]
+    assert rows["bfloat16"].footprint_bytes > rows["int8"].footprint_bytes > rows["nf4"].footprint_bytes
+    assert all(abs(r.estimate_error) <= 0.03 for r in rows.values())
+    assert rows["bfloat16"].kl_divergence == 0.0 and rows["bfloat16"].token_match_rate == 1.0
+    # After each unload the process is back near where the first unload left it (glibc trimmed).
+    first = rows["bfloat16"].rss_after_unload_bytes
+    for r in rows.values():
+        assert r.rss_after_unload_bytes - first < 64 * 2**20, (r.variant.label, r.rss_after_unload_bytes - first)
+    assert get_registry().list() == []
