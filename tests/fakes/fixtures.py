@@ -72,6 +72,9 @@ def clean_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    # Tests elsewhere (the runtime's) post events and start the process-wide sampler: start clean too.
+    reset_sampler()
+    reset_event_log()
     nvml.reset()
     yield
     reset_sampler()
