@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import types
 
@@ -37,7 +38,8 @@ def test_answer_and_metrics(smol_bf16, events):
     assert 0 < r.ttft_s <= r.total_s and r.tokens_per_s > 0
     assert r.weight_bytes == smol_bf16.footprint_bytes
     assert r.achieved_bytes_per_s == pytest.approx(r.weight_bytes * r.tokens_per_s)
-    assert r.bandwidth_bytes_per_s == measure_bandwidth("cpu") > 0
+    # A placement-weighted combination of per-device bandwidths: equal up to float rounding.
+    assert r.bandwidth_bytes_per_s == pytest.approx(measure_bandwidth("cpu"), rel=1e-9) and r.bandwidth_bytes_per_s > 0
     assert 0 < r.decode_efficiency <= 1.0  # the roofline: no run beats the memory bandwidth
     assert json.loads(json.dumps(r.to_dict()))["stopped_by"] == "eos"
     assert r.tokens_per_s_str.endswith("tokens/s") and r.efficiency_str.endswith("%")
@@ -217,13 +219,10 @@ def test_int8_matmul_noise_is_filtered(shared_store, caplog):
     assert _noise.suppressed_count > before  # the messages were there, and dropped
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="OpenMP pools are released on Linux only")
 def test_openmp_pool_is_released_after_a_generation(tiny_llama):
     """One OpenMP team at a time (see workbench/runtime/_memory.py): the release must find libgomp."""
-    import platform
-
     from workbench.runtime import _memory
 
     generate(tiny_llama, "Hello", GenerationParams(temperature=0, max_new_tokens=2))
-    if platform.system() != "Linux":
-        pytest.skip("OpenMP pools are released on Linux only")
     assert _memory.release_omp_threads() is True
