@@ -184,9 +184,8 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         config["architectures"] = [type(model).__name__]
-        config["torch_dtype"] = "bfloat16"
-        config.pop("dtype", None)
-        config["dtype"] = "bfloat16"
+        # transformers 5 reads "dtype"; 4.x reads "torch_dtype": write both.
+        config["torch_dtype"] = config["dtype"] = "bfloat16"
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         gen = model.generation_config

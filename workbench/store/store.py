@@ -88,9 +88,7 @@ class ModelStore:
     def _candidates(self, root: Path) -> list[Path]:
         try:
             children = sorted(root.iterdir(), key=lambda p: p.name.lower())
-        except FileNotFoundError:
-            return []
-        except OSError:
+        except OSError:  # a missing or unreadable root lists as empty; the others still list
             return []
         out = []
         for p in children:
