@@ -1,0 +1,43 @@
+"""Lazy re-exports for package ``__init__`` modules (PEP 562).
+
+``import workbench`` and its subpackages must stay cheap (no torch, ipywidgets or
+plotly), yet offer their public names at the top. Each package lists
+``name -> module`` and gets a module ``__getattr__`` that imports the module on
+first use and caches the value in the package's namespace.
+
+Example:
+    >>> __getattr__, __dir__ = lazy_exports(__name__, globals(), {"ModelStore": "store"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, namespace: dict[str, Any],
+                 exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Build a package's ``__getattr__`` and ``__dir__``.
+
+    Args:
+        package: the package's ``__name__``.
+        namespace: the package's ``globals()``, where resolved names are cached so
+            later lookups skip ``__getattr__``.
+        exports: public name -> module, relative to ``package`` (``"store"``) or
+            absolute (``"workbench.store"``).
+    """
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        target = module if module.startswith("workbench") else f"{package}.{module}"
+        value = getattr(importlib.import_module(target), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted([*namespace, *exports])
+
+    return __getattr__, __dir__
