@@ -80,3 +80,18 @@ def clean_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     reset_sampler()
     reset_event_log()
     nvml.reset()
+
+
+@pytest.fixture
+def no_fp4_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bitsandbytes backend without FP4, faked at the library boundary (``quantize_4bit``)."""
+    import bitsandbytes.functional as F
+
+    real = F.quantize_4bit
+
+    def no_fp4(*args: object, quant_type: str = "fp4", **kwargs: object) -> object:
+        if quant_type == "fp4":
+            raise NotImplementedError("FP4 is not available on this backend")
+        return real(*args, quant_type=quant_type, **kwargs)
+
+    monkeypatch.setattr(F, "quantize_4bit", no_fp4)

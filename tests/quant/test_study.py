@@ -57,18 +57,8 @@ def test_tiny_study_orders_memory_and_agrees_with_itself(tiny_store_env):
     assert "nf4+dq" in table and "ppl" in table
 
 
-def test_unsupported_variant_is_a_row_error(tiny_store_env, monkeypatch):
-    """Fake a bitsandbytes backend without FP4 at the library boundary; the other rows complete."""
-    import bitsandbytes.functional as F
-
-    real = F.quantize_4bit
-
-    def no_fp4(*args, quant_type="fp4", **kwargs):
-        if quant_type == "fp4":
-            raise NotImplementedError("FP4 is not available on this backend")
-        return real(*args, quant_type=quant_type, **kwargs)
-
-    monkeypatch.setattr(F, "quantize_4bit", no_fp4)
+def test_unsupported_variant_is_a_row_error(tiny_store_env, no_fp4_backend):
+    """A backend without FP4 (the no_fp4_backend fake): that row is an error, the other rows complete."""
     study = compare("tiny-llama", ["bfloat16", "fp4", "nf4"], "cpu", max_eval_tokens=64, kl_tokens=16,
                     new_tokens=4, prompts=("Hello",))
     rows = {r.variant.label: r for r in study.rows}

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakes.fixtures import clean_devices, fake_nvml  # noqa: E402, F401
+from fakes.fixtures import clean_devices, fake_nvml, no_fp4_backend  # noqa: E402, F401
 
 SMOL = "SmolLM2-135M-Instruct"
 

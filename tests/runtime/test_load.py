@@ -196,18 +196,8 @@ def test_truncated_file_rolls_back_and_names_it(tmp_path, tiny_models):
         reg.load(LoadSpec("damaged"))  # a fresh scan refuses it before loading
 
 
-def test_quantization_failure_is_typed_and_rolled_back(registry, monkeypatch):
-    """A bitsandbytes backend without FP4, faked at the library boundary."""
-    import bitsandbytes.functional as F
-
-    real = F.quantize_4bit
-
-    def no_fp4(*args, quant_type="fp4", **kwargs):
-        if quant_type == "fp4":
-            raise NotImplementedError("FP4 is not available on this backend")
-        return real(*args, quant_type=quant_type, **kwargs)
-
-    monkeypatch.setattr(F, "quantize_4bit", no_fp4)
+def test_quantization_failure_is_typed_and_rolled_back(registry, no_fp4_backend):
+    """A bitsandbytes backend without FP4 (the no_fp4_backend fake)."""
     before = _model_count()
     with pytest.raises(QuantizationUnsupportedError, match="FP4 is not available"):
         registry.load(LoadSpec("tiny-llama", quant="fp4"))
