@@ -1,26 +1,66 @@
-"""Settings, in Jupyter's idiom: a traitlets ``Configurable``.
+"""Settings, in Jupyter's idiom: a traitlets ``Configurable`` named ``WorkbenchSettings``.
 
-Values come, in increasing priority, from the defaults below (which read the
-``WORKBENCH_*`` environment variables when the settings are first built), a
-Jupyter config file (``c.Workbench.store_path = ...`` in ``jupyter_server_config.py``
-or ``jupyter_workbench_config.py``), and keyword arguments.
+Values come, in increasing priority, from
+
+1. the trait defaults below;
+2. ``jupyter_workbench_config.py`` / ``jupyter_workbench_config.json`` in every folder of the
+   Jupyter config path (``jupyter --paths``), read with traitlets' own loaders, the lowest
+   priority folder first as Jupyter does (within a folder the ``.json`` file wins);
+3. a ``config`` passed in (a Jupyter server hands over its own config, so
+   ``c.WorkbenchSettings.store_path`` in ``jupyter_server_config.py`` works too);
+4. the ``WORKBENCH_*`` environment variables in :data:`ENV_VARS`;
+5. keyword arguments.
+
+In a config file::
+
+    c.WorkbenchSettings.store_path = "/home/me/models:/shared/models"
+    c.WorkbenchSettings.telemetry_interval_s = 0.5
+
+A value a trait refuses (the telemetry interval outside 0.25 to 60 s, a number that is not
+one) raises :class:`~workbench.errors.ConfigError` naming the setting and where it came from.
+
+To add a setting: declare a trait with ``help=`` and ``.tag(config=True)`` on
+:class:`WorkbenchSettings`, and, where it has an environment variable, add one row to
+:data:`ENV_VARS`.
 
 Example:
-    >>> from workbench.config import Workbench
-    >>> Workbench(store_path="/data/models").store_roots()[0].as_posix()
+    >>> from workbench.config import WorkbenchSettings
+    >>> WorkbenchSettings(store_path="/data/models").store_roots()[0].as_posix()
     '/data/models'
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
-from traitlets import Float, Int, Unicode, default
-from traitlets.config import Configurable
+from traitlets import Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Config, Configurable
+from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
 
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: The config file's base name; ``.py`` and ``.json`` are both read in every config folder.
+CONFIG_FILE_NAME = "jupyter_workbench_config"
+
+#: Bounds of the telemetry interval, in seconds (NVML costs ~1 ms a query; below 0.25 s the
+#: plots cannot draw faster anyway, above a minute the live panels look dead).
+MIN_TELEMETRY_INTERVAL_S = 0.25
+MAX_TELEMETRY_INTERVAL_S = 60.0
+
+#: Setting name -> environment variable that overrides it. One row per setting that has one.
+ENV_VARS: dict[str, str] = {
+    "store_path": "WORKBENCH_STORE",
+    "cache_dir": "WORKBENCH_CACHE_DIR",
+    "telemetry_interval_s": "WORKBENCH_TELEMETRY_INTERVAL",
+    "telemetry_history_s": "WORKBENCH_TELEMETRY_HISTORY",
+}
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -38,75 +78,188 @@ def default_cache_dir() -> Path:
     return _xdg("XDG_CACHE_HOME", ".cache") / "workbench"
 
 
-class Workbench(Configurable):
-    """The workbench's settings. Every trait can be set from a Jupyter config file."""
+def config_paths() -> list[str]:
+    """The Jupyter config folders, highest priority first (``jupyter --paths``, ``config:``)."""
+    from jupyter_core.paths import jupyter_config_path
+
+    return list(jupyter_config_path())
+
+
+class WorkbenchSettings(Configurable):
+    """The workbench's settings. Every trait can be set from a Jupyter config file.
+
+    Args:
+        config: a traitlets ``Config`` read on top of the config files, for example a Jupyter
+            server's own (``serverapp.config``); its ``WorkbenchSettings`` section applies.
+        **kwargs: setting values; they win over everything else.
+
+    Attributes:
+        sources: setting name -> where its value came from (a config file's path, ``"the
+            config passed in"``, ``"environment variable WORKBENCH_STORE"``, ``"keyword
+            argument"``); settings left at their default are absent.
+
+    Raises:
+        ConfigError: a value the setting refuses, naming the setting and its source; a config
+            file that cannot be read, naming the file.
+        TypeError: a keyword argument that is not a setting.
+    """
 
     store_path = Unicode(
         help=(
             "Model store roots separated by os.pathsep. The first is the writable user store; "
             "the others are read-only shared stores (for example a team's model folder on JupyterHub). "
-            "Default: $WORKBENCH_STORE, else $XDG_DATA_HOME/workbench/models."
+            "Environment: WORKBENCH_STORE. Default: $XDG_DATA_HOME/workbench/models."
         ),
     ).tag(config=True)
 
     cache_dir = Unicode(
-        help="Where the store's header index cache lives. Default: $WORKBENCH_CACHE_DIR, else $XDG_CACHE_HOME/workbench.",
+        help="Where the store's header index cache lives. Environment: WORKBENCH_CACHE_DIR. "
+        "Default: $XDG_CACHE_HOME/workbench.",
     ).tag(config=True)
 
     telemetry_interval_s = Float(
         1.0,
-        help="Seconds between telemetry samples (0.25 to 60). Default: $WORKBENCH_TELEMETRY_INTERVAL or 1.",
+        help=f"Seconds between telemetry samples ({MIN_TELEMETRY_INTERVAL_S} to {MAX_TELEMETRY_INTERVAL_S}). "
+        "Environment: WORKBENCH_TELEMETRY_INTERVAL. Default: 1.",
     ).tag(config=True)
 
     telemetry_history_s = Int(
         86400,
-        help="How many seconds of telemetry the ring buffers keep. Default: one day.",
+        help="How many seconds of telemetry the ring buffers keep (positive). "
+        "Environment: WORKBENCH_TELEMETRY_HISTORY. Default: one day.",
     ).tag(config=True)
 
     @default("store_path")
     def _default_store_path(self) -> str:
-        return os.environ.get("WORKBENCH_STORE") or str(default_user_store())
+        return str(default_user_store())
 
     @default("cache_dir")
     def _default_cache_dir(self) -> str:
-        return os.environ.get("WORKBENCH_CACHE_DIR") or str(default_cache_dir())
+        return str(default_cache_dir())
 
-    @default("telemetry_interval_s")
-    def _default_interval(self) -> float:
-        raw = os.environ.get("WORKBENCH_TELEMETRY_INTERVAL")
-        if not raw:
-            return 1.0
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(
-                f"WORKBENCH_TELEMETRY_INTERVAL={raw!r} is not a number", hint="set it to seconds, e.g. 0.5"
-            ) from None
+    @validate("telemetry_interval_s")
+    def _check_interval(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not (math.isfinite(value) and MIN_TELEMETRY_INTERVAL_S <= value <= MAX_TELEMETRY_INTERVAL_S):
+            raise TraitError(
+                f"telemetry_interval_s must be between {MIN_TELEMETRY_INTERVAL_S} and "
+                f"{MAX_TELEMETRY_INTERVAL_S} seconds, not {value!r}"
+            )
         return value
 
+    @validate("telemetry_history_s")
+    def _check_history(self, proposal: Any) -> int:
+        if proposal["value"] <= 0:
+            raise TraitError(f"telemetry_history_s must be a positive number of seconds, not {proposal['value']!r}")
+        return proposal["value"]
+
+    def __init__(self, config: Config | None = None, **kwargs: Any) -> None:
+        names = set(self.class_trait_names(config=True))
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"{', '.join(unknown)} is not a workbench setting; settings: {', '.join(sorted(names))}")
+        super().__init__()
+        layers = [*_file_layers(), *_config_layer(config, "the config passed in"), *_env_layers(self),
+                  ("keyword argument", dict(kwargs))]
+        final: dict[str, tuple[Any, str]] = {}
+        for source, values in layers:
+            for name, value in values.items():
+                if name not in names:
+                    logger.warning("%s: %s is not a workbench setting (settings: %s)",
+                                   source, name, ", ".join(sorted(names)))
+                    continue
+                final[name] = (value, source)
+        # Each value is set on its own so that a refusal names the one source it came from.
+        for name, (value, source) in final.items():
+            try:
+                setattr(self, name, value)
+            except TraitError as exc:
+                raise ConfigError(f"{str(exc).rstrip('.')} (from {source})", hint="change it there",
+                                  setting=name, source=source) from None
+        self.sources = {name: source for name, (_, source) in final.items()}
+
     def store_roots(self) -> list[Path]:
-        """The store roots in priority order; the first is the writable user store."""
+        """The store roots in priority order; the first is the writable user store.
+
+        Raises:
+            ConfigError: ``store_path`` names no folder at all.
+        """
         parts = [p for p in self.store_path.split(os.pathsep) if p.strip()]
         if not parts:
             raise ConfigError("the store path is empty", hint="set WORKBENCH_STORE to at least one folder")
         return [Path(p).expanduser() for p in parts]
 
 
+def _section(cfg: Config, source: str) -> dict[str, Any]:
+    if "Workbench" in cfg and set(cfg["Workbench"]) & set(WorkbenchSettings.class_trait_names(config=True)):
+        logger.warning("%s: c.Workbench.* is the old name of the settings; it is ignored, "
+                       "use c.WorkbenchSettings.* instead", source)
+    return dict(cfg["WorkbenchSettings"]) if "WorkbenchSettings" in cfg else {}
+
+
+def _config_layer(cfg: Config | None, source: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(source, _section(cfg, source))] if cfg is not None else []
+
+
+def _file_layers() -> list[tuple[str, dict[str, Any]]]:
+    """``(file path, its WorkbenchSettings section)`` for every config file, lowest priority first."""
+    layers = []
+    for folder in reversed(config_paths()):
+        for loader_class in (PyFileConfigLoader, JSONFileConfigLoader):
+            ext = ".py" if loader_class is PyFileConfigLoader else ".json"
+            loader = loader_class(CONFIG_FILE_NAME + ext, path=folder, log=logger)
+            try:
+                cfg = loader.load_config()
+            except ConfigFileNotFound:
+                continue
+            except Exception as exc:  # a user's Python file can raise anything
+                path = os.path.join(folder, CONFIG_FILE_NAME + ext)
+                raise ConfigError(f"cannot read the config file {path} ({type(exc).__name__}: {exc})",
+                                  hint="fix or remove it", path=path) from None
+            source = loader.full_filename or os.path.join(folder, CONFIG_FILE_NAME + ext)
+            layers.append((source, _section(cfg, source)))
+    return layers
+
+
+def _env_layers(settings: WorkbenchSettings) -> list[tuple[str, dict[str, Any]]]:
+    """One layer per ``WORKBENCH_*`` variable that is set and not empty, parsed by its trait."""
+    layers = []
+    traits = settings.traits()
+    for name, var in ENV_VARS.items():
+        raw = os.environ.get(var, "")
+        if not raw.strip():
+            continue
+        source = f"environment variable {var}"
+        try:
+            value = traits[name].from_string(raw)
+        except ValueError:
+            kind = {"Float": "a number", "Int": "a whole number"}.get(type(traits[name]).__name__, "valid")
+            raise ConfigError(f"{var}={raw!r} is not {kind} (the setting {name})",
+                              hint=traits[name].help.split(" Environment:")[0], setting=name,
+                              source=source) from None
+        layers.append((source, {name: value}))
+    return layers
+
+
 _lock = threading.Lock()
-_settings: Workbench | None = None
+_settings: WorkbenchSettings | None = None
 
 
-def get_settings() -> Workbench:
-    """The process-wide settings, built on first use (never at import time)."""
+def get_settings() -> WorkbenchSettings:
+    """The process-wide settings, built on first use (never at import time).
+
+    Raises:
+        ConfigError: see :class:`WorkbenchSettings`.
+    """
     global _settings
     with _lock:
         if _settings is None:
-            _settings = Workbench()
+            _settings = WorkbenchSettings()
         return _settings
 
 
 def reset_settings() -> None:
-    """Forget the process-wide settings so the next use re-reads the environment (tests use this)."""
+    """Forget the process-wide settings so the next use re-reads files and environment (tests use this)."""
     global _settings
     with _lock:
         _settings = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MAX_TELEMETRY_INTERVAL_S, MIN_TELEMETRY_INTERVAL_S
 from ..errors import ConfigError, DeviceNotFoundError
 from ._dispatch import Delivery
 from .ring import RingBuffer
@@ -25,9 +26,10 @@ from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample
 
 logger = logging.getLogger(__name__)
 
-#: Bounds for an interval taken from settings (``WORKBENCH_TELEMETRY_INTERVAL``).
-MIN_INTERVAL_S = 0.25
-MAX_INTERVAL_S = 60.0
+#: Bounds for an interval taken from settings (``WORKBENCH_TELEMETRY_INTERVAL``); the setting's
+#: trait enforces them.
+MIN_INTERVAL_S = MIN_TELEMETRY_INTERVAL_S
+MAX_INTERVAL_S = MAX_TELEMETRY_INTERVAL_S
 #: An interval passed explicitly may go down to this (tests and benchmarks).
 EXPLICIT_MIN_INTERVAL_S = 0.01
 #: Rows never exceed a day at the shortest settings interval, whatever history asks.
@@ -45,17 +47,7 @@ def _resolve_interval(interval_s: float | None) -> float:
     if interval_s is None:
         from ..config import get_settings
 
-        raw = float(get_settings().telemetry_interval_s)
-        value = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, raw)) if math.isfinite(raw) else 1.0
-        if value != raw:
-            logger.info(
-                "telemetry interval %s s is outside [%s, %s]: using %s s",
-                raw,
-                MIN_INTERVAL_S,
-                MAX_INTERVAL_S,
-                value,
-            )
-        return value
+        return float(get_settings().telemetry_interval_s)  # its trait keeps it in [0.25, 60]
     value = float(interval_s)
     if not (math.isfinite(value) and EXPLICIT_MIN_INTERVAL_S <= value <= MAX_INTERVAL_S):
         raise ConfigError(
@@ -92,7 +84,7 @@ class Sampler:
 
     Args:
         interval_s: seconds between samples. ``None`` takes the setting
-            ``telemetry_interval_s`` (default 1 s), clamped to [0.25, 60]. An explicit
+            ``telemetry_interval_s`` (default 1 s, always in [0.25, 60]). An explicit
             value is not clamped but must lie in [0.01, 60]: short intervals are for
             tests and benchmarks.
         history_s: seconds of history kept (default: the setting, a day). Rows are
