@@ -36,8 +36,14 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     user = tmp_path / "user-store"
     monkeypatch.setenv("WORKBENCH_STORE", str(user))
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    # GPU leases are machine-wide by design: a test's leases stay in its own folder.
+    monkeypatch.setenv("WORKBENCH_LEASE_DIR", str(tmp_path / "leases"))
+    monkeypatch.delenv("WORKBENCH_IDLE_UNLOAD_S", raising=False)
     reset_settings()
     yield user
+    from workbench.devices.leases import reset_lease_book
+
+    reset_lease_book()
     reset_settings()
 
 

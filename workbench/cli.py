@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--yes", action="store_true", help="really delete")
 
     add(sub, "devices", cmd_devices, "the GPUs and CPU this session can use")
+    from .cli_leases import register as register_leases
+
+    register_leases(sub)
 
     sp = add(sub, "run", cmd_run, "load a model, generate once, unload")
     sp.add_argument("name")

@@ -129,6 +129,41 @@ class WorkbenchSettings(Configurable):
         "Environment: WORKBENCH_TELEMETRY_HISTORY. Default: one day.",
     ).tag(config=True)
 
+    lease_dir = Unicode(
+        help=(
+            "Folder of the GPU lease files, shared by every user of the machine (see README, "
+            "'Deploying on JupyterHub'). Created with the sticky bit (mode 1777) if missing. "
+            "Default: $WORKBENCH_LEASE_DIR, else workbench-leases in the system temp folder."
+        ),
+    ).tag(config=True)
+
+    idle_unload_s = Float(
+        0.0,
+        help=(
+            "Unload a model that has not generated for this many seconds, releasing its GPU memory and "
+            "lease; 0 turns it off (the default). On a shared JupyterHub, 1800 (30 min) is a good value. "
+            "Default: $WORKBENCH_IDLE_UNLOAD_S, else 0."
+        ),
+    ).tag(config=True)
+
+    @default("lease_dir")
+    def _default_lease_dir(self) -> str:
+        import tempfile
+
+        return os.environ.get("WORKBENCH_LEASE_DIR") or os.path.join(tempfile.gettempdir(), "workbench-leases")
+
+    @default("idle_unload_s")
+    def _default_idle_unload(self) -> float:
+        raw = os.environ.get("WORKBENCH_IDLE_UNLOAD_S")
+        if not raw:
+            return 0.0
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            raise ConfigError(
+                f"WORKBENCH_IDLE_UNLOAD_S={raw!r} is not a number", hint="set it to seconds, e.g. 1800, or 0 for off"
+            ) from None
+
     @default("store_path")
     def _default_store_path(self) -> str:
         return str(default_user_store())

@@ -97,6 +97,14 @@ class NVMLUnavailableError(DeviceError, RuntimeError):
     """NVML (the NVIDIA driver's management library) cannot be used at all."""
 
 
+class LeaseError(DeviceError, OSError):
+    """A GPU lease cannot be read, taken or changed (the lease directory or file at fault is named)."""
+
+
+class LeaseNotOwnedError(LeaseError, PermissionError):
+    """A release of another user's GPU lease without ``force`` (an administrator's decision)."""
+
+
 # --- runtime ---------------------------------------------------------------------------------
 
 

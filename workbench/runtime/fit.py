@@ -12,6 +12,7 @@ tests drive it through the NVML fakes at the devices layer.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError
 from ..store import MemoryEstimate, ModelEntry, estimate, format_bytes
 from ..store.estimate import kv_cache_bytes
 from .spec import LoadSpec
+
+logger = logging.getLogger(__name__)
 
 MiB = 2**20
 GiB = 2**30
@@ -35,6 +38,8 @@ TORCH_IMPORT_BYTES = 256 * MiB
 BNB_IMPORT_BYTES = 128 * MiB
 
 FreeFn = Callable[[str], "int | None"]
+#: ``device -> LeaseShare | None``: other users' GPU leases (workbench.devices.leases).
+LeasedFn = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -47,19 +52,24 @@ class DeviceBudget:
         cap_bytes: the spec's ``max_memory`` for this device, if any.
         reserve_bytes: held back for what the weights do not count (CUDA context,
             library imports, the KV cache share).
+        leased_bytes: promised to GPU leases and not yet allocated by their holders
+            (``max(0, leased - used)`` per holding process), so not in NVML's used memory yet.
+        lease_holders: one line per lease on the device ("cuda:0: 30.1 GiB leased by alice (...)").
     """
 
     device: str
     free_bytes: int | None
     cap_bytes: int | None
     reserve_bytes: int
+    leased_bytes: int = 0
+    lease_holders: tuple[str, ...] = ()
 
     @property
     def usable_bytes(self) -> int | None:
-        """Bytes the weights may take here: ``min(free - reserve, cap)``; ``None`` if unknown."""
+        """Bytes the weights may take here: ``min(free - leased - reserve, cap)``; ``None`` if unknown."""
         values = []
         if self.free_bytes is not None:
-            values.append(max(0, self.free_bytes - self.reserve_bytes))
+            values.append(max(0, self.free_bytes - self.leased_bytes - self.reserve_bytes))
         if self.cap_bytes is not None:
             values.append(self.cap_bytes)
         return min(values) if values else None
@@ -67,7 +77,11 @@ class DeviceBudget:
     def describe(self) -> str:
         free = f"{format_bytes(self.free_bytes)} free" if self.free_bytes is not None else "free memory unknown"
         cap = f", capped at {format_bytes(self.cap_bytes)}" if self.cap_bytes is not None else ""
-        return f"{self.device} has {free}{cap}"
+        leased = ""
+        if self.lease_holders:
+            leased = (f", {format_bytes(self.leased_bytes)} of it promised to leases "
+                      f"({'; '.join(self.lease_holders)})")
+        return f"{self.device} has {free}{cap}{leased}"
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,9 @@ class FitCheck:
             "precision": self.spec.precision, "needed_bytes": self.needed_bytes,
             "available_bytes": self.available_bytes, "fits": self.fits, "message": self.message,
             "budgets": [{"device": b.device, "free_bytes": b.free_bytes, "cap_bytes": b.cap_bytes,
-                         "reserve_bytes": b.reserve_bytes, "usable_bytes": b.usable_bytes} for b in self.budgets],
+                         "reserve_bytes": b.reserve_bytes, "usable_bytes": b.usable_bytes,
+                         "leased_bytes": b.leased_bytes, "lease_holders": list(b.lease_holders)}
+                        for b in self.budgets],
             "estimate": self.estimate.to_dict(),
         }
 
@@ -111,6 +127,17 @@ def _default_free(device: str) -> int | None:
     from .. import devices
 
     return devices.memory_free_bytes(device)
+
+
+def _default_leased(device: str) -> Any:
+    from ..devices.leases import get_lease_book
+    from ..errors import WorkbenchError
+
+    try:
+        return get_lease_book().share(device)
+    except (WorkbenchError, OSError) as exc:  # leases are advisory: an unusable lease folder refuses nothing
+        logger.debug("GPU leases of %s not counted: %s", device, exc)
+        return None
 
 
 def _free_of(device: str, free: FreeFn) -> int | None:
@@ -145,7 +172,7 @@ def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
 
 
 def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
-              context_tokens: int = CONTEXT_TOKENS) -> FitCheck:
+              context_tokens: int = CONTEXT_TOKENS, leased: LeasedFn | None = None) -> FitCheck:
     """Check ``spec``'s estimate against the free memory of its devices (nothing is refused here).
 
     Args:
@@ -153,6 +180,8 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         spec: a validated spec.
         free: ``device -> free bytes``; default :func:`workbench.devices.memory_free_bytes`.
         context_tokens: KV cache to leave room for.
+        leased: ``device -> LeaseShare``; default the machine's GPU leases
+            (:meth:`workbench.devices.leases.LeaseBook.share`), counted on top of NVML's used memory.
 
     Raises:
         LoadSpecError: a device that this session does not have.
@@ -176,7 +205,13 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
                 reserve += kv
         else:
             reserve = (0 if _cuda_initialized() else CUDA_CONTEXT_BYTES) + kv // max(1, len(gpus))
-        budgets.append(DeviceBudget(d, _free_of(d, free), caps.get(d), reserve))
+        free_now = _free_of(d, free)
+        share = (leased or _default_leased)(d) if d != "cpu" else None
+        if share is not None and share.leases:
+            budgets.append(DeviceBudget(d, free_now, caps.get(d), reserve, share.outstanding_bytes,
+                                        tuple(share.holders())))
+            continue
+        budgets.append(DeviceBudget(d, free_now, caps.get(d), reserve))
 
     # On the CPU, bitsandbytes quantizes after the full-precision weights are read, so
     # the peak is far above the footprint; on GPUs it quantizes tensor by tensor.
@@ -252,6 +287,7 @@ def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None
             chk.message + ".", hint=hint[:1].upper() + hint[1:] + ".",
             needed_bytes=chk.needed_bytes, available_bytes=chk.available_bytes, devices=list(spec.devices),
             free_bytes={b.device: b.free_bytes for b in chk.budgets}, precision=spec.precision,
+            holders=[h for b in chk.budgets for h in b.lease_holders],
         )
     return chk
 
