@@ -60,6 +60,8 @@ ENV_VARS: dict[str, str] = {
     "cache_dir": "WORKBENCH_CACHE_DIR",
     "telemetry_interval_s": "WORKBENCH_TELEMETRY_INTERVAL",
     "telemetry_history_s": "WORKBENCH_TELEMETRY_HISTORY",
+    "lease_dir": "WORKBENCH_LEASE_DIR",
+    "idle_unload_s": "WORKBENCH_IDLE_UNLOAD_S",
 }
 
 
@@ -132,17 +134,17 @@ class WorkbenchSettings(Configurable):
     lease_dir = Unicode(
         help=(
             "Folder of the GPU lease files, shared by every user of the machine (see README, "
-            "'Deploying on JupyterHub'). Created with the sticky bit (mode 1777) if missing. "
-            "Default: $WORKBENCH_LEASE_DIR, else workbench-leases in the system temp folder."
+            "'Deploying on JupyterHub'); created with the sticky bit (mode 1777) if missing. "
+            "Environment: WORKBENCH_LEASE_DIR. Default: workbench-leases in the system temp folder."
         ),
     ).tag(config=True)
 
     idle_unload_s = Float(
         0.0,
         help=(
-            "Unload a model that has not generated for this many seconds, releasing its GPU memory and "
+            "Unload a model that has not generated for this many seconds, releasing its memory and GPU "
             "lease; 0 turns it off (the default). On a shared JupyterHub, 1800 (30 min) is a good value. "
-            "Default: $WORKBENCH_IDLE_UNLOAD_S, else 0."
+            "Environment: WORKBENCH_IDLE_UNLOAD_S. Default: 0."
         ),
     ).tag(config=True)
 
@@ -150,19 +152,14 @@ class WorkbenchSettings(Configurable):
     def _default_lease_dir(self) -> str:
         import tempfile
 
-        return os.environ.get("WORKBENCH_LEASE_DIR") or os.path.join(tempfile.gettempdir(), "workbench-leases")
+        return os.path.join(tempfile.gettempdir(), "workbench-leases")
 
-    @default("idle_unload_s")
-    def _default_idle_unload(self) -> float:
-        raw = os.environ.get("WORKBENCH_IDLE_UNLOAD_S")
-        if not raw:
-            return 0.0
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            raise ConfigError(
-                f"WORKBENCH_IDLE_UNLOAD_S={raw!r} is not a number", hint="set it to seconds, e.g. 1800, or 0 for off"
-            ) from None
+    @validate("idle_unload_s")
+    def _check_idle_unload(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not (math.isfinite(value) and value >= 0):
+            raise TraitError(f"idle_unload_s must be 0 (off) or a positive number of seconds, not {value!r}")
+        return value
 
     @default("store_path")
     def _default_store_path(self) -> str:
