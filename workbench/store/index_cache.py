@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 2
+_VERSION = 3  # 3: safetensors headers checked against every rule of the reference reader
 
 
 class IndexCache:
