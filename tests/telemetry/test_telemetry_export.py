@@ -19,7 +19,6 @@ from workbench.telemetry import (
     to_prometheus,
     to_records,
 )
-from workbench.telemetry.export import _labels
 
 
 class FixedHost:
@@ -106,26 +105,55 @@ def test_prometheus_text_is_well_formed(fake_nvml) -> None:
             declared[name] = kind
             continue
         assert SAMPLE_LINE.match(line), line
-        assert line.split("{")[0].split(" ")[0] in declared, line  # TYPE comes first
+        name = line.split("{")[0].split(" ")[0]
+        assert name in declared or name.removesuffix("_total") in declared, line  # TYPE comes first
     assert 'workbench_gpu_utilization_percent{device="cuda:0",uuid="GPU-' in text
-    assert "workbench_cpu_percent 12.3" in text
-    assert 'workbench_events_total{kind="load_finished"} 1' in text
-    assert "workbench_gpu_memory_total_bytes{" in text and str(24 * GiB) in text
-    # The unsupported metric is absent for cuda:0, present for cuda:1.
-    power = [line for line in text.splitlines() if line.startswith("workbench_gpu_power_watts{")]
-    assert len(power) == 1 and 'device="cuda:1"' in power[0]
-    assert "workbench_process_rss_bytes" not in text  # missing everywhere: no family at all
-    # And a real parser agrees.
+    # And a real parser agrees on the values.
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
     util = {s.labels["device"]: s.value for s in families["workbench_gpu_utilization_percent"].samples}
     assert util == {"cuda:0": 90.0, "cuda:1": 0.0}
+    assert [s.value for s in families["workbench_cpu_percent"].samples] == [12.3]
     assert families["workbench_events"].type == "counter"
+    events = {s.labels["kind"]: s.value for s in families["workbench_events"].samples}
+    assert events == {"load_started": 1, "load_finished": 1}
+    total = {s.labels["device"]: s.value for s in families["workbench_gpu_memory_total_bytes"].samples}
+    assert total["cuda:0"] == 24 * GiB
+    clocks = families["workbench_gpu_sm_clock_hertz"].samples  # NVML's MHz scaled to the base unit
+    assert all(s.value >= 1e6 for s in clocks)
+    # The unsupported metric is absent for cuda:0, present for cuda:1.
+    power = families["workbench_gpu_power_watts"].samples
+    assert [s.labels["device"] for s in power] == ["cuda:1"]
+    assert "workbench_process_rss_bytes" not in families  # missing everywhere: no family at all
 
 
-def test_label_values_are_escaped() -> None:
-    assert _labels([("device", 'a"b\\c\nd'), ("uuid", None)]) == '{device="a\\"b\\\\c\\nd"}'
+def test_label_values_survive_quotes_and_newlines() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from workbench.telemetry import WorkbenchCollector
+    from workbench.telemetry.prometheus import to_prometheus_text
+
+    lease = {"uuid": "GPU-1", "owner": 'a"b\\c\nd', "host": "h", "pid": 42, "model": "m",
+             "reserved_bytes": 3 * GiB, "heartbeat_s": 1.5}
+    text = to_prometheus_text(WorkbenchCollector(lambda: None, leases=lambda: [lease]))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
+    assert reserved.labels["owner"] == lease["owner"] and reserved.value == 3 * GiB
+    assert [s.value for s in families["workbench_gpu_leases"].samples] == [1]
+
+
+def test_a_failing_source_leaves_the_others() -> None:
+    from workbench.telemetry import WorkbenchCollector
+    from workbench.telemetry.prometheus import to_prometheus_text
+
+    def broken() -> list[dict]:
+        raise OSError("lease directory unreadable")
+
+    s = Sampler(interval_s=1, history_s=10, sources=[FixedHost()])
+    s.sample_now()
+    text = to_prometheus_text(WorkbenchCollector(lambda: s, leases=broken))
+    assert "workbench_cpu_percent 12.3" in text and "workbench_gpu_leases" not in text
 
 
 def test_prometheus_before_any_sample() -> None:

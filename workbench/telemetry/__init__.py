@@ -32,6 +32,7 @@ _EXPORTS = {
     "events_to_records": "export",
     "to_csv": "export",
     "to_prometheus": "export",
+    "WorkbenchCollector": "prometheus",
     "to_records": "export",
     "GPU_METRICS": "sample",
     "HOST_METRICS": "sample",
@@ -48,6 +49,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EVENT_KINDS, Event, EventLog, get_event_log, post_event, reset_event_log  # noqa: F401
     from .export import events_to_records, to_csv, to_prometheus, to_records  # noqa: F401
+    from .prometheus import WorkbenchCollector  # noqa: F401
     from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample  # noqa: F401
     from .sampler import Sampler, get_sampler, reset_sampler  # noqa: F401
     from .sources import NVMLSource, PsutilSource  # noqa: F401
@@ -68,6 +70,7 @@ __all__ = [
     "PsutilSource",
     "Sample",
     "Sampler",
+    "WorkbenchCollector",
     "events_to_records",
     "get_event_log",
     "get_sampler",

@@ -1,4 +1,4 @@
-"""Export telemetry: records (for pandas), CSV, and Prometheus text format.
+"""Export telemetry: records (for pandas), CSV, and Prometheus text format (via ``prometheus_client``).
 
 Records and CSV rows are wide: one row per sample with a column per series
 (``cpu_percent``, ``cuda:0/power_w``...), plus one row per event (``type`` is
@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable
 from typing import IO, Any
 
 import numpy as np
@@ -150,74 +149,15 @@ def to_csv(
     return text
 
 
-# --- Prometheus text exposition format 0.0.4 -----------------------------------------------
-
-# Sample field -> (metric name, help, scale to Prometheus base units).
-_HOST_FAMILIES = {
-    "cpu_percent": ("workbench_cpu_percent", "Machine-wide CPU use over the last sample period, percent.", 1),
-    "ram_used_bytes": ("workbench_ram_used_bytes", "Machine RAM in use (total minus available), bytes.", 1),
-    "ram_total_bytes": ("workbench_ram_total_bytes", "Machine RAM, bytes.", 1),
-    "process_rss_bytes": (
-        "workbench_process_rss_bytes",
-        "Resident memory of this workbench process, bytes.",
-        1,
-    ),
-}
-_GPU_FAMILIES = {
-    "utilization_percent": (
-        "workbench_gpu_utilization_percent",
-        "Share of the last period a kernel ran, percent.",
-        1,
-    ),
-    "memory_used_bytes": ("workbench_gpu_memory_used_bytes", "GPU memory in use by all processes, bytes.", 1),
-    "memory_total_bytes": ("workbench_gpu_memory_total_bytes", "GPU memory, bytes.", 1),
-    "power_w": ("workbench_gpu_power_watts", "Board power draw, watts.", 1),
-    "power_limit_w": ("workbench_gpu_power_limit_watts", "Enforced board power limit, watts.", 1),
-    "temperature_c": ("workbench_gpu_temperature_celsius", "GPU die temperature, degrees Celsius.", 1),
-    "sm_clock_mhz": ("workbench_gpu_sm_clock_hertz", "Streaming multiprocessor clock, hertz.", 1e6),
-    "mem_clock_mhz": ("workbench_gpu_mem_clock_hertz", "Memory clock, hertz.", 1e6),
-    "pcie_rx_bytes_s": (
-        "workbench_gpu_pcie_rx_bytes_per_second",
-        "PCIe receive throughput, bytes per second.",
-        1,
-    ),
-    "pcie_tx_bytes_s": (
-        "workbench_gpu_pcie_tx_bytes_per_second",
-        "PCIe transmit throughput, bytes per second.",
-        1,
-    ),
-}
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Iterable[tuple[str, str | None]]) -> str:
-    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs if v is not None)
-    return "{" + inner + "}" if inner else ""
-
-
-def _number(value: float | int) -> str:
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 2**53):
-        return str(int(value))
-    return repr(float(value))
-
-
-def _family(lines: list[str], name: str, help_text: str, kind: str, samples: list[tuple[str, Any]]) -> None:
-    samples = [(labels, v) for labels, v in samples if v is not None and math.isfinite(float(v))]
-    if not samples:
-        return  # an absent series, not a NaN, is how Prometheus says "unknown"
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    lines.extend(f"{name}{labels} {_number(v)}" for labels, v in samples)
+# --- Prometheus --------------------------------------------------------------------------
 
 
 def to_prometheus(sampler: Sampler, log: EventLog | None = None) -> str:
     """The latest sample and the event counts in Prometheus text format 0.0.4.
 
-    Serve it at ``/metrics`` (the server extension can) or write it for
-    node_exporter's textfile collector. Missing metrics are left out.
+    Rendered by ``prometheus_client`` from :class:`~workbench.telemetry.prometheus.WorkbenchCollector`,
+    the collector the server extension registers for jupyter_server's ``/metrics``.
+    Write it for node_exporter's textfile collector. Missing metrics are left out.
 
     Example:
         >>> from workbench.telemetry import Sampler
@@ -226,49 +166,6 @@ def to_prometheus(sampler: Sampler, log: EventLog | None = None) -> str:
         >>> "# TYPE workbench_ram_used_bytes gauge" in to_prometheus(s)
         True
     """
-    log = log if log is not None else get_event_log()
-    lines: list[str] = []
-    sample = sampler.latest()
-    if sample is not None:
-        for field, (name, help_text, scale) in _HOST_FAMILIES.items():
-            value = getattr(sample, field)
-            _family(lines, name, help_text, "gauge", [("", None if value is None else value * scale)])
-        for field, (name, help_text, scale) in _GPU_FAMILIES.items():
-            samples = []
-            for g in sample.gpus:
-                value = getattr(g, field)
-                labels = _labels([("device", g.device), ("uuid", g.uuid)])
-                samples.append((labels, None if value is None else value * scale))
-            _family(lines, name, help_text, "gauge", samples)
-        _family(
-            lines,
-            "workbench_gpu_processes",
-            "Compute processes on the GPU, all users.",
-            "gauge",
-            [
-                (
-                    _labels([("device", g.device), ("uuid", g.uuid)]),
-                    None if g.processes is None else len(g.processes),
-                )
-                for g in sample.gpus
-            ],
-        )
-        _family(
-            lines,
-            "workbench_telemetry_last_sample_timestamp_seconds",
-            "When the latest sample was taken, seconds since the epoch.",
-            "gauge",
-            [("", sample.time_s)],
-        )
-    _family(
-        lines,
-        "workbench_telemetry_samples_total",
-        "Samples taken by this process's telemetry sampler.",
-        "counter",
-        [("", sampler.stats["samples"])],
-    )
-    counts = log.counts()
-    lines.append("# HELP workbench_events_total Events posted by the runtime, by kind.")
-    lines.append("# TYPE workbench_events_total counter")
-    lines.extend(f"workbench_events_total{_labels([('kind', k)])} {n}" for k, n in sorted(counts.items()))
-    return "\n".join(lines) + "\n"
+    from .prometheus import WorkbenchCollector, to_prometheus_text
+
+    return to_prometheus_text(WorkbenchCollector(lambda: sampler, log))

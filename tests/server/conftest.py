@@ -1,0 +1,59 @@
+"""pytest-jupyter's server fixtures (jp_serverapp, jp_fetch), for this folder only, and the fakes.
+
+The fixtures are imported here rather than named in a root ``pytest_plugins`` so
+that their autouse event-loop fixture applies to the server tests alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: E402, F401
+from pytest_jupyter.jupyter_server import *  # noqa: E402, F403
+
+
+def settings_class_name() -> str:
+    from workbench import config
+
+    return (getattr(config, "WorkbenchSettings", None) or config.Workbench).__name__
+
+
+@pytest.fixture(autouse=True)
+def _clean_slate(request: pytest.FixtureRequest):
+    """No NVML state or samplers from earlier tests; the server's sampler closed afterwards."""
+    request.getfixturevalue("clean_devices")
+    serverapp = request.getfixturevalue("jp_serverapp")
+    yield
+    state = serverapp.web_app.settings.get("workbench_state")
+    if state is not None:
+        state.close()
+
+
+@pytest.fixture
+def shared_root(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
+    """A read-only shared store root holding one tiny model (a copy, so the listing is small)."""
+    import shutil
+
+    root = tmp_path / "shared-store"
+    root.mkdir()
+    shutil.copytree(tiny_models["llama"], root / "tiny-llama")
+    return root
+
+
+@pytest.fixture
+def jp_server_config(isolated_store: Path, shared_root: Path, tmp_path: Path) -> dict:
+    """The extension enabled, the store set through the server's config (not the environment)."""
+    import os
+
+    return {
+        "ServerApp": {"jpserver_extensions": {"workbench.server": True}},
+        settings_class_name(): {
+            "store_path": os.pathsep.join([str(tmp_path / "server-user-store"), str(shared_root)]),
+            "telemetry_interval_s": 0.25,
+        },
+    }

@@ -1,0 +1,195 @@
+"""What the server extension holds: its settings, one sampler, the handlers and the collector.
+
+The documents are built by the same functions as the command line's ``--json``
+output (:mod:`workbench.server.documents`), so the REST API and the CLI cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+
+from ..errors import WorkbenchError
+from . import documents
+
+#: Default and largest ``since`` for the telemetry endpoint, in seconds.
+DEFAULT_SINCE_S = 60.0
+
+
+class ServerState:
+    """The extension's state in one Jupyter server: settings, lazily started sampler.
+
+    Args:
+        settings: the workbench settings built from the server's config.
+
+    One sampler per server, created and started by the first request (or scrape)
+    that needs it, never at start-up: a server nobody looks at samples nothing.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._sampler: Any = None
+        self._lock = threading.Lock()
+
+    def store(self) -> Any:
+        from ..store import ModelStore
+
+        return ModelStore(self.settings.store_roots(), cache_path=Path(self.settings.cache_dir) / "index.json")
+
+    def sampler(self, start: bool = True) -> Any:
+        """The server's one sampler (``None`` before the first use when ``start`` is false)."""
+        from ..telemetry.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, Sampler
+
+        with self._lock:
+            if self._sampler is None:
+                if not start:
+                    return None
+                raw = float(self.settings.telemetry_interval_s)
+                interval = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, raw)) if math.isfinite(raw) else 1.0
+                self._sampler = Sampler(interval_s=interval, history_s=self.settings.telemetry_history_s)
+            sampler = self._sampler
+        if start and not sampler.running:
+            sampler.start()
+        if start and sampler.latest() is None:
+            sampler.sample_now()  # the first answer has a reading, not an empty history
+        return sampler
+
+    def close(self) -> None:
+        with self._lock:
+            sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.close()
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+class _Base(APIHandler):
+    """JSON over GET only; the work runs off the event loop (NVML and header reads block)."""
+
+    def initialize(self, state: ServerState) -> None:
+        self.state = state
+
+    async def _reply(self, build: Callable[[], Any]) -> None:
+        try:
+            doc = await asyncio.get_running_loop().run_in_executor(None, build)
+        except WorkbenchError as exc:
+            self.set_status(500)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": str(exc), "error": exc.to_dict()}, default=str))
+            return
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(doc, default=str))
+
+
+class DevicesHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self._reply(documents.devices_document)
+
+
+class StoreHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self._reply(lambda: documents.store_document(self.state.store()))
+
+
+class LeasesHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self._reply(lambda: documents.leases_document(self.state.settings))
+
+
+class TelemetryHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        raw = self.get_argument("since", str(DEFAULT_SINCE_S))
+        try:
+            since = float(raw)
+        except ValueError:
+            raise tornado.web.HTTPError(400, f"since={raw!r} is not a number of seconds") from None
+        if not math.isfinite(since) or since < 0:
+            raise tornado.web.HTTPError(400, f"since={raw!r} must be a non-negative number of seconds")
+
+        def build() -> dict[str, Any]:
+            sampler = self.state.sampler()
+            return documents.telemetry_document(sampler, time.time() - since)
+
+        await self._reply(build)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_metrics_lock = threading.Lock()
+_current: ServerState | None = None
+_registered = False
+
+
+def _current_sampler() -> Any:
+    state = _current
+    return state.sampler() if state is not None else None
+
+
+def _current_leases() -> list[dict[str, Any]]:
+    state = _current
+    return documents.leases_document(state.settings) if state is not None else []
+
+
+def register_metrics(state: ServerState) -> None:
+    """Point the process's ``workbench_*`` collector at ``state``, registering it once.
+
+    ``prometheus_client.REGISTRY`` is process-wide and refuses a second collector
+    with the same names, so one collector is registered and reads whichever server
+    state was loaded last (tests start several servers in one process).
+    """
+    global _current, _registered
+    from prometheus_client import REGISTRY
+
+    from ..telemetry.prometheus import WorkbenchCollector
+
+    with _metrics_lock:
+        _current = state
+        if not _registered:
+            REGISTRY.register(
+                WorkbenchCollector(_current_sampler, leases=_current_leases, models=documents.loaded_models)
+            )
+            _registered = True
+
+
+def settings_from(serverapp: Any) -> Any:
+    """The workbench settings, read from the server's Jupyter config."""
+    from .. import config
+
+    # WorkbenchSettings is the settings class's new name (issue 9); Workbench the old one.
+    cls = getattr(config, "WorkbenchSettings", None) or config.Workbench
+    return cls(config=serverapp.config)
+
+
+def load(serverapp: Any) -> ServerState:
+    """Install the handlers under the server's base URL and register the metrics."""
+    state = ServerState(settings_from(serverapp))
+    web_app = serverapp.web_app
+    base = url_path_join(web_app.settings["base_url"], "workbench", "api")
+    handlers = [
+        (url_path_join(base, "devices"), DevicesHandler),
+        (url_path_join(base, "telemetry"), TelemetryHandler),
+        (url_path_join(base, "store"), StoreHandler),
+        (url_path_join(base, "leases"), LeasesHandler),
+    ]
+    web_app.add_handlers(".*$", [(pattern, cls, {"state": state}) for pattern, cls in handlers])
+    web_app.settings["workbench_state"] = state
+    register_metrics(state)
+    serverapp.log.info("workbench: REST API at %s, workbench_* series on /metrics", base)
+    return state

@@ -1,0 +1,66 @@
+"""The JSON documents the REST endpoints return, built by the functions the CLI's ``--json`` uses.
+
+Each is plain JSON data (dicts, lists, numbers, strings) from the layers'
+frozen dataclasses (``to_dict()``); nothing here reads a model folder beyond the
+store's header-only listing, and nothing serves a file.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def devices_document() -> dict[str, Any]:
+    """``workbench devices --json``: :func:`workbench.devices.devices_report`."""
+    from ..devices import devices_report
+
+    return devices_report()
+
+
+def store_document(store: Any) -> list[dict[str, Any]]:
+    """``workbench store list --json``: every entry of every root, broken and unsafe ones included."""
+    return [entry.to_dict() for entry in store.list()]
+
+
+def leases_document(settings: Any = None) -> list[dict[str, Any]]:
+    """``workbench leases --json``: the GPU leases on this machine (empty before any lease exists)."""
+    try:
+        from ..devices import leases
+    except ImportError:  # pragma: no cover - leases arrive with issue 11's lease module
+        return []
+    return [lease.to_dict() for lease in leases.list_leases()]
+
+
+def loaded_models() -> list[dict[str, Any]]:
+    """The models loaded in this process (a kernel's; a server process has none).
+
+    Read only when the runtime is already imported: a server never imports the
+    runtime (and so torch) just to say that it has loaded nothing.
+    """
+    registry = sys.modules.get("workbench.runtime.registry")
+    if registry is None:
+        return []
+    return [m.to_dict() for m in registry.get_registry().list()]
+
+
+def telemetry_document(sampler: Any, since_s: float | None) -> dict[str, Any]:
+    """The latest sample and the history after ``since_s`` (a ``time.time()`` value).
+
+    Keys:
+        ``latest``: :meth:`Sample.to_dict` of the newest sample (``None`` before the first).
+        ``history``: :func:`workbench.telemetry.to_records` rows after ``since_s``
+            (samples and events, oldest first).
+        ``gpus``: the sampled GPUs' names; ``notices``: sentences such as why no GPU
+            is sampled; ``interval_s``: seconds between samples.
+    """
+    from ..telemetry.export import to_records
+
+    latest = sampler.latest()
+    return {
+        "interval_s": sampler.interval_s,
+        "gpus": sampler.gpu_devices,
+        "notices": list(sampler.notices),
+        "latest": latest.to_dict() if latest is not None else None,
+        "history": to_records(sampler, since_s),
+    }
