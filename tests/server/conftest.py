@@ -17,12 +17,6 @@ from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: E40
 from pytest_jupyter.jupyter_server import *  # noqa: E402, F403
 
 
-def settings_class_name() -> str:
-    from workbench import config
-
-    return (getattr(config, "WorkbenchSettings", None) or config.Workbench).__name__
-
-
 @pytest.fixture(autouse=True)
 def _clean_slate(request: pytest.FixtureRequest):
     """No NVML state or samplers from earlier tests; the server's sampler closed afterwards."""
@@ -46,14 +40,21 @@ def shared_root(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
 
 
 @pytest.fixture
-def jp_server_config(isolated_store: Path, shared_root: Path, tmp_path: Path) -> dict:
-    """The extension enabled, the store set through the server's config (not the environment)."""
+def jp_server_config(isolated_store: Path, shared_root: Path, tmp_path: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The extension enabled; the store and lease folder set through the server's config.
+
+    The environment variables would override the server's config, so they are unset here.
+    """
     import os
 
+    monkeypatch.delenv("WORKBENCH_STORE", raising=False)
+    monkeypatch.delenv("WORKBENCH_LEASE_DIR", raising=False)
     return {
         "ServerApp": {"jpserver_extensions": {"workbench.server": True}},
-        settings_class_name(): {
+        "WorkbenchSettings": {
             "store_path": os.pathsep.join([str(tmp_path / "server-user-store"), str(shared_root)]),
+            "lease_dir": str(tmp_path / "leases"),
             "telemetry_interval_s": 0.25,
         },
     }

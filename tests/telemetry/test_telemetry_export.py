@@ -134,12 +134,13 @@ def test_label_values_survive_quotes_and_newlines() -> None:
     from workbench.telemetry import WorkbenchCollector
     from workbench.telemetry.prometheus import to_prometheus_text
 
-    lease = {"uuid": "GPU-1", "owner": 'a"b\\c\nd', "host": "h", "pid": 42, "model": "m",
+    lease = {"gpu_uuid": "GPU-1", "device": "cuda:0", "owner": 'a"b\\c\nd', "host": "h", "pid": 42, "model": "m",
              "reserved_bytes": 3 * GiB, "heartbeat_s": 1.5}
     text = to_prometheus_text(WorkbenchCollector(lambda: None, leases=lambda: [lease]))
     families = {f.name: f for f in text_string_to_metric_families(text)}
     [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
     assert reserved.labels["owner"] == lease["owner"] and reserved.value == 3 * GiB
+    assert reserved.labels["uuid"] == "GPU-1" and reserved.labels["pid"] == "42"
     assert [s.value for s in families["workbench_gpu_leases"].samples] == [1]
 
 

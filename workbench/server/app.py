@@ -40,6 +40,7 @@ class ServerState:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self._sampler: Any = None
+        self._book: Any = None
         self._lock = threading.Lock()
 
     def store(self) -> Any:
@@ -47,17 +48,25 @@ class ServerState:
 
         return ModelStore(self.settings.store_roots(), cache_path=Path(self.settings.cache_dir) / "index.json")
 
+    def lease_book(self) -> Any:
+        """A reader of the lease folder from the server's settings (it holds no lease itself)."""
+        from ..devices.leases import LeaseBook
+
+        with self._lock:
+            if self._book is None:
+                self._book = LeaseBook(self.settings.lease_dir, heartbeat_s=None)
+            return self._book
+
     def sampler(self, start: bool = True) -> Any:
         """The server's one sampler (``None`` before the first use when ``start`` is false)."""
-        from ..telemetry.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, Sampler
+        from ..telemetry.sampler import Sampler
 
         with self._lock:
             if self._sampler is None:
                 if not start:
                     return None
-                raw = float(self.settings.telemetry_interval_s)
-                interval = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, raw)) if math.isfinite(raw) else 1.0
-                self._sampler = Sampler(interval_s=interval, history_s=self.settings.telemetry_history_s)
+                self._sampler = Sampler(interval_s=self.settings.telemetry_interval_s,
+                                        history_s=self.settings.telemetry_history_s)
             sampler = self._sampler
         if start and not sampler.running:
             sampler.start()
@@ -109,7 +118,7 @@ class StoreHandler(_Base):
 class LeasesHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._reply(lambda: documents.leases_document(self.state.settings))
+        await self._reply(lambda: documents.leases_document(self.state.lease_book()))
 
 
 class TelemetryHandler(_Base):
@@ -144,7 +153,7 @@ def _current_sampler() -> Any:
 
 def _current_leases() -> list[dict[str, Any]]:
     state = _current
-    return documents.leases_document(state.settings) if state is not None else []
+    return documents.leases_document(state.lease_book())["leases"] if state is not None else []
 
 
 def register_metrics(state: ServerState) -> None:
@@ -170,11 +179,9 @@ def register_metrics(state: ServerState) -> None:
 
 def settings_from(serverapp: Any) -> Any:
     """The workbench settings, read from the server's Jupyter config."""
-    from .. import config
+    from ..config import WorkbenchSettings
 
-    # WorkbenchSettings is the settings class's new name (issue 9); Workbench the old one.
-    cls = getattr(config, "WorkbenchSettings", None) or config.Workbench
-    return cls(config=serverapp.config)
+    return WorkbenchSettings(config=serverapp.config)
 
 
 def load(serverapp: Any) -> ServerState:

@@ -23,13 +23,11 @@ def store_document(store: Any) -> list[dict[str, Any]]:
     return [entry.to_dict() for entry in store.list()]
 
 
-def leases_document(settings: Any = None) -> list[dict[str, Any]]:
-    """``workbench leases --json``: the GPU leases on this machine (empty before any lease exists)."""
-    try:
-        from ..devices import leases
-    except ImportError:  # pragma: no cover - leases arrive with issue 11's lease module
-        return []
-    return [lease.to_dict() for lease in leases.list_leases()]
+def leases_document(book: Any = None) -> dict[str, Any]:
+    """``workbench leases --json``: :func:`workbench.devices.leases.leases_report` over ``book``'s folder."""
+    from ..devices.leases import leases_report
+
+    return leases_report(book)
 
 
 def loaded_models() -> list[dict[str, Any]]:

@@ -59,7 +59,9 @@ GPU_FAMILIES: dict[str, tuple[str, str, float]] = {
     "pcie_tx_bytes_s": ("workbench_gpu_pcie_tx_bytes_per_second", "PCIe transmit throughput, bytes per second.", 1),
 }
 GPU_LABELS = ("device", "uuid")
-LEASE_LABELS = ("uuid", "owner", "host", "pid", "model")
+#: Lease metric label -> key of a ``Lease.to_dict()``.
+LEASE_LABELS = {"device": "device", "uuid": "gpu_uuid", "owner": "owner", "host": "host", "pid": "pid",
+                "model": "model", "lease_id": "lease_id"}
 MODEL_LABELS = ("name", "model", "device", "precision")
 
 
@@ -79,8 +81,9 @@ class WorkbenchCollector:
             start its sampler lazily); its latest sample is exported.
         log: the event log whose counts become ``workbench_events_total`` (default:
             the process-wide one).
-        leases: returns the GPU leases as dicts (``uuid``, ``owner``, ``host``,
-            ``pid``, ``model``, ``reserved_bytes``, ``heartbeat_s``), or ``None``.
+        leases: returns the GPU leases as dicts (``Lease.to_dict()``: ``gpu_uuid``,
+            ``device``, ``owner``, ``host``, ``pid``, ``model``, ``reserved_bytes``,
+            ``heartbeat_s``, ``idle_s``), or ``None``.
         models: returns the loaded models as dicts (``LoadedModel.to_dict()``), or ``None``.
 
     A source that raises is logged and left out of that scrape; the others still appear.
@@ -170,23 +173,31 @@ class WorkbenchCollector:
             return
         reserved = GaugeMetricFamily(
             "workbench_gpu_lease_reserved_bytes", "GPU memory reserved by a workbench lease, bytes.",
-            labels=LEASE_LABELS,
+            labels=list(LEASE_LABELS),
+        )
+        idle = GaugeMetricFamily(
+            "workbench_gpu_lease_idle_seconds", "Seconds since a lease's model last generated.",
+            labels=list(LEASE_LABELS),
         )
         heartbeat = GaugeMetricFamily(
             "workbench_gpu_lease_heartbeat_timestamp_seconds",
-            "Last heartbeat of a lease's holder, seconds since the epoch.", labels=LEASE_LABELS,
+            "Last heartbeat of a lease's holder, seconds since the epoch.", labels=list(LEASE_LABELS),
         )
         count = GaugeMetricFamily("workbench_gpu_leases", "Workbench leases on the machine's GPUs.")
         for lease in leases:
-            labels = [_label(lease.get(k)) for k in LEASE_LABELS]
+            labels = [_label(lease.get(k)) for k in LEASE_LABELS.values()]
             if _finite(lease.get("reserved_bytes")):
                 reserved.add_metric(labels, lease["reserved_bytes"])
+            if _finite(lease.get("idle_s")):
+                idle.add_metric(labels, lease["idle_s"])
             if _finite(lease.get("heartbeat_s")):
                 heartbeat.add_metric(labels, lease["heartbeat_s"])
         count.add_metric([], len(leases))
         yield count
         if reserved.samples:
             yield reserved
+        if idle.samples:
+            yield idle
         if heartbeat.samples:
             yield heartbeat
 
