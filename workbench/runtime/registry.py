@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
-from . import _memory
+from . import _memory, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
 from .spec import LoadProgress, LoadSpec
 
@@ -130,7 +130,9 @@ class LoadedModel:
     def require(self) -> None:
         """Raise :class:`ModelNotLoadedError` if this model was unloaded."""
         if self.model is None:
-            raise ModelNotLoadedError(f"{self.name} was unloaded", hint="load it again", name=self.name)
+            reason = getattr(self, "unload_reason", None)  # set by the idle watcher
+            raise ModelNotLoadedError(f"{self.name} was {reason.split(':')[0] if reason else 'unloaded'}",
+                                      hint=reason.split(": ", 1)[-1] if reason else "load it again", name=self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -368,6 +370,12 @@ class Registry:
             with self._lock:
                 reg_name = self._choose_name(spec, entry)
                 self._reserved.add(reg_name)
+            try:  # GPU leases: other users see this load, and a GPU promised to them refuses it
+                leases = leasing.take(spec, fit, entry.name)
+            except BaseException:
+                with self._lock:
+                    self._reserved.discard(reg_name)
+                raise
         except WorkbenchError as exc:
             post("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
             raise
@@ -379,6 +387,7 @@ class Registry:
             outcome = loader.load(entry, spec, device_map=device_map, max_memory=max_memory, progress=progress,
                                   cancel=cancel, phase_times={"check": check_s})
         except WorkbenchError as exc:
+            leasing.give_back(leases)
             with self._lock:
                 self._reserved.discard(reg_name)
             if progress is not None:
@@ -387,6 +396,7 @@ class Registry:
             post("error", f"load of {reg_name} failed: {exc}", model=reg_name, error=type(exc).__name__, phase="load")
             raise
         except BaseException:
+            leasing.give_back(leases)
             with self._lock:  # KeyboardInterrupt: the loader rolled back; forget the name too
                 self._reserved.discard(reg_name)
             raise
@@ -396,9 +406,11 @@ class Registry:
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
             estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s)
         del outcome
+        loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
             self._reserved.discard(reg_name)
             self._models[reg_name] = loaded
+        idle.ensure_watcher(self)
         if progress is not None:
             progress(LoadProgress("done", 1.0, f"loaded {reg_name} in {load_s:.1f} s"))
         post("load_finished", f"loaded {reg_name} in {load_s:.1f} s", model=reg_name, load_s=load_s,
@@ -462,6 +474,8 @@ class Registry:
             m.tokenizer = None
             del targets
             _memory.release_memory()
+            leasing.give_back(getattr(m, "leases", ()))
+            m.leases = ()
             rss_after = _memory.rss_bytes()
             cuda_after = _memory.cuda_reserved_bytes(devices) if devices else {}
         report = UnloadReport(name, freed, rss_before, rss_after, cuda_before, cuda_after, tuple(cleared),

@@ -1,0 +1,84 @@
+"""Loads take GPU leases, fit them to the placement, and give them back on unload or failure.
+
+The GPU is a fake at the NVML seam. This machine's torch has no CUDA, so a real load
+onto cuda:0 fails inside transformers (the failure path is real); the success path
+replaces ``loader.load`` (where weights would move to the GPU) with a CPU-loaded tiny
+model that reports a cuda:0 placement, and runs the registry's real bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fakes.fake_pynvml import FakeGpu
+
+from workbench.devices.leases import LeaseBook, list_leases
+from workbench.errors import InsufficientMemoryError, LoadError
+from workbench.runtime import LoadSpec, loader
+from workbench.runtime.fit import check_fit
+from workbench.runtime.leasing import lease_amounts
+
+GiB = 2**30
+
+
+@pytest.fixture
+def gpu(fake_nvml, clean_devices):
+    fake = fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
+    return fake.gpus[0]
+
+
+def test_a_failed_gpu_load_holds_its_lease_while_loading_and_gives_it_back(gpu, registry, events):
+    seen = []
+
+    def progress(p):
+        if p.phase == "tokenizer":
+            seen.extend(list_leases())
+
+    with pytest.raises(LoadError):
+        registry.load(LoadSpec("tiny-llama", devices=("cuda:0",)), progress=progress)
+    [lease] = seen
+    assert (lease.model, lease.device, lease.pid, lease.gpu_uuid) == ("tiny-llama", "cuda:0", os.getpid(), gpu.uuid)
+    chk = check_fit(registry.store.get("tiny-llama"), LoadSpec("tiny-llama", devices=("cuda:0",)).validate())
+    assert lease.reserved_bytes == chk.needed_bytes  # the whole estimate, reserves included, on its one GPU
+    assert list_leases() == []
+
+
+def test_a_load_refused_by_another_users_lease_names_them(gpu, registry, events):
+    LeaseBook(owner="alice", heartbeat_s=None).acquire("cuda:0", int(23.9 * GiB), "Mixtral-8x7B", hold=False)
+    with pytest.raises(InsufficientMemoryError, match=r"leased by alice \(Mixtral-8x7B, kernel"):
+        registry.load(LoadSpec("tiny-llama", devices=("cuda:0",)))
+    assert [x.owner for x in list_leases()] == ["alice"]
+    assert events.of("error") and not events.of("load_started")
+
+
+def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, shared_store):
+    real_load = loader.load
+
+    def weights_on_the_fake_gpu(entry, spec, **kw):
+        cpu = real_load(entry, spec.with_(devices=("cpu",)), device_map="cpu", max_memory=None)
+        cpu.placement = {"cuda:0": cpu.footprint_bytes}
+        cpu.module_devices = {"": "cuda:0"}
+        return cpu
+
+    monkeypatch.setattr(loader, "load", weights_on_the_fake_gpu)
+    m = registry.load(LoadSpec("tiny-llama", devices=("cuda:0",), dtype="float32"))
+    [lease] = list_leases()
+    reserve = m.fit.budgets[0].reserve_bytes
+    # Settled to the measured placement plus the GPU's reserve (CUDA context, KV cache share).
+    assert lease.reserved_bytes == m.footprint_bytes + reserve and [x.lease_id for x in m.leases] == [lease.lease_id]
+    registry.unload(m.name)
+    assert list_leases() == [] and m.leases == ()
+
+
+def test_lease_amounts_fill_gpus_in_order(fake_nvml, clean_devices, shared_store):
+    fake_nvml([FakeGpu(memory_total_bytes=24 * GiB), FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
+    entry = shared_store.get("tiny-llama")
+    chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate())
+    weights = max(chk.estimate.total_bytes, chk.estimate.load_peak_bytes)
+    cap = weights // 3  # accelerate puts a third on cuda:0 (its max_memory), the rest on cuda:1
+    spec = LoadSpec(entry, devices=("cuda:0", "cuda:1"), max_memory={"cuda:0": cap}).validate()
+    chk = check_fit(entry, spec)
+    b0, b1 = chk.budgets
+    assert lease_amounts(spec, chk) == {"cuda:0": cap + b0.reserve_bytes, "cuda:1": weights - cap + b1.reserve_bytes}
+    assert lease_amounts(LoadSpec(entry).validate(), check_fit(entry, LoadSpec(entry).validate())) == {}

@@ -1,0 +1,106 @@
+"""Loads and GPU leases: take a lease per GPU before the weights move, fit it to the real
+placement once loaded, give it back on unload (and, through the lease book, at exit).
+
+The registry calls these three functions; the leases themselves are
+:mod:`workbench.devices.leases`. Leases are advisory: when the lease folder cannot be
+used at all the load goes on without one (logged), but a lease refused because the GPU
+is promised to others stops the load with the holders named.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import LeaseError
+from .fit import FitCheck
+from .spec import LoadSpec
+
+logger = logging.getLogger(__name__)
+
+
+def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
+    """Bytes to reserve on each GPU of ``spec``: its share of the weights plus its reserve.
+
+    accelerate fills devices in order up to their ``max_memory``, so the weights are
+    spread the same way over the budgets' usable bytes; each GPU adds its own
+    reserve (CUDA context, its share of the KV cache). ``{}`` without GPUs; zeros
+    when there is no estimate (pickle checkpoints), so the holder is still visible.
+    """
+    gpus = [d for d in spec.devices if d.startswith("cuda")]
+    if not gpus:
+        return {}
+    if fit is None:
+        return dict.fromkeys(gpus, 0)
+    budgets = {b.device: b for b in fit.budgets}
+    remaining = max(fit.estimate.total_bytes, fit.estimate.load_peak_bytes)
+    amounts = {}
+    for d in gpus:
+        b = budgets.get(d)
+        usable = b.usable_bytes if b is not None else None
+        share = remaining if usable is None else min(remaining, usable)
+        remaining -= share
+        amounts[d] = int(share + (b.reserve_bytes if b is not None else 0))
+    return amounts
+
+
+def take(spec: LoadSpec, fit: FitCheck | None, model: str) -> tuple[Any, ...]:
+    """Take one lease per GPU of ``spec`` (all or none).
+
+    Raises:
+        InsufficientMemoryError: a GPU is promised to other leases; the message names them.
+    """
+    amounts = lease_amounts(spec, fit)
+    if not amounts:
+        return ()
+    from ..devices.leases import get_lease_book
+
+    taken: list[Any] = []
+    try:
+        book = get_lease_book()
+        for device, nbytes in amounts.items():
+            taken.append(book.acquire(device, nbytes, model))
+    except LeaseError as exc:
+        logger.warning("loading %s without a GPU lease: %s", model, exc)
+        give_back(taken)
+        return ()
+    except BaseException:
+        give_back(taken)
+        raise
+    return tuple(taken)
+
+
+def settle(leases: Iterable[Any], loaded: Any) -> tuple[Any, ...]:
+    """Fit each lease to what the load really placed on its GPU (plus its reserve) and report idle time."""
+    from ..devices.leases import get_lease_book
+
+    book = get_lease_book()
+    fit = getattr(loaded, "fit", None)
+    reserves = {b.device: b.reserve_bytes for b in fit.budgets} if fit is not None else {}
+    placement = getattr(loaded, "placement", None) or {}
+    settled = []
+    for lease in leases:
+        try:
+            if lease.device in placement:
+                lease = book.update(lease, reserved_bytes=int(placement[lease.device]) + reserves.get(lease.device, 0))
+            book.set_activity(lease, lambda m=loaded: m.last_used)
+        except (LeaseError, OSError) as exc:
+            logger.warning("lease %s not updated: %s", lease.lease_id, exc)
+        settled.append(lease)
+    return tuple(settled)
+
+
+def give_back(leases: Iterable[Any]) -> None:
+    """Release leases; trouble is logged, never raised (an unload must always finish)."""
+    leases = list(leases)
+    if not leases:
+        return
+    from ..devices.leases import get_lease_book
+
+    book = get_lease_book()
+    for lease in leases:
+        try:
+            book.release(lease)
+        except (LeaseError, OSError) as exc:
+            logger.warning("lease %s not released: %s", lease.lease_id, exc)
