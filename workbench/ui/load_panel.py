@@ -9,6 +9,7 @@ how much came back.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,25 @@ def loaded_table_html(loaded: Sequence[Any]) -> str:
         rows.append([m.name, m.entry.name if m.entry else spec.model, ", ".join(m.devices), precision, placement,
                      format_bytes(m.footprint_bytes), f"{m.load_s:.1f} s" if m.load_s is not None else None])
     return html_table(["Name", "Model", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
+
+
+def device_holders(name: str) -> tuple[list[str], list[str]]:
+    """``(leases, processes)`` on a GPU, one line each: who has reserved it, and who holds memory now."""
+    if name == "cpu":
+        return [], []
+    from ..devices import gpu_processes
+    from ..devices.leases import get_lease_book
+
+    try:
+        leases = get_lease_book().share(name).holders()
+    except (WorkbenchError, OSError):
+        leases = []
+    try:
+        procs = [f"{p.user or '?'} pid {p.pid} {(p.command or '')[:40]} ({format_bytes(p.used_memory_bytes)})"
+                 for p in gpu_processes(name)]
+    except WorkbenchError:
+        procs = []
+    return leases, procs
 
 
 def unload_message(report: Any) -> str:
@@ -94,6 +114,7 @@ class LoadPanel(Panel):
         self._progress_throttle = Throttle(0.1)
         self._device_throttle = Throttle(DEVICE_REFRESH_S)
         self._unsubscribe: Callable[[], None] | None = None
+        self._idle_seen_s = time.time()
         self.refresh_models()
 
     @property
@@ -330,16 +351,11 @@ class LoadPanel(Panel):
         text = (f"<b>{esc(d.name)}</b> {esc(d.label)} &middot; {esc(format_bytes(d.memory_free_bytes))} free of "
                 f"{esc(format_bytes(d.memory_total_bytes))}")
         if d.kind != "cpu":
-            from ..devices import gpu_processes
-
-            try:
-                procs = gpu_processes(d.name)
-            except WorkbenchError:
-                procs = []
+            leases, procs = device_holders(d.name)
+            if leases:
+                text += f"<br><span style='color:#666;font-size:12px'>leases: {esc('; '.join(leases[:4]))}</span>"
             if procs:
-                held = "; ".join(f"{p.user or '?'} pid {p.pid} {esc((p.command or '')[:40])} "
-                                 f"({esc(format_bytes(p.used_memory_bytes))})" for p in procs[:4])
-                text += f"<br><span style='color:#666;font-size:12px'>held by: {esc(held)}</span>"
+                text += f"<br><span style='color:#666;font-size:12px'>held by: {esc('; '.join(procs[:4]))}</span>"
         return text
 
     def _build(self) -> Any:
@@ -405,7 +421,24 @@ class LoadPanel(Panel):
             widgets.HBox([self._unload_pick, self._unload_button]),
         ])
 
+    def check_idle_unloads(self) -> list[Any]:
+        """Show a banner for models the idle watcher unloaded since the last look; returns them."""
+        from ..runtime.idle import idle_notices
+
+        new = idle_notices(self.registry, since_s=self._idle_seen_s)
+        if new:
+            self._idle_seen_s = max(u.time_s for u in new)
+            self.show_message("; ".join(u.message for u in new), "warning")
+            if self._root is not None:
+                self._render_loaded()
+                self._notify()
+        return new
+
     def _on_tick(self, _sample: Any) -> None:
+        try:
+            self.check_idle_unloads()
+        except WorkbenchError as exc:
+            self.show_error(exc)
         if self._device_throttle.ready() and not self.busy:
             try:
                 self.refresh_devices()
@@ -450,8 +483,12 @@ class LoadPanel(Panel):
 
     def static_html(self, plots: bool = True) -> str:
         """Devices with free memory, the current selection's estimate check, and the loaded models."""
-        rows = [[d.name, d.label, format_bytes(d.memory_free_bytes), format_bytes(d.memory_total_bytes)]
-                for d in self.device_records]
-        parts = [html_table(["Device", "Label", "Free", "Total"], rows, caption="Devices"), self.check_html()]
+        rows = []
+        for d in self.device_records:
+            leases, procs = device_holders(d.name)
+            rows.append([d.name, d.label, format_bytes(d.memory_free_bytes), format_bytes(d.memory_total_bytes),
+                         "; ".join(leases) or "-", "; ".join(procs) or "-"])
+        parts = [html_table(["Device", "Label", "Free", "Total", "Leases", "Held by"], rows, caption="Devices"),
+                 self.check_html()]
         parts.append(loaded_table_html(self.loaded()))
         return "".join(parts)
