@@ -8,8 +8,8 @@ first root that has it wins and later ones are listed as ``shadowed``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,8 +19,6 @@ from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
 from .index_cache import IndexCache
 from .scan import Scanner
-
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")
 
 
 @dataclass(frozen=True)
@@ -41,19 +39,32 @@ class DeletePlan:
 
 
 def check_name(name: str) -> str:
-    """Refuse names that could point outside a root: separators, ``..``, absolute paths.
+    """Refuse names that are not one plain entry of a root: separators, ``.``/``..``, NUL, hidden.
+
+    Any other character is fine (spaces, accented letters, ``<b>&"'``): people name
+    folders that way, and safety comes from resolving the name inside its root with
+    symlinks followed (:meth:`ModelStore.get`), not from a character whitelist. A
+    leading dot is refused because the listing skips hidden entries (in-progress
+    imports are ``.import-*``).
 
     Raises:
-        UnsafeNameError: with the name and what a valid one looks like.
+        UnsafeNameError: with the name and what is wrong with it.
     """
-    if not isinstance(name, str) or not name or os.path.isabs(name) or "/" in name or "\\" in name \
-            or name in (".", "..") or not _NAME_OK.match(name):
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or name.startswith(".") \
+            or "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name) \
+            or "\0" in name or os.path.isabs(name):
         raise UnsafeNameError(
             f"model name {name!r} is not a plain name in the store",
-            hint="use a folder or file name such as 'SmolLM2-135M-Instruct' (letters, digits, . _ + -)",
+            hint="use the folder or file name shown by `workbench store list` (one path component, "
+                 "no '/', '\\' or leading '.')",
             name=name,
         )
     return name
+
+
+def _same_name(a: str, b: str) -> bool:
+    # A name typed as NFC matches a folder a Mac wrote in NFD ("é" as "e" + combining accent).
+    return unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
 
 
 class ModelStore:
@@ -122,7 +133,7 @@ class ModelStore:
         """
         check_name(name)
         for root in self.roots:
-            for candidate in (root.path / name, root.path / f"{name}.gguf"):
+            for candidate in self._spellings(root.path, name):
                 if not (candidate.is_dir() or (candidate.suffix == ".gguf" and candidate.is_file())):
                     continue
                 real_root = os.path.realpath(root.path)
@@ -139,6 +150,14 @@ class ModelStore:
             "the store is empty: run `workbench store seed` or `workbench store import PATH`"
         raise ModelNotFoundError(f"no model named {name!r} in {', '.join(str(r.path) for r in self.roots)}",
                                  hint=hint, name=name)
+
+    def _spellings(self, root: Path, name: str) -> list[Path]:
+        exact = [root / name, root / f"{name}.gguf"]
+        if any(p.exists() for p in exact):
+            return exact
+        # Only when the exact spelling is absent: the same name in another Unicode normal form.
+        return [p for p in self._candidates(root)
+                if _same_name(p.stem if p.is_file() else p.name, name)] or exact
 
     # -- writing ---------------------------------------------------------------------------
 
