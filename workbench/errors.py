@@ -74,6 +74,10 @@ class BrokenModelError(StoreError, ValueError):
     """An entry's files cannot be read: bad header, truncated file, missing shard..."""
 
 
+class MissingTokenizerError(BrokenModelError):
+    """A model folder has weights and a config but no tokenizer files, so it cannot run prompts."""
+
+
 class UnsafeModelError(StoreError, PermissionError):
     """An entry needs pickle or remote code, and the caller did not opt in."""
 

@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..store import ModelEntry
 from ..store.estimate import resolve_dtype
+from ..store.tokenizer_files import find_chat_template, require_tokenizer
 from . import _memory, _noise
 from .spec import LoadProgress, LoadSpec
 
@@ -76,6 +77,8 @@ def check_entry(entry: ModelEntry, spec: LoadSpec) -> None:
         UnsafeModelError: pickle weights without ``allow_pickle``, remote code without
             ``trust_remote_code``, or a risk no opt-in covers (a link out of the store).
     """
+    if entry.format != "gguf" and not entry.has_tokenizer and entry.path.is_dir():
+        require_tokenizer(entry.path, entry.name)
     if entry.status == "broken":
         raise BrokenModelError(f"{entry.name} cannot be loaded: {entry.problem}",
                                hint="fix or re-import the files (see `workbench store list`)",
@@ -413,6 +416,10 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         t = time.perf_counter()
         report("tokenizer", 0.0, "reading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(folder, **common)
+        if entry.format != "gguf":
+            # The template the store reports is the one prompts get (chat_template.json included).
+            found = find_chat_template(folder)
+            tokenizer.chat_template = found.template if found else None
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             # Batches need a pad token; the EOS token is the usual stand-in (masked out anyway).
             tokenizer.pad_token = tokenizer.eos_token

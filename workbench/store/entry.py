@@ -82,6 +82,7 @@ class ModelEntry:
     vocab_size: int | None = None
     quantization: str | None = None
     has_chat_template: bool = False
+    chat_template_source: str | None = None  # file it comes from (store.tokenizer_files.find_chat_template)
     has_tokenizer: bool = False
     license: str | None = None
     weight_files: tuple[str, ...] = ()

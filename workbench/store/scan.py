@@ -20,6 +20,7 @@ from .entry import ModelEntry, WeightStats
 from .gguf_header import read_gguf_header
 from .index_cache import IndexCache
 from .safetensors_header import TORCH_NAMES, read_safetensors_header
+from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
@@ -154,16 +155,6 @@ def _license_from_card(folder: Path) -> str | None:
     return None
 
 
-def _has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    try:
-        with open(folder / "tokenizer_config.json", encoding="utf-8") as fh:
-            return bool(json.load(fh).get("chat_template"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _folder_size(folder: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(folder):
@@ -242,10 +233,12 @@ class Scanner:
             return self._gguf(base, files[ggufs[0]], folder, size=size)
 
         fields = config_fields(config) if config else {}
+        chat = find_chat_template(folder)
         extra = {
             "size_bytes": size,
-            "has_tokenizer": any(n in files for n in ("tokenizer.json", "tokenizer.model", "vocab.json")),
-            "has_chat_template": _has_chat_template(folder),
+            "has_tokenizer": bool(tokenizer_files(folder)),
+            "has_chat_template": bool(chat and chat.template),
+            "chat_template_source": chat.source if chat else None,
             "license": _license_from_card(folder),
             **fields,
         }
@@ -283,8 +276,11 @@ class Scanner:
         tie = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", True)))
         stats = weight_stats(parts, tie)
         dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
+        # "ok" means it loads and runs prompts: without a tokenizer it does neither, so it is broken.
+        problem = None if extra["has_tokenizer"] else missing_tokenizer_text(folder)
         return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files), params=stats.params,
-                          dtype=TORCH_NAMES.get(dominant, dominant), weights=stats, **extra)
+                          dtype=TORCH_NAMES.get(dominant, dominant), weights=stats,
+                          status="broken" if problem else "ok", problem=problem, **extra)
 
     @staticmethod
     def _shards_from_index(index: Path) -> list[str]:
@@ -333,6 +329,7 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
         "quantization": hdr.file_type_name,
         "dtype": types.most_common(1)[0][0] if types else None,
         "has_chat_template": bool(hdr.metadata.get("tokenizer.chat_template")),
+        "chat_template_source": "gguf" if hdr.metadata.get("tokenizer.chat_template") else None,
         "has_tokenizer": tokens is not None,
         "license": hdr.metadata.get("general.license"),
     }
