@@ -45,9 +45,9 @@ def cmd_store_list(args: argparse.Namespace) -> int:
     from .store import ModelStore, format_bytes
 
     entries = ModelStore().list()
-    rows = [[e.name + (" (shadowed)" if e.shadowed else ""), e.format, e.status, e.params_str, e.dtype or "-",
-             format_bytes(e.size_bytes), str(e.context_length or "-"), e.quantization or "-",
-             "rw" if e.writable else "ro"] for e in entries]
+    rows = [[e.name + (f" (shadowed by {e.shadowed_by})" if e.shadowed else ""), e.format, e.status, e.params_str,
+             e.dtype or "-", format_bytes(e.size_bytes), str(e.context_length or "-"), e.quantization or "-",
+             f"{e.root} ({'rw' if e.writable else 'read-only'})"] for e in entries]
     text = _table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
         if entries else "The store is empty: run `workbench store seed` or `workbench store import PATH`."
     problems = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
@@ -110,7 +110,12 @@ def cmd_store_import(args: argparse.Namespace) -> int:
     from .store import ModelStore
     from .store.importer import import_path
 
-    entry = import_path(args.path, ModelStore(), name=args.name, check=args.check, progress=_progress)
+    if args.root:  # an administrator filling a shared root
+        from .store.shared import import_into_root
+
+        entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=_progress)
+    else:
+        entry = import_path(args.path, ModelStore(), name=args.name, check=args.check, progress=_progress)
     _emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
     return 0
 
@@ -181,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path")
     sp.add_argument("--name", help="the entry's name (default: the file or folder name)")
     sp.add_argument("--check", action="store_true", help="check a converted GGUF with a greedy generation")
+    sp.add_argument("--root", help="import into this store root instead of the user store, readable by every user "
+                                   "(folders 0755, files 0644): an administrator filling a shared root")
     sp = add(store, "delete", cmd_store_delete, "delete an entry from the user store (a plan unless --yes)")
     sp.add_argument("name")
     sp.add_argument("--yes", action="store_true", help="really delete")

@@ -256,3 +256,53 @@ def test_processes_racing_for_one_gpu(lease_dir, gpu):
     # The other winner exited normally: atexit released its lease.
     assert list_leases() == []
     assert json.loads((lease_dir / f"{gpu.uuid}.json").read_text())["leases"] == []
+
+
+NOBODY_SCRIPT = """
+import json, os, sys
+from workbench.devices.leases import LeaseBook
+from workbench.errors import LeaseNotOwnedError
+book = LeaseBook(sys.argv[1], heartbeat_s=None)
+out = {"owner": book.owner}
+lease = book.acquire(sys.argv[2], 2 * 2**30, "nobody-model", pid=int(sys.argv[3]), watch="pid", hold=False)
+out["acquired"] = lease.lease_id
+theirs = [x for x in book.leases() if x.owner != book.owner]
+try:
+    book.release(theirs[0])
+    out["release"] = "released"
+except LeaseNotOwnedError as exc:
+    out["release"] = str(exc)
+try:
+    os.unlink(book.path_for(sys.argv[2]))
+    out["unlink"] = "deleted"
+except PermissionError:
+    out["unlink"] = "refused"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as another OS user needs root")
+def test_another_os_user_adds_to_the_same_lease_file_but_cannot_take_ours(tmp_path):
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="wb-leases-", dir="/tmp"))  # reachable by nobody, unlike tmp_path
+    try:
+        os.chmod(base, 0o755)
+        lease_dir = base / "leases"
+        uuid = "GPU-11111111-2222-3333-4444-555555555555"
+        mine = LeaseBook(lease_dir, heartbeat_s=None).acquire(uuid, GiB, "root-model", hold=False)
+        env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_USER"}
+        env.update(HOME=str(base), PYTHONPATH=str(ROOT))
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               NOBODY_SCRIPT, str(lease_dir), uuid, str(os.getpid())],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout)
+        assert out["owner"] == "nobody"
+        assert f"belongs to {mine.owner}, not nobody" in out["release"]
+        assert out["unlink"] == "refused"  # the sticky bit: nobody may not delete root's lease file
+        owners = sorted((x.owner, x.model) for x in LeaseBook(lease_dir, heartbeat_s=None).leases())
+        assert owners == sorted([(mine.owner, "root-model"), ("nobody", "nobody-model")])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -88,6 +88,7 @@ class ModelEntry:
     weight_files: tuple[str, ...] = ()
     gguf_file: str | None = None
     shadowed: bool = False
+    shadowed_by: Path | None = None  # the entry of the same name that wins (an earlier root)
     weights: WeightStats = field(default_factory=WeightStats)
 
     @property
@@ -107,6 +108,7 @@ class ModelEntry:
         d = asdict(self)
         d["path"] = str(self.path)
         d["root"] = str(self.root)
+        d["shadowed_by"] = str(self.shadowed_by) if self.shadowed_by is not None else None
         d["architectures"] = list(self.architectures)
         d["weight_files"] = list(self.weight_files)
         d["weights"] = asdict(self.weights)

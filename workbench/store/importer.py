@@ -74,14 +74,17 @@ def seed(store: ModelStore | None = None, *, check: bool = True, progress: Progr
 
 
 def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *, name: str | None = None,
-                check: bool = False, progress: Progress | None = None) -> ModelEntry:
-    """Add a GGUF file (converted to safetensors) or a model folder (copied) to the user store."""
+                check: bool = False, progress: Progress | None = None, shared: bool = False) -> ModelEntry:
+    """Add a GGUF file (converted to safetensors) or a model folder (copied) to the user store.
+
+    ``shared``: the store's first root is a shared one (see :mod:`workbench.store.shared`).
+    """
     store = store or ModelStore()
     src = Path(path).expanduser()
     if src.is_file() and src.suffix == ".gguf":
-        return import_gguf(src, store, name=name, check=check, progress=progress)
+        return import_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
     if src.is_dir():
-        return import_folder(src, store, name=name, progress=progress)
+        return import_folder(src, store, name=name, progress=progress, shared=shared)
     raise ModelNotFoundError(f"{src} is neither a .gguf file nor a model folder",
                              hint="pass a GGUF file or a folder with config.json and safetensors", path=src)
 
@@ -95,14 +98,21 @@ def _staging(store: ModelStore, name: str) -> tuple[Path, Path]:
     return dest, tmp
 
 
-def _finish(store: ModelStore, tmp: Path, dest: Path) -> ModelEntry:
-    # mkdtemp makes a private folder; an entry should read like any folder the user made.
-    umask = os.umask(0)
-    os.umask(umask)
+def _finish(store: ModelStore, tmp: Path, dest: Path, shared: bool = False) -> ModelEntry:
+    # mkdtemp makes a private folder; an entry should read like any folder the user made,
+    # and in a shared root like one every user may read (whatever the importer's umask).
+    if shared:
+        from .shared import SHARED_DIR_MODE, SHARED_FILE_MODE
+
+        dir_mode, file_mode = SHARED_DIR_MODE, SHARED_FILE_MODE
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        dir_mode, file_mode = 0o777 & ~umask, 0o666 & ~umask
     for dirpath, _dirs, files in os.walk(tmp):
-        os.chmod(dirpath, 0o777 & ~umask)
+        os.chmod(dirpath, dir_mode)
         for f in files:
-            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
+            os.chmod(os.path.join(dirpath, f), file_mode)
     os.replace(tmp, dest)
     entry = store.get(dest.name)
     if not entry.ok:
@@ -113,7 +123,7 @@ def _finish(store: ModelStore, tmp: Path, dest: Path) -> ModelEntry:
 
 
 def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
-                  progress: Progress | None = None) -> ModelEntry:
+                  progress: Progress | None = None, shared: bool = False) -> ModelEntry:
     """Copy an HF-format folder into the user store (hard links where the file system allows).
 
     The folder is checked with the same header-only scan as the store first, so a
@@ -138,18 +148,21 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
                 s, d = Path(dirpath) / f, tmp / rel / f
                 if progress:
                     progress(f"copying {rel / f}")
+                if shared:  # a link would tie the shared entry to the importer's own file and its mode
+                    shutil.copyfile(s, d)
+                    continue
                 try:
                     os.link(os.path.realpath(s), d)
                 except OSError:
                     shutil.copy2(s, d)
-        return _finish(store, tmp, dest)
+        return _finish(store, tmp, dest, shared)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: bool = True,
-                progress: Progress | None = None) -> ModelEntry:
+                progress: Progress | None = None, shared: bool = False) -> ModelEntry:
     """Convert a GGUF file to a bfloat16 safetensors folder in the user store.
 
     transformers dequantizes the GGUF tensors; ``save_pretrained`` refuses a
@@ -200,7 +213,7 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
             if "paris" not in answer.lower():
                 raise ModelImportError(f"the converted {name} answered {answer!r} to {CHECK_PROMPT!r}",
                                        hint="the GGUF file may be damaged; re-download it", path=gguf)
-        return _finish(store, tmp, dest)
+        return _finish(store, tmp, dest, shared)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)
         raise

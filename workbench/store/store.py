@@ -111,15 +111,15 @@ class ModelStore:
 
     def list(self) -> list[ModelEntry]:
         """Every entry in every root, broken and unsafe ones included, user store first."""
-        seen: set[str] = set()
+        seen: dict[str, Path] = {}
         entries = []
         for root in self.roots:
             scanner = Scanner(root.path, root.writable, self.cache)
             for path in self._candidates(root.path):
                 e = scanner.entry(path)
                 if e.name in seen:
-                    e = replace(e, shadowed=True)
-                seen.add(e.name)
+                    e = replace(e, shadowed=True, shadowed_by=seen[e.name])
+                seen.setdefault(e.name, e.path)
                 entries.append(e)
         self.cache.save()
         return entries
