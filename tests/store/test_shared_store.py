@@ -195,3 +195,12 @@ def test_a_root_the_user_may_not_write_is_refused_by_name(tiny_models):
     finally:
         os.chmod(base / "models", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_store_panel_names_roots_and_shadowing(isolated_store, shared):
+    from workbench.ui.store_panel import entries_table_html
+
+    shutil.copytree(shared / "tiny-gpt2", isolated_store / "tiny-gpt2")
+    html = entries_table_html(ModelStore([isolated_store, shared], cache_path=None).list())
+    assert f"{shared} (read-only), shadowed by {isolated_store / 'tiny-gpt2'}" in html
+    assert f"{isolated_store} (writable)" in html and f"{shared} (read-only)</td>" in html

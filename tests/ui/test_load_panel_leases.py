@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from fakes.fake_pynvml import FakeGpu, FakeProcess
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fakes.fake_pynvml import FakeGpu, FakeProcess  # noqa: E402
-from fakes.fixtures import clean_devices, fake_nvml  # noqa: E402, F401
-
-from workbench.devices.leases import LeaseBook  # noqa: E402
-from workbench.runtime import LoadSpec, Registry  # noqa: E402
-from workbench.runtime.idle import IdleWatcher  # noqa: E402
-from workbench.ui import LoadPanel  # noqa: E402
+from workbench.devices.leases import LeaseBook
+from workbench.runtime import LoadSpec, Registry
+from workbench.runtime.idle import IdleWatcher
+from workbench.ui import LoadPanel
 
 GiB = 2**30
 

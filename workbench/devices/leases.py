@@ -643,7 +643,8 @@ class LeaseBook:
     def release_all(self) -> None:
         """Release every lease this process holds (at exit; errors are logged, never raised)."""
         with self._lock:
-            held = list(self._held.values())
+            # A forked child inherits this book and its atexit hook, not the parent's leases.
+            held = [x for x in self._held.values() if x.pid == os.getpid()]
         for lease in held:
             try:
                 self.release(lease)

@@ -40,7 +40,10 @@ def entries_table_html(entries: list[ModelEntry]) -> str:
     if not entries:
         return ("<p><em>The store is empty: run <code>workbench store seed</code> or import a GGUF file "
                 "or model folder.</em></p>")
-    return html_table([title for _, title in COLUMNS], [_row(e) for e in entries], raw_columns=[7])
+    # Which root each entry comes from, and whether a user's own entry shadows a shared one (issue 11).
+    rows = [[*_row(e), f"{e.root} ({'writable' if e.writable else 'read-only'})"
+             + (f", shadowed by {e.shadowed_by}" if e.shadowed else "")] for e in entries]
+    return html_table([*(title for _, title in COLUMNS), "Root"], rows, raw_columns=[7])
 
 
 def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> str:
