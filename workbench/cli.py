@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import WorkbenchError
+from .errors import ConfigError, WorkbenchError
+from .serve import cli as serve_cli
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -146,6 +147,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        from .serve.cli import cmd_run_endpoint
+
+        return cmd_run_endpoint(args)
+    if not args.name:
+        raise ConfigError("no model given", hint="pass a store entry name, or --endpoint NAME")
     from .runtime.oneshot import run_once
 
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
@@ -197,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_leases(sub)
 
-    sp = add(sub, "run", cmd_run, "load a model, generate once, unload")
-    sp.add_argument("name")
+    sp = add(sub, "run", cmd_run, "load a model, generate once, unload (or ask an endpoint: --endpoint NAME)")
+    sp.add_argument("name", nargs="?", help="a store entry name (not with --endpoint)")
+    sp.add_argument("--endpoint", default=None, help="ask this registered endpoint instead of loading a model")
     sp.add_argument("--prompt", required=True)
     sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...]")
     sp.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only=True)")
     sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
+    serve_cli.register(sub)
     return p
 
 

@@ -62,6 +62,8 @@ ENV_VARS: dict[str, str] = {
     "telemetry_history_s": "WORKBENCH_TELEMETRY_HISTORY",
     "lease_dir": "WORKBENCH_LEASE_DIR",
     "idle_unload_s": "WORKBENCH_IDLE_UNLOAD_S",
+    "vllm_command": "WORKBENCH_VLLM_COMMAND",
+    "endpoints_file": "WORKBENCH_ENDPOINTS_FILE",
 }
 
 
@@ -160,6 +162,34 @@ class WorkbenchSettings(Configurable):
         if not (math.isfinite(value) and value >= 0):
             raise TraitError(f"idle_unload_s must be 0 (off) or a positive number of seconds, not {value!r}")
         return value
+
+    vllm_command = Unicode(
+        "vllm",
+        help=(
+            "How to start vLLM for `workbench serve --engine vllm`: a command line, split like a shell does "
+            "(e.g. '/opt/vllm-env/bin/vllm'). vLLM pins its own torch and CUDA, so it usually lives in its own "
+            "environment. Environment: WORKBENCH_VLLM_COMMAND. Default: vllm (on PATH)."
+        ),
+    ).tag(config=True)
+
+    endpoints_file = Unicode(
+        help=(
+            "The endpoint registry (JSON): engines `workbench serve` started and remote endpoints added with "
+            "`workbench endpoints add`. API keys are never stored there, only the names of the environment "
+            "variables that hold them. Environment: WORKBENCH_ENDPOINTS_FILE. "
+            "Default: $XDG_DATA_HOME/workbench/endpoints.json."
+        ),
+    ).tag(config=True)
+
+    serve_ready_timeout_s = Float(
+        600.0,
+        help="Seconds `workbench serve` waits for an engine to answer before stopping it and reporting its log. "
+        "Default: 600.",
+    ).tag(config=True)
+
+    @default("endpoints_file")
+    def _default_endpoints_file(self) -> str:
+        return str(default_user_store().parent / "endpoints.json")
 
     @default("store_path")
     def _default_store_path(self) -> str:

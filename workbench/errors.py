@@ -151,4 +151,51 @@ class GenerationOutOfMemoryError(GenerationError, MemoryError):
     """Generation ran out of memory; the model stays loaded and usable."""
 
 
+# --- serving engines and endpoints -------------------------------------------------------------
+
+
+class ServeError(WorkbenchError):
+    """Something about a serving engine or an OpenAI-compatible endpoint (``endpoint=`` names it)."""
+
+
+class EngineNotFoundError(ServeError, FileNotFoundError):
+    """The engine's command (``vllm``, ``transformers serve``) is not installed or not on the path."""
+
+
+class EngineStartError(ServeError, RuntimeError):
+    """An engine exited or never became ready; ``log_tail`` holds the end of its log. Nothing is left running."""
+
+
+class EndpointNotFoundError(ServeError, LookupError):
+    """No endpoint of that name in the endpoint registry."""
+
+    __str__ = WorkbenchError.__str__
+
+
+class EndpointUnreachableError(ServeError, ConnectionError):
+    """The endpoint's URL does not answer (nothing listening, DNS, timeout)."""
+
+
+class EndpointAuthError(ServeError, PermissionError):
+    """The endpoint refused the API key (HTTP 401/403)."""
+
+
+class EndpointModelNotFoundError(ServeError, LookupError):
+    """The endpoint does not serve the model asked for (HTTP 404)."""
+
+    __str__ = WorkbenchError.__str__
+
+
+class EndpointRateLimitError(ServeError, RuntimeError):
+    """The endpoint is overloaded or over quota (HTTP 429)."""
+
+
+class EndpointStreamError(ServeError, ConnectionError):
+    """A streamed answer stopped mid-way; ``partial_text`` holds what arrived."""
+
+
+class EndpointResponseError(ServeError, RuntimeError):
+    """The endpoint answered with another error status (``status_code``)."""
+
+
 __all__ = [name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, Exception)]

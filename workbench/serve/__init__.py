@@ -1,0 +1,45 @@
+"""Serving: store models through real engines (vLLM, ``transformers serve``), and any OpenAI-compatible endpoint.
+
+The workbench does not serve or batch itself: it checks a model as a load would,
+starts an engine as a subprocess on 127.0.0.1, waits until it answers, records
+it in the endpoint registry, and stops it (its process group) when asked or when
+the kernel that started it exits. Prompting goes through the official ``openai``
+client. Importing this package is cheap; names resolve on first use.
+
+Example:
+    >>> from workbench.serve import EndpointClient, serve, stop
+    >>> ep = serve("SmolLM2-135M-Instruct", engine="transformers")  # doctest: +SKIP
+    >>> EndpointClient(ep).chat("What is the capital of France?").text  # doctest: +SKIP
+    'The capital of France is Paris.'
+    >>> stop(ep.name).was_running  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "Endpoint": "endpoint",
+    "EndpointRegistry": "registry",
+    "EndpointStatus": "registry",
+    "ServePlan": "launch",
+    "StopReport": "launch",
+    "plan_serve": "launch",
+    "serve": "launch",
+    "start": "launch",
+    "stop": "launch",
+    "ChatResult": "client",
+    "EndpointClient": "client",
+    "run_endpoint": "client",
+    "VllmArgs": "engines",
+    "derive_vllm_args": "vllm_memory",
+    "VllmMetrics": "metrics",
+    "DcgmGpu": "metrics",
+    "parse_vllm": "metrics",
+    "parse_dcgm": "metrics",
+    "scrape": "metrics",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,132 @@
+"""``workbench serve``, ``workbench endpoints [add|stop]`` and ``workbench run --endpoint`` (ARCHITECTURE.md §3).
+
+``workbench serve`` returns once the engine answers and leaves it running: a
+command-line engine always outlives the command (``--detach`` is implied), and
+``workbench endpoints stop NAME`` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .launch import plan_serve, start
+
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    plan = plan_serve(args.name, engine=args.engine, devices=devices, dtype=args.dtype, quant=args.quant,
+                      port=args.port, max_model_len=args.max_model_len, name=args.endpoint_name, nodes=args.nodes,
+                      allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    if not args.json:
+        print(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...", file=sys.stderr, flush=True)
+    ep = start(plan, detach=True, ready_timeout_s=args.ready_timeout)
+    doc = {**ep.to_dict(), "plan": plan.to_dict()}
+    _emit(args, doc, f"{ep.name}: {ep.engine} serving {ep.store_model} on {ep.base_url} (PID {ep.pid}, "
+                     f"{', '.join(ep.devices)}, model {ep.model!r}, ready in {ep.ready_s:.1f} s)\n"
+                     f"stop it with: workbench endpoints stop {ep.name}")
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from .registry import EndpointRegistry
+
+    statuses = EndpointRegistry().statuses()
+    rows = [[s.endpoint.name, s.endpoint.engine, s.state + (" (orphaned)" if s.orphaned else ""),
+             s.endpoint.base_url, str(s.endpoint.pid or "-"), ",".join(s.endpoint.devices) or "-",
+             s.endpoint.model or "-"] for s in statuses]
+    header = ["NAME", "ENGINE", "STATE", "BASE URL", "PID", "DEVICES", "MODEL"]
+    if rows:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+    else:
+        text = "No endpoints: start one with `workbench serve MODEL` or add one with `workbench endpoints add NAME URL`."
+    _emit(args, [s.to_dict() for s in statuses], text)
+    return 0
+
+
+def cmd_endpoints_add(args: argparse.Namespace) -> int:
+    from .registry import EndpointRegistry
+
+    ep = EndpointRegistry().add_remote(args.name, args.url, api_key_env=args.api_key_env, model=args.model,
+                                       replace=args.replace)
+    key = f", API key from ${ep.api_key_env}" if ep.api_key_env else ""
+    _emit(args, ep.to_dict(), f"added {ep.name}: {ep.base_url}{key}")
+    return 0
+
+
+def cmd_endpoints_stop(args: argparse.Namespace) -> int:
+    from .launch import stop
+
+    report = stop(args.name)
+    if report.engine == "remote":
+        text = f"removed {report.name} (a remote endpoint: nothing to stop here)"
+    else:
+        text = (f"stopped {report.name} (process group {report.pid})" if report.was_running
+                else f"removed {report.name} (its engine had already exited)")
+    _emit(args, report.to_dict(), text)
+    return 0
+
+
+def cmd_run_endpoint(args: argparse.Namespace) -> int:
+    """``workbench run --endpoint NAME --prompt TEXT``: the same JSON keys as a local run."""
+    from .client import run_endpoint
+
+    r = run_endpoint(args.endpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     seed=args.seed)
+    text = (f"{r.text}\n\n[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s, "
+            f"endpoint {r.endpoint}, model {r.model}]")
+    _emit(args, r.to_dict(), text)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``endpoints`` to the ``workbench`` parser's subcommands."""
+
+    def add(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add(subparsers, "serve", cmd_serve,
+             "start an OpenAI-compatible engine (vLLM or transformers serve) for a store model; returns once it "
+             "answers and leaves it running")
+    sp.add_argument("name", help="a store entry name")
+    sp.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
+                    help="auto: vLLM on GPUs when its command is found, else transformers serve")
+    sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...] (vLLM: tensor parallel)")
+    sp.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
+    sp.add_argument("--quant", default="none", choices=["none", "int8", "nf4"])
+    sp.add_argument("--port", type=int, default=None, help="default: a free port on 127.0.0.1")
+    sp.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length (default: what fits)")
+    sp.add_argument("--name", dest="endpoint_name", default=None, help="the endpoint's name (default: the model's)")
+    sp.add_argument("--nodes", type=int, default=1,
+                    help="vLLM on a Ray cluster: pipeline stages over this many machines (see README)")
+    sp.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for the engine to answer")
+    sp.add_argument("--detach", action="store_true",
+                    help="accepted for symmetry: an engine started from the command line always outlives it")
+    sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints")
+    sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
+
+    ep = add(subparsers, "endpoints", cmd_endpoints, "running and registered OpenAI-compatible endpoints")
+    sub = ep.add_subparsers(dest="endpoints_command", required=False)
+    sp = add(sub, "add", cmd_endpoints_add, "register a remote OpenAI-compatible endpoint by URL")
+    sp.add_argument("name")
+    sp.add_argument("url", help="its base URL, e.g. http://gpu-box:8000/v1")
+    sp.add_argument("--api-key-env", default=None,
+                    help="the environment variable holding its API key (the key is never stored)")
+    sp.add_argument("--model", default=None, help="the model name to request (default: the first it lists)")
+    sp.add_argument("--replace", action="store_true", help="replace an endpoint of the same name")
+    sp = add(sub, "stop", cmd_endpoints_stop, "stop an engine (its process group) and forget the endpoint")
+    sp.add_argument("name")

@@ -1,0 +1,315 @@
+"""Prompt any OpenAI-compatible endpoint as a local model, with the official ``openai`` client.
+
+Answers are always streamed, so time to first token and tokens/s are measured
+from the stream here, as the runtime measures them for a local model; token counts
+come from the server's usage report (``stream_options={"include_usage": True}``)
+when it sends one, else from the number of streamed pieces. Errors become typed
+:class:`~workbench.errors.ServeError` subclasses naming the endpoint.
+
+Example:
+    >>> c = EndpointClient("SmolLM2-135M-Instruct")  # doctest: +SKIP
+    >>> c.chat("What is the capital of France?", GenerationParams(temperature=0)).text  # doctest: +SKIP
+    'The capital of France is Paris.'
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import (
+    EndpointAuthError,
+    EndpointModelNotFoundError,
+    EndpointRateLimitError,
+    EndpointResponseError,
+    EndpointStreamError,
+    EndpointUnreachableError,
+    ServeError,
+)
+from .endpoint import Endpoint
+
+#: OpenAI's API takes at most four stop sequences.
+MAX_STOP = 4
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One streamed answer and its metrics (the keys of ``workbench run --json``).
+
+    Attributes:
+        text: the answer's text.
+        prompt_tokens: from the server's usage report; ``None`` when it sent none.
+        new_tokens: from the usage report, else the number of streamed text pieces.
+        ttft_s: from sending the request to the first text piece.
+        tokens_per_s: pieces after the first over the time they took.
+        total_s: the whole request.
+        finish_reason: ``"stop"``, ``"length"``... as the server reports it.
+        usage_reported: whether the counts came from the server.
+    """
+
+    text: str
+    prompt_tokens: int | None
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+    finish_reason: str | None
+    model: str
+    endpoint: str
+    usage_reported: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _translate(exc: BaseException, ep: Endpoint, model: str | None) -> ServeError | None:
+    import openai
+
+    where = f"endpoint {ep.name!r} ({ep.base_url})"
+    ctx = {"endpoint": ep.name, "base_url": ep.base_url}
+    if isinstance(exc, openai.APITimeoutError):
+        return EndpointUnreachableError(f"{where} did not answer in time",
+                                        hint="check that the server is up and not overloaded, then retry", **ctx)
+    if isinstance(exc, openai.APIConnectionError):
+        hint = (f"start it again (`workbench serve {ep.store_model}`) or remove it "
+                f"(`workbench endpoints stop {ep.name}`)" if not ep.is_remote
+                else "check the URL, the network and that the server is running")
+        return EndpointUnreachableError(f"{where} cannot be reached: {exc.__cause__ or exc}", hint=hint, **ctx)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _detail(exc)
+        if status in (401, 403):
+            key = (f"set {ep.api_key_env} to a valid key" if ep.api_key_env else
+                   f"register it with a key: `workbench endpoints add {ep.name} URL --api-key-env VAR`")
+            return EndpointAuthError(f"{where} refused the API key (HTTP {status}{detail})", hint=key,
+                                     status_code=status, **ctx)
+        if status == 404:
+            return EndpointModelNotFoundError(
+                f"{where} does not serve model {model!r} (HTTP 404{detail})",
+                hint="pick one its /v1/models lists (EndpointClient(...).models())", status_code=status,
+                model=model, **ctx)
+        if status == 429:
+            return EndpointRateLimitError(f"{where} is rate limiting or overloaded (HTTP 429{detail})",
+                                          hint="wait and retry, or send fewer requests at once",
+                                          status_code=status, **ctx)
+        return EndpointResponseError(f"{where} answered HTTP {status}{detail}",
+                                     hint="see the server's log; check the request's model and parameters",
+                                     status_code=status, **ctx)
+    return None
+
+
+def _detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    msg = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        msg = body.get("detail") or body.get("message") or (err.get("message") if isinstance(err, dict) else err)
+    elif isinstance(body, str):
+        msg = body
+    return f": {str(msg)[:200]}" if msg else ""
+
+
+class EndpointClient:
+    """A chat client for one endpoint (by registry name, or an :class:`Endpoint`).
+
+    Args:
+        endpoint: a registry name or an :class:`Endpoint`.
+        timeout_s: per request, connect and read.
+        max_retries: the openai client's retries on connection errors and 429/5xx (0: fail at once).
+    """
+
+    def __init__(self, endpoint: str | Endpoint, *, timeout_s: float = 120.0, max_retries: int = 0) -> None:
+        import openai
+
+        if isinstance(endpoint, str):
+            from .registry import EndpointRegistry
+
+            endpoint = EndpointRegistry().get(endpoint)
+        self.endpoint = endpoint
+        self._client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), timeout=timeout_s,
+                                     max_retries=max_retries)
+        self._model = endpoint.model
+
+    def _raise(self, exc: BaseException) -> None:
+        typed = _translate(exc, self.endpoint, self._model)
+        if typed is not None:
+            raise typed from None
+        raise exc
+
+    def models(self) -> list[str]:
+        """The model names the server lists on ``/v1/models``.
+
+        Raises:
+            ServeError: typed as for :meth:`chat`.
+        """
+        import openai
+
+        try:
+            return [m.id for m in self._client.models.list().data]
+        except openai.OpenAIError as exc:
+            self._raise(exc)
+            raise
+
+    @property
+    def model(self) -> str:
+        """The model requests name: the endpoint's, else the first the server lists."""
+        if self._model is None:
+            names = self.models()
+            if not names:
+                raise EndpointModelNotFoundError(f"endpoint {self.endpoint.name!r} lists no model",
+                                                 hint="register it with a model name", endpoint=self.endpoint.name)
+            self._model = names[0]
+        return self._model
+
+    def _request(self, prompt_or_messages: Any, params: Any) -> dict[str, Any]:
+        from ..runtime.generation import GenerationParams
+
+        params = (params or GenerationParams()).validate()
+        if isinstance(prompt_or_messages, str):
+            messages = [{"role": "user", "content": prompt_or_messages}]
+        else:
+            messages = [dict(m) for m in prompt_or_messages]
+        if params.system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": params.system_prompt})
+        if len(params.stop) > MAX_STOP:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"OpenAI-compatible servers take at most {MAX_STOP} stop strings, not "
+                              f"{len(params.stop)}", hint="keep the four that matter")
+        req: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": params.max_new_tokens,
+                               "temperature": params.temperature, "stream": True,
+                               "stream_options": {"include_usage": True}}
+        if params.temperature > 0:
+            req["top_p"] = params.top_p
+        if params.stop:
+            req["stop"] = list(params.stop)
+        if params.seed is not None:
+            req["seed"] = params.seed
+        extra = {}
+        if params.temperature > 0 and params.top_k:
+            extra["top_k"] = params.top_k  # vLLM's and TGI's extension; others ignore it
+        if params.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = params.repetition_penalty
+        if extra:
+            req["extra_body"] = extra
+        return req
+
+    def chat(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None, *,
+             on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> ChatResult:
+        """Stream one answer, calling ``on_piece`` with each text piece as it arrives.
+
+        Args:
+            prompt_or_messages: a user prompt, or OpenAI chat messages.
+            params: :class:`workbench.runtime.GenerationParams` (max_new_tokens, temperature,
+                top_p, stop, seed, system_prompt; top_k and repetition_penalty as extensions).
+            cancel: set it to stop reading; the answer so far is returned, finish_reason ``"cancelled"``.
+
+        Raises:
+            EndpointUnreachableError, EndpointAuthError, EndpointModelNotFoundError,
+            EndpointRateLimitError, EndpointResponseError: the request failed.
+            EndpointStreamError: the stream stopped before the server said it finished
+                (``partial_text`` holds what arrived).
+        """
+        import httpx
+        import openai
+
+        req = self._request(prompt_or_messages, params)
+        pieces: list[str] = []
+        times: list[float] = []
+        usage = None
+        finish: str | None = None
+        t0 = time.perf_counter()
+        try:
+            stream = self._client.chat.completions.create(**req)
+        except openai.OpenAIError as exc:
+            self._raise(exc)
+            raise
+        try:
+            with stream:
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or ():
+                        piece = choice.delta.content if choice.delta is not None else None
+                        if piece:
+                            pieces.append(piece)
+                            times.append(time.perf_counter())
+                            if on_piece is not None:
+                                on_piece(piece)
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+        except (openai.OpenAIError, httpx.HTTPError) as exc:
+            cut = _translate(exc, self.endpoint, self._model) if isinstance(exc, openai.APIStatusError) else None
+            if cut is not None:
+                raise cut from None
+            raise EndpointStreamError(
+                f"the answer from endpoint {self.endpoint.name!r} ({self.endpoint.base_url}) stopped mid-way "
+                f"after {len(pieces)} pieces: {exc}", hint="retry; if it repeats, see the server's log",
+                endpoint=self.endpoint.name, partial_text="".join(pieces)) from None
+        t_end = time.perf_counter()
+        if finish is None:
+            raise EndpointStreamError(
+                f"the answer from endpoint {self.endpoint.name!r} ({self.endpoint.base_url}) ended after "
+                f"{len(pieces)} pieces without a finish reason (the connection was cut)",
+                hint="retry; if it repeats, see the server's log", endpoint=self.endpoint.name,
+                partial_text="".join(pieces))
+        new = int(usage.completion_tokens) if usage is not None and usage.completion_tokens is not None \
+            else len(pieces)
+        prompt_tokens = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else None
+        if len(times) >= 2 and times[-1] > times[0]:
+            # Pieces, not tokens, arrive: spread the reported count over the decode time.
+            rate = (max(new, len(times)) - 1) / (times[-1] - times[0])
+        else:
+            span = t_end - (times[0] if times else t0)
+            rate = new / span if span > 0 and new else 0.0
+        return ChatResult("".join(pieces), prompt_tokens, new, (times[0] - t0) if times else t_end - t0, rate,
+                          t_end - t0, finish, self.model, self.endpoint.name, usage is not None)
+
+    def batch(self, prompts: Sequence[Any], params: Any = None, *, max_concurrency: int = 8,
+              return_errors: bool = False) -> list[Any]:
+        """Answer several prompts as concurrent requests (the engine batches them).
+
+        Returns:
+            One :class:`ChatResult` per prompt, in order; with ``return_errors`` a failed
+            request's place holds its :class:`ServeError` instead of raising.
+
+        Raises:
+            ServeError: the first failure, after every request has finished (unless ``return_errors``).
+        """
+        self.model  # noqa: B018 (resolve the model name once, before the threads)
+
+        def one(p: Any) -> Any:
+            try:
+                return self.chat(p, params)
+            except ServeError as exc:
+                if return_errors:
+                    return exc
+                raise
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(prompts)))) as pool:
+            futures = [pool.submit(one, p) for p in prompts]
+            errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
+
+
+def run_endpoint(name: str, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 seed: int | None = None) -> ChatResult:
+    """``workbench run --endpoint NAME``: one streamed answer from a registered endpoint.
+
+    Raises:
+        EndpointNotFoundError: no such endpoint; and the errors of :meth:`EndpointClient.chat`.
+    """
+    from ..runtime.generation import GenerationParams
+
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return EndpointClient(name).chat(prompt, params)

@@ -1,0 +1,91 @@
+"""What an endpoint is: one OpenAI-compatible server the workbench started or was told about.
+
+An :class:`Endpoint` crosses boundaries (the registry file, ``--json`` output, the
+UI), so it is a frozen dataclass of raw values. It never holds an API key: only
+the name of the environment variable that holds one (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+#: ``engine`` of an endpoint the workbench did not start.
+REMOTE = "remote"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAI-compatible endpoint.
+
+    Attributes:
+        name: the registry name (``"SmolLM2-135M-Instruct"``, ``"team-llama"``).
+        engine: ``"vllm"``, ``"transformers"``, or ``"remote"`` for one added by URL.
+        base_url: the OpenAI base URL, ending in ``/v1`` (``"http://127.0.0.1:8000/v1"``).
+        pid: the engine's process ID (also its process group ID); ``None`` for remote ones.
+        devices: where the engine runs (``("cuda:0", "cuda:1")``, ``("cpu",)``); empty for remote ones.
+        model: the model name the server expects in requests; ``None`` means "ask ``/v1/models``".
+        api_key_env: the environment variable holding the API key; ``None`` for no key.
+        started_by_pid: the process that started the engine (a kernel, the CLI).
+        detach: whether the engine outlives the process that started it.
+        log_path: the engine's log file.
+        store_model: the store entry served (``None`` for remote ones).
+        pid_create_time: the engine process's start time (psutil's ``create_time``, seconds
+            since the epoch), so a recycled PID is never taken for the engine.
+        started_s: when the engine was started (seconds since the epoch).
+        ready_s: seconds from start until it answered.
+        estimated_bytes: the memory the fit check counted for it (``None`` for remote ones).
+        lease_id: the GPU lease held for it, released when it stops.
+        argv: the engine's command line (no secrets: keys travel in the environment only).
+    """
+
+    name: str
+    engine: str
+    base_url: str
+    pid: int | None = None
+    devices: tuple[str, ...] = ()
+    model: str | None = None
+    api_key_env: str | None = None
+    started_by_pid: int | None = None
+    detach: bool = False
+    log_path: str | None = None
+    store_model: str | None = None
+    pid_create_time: float | None = None
+    started_s: float | None = None
+    ready_s: float | None = None
+    estimated_bytes: int | None = None
+    lease_id: str | None = None
+    argv: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.engine == REMOTE
+
+    def api_key(self) -> str:
+        """The API key read from ``api_key_env`` now, or a placeholder (local engines need none).
+
+        The openai client refuses an empty key, and servers without authentication ignore it.
+        """
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "") or "EMPTY"
+        return "EMPTY"
+
+    def with_(self, **changes: Any) -> Endpoint:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["devices"] = list(self.devices)
+        doc["argv"] = list(self.argv)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Endpoint:
+        """Build from a registry record; unknown keys are ignored (a newer workbench wrote them)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in doc.items() if k in known}
+        values["devices"] = tuple(values.get("devices") or ())
+        values["argv"] = tuple(values.get("argv") or ())
+        return cls(**values)

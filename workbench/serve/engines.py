@@ -1,0 +1,140 @@
+"""The engines' command lines: ``vllm serve`` and ``transformers serve``.
+
+Only argument building and finding the executables lives here; no process is
+started. Flags are the engines' own (``vllm serve --help``, ``transformers serve
+--help``); the numbers vLLM gets come from :mod:`workbench.serve.vllm_memory`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EngineNotFoundError, LoadSpecError
+
+ENGINES = ("auto", "vllm", "transformers")
+#: bitsandbytes quantization names -> ``transformers serve --quantization``.
+TRANSFORMERS_QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
+HOST = "127.0.0.1"
+
+
+def transformers_command() -> list[str]:
+    """``[".../transformers"]``: the CLI installed beside this Python, else the one on ``PATH``.
+
+    Raises:
+        EngineNotFoundError: transformers' CLI or its serving extra is missing.
+    """
+    here = Path(sys.executable).with_name("transformers")
+    exe = str(here) if here.is_file() else shutil.which("transformers")
+    if exe is None:
+        raise EngineNotFoundError("the `transformers` command is not installed",
+                                  hint="install transformers[serving] in the workbench's environment")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise EngineNotFoundError("`transformers serve` needs FastAPI and Uvicorn, which are not installed",
+                                  hint="pip install 'transformers[serving]'") from None
+    return [exe]
+
+
+def vllm_command(setting: str | None = None) -> list[str] | None:
+    """The ``vllm_command`` setting split like a shell would, if its program is found; else ``None``."""
+    if setting is None:
+        from ..config import get_settings
+
+        setting = get_settings().vllm_command
+    argv = shlex.split(setting or "")
+    if not argv:
+        return None
+    exe = argv[0]
+    found = exe if os.sep in exe and os.access(exe, os.X_OK) else shutil.which(exe)
+    return [found, *argv[1:]] if found else None
+
+
+def pick_engine(engine: str, devices: Sequence[str], vllm: list[str] | None) -> str:
+    """``auto`` -> ``"vllm"`` when every device is a GPU and vLLM is found, else ``"transformers"``.
+
+    Raises:
+        LoadSpecError: an unknown engine, or vLLM asked for the CPU.
+        EngineNotFoundError: vLLM asked for and its command not found.
+    """
+    gpus = bool(devices) and all(d.startswith("cuda") for d in devices)
+    if engine not in ENGINES:
+        raise LoadSpecError(f"engine {engine!r} is not known", hint=f"use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "vllm" if gpus and vllm else "transformers"
+    if engine == "vllm":
+        if not gpus:
+            raise LoadSpecError("the workbench serves with vLLM on GPUs only",
+                                hint="choose --device cuda:N, or --engine transformers for the CPU")
+        if not vllm:
+            raise EngineNotFoundError("vLLM's command was not found",
+                                      hint="install vLLM in its own environment and set vllm_command (or "
+                                           "WORKBENCH_VLLM_COMMAND) to its `vllm`; or use --engine transformers")
+    return engine
+
+
+@dataclass(frozen=True)
+class VllmArgs:
+    """What ``vllm serve`` is told (see :func:`vllm_argv`).
+
+    Attributes:
+        tensor_parallel_size: GPUs the model is split across on each node.
+        pipeline_parallel_size: nodes (pipeline stages), 1 on one machine.
+        gpu_memory_utilization: fraction of each GPU's total memory vLLM may take
+            (weights, activations and KV cache), derived from the estimate and free memory.
+        max_model_len: context length whose KV cache fits.
+        distributed_executor_backend: ``"ray"`` for multi-node, else ``None`` (vLLM's default).
+    """
+
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_model_len: int
+    quantization: str | None = None
+    dtype: str = "auto"
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+
+
+def vllm_argv(command: Sequence[str], model_path: str | os.PathLike[str], served_name: str, args: VllmArgs, *,
+              port: int, host: str = HOST) -> list[str]:
+    """``vllm serve PATH --served-model-name NAME --tensor-parallel-size N ...``."""
+    argv = [*command, "serve", str(model_path), "--served-model-name", served_name,
+            "--host", host, "--port", str(port),
+            "--tensor-parallel-size", str(args.tensor_parallel_size),
+            "--gpu-memory-utilization", f"{args.gpu_memory_utilization:.2f}",
+            "--max-model-len", str(args.max_model_len),
+            "--dtype", args.dtype]
+    if args.quantization:
+        argv += ["--quantization", args.quantization]
+    if args.pipeline_parallel_size > 1:
+        argv += ["--pipeline-parallel-size", str(args.pipeline_parallel_size)]
+    if args.distributed_executor_backend:
+        argv += ["--distributed-executor-backend", args.distributed_executor_backend]
+    return argv
+
+
+def transformers_argv(command: Sequence[str], model_path: str | os.PathLike[str], *, port: int, device: str,
+                      dtype: str = "auto", quant: str = "none", continuous_batching: bool = True,
+                      host: str = HOST) -> list[str]:
+    """``transformers serve PATH --host 127.0.0.1 --port N --device D ...`` (the model preloaded).
+
+    Raises:
+        LoadSpecError: a quantization ``transformers serve`` cannot apply (fp4).
+    """
+    argv = [*command, "serve", str(model_path), "--host", host, "--port", str(port), "--device", device,
+            "--dtype", dtype]
+    if quant != "none":
+        if quant not in TRANSFORMERS_QUANT:
+            raise LoadSpecError(f"`transformers serve` cannot quantize to {quant!r}",
+                                hint="use --quant int8 or nf4", quant=quant)
+        argv += ["--quantization", TRANSFORMERS_QUANT[quant]]
+    if continuous_batching:
+        argv.append("--continuous-batching")
+    return argv

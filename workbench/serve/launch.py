@@ -1,0 +1,297 @@
+"""Serve a store model: check it like a load, start an engine, wait until it answers, register it.
+
+Example:
+    >>> from workbench.serve import serve, stop
+    >>> ep = serve("SmolLM2-135M-Instruct", engine="transformers")  # doctest: +SKIP
+    >>> ep.base_url  # doctest: +SKIP
+    'http://127.0.0.1:41873/v1'
+    >>> stop(ep.name).was_running  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, WorkbenchError
+from . import engines, lease_hook, process
+from .endpoint import Endpoint
+from .registry import EndpointRegistry, check_name
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """Everything decided before an engine starts (``workbench serve --json`` shows it on failure too).
+
+    Attributes:
+        engine: ``"vllm"`` or ``"transformers"``.
+        argv: the engine's command line.
+        env: variables set for it on top of this process's environment.
+        needed_bytes: what the fit check counted (weights at the load peak plus reserves).
+        served_model: the model name requests must carry (``None``: read from ``/v1/models``).
+        vllm: vLLM's derived numbers (tensor parallel size, memory utilisation, max model length).
+    """
+
+    name: str
+    store_model: str
+    engine: str
+    devices: tuple[str, ...]
+    port: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    needed_bytes: int
+    served_model: str | None
+    vllm: dict[str, Any] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{engines.HOST}:{self.port}/v1"
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["devices"], doc["argv"] = list(self.devices), list(self.argv)
+        return doc
+
+
+def _workbench_dir(sub: str) -> Path:
+    from ..config import get_settings
+
+    return Path(get_settings().cache_dir).expanduser() / sub
+
+
+def _cuda_visible(devices: Sequence[str]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for the engine: the chosen GPUs' UUIDs (stable across processes)."""
+    from .. import devices as devs
+
+    ids = []
+    for d in devices:
+        dev = devs.get_device(d)
+        ids.append(dev.uuid or str(dev.nvml_index if dev.nvml_index is not None else dev.index))
+    return ",".join(ids)
+
+
+def plan_serve(model: str, *, engine: str = "auto", devices: str | Sequence[str] = ("cpu",), dtype: str = "auto",
+               quant: str = "none", port: int | None = None, max_model_len: int | None = None,
+               name: str | None = None, nodes: int = 1, continuous_batching: bool = True,
+               allow_pickle: bool = False, trust_remote_code: bool = False,
+               free: Callable[[str], int | None] | None = None) -> ServePlan:
+    """Check ``model`` as a load would (safety, fit) and build the engine's command; start nothing.
+
+    Args:
+        model: a store entry name.
+        engine: ``"auto"``, ``"vllm"`` or ``"transformers"``.
+        devices: ``"cpu"``, or GPUs ``("cuda:0", "cuda:1")`` (vLLM: tensor parallel over them).
+        nodes: vLLM pipeline stages on that many machines of a Ray cluster (see the README).
+        free: ``device -> free bytes`` for the fit check (default: NVML / available RAM).
+
+    Raises:
+        ModelNotFoundError, BrokenModelError, UnsafeModelError: as a load.
+        InsufficientMemoryError: it does not fit (the message has the numbers and a suggestion).
+        EngineNotFoundError: the engine asked for is not installed.
+        LoadSpecError: a device, dtype or quantization the engine cannot use.
+    """
+    from ..runtime.fit import require_fit
+    from ..runtime.loader import check_entry
+    from ..runtime.spec import LoadSpec, devices_tuple
+    from ..store import ModelStore
+
+    entry = ModelStore().get(model)
+    spec = LoadSpec(entry, devices=devices_tuple(devices), dtype=dtype, quant=quant, allow_pickle=allow_pickle,
+                    trust_remote_code=trust_remote_code).validate()
+    check_entry(entry, spec)
+    fit = require_fit(entry, spec, free=free)
+    chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command())
+    name = check_name(name or entry.name)
+    port = port or process.free_port(engines.HOST)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    gpus = [d for d in spec.devices if d.startswith("cuda")]
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = _cuda_visible(gpus)
+    vllm_info = None
+    if chosen == "vllm":
+        from .. import devices as devs
+        from .vllm_memory import GpuMemory, derive_vllm_args
+
+        mem = []
+        for d in gpus:
+            dev = devs.get_device(d)
+            free_b = free(d) if free is not None else dev.memory_free_bytes
+            if dev.memory_total_bytes is None or free_b is None:
+                raise ConfigError(f"the memory of {d} cannot be read, so vLLM's share of it cannot be set",
+                                  hint="check `workbench devices`", device=d)
+            mem.append(GpuMemory(d, dev.memory_total_bytes, free_b))
+        vargs = derive_vllm_args(entry, fit.estimate, mem, max_model_len=max_model_len, nodes=nodes, quant=quant,
+                                 dtype=dtype)
+        argv = engines.vllm_argv(engines.vllm_command() or [], entry.path, name, vargs, port=port)
+        if trust_remote_code:
+            argv.append("--trust-remote-code")
+        served = name
+        vllm_info = asdict(vargs)
+    else:
+        if nodes > 1:
+            raise ConfigError("multi-node serving is vLLM's (its Ray backend)",
+                              hint="use --engine vllm on GPUs, or nodes=1")
+        device = spec.devices[0] if len(spec.devices) == 1 else "auto"
+        argv = engines.transformers_argv(engines.transformers_command(), entry.path, port=port, device=device,
+                                         dtype=dtype, quant=quant, continuous_batching=continuous_batching)
+        if trust_remote_code:
+            argv.append("--trust-remote-code")
+        # transformers serve lists cached hub models on /v1/models and fails without a cache folder.
+        hf_home = _workbench_dir("hf-home")
+        hf_home.mkdir(parents=True, exist_ok=True)
+        env["HF_HOME"] = str(hf_home)
+        served = None
+    return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
+                     vllm_info)
+
+
+# Endpoints this process started without detach: stopped when it exits.
+_owned: set[str] = set()
+_owned_lock = threading.Lock()
+_atexit_installed = False
+
+
+def _stop_owned() -> None:
+    for name in sorted(_owned):
+        try:
+            stop(name)
+        except (WorkbenchError, OSError):
+            continue
+
+
+def _own(name: str) -> None:
+    global _atexit_installed
+    with _owned_lock:
+        _owned.add(name)
+        if not _atexit_installed:
+            atexit.register(_stop_owned)
+            _atexit_installed = True
+
+
+def _post(kind: str, message: str, model: str | None, **data: Any) -> None:
+    from ..telemetry import post_event
+
+    post_event(kind, message, model=model, **data)
+
+
+def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | None = None,
+          registry: EndpointRegistry | None = None) -> Endpoint:
+    """Start ``plan``'s engine, wait until it answers, and register it.
+
+    Raises:
+        EngineStartError: it exited or did not answer in time; it was stopped and the
+            error carries the end of its log.
+        ConfigError: the endpoint name is taken by a running engine or a remote endpoint.
+    """
+    from ..config import get_settings
+
+    registry = registry or EndpointRegistry()
+    timeout = ready_timeout_s if ready_timeout_s is not None else get_settings().serve_ready_timeout_s
+    try:
+        prev = registry.get(plan.name)
+    except WorkbenchError:
+        prev = None
+    if prev is not None and (prev.is_remote or process.is_running(prev.pid, prev.pid_create_time)):
+        raise ConfigError(f"an endpoint called {plan.name!r} is already registered ({prev.base_url})",
+                          hint=f"stop it (`workbench endpoints stop {plan.name}`) or choose another name",
+                          endpoint=plan.name)
+    lease_id = lease_hook.acquire(plan.devices, plan.needed_bytes, plan.store_model, os.getpid())
+    log_path = _workbench_dir("serve-logs") / f"{plan.name}-{plan.port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")
+    env = {**os.environ, **plan.env}
+    t0 = time.time()
+    _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
+          engine=plan.engine, base_url=plan.base_url)
+    proc = None
+    try:
+        proc = process.start(plan.argv, env=env, log_path=log_path)
+        ready_s, body = process.wait_ready(proc, plan.base_url, timeout_s=timeout, log_path=log_path,
+                                           what=f"{plan.engine} serving {plan.store_model}")
+        served = plan.served_model or _first_model(body)
+        ep = Endpoint(plan.name, plan.engine, plan.base_url, pid=proc.pid, devices=plan.devices, model=served,
+                      started_by_pid=os.getpid(), detach=detach, log_path=str(log_path),
+                      store_model=plan.store_model, pid_create_time=process.create_time(proc.pid), started_s=t0,
+                      ready_s=ready_s, estimated_bytes=plan.needed_bytes, lease_id=lease_id, argv=plan.argv)
+        registry.put(ep, replace=True)
+    except BaseException as exc:
+        if proc is not None:
+            process.stop_group(proc.pid)
+        lease_hook.release(lease_id)
+        _post("error", f"{plan.engine} for {plan.store_model} failed to start", plan.store_model,
+              error=type(exc).__name__)
+        raise
+    _post("engine_ready", f"{plan.engine} serving {plan.store_model} on {plan.base_url} after {ready_s:.1f} s",
+          plan.store_model, engine=plan.engine, base_url=plan.base_url, ready_s=ready_s)
+    if not detach:
+        _own(plan.name)
+    return ep
+
+
+def _first_model(body: bytes) -> str | None:
+    try:
+        data = json.loads(body).get("data") or []
+        return str(data[0]["id"]) if data else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def serve(model: str, *, engine: str = "auto", devices: str | Sequence[str] = ("cpu",), dtype: str = "auto",
+          quant: str = "none", port: int | None = None, max_model_len: int | None = None, name: str | None = None,
+          detach: bool = False, nodes: int = 1, continuous_batching: bool = True, allow_pickle: bool = False,
+          trust_remote_code: bool = False, ready_timeout_s: float | None = None) -> Endpoint:
+    """Serve a store model with a real engine and return its endpoint once it answers.
+
+    Started from a kernel, the engine stops when the kernel exits unless ``detach``.
+    See :func:`plan_serve` for the arguments and the checks made before it starts.
+
+    Raises:
+        The errors of :func:`plan_serve` and :func:`start`.
+    """
+    plan = plan_serve(model, engine=engine, devices=devices, dtype=dtype, quant=quant, port=port,
+                      max_model_len=max_model_len, name=name, nodes=nodes, continuous_batching=continuous_batching,
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    return start(plan, detach=detach, ready_timeout_s=ready_timeout_s)
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What :func:`stop` did: ``was_running`` (it signalled a live engine) and ``removed``."""
+
+    name: str
+    engine: str
+    pid: int | None
+    was_running: bool
+    removed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stop(name: str, *, registry: EndpointRegistry | None = None) -> StopReport:
+    """Stop endpoint ``name``'s engine (its process group, by PID, nothing else), release its lease,
+    and remove it from the registry. A remote endpoint is only removed from the registry.
+
+    Raises:
+        EndpointNotFoundError: no such endpoint.
+    """
+    registry = registry or EndpointRegistry()
+    ep = registry.get(name)
+    was_running = False
+    if not ep.is_remote and ep.pid:
+        was_running = process.stop_group(ep.pid, ep.pid_create_time)
+        lease_hook.release(ep.lease_id)
+        _post("engine_stopped", f"stopped {ep.engine} serving {ep.store_model}", ep.store_model,
+              engine=ep.engine, base_url=ep.base_url)
+    registry.remove(name)
+    with _owned_lock:
+        _owned.discard(name)
+    return StopReport(name, ep.engine, ep.pid, was_running, True)

@@ -1,0 +1,212 @@
+"""Engine processes: start one in its own process group, wait until it answers, stop it.
+
+An engine runs as ``start_new_session=True``, so its PID is also its process
+group ID and everything it spawns (vLLM's workers, Ray's raylets on this host)
+is stopped with it by one ``killpg``. Stopping checks the PID still belongs to
+the engine (psutil's process start time) before it signals anything, so a
+recycled PID is never killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import EngineStartError
+
+#: Bytes of an engine's log quoted in errors.
+LOG_TAIL_BYTES = 4000
+#: Seconds between readiness polls.
+POLL_S = 0.25
+#: Seconds an engine gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE_S = 10.0
+
+# Engines this process started: their Popen objects, so their exit status is reaped.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def log_tail(path: str | os.PathLike[str] | None, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The last ``max_bytes`` of a log file, decoded leniently; ``""`` when there is none."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def start(argv: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (its own process group), stdout and stderr to ``log_path``.
+
+    Raises:
+        EngineStartError: the executable cannot be run (the log names why).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=dict(env), start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise EngineStartError(f"cannot run {argv[0]}: {exc.strerror or exc}",
+                                   hint="check the engine's command (`vllm_command` setting, or the transformers "
+                                        "install)", argv=list(argv), log_path=str(log_path), log_tail="") from None
+    _children[proc.pid] = proc
+    return proc
+
+
+def create_time(pid: int) -> float | None:
+    """psutil's start time of ``pid``, or ``None`` when there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_running(pid: int | None, pid_create_time: float | None = None) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and, when given, started at ``pid_create_time``."""
+    if not pid:
+        return False
+    import psutil
+
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return pid_create_time is None or abs(proc.create_time() - pid_create_time) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
+                members.append(proc.info["pid"])
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def stop_group(pid: int, pid_create_time: float | None = None, *, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop the engine ``pid`` and its process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    Only signals when ``pid`` is still the engine (same start time) and leads its own
+    group (it was started with ``start_new_session``). Returns whether it was running.
+    """
+    running = is_running(pid, pid_create_time)
+    try:
+        pgid = os.getpgid(pid) if running else None
+    except ProcessLookupError:
+        pgid = None
+    # A dead engine's workers keep its group alive; Linux does not hand out a PID that
+    # is still some group's ID, so members of group ``pid`` are the engine's leftovers.
+    # (Only while no process holds that PID: then it cannot be someone else's group.)
+    leftovers = not running and create_time(pid) is None and bool(group_members(pid))
+    if (running and pgid == pid) or leftovers:
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (is_running(pid) or group_members(pid)):
+            _reap(pid)
+            time.sleep(0.1)
+        if is_running(pid) or group_members(pid):
+            _signal_group(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and (is_running(pid) or group_members(pid)):
+                _reap(pid)
+                time.sleep(0.05)
+    _reap(pid)
+    return running
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def _get(url: str, timeout_s: float) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback URL we built)
+            return resp.read() if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def wait_ready(proc: subprocess.Popen[bytes], base_url: str, *, timeout_s: float, log_path: Path,
+               what: str) -> tuple[float, bytes]:
+    """Poll ``{root}/health`` then ``{base_url}/models`` until both answer 200.
+
+    Returns:
+        ``(seconds waited, the /v1/models body)``.
+
+    Raises:
+        EngineStartError: the engine exited, or did not answer within ``timeout_s``
+            (the caller stops it); the error carries the log tail.
+    """
+    t0 = time.monotonic()
+    root = base_url.rsplit("/v1", 1)[0]
+    healthy = False
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise EngineStartError(
+                f"{what} exited with status {code} before it answered; the end of its log ({log_path}):\n"
+                f"{log_tail(log_path)}",
+                hint="fix what the log says, then start it again", log_path=str(log_path),
+                log_tail=log_tail(log_path), returncode=code)
+        healthy = healthy or _get(root + "/health", 2.0) is not None
+        if healthy:
+            body = _get(base_url + "/models", 5.0)
+            if body is not None:
+                return time.monotonic() - t0, body
+        if time.monotonic() - t0 > timeout_s:
+            raise EngineStartError(
+                f"{what} did not answer on {base_url} within {timeout_s:.0f} s; the end of its log ({log_path}):\n"
+                f"{log_tail(log_path)}",
+                hint="it was stopped; raise serve_ready_timeout_s if the model needs longer to load",
+                log_path=str(log_path), log_tail=log_tail(log_path), returncode=None)
+        time.sleep(POLL_S)
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

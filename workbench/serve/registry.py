@@ -1,0 +1,212 @@
+"""The endpoint registry: one JSON file shared by the CLI, kernels and the app.
+
+The file (setting ``endpoints_file``, default ``$XDG_DATA_HOME/workbench/endpoints.json``,
+beside the user store) is read and rewritten under an exclusive ``flock`` on a
+sidecar lock file, and replaced atomically (``os.replace``), so concurrent
+``workbench serve`` calls never lose each other's records and a reader never sees
+half a file. API keys are never written: only the names of their variables.
+
+Example:
+    >>> reg = EndpointRegistry()  # doctest: +SKIP
+    >>> reg.add_remote("team-llama", "https://llm.example.org/v1", api_key_env="TEAM_LLM_KEY")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import ConfigError, EndpointNotFoundError
+from . import process
+from .endpoint import REMOTE, Endpoint
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def registry_path() -> Path:
+    """The registry file named by the settings (``endpoints_file``)."""
+    from ..config import get_settings
+
+    return Path(get_settings().endpoints_file).expanduser()
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """An endpoint and what is known about it now.
+
+    Attributes:
+        state: ``"running"`` (its engine process is alive), ``"exited"`` (the workbench
+            started it and it is gone), or ``"remote"`` (not ours; not probed).
+        orphaned: a non-detached engine whose starting process is gone (a kernel that
+            was killed before it could stop it): stop it with ``workbench endpoints stop``.
+    """
+
+    endpoint: Endpoint
+    state: str
+    orphaned: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.endpoint.to_dict(), "state": self.state, "orphaned": self.orphaned}
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a trailing slash dropped.
+
+    Raises:
+        ConfigError: not an http(s) URL.
+    """
+    parsed = urlparse(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{url!r} is not an http(s) URL", hint="give the server's base URL, e.g. "
+                          "http://gpu-box:8000/v1")
+    base = url.strip().rstrip("/")
+    return base if parsed.path.rstrip("/").endswith("/v1") else base + "/v1"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"endpoint name {name!r} is not usable",
+                          hint="use letters, digits and . _ @ + - (at most 128 characters)")
+    return name
+
+
+class EndpointRegistry:
+    """Read and change the registry file; every change is one locked read-modify-write."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else registry_path()
+
+    # -- file ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                records = self._read()
+                before = json.dumps(records, sort_keys=True)
+                yield records
+                if json.dumps(records, sort_keys=True) != before:
+                    self._write(records)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"the endpoint registry {self.path} cannot be read: {exc}",
+                              hint="fix or delete the file (it only lists endpoints)", path=self.path) from None
+        endpoints = doc.get("endpoints") if isinstance(doc, dict) else None
+        return {k: v for k, v in (endpoints or {}).items() if isinstance(v, dict)}
+
+    def _write(self, records: dict[str, dict[str, Any]]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".endpoints-", suffix=".json", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"version": 1, "endpoints": records}, fh, indent=2, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def list(self) -> list[Endpoint]:
+        """Every registered endpoint, by name."""
+        with self._locked() as records:
+            return [Endpoint.from_dict(records[k]) for k in sorted(records)]
+
+    def get(self, name: str) -> Endpoint:
+        """The endpoint called ``name``.
+
+        Raises:
+            EndpointNotFoundError: listing the names there are.
+        """
+        with self._locked() as records:
+            record = records.get(name)
+            known = sorted(records)
+        if record is None:
+            raise EndpointNotFoundError(
+                f"no endpoint called {name!r} in {self.path}",
+                hint=(f"known: {', '.join(known)}" if known else "none is registered")
+                + "; start one with `workbench serve MODEL` or add one with `workbench endpoints add NAME URL`",
+                endpoint=name)
+        return Endpoint.from_dict(record)
+
+    def statuses(self) -> list[EndpointStatus]:
+        """Every endpoint with its state now (local engines are checked by PID and start time)."""
+        out = []
+        for ep in self.list():
+            if ep.is_remote:
+                out.append(EndpointStatus(ep, "remote"))
+                continue
+            running = process.is_running(ep.pid, ep.pid_create_time)
+            orphaned = running and not ep.detach and not process.is_running(ep.started_by_pid)
+            out.append(EndpointStatus(ep, "running" if running else "exited", orphaned))
+        return out
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def put(self, endpoint: Endpoint, *, replace: bool = False) -> Endpoint:
+        """Record ``endpoint``; an existing record of that name is replaced only when ``replace``
+        or when it is a local engine that has exited.
+
+        Raises:
+            ConfigError: the name is taken by a remote endpoint or a running engine.
+        """
+        check_name(endpoint.name)
+        with self._locked() as records:
+            old = records.get(endpoint.name)
+            if old is not None and not replace:
+                prev = Endpoint.from_dict(old)
+                if prev.is_remote or process.is_running(prev.pid, prev.pid_create_time):
+                    raise ConfigError(f"an endpoint called {endpoint.name!r} already exists ({prev.base_url})",
+                                      hint="choose another name, or stop/remove it first "
+                                           f"(`workbench endpoints stop {endpoint.name}`)", endpoint=endpoint.name)
+            records[endpoint.name] = endpoint.to_dict()
+        return endpoint
+
+    def add_remote(self, name: str, url: str, *, api_key_env: str | None = None, model: str | None = None,
+                   replace: bool = False) -> Endpoint:
+        """Register an OpenAI-compatible server by URL (vLLM, TGI, Ollama, LM Studio, llama.cpp...).
+
+        Args:
+            api_key_env: the environment variable that will hold the key when the
+                endpoint is used; the key itself is never stored.
+
+        Raises:
+            ConfigError: a bad name, URL or variable name, or the name is taken.
+        """
+        if api_key_env is not None and not _ENV.match(api_key_env):
+            raise ConfigError(f"{api_key_env!r} is not an environment variable name",
+                              hint="give the variable's NAME (e.g. TEAM_LLM_KEY), never the key itself")
+        ep = Endpoint(check_name(name), REMOTE, normalize_base_url(url), model=model, api_key_env=api_key_env)
+        return self.put(ep, replace=replace)
+
+    def remove(self, name: str) -> Endpoint:
+        """Forget ``name`` (it does not stop anything: see :func:`workbench.serve.stop`).
+
+        Raises:
+            EndpointNotFoundError: no such endpoint.
+        """
+        ep = self.get(name)
+        with self._locked() as records:
+            records.pop(name, None)
+        return ep
