@@ -1,0 +1,140 @@
+"""A minimal OpenAI-compatible server for tests, on 127.0.0.1 only (stdlib ``http.server``).
+
+In a thread (:func:`serve_in_thread`) it answers the client-error tests; run as a
+script it stands in for an engine (``vllm serve ...``): it writes its argv to
+``$FAKE_ENGINE_RECORD`` and serves on the ``--port`` it was given.
+
+Behaviour by requested model name:
+    ``"missing"``: 404; ``"busy"``: 429; ``"cut"``: two chunks then the connection
+    drops mid-body; ``"boom"``: 500; anything else streams "The capital of France is
+    Paris." word by word, then a usage chunk. With ``key`` set, requests without
+    ``Authorization: Bearer <key>`` get 401.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
+METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="fake"} 1.0
+"""
+
+
+def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _json(self, status: int, doc: Any) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _authorized(self) -> bool:
+            if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+                return True
+            self._json(401, {"error": {"message": "Invalid API key", "type": "invalid_request_error"}})
+            return False
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/health":
+                self._json(200, {"status": "ok"})
+            elif self.path == "/metrics":
+                body = METRICS.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == "/v1/models":
+                if self._authorized():
+                    self._json(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+            else:
+                self._json(404, {"detail": "not found"})
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        def do_POST(self) -> None:  # noqa: N802
+            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            log.append(req)
+            if not self._authorized():
+                return
+            name = req.get("model")
+            if name == "missing":
+                return self._json(404, {"error": {"message": f"The model `{name}` does not exist."}})
+            if name == "busy":
+                return self._json(429, {"error": {"message": "Too many requests"}})
+            if name == "boom":
+                return self._json(500, {"error": {"message": "internal"}})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            words = ANSWER[: req.get("max_tokens") or len(ANSWER)]
+            for i, w in enumerate(words):
+                if name == "cut" and i == 2:
+                    # Drop the connection without the terminating chunk.
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    self.close_connection = True
+                    return
+                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name,
+                         "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            done = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self._chunk(f"data: {json.dumps(done)}\n\n".encode())
+            if (req.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name, "choices": [],
+                         "usage": {"prompt_tokens": 11, "completion_tokens": len(words),
+                                   "total_tokens": 11 + len(words)}}
+                self._chunk(f"data: {json.dumps(usage)}\n\n".encode())
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+
+    return Handler
+
+
+def serve_in_thread(model: str = "fake-model", key: str | None = None
+                    ) -> tuple[ThreadingHTTPServer, list[dict[str, Any]]]:
+    """Start the fake on a free loopback port; returns ``(server, request log)``; call ``server.shutdown()``."""
+    log: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(model, key, log))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, log
+
+
+def main(argv: list[str]) -> None:
+    record = os.environ.get("FAKE_ENGINE_RECORD")
+    if record:
+        with open(record, "w", encoding="utf-8") as fh:
+            json.dump({"argv": argv, "env": {k: v for k, v in os.environ.items()
+                                             if k.startswith(("CUDA_", "HF_"))}}, fh)
+    if os.environ.get("FAKE_ENGINE_CRASH"):
+        print("RuntimeError: CUDA out of memory while loading the fake weights", file=sys.stderr)
+        sys.exit(3)
+    if os.environ.get("FAKE_ENGINE_HANG"):
+        threading.Event().wait(600)
+    port = int(argv[argv.index("--port") + 1])
+    model = argv[argv.index("--served-model-name") + 1] if "--served-model-name" in argv else "fake-model"
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, None, []))
+    print(f"fake engine serving {model} on 127.0.0.1:{port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""The endpoint registry file: records, locking, and no secrets."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench.errors import ConfigError, EndpointNotFoundError
+from workbench.serve import Endpoint, EndpointRegistry
+from workbench.serve.registry import normalize_base_url
+
+
+def test_add_get_list_remove(endpoints_file: Path) -> None:
+    reg = EndpointRegistry()
+    assert reg.path == endpoints_file
+    reg.add_remote("team-llama", "http://gpu-box:8000", api_key_env="TEAM_KEY")
+    reg.add_remote("ollama", "http://127.0.0.1:11434/v1/", model="llama3")
+    assert [e.name for e in reg.list()] == ["ollama", "team-llama"]
+    ep = reg.get("team-llama")
+    assert ep.base_url == "http://gpu-box:8000/v1" and ep.engine == "remote" and ep.api_key_env == "TEAM_KEY"
+    assert reg.get("ollama").base_url == "http://127.0.0.1:11434/v1"
+    # What another process reads back is what was written.
+    doc = json.loads(endpoints_file.read_text())
+    assert set(doc["endpoints"]) == {"ollama", "team-llama"}
+    reg.remove("ollama")
+    with pytest.raises(EndpointNotFoundError, match="ollama.*known: team-llama"):
+        reg.get("ollama")
+
+
+def test_api_key_is_never_written(endpoints_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_KEY", "sk-very-secret-123")
+    ep = EndpointRegistry().add_remote("team", "https://llm.example.org/v1", api_key_env="TEAM_KEY")
+    assert ep.api_key() == "sk-very-secret-123"
+    assert "sk-very-secret" not in endpoints_file.read_text()
+    assert "sk-very-secret" not in json.dumps(ep.to_dict())
+    with pytest.raises(ConfigError, match="NAME"):
+        EndpointRegistry().add_remote("bad", "https://x.org", api_key_env="sk-very-secret-123")
+
+
+def test_names_urls_and_duplicates_are_checked() -> None:
+    reg = EndpointRegistry()
+    with pytest.raises(ConfigError, match="not an http"):
+        reg.add_remote("x", "ftp://host/v1")
+    with pytest.raises(ConfigError, match="not usable"):
+        reg.add_remote("../etc", "http://host:1/v1")
+    reg.add_remote("x", "http://host:1/v1")
+    with pytest.raises(ConfigError, match="already exists"):
+        reg.add_remote("x", "http://host:2/v1")
+    assert reg.add_remote("x", "http://host:2/v1", replace=True).base_url == "http://host:2/v1"
+    assert normalize_base_url("http://h:8000/v1/") == "http://h:8000/v1"
+
+
+def test_exited_local_engine_is_listed_as_exited_and_replaceable() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    reg = EndpointRegistry()
+    reg.put(Endpoint("old", "transformers", "http://127.0.0.1:1/v1", pid=proc.pid, pid_create_time=1.0))
+    assert [s.state for s in reg.statuses()] == ["exited"]
+    reg.put(Endpoint("old", "transformers", "http://127.0.0.1:2/v1"))  # no error: the old one is gone
+    assert reg.get("old").base_url.endswith(":2/v1")
+
+
+def _add_many(path: str, start: int) -> None:
+    reg = EndpointRegistry(path)
+    for i in range(start, start + 10):
+        reg.add_remote(f"ep{i}", f"http://127.0.0.1:{1000 + i}/v1")
+
+
+def test_concurrent_writers_lose_nothing(endpoints_file: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_add_many, args=(str(endpoints_file), k * 10)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert sorted(e.name for e in EndpointRegistry(endpoints_file).list()) == sorted(f"ep{i}" for i in range(40))
+    assert not list(endpoints_file.parent.glob(".endpoints-*"))  # no temporary file left
+
+
+def test_cli_add_list_stop(endpoints_file: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv("MY_KEY", "sk-cli-secret")
+    assert main(["endpoints", "add", "remote1", "http://10.0.0.5:8000", "--api-key-env", "MY_KEY", "--json"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["base_url"] == "http://10.0.0.5:8000/v1" and added["api_key_env"] == "MY_KEY"
+    assert main(["endpoints", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["name"], e["state"]) for e in listed] == [("remote1", "remote")]
+    assert main(["endpoints", "stop", "remote1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] is True
+    assert main(["endpoints", "stop", "remote1"]) == 1
+    assert "no endpoint called 'remote1'" in capsys.readouterr().err
+    assert "sk-cli-secret" not in endpoints_file.read_text()
