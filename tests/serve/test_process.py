@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import EngineStartError
-from workbench.serve import EndpointClient, EndpointRegistry, ServePlan, start, stop
-from workbench.serve import process
+from workbench.serve import EndpointClient, EndpointRegistry, ServePlan, process, start, stop
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")
 

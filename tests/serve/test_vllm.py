@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psutil
 import pytest
-
 from fakes.fake_pynvml import FakeGpu
+
+from workbench.devices.leases import acquire, list_leases, release
 from workbench.errors import EngineNotFoundError, InsufficientMemoryError, LoadSpecError
 from workbench.runtime.fit import check_fit
 from workbench.runtime.spec import LoadSpec
-from workbench.serve import EndpointClient, plan_serve, start, stop
+from workbench.serve import EndpointClient, EndpointRegistry, plan_serve, process, start, stop
 from workbench.serve.vllm_memory import ENGINE_OVERHEAD_BYTES, SAFETY_BYTES
 from workbench.store import ModelStore
 
@@ -82,7 +84,27 @@ def test_two_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_store
     assert recorded["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(g.uuid for g in fake.gpus)
     assert recorded["env"]["HF_HUB_OFFLINE"] == "1"
     assert "Paris" in EndpointClient(ep).chat("What is the capital of France?").text
+    # Other users see the engine's memory as leased, for the engine's own PID, what vLLM will take.
+    held = list_leases()
+    assert sorted(x.device for x in held) == ["cuda:0", "cuda:1"]
+    assert {x.pid for x in held} == {ep.pid} and {x.reserved_bytes for x in held} == {int(taken)}
     assert stop(ep.name).was_running
+    assert list_leases() == []
+
+
+def test_a_gpu_leased_to_someone_else_refuses_the_engine(seeded_store, fake_vllm, gpus) -> None:
+    gpus(3 * GiB)
+    plan = plan_serve(SMOL, engine="vllm", devices=["cuda:0"], dtype="bfloat16")
+    other = acquire("cuda:0", 2 * GiB, "someone-elses-model")
+    try:
+        with pytest.raises(InsufficientMemoryError, match="promised to leases"):
+            start(plan, ready_timeout_s=60)
+        # The engine had started (the lease is for its PID): nothing of it is left.
+        assert not [p for p in psutil.process_iter(["cmdline"]) if plan.argv[0] in " ".join(p.info["cmdline"] or [])]
+        assert [x.lease_id for x in list_leases()] == [other.lease_id]
+        assert not process.port_open("127.0.0.1", plan.port) and EndpointRegistry().list() == []
+    finally:
+        release(other)
 
 
 def test_a_tight_gpu_gets_the_context_whose_kv_cache_fits(seeded_store, fake_vllm, gpus) -> None:

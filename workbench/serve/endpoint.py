@@ -36,7 +36,7 @@ class Endpoint:
         started_s: when the engine was started (seconds since the epoch).
         ready_s: seconds from start until it answered.
         estimated_bytes: the memory the fit check counted for it (``None`` for remote ones).
-        lease_id: the GPU lease held for it, released when it stops.
+        lease_ids: the GPU leases held for it (one per GPU), released when it stops.
         argv: the engine's command line (no secrets: keys travel in the environment only).
     """
 
@@ -55,7 +55,7 @@ class Endpoint:
     started_s: float | None = None
     ready_s: float | None = None
     estimated_bytes: int | None = None
-    lease_id: str | None = None
+    lease_ids: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
@@ -79,6 +79,7 @@ class Endpoint:
         doc = asdict(self)
         doc["devices"] = list(self.devices)
         doc["argv"] = list(self.argv)
+        doc["lease_ids"] = list(self.lease_ids)
         return doc
 
     @classmethod
@@ -88,4 +89,5 @@ class Endpoint:
         values = {k: v for k, v in doc.items() if k in known}
         values["devices"] = tuple(values.get("devices") or ())
         values["argv"] = tuple(values.get("argv") or ())
+        values["lease_ids"] = tuple(values.get("lease_ids") or ())
         return cls(**values)

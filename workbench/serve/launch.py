@@ -38,6 +38,7 @@ class ServePlan:
         needed_bytes: what the fit check counted (weights at the load peak plus reserves).
         served_model: the model name requests must carry (``None``: read from ``/v1/models``).
         vllm: vLLM's derived numbers (tensor parallel size, memory utilisation, max model length).
+        device_bytes: what the engine will take on each GPU, leased for its PID.
     """
 
     name: str
@@ -50,6 +51,7 @@ class ServePlan:
     needed_bytes: int
     served_model: str | None
     vllm: dict[str, Any] | None = None
+    device_bytes: dict[str, int] | None = None
 
     @property
     def base_url(self) -> str:
@@ -135,6 +137,8 @@ def plan_serve(model: str, *, engine: str = "auto", devices: str | Sequence[str]
             argv.append("--trust-remote-code")
         served = name
         vllm_info = asdict(vargs)
+        # vLLM takes its fraction of each GPU's total memory, whatever the model needs.
+        device_bytes = {g.device: int(vargs.gpu_memory_utilization * g.total_bytes) for g in mem}
     else:
         if nodes > 1:
             raise ConfigError("multi-node serving is vLLM's (its Ray backend)",
@@ -149,8 +153,9 @@ def plan_serve(model: str, *, engine: str = "auto", devices: str | Sequence[str]
         hf_home.mkdir(parents=True, exist_ok=True)
         env["HF_HOME"] = str(hf_home)
         served = None
+        device_bytes = {d: fit.needed_bytes // len(gpus) for d in gpus}
     return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
-                     vllm_info)
+                     vllm_info, device_bytes)
 
 
 # Endpoints this process started without detach: stopped when it exits.
@@ -203,7 +208,6 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
         raise ConfigError(f"an endpoint called {plan.name!r} is already registered ({prev.base_url})",
                           hint=f"stop it (`workbench endpoints stop {plan.name}`) or choose another name",
                           endpoint=plan.name)
-    lease_id = lease_hook.acquire(plan.devices, plan.needed_bytes, plan.store_model, os.getpid())
     log_path = _workbench_dir("serve-logs") / f"{plan.name}-{plan.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_bytes(b"")
@@ -212,20 +216,22 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
           engine=plan.engine, base_url=plan.base_url)
     proc = None
+    lease_ids: tuple[str, ...] = ()
     try:
         proc = process.start(plan.argv, env=env, log_path=log_path)
+        lease_ids = lease_hook.acquire(plan.device_bytes or {}, plan.store_model, proc.pid)
         ready_s, body = process.wait_ready(proc, plan.base_url, timeout_s=timeout, log_path=log_path,
                                            what=f"{plan.engine} serving {plan.store_model}")
         served = plan.served_model or _first_model(body)
         ep = Endpoint(plan.name, plan.engine, plan.base_url, pid=proc.pid, devices=plan.devices, model=served,
                       started_by_pid=os.getpid(), detach=detach, log_path=str(log_path),
                       store_model=plan.store_model, pid_create_time=process.create_time(proc.pid), started_s=t0,
-                      ready_s=ready_s, estimated_bytes=plan.needed_bytes, lease_id=lease_id, argv=plan.argv)
+                      ready_s=ready_s, estimated_bytes=plan.needed_bytes, lease_ids=lease_ids, argv=plan.argv)
         registry.put(ep, replace=True)
     except BaseException as exc:
         if proc is not None:
             process.stop_group(proc.pid)
-        lease_hook.release(lease_id)
+        lease_hook.release(lease_ids)
         _post("error", f"{plan.engine} for {plan.store_model} failed to start", plan.store_model,
               error=type(exc).__name__)
         raise
@@ -288,7 +294,7 @@ def stop(name: str, *, registry: EndpointRegistry | None = None) -> StopReport:
     was_running = False
     if not ep.is_remote and ep.pid:
         was_running = process.stop_group(ep.pid, ep.pid_create_time)
-        lease_hook.release(ep.lease_id)
+        lease_hook.release(ep.lease_ids)
         _post("engine_stopped", f"stopped {ep.engine} serving {ep.store_model}", ep.store_model,
               engine=ep.engine, base_url=ep.base_url)
     registry.remove(name)

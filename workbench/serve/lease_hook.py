@@ -1,40 +1,52 @@
-"""The one place serving takes and gives back GPU leases.
+"""The one place serving takes and gives back GPU leases (``workbench.devices.leases``).
 
-GPU leases (``workbench.devices.leases``, the shared-hub issue) are written in
-parallel with serving. Until that module exists these calls do nothing; when it
-does, they call its ``acquire(devices=, needed_bytes=, model=, owner_pid=)`` and
-``release(lease_id)`` and nothing else here changes. A lease is taken for an
-engine's estimated bytes before it starts, and released when it is stopped (or
-fails to start).
+An engine's leases are taken for the engine's own PID (``acquire_for_pid``), so
+other users see who holds the memory, and the lease is reclaimed by anyone once
+that PID is gone, even if the workbench never gets to release it. They are taken
+right after the engine process starts (before it allocates anything: it is still
+importing) and released when it is stopped or fails to start.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
-from typing import Any
+import logging
+from collections.abc import Mapping
+
+from ..errors import LeaseError
+
+logger = logging.getLogger(__name__)
 
 
-def _leases() -> Any | None:
+def acquire(device_bytes: Mapping[str, int], model: str, pid: int) -> tuple[str, ...]:
+    """Lease ``device_bytes[d]`` on each GPU ``d`` for the engine ``pid``; returns the lease ids.
+
+    Raises:
+        InsufficientMemoryError: a GPU's free memory, less other users' leases, is too small
+            (the leases already taken here are given back).
+    """
+    gpus = {d: b for d, b in device_bytes.items() if d.startswith("cuda")}
+    if not gpus:
+        return ()
+    from ..devices import leases
+
+    taken: list[str] = []
     try:
-        return importlib.import_module("workbench.devices.leases")
-    except ImportError:
-        return None
+        for device, nbytes in gpus.items():
+            taken.append(leases.acquire_for_pid(device, int(nbytes), model, pid).lease_id)
+    except BaseException:
+        release(taken)
+        raise
+    return tuple(taken)
 
 
-def acquire(devices: Sequence[str], needed_bytes: int, model: str, owner_pid: int) -> str | None:
-    """Lease ``needed_bytes`` on the GPUs among ``devices``; returns the lease's id, or ``None`` (no GPU,
-    or leases not available). Raises what the lease module raises when the GPUs are taken."""
-    gpus = [d for d in devices if d.startswith("cuda")]
-    mod = _leases()
-    if not gpus or mod is None or not hasattr(mod, "acquire"):
-        return None
-    lease = mod.acquire(devices=gpus, needed_bytes=needed_bytes, model=model, owner_pid=owner_pid)
-    return str(getattr(lease, "id", lease)) if lease is not None else None
+def release(lease_ids: tuple[str, ...] | list[str]) -> None:
+    """Give back an engine's leases; ones already reclaimed (its PID ended) are skipped."""
+    if not lease_ids:
+        return
+    from ..devices import leases
 
-
-def release(lease_id: str | None) -> None:
-    """Give back a lease taken by :func:`acquire` (nothing when ``lease_id`` is ``None``)."""
-    mod = _leases()
-    if lease_id and mod is not None and hasattr(mod, "release"):
-        mod.release(lease_id)
+    for lease_id in lease_ids:
+        try:
+            leases.release(lease_id)
+        except LeaseError as exc:
+            logger.debug("lease %s already gone: %s", lease_id, exc)

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +221,7 @@ def scrape(url: str, *, timeout_s: float = 5.0, endpoint: str | None = None) -> 
         EndpointResponseError: it answered with an error status.
     """
     import urllib.error
+    import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (a URL the user configured)
