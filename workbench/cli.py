@@ -5,6 +5,15 @@ stdout; progress and logs go to stderr. Errors exit non-zero with a one-line
 message naming the file or input at fault (and, with ``--json``, an error
 document on stdout).
 
+Any other exception is one line too (its type and message); the global ``--debug``
+flag (``workbench --debug store seed``, or after the command) prints the traceback.
+
+Store roots are checked before a command uses them: a root that is a file, a user store
+that cannot be read (or written, for ``seed``, ``import`` and ``delete --yes``) is an
+error. A shared root that is missing or unreadable is a one-line warning on stderr and the
+command goes on without its models: on JupyterHub the team's folder may be an unmounted
+share on one node, and users still want to list and run their own models.
+
 Heavy libraries are imported inside the commands that need them, so
 ``workbench store list`` never imports torch.
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,18 +49,41 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _warn(msg: str) -> None:
+    print(f"workbench: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def open_store(*, write: bool = False) -> Any:
+    """The configured :class:`~workbench.store.ModelStore`, its roots checked first.
+
+    Commands that other modules register should open the store through this, so that a
+    bad root reads the same everywhere. Missing shared roots become warnings on stderr.
+
+    Raises:
+        StoreRootError, ReadOnlyStoreError: see :func:`workbench.store.roots.check_roots`.
+    """
+    from .store import ModelStore
+
+    store = ModelStore()
+    for problem in store.check_roots(write=write):
+        _warn(str(problem))
+    return store
+
+
 # -- store ------------------------------------------------------------------------------------
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-    from .store import ModelStore, format_bytes
+    from .store import format_bytes
 
-    entries = ModelStore().list()
+    store = open_store()
+    entries = store.list()
     rows = [[e.name + (f" (shadowed by {e.shadowed_by})" if e.shadowed else ""), e.format, e.status, e.params_str,
              e.dtype or "-", format_bytes(e.size_bytes), str(e.context_length or "-"), e.quantization or "-",
              f"{e.root} ({'rw' if e.writable else 'read-only'})"] for e in entries]
     text = _table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
-        if entries else "The store is empty: run `workbench store seed` or `workbench store import PATH`."
+        if entries else (f"The store ({', '.join(str(r.path) for r in store.roots)}) is empty: "
+                         "run `workbench store seed` or `workbench store import PATH`.")
     problems = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
     if problems:
         text += "\n\nProblems:\n" + "\n".join(problems)
@@ -59,9 +92,9 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 
 def cmd_store_inspect(args: argparse.Namespace) -> int:
-    from .store import ModelStore, estimate_table, format_bytes
+    from .store import estimate_table, format_bytes
 
-    entry = ModelStore().get(args.name)
+    entry = open_store().get(args.name)
     doc = entry.to_dict()
     lines = [f"{k}: {v}" for k, v in doc.items() if k not in ("weights",)]
     if entry.ok:
@@ -96,10 +129,9 @@ def _fits(entry: Any) -> list[dict[str, Any]] | None:
 
 
 def cmd_store_seed(args: argparse.Namespace) -> int:
-    from .store import ModelStore
     from .store.importer import DEFAULT_MODEL_NAME, seed
 
-    store = ModelStore()
+    store = open_store(write=True)
     already = (store.user_root / DEFAULT_MODEL_NAME).is_dir()
     entry = seed(store, check=not args.no_check, progress=_progress)
     verb = "already in" if already else "seeded into"
@@ -108,23 +140,21 @@ def cmd_store_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_store_import(args: argparse.Namespace) -> int:
-    from .store import ModelStore
     from .store.importer import import_path
 
-    if args.root:  # an administrator filling a shared root
+    if args.root:  # an administrator filling a shared root; the user store plays no part
         from .store.shared import import_into_root
 
         entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=_progress)
     else:
-        entry = import_path(args.path, ModelStore(), name=args.name, check=args.check, progress=_progress)
+        entry = import_path(args.path, open_store(write=True), name=args.name, check=args.check,
+                            progress=_progress)
     _emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
     return 0
 
 
 def cmd_store_delete(args: argparse.Namespace) -> int:
-    from .store import ModelStore
-
-    store = ModelStore()
+    store = open_store(write=args.yes)
     plan = store.plan_delete(args.name)
     if not args.yes:
         _emit(args, {"plan": plan.describe(), "frees_bytes": plan.frees_bytes, "deleted": False},
@@ -155,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("no model given", hint="pass a store entry name, or --endpoint NAME")
     from .runtime.oneshot import run_once
 
+    open_store()  # a bad root fails here in one line, before torch is imported
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     report = run_once(
         args.name, args.prompt, devices=devices, dtype=args.dtype, quant=args.quant,
@@ -175,11 +206,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Run large language models on your own GPUs.")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help, description=help)
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        # Also after the command; SUPPRESS keeps a subcommand from resetting a global --debug.
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -220,19 +254,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(args: argparse.Namespace, doc: dict[str, Any], line: str) -> int:
+    if getattr(args, "json", False):
+        json.dump(doc, sys.stdout, default=str)
+        sys.stdout.write("\n")
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"workbench: error: {_one_line(line)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except WorkbenchError as exc:
-        if args.json:
-            json.dump(exc.to_dict(), sys.stdout, default=str)
-            sys.stdout.write("\n")
-        print(f"workbench: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, exc.to_dict(), str(exc))
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unforeseen input: one line, the traceback on request
+        message = _one_line(str(exc)) or "(no message)"
+        line = f"{type(exc).__name__}: {message}"
+        if not args.debug:
+            line += " (rerun with --debug for the traceback)"
+        return _fail(args, {"error": type(exc).__name__, "message": message}, line)
 
 
 if __name__ == "__main__":

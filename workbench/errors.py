@@ -82,6 +82,10 @@ class UnsafeModelError(StoreError, PermissionError):
     """An entry needs pickle or remote code, and the caller did not opt in."""
 
 
+class StoreRootError(StoreError, NotADirectoryError):
+    """A configured store root that is no usable folder: a file, or a user store that cannot be read."""
+
+
 class ModelImportError(StoreError, RuntimeError):
     """Importing or seeding a model into the user store failed; nothing was left behind."""
 

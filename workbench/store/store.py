@@ -18,6 +18,7 @@ from ..config import get_settings
 from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
 from .index_cache import IndexCache
+from .roots import RootProblem, check_roots, ensure_writable
 from .scan import Scanner
 
 
@@ -161,10 +162,21 @@ class ModelStore:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def check_roots(self, *, write: bool = False) -> list[RootProblem]:
+        """Raise for roots no command can use; return the shared roots whose models are hidden.
+
+        See :func:`workbench.store.roots.check_roots`.
+        """
+        return check_roots(self.roots, write=write)
+
     def writable_path(self, name: str) -> Path:
-        """Where a new entry called ``name`` goes in the user store (created if missing)."""
+        """Where a new entry called ``name`` goes in the user store (created if missing).
+
+        Raises:
+            ReadOnlyStoreError: the user store cannot be created or written.
+        """
         check_name(name)
-        self.user_root.mkdir(parents=True, exist_ok=True)
+        ensure_writable(self.user_root)
         return self.user_root / name
 
     def plan_delete(self, name: str) -> DeletePlan:
