@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, StoreError
 from .entry import ModelEntry
 from .gguf_header import read_gguf_header
+from .gguf_split import merge_hint, split_name
 from .store import ModelStore, check_name
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,10 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
     """
     say = progress or (lambda msg: log.info(msg))
     read_gguf_header(gguf)  # refuse a broken file before the slow part, naming it
+    if (split := split_name(gguf.name)) is not None:
+        raise ModelImportError(f"{gguf} is part {split.number} of a GGUF split into {split.count} parts, and "
+                               "transformers converts only single-file GGUF",
+                               hint=merge_hint(split.part(1), split.base), path=gguf)
     name = name or gguf.stem.split(".")[0]
     dest, tmp = _staging(store, name)
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import BrokenModelError
 from .entry import ModelEntry, WeightStats
 from .gguf_header import read_gguf_header
+from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
 from .safetensors_header import TORCH_NAMES, read_safetensors_header
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
@@ -166,6 +167,14 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
+def entry_name(path: Path) -> str:
+    """The store name of a candidate path: a folder's name, a GGUF's stem, a split GGUF's prefix."""
+    if path.is_dir():
+        return path.name
+    split = split_name(path.name)
+    return split.base if split else path.stem
+
+
 class Scanner:
     """Builds entries for paths in one root, using ``cache`` to skip unchanged headers."""
 
@@ -176,7 +185,7 @@ class Scanner:
 
     def entry(self, path: Path) -> ModelEntry:
         """Describe ``path`` (a model folder or a ``.gguf`` file); never raises for bad content."""
-        name = path.stem if path.is_file() else path.name
+        name = entry_name(path)
         base = {"name": name, "path": path, "root": self.root, "writable": self.writable}
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
@@ -198,6 +207,8 @@ class Scanner:
     # -- GGUF -------------------------------------------------------------------------------
 
     def _gguf(self, base: dict[str, Any], file: Path, folder: Path, size: int) -> ModelEntry:
+        if split_name(file.name):
+            return self._split_gguf(base, file, folder, size if folder != self.root else None)
         summary = self.cache.get(file, lambda: _gguf_summary(file))
         if "problem" in summary:
             raise BrokenModelError(summary["problem"])
@@ -208,6 +219,39 @@ class Scanner:
         return ModelEntry(
             **base, format="gguf", size_bytes=size, gguf_file=file.name, weight_files=(file.name,),
             params=summary["stats"]["params"], weights=WeightStats(**summary["stats"]), **fields,
+        )
+
+    def _split_gguf(self, base: dict[str, Any], file: Path, folder: Path, folder_size: int | None) -> ModelEntry:
+        split = split_name(file.name)
+        assert split is not None
+        missing = [n for n in split.parts if not (folder / n).is_file()]
+        if missing:
+            raise BrokenModelError(f"part {missing[0]} of the split GGUF {split.base} is missing"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                   + f"; {split.count - len(missing)} of {split.count} parts are in {folder}")
+        summaries = []
+        for n in split.parts:
+            summary = self.cache.get(folder / n, lambda f=folder / n: _gguf_summary(f))
+            if "problem" in summary:
+                raise BrokenModelError(summary["problem"])
+            summaries.append(summary)
+        fields = dict(summaries[0]["fields"])  # the first part holds the metadata
+        fields["architectures"] = tuple(fields.get("architectures") or ())
+        if not fields.get("license") and folder != self.root:
+            fields["license"] = _license_from_card(folder)
+        stats: dict[str, Any] = {k: sum(s["stats"][k] for s in summaries)
+                                 for k in ("params", "linear_params", "linear_rows", "linear_count", "tied_params")}
+        by_dtype: Counter[str] = Counter()
+        for s in summaries:
+            by_dtype.update(s["stats"]["bytes_by_dtype"])
+        stats["bytes_by_dtype"] = dict(by_dtype)
+        size = folder_size if folder_size is not None else sum((folder / n).stat().st_size for n in split.parts)
+        return ModelEntry(
+            **base, format="gguf", size_bytes=size, gguf_file=split.parts[0], weight_files=split.parts,
+            params=stats["params"], weights=WeightStats(**stats), status="broken",
+            problem=f"{split.parts[0]} is a GGUF split into {split.count} parts, and transformers loads only "
+                    f"single-file GGUF; {merge_hint(split.parts[0], split.base)}",
+            **fields,
         )
 
     # -- folders ----------------------------------------------------------------------------
@@ -230,7 +274,8 @@ class Scanner:
                 raise BrokenModelError(f"config.json is not valid JSON ({exc})") from None
 
         if not safetensors and not pickles and ggufs:
-            return self._gguf(base, files[ggufs[0]], folder, size=size)
+            whole = [n for n in ggufs if not split_name(n)]
+            return self._gguf(base, files[(whole or ggufs)[0]], folder, size=size)
 
         fields = config_fields(config) if config else {}
         chat = find_chat_template(folder)

@@ -18,8 +18,9 @@ from ..config import get_settings
 from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
 from .index_cache import IndexCache
+from .gguf_split import group_candidates
 from .roots import RootProblem, check_roots, ensure_writable
-from .scan import Scanner
+from .scan import Scanner, entry_name
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class ModelStore:
                 continue  # hidden files and our own in-progress imports (.import-*)
             if p.is_dir() or (p.suffix == ".gguf" and p.is_file()):
                 out.append(p)
-        return out
+        return group_candidates(out)  # a split GGUF is one candidate, not one per part
 
     def list(self) -> list[ModelEntry]:
         """Every entry in every root, broken and unsafe ones included, user store first."""
@@ -146,7 +147,7 @@ class ModelStore:
                 entry = Scanner(root.path, root.writable, self.cache).entry(candidate)
                 self.cache.save()
                 return entry
-        known = [p.stem if p.is_file() else p.name for r in self.roots for p in self._candidates(r.path)]
+        known = [entry_name(p) for r in self.roots for p in self._candidates(r.path)]
         hint = f"known models: {', '.join(sorted(set(known))[:10])}" if known else \
             "the store is empty: run `workbench store seed` or `workbench store import PATH`"
         raise ModelNotFoundError(f"no model named {name!r} in {', '.join(str(r.path) for r in self.roots)}",
@@ -156,9 +157,8 @@ class ModelStore:
         exact = [root / name, root / f"{name}.gguf"]
         if any(p.exists() for p in exact):
             return exact
-        # Only when the exact spelling is absent: the same name in another Unicode normal form.
-        return [p for p in self._candidates(root)
-                if _same_name(p.stem if p.is_file() else p.name, name)] or exact
+        # Otherwise a split GGUF's prefix, or the same name in another Unicode normal form.
+        return [p for p in self._candidates(root) if _same_name(entry_name(p), name)] or exact
 
     # -- writing ---------------------------------------------------------------------------
 
