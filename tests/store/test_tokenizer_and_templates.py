@@ -124,3 +124,13 @@ def test_folder_without_tokenizer_is_listed_so(tiny_models, tmp_path):
     assert full.has_tokenizer and full.status == "ok"
     AutoTokenizer.from_pretrained(full.path)  # and transformers agrees it has one
     assert set(TOKENIZER_FILES) >= {"tokenizer.json", "tokenizer.model", "vocab.json"}
+
+
+def test_store_panel_details_name_the_template_source_and_missing_tokenizer(tiny_models, tmp_path):
+    from workbench.ui.store_panel import entry_details_html
+
+    folder = strip_templates(shutil.copytree(tiny_models["llama"], tmp_path / "proc"))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": tmpl("processor")}))
+    (folder / "tokenizer.json").unlink()
+    html = entry_details_html(ModelStore([tmp_path], cache_path=None).get("proc"))
+    assert "yes (chat_template.json)" in html and "no tokenizer in" in html

@@ -70,7 +70,9 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
         ("Size on disk", entry.size_str), ("Context length", entry.context_length),
         ("Layers / hidden / heads / KV heads", " / ".join(str(v) if v is not None else "?" for v in (
             entry.num_layers, entry.hidden_size, entry.num_attention_heads, entry.num_kv_heads))),
-        ("Quantization", entry.quantization), ("Chat template", "yes" if entry.has_chat_template else "no"),
+        ("Quantization", entry.quantization), ("Chat template", (f"yes ({entry.chat_template_source})" if entry.chat_template_source else "yes")
+                          if entry.has_chat_template else "no"),
+        ("Tokenizer", "yes" if entry.has_tokenizer else "no"),
         ("License", entry.license),
     ]
     parts.append(html_table(["Field", "Value"], meta))
