@@ -83,7 +83,7 @@ def test_nothing_is_ever_written_in_a_read_only_root(isolated_store, shared):
     reg.unload_all()
     with pytest.raises(ReadOnlyStoreError) as err:
         store.plan_delete("tiny-llama")
-    assert str(shared) in str(err.value)
+    assert str(shared) in str(err.value) and err.value.root == shared
     refused = run_cli("store", "delete", "tiny-gpt2", "--yes", store=store_path)
     assert refused.returncode == 1 and f"shared store {shared}, which is read-only" in refused.stderr
     assert snapshot(shared) == before  # no lock file, no cache, no changed byte or mode
@@ -191,6 +191,9 @@ def test_a_root_the_user_may_not_write_is_refused_by_name(tiny_models):
                        env=env)
         assert proc.returncode == 1
         assert f"cannot import into the store root {root}" in proc.stderr and "may not write there" in proc.stderr
+        # The same folder as the user's own store: refused by name too, nothing left behind.
+        proc = run_cli("store", "import", str(src), store=str(root), user=user, env=env)
+        assert proc.returncode == 1 and f"cannot write to the user store {root}" in proc.stderr
         assert list(root.iterdir()) == []
     finally:
         os.chmod(base / "models", 0o755)

@@ -130,6 +130,16 @@ def process_alive(pid: int, start_s: float | None) -> bool:
     """Whether ``pid`` runs and is the process that started at ``start_s`` (not a recycled PID)."""
     import psutil
 
+    # The signal-0 probe first: /proc mounted with hidepid hides other users' processes from
+    # psutil, which must not make their kernels look dead.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists and is someone else's; its start time may be hidden from us
+    except OSError:
+        return True
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -184,7 +184,8 @@ class ModelStore:
         entry = self.get(name)
         if not entry.writable:
             raise ReadOnlyStoreError(f"{name} is in the shared store {entry.root}, which is read-only",
-                                     hint="ask the store's owner to remove it", name=name, path=entry.path)
+                                     hint="ask the store's owner to remove it", name=name, path=entry.path,
+                                     root=entry.root)
         return DeletePlan(entry, entry.size_bytes)
 
     def execute(self, plan: DeletePlan) -> int:
