@@ -42,7 +42,7 @@ from traitlets import Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
 
-from .errors import ConfigError
+from .errors import ArgumentTypeError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,8 @@ class WorkbenchSettings(Configurable):
         names = set(self.class_trait_names(config=True))
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise TypeError(f"{', '.join(unknown)} is not a workbench setting; settings: {', '.join(sorted(names))}")
+            raise ArgumentTypeError(f"{', '.join(unknown)} is not a workbench setting",
+                                    hint=f"settings: {', '.join(sorted(names))}")
         super().__init__()
         layers = [*_file_layers(), *_config_layer(config, "the config passed in"), *_env_layers(self),
                   ("keyword argument", dict(kwargs))]

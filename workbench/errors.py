@@ -6,8 +6,19 @@ so callers that already catch those keep working, carries the context that
 explains it as attributes (``path``, ``device``, ``needed_bytes``...), and ends
 its message with what to do next (``hint``).
 
+The classes are grouped by the layer that failed, so a name says what went wrong
+and ``except`` can catch a whole layer:
+
+* :class:`ConfigError`: a setting or argument the workbench cannot use;
+* :class:`StoreError`: the model store or one of its entries;
+* :class:`DeviceError`: a device name, or a GPU lease (:class:`LeaseError`);
+* :class:`RuntimeErrorBase`: loading (:class:`LoadSpecError`, :class:`LoadError`,
+  :class:`InsufficientMemoryError`...) and generation (:class:`GenerationError`);
+* :class:`ServeError`: a serving engine or an OpenAI-compatible endpoint.
+
 The UI shows ``str(error)`` in a banner; the CLI prints it on one line and exits
-non-zero. Keep messages one sentence of fact plus one of advice.
+non-zero; the server extension answers with :meth:`WorkbenchError.to_dict`. Keep
+messages one sentence of fact plus one of advice.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ class WorkbenchError(Exception):
         return self.message
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly description, used by ``--json`` output and the REST API."""
+        """A JSON-friendly description, used by ``--json`` output and the server extension's error replies."""
         ctx = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.context.items()}
         return {"error": type(self).__name__, "message": str(self), **ctx}
 
@@ -49,6 +60,17 @@ class WorkbenchError(Exception):
 
 class ConfigError(WorkbenchError, ValueError):
     """A setting or argument has a value the workbench cannot use."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument of the wrong type (a subscriber that is not callable, an unknown setting keyword)."""
+
+
+class UnknownChoiceError(ConfigError, KeyError):
+    """A name that is not one of the choices offered (a tab title); ``choices`` lists them."""
+
+    # KeyError quotes its message; keep the WorkbenchError formatting.
+    __str__ = WorkbenchError.__str__
 
 
 # --- the model store --------------------------------------------------------------------------
@@ -101,10 +123,6 @@ class DeviceNotFoundError(DeviceError, LookupError):
     """A device name (``cuda:3``) that this session cannot use."""
 
 
-class NVMLUnavailableError(DeviceError, RuntimeError):
-    """NVML (the NVIDIA driver's management library) cannot be used at all."""
-
-
 class LeaseError(DeviceError, OSError):
     """A GPU lease cannot be read, taken or changed (the lease directory or file at fault is named)."""
 
@@ -120,7 +138,7 @@ class RuntimeErrorBase(WorkbenchError, RuntimeError):
     """Base of loading and generation errors (named to avoid shadowing ``RuntimeError``)."""
 
 
-class LoadSpecError(WorkbenchError, ValueError):
+class LoadSpecError(RuntimeErrorBase, ValueError):
     """A load request that cannot be satisfied as written (bad dtype, device, quant...)."""
 
 

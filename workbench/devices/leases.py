@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
+from ..errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
 from ._format import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -545,9 +545,10 @@ class LeaseBook:
             InsufficientMemoryError: it does not fit; the message names who holds what.
             LeaseError: the lease folder or file cannot be used.
             DeviceNotFoundError: no such GPU.
+            ConfigError: ``reserved_bytes`` is negative.
         """
         if reserved_bytes < 0:
-            raise ValueError(f"reserved_bytes must be >= 0, not {reserved_bytes}")
+            raise ConfigError(f"reserved_bytes must be >= 0, not {reserved_bytes}", reserved_bytes=reserved_bytes)
         uuid, name = resolve_gpu(device)
         pid = os.getpid() if pid is None else int(pid)
         hold = (pid == os.getpid()) if hold is None else hold

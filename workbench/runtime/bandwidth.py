@@ -75,10 +75,13 @@ def measure_bandwidth(device: str, *, refresh: bool = False) -> float:
         >>> bw = measure_bandwidth("cpu")  # doctest: +SKIP
         >>> f"{bw / 1e9:.1f} GB/s"  # doctest: +SKIP
         '11.8 GB/s'
-    """
-    from .spec import normalize_device
 
-    device = normalize_device(device)
+    Raises:
+        ConfigError: ``device`` is not ``cpu`` or ``cuda:N``.
+    """
+    from ..precision import check_device
+
+    device = check_device(device)
     with _lock:
         if not refresh and device in _cache:
             return _cache[device]
@@ -86,8 +89,8 @@ def measure_bandwidth(device: str, *, refresh: bool = False) -> float:
             value = _measure_cpu(CPU_BYTES)
         elif device.startswith("cuda"):
             value = _measure_cuda(device, CUDA_BYTES)
-        else:
-            raise ValueError(f"cannot measure the bandwidth of {device!r}; use 'cpu' or 'cuda:N'")
+        else:  # check_device admits cpu and cuda:N only
+            raise AssertionError(f"unreachable: {device!r}")
         _cache[device] = value
         return value
 

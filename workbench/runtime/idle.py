@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import WorkbenchError
+from ..errors import ConfigError, WorkbenchError
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class IdleWatcher:
     def __init__(self, registry: Any, idle_s: float, *, clock: Callable[[], float] = time.time,
                  interval_s: float | None = None) -> None:
         if not idle_s or idle_s <= 0:
-            raise ValueError(f"idle_s must be positive, not {idle_s!r}")
+            raise ConfigError(f"idle_s must be a positive number of seconds, not {idle_s!r}",
+                              hint="set idle_unload_s > 0, or 0 to never unload", idle_s=idle_s)
         self.registry = registry
         self.idle_s = float(idle_s)
         self.clock = clock

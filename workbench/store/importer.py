@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, StoreError
+from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, UnsafeModelError
 from .entry import ModelEntry
 from .gguf_header import read_gguf_header
 from .gguf_split import merge_hint, split_name
@@ -138,7 +138,8 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
     if probe.status == "broken":
         raise BrokenModelError(f"cannot import {src}: {probe.problem}", path=src)
     if probe.status == "unsafe":
-        raise StoreError(f"refusing to import {src}: {probe.problem}", path=src)
+        raise UnsafeModelError(f"refusing to import {src}: {probe.problem}",
+                               hint="convert it to safetensors first (weights only, no remote code)", path=src)
     name = name or src.name
     dest, tmp = _staging(store, name)
     try:

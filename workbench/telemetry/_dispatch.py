@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ArgumentTypeError
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,8 @@ class Delivery:
         self, callback: Callable[[Any], Any], *, name: str, latest_only: bool, maxlen: int = 10_000
     ) -> None:
         if not callable(callback):
-            raise TypeError(f"subscriber must be callable, not {type(callback).__name__}")
+            raise ArgumentTypeError(f"subscriber must be callable, not {type(callback).__name__}",
+                                    hint="pass a function that takes one argument")
         self.callback = callback
         self.name = name
         self._items: deque[Any] = deque(maxlen=1 if latest_only else maxlen)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from ._dispatch import Delivery
 
 #: The kinds the runtime posts; any other non-empty string is accepted too.
@@ -84,9 +85,14 @@ class EventLog:
         return len(self._events)
 
     def post(self, kind: str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
-        """Record an event now and notify subscribers. See :func:`post_event`."""
+        """Record an event now and notify subscribers. See :func:`post_event`.
+
+        Raises:
+            ConfigError: ``kind`` is not a non-empty string.
+        """
         if not isinstance(kind, str) or not kind:
-            raise ValueError(f"event kind must be a non-empty string, not {kind!r}")
+            raise ConfigError(f"event kind must be a non-empty string, not {kind!r}",
+                              hint="name the event, e.g. 'load' or 'error'", kind=kind)
         event = Event(time.time(), kind, str(message), model, dict(data))
         self.append(event)
         return event

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 class RingBuffer:
     """Chronological rows of ``time_s`` plus named float32 columns, oldest dropped first.
@@ -35,7 +37,7 @@ class RingBuffer:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, not {capacity}")
+            raise ConfigError(f"ring buffer capacity must be at least 1, not {capacity}", capacity=capacity)
         self.capacity = int(capacity)
         self._times = np.full(self.capacity, np.nan, dtype=np.float64)
         self._cols: dict[str, np.ndarray] = {}

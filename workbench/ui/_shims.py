@@ -11,9 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..store import ModelEntry, fits_on
 
 SORT_KEYS = ("name", "model_type", "params", "size_bytes", "dtype", "context_length", "quantization", "status")
+
+
+def check_sort_key(key: str) -> str:
+    """``key`` itself when it is one of :data:`SORT_KEYS`.
+
+    Raises:
+        ConfigError: any other key.
+    """
+    if key not in SORT_KEYS:
+        raise ConfigError(f"cannot sort by {key!r}", hint=f"use one of {', '.join(SORT_KEYS)}", key=key)
+    return key
 
 
 def sort_entries(entries: Iterable[ModelEntry], key: str = "name", descending: bool = False) -> list[ModelEntry]:
@@ -21,9 +33,11 @@ def sort_entries(entries: Iterable[ModelEntry], key: str = "name", descending: b
 
     Example:
         >>> [e.name for e in sort_entries(store.list(), "params", descending=True)]  # doctest: +SKIP
+
+    Raises:
+        ConfigError: ``key`` is not one of :data:`SORT_KEYS`.
     """
-    if key not in SORT_KEYS:
-        raise ValueError(f"cannot sort by {key!r}; use one of {', '.join(SORT_KEYS)}")
+    check_sort_key(key)
     items = list(entries)
     present = [e for e in items if getattr(e, key) is not None]
     missing = [e for e in items if getattr(e, key) is None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import UnknownChoiceError
 from ..store import ModelStore
 from .base import Panel
 from .display import StaticHTML, display_mode, esc, section_html
@@ -88,10 +89,14 @@ class Workbench:
             self.select_tab("Prompt")
 
     def select_tab(self, title: str) -> None:
-        """Show one tab by its title (``"Store"``, ``"Load"``, ``"Prompt"``, ``"Telemetry"``)."""
+        """Show one tab by its title (``"Store"``, ``"Load"``, ``"Prompt"``, ``"Telemetry"``).
+
+        Raises:
+            UnknownChoiceError: no tab of that title (a ``KeyError``).
+        """
         titles = list(self.panels)
         if title not in titles:
-            raise KeyError(f"no tab {title!r}; tabs: {', '.join(titles)}")
+            raise UnknownChoiceError(f"no tab {title!r}", hint=f"tabs: {', '.join(titles)}", choices=titles)
         if self._tab_widget is not None:
             self._tab_widget.selected_index = titles.index(title)
         self._first_tab = title

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from ..errors import GenerationError, ModelNotLoadedError
+from ..errors import ConfigError, GenerationError, ModelNotLoadedError
 from ..store import format_bytes
 from .base import Panel, Throttle
 from .display import esc, html_table, pre_html
@@ -159,10 +159,15 @@ class PromptPanel(Panel):
 
     def set_params(self, **params: Any) -> None:
         """Change sampling settings: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
-        ``repetition_penalty``, ``seed`` (``None`` for random), ``stop`` (a list of strings)."""
+        ``repetition_penalty``, ``seed`` (``None`` for random), ``stop`` (a list of strings).
+
+        Raises:
+            ConfigError: a name that is not one of these settings.
+        """
         unknown = set(params) - {*DEFAULTS, "seed", "stop"}
         if unknown:
-            raise ValueError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}",
+                              hint=f"use {', '.join(sorted({*DEFAULTS, 'seed', 'stop'}))}")
         self.params.update(params)
         self._sync_widgets()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import WorkbenchError
 from ..store import ModelEntry, ModelStore, estimate_table, format_bytes
-from ._shims import SORT_KEYS, filter_entries, fit_summary, sort_entries
+from ._shims import check_sort_key, filter_entries, fit_summary, sort_entries
 from .base import Panel
 from .display import esc, html_table
 
@@ -157,9 +157,12 @@ class StorePanel(Panel):
         self._render()
 
     def sort(self, key: str, descending: bool = False) -> None:
-        """Order the table by a column key (``name``, ``params``, ``size_bytes``, ``status``...)."""
-        if key not in SORT_KEYS:
-            raise ValueError(f"cannot sort by {key!r}; use one of {', '.join(SORT_KEYS)}")
+        """Order the table by a column key (``name``, ``params``, ``size_bytes``, ``status``...).
+
+        Raises:
+            ConfigError: an unknown key.
+        """
+        check_sort_key(key)
         self.sort_key, self.descending = key, descending
         if self._root is not None:
             self._sort.value, self._desc.value = key, descending
