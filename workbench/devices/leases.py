@@ -367,6 +367,11 @@ class LeaseBook:
     # -- files ----------------------------------------------------------------------------
 
     def path_for(self, gpu_uuid: str) -> Path:
+        """The lease file of one GPU (``<lease_dir>/<uuid>.json``).
+
+        Raises:
+            LeaseError: ``gpu_uuid`` is not a GPU or MIG UUID (it would name another path).
+        """
         if not _is_uuid(gpu_uuid) or "/" in gpu_uuid or "\0" in gpu_uuid:
             raise LeaseError(f"{gpu_uuid!r} is not a GPU UUID", hint="pass a GPU-… or MIG-… UUID", device=gpu_uuid)
         return self.lease_dir / f"{gpu_uuid}.json"
@@ -482,7 +487,11 @@ class LeaseBook:
         return found
 
     def reclaim_stale(self) -> list[Lease]:
-        """Remove every stale lease from every file; returns them."""
+        """Remove every stale lease from every file; returns them.
+
+        Raises:
+            LeaseError: the lease folder or a lease file cannot be used.
+        """
         now = self.clock()
         gone: list[Lease] = []
         for u in self._gpu_uuids():

@@ -45,7 +45,11 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``"bfloat16"``, ``"float32"``, ``"int8"``, ``"nf4"``, ``"nf4+dq"``, ``"fp4"``, ``"fp4+dq"``."""
+        """``"bfloat16"``, ``"float32"``, ``"int8"``, ``"nf4"``, ``"nf4+dq"``, ``"fp4"``, ``"fp4+dq"``.
+
+        Raises:
+            ConfigError: an unknown label, or +dq on a precision that is not 4-bit.
+        """
         label = text.strip()
         base, _, extra = label.partition("+")
         if base in ("float32", "float16", "bfloat16") and not extra:
@@ -218,6 +222,9 @@ def compare(
 
     A variant that fails (unsupported on this backend, out of memory) becomes a
     row with ``error`` set; the others still run.
+
+    Raises:
+        ConfigError: no variants, or a label :meth:`Variant.parse` does not know.
     """
     from ..runtime import GenerationParams, LoadSpec, generate, get_registry
     from .metrics import EVAL_TEXT_SOURCE, default_eval_text, greedy_tokens, match_rate, mean_kl, score_text

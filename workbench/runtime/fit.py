@@ -322,6 +322,10 @@ def placement_plan(spec: LoadSpec, check: FitCheck | None = None, *,
         >>> placement_plan(LoadSpec("m", devices=("cuda:0", "cuda:1"), max_memory={"cuda:0": 8 * 2**30}), chk)
         ... # doctest: +SKIP
         ('auto', {0: 8589934592, 1: 24696061952})
+
+    Raises:
+        LoadSpecError: the free memory of a device in a multi-device spec cannot be read, and neither
+            ``max_memory`` nor ``fallback`` gives it.
     """
     if len(spec.devices) == 1:
         d = spec.devices[0]

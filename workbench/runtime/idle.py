@@ -73,6 +73,9 @@ class IdleWatcher:
         clock: ``time.time`` unless a test injects its own.
         interval_s: seconds between checks of the thread; default a tenth of
             ``idle_s``, between 1 s and 60 s.
+
+    Raises:
+        ConfigError: ``idle_s`` is not a positive number of seconds.
     """
 
     def __init__(self, registry: Any, idle_s: float, *, clock: Callable[[], float] = time.time,

@@ -211,7 +211,11 @@ def torch_dtype_name(entry: ModelEntry, spec: LoadSpec) -> str:
 
 
 def bnb_config(spec: LoadSpec, dtype_name: str) -> Any:
-    """transformers' ``BitsAndBytesConfig`` for the spec, or ``None`` without quantization."""
+    """transformers' ``BitsAndBytesConfig`` for the spec, or ``None`` without quantization.
+
+    Raises:
+        QuantizationUnsupportedError: the spec quantizes and bitsandbytes is not installed.
+    """
     if spec.quant == "none":
         return None
     import importlib.util

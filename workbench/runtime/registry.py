@@ -128,7 +128,11 @@ class LoadedModel:
         self.last_used = time.time()
 
     def require(self) -> None:
-        """Raise :class:`ModelNotLoadedError` if this model was unloaded."""
+        """Raise :class:`ModelNotLoadedError` if this model was unloaded.
+
+        Raises:
+            ModelNotLoadedError: the model was unloaded (by the user or the idle watcher).
+        """
         if self.model is None:
             reason = getattr(self, "unload_reason", None)  # set by the idle watcher
             raise ModelNotLoadedError(f"{self.name} was {reason.split(':')[0] if reason else 'unloaded'}",

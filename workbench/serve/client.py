@@ -156,7 +156,12 @@ class EndpointClient:
 
     @property
     def model(self) -> str:
-        """The model requests name: the endpoint's, else the first the server lists."""
+        """The model requests name: the endpoint's, else the first the server lists.
+
+        Raises:
+            EndpointModelNotFoundError: the endpoint names no model and its server lists none.
+            ServeError: the model list cannot be fetched (typed as for :meth:`chat`).
+        """
         if self._model is None:
             names = self.models()
             if not names:

@@ -74,6 +74,12 @@ def normalize_base_url(url: str) -> str:
 
 
 def check_name(name: str) -> str:
+    """``name`` itself when it can name an endpoint (and a file beside the registry).
+
+    Raises:
+        ConfigError: anything but a letter or digit followed by letters, digits and ``. _ @ + -``
+            (128 characters at most).
+    """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"endpoint name {name!r} is not usable",
                           hint="use letters, digits and . _ @ + - (at most 128 characters)")
@@ -129,7 +135,11 @@ class EndpointRegistry:
     # -- queries ---------------------------------------------------------------------------------
 
     def list(self) -> list[Endpoint]:
-        """Every registered endpoint, by name."""
+        """Every registered endpoint, by name.
+
+        Raises:
+            ConfigError: the registry file cannot be read or parsed.
+        """
         with self._locked() as records:
             return [Endpoint.from_dict(records[k]) for k in sorted(records)]
 

@@ -62,6 +62,10 @@ def seed(store: ModelStore | None = None, *, check: bool = True, progress: Progr
         >>> entry = seed()  # doctest: +SKIP
         >>> entry.name, entry.dtype  # doctest: +SKIP
         ('SmolLM2-135M-Instruct', 'bfloat16')
+
+    Raises:
+        ModelImportError: the entry exists but is not ok, or the conversion or the Paris check failed.
+        BrokenModelError: the embedded GGUF cannot be read.
     """
     store = store or ModelStore()
     dest = store.user_root / DEFAULT_MODEL_NAME
@@ -79,6 +83,11 @@ def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *
     """Add a GGUF file (converted to safetensors) or a model folder (copied) to the user store.
 
     ``shared``: the store's first root is a shared one (see :mod:`workbench.store.shared`).
+
+    Raises:
+        ModelNotFoundError: ``path`` is neither a ``.gguf`` file nor a folder.
+        BrokenModelError, UnsafeModelError, ModelImportError, ReadOnlyStoreError: as
+            :func:`import_folder` and :func:`import_gguf`.
     """
     store = store or ModelStore()
     src = Path(path).expanduser()
@@ -130,6 +139,12 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
     The folder is checked with the same header-only scan as the store first, so a
     broken or unsafe model is refused before anything is copied. Files are copied,
     not symlinked: a store entry never points outside its root.
+
+    Raises:
+        BrokenModelError: the folder's scan finds it broken; nothing is copied.
+        UnsafeModelError: it needs pickle or remote code; nothing is copied.
+        ModelImportError: copying failed; nothing is left behind.
+        ReadOnlyStoreError: the user store cannot be written.
     """
     from .index_cache import IndexCache
     from .scan import Scanner
@@ -172,6 +187,12 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
     (without the tied ``lm_head``), and the config without the GGUF
     ``quantization_config``. With ``check``, a greedy answer to "What is the
     capital of France?" must mention Paris before the folder is moved into place.
+
+    Raises:
+        BrokenModelError: the GGUF header cannot be read.
+        ModelImportError: a split GGUF part, a conversion transformers refuses, or a failed Paris
+            check; nothing is left behind.
+        ReadOnlyStoreError: the user store cannot be written.
     """
     say = progress or (lambda msg: log.info(msg))
     read_gguf_header(gguf)  # refuse a broken file before the slow part, naming it

@@ -180,7 +180,12 @@ class ModelStore:
         return self.user_root / name
 
     def plan_delete(self, name: str) -> DeletePlan:
-        """Plan deleting ``name`` from the user store; shared roots are read-only."""
+        """Plan deleting ``name`` from the user store; shared roots are read-only.
+
+        Raises:
+            ModelNotFoundError: no entry named ``name``.
+            ReadOnlyStoreError: the entry is in a shared, read-only root.
+        """
         entry = self.get(name)
         if not entry.writable:
             raise ReadOnlyStoreError(f"{name} is in the shared store {entry.root}, which is read-only",

@@ -33,6 +33,9 @@ class RingBuffer:
         ...     rb.append(float(t), {"x": t * 10.0})
         >>> rb.column("x")[1].tolist()
         [20.0, 30.0, 40.0]
+
+    Raises:
+        ConfigError: ``capacity`` is below 1.
     """
 
     def __init__(self, capacity: int) -> None:

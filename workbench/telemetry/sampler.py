@@ -104,6 +104,9 @@ class Sampler:
         True
         >>> times, values = s.series("cpu_percent")
         >>> s.close()
+
+    Raises:
+        ConfigError: an interval or history that is not a positive number of seconds.
     """
 
     def __init__(

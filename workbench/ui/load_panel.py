@@ -185,7 +185,11 @@ class LoadPanel(Panel):
                        other_devices=[d.name for d in self.device_records])
 
     def spec(self, name: str | None = None) -> Any:
-        """The :class:`workbench.runtime.LoadSpec` the Load button would use."""
+        """The :class:`workbench.runtime.LoadSpec` the Load button would use.
+
+        Raises:
+            LoadSpecError: no model selected, or a selection :meth:`LoadSpec.validate` refuses.
+        """
         from ..runtime import LoadSpec
 
         if not self.model:
@@ -247,6 +251,10 @@ class LoadPanel(Panel):
 
         Returns:
             The runtime's ``UnloadReport``.
+
+        Raises:
+            LoadSpecError: nothing is loaded.
+            ModelNotLoadedError: no loaded model named ``name``.
         """
         loaded = self.loaded()
         if name is None:
@@ -266,7 +274,12 @@ class LoadPanel(Panel):
     def select(self, *, model: str | None = None, devices: Sequence[str] | None = None, dtype: str | None = None,
                quant: str | None = None, double_quant: bool | None = None, compute_dtype: str | None = None,
                budgets_gib: dict[str, float] | None = None) -> Any:
-        """Change the selection (as the widgets do) and return the new fit check (see :meth:`check`)."""
+        """Change the selection (as the widgets do) and return the new fit check (see :meth:`check`).
+
+        Raises:
+            ModelNotFoundError: no store entry named ``model``.
+            LoadSpecError: a device this session does not have.
+        """
         if model is not None:
             if model not in self.models:
                 self.refresh_models()

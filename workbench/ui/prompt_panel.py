@@ -185,6 +185,10 @@ class PromptPanel(Panel):
 
         Returns:
             The runtime's ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
+
+        Raises:
+            GenerationError: the text is empty, or generation failed (``wait=True``).
+            ModelNotLoadedError: no model is loaded.
         """
         text = text.strip()
         if not text:
@@ -244,6 +248,10 @@ class PromptPanel(Panel):
 
         Returns:
             A list of ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
+
+        Raises:
+            GenerationError: no prompts, or generation failed (``wait=True``).
+            ModelNotLoadedError: no model is loaded.
         """
         prompts = [p.strip() for p in prompts if p and p.strip()]
         if not prompts:

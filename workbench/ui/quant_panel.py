@@ -120,6 +120,9 @@ class QuantizationPanel(Panel):
         """Run the study on the panel's worker thread; returns the ``QuantStudy`` (or a Future).
 
         Extra keyword arguments go to :func:`workbench.quant.compare` (``prompts``, ``text``...).
+
+        Raises:
+            ConfigError: no model or no variants; an unknown variant label (``wait=True``).
         """
         from ..quant import compare
 
