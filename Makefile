@@ -44,8 +44,8 @@ constraints: setup
 	@{ echo "# Exact versions \`make test\` passed with; regenerate with \`make constraints\` (see the Makefile)."; \
 	  echo "# torch is not here: TORCH_SPEC in the Makefile chooses its build."; \
 	  $(BIN)/python -c 'import sys; print("# python %d.%d (the Makefile refuses another)" % sys.version_info[:2])'; \
-	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check \
-	    | grep -viE '^(torch|llm-workbench)( *[=@])'; } > constraints.txt.new
+	  $(BIN)/python -m pip freeze --all --exclude-editable --disable-pip-version-check \
+	    | grep -viE '^(torch|llm-workbench|pip)( *[=@])'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt && touch $(VENV)/.stamp-install
 	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned packages"
 
