@@ -105,11 +105,7 @@ class WorkbenchSettings(Configurable):
     Raises:
         ConfigError: a value the setting refuses, naming the setting and its source; a config
             file that cannot be read, naming the file.
-        TypeError: a keyword argument that is not a setting.
-
-    Raises:
-        ArgumentTypeError: a keyword that is not a setting.
-        ConfigError: a value no setting accepts, naming the setting and where it came from.
+        ArgumentTypeError: a keyword argument that is not a setting (also a ``TypeError``).
     """
 
     store_path = Unicode(
