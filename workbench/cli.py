@@ -212,8 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     def add(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help, description=help)
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-        # Also after the command; SUPPRESS keeps a subcommand from resetting a global --debug.
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -268,8 +266,21 @@ def _fail(args: argparse.Namespace, doc: dict[str, Any], line: str) -> int:
     return 1
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # --debug is global but also accepted after any command, including those other modules
+    # register: a subcommand leaves it unrecognised and it is picked out here.
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:
+        args.debug = True
+        extra = [a for a in extra if a != "--debug"]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.fn(args)
     except WorkbenchError as exc:

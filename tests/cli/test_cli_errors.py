@@ -174,3 +174,14 @@ def test_debug_shows_the_traceback_of_a_workbench_error_too(tmp_path) -> None:
     a_file.write_text("")
     proc = workbench("--debug", "store", "list", store=str(a_file))
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "StoreRootError" in proc.stderr
+
+
+def test_debug_is_accepted_after_any_command(tmp_path) -> None:
+    # `leases` is registered by its own module, not by cli.build_parser's helper.
+    env = {**os.environ, "WORKBENCH_STORE": str(tmp_path / "user"), "WORKBENCH_LEASE_DIR": str(tmp_path / "leases")}
+    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "leases", "--json", "--debug"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout)
+    proc = workbench("store", "list", "--no-such-flag", store=str(tmp_path / "user"))
+    assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
