@@ -235,3 +235,18 @@ def test_every_setting_documents_itself() -> None:
         assert trait.help, name
         if name in ENV_VARS:
             assert ENV_VARS[name] in trait.help, name
+
+
+def test_a_servers_own_config_file_reaches_the_settings(jupyter_dirs, monkeypatch) -> None:
+    """`c.WorkbenchSettings` in jupyter_server_config.py, read by a real ServerApp as it starts."""
+    from jupyter_server.serverapp import ServerApp
+
+    user, _ = jupyter_dirs
+    (user / "jupyter_server_config.py").write_text("c.WorkbenchSettings.store_path = '/from/server-config'\n")
+    write_py(user, store_path="/from/workbench-config", telemetry_interval_s=4.0)
+    app = ServerApp()
+    app.load_config_file()
+    s = WorkbenchSettings(config=app.config)
+    assert (s.store_path, s.telemetry_interval_s) == ("/from/server-config", 4.0)
+    monkeypatch.setenv("WORKBENCH_STORE", "/from/env")
+    assert WorkbenchSettings(config=app.config).store_path == "/from/env"
