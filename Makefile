@@ -18,7 +18,7 @@ PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 
-.PHONY: lab test setup seed report chromium bench clean constraints
+.PHONY: lab test setup seed report chromium bench clean constraints labextension
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,21 @@ constraints: setup
 	@mv constraints.txt.new constraints.txt && touch $(VENV)/.stamp-install
 	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned packages"
 
+# The JupyterLab status-bar meter (extensions/gpu-meter), built with the venv's jlpm (JupyterLab's
+# yarn, packages from the npm registry) and @jupyter/builder into a prebuilt labextension that the
+# wheel ships as shared data. Editable installs copy shared data at install time, hence the reinstall.
+LABEXT := extensions/gpu-meter
+LABEXT_SRC := $(LABEXT)/package.json $(LABEXT)/yarn.lock $(LABEXT)/tsconfig.json $(wildcard $(LABEXT)/src/*.ts $(LABEXT)/style/*)
+LABEXT_ENV := PATH="$(abspath $(BIN)):$$PATH"
+
+$(LABEXT)/labextension/package.json: $(LABEXT_SRC) | $(VENV)/.stamp-install
+	cd $(LABEXT) && $(LABEXT_ENV) jlpm install --immutable >/dev/null && $(LABEXT_ENV) jlpm build >/dev/null
+	$(PIP) install --no-deps -e . 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+labextension: $(LABEXT)/labextension/package.json
+setup: labextension
+
 seed: setup
 	@$(BIN)/workbench store seed
 
@@ -73,4 +88,4 @@ bench: seed
 	$(BIN)/python bench/bench_runtime.py
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache
+	rm -rf $(VENV) reports .pytest_cache $(LABEXT)/node_modules $(LABEXT)/lib $(LABEXT)/labextension
