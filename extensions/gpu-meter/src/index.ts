@@ -117,6 +117,13 @@ function duration(seconds: number): string {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+/** "2.5/23.5 GiB": used and total in the same unit, GiB. */
+function usedOfTotal(used: number | null | undefined, total: number | null | undefined): string {
+  const gib = (v: number | null | undefined) =>
+    v === null || v === undefined || !isFinite(v) ? 'N/A' : (v / 2 ** 30).toFixed(1);
+  return `${gib(used)}/${gib(total)} GiB`;
+}
+
 /** The status-bar text of one sample: "cuda:0 37% 3.0/24.0 GiB", or "CPU 12% RAM 5.1/16.0 GiB". */
 export function meterText(sample: ISample | null): string {
   if (!sample) {
@@ -127,13 +134,13 @@ export function meterText(sample: ISample | null): string {
       .map(
         g =>
           `${g.device} ${percent(g.utilization_percent)} ` +
-          `${formatBytes(g.memory_used_bytes).replace(/ GiB$/, '')}/${formatBytes(g.memory_total_bytes)}`
+          usedOfTotal(g.memory_used_bytes, g.memory_total_bytes)
       )
       .join(' | ');
   }
   return (
     `CPU ${percent(sample.cpu_percent)} ` +
-    `RAM ${formatBytes(sample.ram_used_bytes).replace(/ GiB$/, '')}/${formatBytes(sample.ram_total_bytes)}`
+    `RAM ${usedOfTotal(sample.ram_used_bytes, sample.ram_total_bytes)}`
   );
 }
 
