@@ -27,7 +27,10 @@ async def test_devices_is_the_cli_document(jp_fetch, fake_nvml) -> None:
     doc = await get_json(jp_fetch, "devices")
     from workbench.devices import devices_report
 
-    assert doc == json.loads(json.dumps(devices_report(), default=str))
+    cli = json.loads(json.dumps(devices_report(), default=str))
+    # The same document as the CLI's; the CPU's free RAM moves between the two calls.
+    assert doc.keys() == cli.keys() and doc["processes"] == cli["processes"] and doc["nvml"] == cli["nvml"]
+    assert doc["devices"][0] == cli["devices"][0] and doc["devices"][1].keys() == cli["devices"][1].keys()
     assert [d["name"] for d in doc["devices"]] == ["cuda:0", "cpu"]
     assert doc["devices"][0]["memory_total_bytes"] == 24 * GiB
     assert [p["pid"] for p in doc["processes"]["cuda:0"]] == [4242]
