@@ -9,16 +9,12 @@ cache through the environment, so nothing touches the real ``~/.local/share``.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import ARCHS, build_tiny
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import ARCHS, build_tiny  # noqa: E402
-
-from workbench.config import default_user_store, reset_settings  # noqa: E402
+from workbench.config import default_user_store, reset_settings
 
 # Read before any fixture changes the environment: where `make test` seeded the model.
 _ORIGINAL_USER_STORE = Path(

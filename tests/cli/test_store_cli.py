@@ -47,24 +47,6 @@ def test_store_list_json_contract(mixed_store, tiny_models):
     assert by_name["broken-one"]["writable"] is True
 
 
-def test_store_list_does_not_import_torch(mixed_store):
-    code = ("import sys, io, contextlib; from workbench.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()): main(['store', 'list', '--json'])\n"
-            "heavy = [m for m in ('torch', 'transformers', 'ipywidgets', 'plotly', 'IPython') if m in sys.modules]\n"
-            "print(heavy)")
-    env = {**os.environ, "WORKBENCH_STORE": mixed_store}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_import_workbench_is_light():
-    code = ("import sys, workbench, workbench.store, workbench.config, workbench.errors\n"
-            "print([m for m in ('torch', 'transformers', 'ipywidgets', 'plotly', 'numpy', 'IPython') "
-            "if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def test_store_table_and_inspect(mixed_store):
     table = run_cli("store", "list", env_store=mixed_store).stdout
     assert "SmolLM2-135M-Instruct" in table and "Problems:" in table and "broken-one" in table

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-# tests/ on sys.path for `fakes` (the root conftest does this too; harmless twice).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: E402, F401
+from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

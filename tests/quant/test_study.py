@@ -106,6 +106,7 @@ def test_recommendation_states_its_reason():
     assert study.recommendation(max_kl=0.5).label == "nf4+dq"
 
 
+@pytest.mark.slow
 def test_embedded_model_study_returns_memory_between_variants(monkeypatch, isolated_store, seeded_root):
     import os
 

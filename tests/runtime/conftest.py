@@ -8,15 +8,11 @@ that must not disturb them (unload, failure paths) load their own tiny copies.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fakes.fixtures import clean_devices, fake_nvml, no_fp4_backend  # noqa: E402, F401
+from fakes.fixtures import clean_devices, fake_nvml, no_fp4_backend  # noqa: F401
 
 SMOL = "SmolLM2-135M-Instruct"
 

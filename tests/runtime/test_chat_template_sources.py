@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from store.test_tokenizer_and_templates import LAYOUTS, make, strip_templates, tmpl
 
 from workbench.errors import BrokenModelError, MissingTokenizerError
 from workbench.runtime import LoadSpec
@@ -22,9 +22,6 @@ from workbench.runtime.generation import render_prompt
 from workbench.runtime.registry import Registry
 from workbench.store import ModelStore
 from workbench.store.tokenizer_files import TOKENIZER_FILES
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "store"))
-from test_tokenizer_and_templates import LAYOUTS, make, strip_templates, tmpl  # noqa: E402
 
 MARKERS = {"jinja": "[[jinja]]", "config-string": "[[config]]", "config-list": "[[config-default]]",
            "jinja-and-extra-dir": "[[jinja-main]]", "jinja-overrides-config": "[[winner]]",

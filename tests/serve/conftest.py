@@ -13,11 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_openai, the tests' OpenAI-compatible server
-
-from fakes.fixtures import clean_devices, fake_nvml  # noqa: E402, F401
+from fakes.fixtures import clean_devices, fake_nvml  # noqa: F401
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")
 SMOL = "SmolLM2-135M-Instruct"

@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from fake_openai import ANSWER, serve_in_thread
 
+from serve.fake_openai import ANSWER, serve_in_thread
 from workbench.errors import (
     EndpointAuthError,
     EndpointModelNotFoundError,

@@ -7,8 +7,8 @@ and the V0 ones it replaced) and dcgm-exporter's default counters with its label
 from __future__ import annotations
 
 import pytest
-from fake_openai import serve_in_thread
 
+from serve.fake_openai import serve_in_thread
 from workbench.errors import EndpointResponseError, EndpointUnreachableError
 from workbench.serve import parse_dcgm, parse_vllm, scrape
 from workbench.serve.process import free_port

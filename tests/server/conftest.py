@@ -6,15 +6,11 @@ that their autouse event-loop fixture applies to the server tests alone.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: E402, F401
-from pytest_jupyter.jupyter_server import *  # noqa: E402, F403
+from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
+from pytest_jupyter.jupyter_server import *  # noqa: F403
 
 
 @pytest.fixture(autouse=True)

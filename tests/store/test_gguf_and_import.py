@@ -94,6 +94,7 @@ def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
     assert entry.context_length == seeded.context_length == 8192
 
 
+@pytest.mark.slow
 def test_seeded_model_is_clean_and_answers_paris(seeded_model):
     entry = _store(seeded_model.parent).get(DEFAULT_MODEL_NAME)
     assert entry.status == "ok" and entry.dtype == "bfloat16" and entry.format == "safetensors"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from workbench.errors import ConfigError
@@ -51,10 +48,3 @@ def test_plotlyjs_is_inlined_once_per_page() -> None:
     assert "plotly.js v" not in second and "Plotly.newPlot" in second and len(second) < 50_000
     assert "cdn.plot.ly" not in second
     display.reset_plotlyjs()
-
-
-def test_importing_the_ui_is_light() -> None:
-    code = ("import sys, workbench.ui; from workbench.ui import Workbench; "
-            "print(sorted(m for m in ('torch', 'transformers', 'workbench.runtime', 'workbench.server') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
