@@ -13,6 +13,8 @@ from fakes.fake_pynvml import (
     FakeProcess,
     GiB,
     NVMLError_GpuIsLost,
+    NVMLError_NoPermission,
+    NVMLError_NotSupported,
     fake_torch_cuda,
     install_fake_nvml,
     install_fake_torch_cuda,
@@ -298,6 +300,34 @@ def test_devices_report_and_table(fake_nvml) -> None:
     assert "NVIDIA driver 550.54.15, CUDA 12.4" in text
     assert "cuda:0" in text and "NVIDIA H200" in text and "141.0 GiB" in text
     assert "Processes on cuda:0:" in text and str(os.getpid()) in text
+
+
+@pytest.mark.parametrize("error", [NVMLError_NoPermission, NVMLError_NotSupported])
+def test_process_list_nvml_cannot_read_is_unknown_not_empty(fake_nvml, capsys, error) -> None:
+    """``null`` means "NVML cannot say"; ``[]`` means "NVML says nobody": the two must not be confused."""
+    from workbench.cli import main
+
+    fake_nvml([FakeGpu(processes=[FakeProcess(os.getpid(), GiB)], errors={"processes": error}), FakeGpu()],
+              torch=True)
+    assert gpu_processes("cuda:0") is None
+    assert gpu_processes("cuda:1") == []
+    assert main(["devices", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["processes"] == {"cuda:0": None, "cuda:1": []}
+    text = format_devices(report)
+    assert "Processes on cuda:0: unknown" in text and "Processes on cuda:1" not in text
+
+
+def test_load_panel_says_when_processes_are_unknown(fake_nvml) -> None:
+    from workbench.ui.load_panel import UNKNOWN_PROCESSES, LoadPanel, device_holders
+
+    fake_nvml([FakeGpu(errors={"processes": NVMLError_NoPermission}),
+               FakeGpu(processes=[FakeProcess(os.getpid(), GiB)])], torch=True)
+    unknown, held = (LoadPanel._device_html(get_device(name)) for name in ("cuda:0", "cuda:1"))
+    assert "processes: unknown" in unknown and "held by" not in unknown
+    assert "held by" in held and str(os.getpid()) in held and "unknown" not in held
+    assert device_holders("cuda:0")[1] is None and device_holders("cuda:1")[1] != []
+    assert UNKNOWN_PROCESSES in unknown
 
 
 # --- the CPU --------------------------------------------------------------------------------------

@@ -28,6 +28,20 @@ def outputs_text(nb) -> str:
     return "\n".join(parts)
 
 
+WIDGET_MIMETYPES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+
+
+def widget_outputs(nb) -> list[str]:
+    """``"cell N: mimetype"`` for every output that is a widget view (blank in a static report)."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            for mime in out.get("data", {}):
+                if mime in WIDGET_MIMETYPES or "jupyter.widget" in mime:
+                    found.append(f"cell {i}: {mime} ({''.join(cell.get('source', ''))[:60]!r})")
+    return found
+
+
 @pytest.fixture
 def notebook_env(monkeypatch: pytest.MonkeyPatch, isolated_store: Path, seeded_root: Path, tmp_path: Path) -> Path:
     """An environment like a fresh user's: an empty user store over the seeded model, no live front end."""
@@ -42,7 +56,10 @@ def notebook_env(monkeypatch: pytest.MonkeyPatch, isolated_store: Path, seeded_r
 
 @pytest.fixture
 def run_notebook(notebook_env: Path) -> Callable[[str], object]:
-    """Execute one notebook (by file name) in a fresh kernel, in its own folder; returns the executed notebook."""
+    """Execute one notebook (by file name) in a fresh kernel, in its own folder; returns the executed notebook.
+
+    Fails if any output is a widget view (see :func:`widget_outputs`).
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -53,6 +70,9 @@ def run_notebook(notebook_env: Path) -> Callable[[str], object]:
                                 resources={"metadata": {"path": str(notebook_env)}})
         client.execute()
         nbformat.write(nb, path)
+        # Headless there is no front end: a widget view would be stored and render as nothing.
+        # Every notebook run here is checked, whatever the test then looks for.
+        assert widget_outputs(nb) == [], f"{name} left widget views in its outputs"
         return nb
 
     return run

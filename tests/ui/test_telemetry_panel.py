@@ -48,8 +48,52 @@ def test_traces_are_bounded_float32_and_relative(event_log) -> None:
     s.close()
 
 
-def test_live_redraws_are_throttled_and_batched(sampler, event_log) -> None:
-    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HandSampler(Sampler):
+    """A sampler ticked by hand: no thread, and subscribers called in the caller's thread.
+
+    The real sampler's threaded delivery is tested in tests/telemetry; here it would
+    only make the redraw count depend on thread scheduling.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.callbacks: list = []
+
+    def start(self) -> HandSampler:
+        return self
+
+    def subscribe(self, callback):
+        self.callbacks.append(callback)
+        return lambda: self.callbacks.remove(callback) if callback in self.callbacks else None
+
+    def sample_now(self):
+        sample = super().sample_now()
+        for callback in list(self.callbacks):
+            callback(sample)
+        return sample
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_live_redraws_are_throttled_and_batched(event_log) -> None:
+    clock = FakeClock()
+    s = HandSampler(interval_s=0.05, history_s=60, sources=[FakeHost()])
+    panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
     _ = panel.widget
     fig = panel._figures["host"]
     messages = []
@@ -61,16 +105,38 @@ def test_live_redraws_are_throttled_and_batched(sampler, event_log) -> None:
             return _original(*args, **kwargs)
 
         setattr(fig, name, counting)
-    before = panel.redraws
-    start = time.monotonic()
-    time.sleep(1.6)  # the sampler ticks every 50 ms: 32 samples
-    elapsed = time.monotonic() - start
-    redraws = panel.redraws - before
-    assert 2 <= redraws <= elapsed / REDRAW_INTERVAL_S + 2
+    # 1.6 s of 50 ms samples, at most one redraw per 250 ms: at 0, 0.25, ... 1.5 s.
+    assert REDRAW_INTERVAL_S == 0.25
+    drawn = []
+    for i in range(32):
+        clock.now = i / 20
+        before = panel.redraws
+        s.sample_now()  # the panel's subscription ticks it
+        drawn.append(panel.redraws - before)
+    assert [i for i, d in enumerate(drawn) if d] == [0, 5, 10, 15, 20, 25, 30] and max(drawn) == 1
     # One batch_update per redraw: one message to the front end carrying every trace and mark.
-    assert len(messages) in (redraws, redraws + 1) and set(messages) == {"_send_update_msg"}
+    assert messages == ["_send_update_msg"] * 7
     assert len(fig.data[0].y) > 5 and fig.data[0].y.dtype == np.float32
     panel.close()
+
+
+def test_samples_and_events_reach_the_panel_through_real_subscriptions(event_log) -> None:
+    """The real sampler's and event log's delivery threads: waited on, not slept for."""
+    clock = FakeClock()
+    s = Sampler(interval_s=60, history_s=600, sources=[FakeHost()])
+    panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
+    _ = panel.widget  # starts the sampler: one sample now, the next in a minute
+    for step in range(1, 4):
+        before = panel.redraws
+        clock.now = step  # past the throttle: the delivered sample must redraw
+        s.sample_now()
+        wait_until(lambda before=before: panel.redraws > before)
+    clock.now = 10
+    before = panel.redraws
+    event_log.post("load_finished", "loaded tiny", model="tiny")
+    wait_until(lambda: panel.redraws > before)
+    panel.close()
+    s.close()
 
 
 def test_events_are_marked_and_escaped(sampler, event_log) -> None:
@@ -87,18 +153,22 @@ def test_events_are_marked_and_escaped(sampler, event_log) -> None:
     panel.close()
 
 
-def test_pause_and_resume(sampler, event_log) -> None:
-    panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
+def test_pause_and_resume(event_log) -> None:
+    clock = FakeClock()
+    s = HandSampler(interval_s=1, history_s=60, sources=[FakeHost()])
+    panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
     _ = panel.widget
     panel._pause.value = True
     assert panel.paused and panel._pause.description == "Resume"
-    time.sleep(0.4)
     frozen = panel.redraws
-    time.sleep(0.6)
-    assert panel.redraws == frozen
+    for step in range(1, 6):
+        clock.now = step
+        s.sample_now()  # ticks the panel: nothing drawn while paused
+    assert panel.redraws == frozen and panel.tick() is False
     panel._pause.value = False
-    assert not panel.paused and panel.redraws > frozen
+    assert not panel.paused and panel.redraws == frozen + 1  # resuming redraws at once
     panel.close()
+    s.close()
 
 
 def test_a_gpu_gets_its_own_figure(event_log) -> None:

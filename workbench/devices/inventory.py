@@ -446,10 +446,12 @@ def _process_details(pid: int) -> tuple[str | None, str | None]:
     return user, command
 
 
-def gpu_processes(device_name: str) -> list[GPUProcess]:
+def gpu_processes(device_name: str) -> list[GPUProcess] | None:
     """Compute processes on one GPU, with their user and command line where we may see them.
 
-    Returns ``[]`` for ``"cpu"``, and when NVML cannot list processes.
+    Returns ``[]`` for ``"cpu"`` and for a GPU that NVML says runs nothing, and
+    ``None`` when NVML cannot list its processes (unsupported, no permission, a
+    GPU NVML does not see): unknown, which is not the same as "nobody holds memory".
 
     Raises:
         DeviceNotFoundError: no such device in this session.
@@ -463,12 +465,15 @@ def gpu_processes(device_name: str) -> list[GPUProcess]:
     return processes_of(_resolve_gpu(device_name))
 
 
-def processes_of(vg: VisibleGpu) -> list[GPUProcess]:
+def processes_of(vg: VisibleGpu) -> list[GPUProcess] | None:
     """:func:`gpu_processes` for an already-resolved GPU (the report lists all at once)."""
     if vg.nvml is None:
-        return []
+        return None
+    listed = nvml.compute_processes(vg.nvml.handle)
+    if listed is None:
+        return None
     found = []
-    for pid, used in nvml.compute_processes(vg.nvml.handle) or []:
+    for pid, used in listed:
         user, command = _process_details(pid)
         found.append(GPUProcess(pid, user, command, used, vg.name))
     return found

@@ -16,7 +16,8 @@ def devices_report() -> dict[str, Any]:
     Keys:
         ``nvml``: :class:`NVMLStatus` fields (``available``, ``reason``, driver versions).
         ``devices``: :meth:`Device.to_dict` of each GPU this process may use, then the CPU.
-        ``processes``: ``{"cuda:0": [GPUProcess.to_dict(), ...]}`` per GPU.
+        ``processes``: ``{"cuda:0": [GPUProcess.to_dict(), ...]}`` per GPU; ``None`` for a
+            GPU whose processes NVML cannot list (unknown, not "none").
         ``matched_by``: how GPUs were numbered (``"torch"``, ``"CUDA_VISIBLE_DEVICES"``,
             ``"nvml"``, ``"none"``).
         ``no_gpu_reason``: why no GPU is listed (``None`` when some are).
@@ -31,7 +32,10 @@ def devices_report() -> dict[str, Any]:
     vis = visible_gpus()
     gpus = [gpu_device(vg) for vg in vis.gpus]
     devices: list[Device] = [*gpus, cpu_device()]
-    processes = {vg.name: [p.to_dict() for p in processes_of(vg)] for vg in vis.gpus}
+    processes: dict[str, list[dict[str, Any]] | None] = {}
+    for vg in vis.gpus:
+        procs = processes_of(vg)
+        processes[vg.name] = None if procs is None else [p.to_dict() for p in procs]
     no_gpu_reason = None
     if not gpus:
         if not status.available:
@@ -89,6 +93,10 @@ def format_devices(report: dict[str, Any]) -> str:
         )
     lines.extend(_table(rows))
     for device, procs in (report.get("processes") or {}).items():
+        if procs is None:
+            lines.append("")
+            lines.append(f"Processes on {device}: unknown (NVML cannot list them)")
+            continue
         if not procs:
             continue
         lines.append("")

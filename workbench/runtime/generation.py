@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import queue
 import threading
@@ -232,61 +233,49 @@ class _TextGate:
         return self.text if self.hit is None else self.text[: self.hit]
 
 
-class _Streamer:
-    """transformers streamer (``put``/``end``): times each step, decodes batch-1 text as it comes.
+@functools.cache
+def _streamer_class() -> type:
+    """transformers' ``TextStreamer`` with step timing, a stop-string gate and a callback.
 
-    Decoding follows transformers' ``TextStreamer``: text is released up to the
-    last space (SentencePiece tokenizers change a word's spelling as it grows) or
-    at a newline, and held while it ends in an incomplete UTF-8 character.
+    Built on first use: transformers is imported inside functions (``import workbench``
+    stays fast). ``TextStreamer`` decides when decoded text is final: at once for CJK
+    characters, letters and digits, at a space or newline otherwise, and never while
+    the text ends in an incomplete UTF-8 character.
     """
+    from transformers import TextStreamer
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.on_text = on_text
-        self.gate = _TextGate(stops)
-        self.step_times: list[float] = []
-        self.tokens: list[int] = []
-        self._cache: list[int] = []
-        self._printed = 0
-        self._prompt_seen = False
+    class _Streamer(TextStreamer):
+        """Times each generation step; streams batch-1 text through the gate to ``on_text``."""
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True  # the first call is the prompt
-            return
-        self.step_times.append(time.perf_counter())
-        if self.on_text is None:
-            return
-        ids = value.reshape(-1).tolist()
-        if len(ids) != 1:  # batches are decoded at the end
-            return
-        self.tokens.extend(ids)
-        self._cache.extend(ids)
-        text = self.tokenizer.decode(self._cache, skip_special_tokens=True)
-        if text.endswith("\n"):
-            piece = text[self._printed:]
-            self._cache, self._printed = [], 0
-        elif text and ord(text[-1]) == 0xFFFD:
-            return
-        else:
-            cut = text.rfind(" ") + 1
-            piece = text[self._printed:cut] if cut > self._printed else ""
-            self._printed += len(piece)
-        self._emit(self.gate.feed(piece))
+        def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...]) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.on_text = on_text
+            self.gate = _TextGate(stops)
+            self.step_times: list[float] = []
 
-    def end(self) -> None:
-        if self.on_text is None:
-            return
-        if self._cache:
-            text = self.tokenizer.decode(self._cache, skip_special_tokens=True)
-            rest = text[self._printed:]
-            self._cache, self._printed = [], 0
-            self._emit(self.gate.feed(rest))
-        self._emit(self.gate.finish())
+        def put(self, value: Any) -> None:
+            if self.next_tokens_are_prompt:  # generate() passes the prompt first
+                self.next_tokens_are_prompt = False
+                return
+            self.step_times.append(time.perf_counter())
+            if self.on_text is None or value.numel() != 1:  # batches are decoded at the end
+                return
+            super().put(value.reshape(-1))
 
-    def _emit(self, piece: str) -> None:
-        if piece and self.on_text is not None:
-            self.on_text(piece)
+        def end(self) -> None:
+            if self.on_text is not None:
+                super().end()
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self._emit(self.gate.feed(text))
+            if stream_end:
+                self._emit(self.gate.finish())
+
+        def _emit(self, piece: str) -> None:
+            if piece and self.on_text is not None:
+                self.on_text(piece)
+
+    return _Streamer
 
 
 class _EventStop:
@@ -326,6 +315,48 @@ def _generation_config(loaded: LoadedModel, params: GenerationParams) -> Any:
         settings["eos_token_id"] = tok.eos_token_id
     gc.update(**settings)
     return gc
+
+
+def _pad_id(gc: Any) -> int | None:
+    """The token a batch is padded with: the generation config's pad token, else its (first) EOS token."""
+    if gc.pad_token_id is not None:
+        return int(gc.pad_token_id)
+    eos = gc.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return None if eos is None else int(eos)
+
+
+def _encode(loaded: LoadedModel, texts: list[str], add_special: bool, gc: Any) -> Any:
+    """Tokenize one prompt, or a batch left-padded to one length.
+
+    A tokenizer without a pad token pads with the generation config's pad or EOS
+    token (what ``generate`` itself falls back to).
+
+    Raises:
+        GenerationError: a batch, and neither the tokenizer nor the generation
+            config has a pad or EOS token to pad with.
+    """
+    tok = loaded.tokenizer
+    if len(texts) == 1 or tok.pad_token_id is not None:
+        return tok(texts, return_tensors="pt", padding=len(texts) > 1, padding_side="left",
+                   add_special_tokens=add_special)
+    pad = _pad_id(gc)
+    if pad is None:
+        raise GenerationError(
+            f"cannot batch prompts for {loaded.name}: its tokenizer has neither a pad nor an EOS token, "
+            "so shorter prompts cannot be padded",
+            hint="set one on the loaded model, e.g. `loaded.tokenizer.pad_token = loaded.tokenizer.unk_token` or "
+                 "`loaded.model.generation_config.pad_token_id = <a token id>`, or generate the prompts one at a time; "
+                 "the model is still loaded",
+            name=loaded.name)
+    import torch
+
+    rows = tok(texts, add_special_tokens=add_special)["input_ids"]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _eos_ids(loaded: LoadedModel, gc: Any) -> set[int]:
@@ -409,16 +440,19 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         for p in prompts:
             text, add_special = render_prompt(tok, p, params.system_prompt)
             texts.append(text)
-        enc = tok(texts, return_tensors="pt", padding=len(texts) > 1, padding_side="left",
-                  add_special_tokens=add_special)
+        gc = _generation_config(loaded, params)
+        try:
+            enc = _encode(loaded, texts, add_special, gc)
+        except GenerationError as exc:
+            post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
+            raise
         first_device = next(iter(loaded.placement), loaded.devices[0])
         if first_device == "meta":
             first_device = loaded.devices[0]
         input_ids = enc["input_ids"].to(first_device)
         attention = enc["attention_mask"].to(first_device)
         prompt_lens = [int(x) for x in enc["attention_mask"].sum(dim=1).tolist()]
-        gc = _generation_config(loaded, params)
-        streamer = _Streamer(tok, on_piece if len(texts) == 1 else None, params.stop)
+        streamer = _streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop)
         event = stop_event or threading.Event()
         criteria = [_EventStop(event)]
         post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),

@@ -7,13 +7,14 @@ disk, Ctrl-C) leaves nothing half-written in the store.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, UnsafeModelError
@@ -30,6 +31,36 @@ _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECK_PROMPT = "What is the capital of France?"
 
 Progress = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def library_progress_bars_off() -> Iterator[None]:
+    """Silence transformers' (and huggingface_hub's) own progress bars for the block.
+
+    The importer reports its steps through ``progress``. In a Jupyter kernel
+    ``tqdm.auto`` draws ipywidgets, which a headless run (``nbconvert --execute``)
+    stores as widget views that render blank offline. transformers' GGUF reader
+    loops over ``tqdm.auto`` directly rather than its switchable ``logging.tqdm``,
+    so for the block it is pointed at the switchable one. Restores what it changed.
+    """
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # the gguf package is missing: transformers says so when it is needed
+        gguf_utils = None
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    saved = getattr(gguf_utils, "tqdm", None)
+    if saved is not None:
+        gguf_utils.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        if saved is not None:
+            gguf_utils.tqdm = saved
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def embedded_gguf_path() -> Path:
@@ -209,8 +240,9 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
 
         say(f"reading {gguf.name} with transformers' GGUF support")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+            with library_progress_bars_off():
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             raise ModelImportError(f"transformers cannot convert {gguf.name}: {exc}",
                                    hint="check that its architecture is one transformers' GGUF support knows",
@@ -263,8 +295,9 @@ def check_answer(folder: Path, prompt: str = CHECK_PROMPT, max_new_tokens: int =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    with library_progress_bars_off():
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)
     with torch.inference_mode():

@@ -45,13 +45,15 @@ class Throttle:
         (True, False)
     """
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] | None = None) -> None:
         self.interval_s = interval_s
+        # Injectable so tests drive time by hand instead of sleeping.
+        self.clock = clock or time.monotonic
         self._last = float("-inf")
         self._lock = threading.Lock()
 
     def ready(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             if now - self._last >= self.interval_s:
                 self._last = now

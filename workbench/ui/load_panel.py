@@ -45,8 +45,15 @@ def loaded_table_html(loaded: Sequence[Any]) -> str:
     return html_table(["Name", "Model", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
 
 
-def device_holders(name: str) -> tuple[list[str], list[str]]:
-    """``(leases, processes)`` on a GPU, one line each: who has reserved it, and who holds memory now."""
+#: Shown where NVML cannot list a GPU's processes: unknown, not "nobody holds memory".
+UNKNOWN_PROCESSES = "unknown (NVML cannot list them)"
+
+
+def device_holders(name: str) -> tuple[list[str], list[str] | None]:
+    """``(leases, processes)`` on a GPU, one line each: who has reserved it, and who holds memory now.
+
+    ``processes`` is ``None`` when NVML cannot list them (unknown, not empty).
+    """
     if name == "cpu":
         return [], []
     from ..devices import gpu_processes
@@ -57,10 +64,13 @@ def device_holders(name: str) -> tuple[list[str], list[str]]:
     except (WorkbenchError, OSError):
         leases = []
     try:
-        procs = [f"{p.user or '?'} pid {p.pid} {(p.command or '')[:40]} ({format_bytes(p.used_memory_bytes)})"
-                 for p in gpu_processes(name)]
+        found = gpu_processes(name)
     except WorkbenchError:
-        procs = []
+        found = None
+    if found is None:
+        return leases, None
+    procs = [f"{p.user or '?'} pid {p.pid} {(p.command or '')[:40]} ({format_bytes(p.used_memory_bytes)})"
+             for p in found]
     return leases, procs
 
 
@@ -367,7 +377,9 @@ class LoadPanel(Panel):
             leases, procs = device_holders(d.name)
             if leases:
                 text += f"<br><span style='color:#666;font-size:12px'>leases: {esc('; '.join(leases[:4]))}</span>"
-            if procs:
+            if procs is None:
+                text += f"<br><span style='color:#666;font-size:12px'>processes: {UNKNOWN_PROCESSES}</span>"
+            elif procs:
                 text += f"<br><span style='color:#666;font-size:12px'>held by: {esc('; '.join(procs[:4]))}</span>"
         return text
 
@@ -500,7 +512,7 @@ class LoadPanel(Panel):
         for d in self.device_records:
             leases, procs = device_holders(d.name)
             rows.append([d.name, d.label, format_bytes(d.memory_free_bytes), format_bytes(d.memory_total_bytes),
-                         "; ".join(leases) or "-", "; ".join(procs) or "-"])
+                         "; ".join(leases) or "-", UNKNOWN_PROCESSES if procs is None else "; ".join(procs) or "-"])
         parts = [html_table(["Device", "Label", "Free", "Total", "Leases", "Held by"], rows, caption="Devices"),
                  self.check_html()]
         parts.append(loaded_table_html(self.loaded()))

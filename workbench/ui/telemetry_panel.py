@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,8 @@ class TelemetryPanel(Panel):
             panel is shown live or :meth:`snapshot` runs).
         window_s: seconds of history shown.
         event_log: default the process-wide log.
+        clock: monotonic seconds for the redraw throttle (default ``time.monotonic``);
+            tests pass a fake clock and call :meth:`tick` instead of sleeping.
 
     Example:
         >>> panel = TelemetryPanel(window_s=120)
@@ -98,7 +101,8 @@ class TelemetryPanel(Panel):
 
     title = "Telemetry"
 
-    def __init__(self, sampler: Any = None, window_s: float = 300, event_log: Any = None) -> None:
+    def __init__(self, sampler: Any = None, window_s: float = 300, event_log: Any = None,
+                 clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
 
@@ -112,7 +116,7 @@ class TelemetryPanel(Panel):
         self.paused = False
         self.redraws = 0
         self.max_redraw_s = 0.0
-        self._throttle = Throttle(REDRAW_INTERVAL_S)
+        self._throttle = Throttle(REDRAW_INTERVAL_S, clock)
         self._draw_lock = threading.Lock()
         self._unsubscribers: list[Any] = []
         self._figures: dict[str, Any] = {}  # "host" or a GPU name -> FigureWidget
@@ -295,11 +299,16 @@ class TelemetryPanel(Panel):
             lines.append(f"<span style='color:#666'>{esc(notice)}</span>")
         return "<div style='font-size:13px;line-height:1.6'>" + "<br>".join(lines) + "</div>"
 
-    def _on_sample(self, _sample: Any) -> None:
-        self.redraw()
+    def tick(self, _item: Any = None) -> bool:
+        """What each new sample or event does: redraw, unless paused or the last redraw is
+        under :data:`REDRAW_INTERVAL_S` old. Runs on the subscriber threads; returns whether it drew."""
+        return self.redraw()
 
-    def _on_event(self, _event: Any) -> None:
-        self.redraw()
+    def _on_sample(self, sample: Any) -> None:
+        self.tick(sample)
+
+    def _on_event(self, event: Any) -> None:
+        self.tick(event)
 
     def _build(self) -> Any:
         import ipywidgets as widgets
