@@ -64,11 +64,19 @@ def test_start_here_load_chat_telemetry(lab_server: LabServer, chromium_page, tm
         "() => { const b = [...document.querySelectorAll('.widget-button')].find(b => b.innerText.trim() === 'Send');"
         " return b && !b.disabled; }", timeout=60_000)
 
-    # A fixed seed, set in the (collapsed) Sampling section: the same answer on every run.
+    # Greedy decoding, set in the (collapsed) Sampling section: the answer the seed check relies on
+    # (a sampled answer, even seeded, changes with the CPU's numerics).
     page.get_by_text("Sampling", exact=True).first.click()
-    seed = page.locator(".widget-text", has=page.locator("label", has_text=re.compile(r"^seed$"))).locator("input")
-    seed.fill("0")
-    seed.press("Enter")
+    temperature = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile(r"^temperature$")))
+    readout = temperature.locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.widget-slider')].some(s => /^temperature/.test(s.innerText.trim())"
+        " && parseFloat(s.querySelector('.widget-readout')?.innerText) === 0)",
+        timeout=10_000)
     prompt = page.locator(".workbench-prompt-input textarea")
     prompt.fill(QUESTION)
     # Record every repaint of the transcript, to see the answer arrive in pieces.
