@@ -144,6 +144,18 @@ def test_label_values_survive_quotes_and_newlines() -> None:
     assert [s.value for s in families["workbench_gpu_leases"].samples] == [1]
 
 
+def test_loaded_models_series() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    model = {"name": "tiny", "model": "tiny-llama", "precision": "bfloat16", "loaded": True,
+             "placement": {"cuda:0": 3 * GiB, "cpu": 5}}
+    text = to_prometheus(Sampler(interval_s=1, history_s=10, sources=[]), models=lambda: [model])
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [s.value for s in families["workbench_models_loaded"].samples] == [1]
+    placed = {s.labels["device"]: s.value for s in families["workbench_model_placement_bytes"].samples}
+    assert placed == {"cuda:0": 3 * GiB, "cpu": 5}
+
+
 def test_a_failing_source_leaves_the_others() -> None:
     from workbench.telemetry import WorkbenchCollector
     from workbench.telemetry.prometheus import to_prometheus_text

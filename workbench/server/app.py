@@ -172,7 +172,9 @@ def register_metrics(state: ServerState) -> None:
         _current = state
         if not _registered:
             REGISTRY.register(
-                WorkbenchCollector(_current_sampler, leases=_current_leases, models=documents.loaded_models)
+                # No models= here: a server process loads no model; every model on a GPU, whoever's
+                # kernel holds it, shows up through its lease (the `model` label of the lease series).
+                WorkbenchCollector(_current_sampler, leases=_current_leases)
             )
             _registered = True
 

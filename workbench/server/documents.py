@@ -7,7 +7,6 @@ store's header-only listing, and nothing serves a file.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 
@@ -28,18 +27,6 @@ def leases_document(book: Any = None) -> dict[str, Any]:
     from ..devices.leases import leases_report
 
     return leases_report(book)
-
-
-def loaded_models() -> list[dict[str, Any]]:
-    """The models loaded in this process (a kernel's; a server process has none).
-
-    Read only when the runtime is already imported: a server never imports the
-    runtime (and so torch) just to say that it has loaded nothing.
-    """
-    registry = sys.modules.get("workbench.runtime.registry")
-    if registry is None:
-        return []
-    return [m.to_dict() for m in registry.get_registry().list()]
 
 
 def telemetry_document(sampler: Any, since_s: float | None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import numpy as np
@@ -152,8 +153,14 @@ def to_csv(
 # --- Prometheus --------------------------------------------------------------------------
 
 
-def to_prometheus(sampler: Sampler, log: EventLog | None = None) -> str:
+def to_prometheus(sampler: Sampler, log: EventLog | None = None, *,
+                  leases: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+                  models: Callable[[], Iterable[Mapping[str, Any]]] | None = None) -> str:
     """The latest sample and the event counts in Prometheus text format 0.0.4.
+
+    ``leases`` and ``models`` add the lease and loaded-model series (see
+    :class:`~workbench.telemetry.prometheus.WorkbenchCollector`), e.g.
+    ``models=lambda: [m.to_dict() for m in get_registry().list()]`` in a kernel.
 
     Rendered by ``prometheus_client`` from :class:`~workbench.telemetry.prometheus.WorkbenchCollector`,
     the collector the server extension registers for jupyter_server's ``/metrics``.
@@ -168,4 +175,4 @@ def to_prometheus(sampler: Sampler, log: EventLog | None = None) -> str:
     """
     from .prometheus import WorkbenchCollector, to_prometheus_text
 
-    return to_prometheus_text(WorkbenchCollector(lambda: sampler, log))
+    return to_prometheus_text(WorkbenchCollector(lambda: sampler, log, leases=leases, models=models))
