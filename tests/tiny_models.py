@@ -87,3 +87,27 @@ def expected_params(folder: Path) -> int:
 
     model = AutoModelForCausalLM.from_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
+
+
+def build_from_config(cls_name: str, kwargs: dict, dest: Path, *, dtype: str = "float32", seed: int = 0,
+                      tokenizer: bool = True) -> Path:
+    """Write a tiny random model of any transformers config class (``"MixtralConfig"``) to ``dest``.
+
+    For architectures outside :data:`ARCHS` (mixtures of experts, sliding windows, multi-query
+    attention) that only some tests need; ``vocab_size`` defaults to the tokenizer's, rounded up.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(kwargs)
+    tok = build_tokenizer() if tokenizer else None
+    kwargs.setdefault("vocab_size", 384)
+    config = getattr(transformers, cls_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    if tok is not None:
+        tok.save_pretrained(dest)
+    return dest

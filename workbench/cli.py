@@ -92,7 +92,7 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 
 def cmd_store_inspect(args: argparse.Namespace) -> int:
-    from .store import estimate_table, format_bytes
+    from .store import estimate_table, format_bytes, kv_cache_bytes
 
     entry = open_store().get(args.name)
     doc = entry.to_dict()
@@ -100,7 +100,8 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
     if entry.ok:
         table = estimate_table(entry)
         doc["estimate"] = {label: est.total_bytes for label, est in table.items()}
-        doc["estimate"]["kv_cache_bytes_per_1k_tokens"] = next(iter(table.values())).kv_cache_bytes_per_1k_tokens
+        # The KV cache in bfloat16, as the label says (the table's first row is float32).
+        doc["estimate"]["kv_cache_bytes_per_1k_tokens"] = kv_cache_bytes(entry, 1000, "bfloat16")
         doc["estimate_detail"] = {label: est.to_dict() for label, est in table.items()}
         lines.append("estimate:")
         lines += [f"  {label:<9} {format_bytes(est.total_bytes)}" for label, est in table.items()]

@@ -50,6 +50,7 @@ class WeightStats:
     linear_rows: int = 0
     linear_count: int = 0
     tied_params: int = 0
+    expert_params: int = 0
     bytes_by_dtype: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -81,6 +82,20 @@ class ModelEntry:
     head_dim: int | None = None
     vocab_size: int | None = None
     quantization: str | None = None
+    # KV cache layout (workbench/store/kv_cache.py): per-layer attention types, () when all are full.
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    attention_chunk_size: int | None = None
+    # Mixture of experts (workbench/store/moe.py): routed experts, how many run per token, shared experts,
+    # and the parameters one token goes through (shared weights plus experts_per_token routed experts).
+    num_experts: int | None = None
+    experts_per_token: int | None = None
+    shared_experts: int = 0
+    active_params: int | None = None
+    # Pre-quantized checkpoints (workbench/store/prequant.py): the config's quant_method, and the
+    # optional package loading it needs when that is not installed.
+    quant_method: str | None = None
+    missing_package: str | None = None
     has_chat_template: bool = False
     chat_template_source: str | None = None  # file it comes from (store.tokenizer_files.find_chat_template)
     has_tokenizer: bool = False
@@ -111,5 +126,6 @@ class ModelEntry:
         d["shadowed_by"] = str(self.shadowed_by) if self.shadowed_by is not None else None
         d["architectures"] = list(self.architectures)
         d["weight_files"] = list(self.weight_files)
+        d["layer_types"] = list(self.layer_types)
         d["weights"] = asdict(self.weights)
         return d

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from ..errors import ConfigError
 from .entry import ModelEntry, format_bytes
+from .kv_cache import kv_cache_bytes_for
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 QUANTS = ("none", "int8", "nf4", "fp4")
@@ -91,11 +92,27 @@ class MemoryEstimate:
 
 
 def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16", batch: int = 1) -> int | None:
-    """Keys and values for ``tokens`` of context: 2 x layers x KV heads x head dim x bytes."""
+    """Bytes of the keys and values a context of ``tokens`` leaves in transformers' cache.
+
+    ``2 x (tokens each layer holds, summed over layers) x KV heads x head dim x
+    bytes x batch``, where a sliding-window layer holds at most ``sliding_window - 1``
+    tokens and multi-query attention has one KV head (see :mod:`workbench.store.kv_cache`,
+    checked against the cache of real forward passes).
+    """
     if not (entry.num_layers and entry.num_kv_heads and entry.head_dim):
         return None
-    width = DTYPE_BYTES.get(dtype, 2)
-    return 2 * entry.num_layers * entry.num_kv_heads * entry.head_dim * width * tokens * batch
+    return kv_cache_bytes_for(num_layers=entry.num_layers, kv_heads=entry.num_kv_heads, head_dim=entry.head_dim,
+                              width=DTYPE_BYTES.get(dtype, 2), tokens=tokens, batch=batch,
+                              layer_types=entry.layer_types, sliding_window=entry.sliding_window,
+                              attention_chunk_size=entry.attention_chunk_size)
+
+
+def _layout(entry: ModelEntry):  # -> ModelLayout | None
+    if entry.format != "safetensors" or not entry.path.is_dir():
+        return None
+    from .layout import model_layout
+
+    return model_layout(entry.path)
 
 
 def estimate(
@@ -128,18 +145,27 @@ def estimate(
     dtype = resolve_dtype(entry, dtype)
     width = DTYPE_BYTES[dtype]
     w = entry.weights
-    full = entry.params * width
+    layout = _layout(entry)
+    if layout is not None:
+        # What the installed transformers builds (workbench/store/layout.py): fused experts,
+        # routers and buffers included, quantized only where bitsandbytes replaces nn.Linear.
+        linear, rows, count = layout.linear_params, layout.linear_rows, layout.linear_count
+        full = layout.unquantized_bytes(width, dtype)
+        other = layout.other_bytes(width, dtype)
+    else:  # from headers alone (GGUF, or no torch): 2-D weights but experts' and routers' are linear
+        linear, rows, count = w.linear_params, w.linear_rows, w.linear_count
+        full = entry.params * width
+        other = (entry.params - linear) * width
     if quant == "none":
         weights, state = full, 0
     else:
-        other = (entry.params - w.linear_params) * width
         if quant == "int8":
-            weights = w.linear_params + other
-            state = w.linear_rows * 4
+            weights = linear + other
+            state = rows * 4
         else:
-            weights = (w.linear_params + 1) // 2 + other
-            blocks = -(-w.linear_params // _BLOCK)
-            state = blocks + -(-blocks // 256) * 4 + 16 * w.linear_count if double_quant else blocks * 4
+            weights = (linear + 1) // 2 + other
+            blocks = -(-linear // _BLOCK)
+            state = blocks + -(-blocks // 256) * 4 + 16 * count if double_quant else blocks * 4
     peak = load_peak(entry, dtype, quant, weights + state, device_type)
     return MemoryEstimate(dtype, quant, double_quant if quant in ("nf4", "fp4") else False,
                           int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))

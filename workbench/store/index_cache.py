@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 3  # 3: safetensors headers checked against every rule of the reference reader
+_VERSION = 4  # 3: safetensors headers checked against every rule of the reference reader; 4: expert_params
 
 
 class IndexCache:

@@ -20,6 +20,8 @@ from .entry import ModelEntry, WeightStats
 from .gguf_header import read_gguf_header
 from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
+from .kv_cache import kv_fields
+from .moe import active_params, is_routed_expert, is_router, moe_fields
 from .safetensors_header import TORCH_NAMES, read_safetensors_header
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
@@ -42,6 +44,8 @@ def classify_tensor(name: str, shape: tuple[int, ...]) -> str:
         return "lm_head"
     if _EMBED.search(name):
         return "embedding"
+    if is_routed_expert(name) or is_router(name):
+        return "other"  # not nn.Linear once transformers 5 builds the model (workbench/store/moe.py)
     if len(shape) == 2 and name.endswith(".weight"):
         return "linear"
     return "other"
@@ -50,7 +54,7 @@ def classify_tensor(name: str, shape: tuple[int, ...]) -> str:
 def tensor_summary(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> dict[str, Any]:
     """Sum ``(name, dtype, shape, nbytes)`` records of one file into a JSON-ready partial summary."""
     out: dict[str, Any] = {"params": 0, "linear_params": 0, "linear_rows": 0, "linear_count": 0,
-                           "head_params": 0, "has_embed": False, "bytes_by_dtype": {}}
+                           "head_params": 0, "has_embed": False, "expert_params": 0, "bytes_by_dtype": {}}
     by_dtype: Counter[str] = Counter()
     for name, dtype, shape, nbytes in tensors:
         numel = 1
@@ -59,6 +63,8 @@ def tensor_summary(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> dict
         role = classify_tensor(name, shape)
         out["params"] += numel
         by_dtype[dtype] += nbytes
+        if is_routed_expert(name):
+            out["expert_params"] += numel
         if role == "linear":
             out["linear_params"] += numel
             out["linear_rows"] += shape[0]
@@ -87,6 +93,7 @@ def weight_stats(parts: list[dict[str, Any]], tie_word_embeddings: bool) -> Weig
         linear_rows=sum(p["linear_rows"] for p in parts),
         linear_count=sum(p["linear_count"] for p in parts),
         tied_params=tied,
+        expert_params=sum(p.get("expert_params", 0) for p in parts),
         bytes_by_dtype=dict(by_dtype),
     )
 
@@ -131,10 +138,11 @@ def config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "num_layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
         "hidden_size": hidden,
         "num_attention_heads": heads,
-        "num_kv_heads": _first(cfg, "num_key_value_heads", "n_head_kv", "multi_query_group_num") or heads,
         "head_dim": head_dim,
         "vocab_size": cfg.get("vocab_size"),
         "quantization": quant_name,
+        **kv_fields(cfg, heads, _first(cfg, "num_hidden_layers", "n_layer", "num_layers")),
+        **moe_fields(cfg),
     }
 
 
@@ -216,6 +224,8 @@ class Scanner:
         fields["architectures"] = tuple(fields.get("architectures") or ())
         if not fields.get("license") and folder != self.root:
             fields["license"] = _license_from_card(folder)
+        fields["active_params"] = active_params(summary["stats"]["params"], summary["stats"].get("expert_params", 0),
+                                                fields.get("num_experts"), fields.get("experts_per_token"))
         return ModelEntry(
             **base, format="gguf", size_bytes=size, gguf_file=file.name, weight_files=(file.name,),
             params=summary["stats"]["params"], weights=WeightStats(**summary["stats"]), **fields,
@@ -323,6 +333,8 @@ class Scanner:
         dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
         # "ok" means it loads and runs prompts: without a tokenizer it does neither, so it is broken.
         problem = None if extra["has_tokenizer"] else missing_tokenizer_text(folder)
+        extra["active_params"] = active_params(stats.params, stats.expert_params, extra.get("num_experts"),
+                                               extra.get("experts_per_token"))
         return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files), params=stats.params,
                           dtype=TORCH_NAMES.get(dominant, dominant), weights=stats,
                           status="broken" if problem else "ok", problem=problem, **extra)
@@ -377,8 +389,10 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
         "chat_template_source": "gguf" if hdr.metadata.get("tokenizer.chat_template") else None,
         "has_tokenizer": tokens is not None,
         "license": hdr.metadata.get("general.license"),
+        "num_experts": hdr.arch_value("expert_count") or None,
+        "experts_per_token": hdr.arch_value("expert_used_count") or None,
     }
     s = stats
     return {"stats": {"params": s.params, "linear_params": s.linear_params, "linear_rows": s.linear_rows,
                       "linear_count": s.linear_count, "tied_params": s.tied_params,
-                      "bytes_by_dtype": s.bytes_by_dtype}, "fields": fields}
+                      "expert_params": s.expert_params, "bytes_by_dtype": s.bytes_by_dtype}, "fields": fields}

@@ -1,0 +1,187 @@
+"""What transformers will materialise for a checkpoint, read from the model it builds on the meta device.
+
+Headers say what a checkpoint stores; the footprint after a load is what the
+model's modules hold, and the two differ: transformers 5 fuses per-expert
+matrices into 3-D parameters, keeps routers as plain parameters, ties heads,
+upcasts ``_keep_in_fp32_modules_strict`` and adds buffers (rotary ``inv_freq``).
+So the estimate asks the installed transformers: it builds the model from
+``config.json`` on the ``meta`` device (no memory, no weights read) and applies
+the rules its bitsandbytes integration applies at load time:
+
+* ``replace_with_bnb_linear`` replaces modules whose type *is* ``nn.Linear`` (or
+  GPT-2's ``Conv1D``), except those named by ``get_modules_to_not_convert``: the
+  tied and output-embedding keys, the last parameter's module (the head),
+  ``llm_int8_skip_modules`` and ``_keep_in_fp32_modules``
+  (``transformers/quantizers/base.py``, ``integrations/bitsandbytes.py``);
+* only a replaced module's ``weight`` is quantized; its bias keeps the dtype;
+* parameters named by the model's dtype plan stay float32
+  (``PreTrainedModel._get_dtype_plan``);
+* ``get_memory_footprint()`` counts parameters and buffers, each once.
+
+Building needs torch and transformers; it is cached per config file, and
+:func:`model_layout` returns ``None`` (the estimate then falls back to header
+rules) when the model cannot be built: no torch, remote code, GGUF, a
+``model_type`` this transformers does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Parameter and buffer counts of the model transformers builds, by how a load stores them.
+
+    Attributes:
+        linear_params: weights of the modules bitsandbytes replaces (quantized at int8/nf4).
+        linear_rows: their output features (one int8 scale each).
+        linear_count: how many such modules.
+        params: every parameter once (tied ones once).
+        follows_params: parameters (and floating buffers) stored in the load dtype, quantized ones excluded.
+        fp32_fp16_params / fp32_bf16_params: of those, the ones the dtype plan keeps float32 when
+            loading in float16 / bfloat16.
+        fixed_bytes: buffers and parameters whose dtype does not follow the load (float32 ``inv_freq``,
+            integer buffers), in bytes.
+    """
+
+    params: int
+    linear_params: int
+    linear_rows: int
+    linear_count: int
+    follows_params: int
+    fp32_fp16_params: int
+    fp32_bf16_params: int
+    fixed_bytes: int
+
+    def other_bytes(self, width: int, dtype: str) -> int:
+        """Bytes of everything bitsandbytes leaves alone, loading in ``dtype`` (``width`` bytes an element)."""
+        kept = {"float16": self.fp32_fp16_params, "bfloat16": self.fp32_bf16_params}.get(dtype, 0)
+        return (self.follows_params - kept) * width + kept * 4 + self.fixed_bytes
+
+    def unquantized_bytes(self, width: int, dtype: str) -> int:
+        """Bytes of the whole model loaded in ``dtype`` without quantization."""
+        return self.other_bytes(width, dtype) + self.linear_params * width
+
+
+_cache: dict[tuple[Any, ...], ModelLayout | None] = {}
+_lock = threading.Lock()
+
+
+def _config_key(folder: Path, skip: tuple[str, ...]) -> tuple[Any, ...] | None:
+    try:
+        st = os.stat(folder / "config.json")
+    except OSError:
+        return None
+    return (os.path.abspath(folder), st.st_size, st.st_mtime_ns, skip)
+
+
+def model_layout(folder: Path, *, skip_modules: tuple[str, ...] = ()) -> ModelLayout | None:
+    """The layout of the model in ``folder`` as transformers builds it; ``None`` if it cannot be built.
+
+    Args:
+        folder: a model folder with ``config.json``.
+        skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's).
+    """
+    key = _config_key(folder, skip_modules)
+    if key is None:
+        return None
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    layout = _build(folder, list(skip_modules) or None)
+    with _lock:
+        _cache[key] = layout
+    return layout
+
+
+def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None:
+    try:
+        import torch
+        from torch import nn
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.pytorch_utils import Conv1D
+        from transformers.quantizers.base import HfQuantizer
+        from transformers.quantizers.quantizers_utils import should_convert_module
+    except ImportError as exc:
+        logger.debug("no model layout for %s: %s", folder, exc)
+        return None
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        if getattr(config, "quantization_config", None) is not None:
+            # Build the full-precision skeleton; the caller knows how the checkpoint is packed.
+            del config.quantization_config
+        with _quiet(), torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        plan_of = getattr(model, "_get_dtype_plan", lambda dtype: {})
+        plans = {name: plan_of(getattr(torch, name)) for name in ("float16", "bfloat16")}
+        skip = HfQuantizer.get_modules_to_not_convert(model, skip_modules, model._keep_in_fp32_modules)
+    except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+            NotImplementedError, AssertionError) as exc:
+        logger.debug("no model layout for %s: %s: %s", folder, type(exc).__name__, exc)
+        return None
+
+    from transformers.core_model_loading import build_glob_alternation
+
+    matchers = {}
+    for name, plan in plans.items():
+        matchers[name] = build_glob_alternation(list(plan))[0] if plan else None
+
+    quantized: set[str] = set()
+    rows = count = 0
+    for mod_name, module in model.named_modules():
+        if not (isinstance(module, Conv1D) or type(module) is nn.Linear):
+            continue
+        if not should_convert_module(mod_name, skip):
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        quantized.add(f"{mod_name}.weight" if mod_name else "weight")
+        rows += weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0]
+        count += 1
+
+    params = linear = follows = fixed = 0
+    kept = {"float16": 0, "bfloat16": 0}
+    for name, p in model.named_parameters():
+        n = p.numel()
+        params += n
+        if name in quantized:
+            linear += n
+            continue
+        if p.dtype == torch.bfloat16:
+            follows += n
+            for dt, rx in matchers.items():
+                if rx is not None and rx.search(name):
+                    kept[dt] += n
+        else:
+            fixed += n * p.element_size()
+    for _name, b in model.named_buffers():
+        if b.dtype == torch.bfloat16:
+            follows += b.numel()
+        else:
+            fixed += b.numel() * b.element_size()
+    return ModelLayout(params=params, linear_params=linear, linear_rows=rows, linear_count=count,
+                       follows_params=follows, fp32_fp16_params=kept["float16"], fp32_bf16_params=kept["bfloat16"],
+                       fixed_bytes=fixed)
+
+
+class _quiet:
+    """Silence transformers' warnings while building a skeleton nobody will run."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
