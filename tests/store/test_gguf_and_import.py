@@ -80,6 +80,19 @@ def test_truncated_gguf_is_broken(tmp_path):
         read_gguf_header(root / "cut.gguf")
 
 
+def test_gguf_header_problems_are_named_once(tmp_path):
+    """Each rule broken gives one sentence naming the file, not one wrapped in "malformed header (...)"."""
+    write_tiny_gguf(tmp_path / "full.gguf", tie=False)
+    data = (tmp_path / "full.gguf").read_bytes()
+    (tmp_path / "magic.gguf").write_bytes(b"NOPE" + data[4:])
+    (tmp_path / "v9.gguf").write_bytes(data[:4] + (9).to_bytes(4, "little") + data[8:])
+    for name, problem in (("magic.gguf", "not a GGUF file (bad magic bytes)"),
+                          ("v9.gguf", "GGUF version 9 is not supported (2 and 3 are)")):
+        with pytest.raises(BrokenModelError) as err:
+            read_gguf_header(tmp_path / name)
+        assert err.value.message == f"{name}: {problem}"
+
+
 def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
     gguf = embedded_gguf_path()
     hdr = read_gguf_header(gguf)

@@ -237,41 +237,45 @@ def cgroup_memory() -> tuple[int, int] | None:
             v2_path = parts[2]
         elif "memory" in parts[1].split(","):
             v1_path = parts[2]
-    best: tuple[int, int] | None = None
-
-    def consider(limit: int | None, usage: int | None, stat: Path, key: str) -> None:
-        nonlocal best
-        if limit is None or limit >= _UNLIMITED or usage is None:
-            return
-        free = max(0, limit - max(0, usage - _inactive_file(stat, key)))
-        best = (limit, free) if best is None else (min(limit, best[0]), min(free, best[1]))
-
+    found: list[tuple[int, int]] = []
     if v2_path is not None and (_CGROUP_ROOT / "cgroup.controllers").exists():
-        folder = _CGROUP_ROOT / v2_path.lstrip("/")
-        while True:
-            consider(
-                _read_int(folder / "memory.max"),
-                _read_int(folder / "memory.current"),
-                folder / "memory.stat",
-                "inactive_file",
-            )
-            if folder == _CGROUP_ROOT or _CGROUP_ROOT not in folder.parents:
-                break
-            folder = folder.parent
+        found += _cgroup_v2_limits(v2_path)
     if v1_path is not None:
-        mount = _CGROUP_ROOT / "memory"
-        # Inside a container the process's own cgroup is usually mounted as the root.
-        folder = mount / v1_path.lstrip("/")
-        for candidate in (folder, mount):
-            if (candidate / "memory.limit_in_bytes").exists():
-                consider(
-                    _read_int(candidate / "memory.limit_in_bytes"),
-                    _read_int(candidate / "memory.usage_in_bytes"),
-                    candidate / "memory.stat",
-                    "total_inactive_file",
-                )
-                break
-    return best
+        found += _cgroup_v1_limits(v1_path)
+    if not found:
+        return None
+    return min(limit for limit, _ in found), min(free for _, free in found)
+
+
+def _limit_and_free(limit: int | None, usage: int | None, stat: Path, key: str) -> list[tuple[int, int]]:
+    """``[(limit, free)]`` for one cgroup folder, or ``[]`` when it sets no limit."""
+    if limit is None or limit >= _UNLIMITED or usage is None:
+        return []
+    return [(limit, max(0, limit - max(0, usage - _inactive_file(stat, key))))]
+
+
+def _cgroup_v2_limits(v2_path: str) -> list[tuple[int, int]]:
+    """The limits of a cgroup v2 folder and of every ancestor up to the mount."""
+    found: list[tuple[int, int]] = []
+    folder = _CGROUP_ROOT / v2_path.lstrip("/")
+    while True:
+        found += _limit_and_free(_read_int(folder / "memory.max"), _read_int(folder / "memory.current"),
+                                 folder / "memory.stat", "inactive_file")
+        if folder == _CGROUP_ROOT or _CGROUP_ROOT not in folder.parents:
+            return found
+        folder = folder.parent
+
+
+def _cgroup_v1_limits(v1_path: str) -> list[tuple[int, int]]:
+    """The limit of the process's cgroup v1 memory folder (or the mount's own, inside a container)."""
+    mount = _CGROUP_ROOT / "memory"
+    # Inside a container the process's own cgroup is usually mounted as the root.
+    for candidate in (mount / v1_path.lstrip("/"), mount):
+        if (candidate / "memory.limit_in_bytes").exists():
+            return _limit_and_free(_read_int(candidate / "memory.limit_in_bytes"),
+                                   _read_int(candidate / "memory.usage_in_bytes"),
+                                   candidate / "memory.stat", "total_inactive_file")
+    return []
 
 
 def _cpu_cores() -> int | None:

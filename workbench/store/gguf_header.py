@@ -149,6 +149,36 @@ class _Reader:
         raise ValueError(f"unknown metadata value type {vtype}")
 
 
+class _Bad(Exception):
+    """A header problem, before the file is named (deliberately no ``ValueError``)."""
+
+
+def _read_table(r: _Reader) -> tuple[int, dict[str, Any], list[GGUFTensor]]:
+    """``(version, metadata, tensors)`` from the start of the file."""
+    if r.read(4) != GGUF_MAGIC:
+        raise _Bad("not a GGUF file (bad magic bytes)")
+    version = r.scalar("<I")
+    if version not in (2, 3):
+        raise _Bad(f"GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors = r.scalar("<Q")
+    n_kv = r.scalar("<Q")
+    if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise _Bad(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        metadata[key] = r.value(r.scalar("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.scalar("<I")
+        if n_dims > 8:
+            raise _Bad(f"tensor {name!r} has {n_dims} dimensions")
+        shape = tuple(r.scalar("<Q") for _ in range(n_dims))
+        tensors.append(GGUFTensor(name, shape, r.scalar("<I"), r.scalar("<Q")))
+    return version, metadata, tensors
+
+
 def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """Parse a GGUF file's metadata and tensor infos; check the data is all there.
 
@@ -169,30 +199,11 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
         ) from None
     with fh:
         size = os.fstat(fh.fileno()).st_size
-        r = _Reader(fh, path)
         try:
-            if r.read(4) != GGUF_MAGIC:
-                raise broken("not a GGUF file (bad magic bytes)")
-            version = r.scalar("<I")
-            if version not in (2, 3):
-                raise broken(f"GGUF version {version} is not supported (2 and 3 are)")
-            n_tensors = r.scalar("<Q")
-            n_kv = r.scalar("<Q")
-            if n_tensors > 1_000_000 or n_kv > 1_000_000:
-                raise broken(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
-            metadata: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = r.string()
-                metadata[key] = r.value(r.scalar("<I"))
-            tensors = []
-            for _ in range(n_tensors):
-                name = r.string()
-                n_dims = r.scalar("<I")
-                if n_dims > 8:
-                    raise broken(f"tensor {name!r} has {n_dims} dimensions")
-                shape = tuple(r.scalar("<Q") for _ in range(n_dims))
-                tensors.append(GGUFTensor(name, shape, r.scalar("<I"), r.scalar("<Q")))
+            version, metadata, tensors = _read_table(_Reader(fh, path))
             table_end = fh.tell()
+        except _Bad as exc:
+            raise broken(str(exc)) from None
         except EOFError:
             raise broken(f"truncated inside the header ({size} bytes)") from None
         except (ValueError, struct.error) as exc:

@@ -180,15 +180,22 @@ def _tensor_info(name: str, value: Any) -> tuple[str, tuple[int, ...], tuple[int
     return dtype, dims, (start, end)
 
 
-def parse_header(raw: bytes, data_len: int) -> tuple[list[TensorInfo], dict[str, str]]:
+def _parse_header(raw: bytes, data_len: int) -> tuple[list[TensorInfo], dict[str, str]]:
     """Validate the JSON header bytes against a data section of ``data_len`` bytes.
 
     Returns:
         The tensors in file order (by offset) and the ``__metadata__`` map.
 
     Raises:
-        ValueError: the first rule (see the module docstring) the header breaks.
+        _Invalid: the first rule (see the module docstring) the header breaks;
+            :func:`read_safetensors_header` turns it into a ``BrokenModelError``.
     """
+    metadata, parsed = _entries(_decode(raw))
+    return _layout(parsed, data_len), metadata
+
+
+def _decode(raw: bytes) -> _Pairs:
+    """The header's JSON as nested :class:`_Pairs`, checked for depth and duplicate-free parsing."""
     try:
         text = raw.decode("utf-8")
         stripped = text.strip(" \t\r\n")
@@ -208,28 +215,45 @@ def parse_header(raw: bytes, data_len: int) -> tuple[list[TensorInfo], dict[str,
     _check_tree(tree, 1)
     if not isinstance(tree, _Pairs):
         raise _Invalid("header is not a JSON object")
+    return tree
 
+
+_Parsed = dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]
+
+
+def _entries(tree: _Pairs) -> tuple[dict[str, str], _Parsed]:
+    """The ``__metadata__`` map and each tensor's ``(dtype, shape, (start, end))``."""
     metadata: dict[str, str] = {}
     seen_metadata = False
-    parsed: dict[str, tuple[str, tuple[int, ...], tuple[int, int]]] = {}
+    parsed: _Parsed = {}
     for key, value in tree:
         if key == "__metadata__":
             if seen_metadata:
                 raise _Invalid("__metadata__ appears twice")
             seen_metadata = True
-            if value is None:
-                continue
-            if not isinstance(value, _Pairs):
-                raise _Invalid("__metadata__ is not an object")
-            for mkey, mvalue in value:
-                if not isinstance(mvalue, str):
-                    shown = "an object" if isinstance(mvalue, _Pairs) else \
-                        mvalue.text if isinstance(mvalue, _Negative) else json.dumps(mvalue)[:40]
-                    raise _Invalid(f"__metadata__[{mkey!r}] is {shown}, not a string")
-                metadata[mkey] = mvalue
+            metadata = _metadata(value)
             continue
         parsed[key] = _tensor_info(key, value)  # a repeated name: the last one wins
+    return metadata, parsed
 
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, _Pairs):
+        raise _Invalid("__metadata__ is not an object")
+    metadata: dict[str, str] = {}
+    for mkey, mvalue in value:
+        if not isinstance(mvalue, str):
+            shown = "an object" if isinstance(mvalue, _Pairs) else \
+                mvalue.text if isinstance(mvalue, _Negative) else json.dumps(mvalue)[:40]
+            raise _Invalid(f"__metadata__[{mkey!r}] is {shown}, not a string")
+        metadata[mkey] = mvalue
+    return metadata
+
+
+def _layout(parsed: _Parsed, data_len: int) -> list[TensorInfo]:
+    """The tensors by offset, which must tile the data section exactly."""
     order = sorted(parsed.items(), key=lambda kv: kv[1][2])
     tensors: list[TensorInfo] = []
     position = 0
@@ -239,35 +263,40 @@ def parse_header(raw: bytes, data_len: int) -> tuple[list[TensorInfo], dict[str,
                 "leaves a gap before it" if start > position else "ends before it starts"
             raise _Invalid(f"tensor {name!r} at bytes {start}..{end} {what}")
         position = end
-        numel = 1
-        for d in dims:  # left to right, as the reference reader's checked fold
-            numel *= d
-            if numel > _U64_MAX:
-                raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose size overflows 64 bits")
-        bits = numel * DTYPE_BITS[dtype]
-        if bits > _U64_MAX:
-            raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose size overflows 64 bits")
-        if bits % 8:
-            raise _Invalid(f"tensor {name!r} ({dtype}{list(dims)}) does not end on a byte boundary")
-        if end - start != bits // 8:
-            raise _Invalid(f"tensor {name!r} spans {end - start} bytes but {dtype}{list(dims)} needs {bits // 8}")
-        if dtype in NOT_IN_TORCH:
-            raise _Invalid(f"tensor {name!r} is {dtype}, which safetensors cannot hand to torch")
-        if dtype == "F4" and dims[-1] % 2:
-            raise _Invalid(f"tensor {name!r} is F4 with an odd last dimension, which torch's float4_e2m1fn_x2 cannot hold")
-        if any(d > _I64_MAX for d in dims):
-            raise _Invalid(f"tensor {name!r} has a dimension above 2**63 - 1, which torch cannot hold")
-        stride = 1
-        for d in reversed(dims[1:]):  # torch's contiguous strides count an empty dimension as 1
-            stride *= max(d, 1)
-            if stride > _I64_MAX:
-                raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose strides overflow torch's int64")
+        _check_tensor(name, dtype, dims, end - start)
         tensors.append(TensorInfo(name, dtype, dims))
     if position != data_len:
         if position > data_len:
             raise _Invalid(f"truncated: tensors need {position} bytes of data but the file holds {data_len}")
         raise _Invalid(f"{data_len - position} bytes after the last tensor belong to no tensor")
-    return tensors, metadata
+    return tensors
+
+
+def _check_tensor(name: str, dtype: str, dims: tuple[int, ...], nbytes: int) -> None:
+    """One tensor's size against its byte span, and what torch can hold."""
+    numel = 1
+    for d in dims:  # left to right, as the reference reader's checked fold
+        numel *= d
+        if numel > _U64_MAX:
+            raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose size overflows 64 bits")
+    bits = numel * DTYPE_BITS[dtype]
+    if bits > _U64_MAX:
+        raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose size overflows 64 bits")
+    if bits % 8:
+        raise _Invalid(f"tensor {name!r} ({dtype}{list(dims)}) does not end on a byte boundary")
+    if nbytes != bits // 8:
+        raise _Invalid(f"tensor {name!r} spans {nbytes} bytes but {dtype}{list(dims)} needs {bits // 8}")
+    if dtype in NOT_IN_TORCH:
+        raise _Invalid(f"tensor {name!r} is {dtype}, which safetensors cannot hand to torch")
+    if dtype == "F4" and dims[-1] % 2:
+        raise _Invalid(f"tensor {name!r} is F4 with an odd last dimension, which torch's float4_e2m1fn_x2 cannot hold")
+    if any(d > _I64_MAX for d in dims):
+        raise _Invalid(f"tensor {name!r} has a dimension above 2**63 - 1, which torch cannot hold")
+    stride = 1
+    for d in reversed(dims[1:]):  # torch's contiguous strides count an empty dimension as 1
+        stride *= max(d, 1)
+        if stride > _I64_MAX:
+            raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose strides overflow torch's int64")
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
@@ -314,7 +343,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         ) from None
 
     try:
-        tensors, metadata = parse_header(raw, size - 8 - header_len)
+        tensors, metadata = _parse_header(raw, size - 8 - header_len)
     except _Invalid as exc:
         raise broken(str(exc)) from None
     return SafetensorsHeader(path=path, size_bytes=size, tensors=tuple(tensors), metadata=metadata)
