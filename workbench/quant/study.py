@@ -226,8 +226,8 @@ def compare(
     Raises:
         ConfigError: no variants, or a label :meth:`Variant.parse` does not know.
     """
-    from ..runtime import GenerationParams, LoadSpec, generate, get_registry
-    from .metrics import EVAL_TEXT_SOURCE, default_eval_text, greedy_tokens, match_rate, mean_kl, score_text
+    from ..runtime import LoadSpec, get_registry
+    from .metrics import EVAL_TEXT_SOURCE, default_eval_text, match_rate, mean_kl
 
     parsed = [v if isinstance(v, Variant) else Variant.parse(v) for v in variants]
     if not parsed:
@@ -255,22 +255,12 @@ def compare(
         loaded = None
         try:
             loaded = registry.load(spec, cancel=cancel)
-            row = VariantResult(variant, footprint_bytes=loaded.footprint_bytes,
-                                estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None,
-                                load_s=loaded.load_s)
-            say(f"{variant.label}: generating", (i + 0.3) / steps)
-            gen = generate(loaded, prompts[0], GenerationParams(max_new_tokens=new_tokens, temperature=0.0))
-            row = replace(row, ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s, decode_efficiency=gen.decode_efficiency)
-            if cancelled():
-                raise LoadCancelledError(f"study of {model} cancelled during {variant.label}")
-            say(f"{variant.label}: scoring the evaluation text", (i + 0.5) / steps)
-            score = score_text(loaded.model, loaded.tokenizer, eval_text, max_tokens=max_eval_tokens,
-                               keep_logprobs=kl_tokens)
+            row, tokens, score = _measure(
+                loaded, model, variant, prompts, eval_text, max_eval_tokens=max_eval_tokens, kl_tokens=kl_tokens,
+                new_tokens=new_tokens, say=lambda msg, at, i=i: say(msg, (i + at) / steps), cancelled=cancelled)
             eval_count = score.tokens
-            tokens = [greedy_tokens(loaded.model, loaded.tokenizer, p, new_tokens) for p in prompts]
             if i == 0:
                 base_tokens, base_logprobs = tokens, score.logprobs
-            row = replace(row, perplexity=score.perplexity)
             if base_tokens is not None:  # quality is relative: only when the baseline ran
                 row = replace(row, kl_divergence=mean_kl(base_logprobs, score.logprobs),
                               token_match_rate=match_rate(base_tokens, tokens))
@@ -282,16 +272,45 @@ def compare(
             # bitsandbytes reports a missing backend or kernel as plain errors; the row says so.
             row = VariantResult(variant, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
         finally:
-            if loaded is not None:
-                report = registry.unload(loaded.name)
-                del loaded
-                gc.collect()
-                rss = report.rss_after_bytes
-            else:
-                rss = None
-        if row.ok and row.perplexity is not None and not math.isfinite(row.perplexity):
-            row = replace(row, error=f"perplexity is {row.perplexity}: the quantized model's outputs are not finite")
-        rows.append(replace(row, rss_after_unload_bytes=rss))
+            rss = registry.unload(loaded.name).rss_after_bytes if loaded is not None else None
+            loaded = None
+            gc.collect()
+        rows.append(replace(_finite(row), rss_after_unload_bytes=rss))
     say("done", 1.0)
     return QuantStudy(model=model, device=device, rows=tuple(rows), eval_tokens=eval_count, eval_source=source,
                       cancelled=cancelled())
+
+
+def _measure(loaded: Any, model: str, variant: Variant, prompts: Sequence[str], eval_text: str, *, max_eval_tokens: int,
+             kl_tokens: int, new_tokens: int, say: Callable[[str, float], None],
+             cancelled: Callable[[], bool]) -> tuple[VariantResult, list[list[int]], Any]:
+    """One loaded variant's row (memory, speed, perplexity), its greedy tokens and its text score.
+
+    ``say(message, fraction_of_this_variant)`` reports progress.
+
+    Raises:
+        LoadCancelledError: ``cancelled()`` became true after generating.
+    """
+    from ..runtime import GenerationParams, generate
+    from .metrics import greedy_tokens, score_text
+
+    row = VariantResult(variant, footprint_bytes=loaded.footprint_bytes,
+                        estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None,
+                        load_s=loaded.load_s)
+    say(f"{variant.label}: generating", 0.3)
+    gen = generate(loaded, prompts[0], GenerationParams(max_new_tokens=new_tokens, temperature=0.0))
+    row = replace(row, ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s, decode_efficiency=gen.decode_efficiency)
+    if cancelled():
+        raise LoadCancelledError(f"study of {model} cancelled during {variant.label}")
+    say(f"{variant.label}: scoring the evaluation text", 0.5)
+    score = score_text(loaded.model, loaded.tokenizer, eval_text, max_tokens=max_eval_tokens,
+                       keep_logprobs=kl_tokens)
+    tokens = [greedy_tokens(loaded.model, loaded.tokenizer, p, new_tokens) for p in prompts]
+    return replace(row, perplexity=score.perplexity), tokens, score
+
+
+def _finite(row: VariantResult) -> VariantResult:
+    """The row, marked failed when its perplexity is not a finite number."""
+    if row.ok and row.perplexity is not None and not math.isfinite(row.perplexity):
+        return replace(row, error=f"perplexity is {row.perplexity}: the quantized model's outputs are not finite")
+    return row

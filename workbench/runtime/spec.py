@@ -95,51 +95,65 @@ class LoadSpec:
         Raises:
             LoadSpecError: naming the field at fault and the values it accepts.
         """
-        def bad(message: str, hint: str, **ctx: Any) -> LoadSpecError:
-            return LoadSpecError(message, hint=hint, **ctx)
-
-        if isinstance(self.model, str):
-            if not self.model.strip():
-                raise bad("no model given", "pass a store entry name such as 'SmolLM2-135M-Instruct'")
-        elif not isinstance(self.model, ModelEntry):
-            raise bad(f"model must be a store entry name or a ModelEntry, not {type(self.model).__name__}",
-                      "pass the name shown by `workbench store list`")
-        if not self.devices:
-            raise bad("no device chosen", "pass devices=('cpu',) or ('cuda:0',)")
-        for d in self.devices:
-            if not _DEVICE.match(d):
-                raise bad(f"device {d!r} is not a device name", "use 'cpu' or 'cuda:N' (e.g. 'cuda:0')", device=d)
-        if len(set(self.devices)) != len(self.devices):
-            raise bad(f"devices {list(self.devices)} name a device twice", "list each device once")
-        if self.dtype not in DTYPES:
-            raise bad(f"dtype {self.dtype!r} is not supported", f"use one of {', '.join(DTYPES)}", dtype=self.dtype)
-        if self.quant not in QUANTS:
-            raise bad(f"quantization {self.quant!r} is not supported", f"use one of {', '.join(QUANTS)}",
-                      quant=self.quant)
-        if self.double_quant and self.quant not in ("nf4", "fp4"):
-            raise bad(f"double quantization applies to 4-bit weights, not quant={self.quant!r}",
-                      "use quant='nf4' (or 'fp4') with double_quant=True, or drop double_quant")
-        if self.compute_dtype is not None:
-            if self.compute_dtype not in COMPUTE_DTYPES:
-                raise bad(f"compute_dtype {self.compute_dtype!r} is not supported",
-                          f"use one of {', '.join(COMPUTE_DTYPES)} or None")
-            if self.quant not in ("nf4", "fp4"):
-                raise bad(f"compute_dtype applies to 4-bit layers, not quant={self.quant!r}",
-                          "use dtype= to choose the precision, or quant='nf4' with compute_dtype")
-        if self.max_memory is not None:
-            if not isinstance(self.max_memory, Mapping):
-                raise bad("max_memory must map device names to bytes", "e.g. max_memory={'cuda:0': 20 * 2**30}")
-            for d, v in self.max_memory.items():
-                if d not in self.devices:
-                    raise bad(f"max_memory names {d!r}, which is not among the devices {list(self.devices)}",
-                              "add it to devices or remove it from max_memory", device=d)
-                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    raise bad(f"max_memory[{d!r}] must be a positive number of bytes, not {v!r}",
-                              "e.g. 20 * 2**30 for 20 GiB", device=d)
+        self._check_model()
+        self._check_devices()
+        self._check_precision()
+        self._check_max_memory()
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()
                                       or len(self.name) > 200 or any(c in self.name for c in "\n\r\t")):
-            raise bad(f"registry name {self.name!r} is not usable", "use a short one-line name, or None for the default")
+            raise LoadSpecError(f"registry name {self.name!r} is not usable",
+                                hint="use a short one-line name, or None for the default")
         return self
+
+    def _check_model(self) -> None:
+        if isinstance(self.model, str):
+            if not self.model.strip():
+                raise LoadSpecError("no model given", hint="pass a store entry name such as 'SmolLM2-135M-Instruct'")
+        elif not isinstance(self.model, ModelEntry):
+            raise LoadSpecError(f"model must be a store entry name or a ModelEntry, not {type(self.model).__name__}",
+                                hint="pass the name shown by `workbench store list`")
+
+    def _check_devices(self) -> None:
+        if not self.devices:
+            raise LoadSpecError("no device chosen", hint="pass devices=('cpu',) or ('cuda:0',)")
+        for d in self.devices:
+            if not _DEVICE.match(d):
+                raise LoadSpecError(f"device {d!r} is not a device name",
+                                    hint="use 'cpu' or 'cuda:N' (e.g. 'cuda:0')", device=d)
+        if len(set(self.devices)) != len(self.devices):
+            raise LoadSpecError(f"devices {list(self.devices)} name a device twice", hint="list each device once")
+
+    def _check_precision(self) -> None:
+        if self.dtype not in DTYPES:
+            raise LoadSpecError(f"dtype {self.dtype!r} is not supported", hint=f"use one of {', '.join(DTYPES)}",
+                                dtype=self.dtype)
+        if self.quant not in QUANTS:
+            raise LoadSpecError(f"quantization {self.quant!r} is not supported",
+                                hint=f"use one of {', '.join(QUANTS)}", quant=self.quant)
+        if self.double_quant and self.quant not in ("nf4", "fp4"):
+            raise LoadSpecError(f"double quantization applies to 4-bit weights, not quant={self.quant!r}",
+                                hint="use quant='nf4' (or 'fp4') with double_quant=True, or drop double_quant")
+        if self.compute_dtype is not None:
+            if self.compute_dtype not in COMPUTE_DTYPES:
+                raise LoadSpecError(f"compute_dtype {self.compute_dtype!r} is not supported",
+                                    hint=f"use one of {', '.join(COMPUTE_DTYPES)} or None")
+            if self.quant not in ("nf4", "fp4"):
+                raise LoadSpecError(f"compute_dtype applies to 4-bit layers, not quant={self.quant!r}",
+                                    hint="use dtype= to choose the precision, or quant='nf4' with compute_dtype")
+
+    def _check_max_memory(self) -> None:
+        if self.max_memory is None:
+            return
+        if not isinstance(self.max_memory, Mapping):
+            raise LoadSpecError("max_memory must map device names to bytes",
+                                hint="e.g. max_memory={'cuda:0': 20 * 2**30}")
+        for d, v in self.max_memory.items():
+            if d not in self.devices:
+                raise LoadSpecError(f"max_memory names {d!r}, which is not among the devices {list(self.devices)}",
+                                    hint="add it to devices or remove it from max_memory", device=d)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise LoadSpecError(f"max_memory[{d!r}] must be a positive number of bytes, not {v!r}",
+                                    hint="e.g. 20 * 2**30 for 20 GiB", device=d)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -113,6 +113,46 @@ def _detail(exc: Any) -> str:
     return f": {str(msg)[:200]}" if msg else ""
 
 
+def _read_stream(stream: Any, pieces: list[str], times: list[float], on_piece: Callable[[str], None] | None,
+                 cancel: threading.Event | None) -> tuple[Any, str | None]:
+    """Read a chat completion stream, appending each text piece and its arrival time.
+
+    ``pieces`` and ``times`` are filled in place, so a caller whose stream breaks keeps
+    what arrived.
+
+    Returns:
+        ``(usage, finish_reason)``: the last usage chunk (or ``None``), and the finish
+        reason (``"cancelled"`` when ``cancel`` was set, ``None`` when the stream just ended).
+    """
+    usage = None
+    finish: str | None = None
+    with stream:
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices or ():
+                piece = choice.delta.content if choice.delta is not None else None
+                if piece:
+                    pieces.append(piece)
+                    times.append(time.perf_counter())
+                    if on_piece is not None:
+                        on_piece(piece)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+            if cancel is not None and cancel.is_set():
+                return usage, "cancelled"
+    return usage, finish
+
+
+def _tokens_per_s(new: int, times: list[float], t0: float, t_end: float) -> float:
+    """Decode rate in tokens/s from the pieces' arrival times (``perf_counter`` seconds)."""
+    if len(times) >= 2 and times[-1] > times[0]:
+        # Pieces, not tokens, arrive: spread the reported count over the decode time.
+        return (max(new, len(times)) - 1) / (times[-1] - times[0])
+    span = t_end - (times[0] if times else t0)
+    return new / span if span > 0 and new else 0.0
+
+
 class EndpointClient:
     """A chat client for one endpoint (by registry name, or an :class:`Endpoint`).
 
@@ -225,8 +265,6 @@ class EndpointClient:
         req = self._request(prompt_or_messages, params)
         pieces: list[str] = []
         times: list[float] = []
-        usage = None
-        finish: str | None = None
         t0 = time.perf_counter()
         try:
             stream = self._client.chat.completions.create(**req)
@@ -234,22 +272,7 @@ class EndpointClient:
             self._raise(exc)
             raise
         try:
-            with stream:
-                for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices or ():
-                        piece = choice.delta.content if choice.delta is not None else None
-                        if piece:
-                            pieces.append(piece)
-                            times.append(time.perf_counter())
-                            if on_piece is not None:
-                                on_piece(piece)
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-                    if cancel is not None and cancel.is_set():
-                        finish = "cancelled"
-                        break
+            usage, finish = _read_stream(stream, pieces, times, on_piece, cancel)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             cut = _translate(exc, self.endpoint, self._model) if isinstance(exc, openai.APIStatusError) else None
             if cut is not None:
@@ -268,12 +291,7 @@ class EndpointClient:
         new = int(usage.completion_tokens) if usage is not None and usage.completion_tokens is not None \
             else len(pieces)
         prompt_tokens = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else None
-        if len(times) >= 2 and times[-1] > times[0]:
-            # Pieces, not tokens, arrive: spread the reported count over the decode time.
-            rate = (max(new, len(times)) - 1) / (times[-1] - times[0])
-        else:
-            span = t_end - (times[0] if times else t0)
-            rate = new / span if span > 0 and new else 0.0
+        rate = _tokens_per_s(new, times, t0, t_end)
         return ChatResult("".join(pieces), prompt_tokens, new, (times[0] - t0) if times else t_end - t0, rate,
                           t_end - t0, finish, self.model, self.endpoint.name, usage is not None)
 

@@ -111,36 +111,12 @@ class WorkbenchCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily
 
         sampler = self._call("sampler", self._sampler)
         sample = sampler.latest() if sampler is not None else None
         if sample is not None:
-            for field, (name, help_text, scale) in HOST_FAMILIES.items():
-                value = getattr(sample, field)
-                if _finite(value):
-                    yield GaugeMetricFamily(name, help_text, value=value * scale)
-            for field, (name, help_text, scale) in GPU_FAMILIES.items():
-                family = GaugeMetricFamily(name, help_text, labels=GPU_LABELS)
-                for g in sample.gpus:
-                    value = getattr(g, field)
-                    if _finite(value):
-                        family.add_metric([g.device, _label(g.uuid)], value * scale)
-                if family.samples:
-                    yield family
-            procs = GaugeMetricFamily(
-                "workbench_gpu_processes", "Compute processes on the GPU, all users.", labels=GPU_LABELS
-            )
-            for g in sample.gpus:
-                if g.processes is not None:
-                    procs.add_metric([g.device, _label(g.uuid)], len(g.processes))
-            if procs.samples:
-                yield procs
-            yield GaugeMetricFamily(
-                "workbench_telemetry_last_sample_timestamp_seconds",
-                "When the latest sample was taken, seconds since the epoch.",
-                value=sample.time_s,
-            )
+            yield from _sample_families(sample)
         if sampler is not None:
             yield CounterMetricFamily(
                 "workbench_telemetry_samples", "Samples taken by this process's telemetry sampler.",
@@ -233,3 +209,34 @@ def to_prometheus_text(collector: WorkbenchCollector) -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return generate_latest(registry).decode("utf-8")
+
+
+def _sample_families(sample: Any) -> Iterator[Any]:
+    """The gauges of one telemetry sample: host, per-GPU, GPU processes, and its time."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    for field, (name, help_text, scale) in HOST_FAMILIES.items():
+        value = getattr(sample, field)
+        if _finite(value):
+            yield GaugeMetricFamily(name, help_text, value=value * scale)
+    for field, (name, help_text, scale) in GPU_FAMILIES.items():
+        family = GaugeMetricFamily(name, help_text, labels=GPU_LABELS)
+        for g in sample.gpus:
+            value = getattr(g, field)
+            if _finite(value):
+                family.add_metric([g.device, _label(g.uuid)], value * scale)
+        if family.samples:
+            yield family
+    procs = GaugeMetricFamily(
+        "workbench_gpu_processes", "Compute processes on the GPU, all users.", labels=GPU_LABELS
+    )
+    for g in sample.gpus:
+        if g.processes is not None:
+            procs.add_metric([g.device, _label(g.uuid)], len(g.processes))
+    if procs.samples:
+        yield procs
+    yield GaugeMetricFamily(
+        "workbench_telemetry_last_sample_timestamp_seconds",
+        "When the latest sample was taken, seconds since the epoch.",
+        value=sample.time_s,
+    )
