@@ -426,7 +426,7 @@ def _rate(n: int, times: list[float], t0: float, t_end: float) -> float:
     return n / span if span > 0 and n else 0.0
 
 
-def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
+def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,  # noqa: C901 (split with the module, issue 10)
          on_piece: Callable[[str], None] | None, stop_event: threading.Event | None) -> list[GenerationResult]:
     """Generate for one prompt (streamed to ``on_piece``) or a left-padded batch; in this thread."""
     params.validate()

@@ -377,7 +377,7 @@ def translate_error(exc: BaseException, entry: ModelEntry, spec: LoadSpec) -> Wo
 ReportFn = Callable[[LoadProgress], Any]
 
 
-def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict[Any, int] | None,
+def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict[Any, int] | None,  # noqa: C901 (split with the module, issue 10)
          progress: ReportFn | None = None, cancel: threading.Event | None = None,
          phase_times: dict[str, float] | None = None) -> LoadOutcome:
     """Load ``entry`` as ``spec`` says; on any failure nothing stays referenced.

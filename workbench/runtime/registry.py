@@ -225,7 +225,7 @@ def _pins_memory(value: Any, targets: list[Any]) -> bool:
     return torch is not None and isinstance(value, (torch.nn.Module, torch.Tensor))
 
 
-def clear_ipython_references(targets: list[Any]) -> list[str]:
+def clear_ipython_references(targets: list[Any]) -> list[str]:  # noqa: C901 (moves to ui as a hook, issue 10)
     """Remove ``targets`` from IPython's output history and the last traceback's frames.
 
     Only when IPython is already imported (never imports it). Returns what was cleared.

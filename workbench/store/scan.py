@@ -266,7 +266,7 @@ class Scanner:
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:
+    def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:  # noqa: C901 (split with the module, issue 10)
         files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         safetensors = sorted(n for n in files if n.endswith(".safetensors"))
         ggufs = sorted(n for n in files if n.endswith(".gguf"))
