@@ -17,8 +17,8 @@ from pathlib import Path
 from ..config import get_settings
 from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
-from .index_cache import IndexCache
 from .gguf_split import group_candidates
+from .index_cache import IndexCache
 from .roots import RootProblem, check_roots, ensure_writable
 from .scan import Scanner, entry_name
 
