@@ -8,7 +8,9 @@ on the device, checks the placement and the footprint against the store's estima
 (within 3%), answers "What is the capital of France?" greedily (Paris), stops a stream
 after three pieces, unloads, and checks that CUDA memory went back. It also checks a
 refusal (a ``max_memory`` budget too small), the NVML free memory the fit check used,
-and, with two or more GPUs, a load split across cuda:0 and cuda:1.
+and, with two or more GPUs, a load split across cuda:0 and cuda:1. With vLLM installed
+(setting ``vllm_command``), it serves the model through vLLM, asks for Paris over the
+OpenAI API and stops it (skipped with a message otherwise).
 
 Each check prints PASS, FAIL or SKIP with its numbers; the summary table shows
 footprints (estimated and measured), tokens/s, decode efficiency against the measured
@@ -216,6 +218,42 @@ def check_real_multi_gpu(checks: Checks, entry: Any) -> None:
         checks.record("split across cuda:0 and cuda:1", False, str(exc))
 
 
+def check_vllm(checks: Checks, entry: Any, device: str) -> None:
+    """Serve the model with vLLM (setting ``vllm_command``) on ``device``, ask for Paris, stop it."""
+    name = "vLLM serve, streaming chat, stop"
+    from workbench.errors import WorkbenchError
+    from workbench.runtime import GenerationParams
+    from workbench.serve import EndpointClient, serve, stop
+    from workbench.serve.engines import vllm_command
+    from workbench.serve.process import group_members, port_open
+
+    if not device.startswith("cuda"):
+        checks.record(name, None, "no GPU (vLLM runs on GPUs only)")
+        return
+    if vllm_command() is None:
+        checks.record(name, None, "vLLM not found: install it in its own venv and set WORKBENCH_VLLM_COMMAND "
+                                  "to its `vllm` (see README, Serving)")
+        return
+    try:
+        t0 = time.perf_counter()
+        ep = serve(entry.name, engine="vllm", devices=(device,), dtype="bfloat16", name="gpu-check-vllm",
+                   ready_timeout_s=900)
+        try:
+            r = EndpointClient(ep).chat(PROMPT, GenerationParams(temperature=0, max_new_tokens=16))
+            util = ep.argv[list(ep.argv).index("--gpu-memory-utilization") + 1]
+            max_len = ep.argv[list(ep.argv).index("--max-model-len") + 1]
+        finally:
+            stop(ep.name)
+        port = int(ep.base_url.rsplit(":", 1)[1].split("/")[0])
+        left = bool(group_members(ep.pid)) or port_open("127.0.0.1", port)
+        checks.record(name, "Paris" in r.text and not left,
+                      f"ready in {ep.ready_s:.0f} s (total {time.perf_counter() - t0:.0f} s), utilization {util}, "
+                      f"max-model-len {max_len}, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s; "
+                      f"{'nothing left running' if not left else 'LEFT RUNNING'}; answer {r.text!r}")
+    except WorkbenchError as exc:
+        checks.record(name, False, str(exc)[:2000])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda:0")
@@ -267,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     check_fake_multi_gpu(checks)
     if device.startswith("cuda"):
         check_real_multi_gpu(checks, entry)
+    check_vllm(checks, entry, device)
 
     print()
     after_col = "CUDA alloc/reserved after" if device.startswith("cuda") else "RSS delta after"
