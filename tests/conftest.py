@@ -34,6 +34,8 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
     # GPU leases are machine-wide by design: a test's leases stay in its own folder.
     monkeypatch.setenv("WORKBENCH_LEASE_DIR", str(tmp_path / "leases"))
+    # So is the endpoint registry (engines `workbench serve` started).
+    monkeypatch.setenv("WORKBENCH_ENDPOINTS_FILE", str(tmp_path / "endpoints.json"))
     monkeypatch.delenv("WORKBENCH_IDLE_UNLOAD_S", raising=False)
     reset_settings()
     yield user

@@ -98,3 +98,12 @@ def test_cli_add_list_stop(endpoints_file: Path, monkeypatch: pytest.MonkeyPatch
     assert main(["endpoints", "stop", "remote1"]) == 1
     assert "no endpoint called 'remote1'" in capsys.readouterr().err
     assert "sk-cli-secret" not in endpoints_file.read_text()
+
+
+def test_reading_a_registry_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "workbench" / "endpoints.json"
+    reg = EndpointRegistry(path)
+    assert reg.list() == [] and reg.statuses() == []
+    assert not path.parent.exists()
+    reg.add_remote("first", "http://127.0.0.1:9/v1")
+    assert [e.name for e in EndpointRegistry(path).list()] == ["first"]

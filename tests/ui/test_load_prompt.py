@@ -131,7 +131,7 @@ def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
 def test_workbench_links_the_panels(tiny_store: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
     wb = Workbench(registry=registry)
     _ = wb.widget
-    assert wb.selected_tab == "Load" and list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry", "Quantization"]
+    assert wb.selected_tab == "Load" and list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry", "Quantization", "Serve"]
     wb.load._model_w.value = "tiny-gpt2"
     wb.load._load_button.click()
     loaded = wb.load.wait()

@@ -95,18 +95,31 @@ class EndpointRegistry:
     # -- file ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _lock_file(self) -> Iterator[None]:
         with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                records = self._read()
-                before = json.dumps(records, sort_keys=True)
-                yield records
-                if json.dumps(records, sort_keys=True) != before:
-                    self._write(records)
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        if not self.path.parent.is_dir():
+            # Nothing registered yet: a read must not create folders; a first write does.
+            records: dict[str, dict[str, Any]] = {}
+            yield records
+            if records:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self._lock_file():
+                    self._write({**self._read(), **records})
+            return
+        with self._lock_file():
+            records = self._read()
+            before = json.dumps(records, sort_keys=True)
+            yield records
+            if json.dumps(records, sort_keys=True) != before:
+                self._write(records)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:

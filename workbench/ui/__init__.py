@@ -24,6 +24,7 @@ _EXPORTS = {
     "Workbench": "app",
     "Panel": "base",
     "StorePanel": "store_panel",
+    "ServePanel": "serve_panel",
     "LoadPanel": "load_panel",
     "PromptPanel": "prompt_panel",
     "TelemetryPanel": "telemetry_panel",

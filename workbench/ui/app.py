@@ -11,12 +11,13 @@ from .display import StaticHTML, display_mode, esc, section_html
 from .load_panel import LoadPanel
 from .prompt_panel import PromptPanel
 from .quant_panel import QuantizationPanel
+from .serve_panel import ServePanel
 from .store_panel import StorePanel
 from .telemetry_panel import TelemetryPanel
 
 
 class Workbench:
-    """The workbench as one app: Store, Load, Prompt, Telemetry and Quantization tabs.
+    """The workbench as one app: Store, Load, Prompt, Telemetry, Quantization and Serve tabs.
 
     Panels talk through the app: a refreshed store re-lists models in Load, and a
     finished load selects the model in Prompt and switches to that tab. More
@@ -45,8 +46,9 @@ class Workbench:
         self.prompt = PromptPanel(registry)
         self.telemetry = TelemetryPanel(sampler)
         self.quantization = QuantizationPanel(self.model_store, registry)
+        self.serve = ServePanel(self.model_store)
         self.panels: dict[str, Panel] = {}
-        for panel in (self.store, self.load, self.prompt, self.telemetry, self.quantization):
+        for panel in (self.store, self.load, self.prompt, self.telemetry, self.quantization, self.serve):
             self.panels[panel.title] = panel
         self._tab_widget: Any = None
         self._root: Any = None
