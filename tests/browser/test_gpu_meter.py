@@ -6,6 +6,7 @@ builds the labextension and installs both with the package), as a user gets them
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_the_labextension_is_installed() -> None:
     assert found is not None, f"{NAME} is not installed: `make setup` builds and installs it"
     assert list((found / "static").glob("remoteEntry.*.js"))
     # The same place `pip install` puts the wheel's shared data (not a per-user copy).
-    assert str(found).startswith(sys.prefix) or "JUPYTER_PATH" in __import__("os").environ
+    assert str(found).startswith(sys.prefix) or "JUPYTER_PATH" in os.environ
 
 
 def test_status_bar_meter_shows_cpu_and_ram_and_opens_its_panel(

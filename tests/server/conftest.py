@@ -6,6 +6,7 @@ that their autouse event-loop fixture applies to the server tests alone.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ def _clean_slate(request: pytest.FixtureRequest):
     state = serverapp.web_app.settings.get("workbench_state")
     if state is not None:
         state.close()
+        for var in state.exported_env:  # set in this process by the extension, for its kernels
+            os.environ.pop(var, None)
 
 
 @pytest.fixture
@@ -42,8 +45,6 @@ def jp_server_config(isolated_store: Path, shared_root: Path, tmp_path: Path,
 
     The environment variables would override the server's config, so they are unset here.
     """
-    import os
-
     monkeypatch.delenv("WORKBENCH_STORE", raising=False)
     monkeypatch.delenv("WORKBENCH_LEASE_DIR", raising=False)
     return {

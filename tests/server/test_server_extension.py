@@ -119,6 +119,27 @@ async def test_leases_is_the_cli_document(jp_fetch, fake_nvml, tmp_path: Path) -
     assert (await get_json(jp_fetch, "leases"))["leases"] == []
 
 
+async def test_kernels_get_the_settings_of_the_servers_config(jp_fetch, jp_serverapp, tmp_path: Path) -> None:
+    """A kernel the server starts reads the lease folder the server's config names, through its environment."""
+    response = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(response.body)["id"]
+    try:
+        km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+        client = km.client()
+        client.start_channels()
+        await client.wait_for_ready(timeout=60)
+        outputs: list[dict] = []
+        code = ("from workbench.config import get_settings; s = get_settings(); "
+                "print(s.lease_dir, s.telemetry_interval_s, s.store_roots()[-1])")
+        reply = await client.execute_interactive(code, timeout=60, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        assert text.split() == [str(tmp_path / "leases"), "0.25", str(tmp_path / "shared-store")]
+        client.stop_channels()
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+
+
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 async def test_no_token_gets_no_data(jp_fetch, endpoint: str) -> None:
     with pytest.raises(HTTPClientError) as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class ServerState:
         self.settings = settings
         self._sampler: Any = None
         self._book: Any = None
+        self.exported_env: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def store(self) -> Any:
@@ -186,9 +188,31 @@ def settings_from(serverapp: Any) -> Any:
     return WorkbenchSettings(config=serverapp.config)
 
 
+def export_to_kernels(serverapp: Any, settings: Any) -> dict[str, str]:
+    """Hand the settings the server's Jupyter config sets to the kernels it starts.
+
+    Kernels read config files and ``WORKBENCH_*`` variables, not the server's
+    ``jupyter_server_config.py``; they do inherit its environment. So a hub admin's
+    ``c.WorkbenchSettings.lease_dir = ...`` reaches the kernels that take the leases
+    the server lists. A variable already set is left alone (it wins anyway).
+
+    Returns:
+        The variables set, ``{"WORKBENCH_LEASE_DIR": "/srv/leases", ...}``.
+    """
+    from ..config import ENV_VARS
+
+    section = serverapp.config.get("WorkbenchSettings", {}) if "WorkbenchSettings" in serverapp.config else {}
+    exported = {}
+    for name, var in ENV_VARS.items():
+        if name in section and not os.environ.get(var, "").strip():
+            exported[var] = os.environ[var] = str(getattr(settings, name))
+    return exported
+
+
 def load(serverapp: Any) -> ServerState:
     """Install the handlers under the server's base URL and register the metrics."""
     state = ServerState(settings_from(serverapp))
+    state.exported_env = export_to_kernels(serverapp, state.settings)
     web_app = serverapp.web_app
     base = url_path_join(web_app.settings["base_url"], "workbench", "api")
     handlers = [
