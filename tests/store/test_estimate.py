@@ -66,3 +66,20 @@ def test_bad_arguments_are_config_errors(entry):
     with pytest.raises(ConfigError, match="float8"):
         estimate(entry, "float8", "none")
     assert estimate(entry, "auto").dtype == "bfloat16"
+
+
+def test_an_entry_without_readable_headers_is_a_store_error(tiny_models, tmp_path):
+    """The entry is at fault, not an argument: BrokenModelError naming it (still a ValueError)."""
+    import shutil
+
+    from workbench.errors import BrokenModelError, StoreError
+
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "root" / "cut")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    cut = ModelStore([tmp_path / "root"], cache_path=None).get("cut")
+    assert cut.status == "broken" and cut.params is None
+    with pytest.raises(BrokenModelError, match="cut has no readable weight headers") as err:
+        estimate(cut)
+    assert isinstance(err.value, StoreError) and isinstance(err.value, ValueError)
+    assert err.value.path == cut.path

@@ -72,7 +72,11 @@ class GenerationParams:
         return self.temperature == 0
 
     def validate(self) -> GenerationParams:
-        """Raises :class:`ConfigError` naming the setting at fault."""
+        """``self``, once every setting is in range.
+
+        Raises:
+            ConfigError: naming the setting at fault and a value that works.
+        """
         def bad(what: str, hint: str) -> ConfigError:
             return ConfigError(what, hint=hint)
 
@@ -178,6 +182,9 @@ def render_prompt(tokenizer: Any, prompt: Any, system_prompt: str | None = None)
     With a chat template, the template formats the messages (a plain prompt becomes
     one user message) and adds its own special tokens. Without one, a plain prompt
     is used as is; messages become ``"Role: content"`` lines ending in ``"Assistant:"``.
+
+    Raises:
+        GenerationError: an empty prompt or message list, or messages that are not role/content dicts.
     """
     msgs, plain = _messages(prompt, system_prompt)
     if getattr(tokenizer, "chat_template", None):
@@ -563,6 +570,12 @@ def generate_batch(loaded: LoadedModel | str, prompts: Sequence[Any],
 
     Each result's ``tokens_per_s`` is its row's rate (one token per step while it
     runs); ``total_s`` is the whole batch.
+
+    Raises:
+        GenerationError: ``prompts`` is a string or empty; a prompt is empty; anything else that
+            went wrong (the model stays loaded).
+        ModelNotLoadedError: the model was unloaded (or no loaded model has that name).
+        GenerationOutOfMemoryError: out of memory; the model stays loaded and usable.
     """
     if isinstance(prompts, str) or not prompts:
         raise GenerationError("generate_batch needs a list of prompts", hint="use generate() for one prompt")

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ConfigError
+from ..errors import BrokenModelError, ConfigError
 from .entry import ModelEntry, format_bytes
 from .kv_cache import kv_cache_bytes_for
 
@@ -41,7 +41,11 @@ _BLOCK = 64  # bitsandbytes' default 4-bit block size
 
 
 def resolve_dtype(entry: ModelEntry, dtype: str) -> str:
-    """``"auto"`` becomes the checkpoint's floating dtype (bfloat16 for GGUF or integer checkpoints)."""
+    """``"auto"`` becomes the checkpoint's floating dtype (bfloat16 for GGUF or integer checkpoints).
+
+    Raises:
+        ConfigError: a dtype that is neither ``"auto"`` nor one of :data:`DTYPE_BYTES`.
+    """
     if dtype == "auto":
         return entry.dtype if entry.dtype in DTYPE_BYTES else "bfloat16"
     if dtype not in DTYPE_BYTES:
@@ -136,12 +140,17 @@ def estimate(
         >>> est = estimate(entry, "bfloat16", "nf4")  # doctest: +SKIP
         >>> est.total_str  # doctest: +SKIP
         '110.5 MiB'
+
+    Raises:
+        ConfigError: an unknown ``dtype`` or ``quant``.
+        BrokenModelError: the entry's weight headers could not be read (a broken entry).
     """
     if quant not in QUANTS:
         raise ConfigError(f"quantization {quant!r} is not supported", hint=f"use one of {', '.join(QUANTS)}")
     if entry.params is None:
-        raise ConfigError(f"{entry.name} has no readable weight headers, so its memory cannot be estimated",
-                          hint=entry.problem or "check the entry with `workbench store inspect`")
+        raise BrokenModelError(f"{entry.name} has no readable weight headers, so its memory cannot be estimated",
+                               hint=entry.problem or "check the entry with `workbench store inspect`",
+                               name=entry.name, path=entry.path)
     dtype = resolve_dtype(entry, dtype)
     width = DTYPE_BYTES[dtype]
     w = entry.weights
