@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # for the NVML fake
 
 from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB, installed, make_fake_nvml  # noqa: E402
-
 from workbench.telemetry import Sampler  # noqa: E402
 
 

@@ -174,7 +174,6 @@ def check_fake_multi_gpu(checks: Checks) -> None:
     """The two-GPU max_memory map, against the NVML fakes (no GPU needed)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from fakes.fake_pynvml import FakeGpu, FakeProcess, installed, make_fake_nvml
-
     from workbench.runtime import LoadSpec, check_fit, placement_plan
     from workbench.runtime.fit import CUDA_CONTEXT_BYTES
     from workbench.store import ModelEntry, WeightStats

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_models import ARCHS, build_tiny
 
+from tiny_models import ARCHS, build_tiny
 from workbench.config import default_user_store, reset_settings
 
 # Read before any fixture changes the environment: where `make test` seeded the model.

@@ -13,7 +13,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fakes.fake_pynvml import FakeGpu, installed, make_fake_nvml  # noqa: E402
-
 from workbench.errors import InsufficientMemoryError  # noqa: E402
 
 fake = make_fake_nvml([FakeGpu(memory_total_bytes=24 * 2**30)])

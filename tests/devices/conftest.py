@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
 
 

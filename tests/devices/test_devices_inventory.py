@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+import workbench
 from fakes.fake_pynvml import (
     FakeGpu,
     FakeProcess,
@@ -19,8 +21,6 @@ from fakes.fake_pynvml import (
     install_fake_nvml,
     install_fake_torch_cuda,
 )
-
-import workbench
 from workbench.devices import (
     devices_report,
     format_devices,

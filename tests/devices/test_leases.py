@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes.fake_pynvml import FakeGpu, FakeProcess
 
+from fakes.fake_pynvml import FakeGpu, FakeProcess
 from workbench.devices.leases import (
     STALE_AFTER_S,
     Lease,

@@ -14,8 +14,9 @@ import re
 import time
 
 import pytest
-from browser.conftest import CHROMIUM, CHROMIUM_ARGS, save_artifact
 from prometheus_client.parser import text_string_to_metric_families
+
+from browser.conftest import CHROMIUM, CHROMIUM_ARGS, save_artifact
 
 from .conftest import FAKE_GPUS, PASSWORD, GiB, Hub
 from .kernel import run_in_kernel

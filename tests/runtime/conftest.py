@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fakes.fixtures import clean_devices, fake_nvml, no_fp4_backend  # noqa: F401
 
 SMOL = "SmolLM2-135M-Instruct"

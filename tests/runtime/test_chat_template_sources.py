@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from store.test_tokenizer_and_templates import LAYOUTS, make, strip_templates, tmpl
 
+from store.test_tokenizer_and_templates import LAYOUTS, make, strip_templates, tmpl
 from workbench.errors import BrokenModelError, MissingTokenizerError
 from workbench.runtime import LoadSpec
 from workbench.runtime.generation import render_prompt

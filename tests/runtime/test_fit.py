@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes.fake_pynvml import FakeGpu, FakeProcess
 
+from fakes.fake_pynvml import FakeGpu, FakeProcess
 from workbench.errors import InsufficientMemoryError, LoadSpecError
 from workbench.runtime import LoadSpec, Registry, check_fit, placement_plan
 from workbench.runtime.fit import CUDA_CONTEXT_BYTES, require_fit

@@ -76,7 +76,6 @@ def test_the_setting_starts_a_watcher_on_load(registry, monkeypatch):
 
 def test_idle_unload_releases_the_gpu_lease(fake_nvml, clean_devices, registry, monkeypatch):
     from fakes.fake_pynvml import FakeGpu
-
     from workbench.devices.leases import list_leases
     from workbench.runtime import loader
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from fakes.fake_pynvml import FakeGpu
 
+from fakes.fake_pynvml import FakeGpu
 from workbench.devices.leases import LeaseBook, list_leases
 from workbench.errors import InsufficientMemoryError, LoadError
 from workbench.runtime import LoadSpec, loader

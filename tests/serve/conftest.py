@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fakes.fixtures import clean_devices, fake_nvml  # noqa: F401
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")

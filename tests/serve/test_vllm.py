@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fakes.fake_pynvml import FakeGpu
 
+from fakes.fake_pynvml import FakeGpu
 from workbench.devices.leases import acquire, list_leases, release
 from workbench.errors import EngineNotFoundError, InsufficientMemoryError, LoadSpecError
 from workbench.runtime.fit import check_fit

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
 from pytest_jupyter.jupyter_server import *  # noqa: F403
+
+from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

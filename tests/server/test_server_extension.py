@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
+
+from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB
 
 ENDPOINTS = ["devices", "telemetry", "store", "leases"]
 

@@ -10,8 +10,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from tiny_models import ARCHS, expected_params
 
+from tiny_models import ARCHS, expected_params
 from workbench.errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from workbench.store import ModelStore
 

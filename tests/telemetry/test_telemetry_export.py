@@ -8,7 +8,6 @@ import json
 import re
 
 from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB, seq
-
 from workbench.telemetry import (
     HostSample,
     NVMLSource,

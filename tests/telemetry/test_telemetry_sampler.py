@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB, NVMLError_GpuIsLost, install_fake_torch_cuda, seq
 
+from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB, NVMLError_GpuIsLost, install_fake_torch_cuda, seq
 from workbench.config import reset_settings
 from workbench.devices import nvml_status
 from workbench.errors import ConfigError, DeviceNotFoundError

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fakes.fixtures import clean_devices, fake_nvml  # noqa: F401  (NVML at its seam, for GPU rows)
 
 

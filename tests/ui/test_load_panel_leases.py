@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from fakes.fake_pynvml import FakeGpu, FakeProcess
 
+from fakes.fake_pynvml import FakeGpu, FakeProcess
 from workbench.devices.leases import LeaseBook
 from workbench.runtime import LoadSpec, Registry
 from workbench.runtime.idle import IdleWatcher
