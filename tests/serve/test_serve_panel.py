@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fakes.fake_pynvml import FakeGpu
-
 from workbench.errors import LoadSpecError
 from workbench.serve import process
 from workbench.ui.serve_panel import ServePanel
