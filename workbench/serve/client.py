@@ -62,8 +62,56 @@ class ChatResult:
     endpoint: str
     usage_reported: bool
 
+    @property
+    def stopped_by(self) -> str | None:
+        """The runtime's name for why it ended (the metrics table shows both kinds of result)."""
+        return self.finish_reason
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class EndpointStream:
+    """A streamed answer read on a background thread, used like the runtime's ``Stream``:
+    iterate for text pieces, :meth:`stop` to stop reading, :attr:`result` once it ended.
+
+    Raises (while iterating):
+        The errors of :meth:`EndpointClient.chat`.
+    """
+
+    _END = object()
+
+    def __init__(self, client: EndpointClient, prompt_or_messages: Any, params: Any) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._cancel = threading.Event()
+        self.result: ChatResult | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.result = client.chat(prompt_or_messages, params, on_piece=self._queue.put, cancel=self._cancel)
+            except BaseException as exc:  # handed to the reader, re-raised there
+                self._error = exc
+            finally:
+                self._queue.put(self._END)
+
+        threading.Thread(target=run, name=f"workbench-endpoint-{client.endpoint.name}", daemon=True).start()
+
+    def __iter__(self) -> Any:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    def stop(self) -> None:
+        """Stop reading the answer (what arrived so far is kept in :attr:`result`)."""
+        self._cancel.set()
 
 
 def _translate(exc: BaseException, ep: Endpoint, model: str | None) -> ServeError | None:
@@ -294,6 +342,15 @@ class EndpointClient:
         rate = _tokens_per_s(new, times, t0, t_end)
         return ChatResult("".join(pieces), prompt_tokens, new, (times[0] - t0) if times else t_end - t0, rate,
                           t_end - t0, finish, self.model, self.endpoint.name, usage is not None)
+
+    def stream(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None) -> EndpointStream:
+        """Start one streamed answer; iterate the returned :class:`EndpointStream` for its pieces.
+
+        Example:
+            >>> s = client.stream("What is the capital of France?")  # doctest: +SKIP
+            >>> "".join(s), s.result.tokens_per_s  # doctest: +SKIP
+        """
+        return EndpointStream(self, prompt_or_messages, params)
 
     def batch(self, prompts: Sequence[Any], params: Any = None, *, max_concurrency: int = 8,
               return_errors: bool = False) -> list[Any]:

@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from ..errors import ConfigError, GenerationError, ModelNotLoadedError
+from ..errors import ConfigError, GenerationError, ModelNotLoadedError, WorkbenchError
 from ..store import format_bytes
 from .base import Panel, Throttle
 from .display import esc, html_table, pre_html
 
 FLUSH_PER_S = 10
+#: Choices naming an OpenAI-compatible endpoint (workbench.serve) instead of a loaded model.
+ENDPOINT_PREFIX = "endpoint:"
 DEFAULTS = dict(max_new_tokens=128, temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.0)
 
 
@@ -87,6 +89,22 @@ def batch_table_html(rows: Sequence[tuple[str, Any]]) -> str:
     return html_table(["Prompt", "Output", "New tokens", "Tokens/s", "Stopped by"], body, caption="Batch")
 
 
+def _endpoint_choices() -> list[str]:
+    """``endpoint:NAME`` for each running or remote endpoint (engines that exited are left out)."""
+    try:
+        from ..serve import EndpointRegistry
+
+        return [ENDPOINT_PREFIX + s.endpoint.name for s in EndpointRegistry().statuses() if s.state != "exited"]
+    except WorkbenchError:  # an unreadable registry must not break the panel
+        return []
+
+
+def _is_endpoint(target: Any) -> bool:
+    from ..serve import EndpointClient
+
+    return isinstance(target, EndpointClient)
+
+
 class PromptPanel(Panel):
     """Chat with a loaded model, with streaming, sampling controls, Stop, Clear and batches.
 
@@ -133,9 +151,10 @@ class PromptPanel(Panel):
 
     def refresh_models(self) -> list[str]:
         """Re-list loaded models; keeps the choice if it is still loaded, else picks the newest."""
-        names = [m.name for m in self.registry.list()]
+        local = [m.name for m in self.registry.list()]
+        names = local + _endpoint_choices()
         if self.model not in names:
-            self.model = names[-1] if names else None
+            self.model = local[-1] if local else (names[0] if names else None)
         if hasattr(self, "_model_w"):
             self._syncing = True
             try:
@@ -176,6 +195,10 @@ class PromptPanel(Panel):
             self.refresh_models()
         if self.model is None:
             raise ModelNotLoadedError("no model is loaded", hint="load one in the Load tab first")
+        if self.model.startswith(ENDPOINT_PREFIX):
+            from ..serve import EndpointClient
+
+            return EndpointClient(self.model[len(ENDPOINT_PREFIX):])
         return self.registry.get(self.model)
 
     # --- actions ---------------------------------------------------------------------------
@@ -206,7 +229,7 @@ class PromptPanel(Panel):
             self._set_busy(True)
             self._render_transcript()
             try:
-                s = stream(loaded, messages, params)
+                s = loaded.stream(messages, params) if _is_endpoint(loaded) else stream(loaded, messages, params)
                 self._stream = s
                 for piece in s:
                     self.pending += piece
@@ -264,7 +287,8 @@ class PromptPanel(Panel):
 
             self._set_busy(True)
             try:
-                results = generate_batch(loaded, list(prompts), params)
+                results = (loaded.batch(list(prompts), params) if _is_endpoint(loaded)
+                           else generate_batch(loaded, list(prompts), params))
             finally:
                 self._set_busy(False)
             self.batch_rows = list(zip(prompts, results))
