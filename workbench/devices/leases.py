@@ -680,7 +680,11 @@ class LeaseBook:
             return list(self._held.values())
 
     def set_activity(self, lease: Lease, last_used: Callable[[], float | None]) -> None:
-        """Report ``last_used()`` (a model's last generation) with each heartbeat, for "idle 2 h"."""
+        """Report ``last_used()`` (a model's last generation) with each heartbeat, for "idle 2 h".
+
+        ``last_used()`` returns seconds since the epoch (``time.time()``), or ``None`` when unknown;
+        it becomes the lease's ``last_used_s``.
+        """
         with self._lock:
             self._activity[lease.lease_id] = last_used
 

@@ -37,6 +37,7 @@ TORCH_IMPORT_BYTES = 256 * MiB
 #: RSS of importing bitsandbytes (seen: 117 MB on the CPU; its CUDA libraries are not in RSS).
 BNB_IMPORT_BYTES = 128 * MiB
 
+#: ``device -> free bytes | None``: a device's free memory (``None``: unknown); tests pass their own.
 FreeFn = Callable[[str], "int | None"]
 #: ``device -> LeaseShare | None``: other users' GPU leases (workbench.devices.leases).
 LeasedFn = Callable[[str], Any]
