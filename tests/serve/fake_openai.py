@@ -6,7 +6,7 @@ script it stands in for an engine (``vllm serve ...``): it writes its argv to
 
 Behaviour by requested model name:
     ``"missing"``: 404; ``"busy"``: 429; ``"cut"``: two chunks then the connection
-    drops mid-body; ``"boom"``: 500; anything else streams "The capital of France is
+    drops mid-body; ``"boom"``: 500; ``"slow"``: 0.2 s between chunks; anything else streams "The capital of France is
     Paris." word by word, then a usage chunk. With ``key`` set, requests without
     ``Authorization: Bearer <key>`` get 401.
 """
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +34,12 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a client that stopped reading
 
         def _json(self, status: int, doc: Any) -> None:
             body = json.dumps(doc).encode()
@@ -91,6 +98,8 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
                     self.connection.shutdown(2)
                     self.close_connection = True
                     return
+                if name == "slow" and i:
+                    time.sleep(0.2)  # a slow engine: a client can stop reading mid-answer
                 chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name,
                          "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
                 self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())

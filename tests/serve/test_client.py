@@ -113,3 +113,15 @@ def test_cli_run_endpoint_json_has_the_local_run_keys(client, capsys) -> None:
     assert "Paris" in doc["text"] and doc["new_tokens"] == len(ANSWER)
     assert main(["run", "--endpoint", "nope", "--prompt", "x"]) == 1
     assert "no endpoint called 'nope'" in capsys.readouterr().err
+
+
+def test_a_stream_can_be_stopped_and_keeps_what_arrived(client) -> None:
+    c, _ = client
+    c._model = "slow"
+    s = c.stream("hi", GenerationParams(temperature=0))
+    pieces = []
+    for piece in s:
+        pieces.append(piece)
+        s.stop()
+    assert s.result.finish_reason == "cancelled" and s.result.stopped_by == "cancelled"
+    assert 1 <= len(pieces) < len(ANSWER) and s.result.text == "".join(pieces)
