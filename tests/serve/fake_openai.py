@@ -25,10 +25,15 @@ ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="fake"} 1.0
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="fake"} %d
 """
 
 
 def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    scrapes: list[int] = []
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -59,7 +64,8 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
             if self.path == "/health":
                 self._json(200, {"status": "ok"})
             elif self.path == "/metrics":
-                body = METRICS.encode()
+                scrapes.append(1)  # the token counter grows 10 per scrape
+                body = (METRICS % (10 * len(scrapes))).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -115,3 +115,38 @@ def test_scrape_errors_are_typed() -> None:
         srv.server_close()
     with pytest.raises(EndpointUnreachableError):
         scrape(f"http://127.0.0.1:{free_port()}/metrics", timeout_s=2)
+
+
+def test_watcher_keeps_a_bounded_history_and_survives_a_missing_endpoint() -> None:
+    from workbench.serve import Endpoint
+    from workbench.serve.watch import EngineWatcher
+
+    srv, _ = serve_in_thread()
+    ep = Endpoint("fake", "remote", f"http://127.0.0.1:{srv.server_address[1]}/v1")
+    w = EngineWatcher(ep, interval_s=0.25, history=3).start()
+    try:
+        assert w.wait_for(3, timeout_s=30)
+    finally:
+        w.stop()
+        srv.shutdown()
+        srv.server_close()
+    series = w.series()
+    assert len(series["time_s"]) == 3 and series["requests_running"] == [1.0, 1.0, 1.0]
+    assert series["generation_tokens_per_s"][0] is None and all(v > 0 for v in series["generation_tokens_per_s"][1:])
+
+    gone = EngineWatcher(Endpoint("gone", "remote", f"http://127.0.0.1:{free_port()}/v1"))
+    assert gone.scrape_once() is None and isinstance(gone.last_error, EndpointUnreachableError)
+    assert gone.samples() == []
+
+
+def test_engine_metrics_figure_has_one_trace_per_series() -> None:
+    from workbench.ui.engine_plots import engine_metrics_figure
+
+    a = parse_vllm(VLLM_V1, time_s=100.0)
+    b = parse_vllm(VLLM_V1.replace("} 5000.0", "} 5600.0"), time_s=102.0)
+    series = {"time_s": [a.time_s, b.time_s], "requests_running": [3.0, 3.0], "requests_waiting": [2.0, 2.0],
+              "kv_cache_usage": [0.41, 0.41], "generation_tokens_per_s": [None, b.generation_tokens_per_s(a)]}
+    fig = engine_metrics_figure(series, title="vllm-test")
+    by_name = {t.name: list(t.y) for t in fig.data}
+    assert by_name["KV cache used (%)"] == [41.0, 41.0]
+    assert by_name["generated tokens/s"] == [None, 300.0] and by_name["waiting"] == [2.0, 2.0]

@@ -39,6 +39,7 @@ _EXPORTS = {
     "parse_vllm": "metrics",
     "parse_dcgm": "metrics",
     "scrape": "metrics",
+    "EngineWatcher": "watch",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
