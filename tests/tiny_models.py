@@ -8,6 +8,7 @@ models take without downloading anything.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 CHATML = (
@@ -110,4 +111,26 @@ def build_from_config(cls_name: str, kwargs: dict, dest: Path, *, dtype: str = "
     model.save_pretrained(dest)
     if tok is not None:
         tok.save_pretrained(dest)
+    return dest
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def save_prequantized(src: Path, dest: Path, quant: str) -> Path:
+    """Load ``src`` with bitsandbytes ``quant`` in bfloat16 on the CPU and save it to ``dest``.
+
+    A pre-quantized checkpoint made as people make them (``save_pretrained`` after a
+    quantized load), with the source's tokenizer files beside it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    qc = (BitsAndBytesConfig(load_in_8bit=True) if quant == "int8" else
+          BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=torch.bfloat16))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map="cpu", quantization_config=qc)
+    model.save_pretrained(dest)
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, dest / name)
     return dest

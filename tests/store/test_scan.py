@@ -60,7 +60,7 @@ def test_license_from_model_card_and_prequantized_config(tiny_models, tmp_path):
     (m / "config.json").write_text(json.dumps(cfg))
     entry = _store(root).get("carded")
     assert entry.license == "apache-2.0"
-    assert entry.quantization == "bitsandbytes-nf4"
+    assert entry.quantization == "nf4"
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
     (m / "config.json").write_text(json.dumps(cfg))
     assert _store(root).get("carded").quantization == "gptq-4bit"

@@ -245,7 +245,8 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     free = free or _default_free
     ideas = []
     current = spec_estimate(entry, spec).total_bytes
-    for dtype, quant in _ALTERNATIVES:
+    # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
+    for dtype, quant in (_ALTERNATIVES if entry.quant_method is None else ()):
         alt = spec.with_(dtype=dtype, quant=quant, double_quant=False, compute_dtype=None)
         if (alt.dtype, alt.quant) == (spec.dtype, spec.quant) or spec_estimate(entry, alt).total_bytes >= current:
             continue

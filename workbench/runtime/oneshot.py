@@ -93,7 +93,8 @@ def run_once(
         text=result.text, prompt_tokens=result.prompt_tokens, new_tokens=result.new_tokens, ttft_s=result.ttft_s,
         tokens_per_s=result.tokens_per_s, load_s=loaded.load_s, footprint_bytes=loaded.footprint_bytes,
         devices=list(loaded.devices), model=loaded.entry.name, dtype=loaded.estimate.dtype if loaded.estimate else dtype,
-        quant=quant, stopped_by=result.stopped_by, total_s=result.total_s,
+        # A pre-quantized checkpoint runs with its own quantization, whatever --quant said (it must be none).
+        quant=loaded.entry.quantization if loaded.entry.quant_method else quant, stopped_by=result.stopped_by, total_s=result.total_s,
         estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None, placement=dict(loaded.placement),
         decode_efficiency=result.decode_efficiency, bandwidth_bytes_per_s=result.bandwidth_bytes_per_s,
         freed_bytes=unload.freed_bytes,

@@ -27,7 +27,7 @@ from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
 from . import _memory, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
-from .spec import LoadProgress, LoadSpec
+from .spec import LoadProgress, LoadSpec, check_prequantized
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class LoadedModel:
 
     @property
     def precision(self) -> str:
-        """``"bfloat16"``, ``"nf4+dq"``...: the spec's, with ``"auto"`` resolved."""
+        """``"bfloat16"``, ``"nf4+dq"``...: the spec's, with ``"auto"`` resolved (a pre-quantized model's own)."""
+        if self.entry.quant_method is not None:
+            return self.entry.quantization or self.entry.quant_method
         if self.spec.quant == "none" and self.estimate is not None:
             return self.estimate.dtype
         return self.spec.precision
@@ -363,6 +365,7 @@ class Registry:
             entry = self.resolve(spec)
             name = entry.name
             loader.check_entry(entry, spec)
+            check_prequantized(entry, spec)
             if cancel is not None and cancel.is_set():
                 raise LoadCancelledError(f"load of {name} cancelled before it started", hint="nothing was loaded")
             if entry.params is not None:

@@ -222,6 +222,25 @@ def tqdm_progress(**tqdm_kwargs: Any) -> _TqdmProgress:
     return _TqdmProgress(**tqdm_kwargs)
 
 
+def check_prequantized(entry: ModelEntry, spec: LoadSpec) -> None:
+    """Refuse to quantize a checkpoint that is already quantized (it loads only as saved).
+
+    Raises:
+        LoadSpecError: ``spec`` asks for ``quant``, ``double_quant`` or ``compute_dtype`` on an
+            entry whose config has a ``quantization_config``; it names the saved quantization.
+    """
+    if entry.quant_method is None:
+        return
+    asked = [f"{k}={v!r}" for k, v in (("quant", spec.quant), ("double_quant", spec.double_quant),
+                                        ("compute_dtype", spec.compute_dtype)) if v not in ("none", False, None)]
+    if asked:
+        raise LoadSpecError(
+            f"{entry.name} is already quantized ({entry.quantization}, {entry.quant_method}) and cannot be "
+            f"quantized again ({', '.join(asked)})",
+            hint="load it with quant='none': it keeps its own quantization", name=entry.name,
+            quant=spec.quant, quantization=entry.quantization)
+
+
 def devices_tuple(devices: str | Sequence[str]) -> tuple[str, ...]:
     """``"cuda:0,cuda:1"`` or a list -> a tuple of normalized names."""
     items = devices.split(",") if isinstance(devices, str) else list(devices)

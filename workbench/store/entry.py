@@ -51,6 +51,9 @@ class WeightStats:
     linear_count: int = 0
     tied_params: int = 0
     expert_params: int = 0
+    # Pre-quantized checkpoints: bytes of the packed weights, and of the side tensors unpacking them.
+    packed_bytes: int = 0
+    quant_state_bytes: int = 0
     bytes_by_dtype: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -145,6 +145,8 @@ def estimate(
         ConfigError: an unknown ``dtype`` or ``quant``.
         BrokenModelError: the entry's weight headers could not be read (a broken entry).
     """
+    if entry.quant_method is not None:
+        return _prequantized(entry, dtype, quant, device_type)
     if quant not in QUANTS:
         raise ConfigError(f"quantization {quant!r} is not supported", hint=f"use one of {', '.join(QUANTS)}")
     if entry.params is None:
@@ -178,6 +180,54 @@ def estimate(
     peak = load_peak(entry, dtype, quant, weights + state, device_type)
     return MemoryEstimate(dtype, quant, double_quant if quant in ("nf4", "fp4") else False,
                           int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
+
+
+def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: str) -> MemoryEstimate:
+    """A pre-quantized checkpoint loads only as saved: its footprint at the config's dtype.
+
+    bitsandbytes checkpoints load into the same modules a quantized load builds, so the
+    layout rule applies (with the checkpoint's ``llm_int8_skip_modules``); the side tensors
+    (absmax, SCB...) are the quantization state. Other formats keep their packed weights
+    and scales as buffers the footprint counts: the bytes as stored, float tensors at the dtype.
+    """
+    from .prequant import BNB_QUANTS, bnb_skip_modules, double_quant
+
+    saved = entry.quantization or entry.quant_method or "unknown"
+    if quant not in ("none", saved):
+        raise ConfigError(f"{entry.name} is already quantized ({saved}) and loads only as saved, not as {quant!r}",
+                          hint="load it with quant='none' (it keeps its own quantization)")
+    if entry.params is None:
+        raise ConfigError(f"{entry.name} has no readable weight headers, so its memory cannot be estimated",
+                          hint=entry.problem or "check the entry with `workbench store inspect`")
+    dtype = resolve_dtype(entry, dtype)
+    width = DTYPE_BYTES[dtype]
+    w = entry.weights
+    dq = False
+    state = w.quant_state_bytes
+    layout = None
+    if entry.quant_method == "bitsandbytes" and saved in BNB_QUANTS and entry.path.is_dir():
+        from .layout import model_layout
+
+        dq = saved != "int8" and double_quant(entry.path)
+        layout = model_layout(entry.path, skip_modules=bnb_skip_modules(entry.path))
+    if layout is not None:
+        linear = layout.linear_params
+        packed = linear if saved == "int8" else (linear + 1) // 2
+        weights = packed + layout.other_bytes(width, dtype)
+    elif entry.quant_method == "bitsandbytes":
+        weights = w.packed_bytes + (entry.params - w.linear_params) * width
+    else:
+        weights = w.packed_bytes + state + (entry.params - w.linear_params) * width
+        state = 0
+    peak = load_peak(entry, dtype, saved, weights + state, device_type)
+    return MemoryEstimate(dtype, saved, dq, int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
+
+
+def precisions(entry: ModelEntry) -> tuple[tuple[str, str, str], ...]:
+    """``(label, dtype, quant)`` rows an entry can load at: the four of the table, or as saved."""
+    if entry.quant_method is not None:
+        return ((entry.quantization or entry.quant_method, "auto", "none"),)
+    return TABLE_PRECISIONS
 
 
 # Tensors read between two heap trims while the runtime quantizes on the CPU
@@ -233,8 +283,12 @@ def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, devi
 
 
 def estimate_table(entry: ModelEntry) -> dict[str, MemoryEstimate]:
-    """Estimates at float32, bfloat16, int8 and nf4 (``store inspect``'s ``estimate``)."""
-    return {label: estimate(entry, dtype, quant) for label, dtype, quant in TABLE_PRECISIONS}
+    """Estimates at float32, bfloat16, int8 and nf4 (``store inspect``'s ``estimate``).
+
+    A pre-quantized checkpoint has one row, its own quantization (``{"nf4": ...}``): it
+    loads only as saved.
+    """
+    return {label: estimate(entry, dtype, quant) for label, dtype, quant in precisions(entry)}
 
 
 class HasFreeMemory(Protocol):
@@ -267,7 +321,7 @@ def fits_on(entry: ModelEntry, devices: Iterable[HasFreeMemory], context_tokens:
     out = []
     for dev in devices:
         dev_type = "cpu" if dev.name == "cpu" else "cuda"
-        for label, dtype, quant in TABLE_PRECISIONS:
+        for label, dtype, quant in precisions(entry):
             est = table[label] if dev_type == "cuda" else estimate(entry, dtype, quant, device_type="cpu")
             kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0
             need = max(est.total_bytes + kv, est.load_peak_bytes)

@@ -74,7 +74,7 @@ _cache: dict[tuple[Any, ...], ModelLayout | None] = {}
 _lock = threading.Lock()
 
 
-def _config_key(folder: Path, skip: tuple[str, ...]) -> tuple[Any, ...] | None:
+def _config_key(folder: Path, skip: tuple[str, ...] | None) -> tuple[Any, ...] | None:
     try:
         st = os.stat(folder / "config.json")
     except OSError:
@@ -82,12 +82,13 @@ def _config_key(folder: Path, skip: tuple[str, ...]) -> tuple[Any, ...] | None:
     return (os.path.abspath(folder), st.st_size, st.st_mtime_ns, skip)
 
 
-def model_layout(folder: Path, *, skip_modules: tuple[str, ...] = ()) -> ModelLayout | None:
+def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -> ModelLayout | None:
     """The layout of the model in ``folder`` as transformers builds it; ``None`` if it cannot be built.
 
     Args:
         folder: a model folder with ``config.json``.
-        skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's).
+        skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's);
+            ``None`` for transformers' default skips (the head, tied and output embeddings).
     """
     key = _config_key(folder, skip_modules)
     if key is None:
@@ -95,7 +96,7 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] = ()) -> ModelLa
     with _lock:
         if key in _cache:
             return _cache[key]
-    layout = _build(folder, list(skip_modules) or None)
+    layout = _build(folder, None if skip_modules is None else list(skip_modules))
     with _lock:
         _cache[key] = layout
     return layout

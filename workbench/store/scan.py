@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BrokenModelError
+from . import prequant
 from .entry import ModelEntry, WeightStats
 from .gguf_header import read_gguf_header
 from .gguf_split import merge_hint, split_name
@@ -119,17 +120,7 @@ def config_fields(config: dict[str, Any]) -> dict[str, Any]:
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
     head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
     quant = config.get("quantization_config")
-    quant_name = None
-    if isinstance(quant, dict):
-        method = quant.get("quant_method", "unknown")
-        if method == "bitsandbytes":
-            if quant.get("load_in_4bit"):
-                quant_name = f"bitsandbytes-{quant.get('bnb_4bit_quant_type', 'nf4')}"
-            else:
-                quant_name = "bitsandbytes-int8"
-        else:
-            bits = quant.get("bits")
-            quant_name = f"{method}-{bits}bit" if bits else str(method)
+    quant_name = prequant.quant_name(quant) if isinstance(quant, dict) else None
     archs = config.get("architectures") or ()
     return {
         "model_type": config.get("model_type"),
@@ -333,11 +324,15 @@ class Scanner:
         dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
         # "ok" means it loads and runs prompts: without a tokenizer it does neither, so it is broken.
         problem = None if extra["has_tokenizer"] else missing_tokenizer_text(folder)
-        extra["active_params"] = active_params(stats.params, stats.expert_params, extra.get("num_experts"),
+        found = {"params": stats.params, "dtype": TORCH_NAMES.get(dominant, dominant), "weights": stats}
+        # Pre-quantized: original counts, the config's dtype, and the package loading needs.
+        found.update(prequant.entry_fields(config, parts, stats))
+        extra["active_params"] = active_params(found["params"], stats.expert_params, extra.get("num_experts"),
                                                extra.get("experts_per_token"))
-        return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files), params=stats.params,
-                          dtype=TORCH_NAMES.get(dominant, dominant), weights=stats,
-                          status="broken" if problem else "ok", problem=problem, **extra)
+        problem = problem or found.get("problem")
+        found.pop("problem", None)
+        return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files),
+                          status="broken" if problem else "ok", problem=problem, **{**extra, **found})
 
     @staticmethod
     def _shards_from_index(index: Path) -> list[str]:
@@ -354,7 +349,12 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
         hdr = read_safetensors_header(path)
     except BrokenModelError as exc:
         return {"problem": exc.message}
-    return tensor_summary([(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors])
+    records = [(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors]
+    summary = tensor_summary(records)
+    packed = prequant.file_summary(path, records)
+    if packed is not None:
+        summary["prequant"] = packed
+    return summary
 
 
 def _gguf_summary(path: Path) -> dict[str, Any]:
