@@ -194,6 +194,21 @@ class LoadPanel(Panel):
         return suggest(self.store.get(spec.model_name), spec,
                        other_devices=[d.name for d in self.device_records])
 
+    def saved_quantization(self) -> str | None:
+        """The selected model's own quantization when it is a pre-quantized checkpoint, else ``None``."""
+        if not self.model:
+            return None
+        try:
+            entry = self.store.get(self.model)
+        except WorkbenchError:
+            return None
+        return (entry.quantization or entry.quant_method) if entry.quant_method else None
+
+    def quant_choices(self) -> tuple[str, ...]:
+        """The quantizations the selected model can load with: only ``"none"`` for a pre-quantized one
+        (it keeps its own; the runtime refuses a second quantization)."""
+        return ("none",) if self.saved_quantization() else tuple(QUANTS)
+
     def spec(self, name: str | None = None) -> Any:
         """The :class:`workbench.runtime.LoadSpec` the Load button would use.
 
@@ -295,6 +310,8 @@ class LoadPanel(Panel):
                 self.refresh_models()
             self.store.get(model)  # raises ModelNotFoundError with a hint
             self.model = model
+            if self.saved_quantization():
+                self.quant, self.double_quant = "none", False
         if devices is not None:
             known = {d.name for d in self.device_records}
             unknown = [d for d in devices if d not in known]
@@ -346,7 +363,10 @@ class LoadPanel(Panel):
             for name, box in self._device_boxes.items():
                 box.value = name in self.devices
             self._dtype_w.value = self.dtype
-            self._quant_w.value = self.quant
+            choices = self.quant_choices()
+            if tuple(self._quant_w.options) != choices:
+                self._quant_w.options = choices
+            self._quant_w.value = self.quant if self.quant in choices else "none"
             self._dq_w.value = self.double_quant
             self._compute_w.value = self.compute_dtype
             for name, field in self._budget_fields.items():
@@ -358,6 +378,7 @@ class LoadPanel(Panel):
     def _from_widgets(self, _change: Any = None) -> None:
         if getattr(self, "_syncing", False):
             return
+        model_changed = self.model != self._model_w.value
         self.model = self._model_w.value
         self.devices = [n for n, box in self._device_boxes.items() if box.value]
         self.dtype = self._dtype_w.value
@@ -365,6 +386,11 @@ class LoadPanel(Panel):
         self.double_quant = self._dq_w.value
         self.compute_dtype = self._compute_w.value
         self.budgets_gib = {n: f.value for n, f in self._budget_fields.items() if f.value}
+        if model_changed:
+            if self.saved_quantization():
+                self.quant, self.double_quant = "none", False
+            self._sync_widgets()
+            return
         self._render_check()
 
     # --- widgets ---------------------------------------------------------------------------
@@ -405,7 +431,7 @@ class LoadPanel(Panel):
             rows.append(widgets.HBox([box, label, budget]))
         self._dtype_w = widgets.Dropdown(options=DTYPES, value=self.dtype, description="dtype",
                                          layout=widgets.Layout(width="220px"))
-        self._quant_w = widgets.Dropdown(options=QUANTS, value=self.quant, description="quant",
+        self._quant_w = widgets.Dropdown(options=self.quant_choices(), value=self.quant, description="quant",
                                          layout=widgets.Layout(width="220px"))
         self._dq_w = widgets.Checkbox(value=self.double_quant, description="double quant (4-bit)", indent=False,
                                       layout=widgets.Layout(width="170px"))
@@ -474,6 +500,9 @@ class LoadPanel(Panel):
         if not hasattr(self, "_check_w"):
             return
         four_bit = self.quant in ("nf4", "fp4")
+        saved = self.saved_quantization()
+        self._quant_w.description = f"quant ({saved})" if saved else "quant"
+        self._quant_w.disabled = bool(saved)
         self._dq_w.disabled = not four_bit
         self._compute_w.disabled = not four_bit
         self._check_w.value = self.check_html()
