@@ -200,7 +200,8 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     for d in spec.devices:
         if d == "cpu":
             reserve = 0 if "torch" in sys.modules else TORCH_IMPORT_BYTES
-            if spec.quant != "none" and "bitsandbytes" not in sys.modules:
+            bnb = spec.quant != "none" or entry.quant_method == "bitsandbytes"  # pre-quantized loads import it too
+            if bnb and "bitsandbytes" not in sys.modules:
                 reserve += BNB_IMPORT_BYTES
             if not gpus:
                 reserve += kv

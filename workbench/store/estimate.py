@@ -136,6 +136,16 @@ def estimate(
         double_quant: bitsandbytes' ``bnb_4bit_use_double_quant``.
         device_type: ``"cuda"`` or ``"cpu"``; the load peak differs (see below).
 
+    Weights are counted as the installed transformers materialises them
+    (:mod:`workbench.store.layout`: fused MoE experts and routers stay in ``dtype``,
+    bitsandbytes quantizes ``nn.Linear`` weights only), from headers when that model
+    cannot be built. A pre-quantized checkpoint (``entry.quant_method``) is estimated
+    as saved: ``quant`` must be ``"none"`` (or its own quantization's name).
+
+    Raises:
+        ConfigError: an unknown dtype or quantization, an entry without headers, or a second
+            quantization of a pre-quantized checkpoint.
+
     Example:
         >>> est = estimate(entry, "bfloat16", "nf4")  # doctest: +SKIP
         >>> est.total_str  # doctest: +SKIP
