@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, WorkbenchError
+from .precision import DTYPES, QUANTS
 from .serve import cli as serve_cli
 
 
@@ -242,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--endpoint", default=None, help="ask this registered endpoint instead of loading a model")
     sp.add_argument("--prompt", required=True)
     sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...]")
-    sp.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
-    sp.add_argument("--quant", default="none", choices=["none", "int8", "nf4", "fp4"])
+    sp.add_argument("--dtype", default="auto", choices=DTYPES)
+    sp.add_argument("--quant", default="none", choices=QUANTS)
     sp.add_argument("--max-new-tokens", type=int, default=64)
     sp.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     sp.add_argument("--seed", type=int, default=None)

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import DeviceNotFoundError
+from ..precision import normalize_device
 from . import nvml, torch_cuda
 from .device import Device, GPUProcess
 from .nvml import NVMLGpu
@@ -370,11 +371,6 @@ def list_devices(include_cpu: bool = True) -> list[Device]:
     return devices
 
 
-def _canonical(name: str) -> str:
-    text = str(name).strip().lower()
-    return "cuda:0" if text == "cuda" else text  # torch's "cuda" means the current device, 0 by default
-
-
 def _not_found(name: str, available: list[str]) -> DeviceNotFoundError:
     hint = f"available: {', '.join(available)}"
     status = nvml.status()
@@ -386,7 +382,7 @@ def _not_found(name: str, available: list[str]) -> DeviceNotFoundError:
 
 
 def _resolve_gpu(name: str) -> VisibleGpu:
-    wanted = _canonical(name)
+    wanted = normalize_device(name)
     vis = visible_gpus()
     for vg in vis.gpus:
         if vg.name == wanted:
@@ -404,7 +400,7 @@ def get_device(name: str) -> Device:
         >>> get_device("cpu").kind
         'cpu'
     """
-    if _canonical(name) == "cpu":
+    if normalize_device(name) == "cpu":
         return cpu_device()
     return gpu_device(_resolve_gpu(name))
 
@@ -422,7 +418,7 @@ def memory_free_bytes(device_name: str) -> int | None:
         >>> memory_free_bytes("cpu") > 0
         True
     """
-    if _canonical(device_name) == "cpu":
+    if normalize_device(device_name) == "cpu":
         return cpu_memory()[1]
     vg = _resolve_gpu(device_name)
     if vg.nvml is None:
@@ -464,7 +460,7 @@ def gpu_processes(device_name: str) -> list[GPUProcess] | None:
         >>> gpu_processes("cpu")
         []
     """
-    if _canonical(device_name) == "cpu":
+    if normalize_device(device_name) == "cpu":
         return []
     return processes_of(_resolve_gpu(device_name))
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError, LoadCancelledError, WorkbenchError
+from ..precision import LABELS, ComputeDtype, Dtype, Precision, Quant
 from ..store.entry import format_bytes
 
 DEFAULT_PROMPTS = (
@@ -38,10 +39,10 @@ class Variant:
     """One precision to try: a dtype and a bitsandbytes quantization (``none|int8|nf4|fp4``)."""
 
     label: str
-    dtype: str = "bfloat16"
-    quant: str = "none"
+    dtype: Dtype = "bfloat16"
+    quant: Quant = "none"
     double_quant: bool = False
-    compute_dtype: str | None = None
+    compute_dtype: ComputeDtype | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -50,17 +51,10 @@ class Variant:
         Raises:
             ConfigError: an unknown label, or +dq on a precision that is not 4-bit.
         """
-        label = text.strip()
-        base, _, extra = label.partition("+")
-        if base in ("float32", "float16", "bfloat16") and not extra:
-            return cls(label, dtype=base)
-        if base in ("int8", "nf4", "fp4") and extra in ("", "dq"):
-            if extra and base == "int8":
-                raise ConfigError(f"variant {text!r}: double quantization applies to 4-bit only",
-                                  hint="use nf4+dq or fp4+dq")
-            return cls(label, quant=base, double_quant=extra == "dq")
-        raise ConfigError(f"variant {text!r} is not known",
-                          hint="use float32, float16, bfloat16, int8, nf4, nf4+dq, fp4 or fp4+dq")
+        p = Precision.parse(text)
+        if p.dtype == "auto":  # a study compares fixed precisions; "auto" would differ per model
+            raise ConfigError(f"variant {text!r} is not known", hint=f"use one of {', '.join(LABELS)}")
+        return cls(p.label, dtype=p.dtype, quant=p.quant, double_quant=p.double_quant)
 
 
 DEFAULT_VARIANTS = tuple(Variant.parse(v) for v in ("bfloat16", "int8", "nf4", "nf4+dq", "fp4"))

@@ -35,6 +35,7 @@ from ..errors import (
     UnsafeModelError,
     WorkbenchError,
 )
+from ..precision import normalize_device
 from ..store import ModelEntry
 from ..store.estimate import resolve_dtype
 from ..store.tokenizer_files import find_chat_template, require_tokenizer
@@ -239,8 +240,7 @@ def bnb_config(spec: LoadSpec, dtype_name: str) -> Any:
 def _device_str(value: Any) -> str:
     if isinstance(value, int):
         return f"cuda:{value}"
-    text = str(value)
-    return "cuda:0" if text == "cuda" else text
+    return normalize_device(str(value))
 
 
 def measure_placement(model: Any) -> dict[str, int]:

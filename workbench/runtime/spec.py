@@ -7,24 +7,22 @@ at once with what to change, not half-way through a load.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import LoadSpecError
+from ..precision import (
+    COMPUTE_DTYPES,
+    DTYPES,
+    FOUR_BIT,
+    QUANTS,
+    is_device,
+    normalize_device,
+    precision_label,
+)
+from ..precision import device_type as _device_type
 from ..store import ModelEntry
-from ..store.estimate import QUANTS
-
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
-_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
-
-
-def normalize_device(name: str) -> str:
-    """``"CUDA"`` -> ``"cuda:0"``, ``" cpu "`` -> ``"cpu"``: torch's meaning of the bare names."""
-    text = str(name).strip().lower()
-    return "cuda:0" if text == "cuda" else text
 
 
 @dataclass(frozen=True)
@@ -76,14 +74,12 @@ class LoadSpec:
     @property
     def precision(self) -> str:
         """``"bfloat16"``, ``"int8"``, ``"nf4+dq"``...: what the load panel shows."""
-        if self.quant == "none":
-            return self.dtype
-        return self.quant + ("+dq" if self.double_quant else "")
+        return precision_label(self.dtype, self.quant, self.double_quant)
 
     @property
     def device_type(self) -> str:
         """``"cuda"`` if any GPU is chosen (transformers then quantizes on the GPU), else ``"cpu"``."""
-        return "cuda" if any(d.startswith("cuda") for d in self.devices) else "cpu"
+        return _device_type(self.devices)
 
     def with_(self, **changes: Any) -> LoadSpec:
         """A copy with some fields changed (``spec.with_(quant="nf4")``)."""
@@ -117,7 +113,7 @@ class LoadSpec:
         if not self.devices:
             raise LoadSpecError("no device chosen", hint="pass devices=('cpu',) or ('cuda:0',)")
         for d in self.devices:
-            if not _DEVICE.match(d):
+            if not is_device(d):
                 raise LoadSpecError(f"device {d!r} is not a device name",
                                     hint="use 'cpu' or 'cuda:N' (e.g. 'cuda:0')", device=d)
         if len(set(self.devices)) != len(self.devices):
@@ -130,14 +126,14 @@ class LoadSpec:
         if self.quant not in QUANTS:
             raise LoadSpecError(f"quantization {self.quant!r} is not supported",
                                 hint=f"use one of {', '.join(QUANTS)}", quant=self.quant)
-        if self.double_quant and self.quant not in ("nf4", "fp4"):
+        if self.double_quant and self.quant not in FOUR_BIT:
             raise LoadSpecError(f"double quantization applies to 4-bit weights, not quant={self.quant!r}",
                                 hint="use quant='nf4' (or 'fp4') with double_quant=True, or drop double_quant")
         if self.compute_dtype is not None:
             if self.compute_dtype not in COMPUTE_DTYPES:
                 raise LoadSpecError(f"compute_dtype {self.compute_dtype!r} is not supported",
                                     hint=f"use one of {', '.join(COMPUTE_DTYPES)} or None")
-            if self.quant not in ("nf4", "fp4"):
+            if self.quant not in FOUR_BIT:
                 raise LoadSpecError(f"compute_dtype applies to 4-bit layers, not quant={self.quant!r}",
                                     hint="use dtype= to choose the precision, or quant='nf4' with compute_dtype")
 

@@ -12,6 +12,9 @@ import json
 import sys
 from typing import Any
 
+from ..precision import DTYPES
+from .engines import ENGINES, SERVE_QUANTS
+
 
 def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
     if args.json:
@@ -103,11 +106,11 @@ def register(subparsers: Any) -> None:
              "start an OpenAI-compatible engine (vLLM or transformers serve) for a store model; returns once it "
              "answers and leaves it running")
     sp.add_argument("name", help="a store entry name")
-    sp.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
+    sp.add_argument("--engine", default="auto", choices=ENGINES,
                     help="auto: vLLM on GPUs when its command is found, else transformers serve")
     sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...] (vLLM: tensor parallel)")
-    sp.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
-    sp.add_argument("--quant", default="none", choices=["none", "int8", "nf4"])
+    sp.add_argument("--dtype", default="auto", choices=DTYPES)
+    sp.add_argument("--quant", default="none", choices=SERVE_QUANTS)
     sp.add_argument("--port", type=int, default=None, help="default: a free port on 127.0.0.1")
     sp.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length (default: what fits)")
     sp.add_argument("--name", dest="endpoint_name", default=None, help="the endpoint's name (default: the model's)")

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EngineNotFoundError, LoadSpecError
+from ..precision import Quant
 
 ENGINES = ("auto", "vllm", "transformers")
 #: bitsandbytes quantization names -> ``transformers serve --quantization``.
-TRANSFORMERS_QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
+TRANSFORMERS_QUANT: dict[Quant, str] = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
+#: The quantizations an engine can be asked for (``--quant`` choices, the Serve tab's options).
+SERVE_QUANTS: tuple[Quant, ...] = ("none", *TRANSFORMERS_QUANT)
 HOST = "127.0.0.1"
 
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import BrokenModelError, ConfigError
+from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, precision_label
 from .entry import ModelEntry, format_bytes
 from .kv_cache import kv_cache_bytes_for
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-QUANTS = ("none", "int8", "nf4", "fp4")
 # The precisions `workbench store inspect` reports (ARCHITECTURE.md section 3).
 TABLE_PRECISIONS: tuple[tuple[str, str, str], ...] = (
     ("float32", "float32", "none"),
@@ -80,7 +79,7 @@ class MemoryEstimate:
 
     @property
     def label(self) -> str:
-        return self.dtype if self.quant == "none" else self.quant + ("+dq" if self.double_quant else "")
+        return precision_label(self.dtype, self.quant, self.double_quant)
 
     @property
     def total_str(self) -> str:
@@ -188,7 +187,7 @@ def estimate(
             blocks = -(-linear // _BLOCK)
             state = blocks + -(-blocks // 256) * 4 + 16 * count if double_quant else blocks * 4
     peak = load_peak(entry, dtype, quant, weights + state, device_type)
-    return MemoryEstimate(dtype, quant, double_quant if quant in ("nf4", "fp4") else False,
+    return MemoryEstimate(dtype, quant, double_quant if quant in FOUR_BIT else False,
                           int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
 
 

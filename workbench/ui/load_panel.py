@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import LoadSpecError, WorkbenchError
+from ..precision import COMPUTE_DTYPES, DTYPES, FOUR_BIT, QUANTS
 from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, html_table
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTS = ("none", "int8", "nf4", "fp4")
-COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 GIB = 2**30
 DEVICE_REFRESH_S = 2.0
 
@@ -38,7 +36,7 @@ def loaded_table_html(loaded: Sequence[Any]) -> str:
     rows = []
     for m in loaded:
         spec = m.spec
-        precision = spec.dtype if spec.quant == "none" else f"{spec.quant}" + ("+dq" if spec.double_quant else "")
+        precision = spec.precision
         placement = ", ".join(f"{dev}: {format_bytes(b)}" for dev, b in (m.placement or {}).items())
         rows.append([m.name, m.entry.name if m.entry else spec.model, ", ".join(m.devices), precision, placement,
                      format_bytes(m.footprint_bytes), f"{m.load_s:.1f} s" if m.load_s is not None else None])
@@ -220,7 +218,7 @@ class LoadPanel(Panel):
         if not self.model:
             raise LoadSpecError("no model selected", hint="import or seed a model first (see the Store tab)")
         budgets = self.budgets_bytes()
-        four_bit = self.quant in ("nf4", "fp4")
+        four_bit = self.quant in FOUR_BIT
         return LoadSpec(
             model=self.model, devices=tuple(self.devices), dtype=self.dtype, quant=self.quant,
             double_quant=self.double_quant if four_bit else False,
@@ -499,7 +497,7 @@ class LoadPanel(Panel):
     def _render_check(self) -> None:
         if not hasattr(self, "_check_w"):
             return
-        four_bit = self.quant in ("nf4", "fp4")
+        four_bit = self.quant in FOUR_BIT
         saved = self.saved_quantization()
         self._quant_w.description = f"quant ({saved})" if saved else "quant"
         self._quant_w.disabled = bool(saved)

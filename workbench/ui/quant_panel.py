@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ..precision import LABELS
+from ..quant.study import DEFAULT_VARIANTS
 from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, figure_html, html_table
 
-VARIANT_CHOICES = ("float32", "bfloat16", "int8", "nf4", "nf4+dq", "fp4")
-DEFAULT_CHOICE = ("bfloat16", "int8", "nf4", "nf4+dq", "fp4")
+VARIANT_CHOICES = LABELS
+DEFAULT_CHOICE = tuple(v.label for v in DEFAULT_VARIANTS)
 
 EXPLANATION = (
     "Each variant is loaded, measured and unloaded in turn; the first is the baseline that quality is "

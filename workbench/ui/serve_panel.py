@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..serve.engines import ENGINES, SERVE_QUANTS
 from ..store import ModelStore
 from .base import Panel
 from .display import esc
 
-ENGINES = ("auto", "transformers", "vllm")
-QUANTS = ("none", "int8", "nf4")
 LOG_TAIL_LINES = 20
 
 
@@ -134,7 +133,7 @@ class ServePanel(Panel):
         w["model"] = widgets.Dropdown(options=models, description="Model")
         w["engine"] = widgets.Dropdown(options=ENGINES, value="auto", description="Engine")
         w["devices"] = widgets.Text(value="cpu", description="Devices", placeholder="cpu or cuda:0,cuda:1")
-        w["quant"] = widgets.Dropdown(options=QUANTS, value="none", description="Quant")
+        w["quant"] = widgets.Dropdown(options=SERVE_QUANTS, value="none", description="Quant")
         w["detach"] = widgets.Checkbox(value=False, description="keep running after the kernel exits")
         start = widgets.Button(description="Start", button_style="primary", icon="play")
         stop = widgets.Button(description="Stop", icon="stop")
