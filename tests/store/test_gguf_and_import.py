@@ -63,6 +63,7 @@ def test_gguf_entry_from_headers(tmp_path):
     assert (entry.model_type, entry.context_length, entry.num_layers, entry.hidden_size) == ("llama", 128, 1, 64)
     assert (entry.num_kv_heads, entry.head_dim, entry.vocab_size) == (2, 16, 100)
     assert entry.quantization == "F32" and entry.license == "mit" and entry.has_chat_template
+    assert entry.dtype == "float32"  # a torch dtype name, as for safetensors entries
     assert entry.weights.linear_params == 64 * 64 + 32 * 64  # embeddings and norms are not linear
 
 
@@ -105,6 +106,8 @@ def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
     seeded = _store(seeded_model.parent).get(DEFAULT_MODEL_NAME)
     assert entry.params == seeded.params == 134_515_008
     assert entry.context_length == seeded.context_length == 8192
+    # ggml's quantized type is the quantization; dtype holds torch dtype names only.
+    assert entry.quantization == "Q4_1" and entry.dtype is None
 
 
 @pytest.mark.slow

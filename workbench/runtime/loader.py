@@ -440,7 +440,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         qc = bnb_config(spec, dtype_name)
         if qc is not None:
             kwargs["quantization_config"] = qc
-        converting = entry.dtype is not None and entry.dtype != dtype_name
+        converting = entry.format == "gguf" or (entry.dtype is not None and entry.dtype != dtype_name)
         if "cpu" in spec.devices and (qc is not None or converting):
             # Host-side scratch only matters when the weights end up in host memory.
             ctx.trim_every = TRIM_EVERY

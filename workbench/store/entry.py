@@ -75,6 +75,8 @@ class ModelEntry:
     model_type: str | None = None
     architectures: tuple[str, ...] = ()
     params: int | None = None
+    # torch dtype name ("bfloat16") of most weight bytes; None when they are not a torch dtype
+    # (a quantized GGUF: its ggml type, "Q4_1", is the quantization).
     dtype: str | None = None
     size_bytes: int = 0
     context_length: int | None = None

@@ -46,7 +46,7 @@ def resolve_dtype(entry: ModelEntry, dtype: str) -> str:
         ConfigError: a dtype that is neither ``"auto"`` nor one of :data:`DTYPE_BYTES`.
     """
     if dtype == "auto":
-        return entry.dtype if entry.dtype in DTYPE_BYTES else "bfloat16"
+        return entry.dtype if entry.format != "gguf" and entry.dtype in DTYPE_BYTES else "bfloat16"
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"dtype {dtype!r} is not supported", hint=f"use one of {', '.join(DTYPE_BYTES)} or 'auto'")
     return dtype
@@ -286,7 +286,9 @@ def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, devi
         return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
     converting = entry.format == "gguf" or (entry.dtype is not None and entry.dtype != dtype)
     if converting:
-        scratch = min(avg_linear * (DTYPE_BYTES.get(entry.dtype or dtype, 4) + width), 2 * _LINGER_MAX)
+        # transformers dequantizes GGUF tensors to float32 before casting them.
+        source = 4 if entry.format == "gguf" else DTYPE_BYTES.get(entry.dtype or dtype, 4)
+        scratch = min(avg_linear * (source + width), 2 * _LINGER_MAX)
         return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
     return loaded_bytes + _CPU_LOAD_OVERHEAD
 

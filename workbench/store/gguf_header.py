@@ -34,6 +34,10 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
 }
 
+# ggml types that are torch dtypes as stored -> transformers/torch dtype name. An entry's
+# ``dtype`` is one of these or None; quantized ggml types (Q4_1...) go in ``quantization``.
+TORCH_DTYPES: dict[str, str] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
 # general.file_type -> the name llama.cpp users know the quantization by.
 FILE_TYPES: dict[int, str] = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 5  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant
+_VERSION = 6  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype
 
 
 class IndexCache:

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import BrokenModelError
 from . import prequant
 from .entry import ModelEntry, WeightStats
-from .gguf_header import read_gguf_header
+from .gguf_header import TORCH_DTYPES, read_gguf_header
 from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
 from .kv_cache import kv_fields
@@ -373,6 +373,7 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
     types = Counter()
     for t in hdr.tensors:
         types[t.type_name] += t.nbytes or 0
+    dominant = types.most_common(1)[0][0] if types else None
     fields = {
         "model_type": hdr.architecture,
         "architectures": (),
@@ -383,8 +384,9 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
         "num_kv_heads": hdr.arch_value("attention.head_count_kv") or heads,
         "head_dim": hdr.arch_value("attention.key_length") or (hidden // heads if hidden and heads else None),
         "vocab_size": vocab,
-        "quantization": hdr.file_type_name,
-        "dtype": types.most_common(1)[0][0] if types else None,
+        # ggml type names (Q4_1) are quantizations; dtype is a torch name or None, as for safetensors.
+        "quantization": hdr.file_type_name or (dominant if dominant not in TORCH_DTYPES else None),
+        "dtype": TORCH_DTYPES.get(dominant or ""),
         "has_chat_template": bool(hdr.metadata.get("tokenizer.chat_template")),
         "chat_template_source": "gguf" if hdr.metadata.get("tokenizer.chat_template") else None,
         "has_tokenizer": tokens is not None,
