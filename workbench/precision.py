@@ -30,6 +30,8 @@ ComputeDtype = Literal["float32", "float16", "bfloat16"]
 """Dtypes a 4-bit layer computes in (bitsandbytes' ``bnb_4bit_compute_dtype``)."""
 Quant = Literal["none", "int8", "nf4", "fp4"]
 """bitsandbytes quantizations: LLM.int8, and the two 4-bit data types."""
+DeviceKind = Literal["cuda", "cpu"]
+"""torch's device types: what a device name (``"cuda:0"``, ``"cpu"``) is before the colon."""
 
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
@@ -68,7 +70,7 @@ def check_device(name: str) -> str:
     return device
 
 
-def device_type(devices: tuple[str, ...] | list[str]) -> Literal["cuda", "cpu"]:
+def device_type(devices: tuple[str, ...] | list[str]) -> DeviceKind:
     """``"cuda"`` when any of ``devices`` is a GPU, else ``"cpu"``."""
     return "cuda" if any(d.startswith("cuda") for d in devices) else "cpu"
 

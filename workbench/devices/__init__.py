@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from ..precision import DeviceKind
 from ._format import format_bytes, format_number
 from .device import Device, GPUProcess
 from .inventory import (
@@ -46,6 +47,7 @@ def nvml_status() -> NVMLStatus:
 
 __all__ = [
     "Device",
+    "DeviceKind",
     "GPUProcess",
     "NVMLStatus",
     "Visibility",

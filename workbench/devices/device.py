@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..precision import DeviceKind
 from ._format import NA, format_bytes
 
 
@@ -35,7 +36,7 @@ class Device:
     """
 
     name: str
-    kind: str
+    kind: DeviceKind
     index: int | None
     uuid: str | None
     label: str

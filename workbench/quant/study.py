@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LoadCancelledError, WorkbenchError
 from ..precision import LABELS, ComputeDtype, Dtype, Precision, Quant
 from ..store.entry import format_bytes
+
+if TYPE_CHECKING:
+    from ..runtime.registry import LoadedModel, Registry
 
 DEFAULT_PROMPTS = (
     "What is the capital of France?",
@@ -198,7 +201,7 @@ def compare(
     new_tokens: int = 24,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> QuantStudy:
     """Load, measure and unload each variant of ``model`` on ``device`` in turn.
 
@@ -275,7 +278,7 @@ def compare(
                       cancelled=cancelled())
 
 
-def _measure(loaded: Any, model: str, variant: Variant, prompts: Sequence[str], eval_text: str, *, max_eval_tokens: int,
+def _measure(loaded: LoadedModel, model: str, variant: Variant, prompts: Sequence[str], eval_text: str, *, max_eval_tokens: int,
              kl_tokens: int, new_tokens: int, say: Callable[[str, float], None],
              cancelled: Callable[[], bool]) -> tuple[VariantResult, list[list[int]], Any]:
     """One loaded variant's row (memory, speed, perplexity), its greedy tokens and its text score.

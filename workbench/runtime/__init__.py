@@ -22,6 +22,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "LoadSpec": "spec",
     "LoadProgress": "spec",
+    "LoadPhase": "spec",
     "tqdm_progress": "spec",
     "FitCheck": "fit",
     "DeviceBudget": "fit",
@@ -34,6 +35,8 @@ _EXPORTS = {
     "get_registry": "registry",
     "GenerationParams": "generation",
     "GenerationResult": "generation",
+    "StoppedBy": "generation",
+    "Prompt": "generation",
     "Stream": "generation",
     "generate": "generation",
     "generate_batch": "generation",
@@ -50,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .generation import (  # noqa: F401
         GenerationParams,
         GenerationResult,
+        Prompt,
+        StoppedBy,
         Stream,
         generate,
         generate_batch,
@@ -58,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .oneshot import RunReport, run_once  # noqa: F401
     from .registry import LoadedModel, Registry, UnloadPlan, UnloadReport, get_registry  # noqa: F401
-    from .spec import LoadProgress, LoadSpec, tqdm_progress  # noqa: F401
+    from .spec import LoadPhase, LoadProgress, LoadSpec, tqdm_progress  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -22,14 +22,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, WorkbenchError
 from ..store import format_bytes
 from . import _memory
 from .registry import LoadedModel, post
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Prompt = str | Sequence[Mapping[str, str]]
+"""A plain prompt, or a chat: ``{"role", "content"}`` dicts."""
+StoppedBy = Literal["eos", "max_new_tokens", "stop_string", "cancelled"]
+"""Why a generation ended."""
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +133,7 @@ class GenerationResult:
     ttft_s: float
     tokens_per_s: float
     total_s: float
-    stopped_by: str
+    stopped_by: StoppedBy
     weight_bytes: int
     achieved_bytes_per_s: float
     bandwidth_bytes_per_s: float | None
@@ -155,7 +163,7 @@ class GenerationResult:
 # --- prompts ---------------------------------------------------------------------------------
 
 
-def _messages(prompt: Any, system_prompt: str | None) -> tuple[list[dict[str, str]], bool]:
+def _messages(prompt: Prompt, system_prompt: str | None) -> tuple[list[dict[str, str]], bool]:
     """``(messages, was_plain_prompt)``; checks the shape of a messages list."""
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -176,7 +184,7 @@ def _messages(prompt: Any, system_prompt: str | None) -> tuple[list[dict[str, st
     return msgs, plain
 
 
-def render_prompt(tokenizer: Any, prompt: Any, system_prompt: str | None = None) -> tuple[str, bool]:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_prompt: str | None = None) -> tuple[str, bool]:
     """The text fed to the model, and whether the tokenizer should add special tokens.
 
     With a chat template, the template formats the messages (a plain prompt becomes
@@ -552,7 +560,7 @@ def _resolve(loaded: LoadedModel | str) -> LoadedModel:
     return loaded
 
 
-def generate(loaded: LoadedModel | str, prompt_or_messages: Any,
+def generate(loaded: LoadedModel | str, prompt_or_messages: Prompt,
              params: GenerationParams = GenerationParams()) -> GenerationResult:  # noqa: B008 (frozen, shared safely)
     """Generate an answer to a prompt or a chat (a list of ``{"role", "content"}`` dicts).
 
@@ -564,7 +572,7 @@ def generate(loaded: LoadedModel | str, prompt_or_messages: Any,
     return _run(_resolve(loaded), [prompt_or_messages], params, on_piece=None, stop_event=None)[0]
 
 
-def generate_batch(loaded: LoadedModel | str, prompts: Sequence[Any],
+def generate_batch(loaded: LoadedModel | str, prompts: Sequence[Prompt],
                    params: GenerationParams = GenerationParams()) -> list[GenerationResult]:  # noqa: B008
     """Generate for several prompts together (left padding); results in input order.
 
@@ -595,7 +603,7 @@ class Stream:
     generation too.
     """
 
-    def __init__(self, loaded: LoadedModel, prompt: Any, params: GenerationParams,
+    def __init__(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams,
                  on_piece: Callable[[str], None] | None = None) -> None:
         self.loaded = loaded
         self.params = params
@@ -667,7 +675,7 @@ class Stream:
         return self.result
 
 
-def stream(loaded: LoadedModel | str, prompt_or_messages: Any,
+def stream(loaded: LoadedModel | str, prompt_or_messages: Prompt,
            params: GenerationParams = GenerationParams(), *,  # noqa: B008
            on_piece: Callable[[str], None] | None = None) -> Stream:
     """Start a streamed generation; iterate the returned :class:`Stream` for text pieces.

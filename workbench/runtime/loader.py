@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BrokenModelError,
@@ -40,7 +40,11 @@ from ..store import ModelEntry
 from ..store.estimate import resolve_dtype
 from ..store.tokenizer_files import find_chat_template, require_tokenizer
 from . import _memory, _noise
-from .spec import LoadProgress, LoadSpec
+from .spec import LoadPhase, LoadProgress, LoadSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +198,8 @@ def _install_tqdm_hook() -> bool:
 
 @dataclass
 class LoadOutcome:
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     load_times_s: dict[str, float] = field(default_factory=dict)
     placement: dict[str, int] = field(default_factory=dict)
     module_devices: dict[str, str] = field(default_factory=dict)
@@ -211,7 +215,7 @@ def torch_dtype_name(entry: ModelEntry, spec: LoadSpec) -> str:
     return resolve_dtype(entry, spec.dtype)
 
 
-def bnb_config(spec: LoadSpec, dtype_name: str) -> Any:
+def bnb_config(spec: LoadSpec, dtype_name: str) -> BitsAndBytesConfig | None:
     """transformers' ``BitsAndBytesConfig`` for the spec, or ``None`` without quantization.
 
     Raises:
@@ -243,7 +247,7 @@ def _device_str(value: Any) -> str:
     return normalize_device(str(value))
 
 
-def measure_placement(model: Any) -> dict[str, int]:
+def measure_placement(model: torch.nn.Module) -> dict[str, int]:
     """Bytes of parameters and buffers on each device, as ``get_memory_footprint()`` counts them."""
     out: dict[str, int] = {}
     seen: set[int] = set()
@@ -395,7 +399,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
     """
     times = dict(phase_times or {})
 
-    def report(phase: str, frac: float, message: str) -> None:
+    def report(phase: LoadPhase, frac: float, message: str) -> None:
         if progress is not None:
             a, b = _SPAN.get(phase, (0.0, 1.0))
             progress(LoadProgress(phase, a + (b - a) * max(0.0, min(1.0, frac)), message))

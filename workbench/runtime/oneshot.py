@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from ..precision import Dtype, Quant
 from ..store import format_bytes
 from .spec import LoadProgress, LoadSpec, devices_tuple
+
+if TYPE_CHECKING:
+    from .generation import StoppedBy
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class RunReport:
     model: str = ""
     dtype: str = ""
     quant: str = "none"
-    stopped_by: str = ""
+    stopped_by: StoppedBy | Literal[""] = ""
     total_s: float = 0.0
     estimate_bytes: int | None = None
     placement: dict[str, int] = field(default_factory=dict)
@@ -52,8 +56,8 @@ def run_once(
     prompt: str,
     *,
     devices: str | Sequence[str] = ("cpu",),
-    dtype: str = "auto",
-    quant: str = "none",
+    dtype: Dtype = "auto",
+    quant: Quant = "none",
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     seed: int | None = None,

@@ -20,19 +20,24 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
 from . import _memory, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
-from .spec import LoadProgress, LoadSpec, check_prequantized
+from .spec import LoadProgress, LoadSpec, ProgressCallback, check_prequantized
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..telemetry.events import EventKind
 
 logger = logging.getLogger(__name__)
 
 
-def post(kind: str, message: str = "", *, model: str | None = None, **data: Any) -> None:
+def post(kind: EventKind, message: str = "", *, model: str | None = None, **data: Any) -> None:
     """Post a telemetry event; telemetry trouble never breaks a load or a generation."""
     try:
         from ..telemetry import post_event
@@ -63,15 +68,16 @@ class LoadedModel:
         loaded_at, last_used: ``time.time()`` stamps.
     """
 
-    def __init__(self, name: str, spec: LoadSpec, entry: ModelEntry, model: Any, tokenizer: Any, *,
+    def __init__(self, name: str, spec: LoadSpec, entry: ModelEntry, model: PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, *,
                  placement: dict[str, int], module_devices: dict[str, str], footprint_bytes: int,
                  estimate: MemoryEstimate | None, fit: FitCheck | None, load_times_s: dict[str, float],
                  load_s: float) -> None:
         self.name = name
         self.spec = spec
         self.entry = entry
-        self.model = model
-        self.tokenizer = tokenizer
+        self.model: PreTrainedModel | None = model
+        self.tokenizer: PreTrainedTokenizerBase | None = tokenizer
         self.devices = tuple(spec.devices)
         self.placement = placement
         self.module_devices = module_devices
@@ -338,7 +344,7 @@ class Registry:
         """The spec's store entry (looked up by name, or the entry it carries)."""
         return spec.model if isinstance(spec.model, ModelEntry) else self.store.get(spec.model)
 
-    def load(self, spec: LoadSpec, progress: Any = None, cancel: threading.Event | None = None) -> LoadedModel:
+    def load(self, spec: LoadSpec, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LoadedModel:
         """Load a model as ``spec`` says, after checking it fits.
 
         Args:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import LoadSpecError
 from ..precision import (
@@ -17,6 +17,10 @@ from ..precision import (
     DTYPES,
     FOUR_BIT,
     QUANTS,
+    ComputeDtype,
+    DeviceKind,
+    Dtype,
+    Quant,
     is_device,
     normalize_device,
     precision_label,
@@ -51,10 +55,10 @@ class LoadSpec:
 
     model: str | ModelEntry
     devices: tuple[str, ...] = ("cpu",)
-    dtype: str = "auto"
-    quant: str = "none"
+    dtype: Dtype = "auto"
+    quant: Quant = "none"
     double_quant: bool = False
-    compute_dtype: str | None = None
+    compute_dtype: ComputeDtype | None = None
     max_memory: dict[str, int] | None = field(default=None, hash=False)
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -77,7 +81,7 @@ class LoadSpec:
         return precision_label(self.dtype, self.quant, self.double_quant)
 
     @property
-    def device_type(self) -> str:
+    def device_type(self) -> DeviceKind:
         """``"cuda"`` if any GPU is chosen (transformers then quantizes on the GPU), else ``"cpu"``."""
         return _device_type(self.devices)
 
@@ -160,6 +164,10 @@ class LoadSpec:
         }
 
 
+LoadPhase = Literal["check", "tokenizer", "weights", "finalize", "done", "cancelled", "failed"]
+"""A load's phases in order; the last three end it."""
+
+
 @dataclass(frozen=True)
 class LoadProgress:
     """One progress report of a load.
@@ -171,7 +179,7 @@ class LoadProgress:
         message: one line for a label (``"weights 120/272"``).
     """
 
-    phase: str
+    phase: LoadPhase
     fraction: float
     message: str = ""
 

@@ -21,6 +21,9 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Endpoint": "endpoint",
+    "EndpointEngine": "endpoint",
+    "Engine": "engines",
+    "EngineChoice": "engines",
     "EndpointRegistry": "registry",
     "EndpointStatus": "registry",
     "ServePlan": "launch",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
+EndpointEngine = Literal["vllm", "transformers", "remote"]
+"""What serves an endpoint: an engine the workbench started, or ``"remote"`` (added by URL)."""
 #: ``engine`` of an endpoint the workbench did not start.
-REMOTE = "remote"
+REMOTE: EndpointEngine = "remote"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Endpoint:
     """
 
     name: str
-    engine: str
+    engine: EndpointEngine
     base_url: str
     pid: int | None = None
     devices: tuple[str, ...] = ()

@@ -14,11 +14,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, get_args
 
 from ..errors import EngineNotFoundError, LoadSpecError
 from ..precision import Quant
 
-ENGINES = ("auto", "vllm", "transformers")
+Engine = Literal["vllm", "transformers"]
+"""The engines the workbench starts."""
+EngineChoice = Literal["auto", "vllm", "transformers"]
+"""What a caller may ask for: an engine, or ``"auto"`` (see :func:`pick_engine`)."""
+ENGINES: tuple[EngineChoice, ...] = get_args(EngineChoice)
 #: bitsandbytes quantization names -> ``transformers serve --quantization``.
 TRANSFORMERS_QUANT: dict[Quant, str] = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
 #: The quantizations an engine can be asked for (``--quant`` choices, the Serve tab's options).
@@ -60,7 +65,7 @@ def vllm_command(setting: str | None = None) -> list[str] | None:
     return [found, *argv[1:]] if found else None
 
 
-def pick_engine(engine: str, devices: Sequence[str], vllm: list[str] | None) -> str:
+def pick_engine(engine: EngineChoice | str, devices: Sequence[str], vllm: list[str] | None) -> Engine:
     """``auto`` -> ``"vllm"`` when every device is a GPU and vLLM is found, else ``"transformers"``.
 
     Raises:
@@ -80,7 +85,7 @@ def pick_engine(engine: str, devices: Sequence[str], vllm: list[str] | None) -> 
             raise EngineNotFoundError("vLLM's command was not found",
                                       hint="install vLLM in its own environment and set vllm_command (or "
                                            "WORKBENCH_VLLM_COMMAND) to its `vllm`; or use --engine transformers")
-    return engine
+    return cast(Engine, engine)
 
 
 @dataclass(frozen=True)

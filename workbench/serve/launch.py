@@ -19,12 +19,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, WorkbenchError
+from ..precision import Dtype, Quant
 from . import engines, lease_hook, process
-from .endpoint import Endpoint
+from .endpoint import Endpoint, EndpointEngine
+from .engines import Engine, EngineChoice
 from .registry import EndpointRegistry, check_name
+
+if TYPE_CHECKING:
+    from ..telemetry.events import EventKind
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class ServePlan:
 
     name: str
     store_model: str
-    engine: str
+    engine: Engine
     devices: tuple[str, ...]
     port: int
     argv: tuple[str, ...]
@@ -80,8 +85,8 @@ def _cuda_visible(devices: Sequence[str]) -> str:
     return ",".join(ids)
 
 
-def plan_serve(model: str, *, engine: str = "auto", devices: str | Sequence[str] = ("cpu",), dtype: str = "auto",
-               quant: str = "none", port: int | None = None, max_model_len: int | None = None,
+def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[str] = ("cpu",),
+               dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None,
                name: str | None = None, nodes: int = 1, continuous_batching: bool = True,
                allow_pickle: bool = False, trust_remote_code: bool = False,
                free: Callable[[str], int | None] | None = None) -> ServePlan:
@@ -181,7 +186,7 @@ def _own(name: str) -> None:
             _atexit_installed = True
 
 
-def _post(kind: str, message: str, model: str | None, **data: Any) -> None:
+def _post(kind: EventKind, message: str, model: str | None, **data: Any) -> None:
     from ..telemetry import post_event
 
     post_event(kind, message, model=model, **data)
@@ -250,8 +255,8 @@ def _first_model(body: bytes) -> str | None:
         return None
 
 
-def serve(model: str, *, engine: str = "auto", devices: str | Sequence[str] = ("cpu",), dtype: str = "auto",
-          quant: str = "none", port: int | None = None, max_model_len: int | None = None, name: str | None = None,
+def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[str] = ("cpu",),
+          dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None, name: str | None = None,
           detach: bool = False, nodes: int = 1, continuous_batching: bool = True, allow_pickle: bool = False,
           trust_remote_code: bool = False, ready_timeout_s: float | None = None) -> Endpoint:
     """Serve a store model with a real engine and return its endpoint once it answers.
@@ -273,7 +278,7 @@ class StopReport:
     """What :func:`stop` did: ``was_running`` (it signalled a live engine) and ``removed``."""
 
     name: str
-    engine: str
+    engine: EndpointEngine
     pid: int | None
     was_running: bool
     removed: bool

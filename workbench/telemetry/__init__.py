@@ -25,6 +25,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "EVENT_KINDS": "events",
     "Event": "events",
+    "EventKind": "events",
     "EventLog": "events",
     "get_event_log": "events",
     "post_event": "events",
@@ -47,7 +48,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .events import EVENT_KINDS, Event, EventLog, get_event_log, post_event, reset_event_log  # noqa: F401
+    from .events import EVENT_KINDS, Event, EventKind, EventLog, get_event_log, post_event, reset_event_log  # noqa: F401
     from .export import events_to_records, to_csv, to_prometheus, to_records  # noqa: F401
     from .prometheus import WorkbenchCollector  # noqa: F401
     from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample  # noqa: F401
@@ -63,6 +64,7 @@ __all__ = [
     "GPU_METRICS",
     "HOST_METRICS",
     "Event",
+    "EventKind",
     "EventLog",
     "GpuSample",
     "HostSample",

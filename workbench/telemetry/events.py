@@ -20,20 +20,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import ConfigError
 from ._dispatch import Delivery
 
-#: The kinds the runtime posts; any other non-empty string is accepted too.
-EVENT_KINDS: tuple[str, ...] = (
-    "load_started",
-    "load_finished",
-    "generate_started",
-    "generate_finished",
-    "unload",
-    "error",
-)
+EventKind = Literal[
+    "load_started", "load_finished", "generate_started", "generate_finished", "unload", "idle_unload",
+    "engine_started", "engine_ready", "engine_stopped", "error",
+]
+"""The kinds the workbench posts (runtime, idle unloads, serving engines); :meth:`EventLog.post`
+accepts any other non-empty string too, for a notebook's own marks."""
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Event:
     """
 
     time_s: float
-    kind: str
+    kind: EventKind | str
     message: str = ""
     model: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +82,7 @@ class EventLog:
     def __len__(self) -> int:
         return len(self._events)
 
-    def post(self, kind: str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
+    def post(self, kind: EventKind | str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
         """Record an event now and notify subscribers. See :func:`post_event`.
 
         Raises:
@@ -176,7 +174,7 @@ def reset_event_log() -> None:
         log.close()
 
 
-def post_event(kind: str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
+def post_event(kind: EventKind | str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
     """Record that something happened, for plots and exports.
 
     Args:

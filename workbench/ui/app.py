@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownChoiceError
 from ..store import ModelStore
@@ -14,6 +14,10 @@ from .quant_panel import QuantizationPanel
 from .serve_panel import ServePanel
 from .store_panel import StorePanel
 from .telemetry_panel import TelemetryPanel
+
+if TYPE_CHECKING:
+    from ..runtime import Registry
+    from ..telemetry import Sampler
 
 
 class Workbench:
@@ -38,7 +42,7 @@ class Workbench:
         'The capital of France is Paris.'
     """
 
-    def __init__(self, store: ModelStore | None = None, registry: Any = None, sampler: Any = None,
+    def __init__(self, store: ModelStore | None = None, registry: Registry | None = None, sampler: Sampler | None = None,
                  tab: str | None = None) -> None:
         self.model_store = store if store is not None else ModelStore()
         self.store = StorePanel(self.model_store)
@@ -57,12 +61,12 @@ class Workbench:
         self.load.on_change(self._loaded_changed)
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The loaded-model registry every panel shares."""
         return self.load.registry
 
     @property
-    def sampler(self) -> Any:
+    def sampler(self) -> Sampler:
         """The telemetry sampler every panel shares."""
         return self.telemetry.sampler
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LoadSpecError, WorkbenchError
 from ..precision import COMPUTE_DTYPES, DTYPES, FOUR_BIT, QUANTS
@@ -19,17 +19,20 @@ from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, html_table
 
+if TYPE_CHECKING:
+    from ..runtime import FitCheck, LoadedModel, LoadSpec, Registry, UnloadReport
+
 GIB = 2**30
 DEVICE_REFRESH_S = 2.0
 
 
-def _registry() -> Any:
+def _registry() -> Registry:
     from ..runtime import get_registry
 
     return get_registry()
 
 
-def loaded_table_html(loaded: Sequence[Any]) -> str:
+def loaded_table_html(loaded: Sequence[LoadedModel]) -> str:
     """Loaded models: devices, precision, bytes per device, footprint and load time."""
     if not loaded:
         return "<p><em>No model loaded.</em></p>"
@@ -72,7 +75,7 @@ def device_holders(name: str) -> tuple[list[str], list[str] | None]:
     return leases, procs
 
 
-def unload_message(report: Any) -> str:
+def unload_message(report: UnloadReport) -> str:
     """What an unload gave back, in one line (shown in the banner)."""
     text = f"Unloaded {report.name}: freed {format_bytes(report.freed_bytes)}"
     before, after = getattr(report, "rss_before_bytes", None), getattr(report, "rss_after_bytes", None)
@@ -99,7 +102,7 @@ class LoadPanel(Panel):
 
     title = "Load"
 
-    def __init__(self, store: ModelStore | None = None, registry: Any = None) -> None:
+    def __init__(self, store: ModelStore | None = None, registry: Registry | None = None) -> None:
         super().__init__()
         self.store = store if store is not None else ModelStore()
         self._registry = registry
@@ -116,7 +119,7 @@ class LoadPanel(Panel):
         self.compute_dtype = "bfloat16"
         self.budgets_gib: dict[str, float] = {}
         self.progress: tuple[str, float, str] = ("idle", 0.0, "")
-        self.last_unload: Any = None
+        self.last_unload: UnloadReport | None = None
         self._cancel: threading.Event | None = None
         self._listeners: list[Callable[[], None]] = []
         self._progress_throttle = Throttle(0.1)
@@ -126,7 +129,7 @@ class LoadPanel(Panel):
         self.refresh_models()
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The kernel's registry of loaded models (imports the runtime on first use)."""
         if self._registry is None:
             self._registry = _registry()
@@ -169,7 +172,7 @@ class LoadPanel(Panel):
         """Per-device caps from the budget fields (0 or empty means no cap)."""
         return {dev: int(gib * GIB) for dev, gib in self.budgets_gib.items() if gib and gib > 0 and dev in self.devices}
 
-    def check(self) -> Any:
+    def check(self) -> FitCheck:
         """The runtime's own pre-load check of the current selection (a ``FitCheck``).
 
         The same rule the runtime applies when Load is pressed (free memory now,
@@ -207,7 +210,7 @@ class LoadPanel(Panel):
         (it keeps its own; the runtime refuses a second quantization)."""
         return ("none",) if self.saved_quantization() else tuple(QUANTS)
 
-    def spec(self, name: str | None = None) -> Any:
+    def spec(self, name: str | None = None) -> LoadSpec:
         """The :class:`workbench.runtime.LoadSpec` the Load button would use.
 
         Raises:
@@ -269,7 +272,7 @@ class LoadPanel(Panel):
         if self._cancel is not None:
             self._cancel.set()
 
-    def unload(self, name: str | None = None) -> Any:
+    def unload(self, name: str | None = None) -> UnloadReport:
         """Unload a model (default: the newest) and show the memory given back.
 
         Returns:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, GenerationError, ModelNotLoadedError, WorkbenchError
 from ..store import format_bytes
 from .base import Panel, Throttle
 from .display import esc, html_table, pre_html
+
+if TYPE_CHECKING:
+    from ..runtime import Registry
 
 FLUSH_PER_S = 10
 #: Choices naming an OpenAI-compatible endpoint (workbench.serve) instead of a loaded model.
@@ -120,7 +123,7 @@ class PromptPanel(Panel):
 
     title = "Prompt"
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(self, registry: Registry | None = None) -> None:
         super().__init__()
         self._registry = registry
         self.model: str | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..precision import LABELS
@@ -16,6 +16,9 @@ from ..quant.study import DEFAULT_VARIANTS
 from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, figure_html, html_table
+
+if TYPE_CHECKING:
+    from ..runtime import Registry
 
 VARIANT_CHOICES = LABELS
 DEFAULT_CHOICE = tuple(v.label for v in DEFAULT_VARIANTS)
@@ -91,7 +94,7 @@ class QuantizationPanel(Panel):
 
     title = "Quantization"
 
-    def __init__(self, store: ModelStore | None = None, registry: Any = None) -> None:
+    def __init__(self, store: ModelStore | None = None, registry: Registry | None = None) -> None:
         super().__init__()
         self.store = store if store is not None else ModelStore()
         self._registry = registry

@@ -16,13 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..store import format_bytes
 from .base import Panel, Throttle
 from .display import esc, figure_html, html_table
+
+if TYPE_CHECKING:
+    from ..telemetry import EventLog, Sampler
 
 
 class _PanelShowsNotices(logging.Filter):
@@ -101,7 +104,7 @@ class TelemetryPanel(Panel):
 
     title = "Telemetry"
 
-    def __init__(self, sampler: Any = None, window_s: float = 300, event_log: Any = None,
+    def __init__(self, sampler: Sampler | None = None, window_s: float = 300, event_log: EventLog | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
