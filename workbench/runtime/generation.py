@@ -34,15 +34,15 @@ from .registry import LoadedModel, post
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-Prompt = str | Sequence[Mapping[str, str]]
-"""A plain prompt, or a chat: ``{"role", "content"}`` dicts."""
 StoppedBy = Literal["eos", "max_new_tokens", "stop_string", "cancelled"]
 """Why a generation ended."""
 
 logger = logging.getLogger(__name__)
 
-Messages = Sequence[dict[str, str]]
-PromptLike = "str | Messages"
+Messages = Sequence[Mapping[str, str]]
+"""A chat: ``{"role": ..., "content": ...}`` dicts in order."""
+Prompt = str | Messages
+"""A plain prompt, or a chat."""
 
 #: Below this many weight bytes the weights sit in CPU/GPU caches and the memory
 #: roofline does not apply, so no decode efficiency is reported.
