@@ -23,8 +23,9 @@ messages one sentence of fact plus one of advice.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from ._records import jsonable
 
 
 class WorkbenchError(Exception):
@@ -51,7 +52,7 @@ class WorkbenchError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly description, used by ``--json`` output and the server extension's error replies."""
-        ctx = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.context.items()}
+        ctx = {k: jsonable(v) for k, v in self.context.items()}
         return {"error": type(self).__name__, "message": str(self), **ctx}
 
 

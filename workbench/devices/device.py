@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from .._records import Record
 from ..precision import DeviceKind
 from ._format import NA, format_bytes
 
 
 @dataclass(frozen=True)
-class Device:
+class Device(Record):
     """One device this process may use: a CUDA GPU (torch numbering) or the CPU.
 
     Attributes:
@@ -69,16 +69,9 @@ class Device:
         cc = self.compute_capability
         return f"{cc[0]}.{cc[1]}" if cc else NA
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly raw values (the ``devices`` items of ``workbench devices --json``)."""
-        data = asdict(self)
-        if self.compute_capability is not None:
-            data["compute_capability"] = list(self.compute_capability)
-        return data
-
 
 @dataclass(frozen=True)
-class GPUProcess:
+class GPUProcess(Record):
     """A compute process using a GPU, as NVML reports it, joined with psutil.
 
     ``user`` and ``command`` are ``None`` when the process is gone, belongs to
@@ -95,6 +88,3 @@ class GPUProcess:
     @property
     def used_memory_str(self) -> str:
         return format_bytes(self.used_memory_bytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .._records import Record
 from ..errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
 from ._format import format_bytes
 
@@ -153,7 +154,7 @@ def process_alive(pid: int, start_s: float | None) -> bool:
 
 
 @dataclass(frozen=True)
-class Lease:
+class Lease(Record):
     """One reservation of memory on one GPU.
 
     Attributes:
@@ -210,7 +211,7 @@ class Lease:
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready: the fields plus ``idle_s`` and ``heartbeat_age_s`` (``workbench leases --json``)."""
-        d = asdict(self)
+        d = super().to_dict()
         d["idle_s"] = self.idle_s(now)
         d["heartbeat_age_s"] = self.heartbeat_age_s(now)
         return d

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from .._records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ NO_DRIVER_REASON = f"NVIDIA driver not found: {CPU_ONLY_SUFFIX}"
 
 
 @dataclass(frozen=True)
-class NVMLStatus:
+class NVMLStatus(Record):
     """Whether NVML can be used in this process, and if not, why.
 
     Attributes:
@@ -50,10 +52,6 @@ class NVMLStatus:
     reason: str | None = None
     driver_version: str | None = None
     cuda_driver_version: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy of the fields."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

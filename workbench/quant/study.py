@@ -20,9 +20,10 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .._records import Record
 from ..errors import ConfigError, LoadCancelledError, WorkbenchError
 from ..precision import LABELS, ComputeDtype, Dtype, Precision, Quant
 from ..store.entry import format_bytes
@@ -64,8 +65,10 @@ DEFAULT_VARIANTS = tuple(Variant.parse(v) for v in ("bfloat16", "int8", "nf4", "
 
 
 @dataclass(frozen=True)
-class VariantResult:
+class VariantResult(Record):
     """What one variant measured; ``error`` is set (and the numbers None) when it could not run."""
+
+    _json_properties = ("estimate_error",)
 
     variant: Variant
     error: str | None = None
@@ -91,9 +94,9 @@ class VariantResult:
         return self.estimate_bytes / self.footprint_bytes - 1
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The fields and ``estimate_error``, with the variant by its label."""
+        d = super().to_dict()
         d["variant"] = self.variant.label
-        d["estimate_error"] = self.estimate_error
         return d
 
 

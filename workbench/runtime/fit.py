@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._records import Record, jsonable
 from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError
 from ..store import MemoryEstimate, ModelEntry, estimate, format_bytes
 from ..store.estimate import kv_cache_bytes
@@ -44,7 +45,7 @@ LeasedFn = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
-class DeviceBudget:
+class DeviceBudget(Record):
     """What one device offers a load.
 
     Attributes:
@@ -57,6 +58,8 @@ class DeviceBudget:
             (``max(0, leased - used)`` per holding process), so not in NVML's used memory yet.
         lease_holders: one line per lease on the device ("cuda:0: 30.1 GiB leased by alice (...)").
     """
+
+    _json_properties = ("usable_bytes",)
 
     device: str
     free_bytes: int | None
@@ -112,14 +115,11 @@ class FitCheck:
         return format_bytes(self.needed_bytes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The numbers, with the spec by its precision label (not the whole spec)."""
         return {
             "precision": self.spec.precision, "needed_bytes": self.needed_bytes,
             "available_bytes": self.available_bytes, "fits": self.fits, "message": self.message,
-            "budgets": [{"device": b.device, "free_bytes": b.free_bytes, "cap_bytes": b.cap_bytes,
-                         "reserve_bytes": b.reserve_bytes, "usable_bytes": b.usable_bytes,
-                         "leased_bytes": b.leased_bytes, "lease_holders": list(b.lease_holders)}
-                        for b in self.budgets],
-            "estimate": self.estimate.to_dict(),
+            "budgets": jsonable(self.budgets), "estimate": jsonable(self.estimate),
         }
 
 

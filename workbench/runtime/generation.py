@@ -23,9 +23,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._records import Record
 from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, WorkbenchError
 from ..store import format_bytes
 from . import _memory
@@ -50,7 +51,7 @@ ROOFLINE_MIN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class GenerationParams:
+class GenerationParams(Record):
     """Sampling settings. ``temperature=0`` means greedy decoding.
 
     Attributes:
@@ -102,14 +103,9 @@ class GenerationParams:
             raise bad(f"stop strings must be non-empty strings, not {list(self.stop)!r}", "e.g. stop=('###',)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
 
 @dataclass(frozen=True)
-class GenerationResult:
+class GenerationResult(Record):
     """One generation's text and metrics (raw values; ``*_str`` for display).
 
     Attributes:
@@ -155,9 +151,6 @@ class GenerationResult:
     @property
     def achieved_str(self) -> str:
         return f"{format_bytes(self.achieved_bytes_per_s)}/s"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --- prompts ---------------------------------------------------------------------------------

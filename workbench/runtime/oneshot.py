@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._records import Record
 from ..precision import Dtype, Quant
 from ..store import format_bytes
 from .spec import LoadProgress, LoadSpec, devices_tuple
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class RunReport:
+class RunReport(Record):
     """What ``workbench run`` prints (ARCHITECTURE.md section 3), plus the details behind it."""
 
     text: str
@@ -46,9 +47,6 @@ class RunReport:
     @property
     def footprint_str(self) -> str:
         return format_bytes(self.footprint_bytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_once(

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._records import Record, jsonable
 from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
@@ -151,7 +152,7 @@ class LoadedModel:
             "name": self.name, "model": self.entry.name, "spec": self.spec.to_dict(), "devices": list(self.devices),
             "precision": self.precision, "placement": dict(self.placement), "module_devices": dict(self.module_devices),
             "footprint_bytes": self.footprint_bytes, "quant_state_bytes": self.quant_state_bytes,
-            "estimate": self.estimate.to_dict() if self.estimate else None,
+            "estimate": jsonable(self.estimate),
             "estimate_error": self.estimate_error, "load_times_s": dict(self.load_times_s), "load_s": self.load_s,
             "loaded_at": self.loaded_at, "last_used": self.last_used, "loaded": self.loaded,
         }
@@ -174,7 +175,7 @@ class UnloadPlan:
 
 
 @dataclass(frozen=True)
-class UnloadReport:
+class UnloadReport(Record):
     """What an unload gave back.
 
     Attributes:
@@ -184,6 +185,8 @@ class UnloadReport:
         cleared: references cleared outside the workbench (``"Out[3]"``, ``"_"``,
             ``"sys.last_traceback"``...).
     """
+
+    _json_properties = ("rss_returned_bytes",)
 
     name: str
     freed_bytes: int
@@ -211,12 +214,6 @@ class UnloadReport:
     @property
     def freed_str(self) -> str:
         return format_bytes(self.freed_bytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "freed_bytes": self.freed_bytes, "rss_before_bytes": self.rss_before_bytes,
-                "rss_after_bytes": self.rss_after_bytes, "rss_returned_bytes": self.rss_returned_bytes,
-                "cuda_before_bytes": dict(self.cuda_before_bytes), "cuda_after_bytes": dict(self.cuda_after_bytes),
-                "cleared": list(self.cleared), "seconds": self.seconds}
 
 
 # --- references IPython keeps ----------------------------------------------------------------

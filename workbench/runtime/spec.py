@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from .._records import Record
 from ..errors import LoadSpecError
 from ..precision import (
     COMPUTE_DTYPES,
@@ -30,7 +31,7 @@ from ..store import ModelEntry
 
 
 @dataclass(frozen=True)
-class LoadSpec:
+class LoadSpec(Record):
     """A load request: which model, on which devices, at which precision.
 
     Attributes:
@@ -156,12 +157,11 @@ class LoadSpec:
                                     hint="e.g. 20 * 2**30 for 20 GiB", device=d)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model_name, "devices": list(self.devices), "dtype": self.dtype, "quant": self.quant,
-            "double_quant": self.double_quant, "compute_dtype": self.compute_dtype,
-            "max_memory": dict(self.max_memory) if self.max_memory else None,
-            "allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code, "name": self.name,
-        }
+        """The fields, with the model by name and an empty ``max_memory`` as ``None``."""
+        d = super().to_dict()
+        d["model"] = self.model_name
+        d["max_memory"] = d["max_memory"] or None
+        return d
 
 
 LoadPhase = Literal["check", "tokenizer", "weights", "finalize", "done", "cancelled", "failed"]

@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from .._records import Record
 from ..errors import (
     EndpointAuthError,
     EndpointModelNotFoundError,
@@ -37,7 +38,7 @@ MAX_STOP = 4
 
 
 @dataclass(frozen=True)
-class ChatResult:
+class ChatResult(Record):
     """One streamed answer and its metrics (the keys of ``workbench run --json``).
 
     Attributes:
@@ -66,9 +67,6 @@ class ChatResult:
     def stopped_by(self) -> str | None:
         """The runtime's name for why it ended (the metrics table shows both kinds of result)."""
         return self.finish_reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class EndpointStream:

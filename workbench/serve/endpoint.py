@@ -8,8 +8,10 @@ the name of the environment variable that holds one (``api_key_env``).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
+
+from .._records import Record
 
 EndpointEngine = Literal["vllm", "transformers", "remote"]
 """What serves an endpoint: an engine the workbench started, or ``"remote"`` (added by URL)."""
@@ -18,7 +20,7 @@ REMOTE: EndpointEngine = "remote"
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class Endpoint(Record):
     """One OpenAI-compatible endpoint.
 
     Attributes:
@@ -76,13 +78,6 @@ class Endpoint:
 
     def with_(self, **changes: Any) -> Endpoint:
         return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["devices"] = list(self.devices)
-        doc["argv"] = list(self.argv)
-        doc["lease_ids"] = list(self.lease_ids)
-        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Endpoint:

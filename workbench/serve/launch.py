@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._records import Record
 from ..errors import ConfigError, WorkbenchError
 from ..precision import Dtype, Quant
 from . import engines, lease_hook, process
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ServePlan:
+class ServePlan(Record):
     """Everything decided before an engine starts (``workbench serve --json`` shows it on failure too).
 
     Attributes:
@@ -61,11 +62,6 @@ class ServePlan:
     @property
     def base_url(self) -> str:
         return f"http://{engines.HOST}:{self.port}/v1"
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["devices"], doc["argv"] = list(self.devices), list(self.argv)
-        return doc
 
 
 def _workbench_dir(sub: str) -> Path:
@@ -274,7 +270,7 @@ def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[
 
 
 @dataclass(frozen=True)
-class StopReport:
+class StopReport(Record):
     """What :func:`stop` did: ``was_running`` (it signalled a live engine) and ``removed``."""
 
     name: str
@@ -282,9 +278,6 @@ class StopReport:
     pid: int | None
     was_running: bool
     removed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def stop(name: str, *, registry: EndpointRegistry | None = None) -> StopReport:

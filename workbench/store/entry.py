@@ -5,9 +5,11 @@ Display strings live in ``*_str`` properties (and in the UI), never in the field
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from .._records import Record
 
 Format = Literal["safetensors", "gguf", "pickle"]
 Status = Literal["ok", "broken", "unsafe"]
@@ -62,7 +64,7 @@ class WeightStats:
 
 
 @dataclass(frozen=True)
-class ModelEntry:
+class ModelEntry(Record):
     """One model in a store root: what its headers and config say, and whether it can be used."""
 
     name: str
@@ -122,15 +124,3 @@ class ModelEntry:
     @property
     def params_str(self) -> str:
         return format_count(self.params)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with the fields of the command-line contract (ARCHITECTURE.md section 3)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["root"] = str(self.root)
-        d["shadowed_by"] = str(self.shadowed_by) if self.shadowed_by is not None else None
-        d["architectures"] = list(self.architectures)
-        d["weight_files"] = list(self.weight_files)
-        d["layer_types"] = list(self.layer_types)
-        d["weights"] = asdict(self.weights)
-        return d

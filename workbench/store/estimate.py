@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._records import Record
 from ..errors import BrokenModelError, ConfigError
 from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, precision_label
 from .entry import ModelEntry, format_bytes
@@ -53,7 +54,7 @@ def resolve_dtype(entry: ModelEntry, dtype: str) -> str:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
+class MemoryEstimate(Record):
     """Bytes a model needs on its devices at one precision.
 
     Attributes:
@@ -63,6 +64,8 @@ class MemoryEstimate:
             copies made before quantization on the CPU, for example).
         kv_cache_bytes_per_1k_tokens: KV cache per 1,000 tokens of context, batch 1.
     """
+
+    _json_properties = ("total_bytes",)
 
     dtype: str
     quant: str
@@ -84,14 +87,6 @@ class MemoryEstimate:
     @property
     def total_str(self) -> str:
         return format_bytes(self.total_bytes)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "dtype": self.dtype, "quant": self.quant, "double_quant": self.double_quant,
-            "weights_bytes": self.weights_bytes, "quant_state_bytes": self.quant_state_bytes,
-            "total_bytes": self.total_bytes, "load_peak_bytes": self.load_peak_bytes,
-            "kv_cache_bytes_per_1k_tokens": self.kv_cache_bytes_per_1k_tokens,
-        }
 
 
 def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16", batch: int = 1) -> int | None:

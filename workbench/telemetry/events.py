@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from .._records import Record
 from ..errors import ConfigError
 from ._dispatch import Delivery
 
@@ -35,7 +36,7 @@ EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(Record):
     """One mark on the timeline.
 
     Attributes:
@@ -51,15 +52,6 @@ class Event:
     message: str = ""
     model: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "time_s": self.time_s,
-            "kind": self.kind,
-            "message": self.message,
-            "model": self.model,
-            "data": dict(self.data),
-        }
 
 
 class EventLog:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from .._records import Record
 from ..devices._format import format_bytes, format_number
 
 #: Per-GPU numeric metrics, as ``GpuSample`` fields and ``Sampler.series`` names.
@@ -26,7 +26,7 @@ HOST_METRICS: tuple[str, ...] = ("cpu_percent", "ram_used_bytes", "ram_total_byt
 
 
 @dataclass(frozen=True)
-class GpuSample:
+class GpuSample(Record):
     """One GPU at one instant. Every metric is ``None`` when unsupported or failing.
 
     Attributes:
@@ -81,12 +81,6 @@ class GpuSample:
     def temperature_str(self) -> str:
         return format_number(self.temperature_c, " °C")
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.processes is not None:
-            data["processes"] = [list(p) for p in self.processes]
-        return data
-
 
 @dataclass(frozen=True)
 class HostSample:
@@ -99,7 +93,7 @@ class HostSample:
 
 
 @dataclass(frozen=True)
-class Sample:
+class Sample(Record):
     """Everything measured at one tick.
 
     Attributes:
@@ -144,8 +138,3 @@ class Sample:
     @property
     def process_rss_str(self) -> str:
         return format_bytes(self.process_rss_bytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gpus"] = [g.to_dict() for g in self.gpus]
-        return data
