@@ -26,7 +26,8 @@ from typing import Protocol
 
 from .._records import Record
 from ..errors import BrokenModelError, ConfigError
-from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, precision_label
+from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, DeviceKind, precision_label
+from ..precision import device_type as _device_type
 from .entry import ModelEntry, format_bytes
 from .kv_cache import kv_cache_bytes_for
 
@@ -119,7 +120,7 @@ def estimate(
     quant: str = "none",
     *,
     double_quant: bool = False,
-    device_type: str = "cuda",
+    device_type: DeviceKind = "cuda",
 ) -> MemoryEstimate:
     """Estimate the memory ``entry`` needs loaded at ``dtype`` with bitsandbytes ``quant``.
 
@@ -186,7 +187,7 @@ def estimate(
                           int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
 
 
-def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: str) -> MemoryEstimate:
+def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: DeviceKind) -> MemoryEstimate:
     """A pre-quantized checkpoint loads only as saved: its footprint at the config's dtype.
 
     bitsandbytes checkpoints load into the same modules a quantized load builds, so the
@@ -246,7 +247,7 @@ _LINGER_MAX = 32 * 2**20
 _CPU_LOAD_OVERHEAD = 64 * 2**20
 
 
-def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, device_type: str = "cuda") -> int:
+def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, device_type: DeviceKind = "cuda") -> int:
     """The most memory a load holds at once on ``device_type``, for ``loaded_bytes`` of final weights.
 
     Measured, not guessed (tests/runtime/test_memory.py checks peak RSS against this):
@@ -326,7 +327,7 @@ def fits_on(entry: ModelEntry, devices: Iterable[HasFreeMemory], context_tokens:
     table = estimate_table(entry)
     out = []
     for dev in devices:
-        dev_type = "cpu" if dev.name == "cpu" else "cuda"
+        dev_type = _device_type((dev.name,))
         for label, dtype, quant in precisions(entry):
             est = table[label] if dev_type == "cuda" else estimate(entry, dtype, quant, device_type="cpu")
             kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import MAX_TELEMETRY_INTERVAL_S, MIN_TELEMETRY_INTERVAL_S
 from ..errors import ConfigError, DeviceNotFoundError
+from ..precision import normalize_device
 from ._dispatch import Delivery
 from .ring import RingBuffer
 from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample
@@ -405,8 +406,7 @@ class Sampler:
                 hint=f"pass device= one of {', '.join(known) or '(no GPU sampled)'}",
                 metric=metric,
             )
-        if device == "cuda":
-            device = "cuda:0"
+        device = normalize_device(device)
         if device not in known:
             raise DeviceNotFoundError(
                 f"no telemetry for device {device!r}",
