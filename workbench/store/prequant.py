@@ -32,6 +32,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..precision import COMPUTE_DTYPES, QUANTS, Quant
+
 # Side tensors: quantization state, not parameters of the loaded model.
 _SIDE = re.compile(
     r"\.(absmax|quant_map|nested_absmax|nested_quant_map|SCB|weight_format|qzeros|scales|g_idx|"
@@ -65,7 +67,7 @@ REQUIRED_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
 # quant_methods transformers 5 loads without a package of their own.
 _NO_PACKAGE = {"fp8", "mxfp8", "mxfp4", "bitnet", "nvfp4", "metal", "gemma", "gguf"}
 # Quantizations bitsandbytes applies, whose footprint the store's layout rule computes.
-BNB_QUANTS = ("int8", "nf4", "fp4")
+BNB_QUANTS: tuple[Quant, ...] = tuple(q for q in QUANTS if q != "none")
 
 
 def quant_name(qc: dict[str, Any]) -> str:
@@ -174,7 +176,7 @@ def _config_dtype(config: dict[str, Any]) -> str | None:
     for cfg in (config, inner):
         for key in ("torch_dtype", "dtype"):
             value = cfg.get(key)
-            if value in ("float32", "float16", "bfloat16"):
+            if value in COMPUTE_DTYPES:
                 return str(value)
     return None
 
