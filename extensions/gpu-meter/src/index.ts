@@ -74,7 +74,8 @@ interface IGpuProcess {
 
 interface IDevices {
   devices: { name: string; kind?: string; label?: string | null }[];
-  processes: { [device: string]: IGpuProcess[] };
+  /** null: NVML cannot list that GPU's processes (unknown, not "none"). */
+  processes: { [device: string]: IGpuProcess[] | null };
   no_gpu_reason: string | null;
 }
 
@@ -268,7 +269,12 @@ class WorkbenchPanel extends Widget {
 
     node.appendChild(el('h3', 'Processes holding GPU memory'));
     const rows: string[][] = [];
-    Object.entries(devices.processes || {}).forEach(([device, procs]) =>
+    const unknown: string[] = [];
+    Object.entries(devices.processes || {}).forEach(([device, procs]) => {
+      if (procs === null) {
+        unknown.push(device);
+        return;
+      }
       procs.forEach(p =>
         rows.push([
           device,
@@ -277,12 +283,17 @@ class WorkbenchPanel extends Widget {
           formatBytes(p.used_memory_bytes),
           (p.command ?? 'N/A').slice(0, 60)
         ])
-      )
-    );
+      );
+    });
     if (rows.length) {
       node.appendChild(table(['GPU', 'PID', 'User', 'Memory', 'Command'], rows));
-    } else {
+    } else if (!unknown.length) {
       node.appendChild(el('div', 'None.', 'jp-WorkbenchPanel-note'));
+    }
+    if (unknown.length) {
+      node.appendChild(
+        el('div', `Unknown on ${unknown.join(', ')}: NVML cannot list the processes.`, 'jp-WorkbenchPanel-note')
+      );
     }
   }
 }
