@@ -63,7 +63,9 @@ def run_notebook(notebook_env: Path) -> Callable[[str], object]:
     import nbformat
     from nbclient import NotebookClient
 
-    def run(name: str, timeout_s: int = 300):
+    # Per cell: a bound for a hung kernel, generous because a shared 2-core CI machine runs the
+    # five-variant quantization study several times slower than an idle one.
+    def run(name: str, timeout_s: int = 900):
         path = notebook_env / name
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",

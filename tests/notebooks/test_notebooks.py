@@ -50,6 +50,33 @@ def test_widget_scan_finds_a_widget_view() -> None:
     assert widget_outputs(nb) == []
 
 
+def test_library_progress_bars_leave_no_widget_in_a_headless_kernel(notebook_env) -> None:
+    """What the GGUF import runs under: transformers' bars and the GGUF reader's ``tqdm.auto`` loop.
+
+    The last cell is the control: a bare ``tqdm.auto`` bar in the same kernel is a widget view.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import transformers.modeling_gguf_pytorch_utils as gguf_utils\n"
+            "from transformers.utils import logging as hf_logging\n"
+            "from workbench.store.importer import library_progress_bars_off\n"
+            "with library_progress_bars_off():\n"
+            "    n = sum(1 for _ in gguf_utils.tqdm(range(50), desc='Converting and de-quantizing GGUF tensors...'))\n"
+            "    n += sum(1 for _ in hf_logging.tqdm(range(50), desc='Loading weights'))\n"
+            "n, hf_logging.is_progress_bar_enabled()"),
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nsum(1 for _ in tqdm(range(5)))"),
+    ]
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook_env)}}).execute()
+    assert "(100, True)" in outputs_text(nb)  # the loops ran, and the bars are back on afterwards
+    found = widget_outputs(nb)
+    assert found and all(f.startswith("cell 1:") for f in found), found
+
+
 def test_00_start_here(run_notebook) -> None:
     nb = run_notebook("00-start-here.ipynb")
     text = outputs_text(nb)
