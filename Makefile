@@ -16,7 +16,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 CONSTRAINTS ?= constraints.txt
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
-PYTEST_ARGS ?=
+# The slowest tests are listed at the end of every run, so CI logs show where the time goes.
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: lab test setup seed report chromium bench clean constraints labextension
 
