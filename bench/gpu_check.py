@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.precision import is_gpu
+
 MiB = 2**20
 GiB = 2**30
 SMOL = "SmolLM2-135M-Instruct"
@@ -82,7 +84,7 @@ def run_variant(checks: Checks, entry: Any, device: str, label: str, dtype: str,
     from workbench.runtime._memory import release_memory, rss_bytes
 
     reg = get_registry()
-    on_gpu = device.startswith("cuda")
+    on_gpu = is_gpu(device)
     row: dict[str, Any] = {"variant": label, "device": device}
     release_memory()
     before_cuda = cuda_state(torch, device) if on_gpu else None
@@ -226,7 +228,7 @@ def check_vllm(checks: Checks, entry: Any, device: str) -> None:
     from workbench.serve.engines import vllm_command
     from workbench.serve.process import group_members, port_open
 
-    if not device.startswith("cuda"):
+    if not is_gpu(device):
         checks.record(name, None, "no GPU (vLLM runs on GPUs only)")
         return
     if vllm_command() is None:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         print(f"FAIL  model: {exc}")
         return 2
-    if device.startswith("cuda"):
+    if is_gpu(device):
         props = torch.cuda.get_device_properties(device)
         print(f"{props.name}, {props.total_memory / GiB:.0f} GiB, torch {torch.__version__}, "
               f"CUDA {torch.version.cuda}", flush=True)
@@ -302,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                                         ("nf4", "bfloat16", "nf4")) if label in wanted]
     check_refusal(checks, entry, device)
     check_fake_multi_gpu(checks)
-    if device.startswith("cuda"):
+    if is_gpu(device):
         check_real_multi_gpu(checks, entry)
     check_vllm(checks, entry, device)
 
     print()
-    after_col = "CUDA alloc/reserved after" if device.startswith("cuda") else "RSS delta after"
+    after_col = "CUDA alloc/reserved after" if is_gpu(device) else "RSS delta after"
     print(f"{'variant':8} {'estimate':>11} {'measured':>11} {'error':>7} {'tokens/s':>9} {'efficiency':>10}  {after_col}")
     for r in rows:
         if "footprint_bytes" not in r:

@@ -12,7 +12,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 
@@ -41,3 +43,12 @@ def lazy_exports(package: str, namespace: dict[str, Any],
         return sorted([*namespace, *exports])
 
     return __getattr__, __dir__
+
+
+def torch_if_imported() -> ModuleType | None:
+    """torch, if this process already imported it; never imports it (about 2 s and 300 MB).
+
+    For code that only has work to do when torch is in use (CUDA caches to empty,
+    tensors to recognise) and must keep ``import workbench`` free of torch.
+    """
+    return sys.modules.get("torch")

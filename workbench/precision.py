@@ -70,9 +70,19 @@ def check_device(name: str) -> str:
     return device
 
 
+def is_gpu(device: str) -> bool:
+    """Whether a device name (``"cuda"``, ``"cuda:1"``; not ``"cpu"``, ``"meta"``) is a GPU.
+
+    Example:
+        >>> is_gpu("cuda:1"), is_gpu("cpu")
+        (True, False)
+    """
+    return device.startswith("cuda")
+
+
 def device_type(devices: tuple[str, ...] | list[str]) -> DeviceKind:
     """``"cuda"`` when any of ``devices`` is a GPU, else ``"cpu"``."""
-    return "cuda" if any(d.startswith("cuda") for d in devices) else "cpu"
+    return "cuda" if any(is_gpu(d) for d in devices) else "cpu"
 
 
 def precision_label(dtype: str, quant: str, double_quant: bool = False) -> str:

@@ -22,14 +22,15 @@ from fakes.fake_pynvml import (
     install_fake_torch_cuda,
 )
 from workbench.devices import (
+    cgroup,
     devices_report,
     format_devices,
     get_device,
     gpu_processes,
-    inventory,
     list_devices,
     memory_free_bytes,
     nvml_status,
+    visibility,
     visible_gpus,
 )
 from workbench.devices.nvml import NVMLGpu
@@ -167,9 +168,9 @@ def test_cpu_only_torch_on_a_gpu_machine_is_reported(fake_nvml, monkeypatch) -> 
 
 def test_parse_visible_devices_is_pure() -> None:
     boards = [NVMLGpu(0, "GPU-aaa", 0), NVMLGpu(1, "GPU-abb", 1), NVMLGpu(1, "MIG-ccc", 2, True, 0)]
-    assert [g.handle for g in inventory.parse_visible_devices("MIG-c,GPU-ab", boards)] == [2, 1]
-    assert inventory.parse_visible_devices("GPU-a", boards) == []  # ambiguous prefix
-    assert [g.handle for g in inventory.parse_visible_devices("1", boards)] == [1]  # MIG not indexed
+    assert [g.handle for g in visibility.parse_visible_devices("MIG-c,GPU-ab", boards)] == [2, 1]
+    assert visibility.parse_visible_devices("GPU-a", boards) == []  # ambiguous prefix
+    assert [g.handle for g in visibility.parse_visible_devices("1", boards)] == [1]  # MIG not indexed
 
 
 def test_mig_instances_are_matched_by_their_uuid(fake_nvml, monkeypatch) -> None:
@@ -350,9 +351,9 @@ def test_cgroup_v2_limit_caps_ram(tmp_path, monkeypatch) -> None:
     (leaf / "memory.current").write_text(f"{3 * GiB}\n")
     (leaf / "memory.stat").write_text(f"anon 1\ninactive_file {GiB}\n")
     (root / "user.slice" / "memory.max").write_text("max\n")
-    monkeypatch.setattr(inventory, "_PROC_SELF_CGROUP", tmp_path / "proc")
-    monkeypatch.setattr(inventory, "_CGROUP_ROOT", root)
-    assert inventory.cgroup_memory() == (4 * GiB, 2 * GiB)  # inactive page cache counts as free
+    monkeypatch.setattr(cgroup, "_PROC_SELF_CGROUP", tmp_path / "proc")
+    monkeypatch.setattr(cgroup, "_CGROUP_ROOT", root)
+    assert cgroup.cgroup_memory() == (4 * GiB, 2 * GiB)  # inactive page cache counts as free
     cpu = get_device("cpu")
     assert cpu.memory_total_bytes <= 4 * GiB and cpu.memory_free_bytes <= 2 * GiB
 
@@ -363,8 +364,8 @@ def test_cgroup_v1_unlimited_is_ignored(tmp_path, monkeypatch) -> None:
     mount.mkdir(parents=True)
     (mount / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (mount / "memory.usage_in_bytes").write_text("100\n")
-    monkeypatch.setattr(inventory, "_PROC_SELF_CGROUP", tmp_path / "proc")
-    monkeypatch.setattr(inventory, "_CGROUP_ROOT", tmp_path / "cgroup")
-    assert inventory.cgroup_memory() is None
+    monkeypatch.setattr(cgroup, "_PROC_SELF_CGROUP", tmp_path / "proc")
+    monkeypatch.setattr(cgroup, "_CGROUP_ROOT", tmp_path / "cgroup")
+    assert cgroup.cgroup_memory() is None
     (mount / "memory.limit_in_bytes").write_text(f"{GiB}\n")
-    assert inventory.cgroup_memory() == (GiB, GiB - 100)
+    assert cgroup.cgroup_memory() == (GiB, GiB - 100)

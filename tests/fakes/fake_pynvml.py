@@ -2,7 +2,7 @@
 
 The workbench reads NVML through one seam (``sys.modules["pynvml"]``, imported
 lazily by ``workbench/devices/nvml.py``) and torch through another
-(``workbench.devices.torch_cuda._torch_cuda``). These fakes plug in there, so
+(``workbench.devices.torch_cuda.cuda_module``). These fakes plug in there, so
 every line above them is the real code.
 
 Typical use, in a test (fixtures in ``fakes/fixtures.py``)::
@@ -551,12 +551,12 @@ def fake_torch_cuda(uuids: list[str], **kwargs: Any) -> FakeTorchCuda:
 
 
 def _torch_patch(torch: FakeTorchCuda | None) -> Callable[..., Any]:
-    def _torch_cuda(allow_import: bool = True) -> Any:
+    def cuda_module(allow_import: bool = True) -> Any:
         if torch is not None and not allow_import and not torch.imported:
             return None
         return torch
 
-    return _torch_cuda
+    return cuda_module
 
 
 def install_fake_nvml(monkeypatch: Any, fake: FakeNVML | None) -> FakeNVML | None:
@@ -572,7 +572,7 @@ def install_fake_torch_cuda(monkeypatch: Any, torch: FakeTorchCuda | None) -> Fa
     """Make the inventory see ``torch`` as ``torch.cuda`` (``None``: torch not installed)."""
     from workbench.devices import torch_cuda
 
-    monkeypatch.setattr(torch_cuda, "_torch_cuda", _torch_patch(torch))
+    monkeypatch.setattr(torch_cuda, "cuda_module", _torch_patch(torch))
     return torch
 
 
@@ -583,15 +583,15 @@ def installed(fake: FakeNVML | None, torch: FakeTorchCuda | None = None) -> Iter
 
     missing = object()
     saved_module = sys.modules.get("pynvml", missing)
-    saved_torch = torch_cuda._torch_cuda
+    saved_torch = torch_cuda.cuda_module
     sys.modules["pynvml"] = fake.module if fake is not None else None  # type: ignore[assignment]
-    torch_cuda._torch_cuda = _torch_patch(torch)
+    torch_cuda.cuda_module = _torch_patch(torch)
     nvml.reset()
     try:
         yield fake
     finally:
         nvml.reset()
-        torch_cuda._torch_cuda = saved_torch
+        torch_cuda.cuda_module = saved_torch
         if saved_module is missing:
             sys.modules.pop("pynvml", None)
         else:

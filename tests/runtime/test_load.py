@@ -122,6 +122,10 @@ def test_unload_clears_ipython_output_history_and_last_traceback(registry, monke
     import sys
     import types
 
+    from workbench.ui import history
+
+    history.register()  # what building any panel does, as every notebook does
+
     m = registry.load(LoadSpec("tiny-mistral"))
     model = m.model
     ref = weakref.ref(model)

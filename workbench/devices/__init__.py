@@ -15,21 +15,14 @@ Example:
 
 from __future__ import annotations
 
+from .._format import format_bytes, format_number
 from ..precision import DeviceKind
-from ._format import format_bytes, format_number
 from .device import Device, GPUProcess
-from .inventory import (
-    Visibility,
-    VisibleGpu,
-    cpu_device,
-    get_device,
-    gpu_processes,
-    list_devices,
-    memory_free_bytes,
-    visible_gpus,
-)
+from .host import cpu_device
+from .inventory import get_device, gpu_processes, list_devices, memory_free_bytes
 from .nvml import NVMLStatus
 from .report import devices_report, format_devices
+from .visibility import Visibility, VisibleGpu, visible_gpus
 
 
 def nvml_status() -> NVMLStatus:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._format import NA, format_bytes
 from .._records import Record
 from ..precision import DeviceKind
-from ._format import NA, format_bytes
 
 
 @dataclass(frozen=True)

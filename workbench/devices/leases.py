@@ -64,9 +64,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .._format import format_bytes
 from .._records import Record
 from ..errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
-from ._format import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -265,17 +265,17 @@ def resolve_gpu(device: str) -> tuple[str, str]:
         DeviceNotFoundError: no such GPU in this session.
         LeaseError: the GPU has no UUID to key its lease file by (no NVML, torch too old).
     """
-    from . import inventory
+    from . import visibility
 
     if _is_uuid(device):
         try:
-            for vg in inventory.visible_gpus(import_torch=False).gpus:
+            for vg in visibility.visible_gpus(import_torch=False).gpus:
                 if vg.uuid and vg.uuid.lower() == device.lower():
                     return vg.uuid, vg.name
         except (OSError, RuntimeError):
             pass
         return device, device
-    vg = inventory._resolve_gpu(device)
+    vg = visibility.resolve_gpu(device)
     if not vg.uuid:
         raise LeaseError(f"{vg.name} has no UUID (NVML unavailable), so its lease cannot be shared with other users",
                          hint="install the NVIDIA driver's NVML (nvidia-ml-py) to use GPU leases", device=vg.name)
@@ -289,9 +289,9 @@ def _nvml_free(device: str) -> int | None:
 
 
 def _nvml_processes(device: str) -> dict[int, int | None]:
-    from . import inventory, nvml
+    from . import nvml, visibility
 
-    vg = inventory._resolve_gpu(device)
+    vg = visibility.resolve_gpu(device)
     if vg.nvml is None:
         return {}
     found: dict[int, int | None] = {}
@@ -866,9 +866,9 @@ def leases_report(book: LeaseBook | None = None) -> dict[str, Any]:
     names: dict[str, str] = {}
     if leases:
         try:
-            from . import inventory
+            from . import visibility
 
-            names = {vg.uuid: vg.name for vg in inventory.visible_gpus(import_torch=False).gpus if vg.uuid}
+            names = {vg.uuid: vg.name for vg in visibility.visible_gpus(import_torch=False).gpus if vg.uuid}
         except (OSError, RuntimeError):
             names = {}
     items = []

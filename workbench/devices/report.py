@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._format import NA, format_bytes
 from . import nvml
-from ._format import NA, format_bytes
 from .device import Device
-from .inventory import cpu_device, gpu_device, processes_of, visible_gpus
+from .host import cpu_device
+from .inventory import gpu_device, processes_of
+from .visibility import visible_gpus
 
 
 def devices_report() -> dict[str, Any]:

@@ -4,16 +4,17 @@ CUDA (and so torch) numbers GPUs its own way: it applies ``CUDA_VISIBLE_DEVICES`
 and ``CUDA_DEVICE_ORDER``, which NVML ignores. Asking torch for each device's
 UUID is the only exact way to know which NVML board ``cuda:1`` is.
 
-Tests fake torch at :func:`_torch_cuda` (see ``tests/fakes/fake_pynvml.py``:
+Tests fake torch at :func:`cuda_module` (see ``tests/fakes/fake_pynvml.py``:
 ``fake_torch_cuda(uuids)``); everything above it is the real code.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
+
+from .._lazy import torch_if_imported
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,14 @@ class TorchGpu:
     compute_capability: tuple[int, int] | None
 
 
-def _torch_cuda(allow_import: bool = True) -> Any:
+def cuda_module(allow_import: bool = True) -> Any:
     """Return ``torch.cuda``, or ``None`` when torch is not installed (or not imported yet).
 
     Args:
         allow_import: import torch if it is not imported yet (about 2 s). With
             ``False``, only a torch the process already imported is used.
     """
-    torch = sys.modules.get("torch")
+    torch = torch_if_imported()
     if torch is None:
         if not allow_import:
             return None
@@ -76,7 +77,7 @@ def torch_gpus(allow_import: bool = True) -> tuple[list[TorchGpu] | None, str | 
         >>> gpus is None or all(g.index == i for i, g in enumerate(gpus))
         True
     """
-    cuda = _torch_cuda(allow_import)
+    cuda = cuda_module(allow_import)
     if cuda is None:
         return None, "torch is not installed" if allow_import else "torch is not imported"
     try:

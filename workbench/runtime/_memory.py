@@ -13,6 +13,10 @@ import platform
 import sys
 import threading
 from functools import lru_cache
+from types import TracebackType
+
+from .._lazy import torch_if_imported
+from ..precision import is_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +105,13 @@ def release_omp_threads() -> bool:
     its generation thread starts: one team at a time. The next torch call on the
     thread recreates its pool (microseconds).
     """
-    if "torch" not in sys.modules:
+    if torch_if_imported() is None:
         return False
     fn = _find_omp_pause()
     if fn is None:
         return False
     fn(1)  # omp_pause_soft; a non-zero result (inside a parallel region) changes nothing
     return True
-
-
-def torch_if_imported():
-    """torch, if this process already imported it; never imports it."""
-    return sys.modules.get("torch")
 
 
 def cuda_reserved_bytes(devices: list[str] | tuple[str, ...] | None = None) -> dict[str, int]:
@@ -127,7 +126,7 @@ def cuda_reserved_bytes(devices: list[str] | tuple[str, ...] | None = None) -> d
         if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return {}
         names = devices if devices is not None else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return {d: int(torch.cuda.memory_reserved(d)) for d in names if d.startswith("cuda")}
+        return {d: int(torch.cuda.memory_reserved(d)) for d in names if is_gpu(d)}
     except (RuntimeError, AssertionError, AttributeError) as exc:
         logger.debug("CUDA memory query failed: %s", exc)
         return {}
@@ -153,3 +152,36 @@ def release_memory() -> None:
     gc.collect()
     empty_cuda_cache()
     malloc_trim()
+
+
+def clear_traceback_frames(tb: TracebackType | None) -> None:
+    """Release the locals of every finished frame in ``tb``.
+
+    ``traceback.clear_frames`` does the clearing, but on Python 3.11 a frame whose
+    ``f_locals`` was ever read keeps that snapshot dict (and the model in it) after
+    ``frame.clear()``; emptying the snapshot too is what frees the memory.
+    """
+    while tb is not None:
+        frame = tb.tb_frame
+        try:
+            frame.clear()
+        except RuntimeError:
+            pass  # still executing (our own frame): its locals are ours to drop
+        else:
+            frame.f_locals.clear()
+        tb = tb.tb_next
+
+
+def scrub_exception(exc: BaseException | None) -> None:
+    """Clear the locals of every frame in ``exc``'s tracebacks (and its chain).
+
+    A failed ``from_pretrained`` or ``generate`` leaves the half-built model (or the
+    activations) in the locals of its frames, which the exception's traceback keeps
+    alive; clearing them is what lets the memory go while the exception itself
+    (message, traceback lines) survives.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        clear_traceback_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__

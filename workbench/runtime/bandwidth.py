@@ -79,7 +79,7 @@ def measure_bandwidth(device: str, *, refresh: bool = False) -> float:
     Raises:
         ConfigError: ``device`` is not ``cpu`` or ``cuda:N``.
     """
-    from ..precision import check_device
+    from ..precision import check_device, is_gpu
 
     device = check_device(device)
     with _lock:
@@ -87,20 +87,10 @@ def measure_bandwidth(device: str, *, refresh: bool = False) -> float:
             return _cache[device]
         if device == "cpu":
             value = _measure_cpu(CPU_BYTES)
-        elif device.startswith("cuda"):
+        elif is_gpu(device):
             value = _measure_cuda(device, CUDA_BYTES)
         else:  # check_device admits cpu and cuda:N only
             raise AssertionError(f"unreachable: {device!r}")
         _cache[device] = value
         return value
 
-
-def cached_bandwidth() -> dict[str, float]:
-    """Bandwidths measured so far, by device."""
-    with _lock:
-        return dict(_cache)
-
-
-def reset_bandwidth_cache() -> None:
-    with _lock:
-        _cache.clear()

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._lazy import torch_if_imported
 from .._records import Record, jsonable
 from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError
+from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, estimate, format_bytes
 from ..store.estimate import kv_cache_bytes
 from .spec import LoadSpec
@@ -160,7 +162,7 @@ def check_devices(spec: LoadSpec, *, free: FreeFn | None = None) -> None:
 
 
 def _cuda_initialized() -> bool:
-    torch = sys.modules.get("torch")
+    torch = torch_if_imported()
     try:
         return bool(torch is not None and torch.cuda.is_initialized())
     except (RuntimeError, AttributeError):
@@ -194,12 +196,12 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     free = free or _default_free
     est = spec_estimate(entry, spec)
     kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0
-    gpus = [d for d in spec.devices if d.startswith("cuda")]
+    gpus = [d for d in spec.devices if is_gpu(d)]
     caps = spec.max_memory or {}
     budgets = []
     for d in spec.devices:
         if d == "cpu":
-            reserve = 0 if "torch" in sys.modules else TORCH_IMPORT_BYTES
+            reserve = 0 if torch_if_imported() is not None else TORCH_IMPORT_BYTES
             bnb = spec.quant != "none" or entry.quant_method == "bitsandbytes"  # pre-quantized loads import it too
             if bnb and "bitsandbytes" not in sys.modules:
                 reserve += BNB_IMPORT_BYTES
@@ -257,7 +259,7 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
             ideas.append(f"try {what} (needs about {chk.needed_str})")
             break
     extra = [d for d in other_devices if d not in spec.devices]
-    gpus_extra = [d for d in extra if d.startswith("cuda")]
+    gpus_extra = [d for d in extra if is_gpu(d)]
     if gpus_extra:
         more = spec.with_(devices=tuple(d for d in spec.devices if d != "cpu") + tuple(gpus_extra))
         if check_fit(entry, more, free=free).fits:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import LeaseError
+from ..precision import is_gpu
 from .fit import FitCheck
 from .spec import LoadSpec
 
@@ -28,7 +29,7 @@ def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
     reserve (CUDA context, its share of the KV cache). ``{}`` without GPUs; zeros
     when there is no estimate (pickle checkpoints), so the holder is still visible.
     """
-    gpus = [d for d in spec.devices if d.startswith("cuda")]
+    gpus = [d for d in spec.devices if is_gpu(d)]
     if not gpus:
         return {}
     if fit is None:

@@ -4,8 +4,9 @@ One :class:`Registry` per process (:func:`get_registry`): the Load panel, the
 Prompt panel and notebook code all see the same models.
 
 Unloading in a notebook: the registry drops every reference the workbench holds,
-clears the model out of IPython's output history (``Out``, ``_``, ``__``, ``___``,
-``_N``) and out of the last traceback's frames, collects garbage, empties the
+asks the front ends to drop theirs (:mod:`.unload_hooks`; once a panel of
+``workbench.ui`` is built, that clears IPython's output history ``Out``, ``_``, ``__``, ``___``,
+``_N``), clears the last traceback's frames, collects garbage, empties the
 CUDA cache and trims glibc's heap. What it cannot reach are your own names: a
 variable bound to ``loaded.model`` or ``loaded.tokenizer`` (or to a tensor the
 model produced on the GPU) keeps that memory alive. Keep the :class:`LoadedModel`
@@ -22,13 +23,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import torch_if_imported
 from .._records import Record, jsonable
 from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
+from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
+from ..store.safety import check_entry
 from . import _memory, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
 from .spec import LoadProgress, LoadSpec, ProgressCallback, check_prequantized
+from .unload_hooks import run_unload_hooks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -216,71 +221,40 @@ class UnloadReport(Record):
         return format_bytes(self.freed_bytes)
 
 
-# --- references IPython keeps ----------------------------------------------------------------
-
-
-def _is_ours(value: Any, targets: list[Any]) -> bool:
-    return any(value is t for t in targets)
-
+# --- references held outside the workbench ---------------------------------------------------
 
 def _pins_memory(value: Any, targets: list[Any]) -> bool:
-    if _is_ours(value, targets):
+    if any(value is t for t in targets):
         return True
-    torch = sys.modules.get("torch")
+    torch = torch_if_imported()
     return torch is not None and isinstance(value, (torch.nn.Module, torch.Tensor))
 
 
-def clear_ipython_references(targets: list[Any]) -> list[str]:  # noqa: C901 (moves to ui as a hook, issue 10)
-    """Remove ``targets`` from IPython's output history and the last traceback's frames.
+def clear_last_traceback(targets: list[Any]) -> list[str]:
+    """Clear the last uncaught exception's frames when they hold ``targets`` or any tensor.
 
-    Only when IPython is already imported (never imports it). Returns what was cleared.
+    IPython sets ``sys.last_traceback`` (so does the plain REPL): its frames' locals often
+    hold the model or the activations of a failed generation. Returns what was cleared.
     """
-    cleared: list[str] = []
-    ipython = sys.modules.get("IPython")
-    shell = None
-    if ipython is not None:
-        try:
-            shell = ipython.get_ipython()
-        except (AttributeError, RuntimeError):
-            shell = None
-    if shell is not None:
-        ns = getattr(shell, "user_ns", {}) or {}
-        hist = ns.get("_oh")
-        out = ns.get("Out")
-        for store in {id(h): h for h in (hist, out) if isinstance(h, dict)}.values():
-            for key in [k for k, v in store.items() if _is_ours(v, targets)]:
-                del store[key]
-                cleared.append(f"Out[{key}]")
-        for key in [k for k in list(ns) if k.startswith("_") and k[1:].isdigit() and _is_ours(ns[k], targets)]:
-            del ns[key]
-            cleared.append(key)
-        hook = getattr(shell, "displayhook", None)
-        for unders in ("_", "__", "___"):
-            if unders in ns and _is_ours(ns[unders], targets):
-                ns[unders] = ""
-                cleared.append(unders)
-            if hook is not None and _is_ours(getattr(hook, unders, None), targets):
-                setattr(hook, unders, "")
-    # The last uncaught exception (IPython sets these, so does the plain REPL): its
-    # frames' locals often hold the model or activations of a failed generation.
     tb = getattr(sys, "last_traceback", None)
-    if tb is not None:
-        pinned = False
-        walk = tb
-        while walk is not None and not pinned:
-            try:
-                pinned = any(_pins_memory(v, targets) for v in walk.tb_frame.f_locals.values())
-            except (AttributeError, RuntimeError):
-                pinned = False
-            walk = walk.tb_next
-        if pinned:
-            from .loader import _scrub, clear_traceback_frames
+    walk = tb
+    pinned = False
+    while walk is not None and not pinned:
+        try:
+            pinned = any(_pins_memory(v, targets) for v in walk.tb_frame.f_locals.values())
+        except (AttributeError, RuntimeError):
+            pinned = False
+        walk = walk.tb_next
+    if not pinned:
+        return []
+    _memory.clear_traceback_frames(tb)
+    for attr in ("last_value", "last_exc"):
+        _memory.scrub_exception(getattr(sys, attr, None))
+    return ["sys.last_traceback"]
 
-            clear_traceback_frames(tb)
-            for attr in ("last_value", "last_exc"):
-                _scrub(getattr(sys, attr, None))
-            cleared.append("sys.last_traceback")
-    return cleared
+
+def _release_references(targets: list[Any]) -> list[str]:
+    return run_unload_hooks(targets) + clear_last_traceback(targets)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -367,7 +341,7 @@ class Registry:
                 progress(LoadProgress("check", 0.0, f"checking {name}"))
             entry = self.resolve(spec)
             name = entry.name
-            loader.check_entry(entry, spec)
+            check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
             check_prequantized(entry, spec)
             if cancel is not None and cancel.is_set():
                 raise LoadCancelledError(f"load of {name} cancelled before it started", hint="nothing was loaded")
@@ -457,7 +431,11 @@ class Registry:
     # -- unload -------------------------------------------------------------------------------
 
     def plan_unload(self, name: str) -> UnloadPlan:
-        """What :meth:`unload` would free."""
+        """What :meth:`unload` would free; :meth:`unload` executes this plan.
+
+        Raises:
+            ModelNotLoadedError: nothing of that name is loaded.
+        """
         m = self.get(name)
         return UnloadPlan(m.name, m.weight_bytes, m.devices)
 
@@ -469,15 +447,15 @@ class Registry:
         """
         t0 = time.perf_counter()
         with self._lock:
-            m = self.get(name)
-            del self._models[name]
+            plan = self.plan_unload(name)
+            m = self._models.pop(name)
         with m.lock:  # wait for a generation in progress to finish
-            devices = [d for d in m.devices if d.startswith("cuda")]
+            devices = [d for d in plan.devices if is_gpu(d)]
             rss_before = _memory.rss_bytes()
             cuda_before = _memory.cuda_reserved_bytes(devices) if devices else {}
-            freed = m.weight_bytes
+            freed = plan.frees_bytes
             targets = [m, m.model, m.tokenizer]
-            cleared = clear_ipython_references([t for t in targets if t is not None])
+            cleared = _release_references([t for t in targets if t is not None])
             # accelerate's dispatch hooks and generation caches hang off the model itself,
             # so dropping the model drops them; the LoadedModel survives, empty, in user code.
             m.model = None
@@ -505,7 +483,7 @@ def _torch_free_bytes(device: str) -> int | None:
         from ..devices import memory_free_bytes
 
         return memory_free_bytes("cpu")
-    torch = sys.modules.get("torch")
+    torch = torch_if_imported()
     if torch is None:
         import torch
     try:

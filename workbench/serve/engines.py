@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, cast, get_args
 
 from ..errors import EngineNotFoundError, LoadSpecError
-from ..precision import Quant
+from ..precision import Quant, is_gpu
 
 Engine = Literal["vllm", "transformers"]
 """The engines the workbench starts."""
@@ -72,7 +72,7 @@ def pick_engine(engine: EngineChoice | str, devices: Sequence[str], vllm: list[s
         LoadSpecError: an unknown engine, or vLLM asked for the CPU.
         EngineNotFoundError: vLLM asked for and its command not found.
     """
-    gpus = bool(devices) and all(d.startswith("cuda") for d in devices)
+    gpus = bool(devices) and all(is_gpu(d) for d in devices)
     if engine not in ENGINES:
         raise LoadSpecError(f"engine {engine!r} is not known", hint=f"use one of {', '.join(ENGINES)}")
     if engine == "auto":

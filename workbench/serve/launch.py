@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._records import Record
 from ..errors import ConfigError, WorkbenchError
-from ..precision import Dtype, Quant
+from ..precision import Dtype, Quant, is_gpu
 from . import engines, lease_hook, process
 from .endpoint import Endpoint, EndpointEngine
 from .engines import Engine, EngineChoice
@@ -102,20 +102,20 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         LoadSpecError: a device, dtype or quantization the engine cannot use.
     """
     from ..runtime.fit import require_fit
-    from ..runtime.loader import check_entry
     from ..runtime.spec import LoadSpec, devices_tuple
     from ..store import ModelStore
+    from ..store.safety import check_entry
 
     entry = ModelStore().get(model)
     spec = LoadSpec(entry, devices=devices_tuple(devices), dtype=dtype, quant=quant, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code).validate()
-    check_entry(entry, spec)
+    check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
     fit = require_fit(entry, spec, free=free)
     chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command())
     name = check_name(name or entry.name)
     port = port or process.free_port(engines.HOST)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    gpus = [d for d in spec.devices if d.startswith("cuda")]
+    gpus = [d for d in spec.devices if is_gpu(d)]
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = _cuda_visible(gpus)
     vllm_info = None

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from ..errors import LeaseError
+from ..precision import is_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def acquire(device_bytes: Mapping[str, int], model: str, pid: int) -> tuple[str,
         InsufficientMemoryError: a GPU's free memory, less other users' leases, is too small
             (the leases already taken here are given back).
     """
-    gpus = {d: b for d, b in device_bytes.items() if d.startswith("cuda")}
+    gpus = {d: b for d, b in device_bytes.items() if is_gpu(d)}
     if not gpus:
         return ()
     from ..devices import leases

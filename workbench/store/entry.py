@@ -9,32 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .._format import format_bytes, format_count
 from .._records import Record
 
 Format = Literal["safetensors", "gguf", "pickle"]
 Status = Literal["ok", "broken", "unsafe"]
-
-
-def format_bytes(n: int | float | None) -> str:
-    """``1536 -> '1.5 KiB'``; binary units, as nvidia-smi and nvitop show memory."""
-    if n is None:
-        return "N/A"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_count(n: int | None) -> str:
-    """``134515008 -> '134.5M'``, as model cards write parameter counts."""
-    if n is None:
-        return "N/A"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
 
 
 @dataclass(frozen=True)
@@ -112,6 +91,11 @@ class ModelEntry(Record):
     shadowed: bool = False
     shadowed_by: Path | None = None  # the entry of the same name that wins (an earlier root)
     weights: WeightStats = field(default_factory=WeightStats)
+
+    @property
+    def folder(self) -> Path:
+        """The model's folder: ``path`` itself, or the folder of a single-file (GGUF) entry."""
+        return self.path if self.path.is_dir() else self.path.parent
 
     @property
     def ok(self) -> bool:

@@ -235,9 +235,9 @@ def precisions(entry: ModelEntry) -> tuple[tuple[str, str, str], ...]:
     return TABLE_PRECISIONS
 
 
-# Tensors read between two heap trims while the runtime quantizes on the CPU
-# (workbench/runtime/loader.py, TRIM_EVERY).
-_TRIM_EVERY = 8
+#: Tensors read between two heap trims while the runtime quantizes on the CPU
+#: (the loader trims at this pace; the CPU load peak counts what lingers between trims).
+TRIM_EVERY = 8
 # glibc serves allocations above its largest mmap threshold (32 MiB) with mmap, and
 # gives them back at once on free: only smaller tensors linger between trims.
 _LINGER_MAX = 32 * 2**20
@@ -279,13 +279,13 @@ def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, devi
     width = DTYPE_BYTES.get(dtype, 2)
     if quant != "none":
         scratch = min(avg_linear * (width + 4), 2 * _LINGER_MAX)
-        return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
+        return disk + loaded_bytes + TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
     converting = entry.format == "gguf" or (entry.dtype is not None and entry.dtype != dtype)
     if converting:
         # transformers dequantizes GGUF tensors to float32 before casting them.
         source = 4 if entry.format == "gguf" else DTYPE_BYTES.get(entry.dtype or dtype, 4)
         scratch = min(avg_linear * (source + width), 2 * _LINGER_MAX)
-        return disk + loaded_bytes + _TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
+        return disk + loaded_bytes + TRIM_EVERY * scratch + _CPU_LOAD_OVERHEAD
     return loaded_bytes + _CPU_LOAD_OVERHEAD
 
 

@@ -7,16 +7,16 @@ disk, Ctrl-C) leaves nothing half-written in the store.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from .._transformers_compat import library_progress_bars_off
 from ..errors import BrokenModelError, ModelImportError, ModelNotFoundError, UnsafeModelError
 from .entry import ModelEntry
 from .gguf_header import read_gguf_header
@@ -31,36 +31,6 @@ _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECK_PROMPT = "What is the capital of France?"
 
 Progress = Callable[[str], None]
-
-
-@contextlib.contextmanager
-def library_progress_bars_off() -> Iterator[None]:
-    """Silence transformers' (and huggingface_hub's) own progress bars for the block.
-
-    The importer reports its steps through ``progress``. In a Jupyter kernel
-    ``tqdm.auto`` draws ipywidgets, which a headless run (``nbconvert --execute``)
-    stores as widget views that render blank offline. transformers' GGUF reader
-    loops over ``tqdm.auto`` directly rather than its switchable ``logging.tqdm``,
-    so for the block it is pointed at the switchable one. Restores what it changed.
-    """
-    from transformers.utils import logging as hf_logging
-
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # the gguf package is missing: transformers says so when it is needed
-        gguf_utils = None
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    saved = getattr(gguf_utils, "tqdm", None)
-    if saved is not None:
-        gguf_utils.tqdm = hf_logging.tqdm
-    try:
-        yield
-    finally:
-        if saved is not None:
-            gguf_utils.tqdm = saved
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def embedded_gguf_path() -> Path:

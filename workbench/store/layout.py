@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._transformers_compat import fp32_matchers, modules_not_to_convert, should_convert_module
+
 logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
@@ -102,14 +104,20 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -
     return layout
 
 
-def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None:  # noqa: C901 (to split: the estimate helper's module)
+def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None:
+    skeleton = _meta_skeleton(folder, skip_modules)
+    if skeleton is None:
+        return None
+    model, skip, matchers = skeleton
+    quantized, rows = _quantized_weights(model, skip)
+    return _count(model, quantized, rows, matchers)
+
+
+def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, list[str], dict[str, Any]] | None:
+    """``(model on the meta device, modules not quantized, fp32 matchers)``, or ``None`` when it cannot be built."""
     try:
         import torch
-        from torch import nn
         from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.pytorch_utils import Conv1D
-        from transformers.quantizers.base import HfQuantizer
-        from transformers.quantizers.quantizers_utils import should_convert_module
     except ImportError as exc:
         logger.debug("no model layout for %s: %s", folder, exc)
         return None
@@ -120,33 +128,33 @@ def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None: 
             del config.quantization_config
         with _quiet(), torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        plan_of = getattr(model, "_get_dtype_plan", lambda dtype: {})
-        plans = {name: plan_of(getattr(torch, name)) for name in ("float16", "bfloat16")}
-        skip = HfQuantizer.get_modules_to_not_convert(model, skip_modules, model._keep_in_fp32_modules)
+        return model, modules_not_to_convert(model, skip_modules), fp32_matchers(model)
     except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
             NotImplementedError, AssertionError) as exc:
         logger.debug("no model layout for %s: %s: %s", folder, type(exc).__name__, exc)
         return None
 
-    from transformers.core_model_loading import build_glob_alternation
 
-    matchers = {}
-    for name, plan in plans.items():
-        matchers[name] = build_glob_alternation(list(plan))[0] if plan else None
+def _quantized_weights(model: Any, skip: list[str]) -> tuple[set[str], int]:
+    """The weights bitsandbytes would quantize (``nn.Linear`` or ``Conv1D`` modules not skipped), and their rows."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
 
     quantized: set[str] = set()
-    rows = count = 0
+    rows = 0
     for mod_name, module in model.named_modules():
         if not (isinstance(module, Conv1D) or type(module) is nn.Linear):
             continue
-        if not should_convert_module(mod_name, skip):
-            continue
         weight = getattr(module, "weight", None)
-        if weight is None:
+        if weight is None or not should_convert_module(mod_name, skip):
             continue
         quantized.add(f"{mod_name}.weight" if mod_name else "weight")
         rows += weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0]
-        count += 1
+    return quantized, rows
+
+
+def _count(model: Any, quantized: set[str], rows: int, matchers: dict[str, Any]) -> ModelLayout:
+    import torch
 
     params = linear = follows = fixed = 0
     kept = {"float16": 0, "bfloat16": 0}
@@ -168,7 +176,7 @@ def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None: 
             follows += b.numel()
         else:
             fixed += b.numel() * b.element_size()
-    return ModelLayout(params=params, linear_params=linear, linear_rows=rows, linear_count=count,
+    return ModelLayout(params=params, linear_params=linear, linear_rows=rows, linear_count=len(quantized),
                        follows_params=follows, fp32_fp16_params=kept["float16"], fp32_bf16_params=kept["bfloat16"],
                        fixed_bytes=fixed)
 

@@ -35,6 +35,20 @@ class RootProblem:
         return self.problem
 
 
+def outside_root(root: Path, path: Path) -> str | None:
+    """Where ``path`` really is (links resolved) when that is outside ``root``; ``None`` when inside.
+
+    ARCHITECTURE.md section 3: a name never resolves to a path outside its root, symlinks included.
+
+    Example:
+        >>> outside_root(Path("/srv/models"), Path("/srv/models/a")) is None
+        True
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return None if os.path.commonpath([real_root, real]) == real_root else real
+
+
 def _file_in_the_way(path: Path) -> Path | None:
     """``path`` itself or the nearest existing ancestor, when that is not a folder."""
     for p in (path, *path.parents):

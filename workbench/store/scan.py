@@ -23,6 +23,7 @@ from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
 from .kv_cache import kv_fields
 from .moe import active_params, is_routed_expert, is_router, moe_fields
+from .roots import outside_root
 from .safetensors_header import TORCH_NAMES, read_safetensors_header
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
@@ -155,6 +156,24 @@ def _license_from_card(folder: Path) -> str | None:
     return None
 
 
+def _read_config(path: Path | None) -> dict[str, Any] | None:
+    """A folder's ``config.json`` as a dict, ``None`` when there is none.
+
+    Raises:
+        BrokenModelError: the file is not a JSON object.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BrokenModelError(f"config.json is not valid JSON ({exc})") from None
+    return config
+
+
 def _folder_size(folder: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(folder):
@@ -186,9 +205,8 @@ class Scanner:
         """Describe ``path`` (a model folder or a ``.gguf`` file); never raises for bad content."""
         name = entry_name(path)
         base = {"name": name, "path": path, "root": self.root, "writable": self.writable}
-        real_root = os.path.realpath(self.root)
-        real = os.path.realpath(path)
-        if os.path.commonpath([real_root, real]) != real_root:
+        real = outside_root(self.root, path)
+        if real is not None:
             return ModelEntry(**base, format="safetensors", status="unsafe",
                               problem=f"{path.name} is a link to {real}, outside its store root {self.root}; "
                                       "copy the model into the store instead of linking it")
@@ -257,28 +275,18 @@ class Scanner:
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:  # noqa: C901 (split with the module, issue 10)
+    def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:
         files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         safetensors = sorted(n for n in files if n.endswith(".safetensors"))
         ggufs = sorted(n for n in files if n.endswith(".gguf"))
         pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES) and n != "training_args.bin")
         size = _folder_size(folder)
-
-        config: dict[str, Any] | None = None
-        if "config.json" in files:
-            try:
-                with open(files["config.json"], encoding="utf-8") as fh:
-                    config = json.load(fh)
-                if not isinstance(config, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BrokenModelError(f"config.json is not valid JSON ({exc})") from None
+        config = _read_config(files.get("config.json"))
 
         if not safetensors and not pickles and ggufs:
             whole = [n for n in ggufs if not split_name(n)]
             return self._gguf(base, files[(whole or ggufs)[0]], folder, size=size)
 
-        fields = config_fields(config) if config else {}
         chat = find_chat_template(folder)
         extra = {
             "size_bytes": size,
@@ -286,7 +294,7 @@ class Scanner:
             "has_chat_template": bool(chat and chat.template),
             "chat_template_source": chat.source if chat else None,
             "license": _license_from_card(folder),
-            **fields,
+            **(config_fields(config) if config else {}),
         }
         if config is not None and config.get("auto_map"):
             classes = ", ".join(sorted(str(v) for v in config["auto_map"].values()))[:200]
@@ -302,17 +310,12 @@ class Scanner:
             raise BrokenModelError("no weight files (.safetensors, .gguf or .bin) in the folder")
         if config is None:
             raise BrokenModelError("config.json is missing; transformers needs it to build the model")
+        return self._safetensors_folder(base, folder, files, safetensors, config, extra)
 
-        if INDEX_NAME in files:
-            shard_names = self._shards_from_index(files[INDEX_NAME])
-            missing = [s for s in shard_names if s not in files]
-            if missing:
-                raise BrokenModelError(f"shard {missing[0]} listed in {INDEX_NAME} is missing"
-                                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-            weight_files = shard_names
-        else:
-            weight_files = safetensors
-
+    def _safetensors_folder(self, base: dict[str, Any], folder: Path, files: dict[str, Path], safetensors: list[str],
+                            config: dict[str, Any], extra: dict[str, Any]) -> ModelEntry:
+        """The entry of a folder of safetensors weights (sharded or not) with its ``config.json``."""
+        weight_files = self._shard_names(files) if INDEX_NAME in files else safetensors
         parts = []
         for fname in weight_files:
             summary = self.cache.get(files[fname], lambda f=files[fname]: _safetensors_summary(f))
@@ -333,6 +336,19 @@ class Scanner:
         found.pop("problem", None)
         return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files),
                           status="broken" if problem else "ok", problem=problem, **{**extra, **found})
+
+    def _shard_names(self, files: dict[str, Path]) -> list[str]:
+        """The shards the index lists, all present.
+
+        Raises:
+            BrokenModelError: a listed shard is missing.
+        """
+        shard_names = self._shards_from_index(files[INDEX_NAME])
+        missing = [s for s in shard_names if s not in files]
+        if missing:
+            raise BrokenModelError(f"shard {missing[0]} listed in {INDEX_NAME} is missing"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return shard_names
 
     @staticmethod
     def _shards_from_index(index: Path) -> list[str]:

@@ -19,7 +19,7 @@ from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
 from .gguf_split import group_candidates
 from .index_cache import IndexCache
-from .roots import RootProblem, check_roots, ensure_writable
+from .roots import RootProblem, check_roots, ensure_writable, outside_root
 from .scan import Scanner, entry_name
 
 
@@ -138,10 +138,10 @@ class ModelStore:
             for candidate in self._spellings(root.path, name):
                 if not (candidate.is_dir() or (candidate.suffix == ".gguf" and candidate.is_file())):
                     continue
-                real_root = os.path.realpath(root.path)
-                if os.path.commonpath([real_root, os.path.realpath(candidate)]) != real_root:
+                real = outside_root(root.path, candidate)
+                if real is not None:
                     raise UnsafeNameError(
-                        f"{name} resolves to {os.path.realpath(candidate)}, outside its store root {root.path}",
+                        f"{name} resolves to {real}, outside its store root {root.path}",
                         hint="copy the model into the store instead of linking it", name=name, path=candidate,
                     )
                 entry = Scanner(root.path, root.writable, self.cache).entry(candidate)

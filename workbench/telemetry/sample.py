@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._format import format_bytes, format_number
 from .._records import Record
-from ..devices._format import format_bytes, format_number
 
 #: Per-GPU numeric metrics, as ``GpuSample`` fields and ``Sampler.series`` names.
 GPU_METRICS: tuple[str, ...] = (

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def _torch_ready() -> bool:
     """Whether this process has imported torch already (asked at the inventory's torch seam)."""
-    return torch_cuda._torch_cuda(allow_import=False) is not None
+    return torch_cuda.cuda_module(allow_import=False) is not None
 
 
 class NVMLSource:
@@ -60,7 +60,7 @@ class NVMLSource:
             if self._targets is not None and not self._matched_with_torch and _torch_ready():
                 self._targets = None  # torch arrived since the last match: match exactly now
             if self._targets is None:
-                from ..devices.inventory import visible_gpus
+                from ..devices.visibility import visible_gpus
 
                 self._matched_with_torch = _torch_ready()
                 vis = visible_gpus(import_torch=False)

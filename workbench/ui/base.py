@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..errors import WorkbenchError
+from . import history
 from .display import StaticHTML, banner_html, display_mode, section_html
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class Panel:
     title = "Panel"
 
     def __init__(self) -> None:
+        # From the first panel on, an unload (from a panel or from runtime code in the same
+        # kernel) also clears IPython's output history, which the runtime does not know.
+        history.register()
         self._root: Any = None
         self._banner: Any = None
         self._banner_state: tuple[str, str] | None = None  # (message, kind), kept for the static twin

@@ -89,7 +89,7 @@ class TelemetryPanel(Panel):
 
     Args:
         sampler: default :func:`workbench.telemetry.get_sampler` (started when the
-            panel is shown live or :meth:`snapshot` runs).
+            panel is shown live, or :meth:`figure` or :meth:`static_html` first runs).
         window_s: seconds of history shown.
         event_log: default the process-wide log.
         clock: monotonic seconds for the redraw throttle (default ``time.monotonic``);

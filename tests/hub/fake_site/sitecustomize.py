@@ -25,4 +25,4 @@ if os.environ.get("WORKBENCH_TEST_FAKE_GPUS"):
 
     from workbench.devices import torch_cuda as _torch_cuda
 
-    _torch_cuda._torch_cuda = _fakes._torch_patch(_fake.torch_cuda())
+    _torch_cuda.cuda_module = _fakes._torch_patch(_fake.torch_cuda())

@@ -1,8 +1,9 @@
-"""Display helpers for raw values: the only place numbers become strings.
+"""Display helpers for raw values: where numbers become strings, for every layer.
 
-Kept apart from ``workbench.store`` on purpose (devices and store are sibling
-layers), but with the same conventions: binary units, as nvidia-smi and nvitop
-show memory, and ``"N/A"`` for a metric that is missing.
+At the bottom of the package (beside ``precision``) so the store, devices,
+telemetry and the UI share one rule: binary units, as nvidia-smi and nvitop show
+memory, and ``"N/A"`` for a value that is missing, ``None`` or NaN alike (a
+missing sample in a float32 telemetry series is NaN).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ def format_bytes(n: int | float | None) -> str:
     """Format a byte count with binary units.
 
     Example:
-        >>> format_bytes(1536), format_bytes(None)
-        ('1.5 KiB', 'N/A')
+        >>> format_bytes(1536), format_bytes(None), format_bytes(float("nan"))
+        ('1.5 KiB', 'N/A', 'N/A')
     """
     if n is None:
         return NA
@@ -39,3 +40,13 @@ def format_number(value: float | int | None, unit: str = "", digits: int = 0) ->
     if value is None or value != value:
         return NA
     return f"{value:.{digits}f}{unit}"
+
+
+def format_count(n: int | None) -> str:
+    """``134515008 -> '134.5M'``, as model cards write parameter counts; ``"N/A"`` when missing."""
+    if n is None:
+        return NA
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)

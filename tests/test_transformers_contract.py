@@ -1,0 +1,117 @@
+"""One test per bet the workbench makes on transformers' internals (workbench/_transformers_compat.py).
+
+When a transformers upgrade breaks one of these, this file names the bet that no
+longer holds; the loads themselves would otherwise fail (or lose their progress bar)
+far from the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import pytest
+
+from workbench import _transformers_compat as compat
+
+
+def test_the_tqdm_hook_is_set_through_set_tqdm_hook_and_kept_in_the_private_attribute():
+    from transformers.utils import logging as hf_logging
+
+    assert compat.install_tqdm_hook() is True
+    assert getattr(hf_logging, compat.HOOK_ATTRIBUTE) is compat._tqdm_hook
+    # transformers' tqdm calls the hook with (factory, args, kwargs): a bar we don't own goes to the factory.
+    bar = hf_logging.tqdm(range(3), desc="something else", disable=True)
+    assert list(bar) == [0, 1, 2]
+
+
+def test_the_weights_loop_is_the_bar_described_loading_weights(tiny_models):
+    """A real load through from_pretrained: every tensor read passes through our stand-in bar."""
+    from transformers import AutoModelForCausalLM
+
+    class Count:
+        total = steps = 0
+
+        def start(self, total):
+            self.total = total
+
+        def step(self):
+            self.steps += 1
+
+    observer = Count()
+    assert compat.install_tqdm_hook()
+    with compat.observing_weights(observer):
+        model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], local_files_only=True)
+    n_tensors = len({name for name, _ in model.state_dict().items()} - {"lm_head.weight"})  # tied
+    assert observer.total > 0 and observer.steps == observer.total
+    assert observer.total <= n_tensors
+
+
+def test_conversion_errors_are_raised_from_a_frame_holding_loading_info():
+    """transformers 5 logs per-tensor conversion errors in ``loading_info.conversion_errors`` and raises a
+    bare RuntimeError from a frame whose local ``loading_info`` holds them: the real error is recovered."""
+    import torch
+    from transformers.utils.loading_report import LoadStateDictInfo, log_state_dict_report
+
+    try:
+        raise NotImplementedError("fp4 is not supported on cpu")
+    except NotImplementedError as inner:
+        text = "".join(traceback.format_exception(inner)) + "\nError: on tensors destined for [x]. Ckpt contains: 1"
+    info = LoadStateDictInfo(missing_keys=set(), unexpected_keys=set(), mismatched_keys=set(), error_msgs=[],
+                             conversion_errors={"model.layers.0.mlp.up_proj.weight": text}, skipped_pp_keys=set())
+    quiet = logging.getLogger("contract-test")
+    quiet.disabled = True
+    with pytest.raises(RuntimeError) as raised:
+        log_state_dict_report(torch.nn.Linear(1, 1), "tiny", False, info, logger=quiet)
+    assert compat.conversion_error(raised.value) == ("NotImplementedError", "fp4 is not supported on cpu")
+
+
+def test_conversion_error_is_none_for_other_failures():
+    try:
+        raise RuntimeError("out of memory")
+    except RuntimeError as exc:
+        assert compat.conversion_error(exc) is None
+
+
+def test_the_gguf_reader_loops_over_a_module_level_tqdm_that_can_be_switched():
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = gguf_utils.tqdm
+    assert callable(original)
+    with compat.library_progress_bars_off():
+        assert gguf_utils.tqdm is hf_logging.tqdm and not hf_logging.is_progress_bar_enabled()
+    assert gguf_utils.tqdm is original
+
+
+def _meta_model(tiny_models, arch):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_models[arch], local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def test_quantizers_skip_the_head_and_named_modules(tiny_models):
+    """By default the bnb integration leaves the output head unquantized; ``llm_int8_skip_modules``, when
+    given, names what stays instead. Everything else is converted."""
+    model = _meta_model(tiny_models, "mistral")  # untied head
+    default = compat.modules_not_to_convert(model, None)
+    assert not compat.should_convert_module("lm_head", default)
+    assert compat.should_convert_module("model.layers.0.mlp.down_proj", default)
+    named = compat.modules_not_to_convert(model, ["mlp.down_proj"])
+    assert not compat.should_convert_module("model.layers.0.mlp.down_proj", named)
+    assert compat.should_convert_module("model.layers.0.self_attn.q_proj", named)
+
+
+def test_the_dtype_plan_names_the_parameters_kept_in_float32(tiny_models):
+    """``_get_dtype_plan`` + ``build_glob_alternation``: a model with ``_keep_in_fp32_modules_strict`` has a
+    matcher for it; one without keeps nothing (``None``)."""
+    model = _meta_model(tiny_models, "llama")
+    assert set(compat.fp32_matchers(model)) == {"float16", "bfloat16"}
+    model._keep_in_fp32_modules_strict = ["mlp.up_proj"]
+    matchers = compat.fp32_matchers(model)
+    assert matchers["bfloat16"] is not None
+    assert matchers["bfloat16"].search("model.layers.1.mlp.up_proj.weight")
+    assert not matchers["bfloat16"].search("model.layers.1.mlp.down_proj.weight")

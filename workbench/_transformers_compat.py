@@ -1,0 +1,217 @@
+"""Everything the workbench takes from transformers' internals, in one place.
+
+transformers offers no public API for these, so each is a bet on how its current
+version works. They live here (at the bottom of the package, so the store and the
+runtime both use them), each with one contract test in
+``tests/test_transformers_contract.py``, so a transformers upgrade that breaks a
+bet fails that named test instead of a load, a scan or an import:
+
+* **Weights progress**: transformers reads the weights in one loop wrapped in its
+  tqdm bar described ``"Loading weights"``; ``transformers.utils.logging.set_tqdm_hook``
+  (5.x) lets us swap that bar for :class:`WeightsProgress` on the loading thread.
+  The hook in place before ours is read from the private ``_tqdm_hook`` attribute
+  so we can chain to it.
+* **Conversion errors**: transformers 5 collects per-tensor conversion errors (a
+  failed quantization) in ``loading_info.conversion_errors``, logs a report and
+  raises a bare ``RuntimeError`` pointing at it; :func:`conversion_error` reads
+  ``loading_info`` out of the traceback's frames to recover the real error.
+* **GGUF progress bars**: transformers' GGUF reader loops over ``tqdm.auto``
+  (module attribute ``tqdm`` of ``modeling_gguf_pytorch_utils``) rather than its
+  switchable ``logging.tqdm``; :func:`library_progress_bars_off` points it there.
+* **Quantization layout** (the store's estimates, :mod:`workbench.store.layout`):
+  which modules bitsandbytes quantizes (``HfQuantizer.get_modules_to_not_convert``
+  with the model's ``_keep_in_fp32_modules``, ``should_convert_module``), and which
+  parameters a model keeps in float32 under a half dtype (``_get_dtype_plan``,
+  matched with ``core_model_loading.build_glob_alternation``).
+
+Nothing here imports transformers at module level.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Protocol
+
+#: The ``desc`` of transformers' tqdm bar around the weights loop.
+WEIGHTS_BAR_DESC = "Loading weights"
+#: The private attribute of ``transformers.utils.logging`` holding the installed hook.
+HOOK_ATTRIBUTE = "_tqdm_hook"
+#: The local variable of transformers' loading frames that collects conversion errors.
+LOADING_INFO_LOCAL = "loading_info"
+
+
+class WeightsObserver(Protocol):
+    """What :class:`WeightsProgress` tells the load about: one call per tensor read."""
+
+    def start(self, total: int) -> None: ...
+
+    def step(self) -> None: ...
+
+
+class WeightsProgress:
+    """Stands in for transformers' "Loading weights" tqdm bar on a loading thread.
+
+    Iterates like the bar would and calls ``observer.step()`` after each tensor, so the
+    observer can report progress, raise to cancel, or trim memory between tensors.
+    """
+
+    def __init__(self, iterable: Iterable[Any], observer: WeightsObserver) -> None:
+        self._iterable = iterable
+        self._observer = observer
+        try:
+            self.total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            self.total = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._observer.start(self.total)
+        for item in self._iterable:
+            yield item
+            self._observer.step()
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __enter__(self) -> WeightsProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        # update(), close(), set_postfix()...: nothing to draw.
+        return lambda *args, **kwargs: None
+
+
+_local = threading.local()
+_hook_lock = threading.Lock()
+_hook_state: dict[str, Any] = {"installed": False, "previous": None}
+
+
+def _tqdm_hook(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    observer = getattr(_local, "observer", None)
+    if observer is not None and args and kwargs.get("desc") == WEIGHTS_BAR_DESC:
+        return WeightsProgress(args[0], observer)
+    previous = _hook_state["previous"]
+    if previous is not None:
+        return previous(factory, args, kwargs)
+    return factory(*args, **kwargs)
+
+
+def install_tqdm_hook() -> bool:
+    """Install the weights-progress hook once; ``False`` where transformers has none (older than 5.x).
+
+    Chains to whatever hook someone else set before us.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):
+        return False
+    with _hook_lock:
+        current = getattr(hf_logging, HOOK_ATTRIBUTE, None)
+        if _hook_state["installed"] and current is _tqdm_hook:
+            return True
+        _hook_state["previous"] = current if current is not _tqdm_hook else None
+        hf_logging.set_tqdm_hook(_tqdm_hook)
+        _hook_state["installed"] = True
+    return True
+
+
+@contextmanager
+def observing_weights(observer: WeightsObserver) -> Iterator[None]:
+    """``with observing_weights(observer): from_pretrained(...)``: this thread's weights loop reports to it."""
+    _local.observer = observer
+    try:
+        yield
+    finally:
+        _local.observer = None
+
+
+def conversion_error(exc: BaseException) -> tuple[str, str] | None:
+    """The first underlying ``(type name, message)`` of a transformers 5 conversion failure, or ``None``.
+
+    Reads ``loading_info.conversion_errors`` out of the frames of ``exc``'s traceback
+    (see the module docstring); ``None`` when no frame holds one.
+    """
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        info = tb.tb_frame.f_locals.get(LOADING_INFO_LOCAL)
+        errors = getattr(info, "conversion_errors", None)
+        if isinstance(errors, dict) and errors:
+            return _last_error_line(str(next(iter(errors.values()))))
+        tb = tb.tb_next
+    return None
+
+
+def _last_error_line(text: str) -> tuple[str, str]:
+    """``("ValueError", "msg")`` from the last ``ValueError: msg`` line of a formatted traceback."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, 0, -1):
+        head, sep, msg = lines[i].partition(": ")
+        if sep and head.isidentifier() and head.endswith(("Error", "Exception")) and head != "Error":
+            return head, msg.strip()
+    return "RuntimeError", lines[0] if lines else text
+
+
+@contextmanager
+def library_progress_bars_off() -> Iterator[None]:
+    """Silence transformers' (and huggingface_hub's) own progress bars for the block.
+
+    In a Jupyter kernel ``tqdm.auto`` draws ipywidgets, which a headless run
+    (``nbconvert --execute``) stores as widget views that render blank offline.
+    transformers' GGUF reader loops over ``tqdm.auto`` directly rather than its
+    switchable ``logging.tqdm``, so for the block it is pointed at the switchable
+    one. Restores what it changed.
+    """
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # the gguf package is missing: transformers says so when it is needed
+        gguf_utils = None
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    saved = getattr(gguf_utils, "tqdm", None)
+    if saved is not None:
+        gguf_utils.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        if saved is not None:
+            gguf_utils.tqdm = saved
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def modules_not_to_convert(model: Any, skip_modules: list[str] | None) -> list[str]:
+    """The module names bitsandbytes leaves unquantized in ``model`` (its head, fp32-kept modules, ``skip_modules``)."""
+    from transformers.quantizers.base import HfQuantizer
+
+    return HfQuantizer.get_modules_to_not_convert(model, skip_modules, model._keep_in_fp32_modules)
+
+
+def should_convert_module(name: str, skip: list[str]) -> bool:
+    """Whether transformers' quantizers replace the module called ``name``, given :func:`modules_not_to_convert`."""
+    from transformers.quantizers.quantizers_utils import should_convert_module as should
+
+    return bool(should(name, skip))
+
+
+def fp32_matchers(model: Any) -> dict[str, re.Pattern[str] | None]:
+    """``{"float16": rx, "bfloat16": rx}``: parameter names the model keeps in float32 under that dtype.
+
+    ``None`` where the model keeps nothing in float32 for that dtype.
+    """
+    import torch
+    from transformers.core_model_loading import build_glob_alternation
+
+    plan_of = getattr(model, "_get_dtype_plan", lambda dtype: {})
+    matchers: dict[str, re.Pattern[str] | None] = {}
+    for name in ("float16", "bfloat16"):
+        plan = plan_of(getattr(torch, name))
+        matchers[name] = build_glob_alternation(list(plan))[0] if plan else None
+    return matchers

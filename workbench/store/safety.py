@@ -1,0 +1,64 @@
+"""The store's safety gate: which entries may be loaded, and with which opt-ins.
+
+ARCHITECTURE.md section 4: pickle weights and remote code are refused unless the
+caller opts in for exactly that risk; broken entries are refused outright. The
+scan marks entries ``broken``/``unsafe``; this module turns that mark into the
+typed error a load (local or through a serving engine) raises before touching a file.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import BrokenModelError, UnsafeModelError
+from .entry import ModelEntry
+from .tokenizer_files import require_tokenizer
+
+
+def needs_remote_code(entry: ModelEntry) -> bool:
+    """Whether the entry's ``config.json`` names its own Python classes (``auto_map``)."""
+    try:
+        with open(entry.folder / "config.json", encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("auto_map"))
+
+
+def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+    """Refuse broken entries, and unsafe ones unless the caller opts in for exactly that risk.
+
+    Args:
+        entry: a store entry.
+        trust_remote_code: the caller accepts running the model folder's own Python code.
+        allow_pickle: the caller accepts pickle weights (loaded with ``weights_only=True``).
+
+    Raises:
+        TokenizerMissingError: a safetensors/pickle folder without tokenizer files.
+        BrokenModelError: the store found the files unreadable.
+        UnsafeModelError: pickle weights without ``allow_pickle``, remote code without
+            ``trust_remote_code``, or a risk no opt-in covers (a link out of the store).
+    """
+    if entry.format != "gguf" and not entry.has_tokenizer and entry.path.is_dir():
+        require_tokenizer(entry.path, entry.name)
+    if entry.status == "broken":
+        raise BrokenModelError(f"{entry.name} cannot be loaded: {entry.problem}",
+                               hint="fix or re-import the files (see `workbench store list`)",
+                               name=entry.name, path=entry.path)
+    if entry.status != "unsafe":
+        return
+    remote = needs_remote_code(entry)
+    pickle = entry.format == "pickle"
+    if remote and not trust_remote_code:
+        raise UnsafeModelError(f"{entry.name} needs to run its own Python code ({entry.path / 'config.json'})",
+                               hint="load it with trust_remote_code=True only if you trust its source",
+                               name=entry.name, path=entry.path)
+    if pickle and not allow_pickle:
+        files = ", ".join(entry.weight_files[:3]) or "pickle files"
+        raise UnsafeModelError(f"{entry.name} stores its weights as pickle ({files}), which can run code when loaded",
+                               hint="convert it to safetensors, or pass allow_pickle=True if you trust its source "
+                                    "(it then loads with weights_only=True)",
+                               name=entry.name, path=entry.path)
+    if not (remote or pickle):
+        raise UnsafeModelError(f"{entry.name} cannot be loaded: {entry.problem}",
+                               hint="no opt-in covers this; fix the store entry", name=entry.name, path=entry.path)
