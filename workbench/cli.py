@@ -27,27 +27,10 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from . import _cli_output as output
 from .errors import ConfigError, WorkbenchError
 from .precision import DTYPES, QUANTS
 from .serve import cli as serve_cli
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
-
-
-def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(text)
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _warn(msg: str) -> None:
@@ -82,13 +65,13 @@ def cmd_store_list(args: argparse.Namespace) -> int:
     rows = [[e.name + (f" (shadowed by {e.shadowed_by})" if e.shadowed else ""), e.format, e.status, e.params_str,
              e.dtype or "-", format_bytes(e.size_bytes), str(e.context_length or "-"), e.quantization or "-",
              f"{e.root} ({'rw' if e.writable else 'read-only'})"] for e in entries]
-    text = _table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
+    text = output.table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
         if entries else (f"The store ({', '.join(str(r.path) for r in store.roots)}) is empty: "
                          "run `workbench store seed` or `workbench store import PATH`.")
     problems = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
     if problems:
         text += "\n\nProblems:\n" + "\n".join(problems)
-    _emit(args, [e.to_dict() for e in entries], text)
+    output.emit(args, [e.to_dict() for e in entries], text)
     return 0
 
 
@@ -115,7 +98,7 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
                                      or "nowhere with the memory free now"))
     else:
         doc["estimate"] = None
-    _emit(args, doc, "\n".join(lines))
+    output.emit(args, doc, "\n".join(lines))
     return 0
 
 
@@ -135,9 +118,9 @@ def cmd_store_seed(args: argparse.Namespace) -> int:
 
     store = open_store(write=True)
     already = (store.user_root / DEFAULT_MODEL_NAME).is_dir()
-    entry = seed(store, check=not args.no_check, progress=_progress)
+    entry = seed(store, check=not args.no_check, progress=output.progress)
     verb = "already in" if already else "seeded into"
-    _emit(args, {**entry.to_dict(), "seeded": not already}, f"{entry.name} {verb} {entry.root}")
+    output.emit(args, {**entry.to_dict(), "seeded": not already}, f"{entry.name} {verb} {entry.root}")
     return 0
 
 
@@ -147,11 +130,11 @@ def cmd_store_import(args: argparse.Namespace) -> int:
     if args.root:  # an administrator filling a shared root; the user store plays no part
         from .store.shared import import_into_root
 
-        entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=_progress)
+        entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=output.progress)
     else:
         entry = import_path(args.path, open_store(write=True), name=args.name, check=args.check,
-                            progress=_progress)
-    _emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
+                            progress=output.progress)
+    output.emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
     return 0
 
 
@@ -159,11 +142,11 @@ def cmd_store_delete(args: argparse.Namespace) -> int:
     store = open_store(write=args.yes)
     plan = store.plan_delete(args.name)
     if not args.yes:
-        _emit(args, {"plan": plan.describe(), "frees_bytes": plan.frees_bytes, "deleted": False},
+        output.emit(args, {"plan": plan.describe(), "frees_bytes": plan.frees_bytes, "deleted": False},
               f"would {plan.describe()}; pass --yes to do it")
         return 0
     freed = store.execute(plan)
-    _emit(args, {"plan": plan.describe(), "frees_bytes": freed, "deleted": True}, f"done: {plan.describe()}")
+    output.emit(args, {"plan": plan.describe(), "frees_bytes": freed, "deleted": True}, f"done: {plan.describe()}")
     return 0
 
 
@@ -174,7 +157,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from .devices import devices_report, format_devices
 
     report = devices_report()
-    _emit(args, report, format_devices(report))
+    output.emit(args, report, format_devices(report))
     return 0
 
 
@@ -193,13 +176,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.name, args.prompt, devices=devices, dtype=args.dtype, quant=args.quant,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-        progress=None if args.json else _progress,
+        progress=None if args.json else output.progress,
     )
     doc = report.to_dict()
     text = (f"{report.text}\n\n[{report.new_tokens} tokens, TTFT {report.ttft_s:.3f} s, "
             f"{report.tokens_per_s:.1f} tokens/s, load {report.load_s:.2f} s, "
             f"footprint {report.footprint_bytes / 2**20:.1f} MiB on {', '.join(report.devices)}]")
-    _emit(args, doc, text)
+    output.emit(args, doc, text)
     return 0
 
 

@@ -9,23 +9,9 @@ Registered by :func:`register` from ``workbench.cli.build_parser``.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
-
-def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(text)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
+from . import _cli_output as output
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
@@ -36,9 +22,9 @@ def cmd_leases(args: argparse.Namespace) -> int:
     rows = [[x["lease_id"], x["device"], x["owner"], x["host"], str(x["pid"]), x["model"],
              format_bytes(x["reserved_bytes"]), f"{duration_str(x['heartbeat_age_s'])} ago",
              duration_str(x["idle_s"])] for x in doc["leases"]]
-    text = (_table(rows, ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE"])
+    text = (output.table(rows, ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE"])
             if rows else f"No GPU leases in {doc['lease_dir']}.")
-    _emit(args, doc, text)
+    output.emit(args, doc, text)
     return 0
 
 
@@ -47,9 +33,9 @@ def cmd_leases_release(args: argparse.Namespace) -> int:
 
     gone = get_lease_book().release(args.lease_id, force=args.force)
     if gone is None:
-        _emit(args, {"released": False, "lease": None}, f"lease {args.lease_id} was already gone")
+        output.emit(args, {"released": False, "lease": None}, f"lease {args.lease_id} was already gone")
         return 0
-    _emit(args, {"released": True, "lease": gone.to_dict()}, f"released {gone.describe()}")
+    output.emit(args, {"released": True, "lease": gone.to_dict()}, f"released {gone.describe()}")
     return 0
 
 

@@ -8,20 +8,12 @@ command-line engine always outlives the command (``--detach`` is implied), and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from .. import _cli_output as output
 from ..precision import DTYPES
 from .engines import ENGINES, SERVE_QUANTS
-
-
-def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(text)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -35,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...", file=sys.stderr, flush=True)
     ep = start(plan, detach=True, ready_timeout_s=args.ready_timeout)
     doc = {**ep.to_dict(), "plan": plan.to_dict()}
-    _emit(args, doc, f"{ep.name}: {ep.engine} serving {ep.store_model} on {ep.base_url} (PID {ep.pid}, "
+    output.emit(args, doc, f"{ep.name}: {ep.engine} serving {ep.store_model} on {ep.base_url} (PID {ep.pid}, "
                      f"{', '.join(ep.devices)}, model {ep.model!r}, ready in {ep.ready_s:.1f} s)\n"
                      f"stop it with: workbench endpoints stop {ep.name}")
     return 0
@@ -54,7 +46,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
     else:
         text = "No endpoints: start one with `workbench serve MODEL` or add one with `workbench endpoints add NAME URL`."
-    _emit(args, [s.to_dict() for s in statuses], text)
+    output.emit(args, [s.to_dict() for s in statuses], text)
     return 0
 
 
@@ -64,7 +56,7 @@ def cmd_endpoints_add(args: argparse.Namespace) -> int:
     ep = EndpointRegistry().add_remote(args.name, args.url, api_key_env=args.api_key_env, model=args.model,
                                        replace=args.replace)
     key = f", API key from ${ep.api_key_env}" if ep.api_key_env else ""
-    _emit(args, ep.to_dict(), f"added {ep.name}: {ep.base_url}{key}")
+    output.emit(args, ep.to_dict(), f"added {ep.name}: {ep.base_url}{key}")
     return 0
 
 
@@ -77,7 +69,7 @@ def cmd_endpoints_stop(args: argparse.Namespace) -> int:
     else:
         text = (f"stopped {report.name} (process group {report.pid})" if report.was_running
                 else f"removed {report.name} (its engine had already exited)")
-    _emit(args, report.to_dict(), text)
+    output.emit(args, report.to_dict(), text)
     return 0
 
 
@@ -89,7 +81,7 @@ def cmd_run_endpoint(args: argparse.Namespace) -> int:
                      seed=args.seed)
     text = (f"{r.text}\n\n[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s, "
             f"endpoint {r.endpoint}, model {r.model}]")
-    _emit(args, r.to_dict(), text)
+    output.emit(args, r.to_dict(), text)
     return 0
 
 

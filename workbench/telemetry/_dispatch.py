@@ -104,3 +104,24 @@ class Delivery:
                         self.callback,
                     )
             self.delivered += 1
+
+
+def subscribe(subscribers: list[Delivery], lock: threading.Lock | threading.RLock, callback: Callable[[Any], Any],
+              *, name: str, latest_only: bool) -> Callable[[], None]:
+    """Add a :class:`Delivery` for ``callback`` to ``subscribers`` (guarded by ``lock``) and start it.
+
+    Returns:
+        A function that unsubscribes (idempotent), joining the callback's thread.
+    """
+    delivery = Delivery(callback, name=f"{name}-{id(callback):x}", latest_only=latest_only)
+    with lock:
+        subscribers.append(delivery)
+    delivery.start()
+
+    def unsubscribe() -> None:
+        with lock:
+            if delivery in subscribers:
+                subscribers.remove(delivery)
+        delivery.close()
+
+    return unsubscribe

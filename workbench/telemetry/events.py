@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 
 from .._records import Record
 from ..errors import ConfigError
-from ._dispatch import Delivery
+from ._dispatch import Delivery, subscribe
 
 EventKind = Literal[
     "load_started", "load_finished", "generate_started", "generate_finished", "unload", "idle_unload",
@@ -117,18 +117,7 @@ class EventLog:
         Returns:
             A function that unsubscribes (idempotent).
         """
-        delivery = Delivery(callback, name=f"workbench-events-subscriber-{id(callback):x}", latest_only=False)
-        with self._lock:
-            self._subs.append(delivery)
-        delivery.start()
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if delivery in self._subs:
-                    self._subs.remove(delivery)
-            delivery.close()
-
-        return unsubscribe
+        return subscribe(self._subs, self._lock, callback, name="workbench-events-subscriber", latest_only=False)
 
     def clear(self) -> None:
         """Forget every event and count (subscribers stay)."""

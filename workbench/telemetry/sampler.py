@@ -21,7 +21,7 @@ import numpy as np
 from ..config import MAX_TELEMETRY_INTERVAL_S, MIN_TELEMETRY_INTERVAL_S
 from ..errors import ConfigError, DeviceNotFoundError
 from ..precision import normalize_device
-from ._dispatch import Delivery
+from ._dispatch import Delivery, subscribe
 from .ring import RingBuffer
 from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample
 
@@ -305,20 +305,8 @@ class Sampler:
             >>> unsubscribe = s.subscribe(print)
             >>> unsubscribe()
         """
-        delivery = Delivery(
-            callback, name=f"workbench-telemetry-subscriber-{id(callback):x}", latest_only=True
-        )
-        with self._subs_lock:
-            self._subs.append(delivery)
-        delivery.start()
-
-        def unsubscribe() -> None:
-            with self._subs_lock:
-                if delivery in self._subs:
-                    self._subs.remove(delivery)
-            delivery.close()
-
-        return unsubscribe
+        return subscribe(self._subs, self._subs_lock, callback, name="workbench-telemetry-subscriber",
+                         latest_only=True)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -49,4 +49,5 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
+
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UnknownChoiceError
 from ..store import ModelStore
 from .base import Panel
-from .display import StaticHTML, display_mode, esc, section_html
+from .display import StaticHTML, esc, mimebundle, section_html
 from .load_panel import LoadPanel
 from .prompt_panel import PromptPanel
 from .quant_panel import QuantizationPanel
@@ -151,11 +151,7 @@ class Workbench:
         return StaticHTML(self.static_html(plots=True), text="<Workbench (static)>")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if display_mode() == "live":
-            bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-            bundle["text/html"] = self.static_html(plots=False)
-            return bundle
-        return self.static()._repr_mimebundle_()
+        return mimebundle(lambda: self.widget, lambda: self.static_html(plots=False), self.static, include, exclude)
 
     def close(self) -> None:
         """Close every panel (unsubscribes from telemetry; loaded models stay in the registry)."""

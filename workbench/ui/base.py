@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ..errors import WorkbenchError
 from . import history
-from .display import StaticHTML, banner_html, display_mode, section_html
+from .display import StaticHTML, banner_html, mimebundle, section_html
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,5 @@ class Panel:
         return StaticHTML(self._static_with_banner(plots=True), text=f"<{type(self).__name__} (static)>")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if display_mode() == "live":
-            bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-            bundle["text/html"] = self._static_with_banner(plots=False)
-            return bundle
-        return self.static()._repr_mimebundle_()
+        return mimebundle(lambda: self.widget, lambda: self._static_with_banner(plots=False), self.static,
+                          include, exclude)

@@ -33,7 +33,7 @@ import html
 import itertools
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from ..errors import ConfigError
@@ -84,6 +84,20 @@ BANNER_STYLES = {
     "info": "background:#e8f1fb;border:1px solid #b6d1f2;color:#0b3d70",
     "ok": "background:#e9f7ef;border:1px solid #b7e1c6;color:#145a32",
 }
+
+
+def mimebundle(widget: Callable[[], Any], twin_html: Callable[[], str], static: Callable[[], Any],
+               include: Any = None, exclude: Any = None) -> dict[str, Any]:
+    """What a panel shows in a notebook: the live widget, or its static twin in a report.
+
+    Live, the bundle also carries the twin without plots as ``text/html``, so a saved
+    notebook still says something where widgets cannot render.
+    """
+    if display_mode() == "live":
+        bundle = dict(widget()._repr_mimebundle_(include=include, exclude=exclude) or {})
+        bundle["text/html"] = twin_html()
+        return bundle
+    return static()._repr_mimebundle_()
 
 
 def esc(value: Any) -> str:
