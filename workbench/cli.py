@@ -21,7 +21,10 @@ Heavy libraries are imported inside the commands that need them, so
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -255,12 +258,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     # --debug is global but also accepted after any command, including those other modules
     # register: a subcommand leaves it unrecognised and it is picked out here.
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if "--debug" in extra:
-        args.debug = True
-        extra = [a for a in extra if a != "--debug"]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    words = list(sys.argv[1:] if argv is None else argv)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args, extra = parser.parse_known_args(words)
+            if "--debug" in extra:
+                args.debug = True
+                extra = [a for a in extra if a != "--debug"]
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:
+        # argparse's usage and message go to stderr as usual; a --json caller still gets its
+        # one document on stdout (-h and --help exit 0 and print only the help).
+        sys.stderr.write(said.getvalue())
+        if exc.code not in (0, None) and "--json" in words:
+            lines = said.getvalue().strip().splitlines() or ["invalid arguments"]
+            message = lines[-1].split(": error: ", 1)[-1]
+            json.dump({"error": "UsageError", "message": message}, sys.stdout)
+            sys.stdout.write("\n")
+        raise
+    sys.stderr.write(said.getvalue())
     return args
 
 
@@ -271,8 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkbenchError as exc:
         return _fail(args, exc.to_dict(), str(exc))
     except KeyboardInterrupt:
+        if getattr(args, "json", False):
+            json.dump({"error": "KeyboardInterrupt", "message": "interrupted"}, sys.stdout)
+            sys.stdout.write("\n")
         print("workbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`workbench store list --json | head`): nothing left to tell it.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # a bug or an unforeseen input: one line, the traceback on request
         message = _one_line(str(exc)) or "(no message)"
         line = f"{type(exc).__name__}: {message}"

@@ -8,12 +8,40 @@ command-line engine always outlives the command (``--detach`` is implied), and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _cli_output as output
 from ..precision import DTYPES
 from .engines import ENGINES, SERVE_QUANTS
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` as Ctrl-C does.
+
+    ``start`` stops the engine it started on any exception; without this a ``kill`` of the
+    command (or a closed terminal) while it waits for the engine would leave the engine
+    running, unregistered, with no ``workbench endpoints stop`` to reach it. The previous
+    handlers are restored on the way out.
+    """
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, interrupt) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -25,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     if not args.json:
         print(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...", file=sys.stderr, flush=True)
-    ep = start(plan, detach=True, ready_timeout_s=args.ready_timeout)
+    with terminate_as_interrupt():
+        ep = start(plan, detach=True, ready_timeout_s=args.ready_timeout)
     doc = {**ep.to_dict(), "plan": plan.to_dict()}
     output.emit(args, doc, f"{ep.name}: {ep.engine} serving {ep.store_model} on {ep.base_url} (PID {ep.pid}, "
                      f"{', '.join(ep.devices)}, model {ep.model!r}, ready in {ep.ready_s:.1f} s)\n"

@@ -81,6 +81,23 @@ def _cuda_visible(devices: Sequence[str]) -> str:
     return ",".join(ids)
 
 
+def _endpoint_name(name: str | None, model: str) -> str:
+    """``name``, else the store model's name when it can name an endpoint (checked before any slow work).
+
+    Raises:
+        ConfigError: ``name`` is not usable, or it is None and the model's name (spaces, accents...)
+            is not: the message says to pass a name.
+    """
+    if name is not None:
+        return check_name(name)
+    try:
+        return check_name(model)
+    except ConfigError:
+        raise ConfigError(f"the model name {model!r} cannot name an endpoint",
+                          hint="give the endpoint a name with --name NAME (name=... from Python): "
+                               "letters, digits and . _ @ + -", model=model) from None
+
+
 def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[str] = ("cpu",),
                dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None,
                name: str | None = None, nodes: int = 1, continuous_batching: bool = True,
@@ -107,12 +124,12 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
     from ..store.safety import check_entry
 
     entry = ModelStore().get(model)
+    name = _endpoint_name(name, entry.name)
     spec = LoadSpec(entry, devices=devices_tuple(devices), dtype=dtype, quant=quant, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code).validate()
     check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
     fit = require_fit(entry, spec, free=free)
     chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command())
-    name = check_name(name or entry.name)
     port = port or process.free_port(engines.HOST)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     gpus = [d for d in spec.devices if is_gpu(d)]

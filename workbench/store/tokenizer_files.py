@@ -65,10 +65,8 @@ def require_tokenizer(folder: str | os.PathLike[str], name: str | None = None) -
     """
     found = tokenizer_files(folder)
     if not found:
-        raise MissingTokenizerError(missing_tokenizer_text(folder),
-                                    hint="copy tokenizer.json (or tokenizer.model) and tokenizer_config.json "
-                                         "from the original model",
-                                    name=name, path=Path(folder), looked_for=list(TOKENIZER_FILES))
+        # The sentence already says what to do; a hint would say it a second time.
+        raise MissingTokenizerError(missing_tokenizer_text(folder), name=name, path=Path(folder), looked_for=list(TOKENIZER_FILES))
     return found
 
 
