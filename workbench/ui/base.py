@@ -89,6 +89,7 @@ class Panel:
         self._executor: ThreadPoolExecutor | None = None
         self._future: Future | None = None
         self._build_lock = threading.RLock()
+        self._cancel: threading.Event | None = None
 
     # --- widgets ---------------------------------------------------------------------------
 
@@ -202,6 +203,16 @@ class Panel:
     @staticmethod
     def _finish(future: Future, wait: bool) -> Any:
         return future.result() if wait else future
+
+    def cancel(self) -> None:
+        """Ask the panel's running job (a load, a study) to stop at its next check; it rolls back what it loaded."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def _new_cancel(self) -> threading.Event:
+        """A fresh cancel event for the job about to start; :meth:`cancel` sets it."""
+        self._cancel = threading.Event()
+        return self._cancel
 
     def close(self) -> None:
         """Stop background work and close the widgets."""

@@ -8,7 +8,6 @@ how much came back.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -120,7 +119,6 @@ class LoadPanel(Panel):
         self.budgets_gib: dict[str, float] = {}
         self.progress: tuple[str, float, str] = ("idle", 0.0, "")
         self.last_unload: UnloadReport | None = None
-        self._cancel: threading.Event | None = None
         self._listeners: list[Callable[[], None]] = []
         self._progress_throttle = Throttle(0.1)
         self._device_throttle = Throttle(DEVICE_REFRESH_S)
@@ -248,8 +246,7 @@ class LoadPanel(Panel):
         self.select(model=model, devices=devices, dtype=dtype, quant=quant, double_quant=double_quant,
                     compute_dtype=compute_dtype, budgets_gib=budgets_gib)
         spec = self.spec(name)
-        cancel = threading.Event()
-        self._cancel = cancel
+        cancel = self._new_cancel()
         self.clear_message()
 
         def job() -> Any:
@@ -266,11 +263,6 @@ class LoadPanel(Panel):
             return loaded
 
         return self._finish(self.submit(job), wait)
-
-    def cancel(self) -> None:
-        """Ask a running load to stop; the runtime rolls back what it had loaded."""
-        if self._cancel is not None:
-            self._cancel.set()
 
     def unload(self, name: str | None = None) -> UnloadReport:
         """Unload a model (default: the newest) and show the memory given back.

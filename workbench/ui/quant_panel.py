@@ -6,7 +6,6 @@ study's raw numbers by :func:`study_figures`, which reports use too.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +104,6 @@ class QuantizationPanel(Panel):
         self.eval_tokens = 512
         self.study: Any = None
         self.progress: tuple[str, float] = ("idle", 0.0)
-        self._cancel: threading.Event | None = None
         self._throttle = Throttle(0.25)
 
     def refresh_models(self) -> list[str]:
@@ -139,8 +137,7 @@ class QuantizationPanel(Panel):
             raise ConfigError("no model to study", hint="seed or import a model into the store first")
         if not self.variants:
             raise ConfigError("no variants selected", hint="tick at least a baseline such as bfloat16")
-        cancel = threading.Event()
-        self._cancel = cancel
+        cancel = self._new_cancel()
         self.clear_message()
         self._sync_widgets()
 
@@ -163,11 +160,6 @@ class QuantizationPanel(Panel):
             return study
 
         return self._finish(self.submit(job), wait)
-
-    def cancel(self) -> None:
-        """Stop after the current step; whatever is loaded is unloaded."""
-        if self._cancel is not None:
-            self._cancel.set()
 
     # --- widgets ---------------------------------------------------------------------------
 
