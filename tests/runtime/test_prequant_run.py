@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_models import save_prequantized
 
+from tiny_models import save_prequantized
 from workbench.cli import main
 from workbench.errors import LoadSpecError
 from workbench.runtime import LoadSpec, Registry

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import build_from_config
 
+from tiny_models import build_from_config
 from workbench.store import ModelStore, estimate
 
 _C = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_models import save_prequantized
 
+from tiny_models import save_prequantized
 from workbench.errors import ConfigError
 from workbench.store import ModelStore, estimate, estimate_table
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_models import save_prequantized
 
+from tiny_models import save_prequantized
 from workbench.ui import LoadPanel
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -132,33 +133,14 @@ def file_summary(path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]
     out = {"params": 0, "quantized_params": 0, "quantized_rows": 0, "quantized_count": 0, "packed_bytes": 0,
            "state_bytes": 0, "float_params": 0, "float_bytes": 0}
     for name, dtype, shape, nbytes in tensors:
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if _SIDE.search(name):
             out["state_bytes"] += nbytes
             continue
-        original: tuple[int, ...] | None = None
-        if name in states:  # bitsandbytes 4-bit: the blob has the shape
-            original = shapes.get(states[name]) or (numel * 2,)
-        elif dtype == "I8" and name.endswith(".weight") and f"{name[:-len('.weight')]}.SCB" in names:
-            original = shape  # bitsandbytes int8
-        elif name.endswith(".qweight") and len(shape) == 2:
-            prefix = name[: -len(".qweight")]
-            scales = next((s for n, _, s, _ in tensors if n == f"{prefix}.scales"), None)
-            g_idx = next((s for n, _, s, _ in tensors if n == f"{prefix}.g_idx"), None)
-            if scales is not None and len(scales) == 2 and scales[1] != shape[1]:
-                original = (scales[1], shape[0])  # AWQ: qweight [in, out x bits/32], scales [groups, out]
-            else:  # GPTQ: qweight [in x bits/32, out]; g_idx has one entry per input feature
-                original = (shape[1], g_idx[0] if g_idx else shape[0] * 8)
-        elif name.endswith(".weight_packed") and len(shape) == 2:
-            original = (shape[0], shape[1] * 8)  # compressed-tensors int4 packed in int32
-        elif dtype.startswith("F8") and name.endswith(".weight"):
-            original = shape
+        blob = (shapes.get(states[name]) or (numel * 2,)) if name in states else None
+        original = _original_shape(name, dtype, shape, blob, names, tensors)
         if original is not None:
-            n = 1
-            for d in original:
-                n *= d
+            n = math.prod(original)
             out["params"] += n
             out["quantized_params"] += n
             out["quantized_rows"] += original[0]
@@ -169,6 +151,31 @@ def file_summary(path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]
             out["float_params"] += numel
             out["float_bytes"] += nbytes
     return out
+
+
+def _original_shape(name: str, dtype: str, shape: tuple[int, ...], blob: tuple[int, ...] | None, names: set[str],
+                    tensors: list[tuple[str, str, tuple[int, ...], int]]) -> tuple[int, ...] | None:
+    """The unpacked shape of a packed weight, or ``None`` for a tensor stored as it is used.
+
+    ``blob`` is the shape a bitsandbytes 4-bit weight's quant-state blob records (``None`` otherwise).
+    """
+    if blob is not None:  # bitsandbytes 4-bit: the blob has the shape
+        return blob
+    if dtype == "I8" and name.endswith(".weight") and f"{name[:-len('.weight')]}.SCB" in names:
+        return shape  # bitsandbytes int8
+    if name.endswith(".qweight") and len(shape) == 2:
+        prefix = name[: -len(".qweight")]
+        scales = next((s for n, _, s, _ in tensors if n == f"{prefix}.scales"), None)
+        g_idx = next((s for n, _, s, _ in tensors if n == f"{prefix}.g_idx"), None)
+        if scales is not None and len(scales) == 2 and scales[1] != shape[1]:
+            return (scales[1], shape[0])  # AWQ: qweight [in, out x bits/32], scales [groups, out]
+        # GPTQ: qweight [in x bits/32, out]; g_idx has one entry per input feature
+        return (shape[1], g_idx[0] if g_idx else shape[0] * 8)
+    if name.endswith(".weight_packed") and len(shape) == 2:
+        return (shape[0], shape[1] * 8)  # compressed-tensors int4 packed in int32
+    if dtype.startswith("F8") and name.endswith(".weight"):
+        return shape
+    return None
 
 
 def _config_dtype(config: dict[str, Any]) -> str | None:
