@@ -75,11 +75,12 @@ CHILD = textwrap.dedent("""
     from workbench import cli
     from workbench.serve import launch
     from workbench.serve.launch import ServePlan
+    from workbench.serve.process import free_port
 
     # An engine that never answers: the command waits for it until it is killed.
     engine = [sys.executable, "-c", "import time; time.sleep(600)"]
     plan = ServePlan(name="never-ready", store_model="m", engine="transformers", devices=("cpu",),
-                     port=9, argv=tuple(engine), env={}, needed_bytes=0, served_model=None)
+                     port=free_port(), argv=tuple(engine), env={}, needed_bytes=0, served_model=None)
     launch.plan_serve = lambda *a, **k: plan
     sys.exit(cli.main(["serve", "m", "--engine", "transformers", "--json", "--ready-timeout", "300"]))
 """)

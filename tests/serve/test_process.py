@@ -122,3 +122,21 @@ def test_engine_started_from_a_kernel_stops_at_its_exit_unless_detached(detach: 
         assert not process.is_running(pid) and process.group_members(pid) == []
         assert EndpointRegistry().list() == []
     assert not process.port_open("127.0.0.1", port)
+
+
+def test_a_port_in_use_is_refused_before_the_engine_starts(seeded_store, tmp_path) -> None:
+    import socket
+
+    from workbench.errors import ConfigError
+    from workbench.serve.launch import plan_serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        plan = plan_serve("SmolLM2-135M-Instruct", engine="transformers", port=port)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+            start(plan)
+        assert time.monotonic() - t0 < 5  # refused, not found out after the engine loaded
+    assert EndpointRegistry().list() == []

@@ -212,7 +212,8 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     Raises:
         EngineStartError: it exited or did not answer in time; it was stopped and the
             error carries the end of its log.
-        ConfigError: the endpoint name is taken by a running engine or a remote endpoint.
+        ConfigError: the endpoint name is taken by a running engine or a remote endpoint, or
+            the plan's port is already in use.
     """
     from ..config import get_settings
 
@@ -233,6 +234,7 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     t0 = time.time()
     _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
           engine=plan.engine, base_url=plan.base_url)
+    process.require_free_port(engines.HOST, plan.port)
     proc = None
     lease_ids: tuple[str, ...] = ()
     try:

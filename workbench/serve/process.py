@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import EngineStartError
+from ..errors import ConfigError, EngineStartError
 
 #: Bytes of an engine's log quoted in errors.
 LOG_TAIL_BYTES = 4000
@@ -201,6 +201,27 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
         return s.connect_ex((host, port)) == 0
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before an engine spends minutes loading only
+    to fail binding it (or, worse, before another server there answers the readiness probe
+    in the engine's place).
+
+    Raises:
+        ConfigError: ``port`` on ``host`` cannot be bound; names both.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As uvicorn and vLLM bind: a port in TIME_WAIT is usable, one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror or exc})",
+                              hint="choose another --port, or leave it out to get a free one",
+                              port=port) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
