@@ -164,3 +164,22 @@ def test_failed_gguf_import_leaves_nothing(tmp_path):
     with pytest.raises(BrokenModelError, match="model.gguf"):
         import_gguf(src / "model.gguf", _store(user))
     assert not user.exists() or list(user.iterdir()) == []
+
+
+def test_an_unsafe_import_is_refused_with_advice_that_fits_it(tiny_models, tmp_path):
+    import json
+
+    store = _store(tmp_path / "user")
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_models["llama"], remote)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "m.X"}}))
+    with pytest.raises(StoreError) as info:
+        import_path(remote, store)
+    # The weights are safetensors already: "convert it to safetensors" would be no help.
+    assert "remote code" in str(info.value) and "convert" not in str(info.value)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_models["llama"], pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(StoreError, match="convert the weights first"):
+        import_path(pickled, store)

@@ -154,8 +154,11 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
     if probe.status == "broken":
         raise BrokenModelError(f"cannot import {src}: {probe.problem}", path=src)
     if probe.status == "unsafe":
-        raise UnsafeModelError(f"refusing to import {src}: {probe.problem}",
-                               hint="convert it to safetensors first (weights only, no remote code)", path=src)
+        # The problem sentence names the load-time opt-ins; import has none, so say what import needs.
+        hint = ("the store imports safetensors and GGUF only: convert the weights first"
+                if probe.format == "pickle" else
+                "the store does not import models that need their own code (auto_map in config.json)")
+        raise UnsafeModelError(f"refusing to import {src}: {probe.problem}", hint=hint, path=src)
     name = name or src.name
     dest, tmp = _staging(store, name)
     try:
