@@ -166,6 +166,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.endpoint:
+        # The engine behind an endpoint was placed and quantized when it started: these would be ignored.
+        local = [flag for flag, used in (("a model name", args.name), ("--device", args.device != "cpu"),
+                                         ("--dtype", args.dtype != "auto"), ("--quant", args.quant != "none"),
+                                         ("--allow-pickle", args.allow_pickle),
+                                         ("--trust-remote-code", args.trust_remote_code)) if used]
+        if local:
+            raise ConfigError(f"{', '.join(local)} cannot go with --endpoint {args.endpoint}",
+                              hint="an endpoint serves the model its engine was started with: drop them, "
+                                   "or run a store model without --endpoint")
         from .serve.cli import cmd_run_endpoint
 
         return cmd_run_endpoint(args)

@@ -133,3 +133,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["SmolLM2-135M-Instruct"], "a model name"),
+    (["--quant", "nf4"], "--quant"),
+    (["--device", "cuda:0", "--dtype", "float32"], "--device, --dtype"),
+])
+def test_local_load_options_with_endpoint_are_refused_not_ignored(monkeypatch, capsys, extra, named) -> None:
+    monkeypatch.setattr("workbench.serve.cli.cmd_run_endpoint", lambda args: pytest.fail("the options were ignored"))
+    assert cli.main(["run", "--endpoint", "team", "--prompt", "hi", "--json", *extra]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error"] == "ConfigError" and f"{named} cannot go with --endpoint team" in doc["message"]
