@@ -12,7 +12,7 @@ import json
 
 from ..errors import BrokenModelError, UnsafeModelError
 from .entry import ModelEntry
-from .tokenizer_files import require_tokenizer
+from .tokenizer_files import missing_tokenizer_text, require_tokenizer
 
 
 def needs_remote_code(entry: ModelEntry) -> bool:
@@ -39,12 +39,17 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
         UnsafeModelError: pickle weights without ``allow_pickle``, remote code without
             ``trust_remote_code``, or a risk no opt-in covers (a link out of the store).
     """
-    if entry.format != "gguf" and not entry.has_tokenizer and entry.path.is_dir():
-        require_tokenizer(entry.path, entry.name)
+    no_tokenizer = entry.format != "gguf" and not entry.has_tokenizer and entry.path.is_dir()
     if entry.status == "broken":
+        # The listing's own problem comes first: an empty folder or a lone GGUF part also lacks tokenizer
+        # files, but saying so would send the user after the wrong fault.
+        if no_tokenizer and entry.problem == missing_tokenizer_text(entry.path):
+            require_tokenizer(entry.path, entry.name)
         raise BrokenModelError(f"{entry.name} cannot be loaded: {entry.problem}",
                                hint="fix or re-import the files (see `workbench store list`)",
                                name=entry.name, path=entry.path)
+    if no_tokenizer:
+        require_tokenizer(entry.path, entry.name)
     if entry.status != "unsafe":
         return
     remote = needs_remote_code(entry)
