@@ -22,11 +22,20 @@ def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
         print(text)
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """Left-aligned columns two spaces apart, header first."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+def _cell(value: Any) -> str:
+    """One line: control characters (a newline or tab in a folder name) shown escaped, as ``ls`` does."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    """Left-aligned columns two spaces apart, header first; one line per row whatever the cells hold."""
+    cells = [[_cell(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
+    return "\n".join(fmt.format(*r).rstrip() for r in cells)
 
 
 def progress(msg: str) -> None:
