@@ -18,7 +18,7 @@ import pytest
 from store.test_tokenizer_and_templates import LAYOUTS, make, strip_templates, tmpl
 from workbench.errors import BrokenModelError, MissingTokenizerError
 from workbench.runtime import LoadSpec
-from workbench.runtime.generation import render_prompt
+from workbench.runtime.prompts import render_prompt
 from workbench.runtime.registry import Registry
 from workbench.store import ModelStore
 from workbench.store.tokenizer_files import TOKENIZER_FILES

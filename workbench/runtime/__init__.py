@@ -36,12 +36,12 @@ _EXPORTS = {
     "GenerationParams": "generation",
     "GenerationResult": "generation",
     "StoppedBy": "generation",
-    "Prompt": "generation",
+    "Prompt": "prompts",
     "Stream": "generation",
     "generate": "generation",
     "generate_batch": "generation",
     "stream": "generation",
-    "render_prompt": "generation",
+    "render_prompt": "prompts",
     "measure_bandwidth": "bandwidth",
     "RunReport": "oneshot",
     "run_once": "oneshot",
@@ -53,15 +53,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .generation import (  # noqa: F401
         GenerationParams,
         GenerationResult,
-        Prompt,
         StoppedBy,
         Stream,
         generate,
         generate_batch,
-        render_prompt,
         stream,
     )
     from .oneshot import RunReport, run_once  # noqa: F401
+    from .prompts import Prompt, render_prompt  # noqa: F401
     from .registry import LoadedModel, Registry, UnloadPlan, UnloadReport, get_registry  # noqa: F401
     from .spec import LoadPhase, LoadProgress, LoadSpec, tqdm_progress  # noqa: F401
 

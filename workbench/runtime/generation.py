@@ -1,10 +1,9 @@
 """Generation: one prompt, a stream of text pieces, or a batch; with the metrics of every run.
 
 Every run reports prompt tokens, new tokens, time to first token, decode tokens/s,
-total time, and the roofline the user is working against: decoding a token reads
-every weight once, so ``weight bytes x tokens/s`` is the memory bandwidth the run
-achieved, and its ratio to the device's measured bandwidth
-(:func:`workbench.runtime.measure_bandwidth`) is the decode efficiency.
+total time, and the roofline the user is working against (:mod:`.metrics`). The
+prompt is rendered by :mod:`.prompts`; what ``model.generate`` is fed per step (the
+streamer, the stop-string gate, the cancel criterion) lives in :mod:`.streaming`.
 
 Example:
     >>> r = generate(loaded, "What is the capital of France?", GenerationParams(temperature=0))  # doctest: +SKIP
@@ -17,37 +16,25 @@ Example:
 from __future__ import annotations
 
 import copy
-import functools
-import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .._records import Record
 from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, WorkbenchError
 from ..store import format_bytes
 from . import _memory
+from .load_errors import is_oom
+from .metrics import decode_rate, roofline
+from .prompts import Prompt, render_prompt
 from .registry import LoadedModel, post
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+from .streaming import EventStop, StopStringGate, streamer_class
 
 StoppedBy = Literal["eos", "max_new_tokens", "stop_string", "cancelled"]
 """Why a generation ended."""
-
-logger = logging.getLogger(__name__)
-
-Messages = Sequence[Mapping[str, str]]
-"""A chat: ``{"role": ..., "content": ...}`` dicts in order."""
-Prompt = str | Messages
-"""A plain prompt, or a chat."""
-
-#: Below this many weight bytes the weights sit in CPU/GPU caches and the memory
-#: roofline does not apply, so no decode efficiency is reported.
-ROOFLINE_MIN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -153,158 +140,7 @@ class GenerationResult(Record):
         return f"{format_bytes(self.achieved_bytes_per_s)}/s"
 
 
-# --- prompts ---------------------------------------------------------------------------------
-
-
-def _messages(prompt: Prompt, system_prompt: str | None) -> tuple[list[dict[str, str]], bool]:
-    """``(messages, was_plain_prompt)``; checks the shape of a messages list."""
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise GenerationError("the prompt is empty", hint="write something to answer")
-        msgs = [{"role": "user", "content": prompt}]
-        plain = True
-    else:
-        try:
-            msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-        except (TypeError, KeyError) as exc:
-            raise GenerationError(f"messages must be dicts with 'role' and 'content' ({exc})",
-                                  hint='e.g. [{"role": "user", "content": "Hello"}]') from None
-        if not msgs:
-            raise GenerationError("the message list is empty", hint="add a user message")
-        plain = False
-    if system_prompt and not any(m["role"] == "system" for m in msgs):
-        msgs = [{"role": "system", "content": system_prompt}, *msgs]
-    return msgs, plain
-
-
-def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_prompt: str | None = None) -> tuple[str, bool]:
-    """The text fed to the model, and whether the tokenizer should add special tokens.
-
-    With a chat template, the template formats the messages (a plain prompt becomes
-    one user message) and adds its own special tokens. Without one, a plain prompt
-    is used as is; messages become ``"Role: content"`` lines ending in ``"Assistant:"``.
-
-    Raises:
-        GenerationError: an empty prompt or message list, or messages that are not role/content dicts.
-    """
-    msgs, plain = _messages(prompt, system_prompt)
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        return text, False
-    if plain and len(msgs) == 1:
-        return msgs[0]["content"], True
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in msgs]
-    return "\n".join([*lines, "Assistant:"]), True
-
-
-# --- streaming pieces ------------------------------------------------------------------------
-
-
-class _TextGate:
-    """Release text as it arrives, but never a stop string or what may become one."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.text = ""
-        self.emitted = 0
-        self.hit: int | None = None
-
-    def feed(self, piece: str) -> str:
-        self.text += piece
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        if self.hit is not None:
-            return ""
-        end = len(self.text)
-        if self.stops:
-            found = [i for i in (self.text.find(s, self.emitted) for s in self.stops) if i >= 0]
-            if found:
-                self.hit = end = min(found)
-            elif not final:
-                hold = 0
-                for s in self.stops:
-                    for k in range(min(len(s) - 1, len(self.text) - self.emitted), hold, -1):
-                        if self.text.endswith(s[:k]):
-                            hold = k
-                            break
-                end -= hold
-        out = self.text[self.emitted:end]
-        self.emitted = max(self.emitted, end)
-        return out
-
-    @property
-    def final_text(self) -> str:
-        return self.text if self.hit is None else self.text[: self.hit]
-
-
-@functools.cache
-def _streamer_class() -> type:
-    """transformers' ``TextStreamer`` with step timing, a stop-string gate and a callback.
-
-    Built on first use: transformers is imported inside functions (``import workbench``
-    stays fast). ``TextStreamer`` decides when decoded text is final: at once for CJK
-    characters, letters and digits, at a space or newline otherwise, and never while
-    the text ends in an incomplete UTF-8 character.
-    """
-    from transformers import TextStreamer
-
-    class _Streamer(TextStreamer):
-        """Times each generation step; streams batch-1 text through the gate to ``on_text``."""
-
-        def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...]) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.on_text = on_text
-            self.gate = _TextGate(stops)
-            self.step_times: list[float] = []
-
-        def put(self, value: Any) -> None:
-            if self.next_tokens_are_prompt:  # generate() passes the prompt first
-                self.next_tokens_are_prompt = False
-                return
-            self.step_times.append(time.perf_counter())
-            if self.on_text is None or value.numel() != 1:  # batches are decoded at the end
-                return
-            super().put(value.reshape(-1))
-
-        def end(self) -> None:
-            if self.on_text is not None:
-                super().end()
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            self._emit(self.gate.feed(text))
-            if stream_end:
-                self._emit(self.gate.finish())
-
-        def _emit(self, piece: str) -> None:
-            if piece and self.on_text is not None:
-                self.on_text(piece)
-
-    return _Streamer
-
-
-class _EventStop:
-    """A stopping criterion that ends generation at the next step once ``event`` is set."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 # --- the core --------------------------------------------------------------------------------
-
-
-def _is_oom(exc: BaseException) -> bool:
-    from .loader import _is_oom as oom
-
-    return oom(exc)
 
 
 def _generation_config(loaded: LoadedModel, params: GenerationParams) -> Any:
@@ -394,47 +230,7 @@ def _tokens_to_stop(tokenizer: Any, ids: list[int], stop: str) -> int:
     return len(ids)
 
 
-def _bandwidth(loaded: LoadedModel) -> float | None:
-    """The devices' combined bandwidth, weighted by where the weights are: a decode step
-    reads each device's share at that device's speed, one after the other."""
-    from .bandwidth import measure_bandwidth
-
-    total_time = 0.0
-    total_bytes = 0
-    for device, nbytes in loaded.placement.items():
-        if not nbytes:
-            continue
-        try:
-            bw = measure_bandwidth(device)
-        except (RuntimeError, ValueError, OSError) as exc:
-            logger.debug("bandwidth of %s unavailable: %s", device, exc)
-            return None
-        if not bw:
-            return None
-        total_time += nbytes / bw
-        total_bytes += nbytes
-    return total_bytes / total_time if total_time else None
-
-
-def _metrics(loaded: LoadedModel, tokens_per_s: float) -> tuple[int, float, float | None, float | None]:
-    weight_bytes = loaded.weight_bytes
-    achieved = weight_bytes * tokens_per_s
-    bandwidth = _bandwidth(loaded)
-    efficiency = None
-    if bandwidth and weight_bytes >= ROOFLINE_MIN_BYTES:
-        efficiency = achieved / bandwidth
-    return weight_bytes, achieved, bandwidth, efficiency
-
-
-def _rate(n: int, times: list[float], t0: float, t_end: float) -> float:
-    """Decode tokens/s: steps after the first over the time they took."""
-    if n >= 2 and len(times) >= n and times[n - 1] > times[0]:
-        return (n - 1) / (times[n - 1] - times[0])
-    span = t_end - (times[0] if times else t0)
-    return n / span if span > 0 and n else 0.0
-
-
-def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,  # noqa: C901 (split with the module, issue 10)
+def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
          on_piece: Callable[[str], None] | None, stop_event: threading.Event | None) -> list[GenerationResult]:
     """Generate for one prompt (streamed to ``on_piece``) or a left-padded batch; in this thread."""
     params.validate()
@@ -443,7 +239,7 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,  
         loaded.require()  # unloaded while we waited for the lock
         loaded.touch()
         t0 = time.perf_counter()
-        model, tok = loaded.model, loaded.tokenizer
+        tok = loaded.tokenizer
         texts, add_special = [], True
         for p in prompts:
             text, add_special = render_prompt(tok, p, params.system_prompt)
@@ -454,95 +250,103 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,  
         except GenerationError as exc:
             post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
             raise
-        first_device = next(iter(loaded.placement), loaded.devices[0])
-        if first_device == "meta":
-            first_device = loaded.devices[0]
-        input_ids = enc["input_ids"].to(first_device)
-        attention = enc["attention_mask"].to(first_device)
         prompt_lens = [int(x) for x in enc["attention_mask"].sum(dim=1).tolist()]
-        streamer = _streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop)
+        streamer = streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop)
         event = stop_event or threading.Event()
-        criteria = [_EventStop(event)]
         post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
              prompt_tokens=sum(prompt_lens), max_new_tokens=params.max_new_tokens)
-        failure: WorkbenchError | None = None
-        try:
-            import torch
-            from transformers import StoppingCriteriaList
-
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            try:
-                with torch.inference_mode():
-                    out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
-                                         streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria),
-                                         tokenizer=tok)
-            finally:
-                _memory.release_omp_threads()  # one OpenMP team at a time
-        except Exception as exc:  # translated below, outside the handler, so no frame pins activations
-            from .loader import _scrub
-
-            if _is_oom(exc):
-                failure = GenerationOutOfMemoryError(
-                    f"{loaded.name} ran out of memory generating on {', '.join(loaded.devices)} "
-                    f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
-                    hint="the model is still loaded: try a shorter prompt, fewer new tokens or a smaller batch",
-                    name=loaded.name, devices=list(loaded.devices))
-            else:
-                failure = GenerationError(f"generation with {loaded.name} failed ({type(exc).__name__}: {exc})",
-                                          hint="the model is still loaded; check the prompt and settings",
-                                          name=loaded.name)
-            _scrub(exc)
-            del exc
-        if failure is not None:
-            input_ids = attention = enc = None
-            _memory.release_memory()
-            post("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
-            raise failure
+        seqs = _call_generate(loaded, enc, gc, params, streamer, event)
+        del enc
         t_end = time.perf_counter()
-        seqs = out[:, input_ids.shape[1]:].tolist()
-        del out
-        eos = _eos_ids(loaded, gc)
-        pad = gc.pad_token_id
-        results = []
+        eos, pad = _eos_ids(loaded, gc), gc.pad_token_id
+        streamed = len(texts) == 1 and on_piece is not None
+        rows = []
         for i, row in enumerate(seqs):
-            ids, ended = _row_tokens(row, eos, pad)
-            if len(texts) == 1 and on_piece is not None:
-                text = streamer.gate.final_text
-                hit = streamer.gate.hit is not None
-            else:
-                gate = _TextGate(params.stop)
-                gate.feed(tok.decode(ids, skip_special_tokens=True))
-                gate.finish()
-                text, hit = gate.final_text, gate.hit is not None
-            if hit:
-                stopped = "stop_string"
-                stop = next(s for s in params.stop if s in tok.decode(ids, skip_special_tokens=True))
-                ids = ids[: _tokens_to_stop(tok, ids, stop)]
-            elif ended:
-                stopped = "eos"
-            elif event.is_set() and len(ids) < params.max_new_tokens:
-                stopped = "cancelled"
-            else:
-                stopped = "max_new_tokens"
-            n = len(ids)
+            text, n, stopped = _row_outcome(tok, row, eos, pad, params, event, streamer.gate if streamed else None)
             times = streamer.step_times
             ttft = (times[0] - t0) if times else (t_end - t0)
-            rate = _rate(n, times, t0, t_end)
-            results.append((text, prompt_lens[i], n, ttft, rate, stopped))
+            rows.append((text, prompt_lens[i], n, ttft, decode_rate(n, times, t0, t_end), stopped))
         total = t_end - t0
     # Measured outside the timed region (once per device, then cached).
-    out_results = []
-    for text, plen, n, ttft, rate, stopped in results:
-        wbytes, achieved, bw, eff = _metrics(loaded, rate)
-        out_results.append(GenerationResult(text, plen, n, ttft, rate, total, stopped, wbytes, achieved, bw, eff,
-                                            loaded.name))
-    agg = out_results[0]
-    post("generate_finished", f"{loaded.name}: {sum(r.new_tokens for r in out_results)} tokens, "
-         f"{agg.tokens_per_s:.1f} tokens/s", model=loaded.name, tokens_per_s=agg.tokens_per_s,
-         new_tokens=sum(r.new_tokens for r in out_results), ttft_s=agg.ttft_s, total_s=total, batch=len(texts),
-         decode_efficiency=agg.decode_efficiency)
-    return out_results
+    results = [GenerationResult(text, plen, n, ttft, rate, total, stopped, *roofline(loaded, rate), loaded.name)
+               for text, plen, n, ttft, rate, stopped in rows]
+    agg = results[0]
+    new_tokens = sum(r.new_tokens for r in results)
+    post("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
+         model=loaded.name, tokens_per_s=agg.tokens_per_s, new_tokens=new_tokens, ttft_s=agg.ttft_s, total_s=total,
+         batch=len(texts), decode_efficiency=agg.decode_efficiency)
+    return results
+
+
+def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationParams, streamer: Any,
+                   event: threading.Event) -> list[list[int]]:
+    """``model.generate`` on the encoded prompts; the new tokens of each row.
+
+    Raises:
+        GenerationOutOfMemoryError, GenerationError: after the failed call's frames are
+            cleared and memory released (the model stays loaded).
+    """
+    first_device = next(iter(loaded.placement), loaded.devices[0])
+    if first_device == "meta":
+        first_device = loaded.devices[0]
+    input_ids = enc["input_ids"].to(first_device)
+    attention = enc["attention_mask"].to(first_device)
+    failure: WorkbenchError | None = None
+    try:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        try:
+            with torch.inference_mode():
+                out = loaded.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
+                                            streamer=streamer, stopping_criteria=StoppingCriteriaList([EventStop(event)]),
+                                            tokenizer=loaded.tokenizer)
+        finally:
+            _memory.release_omp_threads()  # one OpenMP team at a time
+    except Exception as exc:  # translated below, outside the handler, so no frame pins activations
+        failure = _generation_failure(loaded, exc)
+        _memory.scrub_exception(exc)
+        del exc
+    if failure is not None:
+        input_ids = attention = None
+        _memory.release_memory()
+        post("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
+        raise failure
+    seqs = out[:, input_ids.shape[1]:].tolist()
+    del out
+    return seqs
+
+
+def _generation_failure(loaded: LoadedModel, exc: BaseException) -> WorkbenchError:
+    if is_oom(exc):
+        return GenerationOutOfMemoryError(
+            f"{loaded.name} ran out of memory generating on {', '.join(loaded.devices)} "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
+            hint="the model is still loaded: try a shorter prompt, fewer new tokens or a smaller batch",
+            name=loaded.name, devices=list(loaded.devices))
+    return GenerationError(f"generation with {loaded.name} failed ({type(exc).__name__}: {exc})",
+                           hint="the model is still loaded; check the prompt and settings", name=loaded.name)
+
+
+def _row_outcome(tok: Any, row: list[int], eos: set[int], pad: int | None, params: GenerationParams,
+                 event: threading.Event, streamed: StopStringGate | None) -> tuple[str, int, StoppedBy]:
+    """``(text, new tokens, stopped_by)`` of one row; ``streamed`` is the gate a streamed row went through."""
+    ids, ended = _row_tokens(row, eos, pad)
+    gate = streamed or StopStringGate.cut(tok.decode(ids, skip_special_tokens=True), params.stop)
+    stopped: StoppedBy
+    if gate.hit is not None:
+        stopped = "stop_string"
+        stop = next(s for s in params.stop if s in tok.decode(ids, skip_special_tokens=True))
+        ids = ids[: _tokens_to_stop(tok, ids, stop)]
+    elif ended:
+        stopped = "eos"
+    elif event.is_set() and len(ids) < params.max_new_tokens:
+        stopped = "cancelled"
+    else:
+        stopped = "max_new_tokens"
+    return gate.final_text, len(ids), stopped
 
 
 def _resolve(loaded: LoadedModel | str) -> LoadedModel:

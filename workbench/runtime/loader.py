@@ -274,10 +274,3 @@ def _require_chosen_devices(entry: ModelEntry, spec: LoadSpec, placement: dict[s
             hint="add a device, raise max_memory, or use a smaller quantization",
             devices=list(spec.devices), name=entry.name)
 
-
-# Old private names generation.py still imports; they go with generation.py's split.
-from ._memory import scrub_exception as _scrub  # noqa: E402
-from .load_errors import is_oom as _is_oom  # noqa: E402
-
-__all__ = ["PHASES", "LoadOutcome", "bnb_config", "load", "measure_placement", "torch_dtype_name",
-           "_is_oom", "_scrub"]
