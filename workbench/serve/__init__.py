@@ -43,6 +43,8 @@ _EXPORTS = {
     "parse_dcgm": "metrics",
     "scrape": "metrics",
     "EngineWatcher": "watch",
+    "DcgmWatcher": "watch",
+    "MetricsWatcher": "watch",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -1,4 +1,5 @@
-"""The Telemetry panel: live plots per GPU and for the CPU/RAM, with the workbench's events marked.
+"""The Telemetry panel: live plots per GPU, for the CPU/RAM, for serving engines' metrics
+(vLLM's ``/metrics``) and for other hosts' GPUs (DCGM exporters), with the workbench's events marked.
 
 Redraws are cheap on purpose: at most 4 a second, one ``batch_update()`` each
 (one comm message for every trace and mark), at most :data:`MAX_POINTS` points a
@@ -14,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from .base import Panel, Throttle
 from .display import esc, figure_html, html_table
 
 if TYPE_CHECKING:
+    from ..serve.watch import DcgmWatcher, EngineWatcher
     from ..telemetry import EventLog, Sampler
 
 
@@ -59,9 +61,20 @@ HOST_PLOTS = (
     (("ram_used_bytes", "RAM used"), ("process_rss_bytes", "kernel RSS")),
 )
 HOST_TITLES = ("CPU (%)", "RAM (GiB)")
+# Per engine, one subplot each: ((series key from EngineWatcher.series, trace name, scale divisor), ...)
+ENGINE_PLOTS = (
+    (("requests_running", "running", 1.0), ("requests_waiting", "waiting", 1.0)),
+    (("kv_cache_usage", "KV cache used", 0.01),),  # a fraction, shown in percent
+    (("generation_tokens_per_s", "generated tokens/s", 1.0),),
+    (("ttft_p50_s", "TTFT p50", 1e-3), ("itl_p50_s", "ITL p50", 1e-3)),  # seconds, shown in ms
+)
+ENGINE_TITLES = ("Requests", "KV cache used (%)", "Generation (tokens/s)", "Latency p50 (ms)")
+ENGINE_PREFIX = "engine:"
+DCGM_PREFIX = "dcgm:"
 _EVENT_COLOURS = {
     "load_started": "#1f77b4", "load_finished": "#2ca02c", "generate_started": "#9467bd",
     "generate_finished": "#8c564b", "unload": "#ff7f0e", "error": "#d62728",
+    "engine_started": "#17becf", "engine_ready": "#2ca02c", "engine_stopped": "#ff7f0e",
 }
 
 
@@ -84,6 +97,18 @@ def _downsample(times: np.ndarray, values: np.ndarray, max_points: int) -> tuple
     return times[idx], values[idx]
 
 
+def _column(values: Sequence[float | None], scale: float = 1.0) -> np.ndarray:
+    """float32 values (``None`` and infinities as NaN: a gap in the line), divided by ``scale``."""
+    out = np.array([np.nan if v is None else v for v in values], dtype=np.float64) / scale
+    out[~np.isfinite(out)] = np.nan
+    return out.astype(np.float32)
+
+
+def _watched_trace(name: str, times: np.ndarray, values: np.ndarray, t_end: float) -> Trace:
+    t, v = _downsample(times, values, MAX_POINTS)
+    return Trace(name, (t - t_end).astype(np.float32), v.astype(np.float32))
+
+
 class TelemetryPanel(Panel):
     """Live GPU, CPU and RAM plots from the process's one sampler, with event marks.
 
@@ -94,6 +119,13 @@ class TelemetryPanel(Panel):
         event_log: default the process-wide log.
         clock: monotonic seconds for the redraw throttle (default ``time.monotonic``);
             tests pass a fake clock and call :meth:`tick` instead of sleeping.
+        watchers: engines to plot (:class:`workbench.serve.EngineWatcher`, driven by their
+            owner). Default: a watcher for each running vLLM endpoint in the registry, started
+            when the panel is shown and stopped when it closes (``transformers serve`` has no
+            ``/metrics``). ``[]`` plots no engine.
+        dcgm_urls: DCGM exporter ``/metrics`` URLs (``"http://node-a:9400/metrics"``), or
+            :class:`workbench.serve.DcgmWatcher` objects (driven by their owner); one figure
+            each, a line per ``host/gpu N`` it reports.
 
     Example:
         >>> panel = TelemetryPanel(window_s=120)
@@ -105,7 +137,8 @@ class TelemetryPanel(Panel):
     title = "Telemetry"
 
     def __init__(self, sampler: Sampler | None = None, window_s: float = 300, event_log: EventLog | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, watchers: Sequence[EngineWatcher] | None = None,
+                 dcgm_urls: Sequence[str | DcgmWatcher] = ()) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
 
@@ -123,6 +156,16 @@ class TelemetryPanel(Panel):
         self._draw_lock = threading.Lock()
         self._unsubscribers: list[Any] = []
         self._figures: dict[str, Any] = {}  # "host" or a GPU name -> FigureWidget
+        self._engines: list[EngineWatcher] | None = None if watchers is None else list(watchers)
+        self._dcgm: list[DcgmWatcher] = []
+        self._owned: list[Any] = []  # watchers this panel made: it starts and stops them
+        for item in dcgm_urls:
+            if isinstance(item, str):
+                from ..serve.watch import DcgmWatcher
+
+                item = DcgmWatcher(item)
+                self._owned.append(item)
+            self._dcgm.append(item)
 
     # --- data ------------------------------------------------------------------------------
 
@@ -135,6 +178,51 @@ class TelemetryPanel(Panel):
         """GPU names with telemetry (empty without NVML: then only CPU/RAM plots)."""
         return list(self.sampler.gpu_devices)
 
+    def engine_watchers(self) -> list[EngineWatcher]:
+        """The engines plotted (found in the endpoint registry on first use unless passed in)."""
+        if self._engines is None:
+            from ..serve.registry import EndpointRegistry
+            from ..serve.watch import EngineWatcher
+
+            self._engines = [EngineWatcher(st.endpoint) for st in EndpointRegistry().statuses()
+                             if st.state == "running" and st.endpoint.engine == "vllm"]
+            self._owned.extend(self._engines)
+        return self._engines
+
+    def watched_keys(self) -> list[str]:
+        """Plot-group keys of the engines (``"engine:NAME"``) and DCGM exporters (``"dcgm:URL"``)."""
+        return ([ENGINE_PREFIX + w.name for w in self.engine_watchers()]
+                + [DCGM_PREFIX + w.url for w in self._dcgm])
+
+    def _start_watchers(self, live: bool) -> None:
+        """Start the watchers this panel owns (``live``), or scrape each empty one once now (a report)."""
+        self.engine_watchers()
+        for w in self._owned:
+            if live:
+                w.start()
+            elif not w.samples():
+                w.scrape_once()
+
+    def _watched_end(self) -> float | None:
+        ends = [w.samples()[-1].time_s for w in [*self.engine_watchers(), *self._dcgm] if w.samples()]
+        return max(ends, default=None)
+
+    def _engine_traces(self, w: EngineWatcher, t_end: float) -> list[list[Trace]]:
+        cols = w.series()
+        times = np.asarray(cols["time_s"], dtype=np.float64)
+        return [[_watched_trace(name, times, _column(cols[key], scale), t_end) for key, name, scale in plot]
+                for plot in ENGINE_PLOTS]
+
+    @staticmethod
+    def _dcgm_traces(w: DcgmWatcher, t_end: float) -> list[list[Trace]]:
+        per_gpu = w.series()
+        plots: list[list[Trace]] = []
+        for metric, _, scale in GPU_PLOTS:
+            plots.append([_watched_trace(f"{host}/gpu {gpu}", np.asarray(cols["time_s"], dtype=np.float64),
+                                         _column(cols[metric], scale), t_end)
+                          for (host, gpu), cols in per_gpu.items()])
+        return plots
+
     def traces(self, now_s: float | None = None) -> tuple[float, dict[str, list[list[Trace]]]]:
         """The data of every plot: ``(t_end, {"host": [[Trace...] per subplot], "cuda:0": ...})``.
 
@@ -144,6 +232,10 @@ class TelemetryPanel(Panel):
         since = (now_s or time.time()) - self.window_s
         times, cols = self.sampler.columns(since)
         t_end = float(times[-1]) if len(times) else (now_s or time.time())
+        # One timeline for every group: the newest reading of the sampler or any watcher is 0.
+        watched_end = self._watched_end()
+        if watched_end is not None and (not len(times) or watched_end > t_end):
+            t_end = watched_end
         out: dict[str, list[list[Trace]]] = {}
 
         def series(key: str, scale: float, name: str) -> Trace:
@@ -159,6 +251,10 @@ class TelemetryPanel(Panel):
                        for plot in HOST_PLOTS]
         for dev in self.devices():
             out[dev] = [[series(f"{dev}/{metric}", scale, dev)] for metric, _, scale in GPU_PLOTS]
+        for w in self.engine_watchers():
+            out[ENGINE_PREFIX + w.name] = self._engine_traces(w, t_end)
+        for w in self._dcgm:
+            out[DCGM_PREFIX + w.url] = self._dcgm_traces(w, t_end)
         return t_end, out
 
     def events(self, t_end: float | None = None) -> list[Any]:
@@ -172,7 +268,19 @@ class TelemetryPanel(Panel):
     def _layout(key: str) -> tuple[int, int, tuple[str, ...]]:
         if key == "host":
             return 1, 2, HOST_TITLES
+        if key.startswith(ENGINE_PREFIX):
+            return 2, 2, ENGINE_TITLES
         return 2, 2, tuple(title for _, title, _ in GPU_PLOTS)
+
+    @staticmethod
+    def _title(key: str) -> str:
+        if key == "host":
+            return "CPU and RAM"
+        if key.startswith(ENGINE_PREFIX):
+            return f"Engine {key.removeprefix(ENGINE_PREFIX)}"
+        if key.startswith(DCGM_PREFIX):
+            return f"GPUs from DCGM exporter {key.removeprefix(DCGM_PREFIX)}"
+        return f"GPU {key}"
 
     def _empty_figure(self, key: str, widget: bool) -> Any:
         import plotly.graph_objects as go
@@ -183,9 +291,9 @@ class TelemetryPanel(Panel):
                             vertical_spacing=0.16 if rows > 1 else 0.1)
         if widget:
             fig = go.FigureWidget(fig)
-        title = "CPU and RAM" if key == "host" else f"GPU {key}"
-        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=60, b=40), title=dict(text=title, x=0.01),
-                          showlegend=key == "host", template="plotly_white",
+        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=60, b=40),
+                          title=dict(text=esc(self._title(key)), x=0.01),
+                          showlegend=key not in self.devices(), template="plotly_white",
                           legend=dict(orientation="h", x=1.0, xanchor="right", y=1.18, yanchor="bottom"))
         fig.update_xaxes(title_text="seconds (0 = latest sample)", range=[-self.window_s, 0])
         return fig
@@ -212,7 +320,9 @@ class TelemetryPanel(Panel):
 
         rows, cols, _ = self._layout(key)
         flat = [(i, t) for i, plot in enumerate(plots) for t in plot]
-        if len(fig.data) != len(flat):
+        if [d.name for d in fig.data] != [t.name for _, t in flat]:
+            # A DCGM exporter can report another GPU: lay the traces out afresh.
+            fig.data = ()
             for i, trace in flat:
                 fig.add_trace(go.Scatter(x=trace.x, y=trace.y, name=trace.name, mode="lines",
                                          line=dict(width=1.5), hovertemplate="%{y:.3g}<extra>%{fullData.name}</extra>"),
@@ -298,9 +408,23 @@ class TelemetryPanel(Panel):
         for g in s.gpus:
             lines.append(f"<b>{esc(g.device)}</b> {esc(g.utilization_str)} &middot; {esc(g.memory_used_str)} / "
                          f"{esc(g.memory_total_str)} &middot; {esc(g.power_str)} &middot; {esc(g.temperature_str)}")
+        lines += self._watched_status()
         for notice in self.sampler.notices:
             lines.append(f"<span style='color:#666'>{esc(notice)}</span>")
         return "<div style='font-size:13px;line-height:1.6'>" + "<br>".join(lines) + "</div>"
+
+    def _watched_status(self) -> list[str]:
+        lines = []
+        for w in self.engine_watchers():
+            m = w.samples()[-1] if w.samples() else None
+            if m is not None:
+                kv = "n/a" if m.kv_cache_usage is None else f"{100 * m.kv_cache_usage:.0f}%"
+                lines.append(f"<b>{esc(w.name)}</b> {m.requests_running or 0:g} running &middot; "
+                             f"{m.requests_waiting or 0:g} waiting &middot; KV cache {esc(kv)}")
+        for w in [*self.engine_watchers(), *self._dcgm]:
+            if w.last_error is not None:
+                lines.append(f"<span style='color:#666'>{esc(w.name)}: {esc(str(w.last_error))}</span>")
+        return lines
 
     def tick(self, _item: Any = None) -> bool:
         """What each new sample or event does: redraw, unless paused or the last redraw is
@@ -338,7 +462,9 @@ class TelemetryPanel(Panel):
         export.on_click(self.guarded(lambda _: self.show_message(f"Wrote {self.export_csv()}", "ok")))
         self._export_button = export
 
-        figures = {key: self._empty_figure(key, widget=True) for key in ["host", *self.devices()]}
+        self._start_watchers(live=True)
+        figures = {key: self._empty_figure(key, widget=True)
+                   for key in ["host", *self.devices(), *self.watched_keys()]}
         self._draw_initial(figures)
         # Publish the figures (and subscribe) only once their traces exist, so a redraw on the
         # sampler's thread never races the first fill.
@@ -346,7 +472,7 @@ class TelemetryPanel(Panel):
         self._unsubscribers = [self.sampler.subscribe(self._on_sample), self.event_log.subscribe(self._on_event)]
         children = [widgets.HBox([self._pause, self._window, export]), self._status]
         # GPUs first: they are what people come for; the host plot last.
-        children += [figures[k] for k in [*self.devices(), "host"]]
+        children += [figures[k] for k in [*self.devices(), *self.watched_keys(), "host"]]
         return widgets.VBox(children)
 
     def _draw_initial(self, figures: dict[str, Any]) -> None:
@@ -364,6 +490,8 @@ class TelemetryPanel(Panel):
             unsubscribe()
         self._unsubscribers = []
         self._figures = {}
+        for w in self._owned:
+            w.stop()
         super().close()
 
     # --- static ----------------------------------------------------------------------------
@@ -371,10 +499,11 @@ class TelemetryPanel(Panel):
     def static_html(self, plots: bool = True) -> str:
         """Figures of the window (plotly.js inline once per page), the latest readings and the events."""
         self._ensure_sampled()
+        self._start_watchers(live=False)
         t_end = time.time()
         parts = [self.status_html()]
         if plots:
-            for key in [*self.devices(), "host"]:
+            for key in [*self.devices(), *self.watched_keys(), "host"]:
                 parts.append(figure_html(self.figure(key)))
         events = self.events(t_end)
         if events:
