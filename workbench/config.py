@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Int, TraitError, Unicode, default, validate
+from traitlets import Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
 
@@ -178,6 +178,14 @@ class WorkbenchSettings(Configurable):
             "`workbench endpoints add`. API keys are never stored there, only the names of the environment "
             "variables that hold them. Environment: WORKBENCH_ENDPOINTS_FILE. "
             "Default: $XDG_DATA_HOME/workbench/endpoints.json."
+        ),
+    ).tag(config=True)
+
+    dcgm_urls = List(
+        Unicode(),
+        help=(
+            "NVIDIA DCGM exporter pages (e.g. ['http://node-a:9400/metrics']) whose GPUs the Telemetry tab plots "
+            "beside the local ones, one line per host/gpu. Default: none."
         ),
     ).tag(config=True)
 

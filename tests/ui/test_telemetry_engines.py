@@ -6,6 +6,7 @@ seam; the panel is driven through :meth:`tick`/:meth:`redraw` with a fake clock.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -123,3 +124,19 @@ def test_no_engines_no_exporters_no_extra_figures(sampler, event_log) -> None:
     _ = panel.widget
     assert list(panel._figures) == ["host"]
     panel.close()
+
+
+def test_dcgm_urls_setting_from_a_jupyter_config_file(sampler, event_log, tmp_path, monkeypatch) -> None:
+    from workbench.config import reset_settings
+
+    url = "http://node-z:9400/metrics"
+    (tmp_path / "jupyter_workbench_config.json").write_text(
+        json.dumps({"WorkbenchSettings": {"dcgm_urls": [url]}}), encoding="utf-8")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
+    reset_settings()
+    try:
+        panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log, watchers=[])
+        assert panel.watched_keys() == [f"dcgm:{url}"]
+        panel.close()
+    finally:
+        reset_settings()

@@ -125,7 +125,7 @@ class TelemetryPanel(Panel):
             ``/metrics``). ``[]`` plots no engine.
         dcgm_urls: DCGM exporter ``/metrics`` URLs (``"http://node-a:9400/metrics"``), or
             :class:`workbench.serve.DcgmWatcher` objects (driven by their owner); one figure
-            each, a line per ``host/gpu N`` it reports.
+            each, a line per ``host/gpu N`` it reports. Default: the ``dcgm_urls`` setting.
 
     Example:
         >>> panel = TelemetryPanel(window_s=120)
@@ -138,7 +138,7 @@ class TelemetryPanel(Panel):
 
     def __init__(self, sampler: Sampler | None = None, window_s: float = 300, event_log: EventLog | None = None,
                  clock: Callable[[], float] | None = None, watchers: Sequence[EngineWatcher] | None = None,
-                 dcgm_urls: Sequence[str | DcgmWatcher] = ()) -> None:
+                 dcgm_urls: Sequence[str | DcgmWatcher] | None = None) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
 
@@ -159,6 +159,10 @@ class TelemetryPanel(Panel):
         self._engines: list[EngineWatcher] | None = None if watchers is None else list(watchers)
         self._dcgm: list[DcgmWatcher] = []
         self._owned: list[Any] = []  # watchers this panel made: it starts and stops them
+        if dcgm_urls is None:
+            from ..config import get_settings
+
+            dcgm_urls = get_settings().dcgm_urls
         for item in dcgm_urls:
             if isinstance(item, str):
                 from ..serve.watch import DcgmWatcher
