@@ -111,3 +111,19 @@ def test_transformers_reads_only_the_part_it_is_given(tmp_path):
                                                         output_loading_info=True)
     # output_norm.weight (-> model.norm.weight) is written to a later part.
     assert "model.norm.weight" in info["missing_keys"]
+
+
+def test_a_folder_with_one_part_is_a_broken_gguf_and_load_names_the_part(tmp_path):
+    from workbench.errors import MissingTokenizerError
+    from workbench.store.safety import check_entry
+
+    root = tmp_path / "root"
+    parts = write_split(root / "m", "m")
+    for p in parts[1:]:
+        p.unlink()
+    entry = ModelStore([root], cache_path=None).get("m")
+    assert (entry.format, entry.status) == ("gguf", "broken")
+    with pytest.raises(BrokenModelError) as err:
+        check_entry(entry)
+    assert not isinstance(err.value, MissingTokenizerError)
+    assert parts[1].name in str(err.value)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import BrokenModelError
 from . import prequant
-from .entry import ModelEntry, WeightStats
+from .entry import Format, ModelEntry, WeightStats
 from .gguf_header import TORCH_DTYPES, read_gguf_header
 from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
@@ -215,8 +215,7 @@ class Scanner:
                 return self._gguf(base, path, path.parent, size=path.stat().st_size)
             return self._folder(base, path)
         except BrokenModelError as exc:
-            fmt = "gguf" if path.suffix == ".gguf" else "safetensors"
-            return ModelEntry(**base, format=fmt, status="broken", problem=str(exc))
+            return ModelEntry(**base, format=_broken_format(path), status="broken", problem=str(exc))
         except OSError as exc:
             return ModelEntry(**base, format="safetensors", status="broken",
                               problem=f"{path.name}: cannot be read ({exc.strerror or exc})")
@@ -371,6 +370,20 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
     if packed is not None:
         summary["prequant"] = packed
     return summary
+
+
+def _broken_format(path: Path) -> Format:
+    """The format a broken entry is listed with: what its weight files are (a lone GGUF part is ``gguf``)."""
+    if path.suffix == ".gguf":
+        return "gguf"
+    try:
+        names = [p.name for p in path.iterdir()] if path.is_dir() else []
+    except OSError:
+        names = []
+    for suffixes, fmt in ((".safetensors", "safetensors"), (".gguf", "gguf"), (PICKLE_SUFFIXES, "pickle")):
+        if any(n.endswith(suffixes) for n in names):
+            return fmt  # type: ignore[return-value]
+    return "safetensors"
 
 
 def _gguf_summary(path: Path) -> dict[str, Any]:
