@@ -59,12 +59,12 @@ def unwritable(tmp_path: Path) -> Path:
     """A folder this process cannot create files in.
 
     Permission bits do not bind root, which is how these machines run tests: there, sysfs
-    is a real filesystem that refuses new files to everyone.
+    and procfs are real filesystems that refuse new files to everyone, so one always exists on Linux.
     """
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    for candidate in (locked / "store", locked, Path("/sys/kernel/workbench-store")):
+    for candidate in (locked / "store", locked, Path("/sys/kernel/workbench-store"), Path("/proc/workbench-store")):
         try:
             fd, probe = tempfile.mkstemp(dir=candidate if candidate.exists() else candidate.parent)
         except OSError:
@@ -74,7 +74,7 @@ def unwritable(tmp_path: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     locked.chmod(0o755)
-    pytest.skip("no folder on this machine refuses this process a new file")
+    pytest.fail("no folder on this machine refuses this process a new file, not even /sys or /proc")
 
 
 @pytest.mark.parametrize("as_json", [False, True])
