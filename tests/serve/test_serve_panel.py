@@ -14,7 +14,7 @@ def test_start_watch_stop_and_errors_in_the_banner(seeded_store, fake_vllm, fake
     fake_nvml([FakeGpu(memory_total_bytes=8 * 2**30, memory_used_bytes=5 * 2**30)], torch=True)
     panel = ServePanel()
     panel.widget  # noqa: B018 (build the widgets, as a live display would)
-    assert SMOL in panel._w["model"].options
+    assert SMOL in panel.controls.model.options
 
     # A refused start: the banner says why, and the panel stays usable.
     try:
@@ -25,11 +25,11 @@ def test_start_watch_stop_and_errors_in_the_banner(seeded_store, fake_vllm, fake
 
     ep = panel.start_engine(SMOL, engine="vllm", devices="cuda:0")
     assert panel.message[1] == "ok" and ep.base_url in panel.message[0]
-    assert panel._w["endpoint"].value == SMOL and "running" in panel._w["table"].value
-    assert "fake engine serving" in panel._w["log"].value
+    assert panel.controls.endpoint.value == SMOL and "running" in panel.outputs.table.value
+    assert "fake engine serving" in panel.outputs.log.value
     assert SMOL in panel.static_html() and ep.base_url in panel.static_html()
 
     assert panel.stop_endpoint(SMOL).was_running
-    assert not process.is_running(ep.pid) and panel._w["endpoint"].options == ()
-    assert "No endpoints" in panel._w["table"].value
+    assert not process.is_running(ep.pid) and panel.controls.endpoint.options == ()
+    assert "No endpoints" in panel.outputs.table.value
     panel.close()

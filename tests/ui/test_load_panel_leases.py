@@ -29,7 +29,7 @@ def test_gpu_rows_show_leases_and_processes(tiny_store, fake_nvml, clean_devices
     html = panel.static_html()
     assert f"cuda:0: 10.0 GiB leased by alice (Mixtral-8x7B, kernel {os.getpid()}, idle 0 s)" in html
     assert f"pid {os.getpid()}" in html and "3.0 GiB" in html
-    label = panel._device_html(next(d for d in panel.device_records if d.name == "cuda:0"))
+    label = panel.device_html(next(d for d in panel.device_records if d.name == "cuda:0"))
     assert "leases: cuda:0: 10.0 GiB leased by alice" in label and "held by:" in label
 
 
@@ -42,7 +42,7 @@ def test_idle_unload_banner(registry):
     registry.idle_watcher.check(now=m.last_used + 1801)
     [notice] = panel.check_idle_unloads()
     assert panel.message == ("tiny-llama unloaded after 30 min idle: load again to continue", "warning")
-    assert "unloaded after 30 min idle: load again to continue" in panel._banner.value
-    assert "No model loaded" in panel._loaded_w.value
+    assert "unloaded after 30 min idle: load again to continue" in panel.outputs.banner.value
+    assert "No model loaded" in panel.outputs.loaded.value
     assert panel.check_idle_unloads() == []  # shown once
     panel.close()

@@ -27,11 +27,11 @@ def test_prequantized_model_offers_no_quantization(prequant_store) -> None:
 
     panel = LoadPanel(registry=Registry(ModelStore()))
     _ = panel.widget
-    panel._model_w.value = "tiny-llama"
-    panel._quant_w.value = "int8"
-    panel._model_w.value = "llama-nf4"
-    assert tuple(panel._quant_w.options) == ("none",) and panel._quant_w.disabled
-    assert panel.spec().quant == "none" and "nf4" in panel._quant_w.description
-    assert "in nf4 needs about" in panel._check_w.value
-    panel._model_w.value = "tiny-llama"
-    assert "int8" in panel._quant_w.options and not panel._quant_w.disabled
+    panel.controls.model.value = "tiny-llama"
+    panel.controls.quant.value = "int8"
+    panel.controls.model.value = "llama-nf4"
+    assert tuple(panel.controls.quant.options) == ("none",) and panel.controls.quant.disabled
+    assert panel.spec().quant == "none" and "nf4" in panel.controls.quant.description
+    assert "in nf4 needs about" in panel.outputs.check.value
+    panel.controls.model.value = "tiny-llama"
+    assert "int8" in panel.controls.quant.options and not panel.controls.quant.disabled

@@ -29,43 +29,43 @@ def _load(registry, model: str = "tiny-llama"):
 def test_load_panel_checks_loads_places_and_unloads(tiny_store: Path, registry) -> None:
     panel = LoadPanel(registry=registry)
     _ = panel.widget
-    panel._model_w.value = "tiny-llama"
-    panel._dtype_w.value = "float32"
-    assert ": fits" in panel._check_w.value and "in float32 needs about" in panel._check_w.value
-    panel._budget_fields["cpu"].value = 0.00001  # about 10 KiB
-    assert "does not fit" in panel._check_w.value
-    panel._budget_fields["cpu"].value = 0.0
-    panel._quant_w.value = "nf4"
-    assert not panel._dq_w.disabled and "in nf4 needs about" in panel._check_w.value
-    panel._quant_w.value = "none"
-    assert panel._dq_w.disabled
+    panel.controls.model.value = "tiny-llama"
+    panel.controls.dtype.value = "float32"
+    assert ": fits" in panel.outputs.check.value and "in float32 needs about" in panel.outputs.check.value
+    panel.controls.budgets["cpu"].value = 0.00001  # about 10 KiB
+    assert "does not fit" in panel.outputs.check.value
+    panel.controls.budgets["cpu"].value = 0.0
+    panel.controls.quant.value = "nf4"
+    assert not panel.controls.double_quant.disabled and "in nf4 needs about" in panel.outputs.check.value
+    panel.controls.quant.value = "none"
+    assert panel.controls.double_quant.disabled
 
-    panel._load_button.click()
+    panel.controls.load.click()
     loaded = panel.wait()
     assert loaded.name in [m.name for m in registry.list()]
-    assert panel._bar.value == 1.0 and panel._bar.bar_style == "success"
-    assert loaded.name in panel._loaded_w.value and "cpu:" in panel._loaded_w.value
+    assert panel.outputs.progress.value == 1.0 and panel.outputs.progress.bar_style == "success"
+    assert loaded.name in panel.outputs.loaded.value and "cpu:" in panel.outputs.loaded.value
     assert panel.message[1] == "ok"
 
-    panel._unload_pick.value = loaded.name
-    panel._unload_button.click()
+    panel.controls.unload_pick.value = loaded.name
+    panel.controls.unload.click()
     assert registry.list() == [] or loaded.name not in [m.name for m in registry.list()]
-    assert "freed" in panel._banner.value and "No model loaded" in panel._loaded_w.value
+    assert "freed" in panel.outputs.banner.value and "No model loaded" in panel.outputs.loaded.value
 
 
 def test_load_errors_show_in_the_banner_and_the_panel_stays_usable(tiny_store: Path, registry) -> None:
     panel = LoadPanel(registry=registry)
     _ = panel.widget
-    panel._model_w.value = "tiny-llama"
-    panel._budget_fields["cpu"].value = 0.00001
-    panel._load_button.click()
+    panel.controls.model.value = "tiny-llama"
+    panel.controls.budgets["cpu"].value = 0.00001
+    panel.controls.load.click()
     with pytest.raises(Exception):  # noqa: B017 - whichever WorkbenchError the runtime raises
         panel.wait()
-    kind, html = panel.message[1], panel._banner.value
+    kind, html = panel.message[1], panel.outputs.banner.value
     assert kind == "error" and "Traceback" not in html
-    assert panel._bar.bar_style == "danger" and not panel._load_button.disabled
-    panel._budget_fields["cpu"].value = 0.0
-    panel._load_button.click()
+    assert panel.outputs.progress.bar_style == "danger" and not panel.controls.load.disabled
+    panel.controls.budgets["cpu"].value = 0.0
+    panel.controls.load.click()
     assert panel.wait().name
 
 
@@ -73,27 +73,27 @@ def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_stor
     _load(registry)
     panel = PromptPanel(registry=registry)
     _ = panel.widget
-    assert panel._model_w.value == "tiny-llama" and not panel._send_button.disabled
-    panel._param_w["max_new_tokens"].value = 48
-    panel._seed_w.value = "0"
-    panel._input.value = "Hello <world>"
-    panel._send_button.click()
-    assert panel._input.value == ""
+    assert panel.controls.model.value == "tiny-llama" and not panel.controls.send.disabled
+    panel.controls.params["max_new_tokens"].value = 48
+    panel.controls.seed.value = "0"
+    panel.controls.input.value = "Hello <world>"
+    panel.controls.send.click()
+    assert panel.controls.input.value == ""
     result = panel.wait()
     assert result.new_tokens > 0
-    assert "Hello &lt;world&gt;" in panel._transcript.value
-    assert "Tokens/s" in panel._metrics_w.value and "TTFT" in panel._metrics_w.value
+    assert "Hello &lt;world&gt;" in panel.outputs.transcript.value
+    assert "Tokens/s" in panel.outputs.metrics.value and "TTFT" in panel.outputs.metrics.value
     # At most ~10 repaints a second while streaming, plus the first and the last.
     assert panel.flushes <= result.total_s * 10 + 4
     assert [m["role"] for m in panel.history] == ["user", "assistant"]
 
-    panel._batch_input.value = "The capital of France\nHello world\n\n"
-    panel._batch_button.click()
+    panel.controls.batch_input.value = "The capital of France\nHello world\n\n"
+    panel.controls.run_batch.click()
     results = panel.wait()
-    assert len(results) == 2 and "Batch" in panel._batch_w.value and "Hello world" in panel._batch_w.value
+    assert len(results) == 2 and "Batch" in panel.outputs.batch.value and "Hello world" in panel.outputs.batch.value
 
     panel.clear()
-    assert panel.history == [] and "No messages yet" in panel._transcript.value
+    assert panel.history == [] and "No messages yet" in panel.outputs.transcript.value
     static = panel.static_html()
     assert "Tokens/s" in static and "Batch" in static
 
@@ -107,24 +107,24 @@ def test_stop_ends_a_long_answer(tiny_store: Path, registry) -> None:
     deadline = time.monotonic() + 60
     while not panel.pending and time.monotonic() < deadline:
         time.sleep(0.01)
-    panel._stop_button.click()
+    panel.controls.stop.click()
     result = panel.wait()
     assert result.new_tokens < 2000
-    assert panel._stop_button.disabled and not panel._send_button.disabled
+    assert panel.controls.stop.disabled and not panel.controls.send.disabled
 
 
 def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
     panel = PromptPanel(registry=registry)
     _ = panel.widget
-    panel._input.value = "hello"
-    panel._send_button.click()  # nothing loaded
+    panel.controls.input.value = "hello"
+    panel.controls.send.click()  # nothing loaded
     assert panel.message[1] == "error" and "load" in panel.message[0].lower()
     _load(registry)
     panel.refresh_models()
-    panel._input.value = "   "
-    panel._send_button.click()
+    panel.controls.input.value = "   "
+    panel.controls.send.click()
     assert panel.message[1] == "error" and "empty" in panel.message[0]
-    panel._seed_w.value = "abc"
+    panel.controls.seed.value = "abc"
     assert "whole number" in panel.message[0]
 
 
@@ -132,8 +132,8 @@ def test_workbench_links_the_panels(tiny_store: Path, registry, monkeypatch: pyt
     wb = Workbench(registry=registry)
     _ = wb.widget
     assert wb.selected_tab == "Load" and list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry", "Quantization", "Serve"]
-    wb.load._model_w.value = "tiny-gpt2"
-    wb.load._load_button.click()
+    wb.load.controls.model.value = "tiny-gpt2"
+    wb.load.controls.load.click()
     loaded = wb.load.wait()
     assert wb.selected_tab == "Prompt" and wb.prompt.model == loaded.name
     result = wb.prompt.send("Hello", wait=True)

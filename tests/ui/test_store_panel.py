@@ -17,12 +17,12 @@ def test_lists_sorts_and_filters_through_the_widgets(tiny_store: Path) -> None:
     names = [e.name for e in panel.entries]
     assert {"tiny-llama", "tiny-gpt2", "tiny-llama-sharded"} <= set(names)
     _ = panel.widget  # build
-    panel._filter.value = "llama"
+    panel.controls.filter.value = "llama"
     assert {e.name for e in panel.visible} == {"tiny-llama", "tiny-llama-sharded"}
-    assert "tiny-llama-sharded" in panel._table.value and "tiny-gpt2" not in panel._table.value
-    panel._filter.value = ""
-    panel._sort.value = "params"
-    panel._desc.value = True
+    assert "tiny-llama-sharded" in panel.outputs.table.value and "tiny-gpt2" not in panel.outputs.table.value
+    panel.controls.filter.value = ""
+    panel.controls.sort.value = "params"
+    panel.controls.descending.value = True
     params = [e.params for e in panel.visible]
     assert params == sorted(params, reverse=True)
 
@@ -30,8 +30,8 @@ def test_lists_sorts_and_filters_through_the_widgets(tiny_store: Path) -> None:
 def test_details_show_estimates_and_fits(tiny_store: Path) -> None:
     panel = StorePanel()
     _ = panel.widget
-    panel._pick.value = "tiny-qwen2"
-    details = panel._details.value
+    panel.controls.pick.value = "tiny-qwen2"
+    details = panel.outputs.details.value
     assert panel.selected == "tiny-qwen2"
     for text in ("Estimate (before loading)", "float32", "nf4", "KV cache / 1k tokens", "fits on cpu in"):
         assert text in details
@@ -47,13 +47,13 @@ def test_broken_entry_shows_its_reason_and_errors_go_to_the_banner(tiny_store: P
     entry = next(e for e in panel.entries if e.name == "damaged")
     assert entry.status == "broken"
     panel.select("damaged")
-    assert "broken:" in panel._details.value and "damaged" in panel._details.value
+    assert "broken:" in panel.outputs.details.value and "damaged" in panel.outputs.details.value
     # A failing callback lands in the banner, escaped, and the panel keeps working.
     panel.guarded(panel.select)("no-such-<model>")
-    kind, html = panel.message[1], panel._banner.value
+    kind, html = panel.message[1], panel.outputs.banner.value
     assert kind == "error" and "no-such-&lt;model&gt;" in html and "Traceback" not in html
     panel.refresh()
-    assert panel._table.value
+    assert panel.outputs.table.value
 
 
 def test_text_from_model_folders_is_escaped(tiny_store: Path) -> None:

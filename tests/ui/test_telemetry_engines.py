@@ -57,9 +57,9 @@ def test_engine_and_dcgm_figures_update_in_the_batched_redraw(event_log) -> None
     panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log, clock=clock, watchers=[engine],
                            dcgm_urls=[dcgm])
     _ = panel.widget
-    assert list(panel._figures) == ["host", "engine:team-vllm", "dcgm:http://node-a:9400/metrics"]
-    eng_fig = panel._figures["engine:team-vllm"]
-    dcgm_fig = panel._figures["dcgm:http://node-a:9400/metrics"]
+    assert list(panel.figures) == ["host", "engine:team-vllm", "dcgm:http://node-a:9400/metrics"]
+    eng_fig = panel.figures["engine:team-vllm"]
+    dcgm_fig = panel.figures["dcgm:http://node-a:9400/metrics"]
     assert [d.name for d in dcgm_fig.data] == ["node-a/gpu 0", "node-a/gpu 1"] * 4
 
     engine.scrape_once()
@@ -86,7 +86,7 @@ def test_engine_and_dcgm_figures_update_in_the_batched_redraw(event_log) -> None
     # The engine's event is marked on its timeline, one line per subplot.
     assert len(eng_fig.layout.shapes) == 4
     assert [a.text for a in eng_fig.layout.annotations if a.hovertext] == ["engine ready"]
-    assert "team-vllm</b> 5 running" in panel._status.value
+    assert "team-vllm</b> 5 running" in panel.outputs.status.value
     panel.close()
 
 
@@ -122,7 +122,7 @@ def test_no_engines_no_exporters_no_extra_figures(sampler, event_log) -> None:
     panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
     assert panel.watched_keys() == []
     _ = panel.widget
-    assert list(panel._figures) == ["host"]
+    assert list(panel.figures) == ["host"]
     panel.close()
 
 

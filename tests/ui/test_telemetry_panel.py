@@ -95,7 +95,7 @@ def test_live_redraws_are_throttled_and_batched(event_log) -> None:
     s = HandSampler(interval_s=0.05, history_s=60, sources=[FakeHost()])
     panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
     _ = panel.widget
-    fig = panel._figures["host"]
+    fig = panel.figures["host"]
     messages = []
     for name in ("_send_update_msg", "_send_relayout_msg", "_send_restyle_msg"):
         original = getattr(fig, name)
@@ -144,7 +144,7 @@ def test_events_are_marked_and_escaped(sampler, event_log) -> None:
     _ = panel.widget
     event_log.post("load_finished", "loaded <tiny>", model="tiny")
     assert panel.redraw(force=True)
-    fig = panel._figures["host"]
+    fig = panel.figures["host"]
     assert len(fig.layout.shapes) == 2  # one line per subplot
     labels = [a for a in fig.layout.annotations if a.hovertext]
     assert labels[0].text == "load finished" and "&lt;tiny&gt;" in labels[0].hovertext
@@ -158,14 +158,14 @@ def test_pause_and_resume(event_log) -> None:
     s = HandSampler(interval_s=1, history_s=60, sources=[FakeHost()])
     panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
     _ = panel.widget
-    panel._pause.value = True
-    assert panel.paused and panel._pause.description == "Resume"
+    panel.controls.pause.value = True
+    assert panel.paused and panel.controls.pause.description == "Resume"
     frozen = panel.redraws
     for step in range(1, 6):
         clock.now = step
         s.sample_now()  # ticks the panel: nothing drawn while paused
     assert panel.redraws == frozen and panel.tick() is False
-    panel._pause.value = False
+    panel.controls.pause.value = False
     assert not panel.paused and panel.redraws == frozen + 1  # resuming redraws at once
     panel.close()
     s.close()
@@ -176,7 +176,7 @@ def test_a_gpu_gets_its_own_figure(event_log) -> None:
     panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log)
     _ = panel.widget
     assert panel.devices() == ["cuda:0"]
-    fig = panel._figures["cuda:0"]
+    fig = panel.figures["cuda:0"]
     assert len(fig.data) == 4 and float(fig.data[2].y[-1]) == pytest.approx(250.0)
     assert "cuda:0" in panel.status_html() and "250 / 700 W" in panel.status_html()
     panel.close()

@@ -12,7 +12,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -62,6 +63,46 @@ class Throttle:
             return False
 
 
+class WidgetSet:
+    """A read-only namespace of a panel's widgets, named by what they control or show.
+
+    Attribute access (``controls.model``) and item access (``controls["model"]``) both work;
+    a group of per-device or per-parameter widgets is a read-only mapping
+    (``controls.budgets["cpu"]``). The widgets themselves stay live: setting
+    ``controls.filter.value`` acts as typing in the box.
+
+    Example:
+        >>> ws = WidgetSet(model="w")
+        >>> ws.model, list(ws)
+        ('w', ['model'])
+    """
+
+    def __init__(self, **widgets: Any) -> None:
+        items = {k: types.MappingProxyType(dict(v)) if isinstance(v, Mapping) else v for k, v in widgets.items()}
+        object.__setattr__(self, "_items", items)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise AttributeError(f"no widget named {name!r}; have: {', '.join(self._items)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a panel's widget set is read-only; set a widget's .value instead")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"WidgetSet({', '.join(self._items)})"
+
+
 class Panel:
     """Base of the workbench panels.
 
@@ -70,6 +111,10 @@ class Panel:
     the two with :func:`~workbench.ui.display.display_mode`; in live mode the
     mimebundle carries the static twin as ``text/html`` too, without plots, so a
     saved notebook still says something where widgets cannot render.
+
+    To drive a panel from code, use its methods, or its widgets through :attr:`controls`
+    (inputs) and :attr:`outputs` (what it shows); the underscore attributes are the
+    implementation and may change.
 
     Example:
         >>> from workbench.ui import StorePanel
@@ -114,6 +159,31 @@ class Panel:
 
     def _build(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def controls(self) -> WidgetSet:
+        """The panel's input widgets (boxes, dropdowns, buttons), built on first access.
+
+        Drive the panel as a user would: ``panel.controls.model.value = "tiny"``,
+        ``panel.controls.load.click()``. ``list(panel.controls)`` names them.
+        """
+        _ = self.widget
+        return WidgetSet(**self._control_widgets())
+
+    @property
+    def outputs(self) -> WidgetSet:
+        """The panel's display widgets (HTML views, progress bars, the banner), built on first access.
+
+        ``panel.outputs.banner.value`` is the banner's HTML as shown; ``list(panel.outputs)`` names the rest.
+        """
+        _ = self.widget
+        return WidgetSet(banner=self._banner, **self._output_widgets())
+
+    def _control_widgets(self) -> dict[str, Any]:
+        return {}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        return {}
 
     # --- the banner ------------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ class LoadPanel(Panel):
             for d in self.device_records:
                 label = self._device_labels.get(d.name)
                 if label is not None:
-                    label.value = self._device_html(d)
+                    label.value = self.device_html(d)
             self._render_check()
 
     def budgets_bytes(self) -> dict[str, int]:
@@ -389,7 +389,9 @@ class LoadPanel(Panel):
     # --- widgets ---------------------------------------------------------------------------
 
     @staticmethod
-    def _device_html(d: Any) -> str:
+    def device_html(d: Any) -> str:
+        """One device's label as the panel shows it: name, free of total memory, and for a GPU its
+        leases and the processes holding it (from :func:`device_holders`)."""
         text = (f"<b>{esc(d.name)}</b> {esc(d.label)} &middot; {esc(format_bytes(d.memory_free_bytes))} free of "
                 f"{esc(format_bytes(d.memory_total_bytes))}")
         if d.kind != "cpu":
@@ -415,7 +417,7 @@ class LoadPanel(Panel):
         for d in self.device_records:
             box = widgets.Checkbox(value=d.name in self.devices, description=d.name, indent=False,
                                    layout=widgets.Layout(width="90px"))
-            label = widgets.HTML(self._device_html(d), layout=widgets.Layout(width="460px"))
+            label = widgets.HTML(self.device_html(d), layout=widgets.Layout(width="460px"))
             budget = widgets.BoundedFloatText(value=float(self.budgets_gib.get(d.name, 0.0)), min=0.0, max=1e6,
                                               step=0.5, description="budget GiB",
                                               tooltip="cap for this device (max_memory); 0 = no cap",
@@ -464,6 +466,21 @@ class LoadPanel(Panel):
             self._loaded_w,
             widgets.HBox([self._unload_pick, self._unload_button]),
         ])
+
+    def _control_widgets(self) -> dict[str, Any]:
+        """``model``, ``devices`` and ``budgets`` (GiB; 0 = no cap), both keyed by device name, ``dtype``,
+        ``quant``, ``double_quant``, ``compute_dtype``, the ``load``/``cancel`` buttons, and
+        ``unload_pick`` with its ``unload`` button."""
+        return {"model": self._model_w, "devices": self._device_boxes, "budgets": self._budget_fields,
+                "dtype": self._dtype_w, "quant": self._quant_w, "double_quant": self._dq_w,
+                "compute_dtype": self._compute_w, "load": self._load_button, "cancel": self._cancel_button,
+                "unload_pick": self._unload_pick, "unload": self._unload_button}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``check`` (the fit check), ``device_labels`` (by device name), ``progress`` (a bar, 0..1),
+        ``progress_label`` and ``loaded`` (the loaded-models table)."""
+        return {"check": self._check_w, "device_labels": self._device_labels, "progress": self._bar,
+                "progress_label": self._progress_label, "loaded": self._loaded_w}
 
     def check_idle_unloads(self) -> list[Any]:
         """Show a banner for models the idle watcher unloaded since the last look; returns them."""

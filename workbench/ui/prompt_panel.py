@@ -352,6 +352,7 @@ class PromptPanel(Panel):
         self._send_button.on_click(self.guarded(self._on_send))
         self._stop_button.on_click(self.guarded(lambda _: self.stop()))
         clear.on_click(self.guarded(lambda _: self.clear()))
+        self._refresh_button, self._clear_button = refresh, clear
         self._batch_button.on_click(self.guarded(
             lambda _: self.run_batch(self._batch_input.value.splitlines(), wait=False)))
 
@@ -370,6 +371,18 @@ class PromptPanel(Panel):
             self._metrics_w,
             extras,
         ])
+
+    def _control_widgets(self) -> dict[str, Any]:
+        """``model``, ``refresh``, ``system_prompt``, ``params`` (by generation parameter name), ``seed``,
+        ``stop_at``, ``input`` with the ``send``/``stop``/``clear`` buttons, ``batch_input`` and ``run_batch``."""
+        return {"model": self._model_w, "refresh": self._refresh_button, "system_prompt": self._system_w,
+                "params": self._param_w, "seed": self._seed_w, "stop_at": self._stop_w, "input": self._input,
+                "send": self._send_button, "stop": self._stop_button, "clear": self._clear_button,
+                "batch_input": self._batch_input, "run_batch": self._batch_button}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``transcript``, ``metrics`` (the last results' table) and ``batch`` (the batch results' table)."""
+        return {"transcript": self._transcript, "metrics": self._metrics_w, "batch": self._batch_w}
 
     def _on_model(self, change: dict[str, Any]) -> None:
         if not self._syncing:

@@ -138,6 +138,7 @@ class ServePanel(Panel):
         start = widgets.Button(description="Start", button_style="primary", icon="play")
         stop = widgets.Button(description="Stop", icon="stop")
         refresh = widgets.Button(description="Refresh", icon="refresh")
+        w["start"], w["stop"], w["refresh"] = start, stop, refresh
         w["endpoint"] = widgets.Dropdown(options=[], description="Endpoint")
         w["table"] = widgets.HTML()
         w["log"] = widgets.HTML()
@@ -154,6 +155,16 @@ class ServePanel(Panel):
         ])
         self.refresh()
         return box
+
+    def _control_widgets(self) -> dict[str, Any]:
+        """``model``, ``engine``, ``devices``, ``quant``, ``detach``, ``start``, ``refresh``, ``endpoint``
+        (the endpoint picked for its log and for ``stop``) and ``stop``."""
+        return {k: self._w[k] for k in ("model", "engine", "devices", "quant", "detach", "start", "refresh",
+                                        "endpoint", "stop")}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``table`` (the endpoints) and ``log`` (the picked endpoint's log tail)."""
+        return {"table": self._w["table"], "log": self._w["log"]}
 
     def static_html(self, plots: bool = True) -> str:
         return endpoints_table_html(self.statuses())

@@ -246,6 +246,17 @@ class StorePanel(Panel):
             widgets.HBox([self._import_path, self._import_name, import_button]),
         ])
 
+    def _control_widgets(self) -> dict[str, Any]:
+        """``filter``, ``sort``, ``descending``, ``pick`` (the details dropdown), ``refresh``,
+        ``import_path``, ``import_name``, ``import_model``."""
+        return {"filter": self._filter, "sort": self._sort, "descending": self._desc, "pick": self._pick,
+                "refresh": self._refresh_button, "import_path": self._import_path,
+                "import_name": self._import_name, "import_model": self._import_button}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``table`` (the visible entries) and ``details`` (the picked entry)."""
+        return {"table": self._table, "details": self._details}
+
     def _on_pick(self, change: dict[str, Any]) -> None:
         if self._rendering:
             return

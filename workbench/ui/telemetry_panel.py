@@ -15,7 +15,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -478,6 +479,21 @@ class TelemetryPanel(Panel):
         # GPUs first: they are what people come for; the host plot last.
         children += [figures[k] for k in [*self.devices(), *self.watched_keys(), "host"]]
         return widgets.VBox(children)
+
+    def _control_widgets(self) -> dict[str, Any]:
+        """``pause`` (a toggle), ``window`` (seconds shown) and ``export`` (CSV)."""
+        return {"pause": self._pause, "window": self._window, "export": self._export_button}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``status`` (the line above the plots)."""
+        return {"status": self._status}
+
+    @property
+    def figures(self) -> Mapping[str, Any]:
+        """The live figures by key (``"host"``, device names, watched engines), built on first access;
+        read-only."""
+        _ = self.widget
+        return types.MappingProxyType(self._figures)
 
     def _draw_initial(self, figures: dict[str, Any]) -> None:
         with self._draw_lock:
