@@ -52,3 +52,22 @@ def test_widget_set_is_read_only() -> None:
         ws.budgets["cpu"] = "other"  # type: ignore[index]
     with pytest.raises(AttributeError, match="have: model, budgets"):
         _ = ws.quant
+
+
+def test_quantization_panel_controls_drive_its_settings(tiny_store: Path) -> None:
+    from workbench.ui.quant_panel import VARIANT_CHOICES, QuantizationPanel
+
+    panel = QuantizationPanel()
+    try:
+        controls = panel.controls
+        assert set(controls.variants) == set(VARIANT_CHOICES)
+        label = VARIANT_CHOICES[-1]
+        controls.variants[label].value = not controls.variants[label].value
+        assert (label in panel.variants) == controls.variants[label].value
+        controls.eval_tokens.value = 96
+        assert panel.eval_tokens == 96
+        assert "No study yet" in panel.outputs.table.value
+        with pytest.raises(AttributeError, match="read-only"):
+            panel.controls.run = None
+    finally:
+        panel.close()

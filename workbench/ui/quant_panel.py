@@ -227,6 +227,17 @@ class QuantizationPanel(Panel):
             widgets.HBox([self._quality_fig, self._speed_fig]),
         ])
 
+    def _control_widgets(self) -> dict[str, Any]:
+        """``model``, ``device``, ``variants`` (checkboxes by variant label), ``eval_tokens``, ``run``, ``cancel``."""
+        return {"model": self._model_w, "device": self._device_w, "variants": self._boxes,
+                "eval_tokens": self._tokens_w, "run": self._run_button, "cancel": self._cancel_button}
+
+    def _output_widgets(self) -> dict[str, Any]:
+        """``progress`` (a bar, 0..1), ``status``, ``table`` (the study's results) and the ``quality`` and
+        ``speed`` figures."""
+        return {"progress": self._bar, "status": self._status, "table": self._table_w,
+                "quality": self._quality_fig, "speed": self._speed_fig}
+
     def _render_results(self) -> None:
         if not hasattr(self, "_table_w"):  # widgets not built: the static twin renders on demand
             return
