@@ -324,7 +324,7 @@ def test_load_panel_says_when_processes_are_unknown(fake_nvml) -> None:
 
     fake_nvml([FakeGpu(errors={"processes": NVMLError_NoPermission}),
                FakeGpu(processes=[FakeProcess(os.getpid(), GiB)])], torch=True)
-    unknown, held = (LoadPanel._device_html(get_device(name)) for name in ("cuda:0", "cuda:1"))
+    unknown, held = (LoadPanel.device_html(get_device(name)) for name in ("cuda:0", "cuda:1"))
     assert "processes: unknown" in unknown and "held by" not in unknown
     assert "held by" in held and str(os.getpid()) in held and "unknown" not in held
     assert device_holders("cuda:0")[1] is None and device_holders("cuda:1")[1] != []

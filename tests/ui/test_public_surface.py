@@ -14,9 +14,10 @@ import pytest
 from workbench.ui.base import WidgetSet
 
 TESTS = Path(__file__).resolve().parents[1]
-# Every file that drives a panel: tests/ui, and the panel tests that live beside the serve layer.
-SCANNED = sorted((TESTS / "ui").glob("*.py")) + [TESTS / "serve" / "test_serve_panel.py",
-                                                   TESTS / "serve" / "test_prompt_panel_endpoint.py"]
+# Every file that drives a panel: tests/ui, and any other test that imports a panel from the ui layer
+# (panel tests also live beside the serve, store and devices layers).
+SCANNED = sorted({*(TESTS / "ui").glob("*.py"),
+                  *(p for p in TESTS.rglob("test_*.py") if "workbench.ui" in (t := p.read_text()) and "Panel" in t)})
 # IPython's display protocol is public even though it starts with an underscore.
 PROTOCOL = {"_repr_mimebundle_", "_repr_html_"}
 
