@@ -31,6 +31,23 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM ``proc`` (servers stop their kernels, proxies and user servers on it); kill if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def launch_chromium(playwright: object) -> object:
+    """Headless Debian Chromium (``make test`` installs it with apt-get; never a browser download)."""
+    assert CHROMIUM.exists(), "Debian chromium is not installed: `make chromium` installs it"
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,24 +129,16 @@ def lab_server(tmp_path: Path, seeded_root: Path, isolated_store: Path) -> Itera
             time.sleep(0.3)
         yield server
     finally:
-        # Stop by PID (the server shuts its kernels down on SIGTERM); kill if it hangs.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout_s=15)
 
 
 @pytest.fixture
 def chromium_page(tmp_path: Path) -> Iterator[object]:
     """A page in headless Debian Chromium (``make test`` installs it with apt-get)."""
-    assert CHROMIUM.exists(), "Debian chromium is not installed: `make chromium` installs it"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.set_default_timeout(30_000)

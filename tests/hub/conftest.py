@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from browser.conftest import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CHP_VERSION = "5.3.0"
@@ -240,13 +242,7 @@ def hub(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Hub]:
         yield hub
     finally:
         # SIGTERM to the hub stops the proxy and the user servers; then make sure by PID.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout_s=30)
         _kill_pid_file(folder / "proxy.pid")
         _kill_left_in(folder)
 

@@ -16,7 +16,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from browser.conftest import CHROMIUM, CHROMIUM_ARGS, save_artifact
+from browser.conftest import launch_chromium, save_artifact
 
 from .conftest import FAKE_GPUS, PASSWORD, GiB, Hub
 from .kernel import run_in_kernel
@@ -52,9 +52,8 @@ def _bob_sees_the_status_bar(hub: Hub, tmp_path) -> None:
     """Log in as bob in Chromium; the meter shows the fake GPU and the panel names alice's lease."""
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), "Debian chromium is not installed: `make chromium` installs it"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
