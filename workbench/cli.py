@@ -106,14 +106,21 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
 
 
 def _fits(entry: Any) -> list[dict[str, Any]] | None:
+    """Each precision on each device alone, as :func:`workbench.runtime.fit.fit_table` checks it (the load's rule)."""
     try:
         from .devices import list_devices
     except ImportError:
         return None
-    from .store import fits_on
+    from .runtime.fit import fit_table
 
-    return [{"device": f.device, "precision": f.precision, "needed_bytes": f.needed_bytes,
-             "free_bytes": f.free_bytes, "fits": f.fits} for f in fits_on(entry, list_devices())]
+    out = []
+    for chk in fit_table(entry, [d.name for d in list_devices()]):
+        [b] = chk.budgets
+        out.append({"device": b.device, "precision": chk.estimate.label, "needed_bytes": chk.needed_bytes,
+                    "free_bytes": b.free_bytes, "leased_bytes": b.leased_bytes,
+                    "available_bytes": chk.available_bytes, "parts": chk.parts, "fits": chk.fits,
+                    "context_tokens": chk.context_tokens, "message": chk.message})
+    return out
 
 
 def cmd_store_seed(args: argparse.Namespace) -> int:

@@ -144,3 +144,26 @@ def test_cpu_quantized_refusal_counts_the_load_peak(monkeypatch, shared_store):
     with pytest.raises(InsufficientMemoryError) as err:
         Registry(shared_store).load(LoadSpec(entry, quant="nf4"))
     assert f"load peak {format_bytes(est.load_peak_bytes)}" in str(err.value)
+
+
+def test_fit_table_is_the_load_check_per_device_and_precision(seeded_root):
+    """The Store tab's and `store inspect`'s fits: each row is check_fit of that load, reserves included."""
+    from workbench.runtime import fit_table
+    from workbench.store import ModelStore
+
+    entry = ModelStore([seeded_root], cache_path=None).get("SmolLM2-135M-Instruct")
+    int8 = check_fit(entry, LoadSpec(entry, devices=("cuda:0",), dtype="bfloat16", quant="int8"),
+                     free=lambda d: 10 * GiB, leased=lambda d: None)
+    room = int8.needed_bytes + MiB  # int8 fits on cuda:0 with its CUDA context and KV cache; bfloat16 does not
+    free = {"cuda:0": room, "cuda:1": 10 * GiB, "cpu": None}
+    table = fit_table(entry, ["cuda:0", "cuda:1", "cpu"], free=free.get, leased=lambda d: None)
+    fits = {(c.spec.devices[0], c.estimate.label): c.fits for c in table}
+    assert fits[("cuda:0", "nf4")] and fits[("cuda:0", "int8")] and fits[("cuda:0", "bfloat16")] is False
+    assert all(fits[("cuda:1", p)] for p in ("float32", "bfloat16", "int8", "nf4"))
+    assert {v for (d, _), v in fits.items() if d == "cpu"} == {None}  # unknown free memory: unknown, not "fits"
+    row = next(c for c in table if c.spec.devices == ("cuda:0",) and c.estimate.label == "int8")
+    assert row.needed_bytes == int8.needed_bytes and row.parts == int8.parts
+    assert set(row.parts) == {"weights", "kv_cache", "cuda_context"}
+    assert row.parts["cuda_context"] == CUDA_CONTEXT_BYTES
+    # Without the CUDA context the weights and KV cache alone would have fitted in much less.
+    assert row.needed_bytes - CUDA_CONTEXT_BYTES < room // 2

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.store import ModelStore, estimate, estimate_table, fits_on, kv_cache_bytes
-
-
-@dataclass
-class FakeDevice:
-    name: str
-    memory_free_bytes: int | None
+from workbench.store import ModelStore, estimate, estimate_table, kv_cache_bytes
 
 
 @pytest.fixture
@@ -50,14 +42,6 @@ def test_kv_cache_formula(entry):
     # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims; keys and values in bfloat16.
     assert kv_cache_bytes(entry, 1000) == 2 * 30 * 3 * 64 * 2 * 1000
     assert kv_cache_bytes(entry, 1000, "float32", batch=2) == 4 * kv_cache_bytes(entry, 1000)
-
-
-def test_fits_on_devices(entry):
-    devices = [FakeDevice("cuda:0", 200 * 2**20), FakeDevice("cuda:1", 10 * 2**30), FakeDevice("cpu", None)]
-    fits = {(f.device, f.precision): f.fits for f in fits_on(entry, devices)}
-    assert fits[("cuda:0", "nf4")] and fits[("cuda:0", "int8")] and not fits[("cuda:0", "bfloat16")]
-    assert all(fits[("cuda:1", p)] for p in ("float32", "bfloat16", "int8", "nf4"))
-    assert not any(v for (d, _), v in fits.items() if d == "cpu")  # unknown free memory never "fits"
 
 
 def test_bad_arguments_are_config_errors(entry):

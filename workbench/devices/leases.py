@@ -67,6 +67,7 @@ from typing import Any, Literal
 from .._format import format_bytes
 from .._records import Record
 from ..errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
+from .budget import DeviceOffer, decide_fit
 
 logger = logging.getLogger(__name__)
 
@@ -576,8 +577,10 @@ class LeaseBook:
             live, _stale = self._live(leases, now)
             if free is not None:
                 share = self._share(name, live, used)
-                available = max(0, free - share.outstanding_bytes)
-                if reserved_bytes > available:
+                # The one fit rule (devices/budget.py), on this GPU's numbers as they stand under the lock.
+                verdict = decide_fit(int(reserved_bytes), [DeviceOffer(name, free, leased_bytes=share.outstanding_bytes)])
+                available = verdict.available_bytes or 0
+                if not verdict.fits:
                     save(live)
                     held = f"; {share.describe(now)}" if share.leases else ""
                     raise InsufficientMemoryError(

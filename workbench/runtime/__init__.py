@@ -26,7 +26,9 @@ _EXPORTS = {
     "tqdm_progress": "spec",
     "FitCheck": "fit",
     "DeviceBudget": "fit",
+    "DeviceOffer": "fit",
     "check_fit": "fit",
+    "fit_table": "fit",
     "placement_plan": "fit",
     "LoadedModel": "registry",
     "Registry": "registry",
@@ -49,7 +51,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .bandwidth import measure_bandwidth  # noqa: F401
-    from .fit import DeviceBudget, FitCheck, check_fit, placement_plan  # noqa: F401
+    from .fit import DeviceBudget, DeviceOffer, FitCheck, check_fit, fit_table, placement_plan  # noqa: F401
     from .generation import (  # noqa: F401
         GenerationParams,
         GenerationResult,

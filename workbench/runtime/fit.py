@@ -1,10 +1,22 @@
-"""Will it fit? The pre-load check, and the ``max_memory`` map for placement.
+"""Will it fit? The pre-load check, the Store tab's fits, and the ``max_memory`` map for placement.
 
-Before any weight is read, the store's estimate (at the load's peak, not only the
-final footprint) is checked against the free memory of each chosen device: NVML's
-free memory on GPUs, which already subtracts other users' processes, and available
-RAM (within the cgroup limit) on the CPU. A load that cannot fit is refused with
-the numbers and a suggestion, instead of dying half-way with the kernel.
+The rule itself is :func:`workbench.devices.budget.decide_fit`, a pure function the
+lease book also calls under its lock; this module gathers its inputs for a
+:class:`LoadSpec`:
+
+* what the load needs, each part named: the store's estimate at the load's peak
+  (not only the final footprint), the KV cache for ``context_tokens`` tokens and the
+  fixed cache state once per concurrent sequence, torch's CUDA context on each GPU
+  not yet initialised, the RSS of importing torch and bitsandbytes on the CPU when
+  they are not imported yet;
+* what each device offers: NVML's free memory on GPUs (which already subtracts other
+  users' processes) less other users' GPU leases not yet allocated, available RAM
+  (within the cgroup limit) on the CPU, and the spec's ``max_memory``.
+
+The same :class:`FitCheck` is what the Load panel shows, what ``workbench run`` and
+``workbench serve`` refuse with, what the registry leases, and, per device and
+precision (:func:`fit_table`), what the Store panel and ``workbench store inspect``
+say: so the Store tab can never say a model fits that the load then refuses.
 
 Nothing here imports torch: the check runs in a fraction of a millisecond, and
 tests drive it through the NVML fakes at the devices layer.
@@ -14,23 +26,27 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._lazy import torch_if_imported
-from .._records import Record, jsonable
+from .._records import jsonable
+from ..devices.budget import DeviceBudget, DeviceOffer, FitVerdict, decide_fit, part_title
 from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError
 from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, estimate, format_bytes
-from ..store.estimate import kv_cache_bytes
+from ..store.estimate import kv_cache_bytes, precisions
 from .spec import LoadSpec
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CONTEXT_TOKENS", "DeviceBudget", "DeviceOffer", "FitCheck", "check_fit", "device_offers", "fit_table",
+           "placement_plan", "require_fit", "suggest"]
+
 MiB = 2**20
 GiB = 2**30
-#: KV cache the check leaves room for, in tokens of context (as ``workbench store inspect``'s fits).
+#: KV cache the check leaves room for, in tokens of context (the Store and Load tabs, ``store inspect``).
 CONTEXT_TOKENS = 1000
 #: torch's CUDA context and cuBLAS workspace on each GPU: invisible to NVML until torch
 #: starts CUDA in this process, then about 300-600 MB per device.
@@ -47,81 +63,60 @@ LeasedFn = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
-class DeviceBudget(Record):
-    """What one device offers a load.
-
-    Attributes:
-        device: ``"cuda:0"`` or ``"cpu"``.
-        free_bytes: free now (NVML / available RAM); ``None`` when it cannot be read.
-        cap_bytes: the spec's ``max_memory`` for this device, if any.
-        reserve_bytes: held back for what the weights do not count (CUDA context,
-            library imports, the KV cache share).
-        leased_bytes: promised to GPU leases and not yet allocated by their holders
-            (``max(0, leased - used)`` per holding process), so not in NVML's used memory yet.
-        lease_holders: one line per lease on the device ("cuda:0: 30.1 GiB leased by alice (...)").
-    """
-
-    _json_properties = ("usable_bytes",)
-
-    device: str
-    free_bytes: int | None
-    cap_bytes: int | None
-    reserve_bytes: int
-    leased_bytes: int = 0
-    lease_holders: tuple[str, ...] = ()
-
-    @property
-    def usable_bytes(self) -> int | None:
-        """Bytes the weights may take here: ``min(free - leased - reserve, cap)``; ``None`` if unknown."""
-        values = []
-        if self.free_bytes is not None:
-            values.append(max(0, self.free_bytes - self.leased_bytes - self.reserve_bytes))
-        if self.cap_bytes is not None:
-            values.append(self.cap_bytes)
-        return min(values) if values else None
-
-    def describe(self) -> str:
-        free = f"{format_bytes(self.free_bytes)} free" if self.free_bytes is not None else "free memory unknown"
-        cap = f", capped at {format_bytes(self.cap_bytes)}" if self.cap_bytes is not None else ""
-        leased = ""
-        if self.lease_holders:
-            leased = (f", {format_bytes(self.leased_bytes)} of it promised to leases "
-                      f"({'; '.join(self.lease_holders)})")
-        return f"{self.device} has {free}{cap}{leased}"
-
-
-@dataclass(frozen=True)
 class FitCheck:
-    """The outcome of checking one spec against the devices' free memory.
+    """The outcome of checking one spec against what its devices offer.
 
     Attributes:
+        spec: the spec checked.
         estimate: the store's estimate at the spec's precision and device type.
-        needed_bytes: the most the load holds at once (peak, or weights plus KV cache
-            for :data:`CONTEXT_TOKENS` tokens), plus reserves.
-        available_bytes: what the devices offer together; ``None`` if any is unknown.
-        budgets: per device.
-        fits: ``True``, ``False``, or ``None`` when free memory is unknown (not refused).
+        verdict: the rule's answer (:class:`workbench.devices.budget.FitVerdict`): per device
+            its free memory, others' leases, the named parts needed there and the weights' share.
+        context_tokens: the KV cache the check leaves room for, in tokens.
         message: one sentence with the numbers.
     """
 
     spec: LoadSpec
     estimate: MemoryEstimate
-    needed_bytes: int
-    available_bytes: int | None
-    budgets: tuple[DeviceBudget, ...]
-    fits: bool | None
+    verdict: FitVerdict
+    context_tokens: int
     message: str
+
+    @property
+    def budgets(self) -> tuple[DeviceBudget, ...]:
+        """Per device: what it offers and what the load needs there."""
+        return self.verdict.devices
+
+    @property
+    def fits(self) -> bool | None:
+        """``True``, ``False``, or ``None`` when free memory is unknown (not refused)."""
+        return self.verdict.fits
+
+    @property
+    def needed_bytes(self) -> int:
+        """The most the load holds at once (the weights' peak) plus every device's fixed parts."""
+        return self.verdict.needed_bytes
+
+    @property
+    def available_bytes(self) -> int | None:
+        """What the devices offer together (free less others' leases, within caps); ``None`` if unknown."""
+        return self.verdict.available_bytes
+
+    @property
+    def parts(self) -> dict[str, int]:
+        """The need by part: ``weights``, ``load_peak``, ``kv_cache``, ``cache_state``, ``cuda_context``..."""
+        return self.verdict.parts
 
     @property
     def needed_str(self) -> str:
         return format_bytes(self.needed_bytes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The numbers, with the spec by its precision label (not the whole spec)."""
+        """The numbers, with the spec by its precision label and devices (not the whole spec)."""
         return {
-            "precision": self.spec.precision, "needed_bytes": self.needed_bytes,
-            "available_bytes": self.available_bytes, "fits": self.fits, "message": self.message,
-            "budgets": jsonable(self.budgets), "estimate": jsonable(self.estimate),
+            "precision": self.spec.precision, "devices": list(self.spec.devices),
+            "needed_bytes": self.needed_bytes, "available_bytes": self.available_bytes, "fits": self.fits,
+            "parts": self.parts, "leased_bytes": self.verdict.leased_bytes, "context_tokens": self.context_tokens,
+            "message": self.message, "budgets": jsonable(self.budgets), "estimate": jsonable(self.estimate),
         }
 
 
@@ -161,6 +156,27 @@ def check_devices(spec: LoadSpec, *, free: FreeFn | None = None) -> None:
         _free_of(d, free or _default_free)
 
 
+def device_offers(devices: Iterable[str], *, free: FreeFn | None = None, leased: LeasedFn | None = None,
+                  caps: dict[str, int] | None = None) -> list[DeviceOffer]:
+    """What each device offers now: free memory, other users' leases on GPUs, and the caps given.
+
+    Raises:
+        LoadSpecError: a device that this session does not have.
+    """
+    free = free or _default_free
+    leased = leased or _default_leased
+    out = []
+    for d in devices:
+        free_now = _free_of(d, free)
+        share = leased(d) if d != "cpu" else None
+        if share is not None and share.leases:
+            out.append(DeviceOffer(d, free_now, (caps or {}).get(d), int(share.outstanding_bytes),
+                                   tuple(share.holders())))
+        else:
+            out.append(DeviceOffer(d, free_now, (caps or {}).get(d)))
+    return out
+
+
 def _cuda_initialized() -> bool:
     torch = torch_if_imported()
     try:
@@ -174,17 +190,73 @@ def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
     return estimate(entry, spec.dtype, spec.quant, double_quant=spec.double_quant, device_type=spec.device_type)
 
 
+def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, context_tokens: int = CONTEXT_TOKENS,
+               sequences: int = 1) -> dict[str, dict[str, int]]:
+    """The fixed parts a load needs on each device of ``spec``, by name (see :data:`~workbench.devices.budget.PART_TITLES`).
+
+    The KV cache for ``context_tokens`` tokens per sequence and the fixed cache state (once per
+    sequence) go to the GPUs, shared evenly, or to the CPU when no GPU is chosen; each GPU whose CUDA
+    context this process has not started yet needs one; the CPU needs the RSS of importing torch and
+    bitsandbytes when they are not imported yet.
+    """
+    kv = (kv_cache_bytes(entry, context_tokens, est.dtype) or 0) * max(1, sequences)
+    state = (getattr(est, "cache_state_bytes", None) or 0) * max(1, sequences)
+    gpus = [d for d in spec.devices if is_gpu(d)]
+    out: dict[str, dict[str, int]] = {}
+    for d in spec.devices:
+        here: dict[str, int] = {}
+        if d == "cpu":
+            if torch_if_imported() is None:
+                here["torch_import"] = TORCH_IMPORT_BYTES
+            bnb = spec.quant != "none" or entry.quant_method == "bitsandbytes"  # pre-quantized loads import it too
+            if bnb and "bitsandbytes" not in sys.modules:
+                here["bitsandbytes_import"] = BNB_IMPORT_BYTES
+            if not gpus:
+                here["kv_cache"], here["cache_state"] = kv, state
+        else:
+            if not _cuda_initialized():
+                here["cuda_context"] = CUDA_CONTEXT_BYTES
+            here["kv_cache"], here["cache_state"] = kv // len(gpus), state // len(gpus)
+        out[d] = {k: v for k, v in here.items() if v}
+    return out
+
+
+def _message(spec: LoadSpec, est: MemoryEstimate, verdict: FitVerdict, context_tokens: int) -> str:
+    named = []
+    for k, v in verdict.parts.items():
+        if v:
+            if k == "load_peak":  # said as the peak itself, as people measure it
+                named.append(f"load peak {format_bytes(verdict.load_peak_bytes)}")
+                continue
+            title = f"KV cache for {context_tokens:,} tokens" if k == "kv_cache" else part_title(k)
+            named.append(f"{title} {format_bytes(v)}")
+    head = f"{spec.model_name} in {est.label} needs about {format_bytes(verdict.needed_bytes)} ({', '.join(named)})"
+    where = "; ".join(b.describe() for b in verdict.devices)
+    short = [b for b in verdict.devices if b.fits is False]
+    if short:
+        lacking = "; ".join(f"{b.device} lacks room for its {', '.join(part_title(k) for k in b.parts)} "
+                            f"({format_bytes(b.reserve_bytes)})" for b in short)
+        return f"{head}; {where}; {lacking}: does not fit"
+    if verdict.fits is None:
+        return f"{head}; {where}: cannot check the fit"
+    return f"{head}; {where}: {'fits' if verdict.fits else 'does not fit'}"
+
+
 def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
-              context_tokens: int = CONTEXT_TOKENS, leased: LeasedFn | None = None) -> FitCheck:
-    """Check ``spec``'s estimate against the free memory of its devices (nothing is refused here).
+              context_tokens: int = CONTEXT_TOKENS, leased: LeasedFn | None = None, sequences: int = 1,
+              offers: Sequence[DeviceOffer] | None = None) -> FitCheck:
+    """Check ``spec``'s estimate against what its devices offer (nothing is refused here).
 
     Args:
         entry: the model's store entry.
         spec: a validated spec.
         free: ``device -> free bytes``; default :func:`workbench.devices.memory_free_bytes`.
-        context_tokens: KV cache to leave room for.
+        context_tokens: KV cache to leave room for, per sequence.
         leased: ``device -> LeaseShare``; default the machine's GPU leases
             (:meth:`workbench.devices.leases.LeaseBook.share`), counted on top of NVML's used memory.
+        sequences: sequences generated at once (the fixed cache state counts once per sequence).
+        offers: what the devices offer, read once by the caller (:func:`device_offers`) when it checks
+            many specs; ``free`` and ``leased`` are then not used. Caps come from ``spec.max_memory``.
 
     Raises:
         LoadSpecError: a device that this session does not have.
@@ -193,49 +265,45 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         >>> check_fit(entry, LoadSpec(entry, devices=("cpu",))).fits  # doctest: +SKIP
         True
     """
-    free = free or _default_free
     est = spec_estimate(entry, spec)
-    kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0
-    gpus = [d for d in spec.devices if is_gpu(d)]
     caps = spec.max_memory or {}
-    budgets = []
-    for d in spec.devices:
-        if d == "cpu":
-            reserve = 0 if torch_if_imported() is not None else TORCH_IMPORT_BYTES
-            bnb = spec.quant != "none" or entry.quant_method == "bitsandbytes"  # pre-quantized loads import it too
-            if bnb and "bitsandbytes" not in sys.modules:
-                reserve += BNB_IMPORT_BYTES
-            if not gpus:
-                reserve += kv
-        else:
-            reserve = (0 if _cuda_initialized() else CUDA_CONTEXT_BYTES) + kv // max(1, len(gpus))
-        free_now = _free_of(d, free)
-        share = (leased or _default_leased)(d) if d != "cpu" else None
-        if share is not None and share.leases:
-            budgets.append(DeviceBudget(d, free_now, caps.get(d), reserve, share.outstanding_bytes,
-                                        tuple(share.holders())))
-            continue
-        budgets.append(DeviceBudget(d, free_now, caps.get(d), reserve))
-
+    if offers is None:
+        offers = device_offers(spec.devices, free=free, leased=leased, caps=caps)
+    else:
+        by_name = {o.device: o for o in offers}
+        offers = [DeviceOffer(d, by_name[d].free_bytes, caps.get(d), by_name[d].leased_bytes, by_name[d].lease_holders)
+                  if d in by_name else device_offers([d], free=free, leased=leased, caps=caps)[0]
+                  for d in spec.devices]
+    parts = load_parts(entry, spec, est, context_tokens=context_tokens, sequences=sequences)
     # On the CPU, bitsandbytes quantizes after the full-precision weights are read, so
     # the peak is far above the footprint; on GPUs it quantizes tensor by tensor.
-    weights_need = max(est.total_bytes, est.load_peak_bytes)
-    needed = weights_need + sum(b.reserve_bytes for b in budgets)
-    usable = [b.usable_bytes for b in budgets]
-    precision = est.label
-    head = (f"{spec.model_name} in {precision} needs about {format_bytes(needed)} "
-            f"(weights {est.total_str}"
-            + (f", load peak {format_bytes(est.load_peak_bytes)}" if est.load_peak_bytes > est.total_bytes else "")
-            + (f", KV cache for {context_tokens:,} tokens {format_bytes(kv)}" if kv else "")
-            + ")")
-    where = "; ".join(b.describe() for b in budgets)
-    if any(u is None for u in usable):
-        return FitCheck(spec, est, needed, None, tuple(budgets), None,
-                        f"{head}; {where}: cannot check the fit")
-    available = sum(u for u in usable if u is not None) + sum(b.reserve_bytes for b in budgets)
-    fits = weights_need <= sum(u for u in usable if u is not None)
-    verdict = "fits" if fits else "does not fit"
-    return FitCheck(spec, est, needed, available, tuple(budgets), fits, f"{head}; {where}: {verdict}")
+    verdict = decide_fit(est.total_bytes, offers, parts=parts, load_peak_bytes=est.load_peak_bytes)
+    return FitCheck(spec, est, verdict, context_tokens, _message(spec, est, verdict, context_tokens))
+
+
+def fit_table(entry: ModelEntry, devices: Iterable[str], *, free: FreeFn | None = None,
+              leased: LeasedFn | None = None, context_tokens: int = CONTEXT_TOKENS) -> list[FitCheck]:
+    """The Store tab's and ``store inspect``'s fits: every precision of ``entry`` on each device alone.
+
+    Each row is the very :func:`check_fit` a load of that precision on that device would get
+    (reserves and other users' leases included); free memory and leases are read once per device.
+
+    Raises:
+        ConfigError, BrokenModelError: the entry cannot be estimated.
+        LoadSpecError: a device that this session does not have.
+
+    Example:
+        >>> [(c.spec.devices[0], c.spec.precision, c.fits) for c in fit_table(entry, ["cpu"])]  # doctest: +SKIP
+        [('cpu', 'float32', True), ('cpu', 'bfloat16', True), ('cpu', 'int8', True), ('cpu', 'nf4', True)]
+    """
+    names = list(devices)
+    offers = device_offers(names, free=free, leased=leased)
+    out = []
+    for d, offer in zip(names, offers):
+        for _label, dtype, quant in precisions(entry):
+            spec = LoadSpec(entry, devices=(d,), dtype=dtype, quant=quant)  # type: ignore[arg-type]
+            out.append(check_fit(entry, spec, context_tokens=context_tokens, offers=[offer]))
+    return out
 
 
 # Precisions tried, best quality first, when suggesting something that fits.
@@ -243,9 +311,14 @@ _ALTERNATIVES: tuple[tuple[str, str], ...] = (("bfloat16", "none"), ("bfloat16",
 
 
 def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
-            other_devices: Sequence[str] = ()) -> str:
-    """What to change so the load fits: a smaller precision, or more/other devices."""
+            other_devices: Sequence[str] = (), context_tokens: int = CONTEXT_TOKENS, sequences: int = 1) -> str:
+    """What to change so the load fits: a smaller precision, or more/other devices (each tried with
+    :func:`check_fit` at the same context and sequences)."""
     free = free or _default_free
+
+    def probe(other: LoadSpec) -> FitCheck:
+        return check_fit(entry, other, free=free, context_tokens=context_tokens, sequences=sequences)
+
     ideas = []
     current = spec_estimate(entry, spec).total_bytes
     # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
@@ -253,7 +326,7 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         alt = spec.with_(dtype=dtype, quant=quant, double_quant=False, compute_dtype=None)
         if (alt.dtype, alt.quant) == (spec.dtype, spec.quant) or spec_estimate(entry, alt).total_bytes >= current:
             continue
-        chk = check_fit(entry, alt, free=free)
+        chk = probe(alt)
         if chk.fits:
             what = f"quant={quant!r}" if quant != "none" else f"dtype={dtype!r}"
             ideas.append(f"try {what} (needs about {chk.needed_str})")
@@ -262,10 +335,10 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     gpus_extra = [d for d in extra if is_gpu(d)]
     if gpus_extra:
         more = spec.with_(devices=tuple(d for d in spec.devices if d != "cpu") + tuple(gpus_extra))
-        if check_fit(entry, more, free=free).fits:
+        if probe(more).fits:
             ideas.append(f"add {', '.join(gpus_extra)}")
     for d in extra:
-        if check_fit(entry, spec.with_(devices=(d,), max_memory=None), free=free).fits:
+        if probe(spec.with_(devices=(d,), max_memory=None)).fits:
             ideas.append(f"load on {d} instead")
             break
     if spec.max_memory:
@@ -276,18 +349,20 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
 
 
 def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
-                other_devices: Sequence[str] | None = None) -> FitCheck:
+                other_devices: Sequence[str] | None = None, context_tokens: int = CONTEXT_TOKENS,
+                sequences: int = 1) -> FitCheck:
     """:func:`check_fit`, raising when the load cannot fit.
 
     Raises:
         InsufficientMemoryError: with ``needed_bytes``, ``available_bytes``, ``devices``
             and a suggestion (a smaller quantization, another device) as the hint.
     """
-    chk = check_fit(entry, spec, free=free)
+    chk = check_fit(entry, spec, free=free, context_tokens=context_tokens, sequences=sequences)
     if chk.fits is False:
         if other_devices is None:
             other_devices = _visible_device_names()
-        hint = suggest(entry, spec, free=free, other_devices=other_devices)
+        hint = suggest(entry, spec, free=free, other_devices=other_devices, context_tokens=context_tokens,
+                       sequences=sequences)
         raise InsufficientMemoryError(
             chk.message + ".", hint=hint[:1].upper() + hint[1:] + ".",
             needed_bytes=chk.needed_bytes, available_bytes=chk.available_bytes, devices=list(spec.devices),

@@ -22,12 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
-    """Bytes to reserve on each GPU of ``spec``: its share of the weights plus its reserve.
+    """Bytes to reserve on each GPU of ``spec``: what the fit rule places there.
 
-    accelerate fills devices in order up to their ``max_memory``, so the weights are
-    spread the same way over the budgets' usable bytes; each GPU adds its own
-    reserve (CUDA context, its share of the KV cache). ``{}`` without GPUs; zeros
-    when there is no estimate (pickle checkpoints), so the holder is still visible.
+    The rule (:func:`workbench.devices.budget.decide_fit`) spreads the weights over the
+    devices in order, as accelerate fills them up to their ``max_memory``, and adds each
+    device's fixed parts (CUDA context, its share of the KV cache and cache state): its
+    :attr:`~workbench.devices.budget.DeviceBudget.needed_bytes`. ``{}`` without GPUs;
+    zeros when there is no estimate (pickle checkpoints), so the holder is still visible.
     """
     gpus = [d for d in spec.devices if is_gpu(d)]
     if not gpus:
@@ -35,15 +36,7 @@ def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
     if fit is None:
         return dict.fromkeys(gpus, 0)
     budgets = {b.device: b for b in fit.budgets}
-    remaining = max(fit.estimate.total_bytes, fit.estimate.load_peak_bytes)
-    amounts = {}
-    for d in gpus:
-        b = budgets.get(d)
-        usable = b.usable_bytes if b is not None else None
-        share = remaining if usable is None else min(remaining, usable)
-        remaining -= share
-        amounts[d] = int(share + (b.reserve_bytes if b is not None else 0))
-    return amounts
+    return {d: int(budgets[d].needed_bytes) if d in budgets else 0 for d in gpus}
 
 
 def take(spec: LoadSpec, fit: FitCheck | None, model: str) -> tuple[Any, ...]:

@@ -171,7 +171,7 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         hf_home.mkdir(parents=True, exist_ok=True)
         env["HF_HOME"] = str(hf_home)
         served = None
-        device_bytes = {d: fit.needed_bytes // len(gpus) for d in gpus}
+        device_bytes = {b.device: b.needed_bytes for b in fit.budgets if b.device in gpus}
     return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
                      vllm_info, device_bytes)
 

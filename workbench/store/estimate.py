@@ -20,14 +20,11 @@ is far above the footprint: see there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from .._records import Record
 from ..errors import BrokenModelError, ConfigError
 from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, DeviceKind, precision_label
-from ..precision import device_type as _device_type
 from .entry import ModelEntry, format_bytes
 from .kv_cache import kv_cache_bytes_for
 
@@ -296,41 +293,3 @@ def estimate_table(entry: ModelEntry) -> dict[str, MemoryEstimate]:
     loads only as saved.
     """
     return {label: estimate(entry, dtype, quant) for label, dtype, quant in precisions(entry)}
-
-
-class HasFreeMemory(Protocol):
-    """Anything with a device name and free bytes (``workbench.devices.Device`` is one)."""
-
-    name: str
-    memory_free_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Fit:
-    device: str
-    precision: str
-    needed_bytes: int
-    free_bytes: int | None
-
-    @property
-    def fits(self) -> bool:
-        return self.free_bytes is not None and self.needed_bytes <= self.free_bytes
-
-
-def fits_on(entry: ModelEntry, devices: Iterable[HasFreeMemory], context_tokens: int = 1000) -> list[Fit]:
-    """Which precisions fit on which devices, with ``context_tokens`` of KV cache added.
-
-    Example:
-        >>> [f"{f.precision} on {f.device}" for f in fits_on(entry, devices) if f.fits]  # doctest: +SKIP
-        ['bfloat16 on cuda:0', 'int8 on cuda:0', 'nf4 on cuda:0', 'nf4 on cpu']
-    """
-    table = estimate_table(entry)
-    out = []
-    for dev in devices:
-        dev_type = _device_type((dev.name,))
-        for label, dtype, quant in precisions(entry):
-            est = table[label] if dev_type == "cuda" else estimate(entry, dtype, quant, device_type="cpu")
-            kv = kv_cache_bytes(entry, context_tokens, est.dtype) or 0
-            need = max(est.total_bytes + kv, est.load_peak_bytes)
-            out.append(Fit(dev.name, label, need, dev.memory_free_bytes))
-    return out

@@ -1,18 +1,16 @@
 """Helpers that are not about widgets and belong in a core layer; kept here until one takes them.
 
-* :func:`fit_summary` (store/devices): the sentence "fits on cpu in bfloat16, int8, nf4; not in
-  float32" from :func:`workbench.store.fits_on`; the CLI's ``store inspect`` would want it too.
 * :func:`sort_entries` / :func:`filter_entries` (store): listing order and search, which
   ``workbench store list --sort/--filter`` could share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError
-from ..store import ModelEntry, fits_on
+from ..store import ModelEntry
 
 SORT_KEYS = ("name", "model_type", "params", "size_bytes", "dtype", "context_length", "quantization", "status")
 
@@ -64,27 +62,4 @@ def filter_entries(entries: Iterable[ModelEntry], text: str = "") -> list[ModelE
         hay = " ".join(str(v) for v in (e.name, e.model_type, e.dtype, e.format, e.quantization, e.status) if v).lower()
         if all(w in hay for w in words):
             out.append(e)
-    return out
-
-
-def fit_summary(entry: ModelEntry, devices: Sequence[Any], context_tokens: int = 1000) -> list[str]:
-    """One sentence per device: which of float32, bfloat16, int8 and nf4 fit now.
-
-    Example:
-        >>> fit_summary(entry, list_devices())  # doctest: +SKIP
-        ['fits on cpu in float32, bfloat16, int8, nf4']
-    """
-    by_device: dict[str, list[tuple[str, bool]]] = {}
-    for fit in fits_on(entry, devices, context_tokens=context_tokens):
-        by_device.setdefault(fit.device, []).append((fit.precision, fit.fits))
-    out = []
-    for device, fits in by_device.items():
-        yes = [p for p, ok in fits if ok]
-        no = [p for p, ok in fits if not ok]
-        if yes and no:
-            out.append(f"fits on {device} in {', '.join(yes)}; not in {', '.join(no)}")
-        elif yes:
-            out.append(f"fits on {device} in {', '.join(yes)}")
-        else:
-            out.append(f"does not fit on {device} at any precision")
     return out

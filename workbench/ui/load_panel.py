@@ -17,6 +17,7 @@ from ..precision import COMPUTE_DTYPES, DTYPES, FOUR_BIT, QUANTS
 from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, html_table
+from .fit_view import fit_table_html
 
 if TYPE_CHECKING:
     from ..runtime import FitCheck, LoadedModel, LoadSpec, Registry, UnloadReport
@@ -518,14 +519,16 @@ class LoadPanel(Panel):
         self._check_w.value = self.check_html()
 
     def check_html(self) -> str:
-        """The fit check as a coloured line: green fits, yellow does not (with a suggestion), blue unknown."""
+        """The fit check as a coloured line (green fits, yellow does not, with a suggestion; blue unknown)
+        over the table of what it needs on each device, part by part: the Store tab's table, same rule."""
         try:
             check = self.check()
+            table = fit_table_html([check])
             if check.fits is False:
-                return banner_html(f"{check.message}. {self.suggestion().capitalize()}.", "warning")
+                return banner_html(f"{check.message}. {self.suggestion().capitalize()}.", "warning") + table
         except WorkbenchError as exc:
             return banner_html(str(exc), "error")
-        return banner_html(check.message, "ok" if check.fits else "info")
+        return banner_html(check.message, "ok" if check.fits else "info") + table
 
     def _render_loaded(self) -> None:
         if not hasattr(self, "_loaded_w"):

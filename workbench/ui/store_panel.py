@@ -7,9 +7,10 @@ from typing import Any
 
 from ..errors import WorkbenchError
 from ..store import ModelEntry, ModelStore, estimate_table, format_bytes
-from ._shims import check_sort_key, filter_entries, fit_summary, sort_entries
+from ._shims import check_sort_key, filter_entries, sort_entries
 from .base import Panel
 from .display import esc, html_table
+from .fit_view import fit_summary, fit_table_html
 
 COLUMNS = (
     ("name", "Name"), ("model_type", "Type"), ("params", "Params"), ("size_bytes", "Size"),
@@ -49,9 +50,13 @@ def entries_table_html(entries: list[ModelEntry]) -> str:
 def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> str:
     """One entry in detail: metadata, the problem if any, estimates per precision, fit per device.
 
+    The fits are :func:`workbench.runtime.fit.fit_table`'s: for each device alone and each
+    precision, the very check a load would get (reserves and other users' leases included), so
+    this tab never says a model fits that the Load tab refuses.
+
     Args:
         entry: the store entry.
-        devices: ``Device`` records to check fits against; default ``list_devices()``.
+        devices: ``Device`` records (or device names) to check fits on; default ``list_devices()``.
 
     Example:
         >>> "Estimate" in entry_details_html(store.get("SmolLM2-135M-Instruct"))  # doctest: +SKIP
@@ -59,8 +64,7 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
     """
     parts = [f"<h4 style='margin:6px 0'>{esc(entry.name)}</h4>"]
     if entry.problem:
-        kind = "unsafe" if entry.status == "unsafe" else "broken"
-        parts.append(f"<p style='color:{_STATUS_COLOURS.get(entry.status, '#333')}'><b>{esc(kind)}:</b> "
+        parts.append(f"<p style='color:{_STATUS_COLOURS.get(entry.status, '#333')}'><b>{esc(entry.status)}:</b> "
                      f"{esc(entry.problem)}</p>")
     meta = [
         ("Path", str(entry.path)), ("Store root", f"{entry.root} ({'writable' if entry.writable else 'read-only'})"),
@@ -87,14 +91,27 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
                     for label, est in table.items()]
             parts.append(html_table(["Precision", "Weights", "Quant state", "Total", "KV cache / 1k tokens"], rows,
                                     caption="Estimate (before loading)"))
-            if devices is None:
-                from ..devices import list_devices
-
-                devices = list_devices()
-            fits = fit_summary(entry, devices)
-            parts.append("<p style='margin:2px 0'><b>Fits now</b> (free memory, 1k tokens of context):</p><ul>"
-                         + "".join(f"<li>{esc(s)}</li>" for s in fits) + "</ul>")
+            if entry.ok:  # a load of anything else is refused before any fit is checked
+                parts.append(_fits_html(entry, devices))
     return "".join(parts)
+
+
+def _fits_html(entry: ModelEntry, devices: list[Any] | None) -> str:
+    from ..runtime.fit import CONTEXT_TOKENS, fit_table
+
+    if devices is None:
+        from ..devices import list_devices
+
+        devices = list_devices()
+    names = [d if isinstance(d, str) else d.name for d in devices]
+    try:
+        checks = fit_table(entry, names)
+    except WorkbenchError as exc:
+        return f"<p>No fit check: {esc(exc)}</p>"
+    return ("<p style='margin:2px 0'><b>Fits now</b> (free memory less reserves and other users' leases, "
+            f"{CONTEXT_TOKENS:,} tokens of context; the check the Load tab applies):</p><ul>"
+            + "".join(f"<li>{esc(s)}</li>" for s in fit_summary(checks)) + "</ul>"
+            + fit_table_html(checks, caption="What each load needs, part by part"))
 
 
 class StorePanel(Panel):
