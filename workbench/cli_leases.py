@@ -1,7 +1,8 @@
 """``workbench leases``: the GPU leases on this machine, and an administrator's forced release.
 
-    workbench leases [--json]                   every live lease (stale ones are reclaimed first)
-    workbench leases release ID [--force]       give back a lease; another user's only with --force
+    workbench leases [--json]                   every lease: live ones, stale ones (with why), files skipped
+    workbench leases release ID [--force]       give back a lease; another user's only with --force, as
+                                                root or a member of the setting lease_admin_group
 
 Registered by :func:`register` from ``workbench.cli.build_parser``.
 """
@@ -19,11 +20,19 @@ def cmd_leases(args: argparse.Namespace) -> int:
     from .devices.leases import duration_str, leases_report
 
     doc = leases_report()
-    rows = [[x["lease_id"], x["device"], x["owner"], x["host"], str(x["pid"]), x["model"],
-             format_bytes(x["reserved_bytes"]), f"{duration_str(x['heartbeat_age_s'])} ago",
-             duration_str(x["idle_s"])] for x in doc["leases"]]
-    text = (output.table(rows, ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE"])
-            if rows else f"No GPU leases in {doc['lease_dir']}.")
+
+    def row(x: dict[str, Any], state: str) -> list[str]:
+        return [x["lease_id"], x["device"], x["holder"], x["host"], str(x["pid"]), x["model"],
+                format_bytes(x["reserved_bytes"]), f"{duration_str(x['heartbeat_age_s'])} ago",
+                duration_str(x["idle_s"]), state]
+
+    rows = [row(x, "live" if x["granted"] else "claiming") for x in doc["leases"]]
+    rows += [row(x, f"stale: {x['reason']}") for x in doc["stale"]]
+    header = ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE", "STATE"]
+    text = output.table(rows, header) if rows else f"No GPU leases in {doc['lease_dir']}."
+    for bad in doc["skipped"]:
+        owner = f" (owned by {bad['owner']})" if bad["owner"] else ""
+        text += f"\nskipped {bad['file']}{owner}: {bad['reason']}"
     output.emit(args, doc, text)
     return 0
 
@@ -46,9 +55,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(fn=cmd_leases)
     sub = p.add_subparsers(dest="leases_command")
-    desc = "release a lease by id; another user's lease only with --force (a hub administrator's decision)"
+    desc = ("release a lease by id; another user's lease only with --force, as root or a member of the group "
+            "the setting lease_admin_group names")
     r = sub.add_parser("release", help=desc, description=desc)
     r.add_argument("lease_id", help="the lease's id (a unique prefix is enough), from `workbench leases`")
-    r.add_argument("--force", action="store_true", help="release it even if it is another user's")
+    r.add_argument("--force", action="store_true",
+                   help="release it even if it is another user's (administrators only; stale leases too)")
     r.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     r.set_defaults(fn=cmd_leases_release)

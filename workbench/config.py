@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
 
@@ -61,6 +61,8 @@ ENV_VARS: dict[str, str] = {
     "telemetry_interval_s": "WORKBENCH_TELEMETRY_INTERVAL",
     "telemetry_history_s": "WORKBENCH_TELEMETRY_HISTORY",
     "lease_dir": "WORKBENCH_LEASE_DIR",
+    "leases_enabled": "WORKBENCH_LEASES",
+    "lease_admin_group": "WORKBENCH_LEASE_ADMIN_GROUP",
     "idle_unload_s": "WORKBENCH_IDLE_UNLOAD_S",
     "vllm_command": "WORKBENCH_VLLM_COMMAND",
     "endpoints_file": "WORKBENCH_ENDPOINTS_FILE",
@@ -138,6 +140,27 @@ class WorkbenchSettings(Configurable):
             "Folder of the GPU lease files, shared by every user of the machine (see README, "
             "'Deploying on JupyterHub'); created with the sticky bit (mode 1777) if missing. "
             "Environment: WORKBENCH_LEASE_DIR. Default: workbench-leases in the system temp folder."
+        ),
+    ).tag(config=True)
+
+    leases_enabled = Bool(
+        True,
+        help=(
+            "Take a GPU lease for every GPU load and engine, and refuse the load when none can be taken "
+            "(the GPU is promised to others, the lease folder cannot be trusted or written). Turn it off only "
+            "on a machine with a single user: loads then take no lease and check only NVML's free memory. "
+            "Environment: WORKBENCH_LEASES (true/false). Default: true."
+        ),
+    ).tag(config=True)
+
+    lease_admin_group = Unicode(
+        "",
+        help=(
+            "A Unix group whose members may release other users' GPU leases with "
+            "`workbench leases release ID --force` (root always may). In the sticky lease folder only root can "
+            "delete another user's file, so a member's forced release revokes the lease instead: readers whose "
+            "settings name the same group ignore it, and its holder gives it up at its next heartbeat. "
+            "Environment: WORKBENCH_LEASE_ADMIN_GROUP. Default: none (root only)."
         ),
     ).tag(config=True)
 
@@ -304,7 +327,7 @@ def _env_layers(settings: WorkbenchSettings) -> list[tuple[str, dict[str, Any]]]
         try:
             value = traits[name].from_string(raw)
         except ValueError:
-            kind = {"Float": "a number", "Int": "a whole number"}.get(type(traits[name]).__name__, "valid")
+            kind = {"Float": "a number", "Int": "a whole number", "Bool": "true or false"}.get(type(traits[name]).__name__, "valid")
             raise ConfigError(f"{var}={raw!r} is not {kind} (the setting {name})",
                               hint=traits[name].help.split(" Environment:")[0], setting=name,
                               source=source) from None

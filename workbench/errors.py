@@ -129,7 +129,13 @@ class LeaseError(DeviceError, OSError):
 
 
 class LeaseNotOwnedError(LeaseError, PermissionError):
-    """A release of another user's GPU lease without ``force`` (an administrator's decision)."""
+    """A release of another user's GPU lease without ``force``, or with it by someone who is not an
+    administrator (root, or a member of the setting ``lease_admin_group``)."""
+
+
+class LeaseFolderError(LeaseError, PermissionError):
+    """The shared lease folder cannot be trusted or used (a link, another user's, writable by others
+    without the sticky bit, not writable); ``path`` and ``owner`` name it and whom it belongs to."""
 
 
 # --- runtime ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ her lease is reclaimed, after which bob's kernel gets the GPU.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.hub, pytest.mark.browser]
 TAKE = """
 from workbench.devices.leases import acquire
 lease = acquire("cuda:0", 20 * 2**30, "tiny-llama")
-print(lease.owner, lease.gpu_uuid, lease.pid)
+print(lease.hub_user, lease.gpu_uuid, lease.pid)
 """
 
 TRY = """
@@ -37,7 +38,7 @@ try:
 except InsufficientMemoryError as exc:
     print("REFUSED", exc)
 else:
-    print("GRANTED", mine.owner, mine.reserved_bytes)
+    print("GRANTED", mine.hub_user, mine.reserved_bytes)
     release(mine)
 """
 
@@ -117,13 +118,16 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
 
     # bob sees it through his own server's REST endpoint and /metrics.
     [lease] = _leases(hub, "bob")
-    assert (lease["owner"], lease["model"], lease["pid"]) == ("alice", "tiny-llama", int(kernel_pid))
+    # Every hub user here runs as the hub's own uid (the simple spawner): the owner is that uid's name and
+    # the hub user a label (README, "Deploying on JupyterHub": give each user a uid of their own).
+    assert (lease["hub_user"], lease["model"], lease["pid"]) == ("alice", "tiny-llama", int(kernel_pid))
+    assert lease["uid"] == os.geteuid() and lease["holder"] == f"{lease['owner']} (hub user alice)"
     assert lease["reserved_bytes"] == 20 * GiB and lease["gpu_uuid"] == gpu["uuid"]
     status, metrics = hub.user_get("bob", "metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
-    assert reserved.value == 20 * GiB and reserved.labels["owner"] == "alice"
+    assert reserved.value == 20 * GiB and reserved.labels["hub_user"] == "alice"
 
     # ... and in JupyterLab's status bar, behind the hub's /user/bob/ base URL.
     _bob_sees_the_status_bar(hub, tmp_path)
@@ -132,7 +136,7 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
     _, result = run_in_kernel(hub, "bob", TRY)
     assert result["status"] == "ok", result
     assert result["stdout"].startswith("REFUSED"), result
-    assert "leased by alice" in result["stdout"] and "tiny-llama" in result["stdout"]
+    assert "(hub user alice)" in result["stdout"] and "tiny-llama" in result["stdout"]
     assert f"kernel {kernel_pid}" in result["stdout"]
 
     # alice's server stops (her kernel with it): the lease is released or reclaimed.
@@ -141,9 +145,7 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
     while _leases(hub, "bob") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _leases(hub, "bob") == []
-    assert not list(hub.lease_dir.glob("*.json")) or all(
-        json.loads(p.read_text() or "[]") in ([], {"leases": []}) or "alice" not in p.read_text()
-        for p in hub.lease_dir.glob("*.json"))
+    assert all('"hub_user": "alice"' not in p.read_text() for p in hub.lease_dir.glob("*.lease"))
 
     # Now bob gets the GPU.
     _, result = run_in_kernel(hub, "bob", TRY)

@@ -104,17 +104,19 @@ async def test_leases_is_the_cli_document(jp_fetch, fake_nvml, tmp_path: Path) -
     assert empty["leases"] == [] and empty["lease_dir"] == str(tmp_path / "leases")
     from workbench.devices.leases import LeaseBook, leases_report
 
-    book = LeaseBook(tmp_path / "leases", owner="alice", heartbeat_s=None)
+    book = LeaseBook(tmp_path / "leases", hub_user="alice", heartbeat_s=None)
     lease = book.acquire("cuda:0", 3 * GiB, "tiny-llama")
     doc = await get_json(jp_fetch, "leases")
     [item] = doc["leases"]
-    assert item["owner"] == "alice" and item["model"] == "tiny-llama" and item["reserved_bytes"] == 3 * GiB
+    assert item["owner"] == book.owner and item["hub_user"] == "alice"
+    assert item["model"] == "tiny-llama" and item["reserved_bytes"] == 3 * GiB
     assert item["gpu_uuid"] == fake.gpus[0].uuid and item["device"] == "cuda:0" and item["pid"] == os.getpid()
     cli = leases_report(LeaseBook(tmp_path / "leases", heartbeat_s=None))
     assert [x["lease_id"] for x in cli["leases"]] == [item["lease_id"]] == [lease.lease_id]
     metrics = {f.name: f for f in text_string_to_metric_families((await jp_fetch("metrics")).body.decode())}
     [reserved] = metrics["workbench_gpu_lease_reserved_bytes"].samples
-    assert reserved.value == 3 * GiB and reserved.labels["owner"] == "alice"
+    assert reserved.value == 3 * GiB and reserved.labels["owner"] == book.owner
+    assert reserved.labels["hub_user"] == "alice"
     assert reserved.labels["uuid"] == fake.gpus[0].uuid
     book.release(lease)
     assert (await get_json(jp_fetch, "leases"))["leases"] == []

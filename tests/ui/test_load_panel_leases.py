@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 
 import pytest
 
@@ -24,13 +25,14 @@ def registry(tiny_store):
 
 def test_gpu_rows_show_leases_and_processes(tiny_store, fake_nvml, clean_devices, static_mode):
     fake_nvml([FakeGpu(memory_total_bytes=24 * GiB, processes=[FakeProcess(os.getpid(), 3 * GiB)])], torch=True)
-    LeaseBook(owner="alice", heartbeat_s=None).acquire("cuda:0", 10 * GiB, "Mixtral-8x7B", hold=False)
+    LeaseBook(hub_user="alice", heartbeat_s=None).acquire("cuda:0", 10 * GiB, "Mixtral-8x7B", hold=False)
     panel = LoadPanel(registry=Registry())
     html = panel.static_html()
-    assert f"cuda:0: 10.0 GiB leased by alice (Mixtral-8x7B, kernel {os.getpid()}, idle 0 s)" in html
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert f"cuda:0: 10.0 GiB leased by {me} (hub user alice) (Mixtral-8x7B, kernel {os.getpid()}, idle 0 s)" in html
     assert f"pid {os.getpid()}" in html and "3.0 GiB" in html
     label = panel.device_html(next(d for d in panel.device_records if d.name == "cuda:0"))
-    assert "leases: cuda:0: 10.0 GiB leased by alice" in label and "held by:" in label
+    assert f"leases: cuda:0: 10.0 GiB leased by {me} (hub user alice)" in label and "held by:" in label
 
 
 def test_idle_unload_banner(registry):

@@ -128,12 +128,15 @@ def _default_free(device: str) -> int | None:
 
 
 def _default_leased(device: str) -> Any:
-    from ..devices.leases import get_lease_book
+    from ..devices.leases import get_lease_book, policy
     from ..errors import WorkbenchError
 
+    if not policy.leases_enabled():
+        return None
     try:
         return get_lease_book().share(device)
-    except (WorkbenchError, OSError) as exc:  # leases are advisory: an unusable lease folder refuses nothing
+    except (WorkbenchError, OSError) as exc:
+        # Not counted here; taking the load's own lease (runtime/leasing.py) then refuses with the reason.
         logger.debug("GPU leases of %s not counted: %s", device, exc)
         return None
 

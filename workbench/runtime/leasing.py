@@ -2,9 +2,10 @@
 placement once loaded, give it back on unload (and, through the lease book, at exit).
 
 The registry calls these three functions; the leases themselves are
-:mod:`workbench.devices.leases`. Leases are advisory: when the lease folder cannot be
-used at all the load goes on without one (logged), but a lease refused because the GPU
-is promised to others stops the load with the holders named.
+:mod:`workbench.devices.leases`, and the rule for taking them is its
+:mod:`~workbench.devices.leases.policy`, the same for engines: a GPU load that cannot
+take its lease is refused with the reason (the GPU promised to others, a lease folder
+that cannot be trusted or written), unless an administrator turned leases off.
 """
 
 from __future__ import annotations
@@ -40,29 +41,15 @@ def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
 
 
 def take(spec: LoadSpec, fit: FitCheck | None, model: str) -> tuple[Any, ...]:
-    """Take one lease per GPU of ``spec`` (all or none).
+    """Take one lease per GPU of ``spec`` (all or none; none at all for a CPU load).
 
     Raises:
         InsufficientMemoryError: a GPU is promised to other leases; the message names them.
+        LeaseError: no lease can be taken (see :func:`workbench.devices.leases.policy.take`).
     """
-    amounts = lease_amounts(spec, fit)
-    if not amounts:
-        return ()
-    from ..devices.leases import get_lease_book
+    from ..devices.leases import policy
 
-    taken: list[Any] = []
-    try:
-        book = get_lease_book()
-        for device, nbytes in amounts.items():
-            taken.append(book.acquire(device, nbytes, model))
-    except LeaseError as exc:
-        logger.warning("loading %s without a GPU lease: %s", model, exc)
-        give_back(taken)
-        return ()
-    except BaseException:
-        give_back(taken)
-        raise
-    return tuple(taken)
+    return policy.take(lease_amounts(spec, fit), model)
 
 
 def settle(leases: Iterable[Any], loaded: Any) -> tuple[Any, ...]:
@@ -87,14 +74,6 @@ def settle(leases: Iterable[Any], loaded: Any) -> tuple[Any, ...]:
 
 def give_back(leases: Iterable[Any]) -> None:
     """Release leases; trouble is logged, never raised (an unload must always finish)."""
-    leases = list(leases)
-    if not leases:
-        return
-    from ..devices.leases import get_lease_book
+    from ..devices.leases import policy
 
-    book = get_lease_book()
-    for lease in leases:
-        try:
-            book.release(lease)
-        except (LeaseError, OSError) as exc:
-            logger.warning("lease %s not released: %s", lease.lease_id, exc)
+    policy.give_back(leases)

@@ -3,8 +3,9 @@
 An engine runs as ``start_new_session=True``, so its PID is also its process
 group ID and everything it spawns (vLLM's workers, Ray's raylets on this host)
 is stopped with it by one ``killpg``. Stopping checks the PID still belongs to
-the engine (psutil's process start time) before it signals anything, so a
-recycled PID is never killed.
+the engine (its start time, by :class:`~workbench._process_identity.ProcessIdentity`,
+the one rule leases use too) before it signals anything, so a recycled PID is never
+killed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .._process_identity import ProcessIdentity
 from ..errors import ConfigError, EngineStartError
 
 #: Bytes of an engine's log quoted in errors.
@@ -65,31 +67,29 @@ def start(argv: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> sub
 
 
 def create_time(pid: int) -> float | None:
-    """psutil's start time of ``pid``, or ``None`` when there is no such process."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+    """psutil's start time of ``pid``, or ``None`` when there is no such process (or it is hidden)."""
+    return ProcessIdentity.of(pid).create_time_s
 
 
 def is_running(pid: int | None, pid_create_time: float | None = None) -> bool:
-    """Whether ``pid`` is alive (not a zombie) and, when given, started at ``pid_create_time``."""
+    """Whether ``pid`` is not proven gone (:meth:`ProcessIdentity.alive`: not a zombie, the same start
+    time when one is given; a process whose start time is hidden from us counts as running)."""
     if not pid:
         return False
-    import psutil
-
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return pid_create_time is None or abs(proc.create_time() - pid_create_time) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    return ProcessIdentity(pid, create_time_s=pid_create_time).alive()
+
+
+def is_ours(pid: int | None, pid_create_time: float | None = None) -> bool:
+    """Whether ``pid`` is proven to be the process recorded (``"running"``): what signalling it needs."""
+    if not pid:
         return False
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    return ProcessIdentity(pid, create_time_s=pid_create_time).status() == "running"
 
 
 def group_members(pgid: int) -> list[int]:
@@ -109,10 +109,11 @@ def group_members(pgid: int) -> list[int]:
 def stop_group(pid: int, pid_create_time: float | None = None, *, grace_s: float = STOP_GRACE_S) -> bool:
     """Stop the engine ``pid`` and its process group: SIGTERM, then SIGKILL after ``grace_s``.
 
-    Only signals when ``pid`` is still the engine (same start time) and leads its own
-    group (it was started with ``start_new_session``). Returns whether it was running.
+    Only signals when ``pid`` is proven to be the engine (same start time, see
+    :meth:`ProcessIdentity.status`) and leads its own group (it was started with
+    ``start_new_session``). Returns whether it was running.
     """
-    running = is_running(pid, pid_create_time)
+    running = is_ours(pid, pid_create_time)
     try:
         pgid = os.getpgid(pid) if running else None
     except ProcessLookupError:
@@ -140,7 +141,7 @@ def stop_group(pid: int, pid_create_time: float | None = None, *, grace_s: float
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or (a recycled group) not ours to signal
         pass
 
 

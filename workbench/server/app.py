@@ -56,7 +56,8 @@ class ServerState:
 
         with self._lock:
             if self._book is None:
-                self._book = LeaseBook(self.settings.lease_dir, heartbeat_s=None)
+                self._book = LeaseBook(self.settings.lease_dir, heartbeat_s=None,
+                                       admin_group=self.settings.lease_admin_group)
             return self._book
 
     def sampler(self, start: bool = True) -> Any:

@@ -60,8 +60,8 @@ GPU_FAMILIES: dict[str, tuple[str, str, float]] = {
 }
 GPU_LABELS = ("device", "uuid")
 #: Lease metric label -> key of a ``Lease.to_dict()``.
-LEASE_LABELS = {"device": "device", "uuid": "gpu_uuid", "owner": "owner", "host": "host", "pid": "pid",
-                "model": "model", "lease_id": "lease_id"}
+LEASE_LABELS = {"device": "device", "uuid": "gpu_uuid", "owner": "owner", "hub_user": "hub_user", "host": "host",
+                "pid": "pid", "model": "model", "lease_id": "lease_id"}
 MODEL_LABELS = ("name", "model", "device", "precision")
 
 
@@ -81,9 +81,9 @@ class WorkbenchCollector:
             start its sampler lazily); its latest sample is exported.
         log: the event log whose counts become ``workbench_events_total`` (default:
             the process-wide one).
-        leases: returns the GPU leases as dicts (``Lease.to_dict()``: ``gpu_uuid``,
-            ``device``, ``owner``, ``host``, ``pid``, ``model``, ``reserved_bytes``,
-            ``heartbeat_s``, ``idle_s``), or ``None``.
+        leases: returns the GPU leases as dicts (``Lease.to_dict()``: ``gpu_uuid``, ``device``,
+            ``owner`` (the lease file's owner), ``hub_user``, ``host``, ``pid``, ``model``,
+            ``reserved_bytes``, ``heartbeat_s``, ``idle_s``), or ``None``.
         models: returns the loaded models as dicts (``LoadedModel.to_dict()``), or ``None``.
 
     A source that raises is logged and left out of that scrape; the others still appear.

@@ -51,6 +51,7 @@ interface ILease {
   gpu_uuid: string;
   device: string;
   owner: string;
+  holder: string;
   host: string;
   pid: number;
   model: string;
@@ -241,7 +242,7 @@ class WorkbenchPanel extends Widget {
             l.model,
             l.device,
             formatBytes(l.reserved_bytes),
-            l.owner,
+            l.holder,
             duration(l.idle_s)
           ])
         )
@@ -258,7 +259,7 @@ class WorkbenchPanel extends Widget {
           leases.leases.map(l => [
             l.lease_id,
             `${l.device} (${l.gpu_uuid})`,
-            `${l.owner}@${l.host}, ${l.watch === 'pid' ? 'process' : 'kernel'} ${l.pid}`,
+            `${l.holder}@${l.host}, ${l.watch === 'pid' ? 'process' : 'kernel'} ${l.pid}`,
             formatBytes(l.reserved_bytes)
           ])
         )

@@ -1,0 +1,444 @@
+"""The shared lease folder: whom it may belong to, and every file operation in it.
+
+Every user of the machine writes lease files into one folder (the setting
+``lease_dir``), so the folder's rules are what make a lease its holder's:
+
+* It must be a real directory (not a symlink), owned by root or by the caller, and,
+  if others may write in it, sticky (mode ``1777`` like ``/tmp``): then anyone may add
+  a file and only its owner (or root) may delete or rename it. A folder owned by
+  another user is refused, because its owner could delete or replace anyone's
+  leases; so is one whose parent folders others could rename it in. Refusing is
+  the safe side: the caller's GPU load stops with the reason, instead of going on
+  with a lease nobody else can see.
+* A lease file is created under a random temporary name (``O_CREAT|O_EXCL|O_NOFOLLOW``),
+  written in full, then linked to its real name (``link`` never replaces a name), so
+  a reader sees a whole file or none. After that nobody writes it again; only its
+  owner touches it (the heartbeat) or deletes it.
+* The folder is listed with ``scandir`` (file types from the directory itself, no
+  ``stat`` of what a name points to), and each lease is read by
+  :func:`~.record.read_lease`; a bad file is skipped with one warning per version of
+  it (name, inode, mtime, size), naming its owner.
+* Root may delete anyone's lease file (``workbench leases release ID --force``). A
+  member of the setting ``lease_admin_group`` may not delete files in a sticky folder
+  (only root may), so a forced release by one writes a revocation beside the lease
+  (``<lease file>.revoked``, owned by the administrator); every reader whose settings
+  name that group ignores the revoked lease, and its holder deletes it at its next
+  heartbeat.
+
+Everything is done relative to the folder's file descriptor, opened once per
+operation with ``O_NOFOLLOW|O_DIRECTORY`` and checked with ``fstat``, so the folder
+cannot be swapped between the check and the use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import secrets
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import LeaseError, LeaseFolderError
+from .record import REVOKED_SUFFIX, BadLeaseFile, Lease, parse_name, read_lease, user_name
+
+logger = logging.getLogger("workbench.devices.leases")
+
+#: A lease folder holding more entries than this is refused (listing it would cost every reader).
+MAX_ENTRIES = 50_000
+#: Prefix of the temporary files a lease is written in before it is linked to its name.
+TMP_PREFIX = ".tmp-"
+#: A temporary file older than this was left by a holder that died while writing; its owner removes it.
+TMP_MAX_AGE_S = 60.0
+#: Distinct bad files remembered so that each is warned about once.
+WARNED_MAX = 4096
+
+_warned: OrderedDict[tuple[object, ...], None] = OrderedDict()
+_warned_lock = threading.Lock()
+
+
+def warn_once(folder: Path, bad: BadLeaseFile) -> None:
+    """Log ``bad`` once per version of the file (its name, inode, mtime and size)."""
+    key = (str(folder), *bad.key)
+    with _warned_lock:
+        if key in _warned:
+            _warned.move_to_end(key)
+            return
+        _warned[key] = None
+        while len(_warned) > WARNED_MAX:
+            _warned.popitem(last=False)
+    logger.warning("lease folder %s: skipping %s", folder, bad)
+
+
+def is_lease_admin(admin_group: str) -> bool:
+    """Whether this process may release other users' leases: root, or a member of ``admin_group``
+    (checked against the process's real credentials, ``os.getgroups()``, not any file's content)."""
+    if os.geteuid() == 0:
+        return True
+    gid = _group_id(admin_group)
+    return gid is not None and (gid in os.getgroups() or gid == os.getegid())
+
+
+def uid_is_lease_admin(uid: int, admin_group: str) -> bool:
+    """Whether the user ``uid`` (a revocation's owner) is root or a member of ``admin_group``."""
+    if uid == 0:
+        return True
+    gid = _group_id(admin_group)
+    if gid is None:
+        return False
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if pw.pw_gid == gid:
+        return True
+    try:
+        return pw.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+def _group_id(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+@dataclass
+class Listing:
+    """What one pass over the folder found.
+
+    Attributes:
+        leases: every readable lease (newest generation of each), stale ones included.
+        superseded: older generations still present (counted once, through the newest).
+        revoked: leases an administrator revoked: ``{(holder uid, lease id): revoker's uid}``.
+        bad: the files skipped, each with its owner and reason.
+    """
+
+    leases: list[Lease] = field(default_factory=list)
+    superseded: list[Lease] = field(default_factory=list)
+    revoked: dict[tuple[int, str], int] = field(default_factory=dict)
+    bad: list[BadLeaseFile] = field(default_factory=list)
+
+
+class LeaseFolder:
+    """The lease folder at ``path`` (see the module doc for its rules).
+
+    Args:
+        path: the folder (the setting ``lease_dir``).
+        admin_group: the setting ``lease_admin_group`` (``""``: root only).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], admin_group: str = "") -> None:
+        self.path = Path(path).expanduser()
+        self.admin_group = admin_group
+
+    # -- the folder itself --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def opened(self, *, create: bool = False) -> Iterator[int | None]:
+        """The folder's file descriptor, checked; ``None`` when it does not exist and ``create`` is false.
+
+        Raises:
+            LeaseFolderError: it is a link or a file, belongs to another user, lets others
+                delete leases in it, or cannot be created; the message names it and its owner.
+        """
+        fd = self._open(create)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _open(self, create: bool) -> int | None:
+        self._check_parents()
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        made = False
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(self.path, 0o700)
+                made = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise LeaseFolderError(
+                    f"cannot create the lease folder {self.path}: {exc.strerror or exc}",
+                    hint="an administrator creates it once for every user (`install -d -m 1777 "
+                         f"{self.path}` as root), or set lease_dir (WORKBENCH_LEASE_DIR) elsewhere",
+                    path=str(self.path), owner=None) from None
+            fd = self._open_existing(flags)
+        except OSError as exc:
+            raise self._not_a_folder(exc) from None
+        try:
+            st = os.fstat(fd)
+            if made and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o1777)  # mkdir's mode went through the umask; fchmod does not
+                st = os.fstat(fd)
+            self._check(st)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_existing(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags)
+        except OSError as exc:
+            raise self._not_a_folder(exc) from None
+
+    def _not_a_folder(self, exc: OSError) -> LeaseFolderError:
+        owner = _lstat_owner(self.path)
+        what = {errno.ELOOP: "is a symbolic link", errno.ENOTDIR: "is not a folder"}.get(
+            exc.errno or 0, f"cannot be opened ({exc.strerror or exc})")
+        return LeaseFolderError(
+            f"the lease folder {self.path} {what}{f' (owned by {owner})' if owner else ''}",
+            hint="an administrator should remove it and create the folder as root (`install -d -m 1777 "
+                 f"{self.path}`), or set lease_dir (WORKBENCH_LEASE_DIR) elsewhere",
+            path=str(self.path), owner=owner)
+
+    def _check(self, st: os.stat_result) -> None:
+        owner = user_name(st.st_uid)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (0, os.geteuid()):
+            raise LeaseFolderError(
+                f"the lease folder {self.path} belongs to {owner}, who could delete or replace every "
+                "other user's leases in it; no lease is taken there",
+                hint="an administrator should remove it and create it as root (`install -d -m 1777 "
+                     f"{self.path}`), or set lease_dir (WORKBENCH_LEASE_DIR) to a root-owned sticky folder",
+                path=str(self.path), owner=owner)
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            raise LeaseFolderError(
+                f"the lease folder {self.path} (owned by {owner}, mode {mode:04o}) lets others delete "
+                "and rename every lease in it (writable without the sticky bit); no lease is taken there",
+                hint=f"an administrator should run `chmod 1777 {self.path}`", path=str(self.path), owner=owner)
+
+    def _check_parents(self) -> None:
+        """Refuse a folder that another user could rename away and replace (through a parent folder)."""
+        try:
+            parent = Path(os.path.realpath(self.path.parent))
+        except OSError:
+            return
+        for p in (parent, *parent.parents):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue  # missing parents: creating the folder will fail and say so
+            mode = stat.S_IMODE(st.st_mode)
+            others_write = mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX
+            if st.st_uid not in (0, os.geteuid()) or others_write:
+                raise LeaseFolderError(
+                    f"the lease folder {self.path} is inside {p} (owned by {user_name(st.st_uid)}, mode "
+                    f"{mode:04o}), where another user could replace it; no lease is taken there",
+                    hint="set lease_dir (WORKBENCH_LEASE_DIR) to a folder whose parents only root may change "
+                         "(for example /tmp/workbench-leases or /run/workbench-leases)",
+                    path=str(self.path), owner=user_name(st.st_uid))
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def list(self, fd: int, *, gpu_uuid: str | None = None, now: float,
+             totals: dict[str, int | None] | None = None) -> Listing:
+        """Every lease in the folder (on one GPU when ``gpu_uuid`` is given); bad files warned about once.
+
+        Raises:
+            LeaseFolderError: more than :data:`MAX_ENTRIES` entries.
+        """
+        found = Listing()
+        newest: dict[tuple[int, str], Lease] = {}
+        me = os.geteuid()
+        with os.scandir(fd) as it:
+            for n, entry in enumerate(it):
+                if n >= MAX_ENTRIES:
+                    raise LeaseFolderError(
+                        f"the lease folder {self.path} holds more than {MAX_ENTRIES} entries; it is not read",
+                        hint="an administrator should remove what is not a lease from it", path=str(self.path),
+                        owner=None)
+                name = entry.name
+                if name.endswith(REVOKED_SUFFIX):
+                    self._note_revocation(entry, found)
+                    continue
+                if name.startswith(TMP_PREFIX):
+                    self._clean_tmp(fd, entry, me, now)
+                    continue
+                parsed = parse_name(name)
+                if parsed is None or (gpu_uuid is not None and parsed.gpu_uuid.lower() != gpu_uuid.lower()):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        raise self._not_regular(entry)
+                    lease = read_lease(fd, name, now=now, total_bytes=(totals or {}).get(parsed.gpu_uuid))
+                except BadLeaseFile as bad:
+                    found.bad.append(bad)
+                    warn_once(self.path, bad)
+                    continue
+                except OSError as exc:  # the entry went away while we looked (a release)
+                    logger.debug("lease file %s vanished while read: %s", name, exc)
+                    continue
+                key = (lease.uid, lease.lease_id)
+                prev = newest.get(key)
+                if prev is None or lease.generation > prev.generation:
+                    if prev is not None:
+                        found.superseded.append(prev)
+                    newest[key] = lease
+                else:
+                    found.superseded.append(lease)
+        found.leases = list(newest.values())
+        return found
+
+    def _not_regular(self, entry: os.DirEntry[str]) -> BadLeaseFile:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return BadLeaseFile(entry.name, "not a regular file")
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        owner = user_name(st.st_uid)
+        return BadLeaseFile(entry.name, kind, owner, key=(entry.name, st.st_ino, st.st_mtime_ns, kind))
+
+    def _note_revocation(self, entry: os.DirEntry[str], found: Listing) -> None:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return
+        parsed = parse_name(entry.name[: -len(REVOKED_SUFFIX)])
+        if parsed is not None and stat.S_ISREG(st.st_mode):
+            found.revoked[(parsed.uid, parsed.lease_id)] = st.st_uid
+
+    def _clean_tmp(self, fd: int, entry: os.DirEntry[str], me: int, now: float) -> None:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if st.st_uid == me and stat.S_ISREG(st.st_mode) and now - st.st_mtime > TMP_MAX_AGE_S:
+                os.unlink(entry.name, dir_fd=fd)
+        except OSError:
+            pass
+
+    def is_revoked(self, listing: Listing, lease: Lease) -> bool:
+        """Whether an administrator (root, or a member of ``admin_group`` as this reader's settings say)
+        revoked ``lease``."""
+        uid = listing.revoked.get((lease.uid, lease.lease_id))
+        return uid is not None and uid != lease.uid and uid_is_lease_admin(uid, self.admin_group)
+
+    # -- writing (only ever our own files) -----------------------------------------------------
+
+    def create(self, fd: int, lease: Lease, *, granted: bool) -> int:
+        """Write ``lease`` as a new file, whole, and return a descriptor of it (to grant it later).
+
+        The content goes to a temporary file first, then ``link`` gives it its name: a reader
+        never sees a half-written lease, and an existing name is never replaced.
+
+        Raises:
+            FileExistsError: the name is taken (pick another lease id).
+            LeaseFolderError: the folder is not writable by this user.
+        """
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=fd)
+        except PermissionError as exc:
+            raise LeaseFolderError(f"cannot write in the lease folder {self.path}: {exc.strerror or exc}",
+                                   hint=f"an administrator should make it writable by every user "
+                                        f"(`chmod 1777 {self.path}`)",
+                                   path=str(self.path), owner=_lstat_owner(self.path)) from None
+        linked = False
+        try:
+            view = memoryview(lease.content())
+            while view:
+                view = view[os.write(tfd, view):]
+            os.fchmod(tfd, 0o644 if granted else 0o444)
+            created_ns = int(lease.created_s * 1e9)
+            os.utime(tfd, ns=(created_ns, created_ns))  # mtime = last use = not yet
+            os.link(tmp, lease.file_name(), src_dir_fd=fd, dst_dir_fd=fd)
+            linked = True
+        except BaseException:
+            os.close(tfd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+        assert linked
+        return tfd
+
+    def grant(self, file_fd: int) -> None:
+        """Mark a claim granted (the owner-write bit; see :mod:`.record`)."""
+        os.fchmod(file_fd, 0o644)
+
+    def touch(self, fd: int, lease: Lease, last_used_s: float | None) -> float | None:
+        """The heartbeat: set the file's mtime to the last use (its ctime becomes now).
+
+        Returns:
+            The new heartbeat (the file's ctime), or ``None`` when the file is gone.
+        """
+        mtime = last_used_s if last_used_s is not None else lease.created_s
+        try:
+            os.utime(lease.file_name(), ns=(time.time_ns(), int(mtime * 1e9)), dir_fd=fd, follow_symlinks=False)
+            return os.stat(lease.file_name(), dir_fd=fd, follow_symlinks=False).st_ctime
+        except FileNotFoundError:
+            return None
+
+    def remove_own(self, fd: int, file_name: str) -> bool:
+        """Delete one of this user's lease files; never another's. Returns whether it was there."""
+        try:
+            st = os.stat(file_name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            self._remove_revocation(fd, file_name)
+            return False
+        parsed = parse_name(file_name)
+        if st.st_uid != os.geteuid() or parsed is None or parsed.uid != st.st_uid:
+            raise LeaseError(f"{file_name} in {self.path} is not this user's lease file; it is left alone",
+                             path=str(self.path))
+        try:
+            os.unlink(file_name, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        self._remove_revocation(fd, file_name)
+        return True
+
+    def _remove_revocation(self, fd: int, file_name: str) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(file_name + REVOKED_SUFFIX, dir_fd=fd, follow_symlinks=False)
+            if st.st_uid == os.geteuid():
+                os.unlink(file_name + REVOKED_SUFFIX, dir_fd=fd)
+
+    def remove_others(self, fd: int, lease: Lease, files: list[str]) -> str:
+        """An administrator's forced release: delete the files (root), else revoke the lease.
+
+        Returns:
+            ``"deleted"`` or ``"revoked"``.
+        """
+        if os.geteuid() == 0:
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+            return "deleted"
+        try:
+            rfd = os.open(lease.file + REVOKED_SUFFIX,
+                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+        except FileExistsError:
+            return "revoked"
+        os.fchmod(rfd, 0o644)
+        os.close(rfd)
+        return "revoked"
+
+
+def _lstat_owner(path: Path) -> str | None:
+    try:
+        return user_name(os.lstat(path).st_uid)
+    except OSError:
+        return None
+
+
+__all__ = ["Listing", "LeaseFolder", "is_lease_admin", "uid_is_lease_admin", "warn_once"]
