@@ -52,6 +52,23 @@ def test_a_load_refused_by_another_users_lease_names_them(gpu, registry, events)
     assert events.of("error") and not events.of("load_started")
 
 
+def test_a_load_that_cannot_take_its_lease_is_refused(gpu, registry, events, tmp_path, monkeypatch):
+    """Fail closed (before: loaded with no lease, silently): the reason and the way out are named."""
+    from workbench.config import reset_settings
+    from workbench.errors import LeaseFolderError
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "leases-link").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("WORKBENCH_LEASE_DIR", str(tmp_path / "leases-link"))
+    reset_settings()
+    with pytest.raises(LeaseFolderError) as err:
+        registry.load(LoadSpec("tiny-llama", devices=("cuda:0",)))
+    assert "tiny-llama cannot take its GPU lease on cuda:0" in str(err.value)
+    assert "leases-link is a symbolic link" in str(err.value) and "leases_enabled = False" in str(err.value)
+    assert events.of("error") and not events.of("load_started") and registry.list() == []
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, shared_store):
     real_load = loader.load
 

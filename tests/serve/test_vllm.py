@@ -107,6 +107,25 @@ def test_a_gpu_leased_to_someone_else_refuses_the_engine(seeded_store, fake_vllm
         release(other)
 
 
+def test_an_engine_that_cannot_take_its_lease_is_not_started(seeded_store, fake_vllm, gpus, tmp_path,
+                                                             monkeypatch) -> None:
+    """The policy loads follow (devices/leases/policy.py): no lease, no engine; the reason is named."""
+    from workbench.config import reset_settings
+    from workbench.errors import LeaseFolderError
+
+    gpus(3 * GiB)
+    plan = plan_serve(SMOL, engine="vllm", devices=["cuda:0"], dtype="bfloat16")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "leases-link").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("WORKBENCH_LEASE_DIR", str(tmp_path / "leases-link"))
+    reset_settings()
+    with pytest.raises(LeaseFolderError, match="leases-link is a symbolic link"):
+        start(plan, ready_timeout_s=60)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if plan.argv[0] in " ".join(p.info["cmdline"] or [])]
+    assert not process.port_open("127.0.0.1", plan.port) and EndpointRegistry().list() == []
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_a_tight_gpu_gets_the_context_whose_kv_cache_fits(seeded_store, fake_vllm, gpus) -> None:
     weights, kv_token, context = _truth(seeded_store)
     free = weights + 1280 * MiB + kv_token * 3000

@@ -50,9 +50,9 @@ from typing import Any
 from ..._format import format_bytes
 from ..._process_identity import ProcessIdentity
 from ...errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
-from .folder import LeaseFolder, Listing, is_lease_admin, uid_is_lease_admin
+from .folder import LeaseFolder, Listing, is_lease_admin
 from .heartbeat import HEARTBEAT_S, Heartbeat
-from .record import REVOKED_SUFFIX, Lease, Watch, duration_str, is_gpu_uuid, user_name, with_reservation
+from .record import Lease, Watch, duration_str, is_gpu_uuid, user_name, with_reservation
 
 logger = logging.getLogger("workbench.devices.leases")
 
@@ -269,7 +269,7 @@ class LeaseBook:
         dead: list[tuple[Lease, str]] = []
         for lease in listing.leases:
             if self.folder.is_revoked(listing, lease):
-                dead.append((lease, f"revoked by {user_name(listing.revoked[(lease.uid, lease.lease_id)])}"))
+                dead.append((lease, f"revoked by {user_name(listing.revoked[(lease.uid, lease.lease_id)].st_uid)}"))
                 continue
             reason = self.stale_reason(lease, now)
             if reason is None:
@@ -599,11 +599,7 @@ class LeaseBook:
         return refreshed
 
     def _revoked(self, fd: int, lease: Lease) -> bool:
-        try:
-            st = os.stat(lease.file + REVOKED_SUFFIX, dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            return False
-        return st.st_uid != self.uid and uid_is_lease_admin(st.st_uid, self.folder.admin_group)
+        return self.folder.revocation_of(fd, lease) is not None
 
     def stop(self) -> None:
         """Stop the heartbeat thread (the leases stay; :meth:`release_all` gives them back)."""

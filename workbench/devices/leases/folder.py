@@ -21,9 +21,9 @@ Every user of the machine writes lease files into one folder (the setting
 * Root may delete anyone's lease file (``workbench leases release ID --force``). A
   member of the setting ``lease_admin_group`` may not delete files in a sticky folder
   (only root may), so a forced release by one writes a revocation beside the lease
-  (``<lease file>.revoked``, owned by the administrator); every reader whose settings
-  name that group ignores the revoked lease, and its holder deletes it at its next
-  heartbeat.
+  (``<lease file>.revoked``, given the administrators' group, which the kernel lets only
+  members do); every reader whose settings name that group ignores the revoked lease,
+  and its holder deletes it at its next heartbeat.
 
 Everything is done relative to the folder's file descriptor, opened once per
 operation with ``O_NOFOLLOW|O_DIRECTORY`` and checked with ``fstat``, so the folder
@@ -37,7 +37,6 @@ import errno
 import grp
 import logging
 import os
-import pwd
 import secrets
 import stat
 import threading
@@ -87,23 +86,14 @@ def is_lease_admin(admin_group: str) -> bool:
     return gid is not None and (gid in os.getgroups() or gid == os.getegid())
 
 
-def uid_is_lease_admin(uid: int, admin_group: str) -> bool:
-    """Whether the user ``uid`` (a revocation's owner) is root or a member of ``admin_group``."""
-    if uid == 0:
+def revoked_by_admin(revocation: os.stat_result, admin_group: str, folder_setgid: bool) -> bool:
+    """Whether a revocation file was made by an administrator: owned by root, or given the group
+    ``admin_group`` by its owner, which the kernel allows only to members of that group (not in a
+    setgid folder, where every file gets the folder's group)."""
+    if revocation.st_uid == 0:
         return True
     gid = _group_id(admin_group)
-    if gid is None:
-        return False
-    try:
-        pw = pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    if pw.pw_gid == gid:
-        return True
-    try:
-        return pw.pw_name in grp.getgrgid(gid).gr_mem
-    except KeyError:
-        return False
+    return gid is not None and revocation.st_gid == gid and not folder_setgid
 
 
 def _group_id(name: str) -> int | None:
@@ -122,13 +112,13 @@ class Listing:
     Attributes:
         leases: every readable lease (newest generation of each), stale ones included.
         superseded: older generations still present (counted once, through the newest).
-        revoked: leases an administrator revoked: ``{(holder uid, lease id): revoker's uid}``.
+        revoked: revocations found: ``{(holder uid, lease id): the revocation file's stat}``.
         bad: the files skipped, each with its owner and reason.
     """
 
     leases: list[Lease] = field(default_factory=list)
     superseded: list[Lease] = field(default_factory=list)
-    revoked: dict[tuple[int, str], int] = field(default_factory=dict)
+    revoked: dict[tuple[int, str], os.stat_result] = field(default_factory=dict)
     bad: list[BadLeaseFile] = field(default_factory=list)
 
 
@@ -143,6 +133,7 @@ class LeaseFolder:
     def __init__(self, path: str | os.PathLike[str], admin_group: str = "") -> None:
         self.path = Path(path).expanduser()
         self.admin_group = admin_group
+        self.setgid = False  # the folder's setgid bit, as last opened (see revoked_by_admin)
 
     # -- the folder itself --------------------------------------------------------------------
 
@@ -190,6 +181,7 @@ class LeaseFolder:
                 os.fchmod(fd, 0o1777)  # mkdir's mode went through the umask; fchmod does not
                 st = os.fstat(fd)
             self._check(st)
+            self.setgid = bool(st.st_mode & stat.S_ISGID)
         except BaseException:
             os.close(fd)
             raise
@@ -203,7 +195,11 @@ class LeaseFolder:
 
     def _not_a_folder(self, exc: OSError) -> LeaseFolderError:
         owner = _lstat_owner(self.path)
-        what = {errno.ELOOP: "is a symbolic link", errno.ENOTDIR: "is not a folder"}.get(
+        try:
+            link = stat.S_ISLNK(os.lstat(self.path).st_mode)
+        except OSError:
+            link = False
+        what = "is a symbolic link" if link else {errno.ELOOP: "is a symbolic link", errno.ENOTDIR: "is not a folder"}.get(
             exc.errno or 0, f"cannot be opened ({exc.strerror or exc})")
         return LeaseFolderError(
             f"the lease folder {self.path} {what}{f' (owned by {owner})' if owner else ''}",
@@ -316,7 +312,7 @@ class LeaseFolder:
             return
         parsed = parse_name(entry.name[: -len(REVOKED_SUFFIX)])
         if parsed is not None and stat.S_ISREG(st.st_mode):
-            found.revoked[(parsed.uid, parsed.lease_id)] = st.st_uid
+            found.revoked[(parsed.uid, parsed.lease_id)] = st
 
     def _clean_tmp(self, fd: int, entry: os.DirEntry[str], me: int, now: float) -> None:
         try:
@@ -329,8 +325,20 @@ class LeaseFolder:
     def is_revoked(self, listing: Listing, lease: Lease) -> bool:
         """Whether an administrator (root, or a member of ``admin_group`` as this reader's settings say)
         revoked ``lease``."""
-        uid = listing.revoked.get((lease.uid, lease.lease_id))
-        return uid is not None and uid != lease.uid and uid_is_lease_admin(uid, self.admin_group)
+        st = listing.revoked.get((lease.uid, lease.lease_id))
+        return st is not None and st.st_uid != lease.uid and revoked_by_admin(st, self.admin_group, self.setgid)
+
+    def revocation_of(self, fd: int, lease: Lease) -> os.stat_result | None:
+        """The administrator's revocation of ``lease``, if there is one (see :meth:`is_revoked`)."""
+        for generation in range(lease.generation + 1):  # revoked under any name the lease has had
+            try:
+                st = os.stat(lease.file_name(generation) + REVOKED_SUFFIX, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid != lease.uid and revoked_by_admin(st, self.admin_group,
+                                                                                          self.setgid):
+                return st
+        return None
 
     # -- writing (only ever our own files) -----------------------------------------------------
 
@@ -429,8 +437,13 @@ class LeaseFolder:
                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
         except FileExistsError:
             return "revoked"
-        os.fchmod(rfd, 0o644)
-        os.close(rfd)
+        try:
+            os.fchmod(rfd, 0o644)
+            gid = _group_id(self.admin_group)
+            if gid is not None:
+                os.fchown(rfd, -1, gid)  # the kernel's proof that we belong to the group
+        finally:
+            os.close(rfd)
         return "revoked"
 
 
@@ -441,4 +454,4 @@ def _lstat_owner(path: Path) -> str | None:
         return None
 
 
-__all__ = ["Listing", "LeaseFolder", "is_lease_admin", "uid_is_lease_admin", "warn_once"]
+__all__ = ["Listing", "LeaseFolder", "is_lease_admin", "revoked_by_admin", "warn_once"]
