@@ -73,8 +73,8 @@ def tight_gpu(request, tiny_store, fake_nvml, clean_devices):
     else:
         fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
         # Another user's lease on most of it (not allocated yet, so NVML still calls it free).
-        LeaseBook(owner="alice", heartbeat_s=None).acquire("cuda:0", 24 * GiB - 200 * MiB, "Mixtral-8x7B",
-                                                           pid=1, watch="pid", hold=False, check=False)
+        LeaseBook(hub_user="alice", heartbeat_s=None).acquire("cuda:0", 24 * GiB - 200 * MiB, "Mixtral-8x7B",
+                                                              pid=1, watch="pid", hold=False, check=False)
     from workbench.devices import memory_free_bytes
 
     assert memory_free_bytes("cuda:0") > 100 * weights  # raw free memory: it would fit many times over
@@ -99,7 +99,7 @@ def test_store_tab_says_what_the_load_tab_says(tight_gpu, static_mode):
     assert fit_row(details, "cuda:0", "float32") == load_row
     assert load_row[-2] == format_bytes(chk.needed_bytes) and load_row[-1] == "does not fit"
     if tight_gpu == "lease":
-        assert "leased by alice" in load_row[6] and "leased by alice" in details
+        assert "(hub user alice)" in load_row[6] and "(hub user alice)" in details
     else:
         assert "CUDA context" in load_row[5]
     store_panel.close()

@@ -50,6 +50,7 @@ from typing import Any
 from ..._format import format_bytes
 from ..._process_identity import ProcessIdentity
 from ...errors import ConfigError, DeviceError, InsufficientMemoryError, LeaseError, LeaseNotOwnedError
+from ..budget import DeviceOffer, decide_fit
 from .folder import LeaseFolder, Listing, is_lease_admin
 from .heartbeat import HEARTBEAT_S, Heartbeat
 from .record import Lease, Watch, duration_str, is_gpu_uuid, user_name, with_reservation
@@ -421,14 +422,17 @@ class LeaseBook:
         others = [x for x in live if (x.uid, x.lease_id) != (lease.uid, lease.lease_id)]
         need = min(lease.reserved_bytes, total) if total else lease.reserved_bytes
         promised = outstanding_bytes(others, used, total)
-        if need <= free - promised:
+        # The one fit rule (devices/budget.py) on this GPU's numbers: beside every other live claim...
+        if decide_fit(need, [DeviceOffer(lease.device, free, leased_bytes=promised)]).fits:
             return None
         granted = [x for x in others if x.granted]
         promised_granted = outstanding_bytes(granted, used, total)
-        contended = need <= free - promised_granted
+        # ... and, refused, beside the granted ones alone: if it fits there, only contention refused it.
+        verdict = decide_fit(need, [DeviceOffer(lease.device, free, leased_bytes=promised_granted)])
+        contended = bool(verdict.fits)
         counted = others if contended else granted
         counted_bytes = promised if contended else promised_granted
-        available = max(0, free - counted_bytes)
+        available = max(0, free - counted_bytes) if contended else (verdict.available_bytes or 0)
         share = LeaseShare(lease.device, tuple(counted), counted_bytes, used)
         held = f"; {share.describe(now)}" if counted else ""
         why = ("other users are taking leases on it at this moment" if contended
