@@ -79,13 +79,21 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 
 def cmd_store_inspect(args: argparse.Namespace) -> int:
+    from .errors import EstimateUnavailableError
     from .store import estimate_table, format_bytes, kv_cache_bytes
 
     entry = open_store().get(args.name)
     doc = entry.to_dict()
     lines = [f"{k}: {v}" for k, v in doc.items() if k not in ("weights",)]
+    table = None
     if entry.ok:
-        table = estimate_table(entry)
+        try:
+            table = estimate_table(entry)
+        except EstimateUnavailableError as exc:
+            doc["estimate"] = None
+            doc["estimate_problem"] = str(exc)
+            lines.append(f"estimate unavailable: {exc}")
+    if table is not None:
         doc["estimate"] = {label: est.total_bytes for label, est in table.items()}
         # The KV cache in bfloat16, as the label says (the table's first row is float32).
         doc["estimate"]["kv_cache_bytes_per_1k_tokens"] = kv_cache_bytes(entry, 1000, "bfloat16")
@@ -99,7 +107,7 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
             doc["fits"] = fits
             lines.append("fits: " + (", ".join(f"{f['precision']} on {f['device']}" for f in fits if f["fits"])
                                      or "nowhere with the memory free now"))
-    else:
+    elif "estimate" not in doc:
         doc["estimate"] = None
     output.emit(args, doc, "\n".join(lines))
     return 0

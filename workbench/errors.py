@@ -67,6 +67,14 @@ class ArgumentTypeError(ConfigError, TypeError):
     """An argument of the wrong type (a subscriber that is not callable, an unknown setting keyword)."""
 
 
+class UntrustedFileError(WorkbenchError, ValueError):
+    """A file refused by a bound on reading it (not a regular file, too large, JSON nested too deep).
+
+    ``path`` names the file and ``reason`` says which bound; callers fold it into their own
+    error (a broken store entry, a skipped lease file) with the file's name.
+    """
+
+
 class UnknownChoiceError(ConfigError, KeyError):
     """A name that is not one of the choices offered (a tab title); ``choices`` lists them."""
 
@@ -99,6 +107,11 @@ class BrokenModelError(StoreError, ValueError):
 
 class MissingTokenizerError(BrokenModelError):
     """A model folder has weights and a config but no tokenizer files, so it cannot run prompts."""
+
+
+class EstimateUnavailableError(StoreError):
+    """The model's memory cannot be estimated within the workbench's bounds (a skeleton too large to
+    build, a config declaring a million layers); ``reason`` says which bound."""
 
 
 class UnsafeModelError(StoreError, PermissionError):

@@ -127,22 +127,20 @@ def test_broken_entries_are_listed_with_reasons(tiny_models, tiny_root, tmp_path
 
 
 def test_unreadable_file_is_broken_not_fatal(tiny_models, tmp_path, monkeypatch):
-    """Root ignores file modes, so simulate EACCES at the open() the header reader makes."""
-    import builtins
-
+    """Root ignores file modes, so simulate EACCES at the open the header reader makes."""
     from workbench.store import safetensors_header
 
     root = tmp_path / "root"
     m = _copy(tiny_models["llama"], root, "locked")
     _copy(tiny_models["gpt2"], root, "fine")
-    real_open = builtins.open
+    real_open = safetensors_header.open_regular
 
     def guarded(path, *a, **kw):
         if Path(path) == m / "model.safetensors":
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **kw)
 
-    monkeypatch.setattr(safetensors_header, "open", guarded, raising=False)
+    monkeypatch.setattr(safetensors_header, "open_regular", guarded)
     entries = {e.name: e for e in _store(root).list()}
     assert entries["locked"].status == "broken"
     assert "model.safetensors" in entries["locked"].problem and "Permission denied" in entries["locked"].problem

@@ -146,6 +146,8 @@ def estimate(
     Raises:
         ConfigError: an unknown ``dtype`` or ``quant``.
         BrokenModelError: the entry's weight headers could not be read (a broken entry).
+        EstimateUnavailableError: the model transformers would build is beyond the bounds
+            of :func:`workbench.store.skeleton.skeleton_budget`.
     """
     if entry.quant_method is not None:
         return _prequantized(entry, dtype, quant, device_type)

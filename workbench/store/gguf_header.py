@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BrokenModelError
+from .._bounded_read import open_regular
+from ..errors import BrokenModelError, UntrustedFileError
+from . import limits
 
 GGUF_MAGIC = b"GGUF"
 
@@ -52,6 +54,8 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 # Arrays longer than this are summarised by their length only.
 _KEEP_ARRAY_MAX = 64
+# Arrays of arrays (no real file has more than one level).
+_MAX_ARRAY_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -107,48 +111,99 @@ class GGUFHeader:
         return FILE_TYPES.get(ft, f"type{ft}") if isinstance(ft, int) else None
 
 
+class _TooLarge(Exception):
+    """The header goes past :data:`~workbench.store.limits.GGUF_HEADER_MAX_BYTES`."""
+
+
 class _Reader:
-    def __init__(self, fh: io.BufferedReader, path: Path):
+    """Sequential reads of the header through one bounded window of the file.
+
+    Values are unpacked from an in-memory buffer refilled a megabyte at a time (a file
+    read per value cost seconds for a 200k-token vocabulary), and nothing past
+    ``limit`` bytes of the file is ever read or skipped to.
+    """
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, fh: io.BufferedReader, path: Path, limit: int):
         self.fh = fh
         self.path = path
+        self.limit = limit
+        self.buf = b""
+        self.start = 0  # file offset of buf[0]
+        self.pos = 0  # file offset of the next value
+
+    def _fill(self, n: int) -> int:
+        """Make ``[pos, pos + n)`` available; returns its offset in ``buf``."""
+        end = self.pos + n
+        if end > self.limit:
+            raise _TooLarge
+        have_end = self.start + len(self.buf)
+        if self.start <= self.pos and end <= have_end:
+            return self.pos - self.start
+        keep = self.buf[self.pos - self.start:] if self.start <= self.pos < have_end else b""
+        read_from = self.pos + len(keep)
+        self.fh.seek(read_from)
+        data = self.fh.read(min(max(end - read_from, self._CHUNK), self.limit - read_from))
+        self.buf = keep + data
+        self.start = self.pos
+        if len(self.buf) < n:
+            raise EOFError
+        return 0
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.limit:
+            raise _TooLarge
+        self.pos += n
 
     def read(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise EOFError
-        return data
+        at = self._fill(n)
+        self.pos += n
+        return self.buf[at:at + n]
 
     def scalar(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+        size = struct.calcsize(fmt)
+        at = self._fill(size)
+        self.pos += size
+        return struct.unpack_from(fmt, self.buf, at)[0]
 
     def string(self) -> str:
         n = self.scalar("<Q")
-        if n > 1 << 30:
-            raise ValueError(f"string length {n} is not plausible")
+        if n > limits.GGUF_MAX_STRING_BYTES:
+            raise _Bad(f"a metadata string of {n} bytes is longer than the {limits.GGUF_MAX_STRING_BYTES} "
+                       "the workbench reads")
         return self.read(n).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         n = self.scalar("<Q")
-        self.fh.seek(n, os.SEEK_CUR)
+        if n > limits.GGUF_MAX_STRING_BYTES:
+            raise _Bad(f"a metadata string of {n} bytes is longer than the {limits.GGUF_MAX_STRING_BYTES} "
+                       "the workbench reads")
+        self.skip(n)
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise _Bad(f"metadata arrays nest deeper than {_MAX_ARRAY_DEPTH} levels")
             etype = self.scalar("<I")
             count = self.scalar("<Q")
+            if count > limits.GGUF_MAX_ARRAY:
+                raise _Bad(f"a metadata array of {count} items is longer than the {limits.GGUF_MAX_ARRAY} "
+                           "the workbench reads")
             if count <= _KEEP_ARRAY_MAX:
-                return [self.value(etype) for _ in range(count)]
+                return [self.value(etype, depth + 1) for _ in range(count)]
             if etype in _SCALARS:
-                self.fh.seek(count * struct.calcsize(_SCALARS[etype]), os.SEEK_CUR)
+                self.skip(count * struct.calcsize(_SCALARS[etype]))
             elif etype == _STRING:
                 for _ in range(count):
                     self.skip_string()
             else:
                 for _ in range(count):
-                    self.value(etype)
+                    self.value(etype, depth + 1)
             return GGUFArray(count)
         raise ValueError(f"unknown metadata value type {vtype}")
 
@@ -166,8 +221,9 @@ def _read_table(r: _Reader) -> tuple[int, dict[str, Any], list[GGUFTensor]]:
         raise _Bad(f"GGUF version {version} is not supported (2 and 3 are)")
     n_tensors = r.scalar("<Q")
     n_kv = r.scalar("<Q")
-    if n_tensors > 1_000_000 or n_kv > 1_000_000:
-        raise _Bad(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+    if n_tensors > limits.GGUF_MAX_TENSORS or n_kv > limits.GGUF_MAX_KEYS:
+        raise _Bad(f"implausible counts ({n_tensors} tensors, {n_kv} keys; the workbench reads at most "
+                   f"{limits.GGUF_MAX_TENSORS} and {limits.GGUF_MAX_KEYS})")
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = r.string()
@@ -183,12 +239,18 @@ def _read_table(r: _Reader) -> tuple[int, dict[str, Any], list[GGUFTensor]]:
     return version, metadata, tensors
 
 
-def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
+def read_gguf_header(path: str | os.PathLike[str], *,
+                     max_header_bytes: int = limits.GGUF_HEADER_MAX_BYTES) -> GGUFHeader:
     """Parse a GGUF file's metadata and tensor infos; check the data is all there.
+
+    At most ``max_header_bytes`` of the file are read, and counts, strings and arrays
+    are bounded (:mod:`workbench.store.limits`), so a hostile header costs bounded
+    time and memory.
 
     Raises:
         BrokenModelError: not a GGUF file, an unsupported version, a malformed
-            header, or a file shorter than its tensor table says (truncated).
+            header, a header over the bounds, no regular file, or a file shorter
+            than its tensor table says (truncated).
     """
     path = Path(path)
 
@@ -196,18 +258,28 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
         return BrokenModelError(f"{path.name}: {problem}", hint="re-download or re-convert this file", path=path)
 
     try:
-        fh = open(path, "rb", buffering=1 << 20)
+        fd, st = open_regular(path)
+    except UntrustedFileError as exc:
+        raise broken(exc.reason) from None
     except OSError as exc:
         raise BrokenModelError(
             f"{path.name}: cannot be read ({exc.strerror or exc})", hint="check the file's permissions", path=path
         ) from None
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        size = st.st_size
+        reader = _Reader(fh, path, min(size, max_header_bytes))  # type: ignore[arg-type]
         try:
-            version, metadata, tensors = _read_table(_Reader(fh, path))
-            table_end = fh.tell()
+            version, metadata, tensors = _read_table(reader)
+            table_end = reader.pos
         except _Bad as exc:
             raise broken(str(exc)) from None
+        except _TooLarge:
+            if size <= max_header_bytes:
+                raise broken(f"truncated inside the header ({size} bytes)") from None
+            raise BrokenModelError(
+                f"{path.name}: its header (metadata and tensor table) is larger than the "
+                f"{max_header_bytes // (1 << 20)} MiB the workbench reads (real ones are a few MB), so it was not read",
+                hint="if the file is genuine, report it", path=path, max_header_bytes=max_header_bytes) from None
         except EOFError:
             raise broken(f"truncated inside the header ({size} bytes)") from None
         except (ValueError, struct.error) as exc:

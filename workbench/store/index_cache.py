@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 6  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype
+_VERSION = 7  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
+# 7: header_bytes (the per-entry bound)
 
 
 class IndexCache:
@@ -49,6 +50,16 @@ class IndexCache:
                 except (OSError, ValueError, AttributeError):
                     pass
         return self._entries
+
+    def peek(self, file: Path) -> dict[str, Any] | None:
+        """The cached summary of ``file`` if it is still current, else ``None`` (nothing is computed)."""
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        with self._lock:
+            hit = self._load().get(os.path.abspath(file))
+        return hit["summary"] if hit is not None and hit.get("stamp") == [st.st_size, st.st_mtime_ns] else None
 
     def get(self, file: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached summary of ``file``, or ``compute()``'s result, stored for next time."""

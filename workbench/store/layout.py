@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .._transformers_compat import fp32_matchers, modules_not_to_convert, should_convert_module
+from ..errors import EstimateUnavailableError
+from .folder_json import config_or_none
+from .skeleton import check_config_counts, skeleton_budget
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class ModelLayout:
         return self.other_bytes(width, dtype) + self.linear_params * width
 
 
-_cache: dict[tuple[Any, ...], ModelLayout | None] = {}
+_cache: dict[tuple[Any, ...], ModelLayout | EstimateUnavailableError | None] = {}
 _lock = threading.Lock()
 
 
@@ -91,16 +94,28 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -
         folder: a model folder with ``config.json``.
         skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's);
             ``None`` for transformers' default skips (the head, tied and output embeddings).
+
+    Raises:
+        EstimateUnavailableError: the skeleton is beyond the bounds of
+            :func:`workbench.store.skeleton.skeleton_budget` (the verdict is cached too).
     """
     key = _config_key(folder, skip_modules)
     if key is None:
         return None
     with _lock:
         if key in _cache:
-            return _cache[key]
-    layout = _build(folder, None if skip_modules is None else list(skip_modules))
+            cached = _cache[key]
+            if isinstance(cached, EstimateUnavailableError):
+                raise cached
+            return cached
+    try:
+        layout = _build(folder, None if skip_modules is None else list(skip_modules))
+    except EstimateUnavailableError as exc:
+        layout = exc
     with _lock:
         _cache[key] = layout
+    if isinstance(layout, EstimateUnavailableError):
+        raise layout
     return layout
 
 
@@ -121,12 +136,17 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, l
     except ImportError as exc:
         logger.debug("no model layout for %s: %s", folder, exc)
         return None
+    raw = config_or_none(folder)
+    if raw is not None:  # before transformers expands per-layer lists for a million layers
+        check_config_counts(raw, folder.name)
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         if getattr(config, "quantization_config", None) is not None:
             # Build the full-precision skeleton; the caller knows how the checkpoint is packed.
             del config.quantization_config
-        with _quiet(), torch.device("meta"):
+        # The one bound on a skeleton's cost (workbench/store/skeleton.py): a config declaring
+        # thousands of layers is refused, a build past its module or time budget abandoned.
+        with skeleton_budget(folder.name), _quiet(), torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         return model, modules_not_to_convert(model, skip_modules), fp32_matchers(model)
     except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..precision import COMPUTE_DTYPES, QUANTS, Quant
+from .folder_json import config_or_none
 
 # Side tensors: quantization state, not parameters of the loaded model.
 _SIDE = re.compile(
@@ -233,19 +234,11 @@ def entry_fields(config: dict[str, Any], parts: list[dict[str, Any]], stats: Any
 
 def bnb_skip_modules(folder: Path) -> tuple[str, ...] | None:
     """``llm_int8_skip_modules`` of a bitsandbytes checkpoint's config (``None``: transformers' defaults)."""
-    try:
-        with open(folder / "config.json", encoding="utf-8") as fh:
-            qc = json.load(fh).get("quantization_config") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
+    qc = (config_or_none(folder) or {}).get("quantization_config") or {}
     skip = qc.get("llm_int8_skip_modules") if isinstance(qc, dict) else None
     return tuple(str(s) for s in skip) if isinstance(skip, list) else None
 
 
 def double_quant(folder: Path) -> bool:
-    try:
-        with open(folder / "config.json", encoding="utf-8") as fh:
-            qc = json.load(fh).get("quantization_config") or {}
-    except (OSError, ValueError, AttributeError):
-        return False
+    qc = (config_or_none(folder) or {}).get("quantization_config") or {}
     return bool(isinstance(qc, dict) and qc.get("bnb_4bit_use_double_quant"))

@@ -40,12 +40,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BrokenModelError
+from .._bounded_read import json_depth_exceeds, open_regular
+from ..errors import BrokenModelError, UntrustedFileError
+from .limits import SAFETENSORS_HEADER_MAX_BYTES
 
 # Bits per element of every dtype safetensors 0.8 names (``safetensors::Dtype::bitsize``).
 DTYPE_BITS: dict[str, int] = {
@@ -74,6 +77,10 @@ MAX_HEADER_BYTES = 100_000_000
 # serde_json's default recursion limit: 128 levels, the 128th refused.
 MAX_JSON_DEPTH = 127
 _U64_MAX = 2**64 - 1
+# A \\uXXXX escape of a UTF-16 surrogate in the JSON text (raw UTF-8 cannot hold one),
+# and a surrogate in a decoded string (valid escaped pairs decode to one character).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _I64_MAX = 2**63 - 1
 
 
@@ -98,6 +105,7 @@ class SafetensorsHeader:
     size_bytes: int
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str] = field(default_factory=dict)
+    header_bytes: int = 0
 
 
 class _Invalid(ValueError):
@@ -126,22 +134,20 @@ def _parse_constant(text: str) -> Any:
     raise _Invalid(f"{text} is not JSON")
 
 
-def _check_tree(value: Any, depth: int) -> None:
+def _check_surrogates(value: Any) -> None:
     # serde_json refuses lone surrogate escapes anywhere (even in ignored fields);
     # Python's json keeps them, and valid pairs arrive already combined.
     if isinstance(value, str):
-        if any("\ud800" <= ch <= "\udfff" for ch in value):
+        if _SURROGATE.search(value):
             raise _Invalid("a string holds a lone UTF-16 surrogate escape")
         return
-    if isinstance(value, (list, _Pairs)):
-        if depth > MAX_JSON_DEPTH:
-            raise _Invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, _Pairs):
+        for key, item in value:
+            _check_surrogates(key)
+            _check_surrogates(item)
+    elif isinstance(value, list):
         for item in value:
-            if isinstance(value, _Pairs):
-                _check_tree(item[0], depth)
-                _check_tree(item[1], depth + 1)
-            else:
-                _check_tree(item, depth + 1)
+            _check_surrogates(item)
 
 
 def _usize(value: Any, what: str) -> int:
@@ -201,6 +207,10 @@ def _decode(raw: bytes) -> _Pairs:
         stripped = text.strip(" \t\r\n")
         if not stripped:
             raise _Invalid("header is empty")
+        # Depth first, on the text (linear, no recursion): a walk of the parsed tree cost
+        # seconds per megabyte of header, and the parser recursing 100,000 deep costs more.
+        if json_depth_exceeds(stripped, MAX_JSON_DEPTH):
+            raise _Invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
         tree = json.JSONDecoder(object_pairs_hook=_Pairs, parse_float=_parse_float,
                                 parse_int=lambda s: _Negative(s) if s.startswith("-") else int(s),
                                 parse_constant=_parse_constant).decode(stripped)
@@ -212,7 +222,8 @@ def _decode(raw: bytes) -> _Pairs:
         raise
     except ValueError as exc:  # json.JSONDecodeError, int() of a 4300+ digit number
         raise _Invalid(f"header is not valid JSON ({exc})") from None
-    _check_tree(tree, 1)
+    if _SURROGATE_ESCAPE.search(stripped):  # rare: only then are the strings walked
+        _check_surrogates(tree)
     if not isinstance(tree, _Pairs):
         raise _Invalid("header is not a JSON object")
     return tree
@@ -299,21 +310,42 @@ def _check_tensor(name: str, dtype: str, dims: tuple[int, ...], nbytes: int) -> 
             raise _Invalid(f"tensor {name!r} has shape {list(dims)}, whose strides overflow torch's int64")
 
 
-def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+def header_length(path: str | os.PathLike[str]) -> int | None:
+    """The header length a safetensors file declares (its first 8 bytes); ``None`` when unreadable."""
+    try:
+        fd, _st = open_regular(path)
+    except (OSError, UntrustedFileError):
+        return None
+    try:
+        prefix = os.read(fd, 8)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+
+
+def read_safetensors_header(path: str | os.PathLike[str], *,
+                            max_header_bytes: int = SAFETENSORS_HEADER_MAX_BYTES) -> SafetensorsHeader:
     """Parse and validate the header of one ``.safetensors`` file.
 
     Accepts exactly the files ``safetensors.safe_open(path, "pt")`` opens and reads
-    (see the module docstring for the rules).
+    (see the module docstring for the rules), up to ``max_header_bytes`` of header:
+    a legal header larger than that is refused unparsed, so one file costs bounded
+    time and memory (:data:`workbench.store.limits.SAFETENSORS_HEADER_MAX_BYTES`).
 
     Raises:
-        BrokenModelError: the header breaks a rule of the format, or the file is
-            shorter or longer than its header says; the message names the file.
+        BrokenModelError: the header breaks a rule of the format, is larger than
+            ``max_header_bytes``, or the file is shorter or longer than its header
+            says, or is no regular file; the message names the file.
 
     Example:
         >>> hdr = read_safetensors_header("model.safetensors")  # doctest: +SKIP
         >>> sum(t.numel for t in hdr.tensors)  # doctest: +SKIP
         134515008
     """
+    from .._format import format_bytes
+
     path = Path(path)
 
     def broken(problem: str) -> BrokenModelError:
@@ -324,8 +356,18 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         )
 
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        fd, st = open_regular(path)
+    except UntrustedFileError as exc:
+        raise broken(exc.reason) from None
+    except OSError as exc:
+        raise BrokenModelError(
+            f"{path.name}: cannot be read ({exc.strerror or exc})",
+            hint="check the file's permissions",
+            path=path,
+        ) from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            size = st.st_size
             prefix = fh.read(8)
             if len(prefix) < 8:
                 raise broken(f"file is {size} bytes, too short to hold a safetensors header")
@@ -334,6 +376,13 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 raise broken(f"header length {header_len} is over the format's limit of {MAX_HEADER_BYTES} bytes")
             if 8 + header_len > size:
                 raise broken(f"header length {header_len} does not fit in a {size}-byte file")
+            if header_len > max_header_bytes:
+                raise BrokenModelError(
+                    f"{path.name}: its header is {format_bytes(header_len)}, more than the "
+                    f"{format_bytes(max_header_bytes)} the workbench parses per file (real headers are a few MB "
+                    "at most), so it was not read",
+                    hint="if the checkpoint is genuine, re-save it in more shards", path=path,
+                    header_bytes=header_len, max_header_bytes=max_header_bytes)
             raw = fh.read(header_len)
     except OSError as exc:
         raise BrokenModelError(
@@ -346,4 +395,5 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         tensors, metadata = _parse_header(raw, size - 8 - header_len)
     except _Invalid as exc:
         raise broken(str(exc)) from None
-    return SafetensorsHeader(path=path, size_bytes=size, tensors=tuple(tensors), metadata=metadata)
+    return SafetensorsHeader(path=path, size_bytes=size, tensors=tuple(tensors), metadata=metadata,
+                             header_bytes=header_len)

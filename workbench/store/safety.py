@@ -8,21 +8,16 @@ typed error a load (local or through a serving engine) raises before touching a 
 
 from __future__ import annotations
 
-import json
-
 from ..errors import BrokenModelError, UnsafeModelError
 from .entry import ModelEntry
+from .folder_json import config_or_none
 from .tokenizer_files import missing_tokenizer_text, require_tokenizer
 
 
 def needs_remote_code(entry: ModelEntry) -> bool:
     """Whether the entry's ``config.json`` names its own Python classes (``auto_map``)."""
-    try:
-        with open(entry.folder / "config.json", encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and bool(config.get("auto_map"))
+    config = config_or_none(entry.folder)
+    return config is not None and bool(config.get("auto_map"))
 
 
 def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:

@@ -8,23 +8,25 @@ breaks a listing (principle 4 of ARCHITECTURE.md).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import BrokenModelError
-from . import prequant
+from .._bounded_read import open_regular
+from .._format import format_bytes
+from ..errors import BrokenModelError, UntrustedFileError
+from . import limits, prequant
 from .entry import Format, ModelEntry, WeightStats
+from .folder_json import read_json, read_json_object
 from .gguf_header import TORCH_DTYPES, read_gguf_header
 from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
 from .kv_cache import kv_fields
 from .moe import active_params, is_routed_expert, is_router, moe_fields
 from .roots import outside_root
-from .safetensors_header import TORCH_NAMES, read_safetensors_header
+from .safetensors_header import TORCH_NAMES, header_length, read_safetensors_header
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -115,8 +117,38 @@ def _first(cfg: dict[str, Any], *keys: str) -> Any:
 
 
 def config_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """The entry fields a transformers ``config.json`` provides, under the names of every common family."""
+    """The entry fields a transformers ``config.json`` provides, under the names of every common family.
+
+    Raises:
+        BrokenModelError: a value of the wrong type (a string where a count goes), or a layer
+            count above :data:`~workbench.store.limits.SKELETON_MAX_LAYERS` (per-layer lists
+            would cost unbounded memory here and in transformers).
+    """
+    try:
+        return _config_fields(config)
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise BrokenModelError(f"config.json holds a value of the wrong type ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})", hint="fix or replace config.json") from None
+
+
+def _check_counts(cfg: dict[str, Any]) -> None:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BrokenModelError(f"config.json: {key} is {str(value)[:40]!r}, not a layer count",
+                                   hint="fix or replace config.json")
+        if value > limits.SKELETON_MAX_LAYERS:
+            raise BrokenModelError(f"config.json: {key} is {value}, more than the {limits.SKELETON_MAX_LAYERS} "
+                                   "layers the workbench accepts (the deepest public models have ~130)",
+                                   hint="fix or replace config.json")
+
+
+def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
     cfg = _text_config(config)
+    _check_counts(config)
+    _check_counts(cfg)
     heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
     head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
@@ -138,14 +170,22 @@ def config_fields(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_CARD_LINE = 4096
+
+
 def _license_from_card(folder: Path) -> str | None:
     card = folder / "README.md"
     try:
-        with open(card, encoding="utf-8", errors="replace") as fh:
-            if fh.readline().strip() != "---":
+        fd, _st = open_regular(card)
+    except (OSError, UntrustedFileError):
+        return None
+    try:
+        # Only the front matter's first 200 lines of 4 KB are read, however large the card.
+        with open(fd, encoding="utf-8", errors="replace") as fh:
+            if fh.readline(_CARD_LINE).strip() != "---":
                 return None
             for _ in range(200):
-                line = fh.readline()
+                line = fh.readline(_CARD_LINE)
                 if not line or line.strip() == "---":
                     return None
                 m = re.match(r"^license:\s*['\"]?([^'\"#\n]+)", line)
@@ -160,29 +200,79 @@ def _read_config(path: Path | None) -> dict[str, Any] | None:
     """A folder's ``config.json`` as a dict, ``None`` when there is none.
 
     Raises:
-        BrokenModelError: the file is not a JSON object.
+        BrokenModelError: the file is not a JSON object, or breaks a read bound.
     """
     if path is None:
         return None
     try:
-        with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BrokenModelError(f"config.json is not valid JSON ({exc})") from None
-    return config
+        return read_json_object(path)
+    except FileNotFoundError:
+        return None
+
+
+def _check_load_json(files: dict[str, Path]) -> dict[str, Any]:
+    """Parse (within bounds) every JSON file transformers reads at load time; ``name -> document``.
+
+    Raises:
+        BrokenModelError: one of them breaks a bound or is not JSON: the load would fail on it,
+            or cost unbounded time and memory in the kernel.
+    """
+    docs: dict[str, Any] = {}
+    for name in limits.LOAD_TIME_JSON:
+        if name in files:
+            try:
+                docs[name] = read_json(files[name])
+            except FileNotFoundError:
+                continue
+    return docs
+
+
+def _walk(folder: Path) -> tuple[dict[str, Path], int]:
+    """``(the folder's own visible regular files by name, the bytes of every file under it)``.
+
+    Iterative, and bounded by :data:`~workbench.store.limits.MAX_FOLDER_FILES` entries and
+    :data:`~workbench.store.limits.MAX_FOLDER_DEPTH` levels (``os.walk`` recurses, and a
+    folder nested a few thousand levels deep would raise ``RecursionError``).
+
+    Raises:
+        BrokenModelError: more files or deeper folders than the bounds.
+    """
+    top: dict[str, Path] = {}
+    total = 0
+    seen = 0
+    stack: list[tuple[str, int]] = [(str(folder), 0)]
+    while stack:
+        where, depth = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for de in it:
+                seen += 1
+                if seen > limits.MAX_FOLDER_FILES:
+                    raise BrokenModelError(f"{folder.name} holds more than {limits.MAX_FOLDER_FILES} files and "
+                                           "folders, more than the workbench walks for one model",
+                                           hint="move what is not part of the model out of the folder",
+                                           path=folder)
+                try:
+                    if de.is_dir(follow_symlinks=False):
+                        if depth + 1 > limits.MAX_FOLDER_DEPTH:
+                            raise BrokenModelError(
+                                f"{folder.name} nests folders more than {limits.MAX_FOLDER_DEPTH} levels deep",
+                                hint="move what is not part of the model out of the folder", path=folder)
+                        stack.append((de.path, depth + 1))
+                    elif de.is_file():
+                        total += de.stat().st_size
+                        if depth == 0 and not de.name.startswith("."):
+                            top[de.name] = Path(de.path)
+                except OSError:
+                    continue
+    return top, total
 
 
 def _folder_size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
+    return _walk(folder)[1]
 
 
 def entry_name(path: Path) -> str:
@@ -219,6 +309,12 @@ class Scanner:
         except OSError as exc:
             return ModelEntry(**base, format="safetensors", status="broken",
                               problem=f"{path.name}: cannot be read ({exc.strerror or exc})")
+        except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as exc:
+            # A header or config value of a type no real checkpoint has (a string where a count
+            # goes) must break this entry, never the listing (ARCHITECTURE.md section 2, principle 4).
+            return ModelEntry(**base, format=_broken_format(path), status="broken",
+                              problem=f"{path.name}: holds a value the workbench cannot use "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}); re-download or re-export it")
 
     # -- GGUF -------------------------------------------------------------------------------
 
@@ -275,18 +371,20 @@ class Scanner:
     # -- folders ----------------------------------------------------------------------------
 
     def _folder(self, base: dict[str, Any], folder: Path) -> ModelEntry:
-        files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        files, size = _walk(folder)
         safetensors = sorted(n for n in files if n.endswith(".safetensors"))
         ggufs = sorted(n for n in files if n.endswith(".gguf"))
         pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES) and n != "training_args.bin")
-        size = _folder_size(folder)
-        config = _read_config(files.get("config.json"))
+        docs = _check_load_json(files)
+        config = docs.get("config.json")
+        if config is not None and not isinstance(config, dict):
+            raise BrokenModelError("config.json is not a JSON object", hint="fix or replace config.json")
 
         if not safetensors and not pickles and ggufs:
             whole = [n for n in ggufs if not split_name(n)]
             return self._gguf(base, files[(whole or ggufs)[0]], folder, size=size)
 
-        chat = find_chat_template(folder)
+        chat = find_chat_template(folder, docs=docs)
         extra = {
             "size_bytes": size,
             "has_tokenizer": bool(tokenizer_files(folder)),
@@ -296,7 +394,9 @@ class Scanner:
             **(config_fields(config) if config else {}),
         }
         if config is not None and config.get("auto_map"):
-            classes = ", ".join(sorted(str(v) for v in config["auto_map"].values()))[:200]
+            auto_map = config["auto_map"]
+            classes = ", ".join(sorted(str(v)[:100] for v in (auto_map.values() if isinstance(auto_map, dict)
+                                                              else [auto_map])))[:200]
             return ModelEntry(**base, format="safetensors" if safetensors else "pickle", status="unsafe",
                               problem=f"config.json needs remote code ({classes}); it runs only if you pass "
                                       "trust_remote_code=True for this model", **extra)
@@ -315,6 +415,10 @@ class Scanner:
                             config: dict[str, Any], extra: dict[str, Any]) -> ModelEntry:
         """The entry of a folder of safetensors weights (sharded or not) with its ``config.json``."""
         weight_files = self._shard_names(files) if INDEX_NAME in files else safetensors
+        if len(weight_files) > limits.MAX_WEIGHT_FILES:
+            raise BrokenModelError(f"{len(weight_files)} weight files, more than the {limits.MAX_WEIGHT_FILES} "
+                                   "the workbench reads for one model", hint="re-save it in fewer shards")
+        self._check_header_budget([files[f] for f in weight_files])
         parts = []
         for fname in weight_files:
             summary = self.cache.get(files[fname], lambda f=files[fname]: _safetensors_summary(f))
@@ -336,6 +440,24 @@ class Scanner:
         return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files),
                           status="broken" if problem else "ok", problem=problem, **{**extra, **found})
 
+    def _check_header_budget(self, paths: list[Path]) -> None:
+        """Refuse, before parsing any, weight files whose headers add up to more than
+        :data:`~workbench.store.limits.ENTRY_HEADER_MAX_BYTES` (cached files count their
+        parsed size, the others the length their first 8 bytes declare).
+
+        Raises:
+            BrokenModelError: over the budget; never cached, it is the entry's verdict.
+        """
+        total = 0
+        for p in paths:
+            cached = self.cache.peek(p)
+            total += cached.get("header_bytes", 0) if cached is not None else (header_length(p) or 0)
+        if total > limits.ENTRY_HEADER_MAX_BYTES:
+            raise BrokenModelError(f"its weight files' headers add up to {format_bytes(total)}, more than the "
+                                   f"{format_bytes(limits.ENTRY_HEADER_MAX_BYTES)} the workbench parses for one "
+                                   "model (real checkpoints need a fraction of that), so none was read",
+                                   hint="if the checkpoint is genuine, re-save it with fewer tensors")
+
     def _shard_names(self, files: dict[str, Path]) -> list[str]:
         """The shards the index lists, all present.
 
@@ -352,11 +474,15 @@ class Scanner:
     @staticmethod
     def _shards_from_index(index: Path) -> list[str]:
         try:
-            with open(index, encoding="utf-8") as fh:
-                weight_map = json.load(fh)["weight_map"]
-            return sorted(set(weight_map.values()))
+            weight_map = read_json_object(index)["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except BrokenModelError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BrokenModelError(f"{INDEX_NAME} is not a valid shard index ({exc})") from None
+        if not all(isinstance(n, str) for n in names):
+            raise BrokenModelError(f"{INDEX_NAME} is not a valid shard index (a shard name is not a string)")
+        return names
 
 
 def _safetensors_summary(path: Path) -> dict[str, Any]:
@@ -366,6 +492,7 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
         return {"problem": exc.message}
     records = [(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors]
     summary = tensor_summary(records)
+    summary["header_bytes"] = hdr.header_bytes
     packed = prequant.file_summary(path, records)
     if packed is not None:
         summary["prequant"] = packed

@@ -25,12 +25,16 @@ the names and prompts run without a template.
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import MissingTokenizerError
+from .._bounded_read import load_json, read_bytes
+from ..errors import BrokenModelError, MissingTokenizerError, UntrustedFileError
+from .limits import MAX_EXTRA_TEMPLATES, TEMPLATE_MAX_BYTES, json_max_bytes
 
 # Files from which transformers can build a tokenizer: the fast tokenizer, the
 # sentencepiece models, the BPE/WordPiece vocabularies, Mistral's tekken.
@@ -94,11 +98,29 @@ class ChatTemplate:
         return tuple(sorted(self.templates))
 
 
-def _read_text(path: Path) -> str | None:
+def _read_template(path: Path) -> str | None:
+    """A template file's text; ``None`` when it is not there or not UTF-8 (transformers skips neither,
+    but a folder whose tokenizer would fail is reported by the load, not by the listing).
+
+    Raises:
+        BrokenModelError: it is larger than :data:`~workbench.store.limits.TEMPLATE_MAX_BYTES`
+            or no regular file: reading it would cost unbounded time or memory.
+    """
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        raw = read_bytes(path, TEMPLATE_MAX_BYTES)
+    except UntrustedFileError as exc:
+        raise _broken(path, exc) from None
+    except OSError:
         return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _broken(path: Path, exc: UntrustedFileError) -> BrokenModelError:
+    return BrokenModelError(f"{path.parent.name}/{path.name} {exc.reason}",
+                            hint="remove or replace the file; a real one is far smaller", path=path)
 
 
 def _from_value(value: object) -> dict[str, str]:
@@ -111,17 +133,28 @@ def _from_value(value: object) -> dict[str, str]:
     return {}
 
 
-def _json_key(path: Path, key: str) -> object:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
+def _json_key(path: Path, key: str, docs: Mapping[str, Any] | None) -> object:
+    if docs is not None and path.name in docs:
+        data = docs[path.name]
+    else:
+        try:
+            data = load_json(path, json_max_bytes(path.name))
+        except (OSError, UntrustedFileError):
+            return None
     return data.get(key) if isinstance(data, dict) else None
 
 
-def find_chat_template(folder: str | os.PathLike[str]) -> ChatTemplate | None:
+def find_chat_template(folder: str | os.PathLike[str], *, docs: Mapping[str, Any] | None = None) -> ChatTemplate | None:
     """The chat templates transformers would give this folder, by the module's rule; ``None`` if none.
+
+    Every file is read within the bounds of :mod:`workbench.store.limits`.
+
+    Args:
+        docs: JSON files of the folder the caller already parsed, by file name (the listing
+            checks ``tokenizer_config.json`` once and hands it over).
+
+    Raises:
+        BrokenModelError: a template file is too large to read, or is no regular file.
 
     Example:
         >>> found = find_chat_template("/models/SmolLM2-135M-Instruct")  # doctest: +SKIP
@@ -132,17 +165,23 @@ def find_chat_template(folder: str | os.PathLike[str]) -> ChatTemplate | None:
     templates: dict[str, str] = {}
     extra_dir = folder / CHAT_TEMPLATE_DIR
     if extra_dir.is_dir():
-        for f in sorted(extra_dir.glob("*.jinja")):
-            text = _read_text(f)
+        names = sorted(itertools.islice((e.name for e in os.scandir(extra_dir) if e.name.endswith(".jinja")),
+                                        MAX_EXTRA_TEMPLATES + 1))
+        if len(names) > MAX_EXTRA_TEMPLATES:
+            raise BrokenModelError(f"{CHAT_TEMPLATE_DIR}/ holds more than {MAX_EXTRA_TEMPLATES} templates, "
+                                   "more than the workbench reads", hint="remove the ones you do not use",
+                                   path=extra_dir)
+        for name in names:
+            text = _read_template(extra_dir / name)
             if text is not None:
-                templates[f.name.removesuffix(".jinja")] = text
-    main = _read_text(folder / CHAT_TEMPLATE_FILE) if (folder / CHAT_TEMPLATE_FILE).is_file() else None
+                templates[name.removesuffix(".jinja")] = text
+    main = _read_template(folder / CHAT_TEMPLATE_FILE)
     if main is not None:
         templates["default"] = main
     if templates:
         return ChatTemplate(CHAT_TEMPLATE_FILE if main is not None else f"{CHAT_TEMPLATE_DIR}/", templates)
     for source in (TOKENIZER_CONFIG, PROCESSOR_CHAT_TEMPLATE_FILE):
-        found = _from_value(_json_key(folder / source, "chat_template"))
+        found = _from_value(_json_key(folder / source, "chat_template", docs))
         if found:
             return ChatTemplate(source, found)
     return None
