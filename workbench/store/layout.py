@@ -111,6 +111,8 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -
     try:
         layout = _build(folder, None if skip_modules is None else list(skip_modules))
     except EstimateUnavailableError as exc:
+        if exc.reason == "time":  # depends on the machine's load now: not the config's verdict
+            raise
         layout = exc
     with _lock:
         _cache[key] = layout
@@ -144,6 +146,7 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, l
         if getattr(config, "quantization_config", None) is not None:
             # Build the full-precision skeleton; the caller knows how the checkpoint is packed.
             del config.quantization_config
+        _import_model_class(config)  # a first import of the modeling code is not the skeleton's cost
         # The one bound on a skeleton's cost (workbench/store/skeleton.py): a config declaring
         # thousands of layers is refused, a build past its module or time budget abandoned.
         with skeleton_budget(folder.name), _quiet(), torch.device("meta"):
@@ -153,6 +156,16 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, l
             NotImplementedError, AssertionError) as exc:
         logger.debug("no model layout for %s: %s: %s", folder, type(exc).__name__, exc)
         return None
+
+
+def _import_model_class(config: Any) -> None:
+    """Import the causal-LM class ``from_config`` will build (``MODEL_FOR_CAUSAL_LM_MAPPING``); unknown: nothing."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        pass
 
 
 def _quantized_weights(model: Any, skip: list[str]) -> tuple[set[str], int]:

@@ -73,7 +73,7 @@ SKELETON_MAX_MODULES = 10_000
 #: Layers a config may declare before a skeleton is even tried (configs build per-layer
 #: lists in Python before any module exists; the deepest public models have ~130 layers).
 SKELETON_MAX_LAYERS = 4096
-#: Seconds a skeleton build (and anything run on it, a meta forward pass) may take.
+#: CPU seconds a skeleton build (and anything run on it, a meta forward pass) may take.
 SKELETON_MAX_S = 20.0
 
 
