@@ -115,3 +115,17 @@ def test_the_dtype_plan_names_the_parameters_kept_in_float32(tiny_models):
     assert matchers["bfloat16"] is not None
     assert matchers["bfloat16"].search("model.layers.1.mlp.up_proj.weight")
     assert not matchers["bfloat16"].search("model.layers.1.mlp.down_proj.weight")
+
+
+def test_apply_chat_template_renders_through_render_jinja_template_with_the_special_tokens(tiny_models):
+    """The bounded renderer calls render_jinja_template with special_tokens_map as variables: exactly
+    what apply_chat_template(tokenize=False) returns."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    chat = [{"role": "user", "content": "Hi"}]
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}{{ eos_token }}"
+    tok.chat_template = template
+    ours = compat.render_jinja_template([chat], chat_template=template, add_generation_prompt=True,
+                                        **tok.special_tokens_map)
+    assert ours == [tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)]

@@ -18,6 +18,11 @@ bet fails that named test instead of a load, a scan or an import:
 * **GGUF progress bars**: transformers' GGUF reader loops over ``tqdm.auto``
   (module attribute ``tqdm`` of ``modeling_gguf_pytorch_utils``) rather than its
   switchable ``logging.tqdm``; :func:`library_progress_bars_off` points it there.
+* **Chat templates** (:mod:`workbench.chat_template`): a prompt is rendered by
+  ``transformers.utils.chat_template_utils.render_jinja_template`` (what
+  ``apply_chat_template`` calls, with transformers' own sandboxed Jinja environment and
+  filters), given the tokenizer's ``special_tokens_map`` as template variables, in a
+  worker process; :func:`render_jinja_template` is that function.
 * **Quantization layout** (the store's estimates, :mod:`workbench.store.layout`):
   which modules bitsandbytes quantizes (``HfQuantizer.get_modules_to_not_convert``
   with the model's ``_keep_in_fp32_modules``, ``should_convert_module``), and which
@@ -215,3 +220,13 @@ def fp32_matchers(model: Any) -> dict[str, re.Pattern[str] | None]:
         plan = plan_of(getattr(torch, name))
         matchers[name] = build_glob_alternation(list(plan))[0] if plan else None
     return matchers
+
+
+def render_jinja_template(conversations: list[Any], *, chat_template: str, **kwargs: Any) -> list[str]:
+    """transformers' own rendering of ``chat_template`` for each conversation (what
+    ``apply_chat_template(..., tokenize=False)`` returns), special tokens and options in ``kwargs``."""
+    from transformers.utils.chat_template_utils import render_jinja_template as render
+
+    rendered, _generation_indices = render(conversations=conversations, chat_template=chat_template, **kwargs)
+    return list(rendered)
+

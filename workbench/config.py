@@ -212,6 +212,18 @@ class WorkbenchSettings(Configurable):
         ),
     ).tag(config=True)
 
+    chat_template_timeout_s = Float(
+        10.0,
+        help="Seconds a model's chat template may take to render one batch of prompts before the worker "
+        "rendering it is stopped and the prompt refused (templates are code from the model folder). Default: 10.",
+    ).tag(config=True)
+
+    chat_template_memory_bytes = Int(
+        1 << 30,
+        help="Bytes of memory a chat template may allocate while rendering, above what the rendering worker "
+        "holds at rest; past it the render fails and the worker restarts. Default: 1 GiB.",
+    ).tag(config=True)
+
     serve_ready_timeout_s = Float(
         600.0,
         help="Seconds `workbench serve` waits for an engine to answer before stopping it and reporting its log. "

@@ -193,6 +193,12 @@ class GenerationOutOfMemoryError(GenerationError, MemoryError):
     """Generation ran out of memory; the model stays loaded and usable."""
 
 
+class ChatTemplateError(GenerationError):
+    """A model's chat template could not render this chat: it raised, or it went past the bounds on
+    time, memory or output (``reason``: ``"error"``, ``"time"``, ``"memory"``, ``"output"``,
+    ``"crashed"``); ``template`` names the file it came from. The kernel is unharmed."""
+
+
 # --- serving engines and endpoints -------------------------------------------------------------
 
 

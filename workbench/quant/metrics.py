@@ -86,8 +86,12 @@ def greedy_tokens(model: Any, tokenizer: Any, prompt: str, new_tokens: int) -> l
     import torch
 
     if getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+        from ..chat_template import render_chat_template
+
+        # The template is code from the model folder: rendered with bounds (workbench/chat_template.py).
+        text = render_chat_template(tokenizer, [{"role": "user", "content": prompt}],
+                                    source=f"{getattr(tokenizer, 'name_or_path', '') or 'the model'} (chat template)")
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     else:
         enc = tokenizer(prompt, return_tensors="pt")
     device = _input_device(model)

@@ -29,7 +29,7 @@ from ..store import format_bytes
 from . import _memory
 from .load_errors import is_oom
 from .metrics import decode_rate, roofline
-from .prompts import Prompt, render_prompt
+from .prompts import Prompt, render_prompts, template_source
 from .registry import LoadedModel, post
 from .streaming import EventStop, StopStringGate, streamer_class
 
@@ -240,10 +240,10 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         loaded.touch()
         t0 = time.perf_counter()
         tok = loaded.tokenizer
-        texts, add_special = [], True
-        for p in prompts:
-            text, add_special = render_prompt(tok, p, params.system_prompt)
-            texts.append(text)
+        # One bounded render of the model's chat template for the batch (runtime/chat_template.py).
+        rendered = render_prompts(tok, prompts, params.system_prompt, template_source=template_source(loaded.entry))
+        texts = [text for text, _special in rendered]
+        add_special = rendered[-1][1] if rendered else True
         gc = _generation_config(loaded, params)
         try:
             enc = _encode(loaded, texts, add_special, gc)

@@ -233,6 +233,10 @@ def _read_tokenizer(entry: ModelEntry, common: dict[str, Any]) -> PreTrainedToke
         # The template the store reports is the one prompts get (chat_template.json included).
         found = find_chat_template(entry.folder)
         tokenizer.chat_template = found.template if found else None
+    if getattr(tokenizer, "chat_template", None):
+        from ..chat_template import prestart
+
+        prestart()  # the bounded renderer's worker, started while the weights load
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Batches need a pad token; the EOS token is the usual stand-in (masked out anyway).
         tokenizer.pad_token = tokenizer.eos_token

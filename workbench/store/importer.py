@@ -268,11 +268,14 @@ def check_answer(folder: Path, prompt: str = CHECK_PROMPT, max_new_tokens: int =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..chat_template import render_chat_template
+
     with library_progress_bars_off():
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    # The template is code from the imported file: rendered with bounds (workbench/chat_template.py).
+    text = render_chat_template(tok, [{"role": "user", "content": prompt}], source=f"{folder} (chat template)")
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
