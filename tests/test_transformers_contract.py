@@ -129,3 +129,39 @@ def test_apply_chat_template_renders_through_render_jinja_template_with_the_spec
     ours = compat.render_jinja_template([chat], chat_template=template, add_generation_prompt=True,
                                         **tok.special_tokens_map)
     assert ours == [tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)]
+
+
+def test_transformers_serve_builds_its_app_through_the_server_modules_build_server(tmp_path, monkeypatch):
+    """The launcher's key check rides on Serve() calling transformers.cli.serving.server.build_server when
+    it runs: a Serve built after wrap_serve_app answers 401 without the key and /health with none."""
+    import urllib.error
+    import urllib.request
+
+    from transformers.cli.serve import Serve
+    from transformers.cli.serving import server
+
+    from workbench.serve.auth import BearerKeyMiddleware
+    from workbench.serve.process import free_port
+
+    monkeypatch.setattr(server, "build_server", server.build_server)  # restored after the test
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    compat.wrap_serve_app(lambda app: app.add_middleware(BearerKeyMiddleware, key="k3y"))
+    port = free_port()
+    serve = Serve(host="127.0.0.1", port=port, non_blocking=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=5)
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.05)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/v1/models", timeout=5)
+        assert info.value.code == 401
+        req = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer k3y"})
+        assert urllib.request.urlopen(req, timeout=5).status == 200
+    finally:
+        serve.kill_server()

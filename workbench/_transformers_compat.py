@@ -23,6 +23,11 @@ bet fails that named test instead of a load, a scan or an import:
   ``apply_chat_template`` calls, with transformers' own sandboxed Jinja environment and
   filters), given the tokenizer's ``special_tokens_map`` as template variables, in a
   worker process; :func:`render_jinja_template` is that function.
+* **The serving app** (:mod:`workbench.serve.tf_launcher`): ``transformers serve``
+  (``transformers.cli.serve.Serve``) builds its FastAPI app by calling
+  ``transformers.cli.serving.server.build_server``, imported from that module when the
+  command runs; :func:`wrap_serve_app` replaces the module attribute so the app built
+  gets the engine's key check before uvicorn starts it.
 * **Quantization layout** (the store's estimates, :mod:`workbench.store.layout`):
   which modules bitsandbytes quantizes (``HfQuantizer.get_modules_to_not_convert``
   with the model's ``_keep_in_fp32_modules``, ``should_convert_module``), and which
@@ -230,3 +235,16 @@ def render_jinja_template(conversations: list[Any], *, chat_template: str, **kwa
     rendered, _generation_indices = render(conversations=conversations, chat_template=chat_template, **kwargs)
     return list(rendered)
 
+
+def wrap_serve_app(change: Callable[[Any], Any]) -> None:
+    """Make ``transformers serve`` call ``change(app)`` on the FastAPI app it builds, before it serves."""
+    from transformers.cli.serving import server
+
+    original = server.build_server
+
+    def build_server(*args: Any, **kwargs: Any) -> Any:
+        app = original(*args, **kwargs)
+        change(app)
+        return app
+
+    server.build_server = build_server

@@ -214,6 +214,11 @@ class EngineStartError(ServeError, RuntimeError):
     """An engine exited or never became ready; ``log_tail`` holds the end of its log. Nothing is left running."""
 
 
+class ListenerNotOursError(ServeError, PermissionError):
+    """The address an engine the workbench started should answer on is held by another process (another
+    user's, on a shared machine); nothing was sent there. ``holders`` names who holds it."""
+
+
 class EndpointNotFoundError(ServeError, LookupError):
     """No endpoint of that name in the endpoint registry."""
 

@@ -21,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+KEY_VARIABLES = ("VLLM_API_KEY", "WORKBENCH_ENGINE_API_KEY")
 ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -138,7 +139,8 @@ def main(argv: list[str]) -> None:
     if record:
         with open(record, "w", encoding="utf-8") as fh:
             json.dump({"argv": argv, "env": {k: v for k, v in os.environ.items()
-                                             if k.startswith(("CUDA_", "HF_"))}}, fh)
+                                             if k.startswith(("CUDA_", "HF_"))},
+                       "key_variables": sorted(k for k in KEY_VARIABLES if os.environ.get(k))}, fh)
     if os.environ.get("FAKE_ENGINE_CRASH"):
         print("RuntimeError: CUDA out of memory while loading the fake weights", file=sys.stderr)
         sys.exit(3)
@@ -146,7 +148,9 @@ def main(argv: list[str]) -> None:
         threading.Event().wait(600)
     port = int(argv[argv.index("--port") + 1])
     model = argv[argv.index("--served-model-name") + 1] if "--served-model-name" in argv else "fake-model"
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, None, []))
+    # As the real engines: vLLM reads VLLM_API_KEY, the workbench's transformers launcher its own variable.
+    key = next((os.environ[k] for k in KEY_VARIABLES if os.environ.get(k)), None)
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, key, []))
     print(f"fake engine serving {model} on 127.0.0.1:{port}", flush=True)
     server.serve_forever()
 

@@ -107,3 +107,31 @@ def test_reading_a_registry_that_does_not_exist_creates_nothing(tmp_path: Path) 
     assert not path.parent.exists()
     reg.add_remote("first", "http://127.0.0.1:9/v1")
     assert [e.name for e in EndpointRegistry(path).list()] == ["first"]
+
+
+def test_a_registry_others_could_read_or_write_is_refused(endpoints_file: Path, tmp_path: Path) -> None:
+    """It holds engines' keys: written 0600, and a file that is not ours, not private, or a link is never used."""
+    import os
+    import stat
+
+    reg = EndpointRegistry()
+    reg.add_remote("a", "http://h:1/v1")
+    assert stat.S_IMODE(endpoints_file.stat().st_mode) == 0o600
+    lock = endpoints_file.with_name(endpoints_file.name + ".lock")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    os.chmod(endpoints_file, 0o644)
+    with pytest.raises(ConfigError, match="readable or writable by other users.*chmod 600"):
+        reg.list()
+    os.chmod(endpoints_file, 0o600)
+    os.chown(endpoints_file, 65534, 65534)
+    with pytest.raises(ConfigError, match="belongs to nobody, not to you"):
+        reg.add_remote("b", "http://h:2/v1")
+    os.chown(endpoints_file, os.getuid(), os.getgid())
+    assert [e.name for e in reg.list()] == ["a"]
+    planted = tmp_path / "planted.json"
+    planted.write_text(endpoints_file.read_text())
+    os.chmod(planted, 0o600)
+    link = tmp_path / "linked.json"
+    link.symlink_to(planted)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        EndpointRegistry(link).list()

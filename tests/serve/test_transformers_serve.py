@@ -34,8 +34,11 @@ def test_serve_ask_and_stop(seeded_store) -> None:
     try:
         assert process.is_running(pid) and process.port_open("127.0.0.1", port)
 
-        # The official client, streaming, as any OpenAI user would.
-        client = OpenAI(base_url=ep["base_url"], api_key="EMPTY", max_retries=0, timeout=300)
+        # The official client, streaming, as any OpenAI user would, with the engine's own key
+        # (`endpoints share` hands it over; without it the engine answers 401).
+        key = _workbench("endpoints", "share", SMOL)["api_key"]
+        assert key and key not in json.dumps(ep)
+        client = OpenAI(base_url=ep["base_url"], api_key=key, max_retries=0, timeout=300)
         stream = client.chat.completions.create(model=ep["model"], stream=True, max_tokens=24, temperature=0,
                                                 messages=[{"role": "user", "content": QUESTION}])
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]

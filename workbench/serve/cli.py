@@ -1,4 +1,4 @@
-"""``workbench serve``, ``workbench endpoints [add|stop]`` and ``workbench run --endpoint`` (ARCHITECTURE.md §3).
+"""``workbench serve``, ``workbench endpoints [add|stop|share]`` and ``workbench run --endpoint`` (ARCHITECTURE.md §3).
 
 ``workbench serve`` returns once the engine answers and leaves it running: a
 command-line engine always outlives the command (``--detach`` is implied), and
@@ -89,6 +89,55 @@ def cmd_endpoints_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def share_variable(name: str) -> str:
+    """The environment variable a colleague keeps an endpoint's key in (``WORKBENCH_KEY_<NAME>``)."""
+    return "WORKBENCH_KEY_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def cmd_endpoints_share(args: argparse.Namespace) -> int:
+    """``workbench endpoints share NAME``: what a colleague runs to use an endpoint, its key included.
+
+    Sharing is a deliberate act: this command (and only it) prints an engine's key.
+    """
+    import shlex
+
+    from ..errors import ConfigError
+    from .registry import EndpointRegistry
+
+    reg = EndpointRegistry()
+    ep = reg.get(args.name)
+    var = share_variable(ep.name)
+    add = ["workbench", "endpoints", "add", ep.name, ep.base_url]
+    if ep.model:
+        add += ["--model", ep.model]
+    if ep.is_remote:
+        if ep.api_key_env:
+            add += ["--api-key-env", ep.api_key_env]
+        doc = {"name": ep.name, "base_url": ep.base_url, "model": ep.model, "api_key_env": ep.api_key_env,
+               "api_key": None, "commands": [shlex.join(add)]}
+        text = ("A remote endpoint: its key, if any, is the one you were given"
+                + (f" (in ${ep.api_key_env})" if ep.api_key_env else "") + f". A colleague registers it with:\n\n"
+                f"  {shlex.join(add)}")
+        output.emit(args, doc, text)
+        return 0
+    status = {s.endpoint.name: s for s in reg.statuses()}.get(ep.name)
+    if status is None or status.state != "running" or not ep.secret:
+        raise ConfigError(f"endpoint {ep.name!r} is not running, so there is nothing to share",
+                          hint=f"start it with `workbench serve {ep.store_model}`", endpoint=ep.name)
+    add += ["--api-key-env", var]
+    commands = [f"export {var}={shlex.quote(ep.secret)}", shlex.join(add)]
+    doc = {"name": ep.name, "base_url": ep.base_url, "model": ep.model, "api_key_env": var, "api_key": ep.secret,
+           "commands": commands}
+    text = (f"This prints the key of {ep.name}: anyone who has it can send prompts to your engine and read its "
+            "answers. Give it only to people you trust, privately (not in a shared notebook or chat channel).\n"
+            f"On this machine ({ep.base_url} is loopback), a colleague runs:\n\n"
+            + "".join(f"  {c}\n" for c in commands)
+            + f"\nThe key changes each time the engine starts: `workbench endpoints stop {ep.name}` and serve "
+            "it again to revoke it.")
+    output.emit(args, doc, text)
+    return 0
+
+
 def cmd_endpoints_stop(args: argparse.Namespace) -> int:
     from .launch import stop
 
@@ -153,4 +202,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--model", default=None, help="the model name to request (default: the first it lists)")
     sp.add_argument("--replace", action="store_true", help="replace an endpoint of the same name")
     sp = add(sub, "stop", cmd_endpoints_stop, "stop an engine (its process group) and forget the endpoint")
+    sp.add_argument("name")
+    sp = add(sub, "share", cmd_endpoints_share,
+             "print what a colleague runs to use an endpoint, with its API key (a deliberate act: the key "
+             "lets them prompt your engine)")
     sp.add_argument("name")

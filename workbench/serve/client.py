@@ -115,6 +115,8 @@ class EndpointStream:
 def _translate(exc: BaseException, ep: Endpoint, model: str | None) -> ServeError | None:
     import openai
 
+    if isinstance(exc.__cause__, ServeError):  # our own check before the request (verify_engine) refused it
+        return exc.__cause__
     where = f"endpoint {ep.name!r} ({ep.base_url})"
     ctx = {"endpoint": ep.name, "base_url": ep.base_url}
     if isinstance(exc, openai.APITimeoutError):
@@ -216,8 +218,15 @@ class EndpointClient:
 
             endpoint = EndpointRegistry().get(endpoint)
         self.endpoint = endpoint
+        # An engine the workbench started: its own key, and before every request the proof that
+        # the socket answering is still the engine's (serve/listener.py): a prompt goes only there.
+        http_client = None
+        if not endpoint.is_remote and endpoint.pid:
+            from .listener import verify_engine
+
+            http_client = openai.DefaultHttpxClient(event_hooks={"request": [lambda _req: verify_engine(endpoint)]})
         self._client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), timeout=timeout_s,
-                                     max_retries=max_retries)
+                                     max_retries=max_retries, http_client=http_client)
         self._model = endpoint.model
 
     def _raise(self, exc: BaseException) -> None:

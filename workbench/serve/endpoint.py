@@ -1,8 +1,11 @@
 """What an endpoint is: one OpenAI-compatible server the workbench started or was told about.
 
 An :class:`Endpoint` crosses boundaries (the registry file, ``--json`` output, the
-UI), so it is a frozen dataclass of raw values. It never holds an API key: only
-the name of the environment variable that holds one (``api_key_env``).
+UI), so it is a frozen dataclass of raw values. A remote endpoint never holds its
+API key: only the name of the environment variable that holds one (``api_key_env``).
+An engine the workbench started has its own fresh key (``secret``): it is kept in
+the owner's registry file (mode 0600) and sent by the workbench's clients, and it
+is left out of ``repr``, ``to_dict`` (every ``--json`` document, the UI, logs) on purpose.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ class Endpoint(Record):
         estimated_bytes: the memory the fit check counted for it (``None`` for remote ones).
         lease_ids: the GPU leases held for it (one per GPU), released when it stops.
         argv: the engine's command line (no secrets: keys travel in the environment only).
+        secret: the API key of an engine the workbench started (see the module doc); never in
+            ``repr`` or ``to_dict``.
     """
+
+    _json_exclude = ("secret",)
 
     name: str
     engine: EndpointEngine
@@ -62,19 +69,33 @@ class Endpoint(Record):
     lease_ids: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    secret: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_remote(self) -> bool:
         return self.engine == REMOTE
 
     def api_key(self) -> str:
-        """The API key read from ``api_key_env`` now, or a placeholder (local engines need none).
-
-        The openai client refuses an empty key, and servers without authentication ignore it.
-        """
+        """The key requests carry: the engine's own ``secret``, else ``api_key_env``'s value now,
+        else a placeholder (the openai client refuses an empty key; servers without
+        authentication ignore it)."""
+        if self.secret:
+            return self.secret
         if self.api_key_env:
             return os.environ.get(self.api_key_env, "") or "EMPTY"
         return "EMPTY"
+
+    def auth_headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer KEY"}`` when there is a key (for ``/metrics`` scrapes and probes)."""
+        key = self.api_key()
+        return {"Authorization": f"Bearer {key}"} if key != "EMPTY" else {}
+
+    def record(self) -> dict[str, Any]:
+        """What the registry file keeps: :meth:`to_dict` plus the secret (the file is the owner's, 0600)."""
+        doc = self.to_dict()
+        if self.secret:
+            doc["secret"] = self.secret
+        return doc
 
     def with_(self, **changes: Any) -> Endpoint:
         return replace(self, **changes)
@@ -87,4 +108,6 @@ class Endpoint(Record):
         values["devices"] = tuple(values.get("devices") or ())
         values["argv"] = tuple(values.get("argv") or ())
         values["lease_ids"] = tuple(values.get("lease_ids") or ())
+        if not isinstance(values.get("secret"), str):
+            values.pop("secret", None)
         return cls(**values)

@@ -13,7 +13,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, cast, get_args
 
 from ..errors import EngineNotFoundError, LoadSpecError
@@ -29,18 +28,31 @@ TRANSFORMERS_QUANT: dict[Quant, str] = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
 #: The quantizations an engine can be asked for (``--quant`` choices, the Serve tab's options).
 SERVE_QUANTS: tuple[Quant, ...] = ("none", *TRANSFORMERS_QUANT)
 HOST = "127.0.0.1"
+#: The environment variable that gives an engine its API key: vLLM reads ``VLLM_API_KEY`` when
+#: ``--api-key`` is not given (``vllm/entrypoints/openai/api_server.py``: ``args.api_key or
+#: [envs.VLLM_API_KEY]``; ``AuthenticationMiddleware`` then guards ``/v1``); ``transformers serve``
+#: has no authentication, so it runs under :mod:`workbench.serve.tf_launcher`, which reads this one.
+API_KEY_VARIABLES: dict[str, str] = {"vllm": "VLLM_API_KEY", "transformers": "WORKBENCH_ENGINE_API_KEY"}
+
+
+def api_key_variable(engine: str) -> str:
+    """The environment variable through which ``engine`` gets its key (see :data:`API_KEY_VARIABLES`)."""
+    return API_KEY_VARIABLES[engine]
 
 
 def transformers_command() -> list[str]:
-    """``[".../transformers"]``: the CLI installed beside this Python, else the one on ``PATH``.
+    """``[python, "-m", "workbench.serve.tf_launcher"]``: ``transformers serve``, behind the engine's API key.
+
+    The launcher runs transformers' own CLI (its ``serve`` command, its app, its engine) in
+    this Python, with one middleware added that refuses requests without the engine's key.
 
     Raises:
         EngineNotFoundError: transformers' CLI or its serving extra is missing.
     """
-    here = Path(sys.executable).with_name("transformers")
-    exe = str(here) if here.is_file() else shutil.which("transformers")
-    if exe is None:
-        raise EngineNotFoundError("the `transformers` command is not installed",
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise EngineNotFoundError("transformers is not installed",
                                   hint="install transformers[serving] in the workbench's environment")
     try:
         import fastapi  # noqa: F401
@@ -48,7 +60,7 @@ def transformers_command() -> list[str]:
     except ImportError:
         raise EngineNotFoundError("`transformers serve` needs FastAPI and Uvicorn, which are not installed",
                                   hint="pip install 'transformers[serving]'") from None
-    return [exe]
+    return [sys.executable, "-m", "workbench.serve.tf_launcher"]
 
 
 def vllm_command(setting: str | None = None) -> list[str] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -209,9 +210,15 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
           registry: EndpointRegistry | None = None) -> Endpoint:
     """Start ``plan``'s engine, wait until it answers, and register it.
 
+    The engine gets a fresh API key (in its environment, never on its command line), and
+    nothing is sent to its port, not even the readiness probe, before the listening
+    socket is proven to be the engine's (:mod:`workbench.serve.listener`).
+
     Raises:
         EngineStartError: it exited or did not answer in time; it was stopped and the
             error carries the end of its log.
+        ListenerNotOursError: another process (another user's) holds the engine's address;
+            the engine was stopped and nothing was sent there.
         ConfigError: the endpoint name is taken by a running engine or a remote endpoint, or
             the plan's port is already in use.
     """
@@ -228,9 +235,11 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
                           hint=f"stop it (`workbench endpoints stop {plan.name}`) or choose another name",
                           endpoint=plan.name)
     log_path = _workbench_dir("serve-logs") / f"{plan.name}-{plan.port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")
-    env = {**os.environ, **plan.env}
+    _private_log(log_path)
+    # The engine's own key: fresh per start, in its environment only (a command line is public
+    # in /proc/PID/cmdline), kept in the owner's 0600 registry, never printed or in the plan.
+    secret = secrets.token_urlsafe(32)
+    env = {**os.environ, **plan.env, engines.api_key_variable(plan.engine): secret}
     t0 = time.time()
     _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
           engine=plan.engine, base_url=plan.base_url)
@@ -241,12 +250,13 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
         proc = process.start(plan.argv, env=env, log_path=log_path)
         lease_ids = lease_hook.acquire(plan.device_bytes or {}, plan.store_model, proc.pid)
         ready_s, body = process.wait_ready(proc, plan.base_url, timeout_s=timeout, log_path=log_path,
-                                           what=f"{plan.engine} serving {plan.store_model}")
+                                           what=f"{plan.engine} serving {plan.store_model}", api_key=secret)
         served = plan.served_model or _first_model(body)
         ep = Endpoint(plan.name, plan.engine, plan.base_url, pid=proc.pid, devices=plan.devices, model=served,
                       started_by_pid=os.getpid(), detach=detach, log_path=str(log_path),
                       store_model=plan.store_model, pid_create_time=process.create_time(proc.pid), started_s=t0,
-                      ready_s=ready_s, estimated_bytes=plan.needed_bytes, lease_ids=lease_ids, argv=plan.argv)
+                      ready_s=ready_s, estimated_bytes=plan.needed_bytes, lease_ids=lease_ids, argv=plan.argv,
+                      secret=secret)
         registry.put(ep, replace=True)
     except BaseException as exc:
         if proc is not None:
@@ -260,6 +270,16 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     if not detach:
         _own(plan.name)
     return ep
+
+
+def _private_log(path: Path) -> None:
+    """An empty engine log only its owner can read (engines may log prompts), in a 0700 folder."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _first_model(body: bytes) -> str | None:

@@ -213,8 +213,13 @@ def _int_or(text: str) -> tuple[int, str]:
     return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
-def scrape(url: str, *, timeout_s: float = 5.0, endpoint: str | None = None) -> str:
-    """GET a ``/metrics`` page.
+#: Bytes of a /metrics page read (a large vLLM page: ~100 KB).
+_MAX_PAGE_BYTES = 16 << 20
+
+
+def scrape(url: str, *, timeout_s: float = 5.0, endpoint: str | None = None,
+           headers: dict[str, str] | None = None) -> str:
+    """GET a ``/metrics`` page (with ``headers``: an engine's ``Authorization``).
 
     Raises:
         EndpointUnreachableError: nothing answers at ``url``.
@@ -224,8 +229,9 @@ def scrape(url: str, *, timeout_s: float = 5.0, endpoint: str | None = None) -> 
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (a URL the user configured)
-            return resp.read().decode("utf-8", "replace")
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (a URL the user configured)
+            return resp.read(_MAX_PAGE_BYTES).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         raise EndpointResponseError(f"{url} answered HTTP {exc.code}", hint="check that the server exports "
                                     "Prometheus metrics there", status_code=exc.code, url=url,

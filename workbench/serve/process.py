@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._process_identity import ProcessIdentity
-from ..errors import ConfigError, EngineStartError
+from ..errors import ConfigError, EngineStartError, ListenerNotOursError
 
 #: Bytes of an engine's log quoted in errors.
 LOG_TAIL_BYTES = 4000
@@ -151,22 +151,58 @@ def _reap(pid: int) -> None:
         _children.pop(pid, None)
 
 
-def _get(url: str, timeout_s: float) -> bytes | None:
+def _get(url: str, timeout_s: float, api_key: str | None = None) -> bytes | None:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback URL we built)
-            return resp.read() if resp.status == 200 else None
+        req = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (loopback URL we built)
+            return resp.read(1 << 20) if resp.status == 200 else None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
+def _host_port(base_url: str) -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(base_url)
+    return parsed.hostname or "127.0.0.1", int(parsed.port or 80)
+
+
+def require_listener_is_ours(pid: int, base_url: str, *, what: str) -> bool:
+    """Whether the engine ``pid`` owns every socket listening where ``base_url`` connects; ``False``
+    while nothing listens yet.
+
+    Raises:
+        ListenerNotOursError: another process holds the address (named: PID and command where
+            visible, its owner's uid always on Linux).
+    """
+    from .listener import check_listener
+
+    host, port = _host_port(base_url)
+    found = check_listener(pid, host, port)
+    if found.foreign:
+        raise ListenerNotOursError(
+            f"{host}:{port}, where {what} should answer, is held by {found.describe_foreign()}, not by the engine "
+            f"the workbench started (PID {pid}); nothing was sent there",
+            hint="another user took the port: start it again (a new free port is chosen) or pass another --port",
+            port=port, engine_pid=pid, holders=[h.describe() for h in found.foreign])
+    return found.ours
+
+
 def wait_ready(proc: subprocess.Popen[bytes], base_url: str, *, timeout_s: float, log_path: Path,
-               what: str) -> tuple[float, bytes]:
-    """Poll ``{root}/health`` then ``{base_url}/models`` until both answer 200.
+               what: str, api_key: str | None = None) -> tuple[float, bytes]:
+    """Wait until the engine ``proc`` owns the listening socket, then poll ``{root}/health`` and
+    ``{base_url}/models`` (sending ``api_key``) until both answer 200.
+
+    Nothing is sent to the port before its listener is proven to be the engine's (see
+    :mod:`workbench.serve.listener`): on a shared machine another user may bind the port
+    while the engine loads (it is on the engine's command line).
 
     Returns:
         ``(seconds waited, the /v1/models body)``.
 
     Raises:
+        ListenerNotOursError: another process holds the address (the caller stops the engine).
         EngineStartError: the engine exited, or did not answer within ``timeout_s``
             (the caller stops it); the error carries the log tail.
     """
@@ -175,17 +211,21 @@ def wait_ready(proc: subprocess.Popen[bytes], base_url: str, *, timeout_s: float
     healthy = False
     while True:
         code = proc.poll()
+        # Checked first: an engine that died because another process took its port is reported
+        # with that process named, not only with its own "address already in use".
+        ours = require_listener_is_ours(proc.pid, base_url, what=what)
         if code is not None:
             raise EngineStartError(
                 f"{what} exited with status {code} before it answered; the end of its log ({log_path}):\n"
                 f"{log_tail(log_path)}",
                 hint="fix what the log says, then start it again", log_path=str(log_path),
                 log_tail=log_tail(log_path), returncode=code)
-        healthy = healthy or _get(root + "/health", 2.0) is not None
-        if healthy:
-            body = _get(base_url + "/models", 5.0)
-            if body is not None:
-                return time.monotonic() - t0, body
+        if ours:
+            healthy = healthy or _get(root + "/health", 2.0) is not None
+            if healthy:
+                body = _get(base_url + "/models", 5.0, api_key)
+                if body is not None:
+                    return time.monotonic() - t0, body
         if time.monotonic() - t0 > timeout_s:
             raise EngineStartError(
                 f"{what} did not answer on {base_url} within {timeout_s:.0f} s; the end of its log ({log_path}):\n"
@@ -220,7 +260,11 @@ def require_free_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror or exc})",
+            from .listener import holders
+
+            held = "; ".join(h.describe() for h in holders(host, port))
+            raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror or exc})"
+                              + (f": {held}" if held else ""),
                               hint="choose another --port, or leave it out to get a free one",
                               port=port) from None
 

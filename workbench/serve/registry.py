@@ -4,7 +4,13 @@ The file (setting ``endpoints_file``, default ``$XDG_DATA_HOME/workbench/endpoin
 beside the user store) is read and rewritten under an exclusive ``flock`` on a
 sidecar lock file, and replaced atomically (``os.replace``), so concurrent
 ``workbench serve`` calls never lose each other's records and a reader never sees
-half a file. API keys are never written: only the names of their variables.
+half a file.
+
+It holds the API keys of the engines the workbench started (each engine's own fresh
+secret), so it is the owner's alone: written mode 0600 (its lock file too, its folder
+0700 when created), and a file that is not a regular file, is owned by another user,
+or is readable or writable by group or others is refused, never read or written.
+Remote endpoints' keys are never written: only the names of their variables.
 
 Example:
     >>> reg = EndpointRegistry()  # doctest: +SKIP
@@ -18,6 +24,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +32,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .._bounded_read import loads
 from ..errors import ConfigError, EndpointNotFoundError
 from . import process
 from .endpoint import REMOTE, Endpoint
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Bytes of registry file read (thousands of endpoints fit in a fraction of it).
+MAX_REGISTRY_BYTES = 16 << 20
 
 
 def registry_path() -> Path:
@@ -96,12 +106,47 @@ class EndpointRegistry:
 
     @contextlib.contextmanager
     def _lock_file(self) -> Iterator[None]:
-        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"the endpoint registry's lock file {lock_path} cannot be opened "
+                              f"({exc.strerror or exc})", hint="remove it if it is a link or not yours",
+                              path=lock_path) from None
+        with os.fdopen(fd, "r+") as lock:
+            self._check_mine(lock_path, os.fstat(fd))
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _check_mine(path: Path, st: os.stat_result) -> None:
+        """Refuse a registry file (or its lock) that is not a regular file of ours, private to us.
+
+        Raises:
+            ConfigError: naming the file, its owner and mode, and what to do.
+        """
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"the endpoint registry {path} is not a regular file",
+                              hint="remove it; the workbench recreates it", path=path)
+        if st.st_uid != os.geteuid():
+            try:
+                import pwd
+
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except (KeyError, ImportError):
+                owner = f"uid {st.st_uid}"
+            raise ConfigError(f"the endpoint registry {path} belongs to {owner}, not to you, so it is not read "
+                              "(it holds engines' keys, and someone else could have written it)",
+                              hint="check the endpoints_file setting (WORKBENCH_ENDPOINTS_FILE) and remove the file",
+                              path=path, owner_uid=st.st_uid)
+        if st.st_mode & 0o077:
+            raise ConfigError(f"the endpoint registry {path} is readable or writable by other users "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}), so it is not used: it holds engines' keys",
+                              hint=f"chmod 600 {path} (and stop the engines it lists if others may have read it)",
+                              path=path, mode=stat.S_IMODE(st.st_mode))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
@@ -110,7 +155,7 @@ class EndpointRegistry:
             records: dict[str, dict[str, Any]] = {}
             yield records
             if records:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 with self._lock_file():
                     self._write({**self._read(), **records})
             return
@@ -123,10 +168,24 @@ class EndpointRegistry:
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise ConfigError(f"the endpoint registry {self.path} cannot be opened ({exc.strerror or exc})",
+                              hint="remove it if it is a symbolic link; the workbench recreates it",
+                              path=self.path) from None
+        try:
+            self._check_mine(self.path, os.fstat(fd))
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                raw = fh.read(MAX_REGISTRY_BYTES + 1)
+        finally:
+            os.close(fd)
+        try:
+            if len(raw) > MAX_REGISTRY_BYTES:
+                raise ValueError(f"larger than {MAX_REGISTRY_BYTES} bytes")
+            doc = loads(raw.decode("utf-8"), path=self.path)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"the endpoint registry {self.path} cannot be read: {exc}",
                               hint="fix or delete the file (it only lists endpoints)", path=self.path) from None
         endpoints = doc.get("endpoints") if isinstance(doc, dict) else None
@@ -203,7 +262,7 @@ class EndpointRegistry:
                     raise ConfigError(f"an endpoint called {endpoint.name!r} already exists ({prev.base_url})",
                                       hint="choose another name, or stop/remove it first "
                                            f"(`workbench endpoints stop {endpoint.name}`)", endpoint=endpoint.name)
-            records[endpoint.name] = endpoint.to_dict()
+            records[endpoint.name] = endpoint.record()
         return endpoint
 
     def add_remote(self, name: str, url: str, *, api_key_env: str | None = None, model: str | None = None,

@@ -51,8 +51,10 @@ class MetricsWatcher(Generic[T]):
     """
 
     def __init__(self, url: str, parse: Callable[[str, float], T], *, name: str, interval_s: float = 2.0,
-                 history: int = 1800, fetch: Fetch | None = None, clock: Callable[[], float] | None = None) -> None:
+                 history: int = 1800, fetch: Fetch | None = None, clock: Callable[[], float] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self._headers = dict(headers or {})
         self.name = name
         self.interval_s = max(0.25, float(interval_s))
         self._parse = parse
@@ -69,7 +71,7 @@ class MetricsWatcher(Generic[T]):
         timeout_s = min(5.0, self.interval_s * 4)
         if self._fetch is not None:
             return self._fetch(self.url, timeout_s)
-        return scrape(self.url, timeout_s=timeout_s, endpoint=self.name)
+        return scrape(self.url, timeout_s=timeout_s, endpoint=self.name, headers=self._headers)
 
     def scrape_once(self) -> T | None:
         """One scrape now; the sample is also appended to the history (``None`` when it failed)."""
@@ -142,8 +144,10 @@ class EngineWatcher(MetricsWatcher[VllmMetrics]):
     def __init__(self, endpoint: Endpoint, *, interval_s: float = 2.0, history: int = 1800,
                  fetch: Fetch | None = None, clock: Callable[[], float] | None = None) -> None:
         self.endpoint = endpoint
+        # The engine's key goes with every scrape (vLLM leaves /metrics open; an engine may not).
         super().__init__(metrics_url(endpoint), lambda text, t: parse_vllm(text, time_s=t), name=endpoint.name,
-                         interval_s=interval_s, history=history, fetch=fetch, clock=clock)
+                         interval_s=interval_s, history=history, fetch=fetch, clock=clock,
+                         headers=endpoint.auth_headers())
 
     def series(self) -> dict[str, list[Any]]:
         """Columns for plotting: ``time_s``, ``requests_running``, ``requests_waiting``,
