@@ -113,12 +113,18 @@ def _reachable_hex(host: str) -> dict[str, set[str]]:
 
 
 def _read_table(path: str) -> list[str]:
+    chunks, got = [], 0
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(_TABLE_MAX_BYTES)
+        with open(path, "rb", buffering=0) as fh:
+            while got < _TABLE_MAX_BYTES:  # read() of the whole bound would allocate it each time
+                chunk = fh.read(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
     except OSError:
         return []
-    return data.decode("ascii", "replace").splitlines()[1:]
+    return b"".join(chunks).decode("ascii", "replace").splitlines()[1:]
 
 
 def _format_address(kind: str, hexaddr: str) -> str:
@@ -244,9 +250,12 @@ def check_listener(engine_pid: int, host: str, port: int) -> ListenerCheck:
         return _check_with_psutil(engine_pid, host, port)
     if not found:
         return ListenerCheck((), ())
-    ours: set[int] = set()
-    for p in engine_processes(engine_pid):
-        ours |= socket_inodes(p)
+    # The engine itself first (transformers serve and a single vLLM API server hold the socket
+    # there); its descendants and group only when needed (that walks every process).
+    ours = socket_inodes(engine_pid)
+    if any(h.inode not in ours for h in found):
+        for p in engine_processes(engine_pid):
+            ours |= socket_inodes(p)
     foreign = tuple(_named(h) for h in found if h.inode not in ours)
     return ListenerCheck(tuple(found), foreign)
 
