@@ -8,7 +8,8 @@ Behaviour by requested model name:
     ``"missing"``: 404; ``"busy"``: 429; ``"cut"``: two chunks then the connection
     drops mid-body; ``"boom"``: 500; ``"slow"``: 0.2 s between chunks; anything else streams "The capital of France is
     Paris." word by word, then a usage chunk. With ``key`` set, requests without
-    ``Authorization: Bearer <key>`` get 401.
+    ``Authorization: Bearer <key>`` get 401. Every request body is appended to the
+    returned log (in a thread) or to ``$FAKE_ENGINE_REQUESTS``, one JSON a line (as an engine).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
         def do_POST(self) -> None:  # noqa: N802
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
             log.append(req)
+            requests_file = os.environ.get("FAKE_ENGINE_REQUESTS")
+            if requests_file:  # as an engine subprocess: the request bodies, one JSON a line
+                with open(requests_file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(req) + "\n")
             if not self._authorized():
                 return
             name = req.get("model")

@@ -108,6 +108,8 @@ class GenerationResult(Record):
         bandwidth_bytes_per_s: the devices' measured memory bandwidth (``None`` if unmeasured).
         decode_efficiency: achieved over measured bandwidth, 0..1; ``None`` when the
             weights are small enough to live in caches (the roofline does not apply).
+        model: the loaded model's name.
+        notices: sentences about settings that were not applied (none for a local run today).
     """
 
     text: str
@@ -122,6 +124,7 @@ class GenerationResult(Record):
     bandwidth_bytes_per_s: float | None
     decode_efficiency: float | None
     model: str = ""
+    notices: tuple[str, ...] = ()
 
     @property
     def tokens_per_s_str(self) -> str:

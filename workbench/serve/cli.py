@@ -157,6 +157,8 @@ def cmd_run_endpoint(args: argparse.Namespace) -> int:
 
     r = run_endpoint(args.endpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      seed=args.seed)
+    for notice in r.notices:
+        print(f"workbench: {notice}", file=sys.stderr)  # on stderr: --json stays one document
     text = (f"{r.text}\n\n[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s, "
             f"endpoint {r.endpoint}, model {r.model}]")
     output.emit(args, r.to_dict(), text)

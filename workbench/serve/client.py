@@ -32,6 +32,7 @@ from ..errors import (
     ServeError,
 )
 from .endpoint import Endpoint
+from .engines import ENGINE_EXTENSIONS, ENGINE_IGNORED_FIELDS, SHARED_SAMPLING_FLAG, engine_extensions
 
 #: OpenAI's API takes at most four stop sequences.
 MAX_STOP = 4
@@ -50,6 +51,8 @@ class ChatResult(Record):
         total_s: the whole request.
         finish_reason: ``"stop"``, ``"length"``... as the server reports it.
         usage_reported: whether the counts came from the server.
+        not_sent: the sampling controls set but not sent (the engine does not take them).
+        notices: one sentence per control not sent or not applied (see :func:`request_plan`).
     """
 
     text: str
@@ -62,6 +65,8 @@ class ChatResult(Record):
     model: str
     endpoint: str
     usage_reported: bool
+    not_sent: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()
 
     @property
     def stopped_by(self) -> str | None:
@@ -162,18 +167,32 @@ def _detail(exc: Any) -> str:
 
 
 def _read_stream(stream: Any, pieces: list[str], times: list[float], on_piece: Callable[[str], None] | None,
-                 cancel: threading.Event | None) -> tuple[Any, str | None]:
+                 cancel: threading.Event | None, stops: tuple[str, ...] = ()) -> tuple[Any, str | None]:
     """Read a chat completion stream, appending each text piece and its arrival time.
 
     ``pieces`` and ``times`` are filled in place, so a caller whose stream breaks keeps
-    what arrived.
+    what arrived. Stop strings are applied here too (the runtime's
+    :class:`~workbench.runtime.streaming.StopStringGate`): an engine that does not apply
+    them per request (``transformers serve`` with continuous batching) still stops, and
+    no engine's text shows one.
 
     Returns:
         ``(usage, finish_reason)``: the last usage chunk (or ``None``), and the finish
         reason (``"cancelled"`` when ``cancel`` was set, ``None`` when the stream just ended).
     """
+    from ..runtime.streaming import StopStringGate
+
+    gate = StopStringGate(stops)
     usage = None
     finish: str | None = None
+
+    def emit(piece: str) -> None:
+        if piece:
+            pieces.append(piece)
+            times.append(time.perf_counter())
+            if on_piece is not None:
+                on_piece(piece)
+
     with stream:
         for chunk in stream:
             if chunk.usage is not None:
@@ -181,14 +200,15 @@ def _read_stream(stream: Any, pieces: list[str], times: list[float], on_piece: C
             for choice in chunk.choices or ():
                 piece = choice.delta.content if choice.delta is not None else None
                 if piece:
-                    pieces.append(piece)
-                    times.append(time.perf_counter())
-                    if on_piece is not None:
-                        on_piece(piece)
+                    emit(gate.feed(piece))
+                    if gate.hit is not None:
+                        return usage, "stop"
                 if choice.finish_reason:
                     finish = choice.finish_reason
             if cancel is not None and cancel.is_set():
+                emit(gate.finish())
                 return usage, "cancelled"
+    emit(gate.finish())
     return usage, finish
 
 
@@ -199,6 +219,64 @@ def _tokens_per_s(new: int, times: list[float], t0: float, t_end: float) -> floa
         return (max(new, len(times)) - 1) / (times[-1] - times[0])
     span = t_end - (times[0] if times else t0)
     return new / span if span > 0 and new else 0.0
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What a request sends beyond the OpenAI fields, and what it had to leave out.
+
+    Attributes:
+        extra_body: the engine's own fields (``{"top_k": 50}``), sent through the openai
+            client's ``extra_body``.
+        not_sent: the controls the user set that the engine does not take (``("top_k",)``).
+        notices: one sentence per control not sent or not applied, naming it and the endpoint.
+    """
+
+    extra_body: dict[str, Any]
+    not_sent: tuple[str, ...]
+    notices: tuple[str, ...]
+
+
+def _active_extensions(params: Any) -> dict[str, Any]:
+    """The non-OpenAI controls whose value changes the answer (top_k only when sampling; 0 disables it)."""
+    active: dict[str, Any] = {}
+    if params.temperature > 0 and params.top_k:
+        active["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        active["repetition_penalty"] = params.repetition_penalty
+    min_p = getattr(params, "min_p", 0.0)
+    if params.temperature > 0 and min_p:
+        active["min_p"] = min_p
+    return active
+
+
+def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
+    """Which of ``params``' non-OpenAI controls go to ``endpoint``, by its engine kind
+    (:data:`workbench.serve.engines.ENGINE_EXTENSIONS`); the others are named in ``notices``.
+
+    An endpoint of unknown kind (added by URL) gets the OpenAI fields only: sending it a
+    field it does not know may be refused (``transformers serve`` answers 422) or silently
+    ignored, and either way the user would not know.
+    """
+    taken = engine_extensions(endpoint.engine)
+    extra: dict[str, Any] = {}
+    not_sent: list[str] = []
+    notices: list[str] = []
+    for control, value in _active_extensions(params).items():
+        if control in taken:
+            extra[taken[control]] = value
+            continue
+        not_sent.append(control)
+        why = ("its engine is of unknown kind (added by URL), so only OpenAI fields are sent"
+               if endpoint.is_remote or endpoint.engine not in ENGINE_EXTENSIONS
+               else f"{endpoint.engine} serve does not take it")
+        notices.append(f"{control}={value} was not sent to endpoint {endpoint.name!r}: {why}")
+    flag = SHARED_SAMPLING_FLAG.get(endpoint.engine)
+    if flag and flag in endpoint.argv and params.temperature > 0:
+        notices.append(f"endpoint {endpoint.name!r} runs {endpoint.engine} serve {flag}, which samples every "
+                       "request with the temperature and top_p of its first one (transformers' "
+                       "CBGenerateManager.init_cb)")
+    return RequestPlan(extra, tuple(not_sent), tuple(notices))
 
 
 class EndpointClient:
@@ -265,7 +343,7 @@ class EndpointClient:
             self._model = names[0]
         return self._model
 
-    def _request(self, prompt_or_messages: Any, params: Any) -> dict[str, Any]:
+    def _request(self, prompt_or_messages: Any, params: Any) -> tuple[dict[str, Any], RequestPlan]:
         from ..runtime.generation import GenerationParams
 
         params = (params or GenerationParams()).validate()
@@ -280,6 +358,7 @@ class EndpointClient:
 
             raise ConfigError(f"OpenAI-compatible servers take at most {MAX_STOP} stop strings, not "
                               f"{len(params.stop)}", hint="keep the four that matter")
+        plan = request_plan(self.endpoint, params)
         req: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": params.max_new_tokens,
                                "temperature": params.temperature, "stream": True,
                                "stream_options": {"include_usage": True}}
@@ -289,14 +368,11 @@ class EndpointClient:
             req["stop"] = list(params.stop)
         if params.seed is not None:
             req["seed"] = params.seed
-        extra = {}
-        if params.temperature > 0 and params.top_k:
-            extra["top_k"] = params.top_k  # vLLM's and TGI's extension; others ignore it
-        if params.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = params.repetition_penalty
-        if extra:
-            req["extra_body"] = extra
-        return req
+        for field_name in ENGINE_IGNORED_FIELDS.get(self.endpoint.engine, ()):
+            req.pop(field_name, None)
+        if plan.extra_body:
+            req["extra_body"] = dict(plan.extra_body)
+        return req, plan
 
     def chat(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None, *,
              on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> ChatResult:
@@ -317,7 +393,8 @@ class EndpointClient:
         import httpx
         import openai
 
-        req = self._request(prompt_or_messages, params)
+        req, plan = self._request(prompt_or_messages, params)
+        stops = tuple(req.get("stop") or ())
         pieces: list[str] = []
         times: list[float] = []
         t0 = time.perf_counter()
@@ -327,7 +404,7 @@ class EndpointClient:
             self._raise(exc)
             raise
         try:
-            usage, finish = _read_stream(stream, pieces, times, on_piece, cancel)
+            usage, finish = _read_stream(stream, pieces, times, on_piece, cancel, stops)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             cut = _translate(exc, self.endpoint, self._model) if isinstance(exc, openai.APIStatusError) else None
             if cut is not None:
@@ -348,7 +425,8 @@ class EndpointClient:
         prompt_tokens = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else None
         rate = _tokens_per_s(new, times, t0, t_end)
         return ChatResult("".join(pieces), prompt_tokens, new, (times[0] - t0) if times else t_end - t0, rate,
-                          t_end - t0, finish, self.model, self.endpoint.name, usage is not None)
+                          t_end - t0, finish, self.model, self.endpoint.name, usage is not None,
+                          plan.not_sent, plan.notices)
 
     def stream(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None) -> EndpointStream:
         """Start one streamed answer; iterate the returned :class:`EndpointStream` for its pieces.

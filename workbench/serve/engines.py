@@ -35,6 +35,32 @@ HOST = "127.0.0.1"
 API_KEY_VARIABLES: dict[str, str] = {"vllm": "VLLM_API_KEY", "transformers": "WORKBENCH_ENGINE_API_KEY"}
 
 
+#: The sampling controls outside the OpenAI schema, and the request field each engine takes
+#: them as (sent in the openai client's ``extra_body``). vLLM: ``vllm/entrypoints/openai/protocol.py``
+#: ``ChatCompletionRequest`` ("extra sampling params": ``top_k``, ``min_p``, ``repetition_penalty``).
+#: ``transformers serve`` refuses any field not in its ``TransformersCompletionCreateParamsStreaming``
+#: with HTTP 422 (``transformers/cli/serving/utils.py`` ``BaseHandler._validate_request``), so it gets
+#: none. An engine kind not listed here (``"remote"``: added by URL) is of unknown kind and gets none
+#: either; the result names each control not sent. Adding an engine kind is one entry here.
+ENGINE_EXTENSIONS: dict[str, dict[str, str]] = {
+    "vllm": {"top_k": "top_k", "repetition_penalty": "repetition_penalty", "min_p": "min_p"},
+    "transformers": {},
+}
+#: OpenAI request fields an engine ignores with only a log line (transformers serve:
+#: ``UNUSED_CHAT_COMPLETION_FIELDS``, "Ignoring unsupported fields"): left out of its requests.
+ENGINE_IGNORED_FIELDS: dict[str, frozenset[str]] = {"transformers": frozenset({"stream_options"})}
+#: Engines that sample every request with the settings of their first one: ``transformers serve
+#: --continuous-batching`` builds its continuous-batching manager once, from the first request's
+#: generation config (``transformers/cli/serving/utils.py`` ``CBGenerateManager.init_cb``: "shared
+#: sampling params (temperature, top_p, do_sample)"); later requests set only max_new_tokens.
+SHARED_SAMPLING_FLAG: dict[str, str] = {"transformers": "--continuous-batching"}
+
+
+def engine_extensions(engine: str) -> dict[str, str]:
+    """``{control: request field}`` of the non-OpenAI sampling controls ``engine`` takes (empty when unknown)."""
+    return ENGINE_EXTENSIONS.get(engine, {})
+
+
 def api_key_variable(engine: str) -> str:
     """The environment variable through which ``engine`` gets its key (see :data:`API_KEY_VARIABLES`)."""
     return API_KEY_VARIABLES[engine]

@@ -251,6 +251,8 @@ class PromptPanel(Panel):
             self.history.append({"role": "assistant", "content": result.text})
             self.results.append(result)
             self._render_all()
+            if result.notices:
+                self.show_message(" ".join(result.notices), "warning")
             for cb in list(self._listeners):
                 cb(result)
             return result

@@ -1,0 +1,122 @@
+"""What a request sends: OpenAI fields always, an engine's own fields only to engines known to take them.
+
+Every control of the Prompt panel's Sampling section is set through its widget and the
+request body the engine received is read back: from a fake vLLM engine (a subprocess
+that records each body), and from a fake server added by URL (unknown kind: the
+extensions are not sent, and the result says so, naming them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fakes.fake_pynvml import FakeGpu
+from serve.fake_openai import ANSWER, serve_in_thread
+from workbench.runtime import GenerationParams
+from workbench.serve import Endpoint, EndpointClient, EndpointRegistry
+from workbench.serve.client import request_plan
+from workbench.ui.prompt_panel import PromptPanel
+
+SMOL = "SmolLM2-135M-Instruct"
+QUESTION = "What is the capital of France?"
+
+
+def _set_every_sampling_control(panel: PromptPanel) -> None:
+    """Through the widgets, as a user would: every control of the Sampling section."""
+    c = panel.controls
+    c.params["max_new_tokens"].value = 5
+    c.params["temperature"].value = 0.7
+    c.params["top_p"].value = 0.9
+    c.params["top_k"].value = 40
+    c.params["repetition_penalty"].value = 1.2
+    c.seed.value = "7"
+    c.stop_at.value = "###, User:"
+
+
+def _panel(tmp_path: Path) -> PromptPanel:
+    from workbench.runtime import Registry
+    from workbench.store import ModelStore
+
+    return PromptPanel(Registry(ModelStore([tmp_path / "empty"], cache_path=None)))
+
+
+def test_every_sampling_control_reaches_a_vllm_engine(seeded_store, fake_vllm, fake_nvml, clean_devices,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.serve import plan_serve, start, stop
+
+    requests = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_ENGINE_REQUESTS", str(requests))
+    fake_nvml([FakeGpu(memory_total_bytes=8 * 2**30, memory_used_bytes=1 * 2**30)], torch=True)
+    ep = start(plan_serve(SMOL, engine="vllm", devices=["cuda:0"]))
+    panel = _panel(tmp_path)
+    try:
+        panel.widget  # noqa: B018 (the live widgets)
+        panel.refresh_models()
+        panel.controls.model.value = f"endpoint:{ep.name}"
+        _set_every_sampling_control(panel)
+        r = panel.send(QUESTION)
+    finally:
+        panel.close()
+        stop(ep.name)
+    body = json.loads(requests.read_text().splitlines()[-1])
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (5, 0.7, 0.9, 7)
+    assert body["stop"] == ["###", "User:"]
+    # vLLM's extra sampling params, as top-level fields of the body (the client's extra_body).
+    assert (body["top_k"], body["repetition_penalty"]) == (40, 1.2)
+    assert r.not_sent == () and r.notices == () and panel.message is None
+    assert r.text == "".join(ANSWER[:5])
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[list]:
+    srv, log = serve_in_thread("fake-model")
+    EndpointRegistry().add_remote("team", f"http://127.0.0.1:{srv.server_address[1]}/v1")
+    yield log
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_an_endpoint_of_unknown_kind_gets_openai_fields_and_the_result_names_what_was_not_sent(
+        remote, tmp_path: Path) -> None:
+    panel = _panel(tmp_path)
+    try:
+        panel.widget  # noqa: B018
+        panel.refresh_models()
+        panel.controls.model.value = "endpoint:team"
+        _set_every_sampling_control(panel)
+        r = panel.send(QUESTION)
+    finally:
+        panel.close()
+    body = remote[-1]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (5, 0.7, 0.9, 7)
+    assert body["stop"] == ["###", "User:"]
+    assert "top_k" not in body and "repetition_penalty" not in body
+    assert r.not_sent == ("top_k", "repetition_penalty")
+    assert len(r.notices) == 2 and "top_k=40" in r.notices[0] and "'team'" in r.notices[0]
+    kind, = {panel.message[1]}
+    assert kind == "warning" and "top_k=40 was not sent" in panel.message[0]
+    assert "repetition_penalty=1.2" in panel.message[0]
+
+
+def test_controls_that_change_nothing_are_not_reported(remote) -> None:
+    ep = EndpointRegistry().get("team")
+    # Greedy: top_k does not matter; a penalty of 1 is none.
+    assert request_plan(ep, GenerationParams(temperature=0, top_k=50)).not_sent == ()
+    assert request_plan(ep, GenerationParams(temperature=0.7, top_k=0)).not_sent == ()
+    tf = Endpoint("tf", "transformers", "http://127.0.0.1:1/v1", argv=("serve", "--continuous-batching"))
+    plan = request_plan(tf, GenerationParams(temperature=0.7, top_k=50))
+    assert plan.extra_body == {} and plan.not_sent == ("top_k",)
+    assert any("continuous-batching" in n and "first" in n for n in plan.notices)
+    vllm = Endpoint("v", "vllm", "http://127.0.0.1:1/v1")
+    assert request_plan(vllm, GenerationParams(temperature=0.7, top_k=50, repetition_penalty=1.1)).extra_body == {
+        "top_k": 50, "repetition_penalty": 1.1}
+
+
+def test_stop_strings_are_applied_by_the_client_whatever_the_engine_does(remote) -> None:
+    # The fake engine ignores "stop": the answer still ends before it, and says why.
+    r = EndpointClient("team").chat(QUESTION, GenerationParams(temperature=0, stop=(" Paris",)))
+    assert r.text == "".join(ANSWER[:5]) and r.finish_reason == "stop"
