@@ -165,3 +165,18 @@ def test_transformers_serve_builds_its_app_through_the_server_modules_build_serv
         assert urllib.request.urlopen(req, timeout=5).status == 200
     finally:
         serve.kill_server()
+
+
+def test_the_auto_tables_read_from_source_are_the_imported_auto_classes_mappings():
+    """store/support.py reads modeling_auto.py's tables without importing it (that imports torch): what it
+    reads must be what each imported auto class maps, for every class it reads, the needed ones included."""
+    from transformers.models.auto import modeling_auto
+
+    read = compat.auto_mapping_names()
+    assert set(compat.NEEDED_AUTO_CLASSES) <= set(read)
+    for cls_name, table in read.items():
+        names = getattr(modeling_auto, cls_name)._model_mapping._model_mapping
+        assert table == {k: compat._names(v) for k, v in names.items()}, cls_name
+    assert compat._imported_auto_mapping_names()["AutoModelForCausalLM"] == read["AutoModelForCausalLM"]
+    # A source of another shape falls back to the imported module, never to an empty verdict.
+    assert compat.auto_mapping_names("x = 1\n") == compat._imported_auto_mapping_names()

@@ -33,12 +33,20 @@ bet fails that named test instead of a load, a scan or an import:
   with the model's ``_keep_in_fp32_modules``, ``should_convert_module``), and which
   parameters a model keeps in float32 under a half dtype (``_get_dtype_plan``,
   matched with ``core_model_loading.build_glob_alternation``).
+* **Auto classes' mappings** (:mod:`workbench.store.support`): which model class each
+  ``AutoModelFor*`` builds for a ``model_type`` is the ``*_MAPPING_NAMES`` tables of
+  ``transformers/models/auto/modeling_auto.py``. Importing that module imports torch
+  (seconds), so :func:`auto_mapping_names` reads the tables out of its source with
+  ``ast.literal_eval`` (tens of milliseconds, no code run), and imports the module only
+  when the source no longer has that shape.
 
 Nothing here imports transformers at module level.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -248,3 +256,88 @@ def wrap_serve_app(change: Callable[[Any], Any]) -> None:
         return app
 
     server.build_server = build_server
+
+
+#: The auto classes whose tables the store's verdict needs (workbench/store/support.py).
+NEEDED_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForSeq2SeqLM",
+                       "AutoModelForMaskedLM", "AutoModel")
+#: Where the auto classes' tables live, inside the transformers package.
+AUTO_MODELING_FILE = ("models", "auto", "modeling_auto.py")
+
+
+def auto_modeling_file() -> Any:
+    """The path of transformers' ``modeling_auto.py``, found without importing transformers;
+    ``None`` when transformers is not installed."""
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*AUTO_MODELING_FILE)
+    return path if path.is_file() else None
+
+
+def _names(value: Any) -> list[str]:
+    # A mapping value is one class name, or (rarely) a tuple of them.
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
+
+
+def auto_mapping_names(source: str | None = None) -> dict[str, dict[str, list[str]]]:
+    """``{auto class name: {model_type: [model class names]}}`` for every ``AutoModel*`` class.
+
+    Read from the source of ``modeling_auto.py`` (``source``, or the installed file): the
+    literal ``X_MAPPING_NAMES = OrderedDict([...])`` tables, the ``X_MAPPING =
+    _LazyAutoMapping(CONFIG_MAPPING_NAMES, X_MAPPING_NAMES)`` lines pairing them, and the
+    ``class AutoModelForY(...): _model_mapping = X_MAPPING`` classes using them. If the
+    source lacks one of :data:`NEEDED_AUTO_CLASSES`, all come from the imported module (slow:
+    it imports torch); other tables built by code (``*list(...)``) are left out.
+
+    Returns:
+        ``{}`` when transformers is not installed.
+    """
+    if source is None:
+        path = auto_modeling_file()
+        if path is None:
+            return {}
+        source = path.read_text(encoding="utf-8")
+    tables: dict[str, dict[str, list[str]]] = {}
+    lazy: dict[str, str] = {}
+    classes: dict[str, str] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+            if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name):
+                continue
+            if name.endswith("_MAPPING_NAMES") and value.func.id == "OrderedDict" and len(value.args) == 1:
+                try:
+                    tables[name] = {str(k): _names(v) for k, v in ast.literal_eval(value.args[0])}
+                except (ValueError, TypeError, SyntaxError):
+                    continue  # built by code
+            elif value.func.id == "_LazyAutoMapping" and len(value.args) == 2 and isinstance(value.args[1], ast.Name):
+                lazy[name] = value.args[1].id
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("AutoModel"):
+            for stmt in node.body:
+                if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                        and stmt.targets[0].id == "_model_mapping" and isinstance(stmt.value, ast.Name)):
+                    classes[node.name] = stmt.value.id
+    out = {cls: tables[lazy[mapping]] for cls, mapping in classes.items()
+           if mapping in lazy and lazy[mapping] in tables}
+    if not all(cls in out for cls in NEEDED_AUTO_CLASSES):
+        return _imported_auto_mapping_names()
+    return out  # tables built by code (MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES) are left out
+
+
+def _imported_auto_mapping_names() -> dict[str, dict[str, list[str]]]:
+    """:func:`auto_mapping_names` from the imported auto classes themselves (imports torch)."""
+    from transformers.models.auto import modeling_auto
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for cls_name in dir(modeling_auto):
+        cls = getattr(modeling_auto, cls_name)
+        mapping = getattr(cls, "_model_mapping", None)
+        names = getattr(mapping, "_model_mapping", None)  # _LazyAutoMapping keeps the NAMES table here
+        if cls_name.startswith("AutoModel") and isinstance(names, dict):
+            out[cls_name] = {str(k): _names(v) for k, v in names.items()}
+    return out

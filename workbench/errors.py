@@ -118,6 +118,11 @@ class UnsafeModelError(StoreError, PermissionError):
     """An entry needs pickle or remote code, and the caller did not opt in."""
 
 
+class UnsupportedModelError(StoreError, ValueError):
+    """An entry the runtime does not run (an encoder-decoder or encoder-only model); ``reason`` says
+    why, from transformers' auto classes (workbench/store/support.py)."""
+
+
 class StoreRootError(StoreError, NotADirectoryError):
     """A configured store root that is no usable folder: a file, or a user store that cannot be read."""
 

@@ -13,7 +13,8 @@ from .._format import format_bytes, format_count
 from .._records import Record
 
 Format = Literal["safetensors", "gguf", "pickle"]
-Status = Literal["ok", "broken", "unsafe"]
+# "unsupported": readable and safe, but not a model the runtime runs (workbench/store/support.py).
+Status = Literal["ok", "broken", "unsafe", "unsupported"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class ModelEntry(Record):
     # optional package loading it needs when that is not installed.
     quant_method: str | None = None
     missing_package: str | None = None
+    # The transformers auto class the runtime loads it with (workbench/store/support.py):
+    # "AutoModelForCausalLM" or "AutoModelForImageTextToText"; None for GGUF, remote code and unsupported.
+    auto_class: str | None = None
     has_chat_template: bool = False
     chat_template_source: str | None = None  # file it comes from (store.tokenizer_files.find_chat_template)
     has_tokenizer: bool = False

@@ -8,7 +8,7 @@ typed error a load (local or through a serving engine) raises before touching a 
 
 from __future__ import annotations
 
-from ..errors import BrokenModelError, UnsafeModelError
+from ..errors import BrokenModelError, UnsafeModelError, UnsupportedModelError
 from .entry import ModelEntry
 from .folder_json import config_or_none
 from .tokenizer_files import missing_tokenizer_text, require_tokenizer
@@ -31,6 +31,7 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
     Raises:
         TokenizerMissingError: a safetensors/pickle folder without tokenizer files.
         BrokenModelError: the store found the files unreadable.
+        UnsupportedModelError: the runtime does not run this kind of model (``reason`` says why).
         UnsafeModelError: pickle weights without ``allow_pickle``, remote code without
             ``trust_remote_code``, or a risk no opt-in covers (a link out of the store).
     """
@@ -43,6 +44,11 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
         raise BrokenModelError(f"{entry.name} cannot be loaded: {entry.problem}",
                                hint="fix or re-import the files (see `workbench store list`)",
                                name=entry.name, path=entry.path)
+    if entry.status == "unsupported":
+        raise UnsupportedModelError(f"{entry.name} cannot be loaded: {entry.problem}",
+                                    hint="pick a causal-LM or vision-language model (`workbench store list` "
+                                         "says which are ok)", name=entry.name, path=entry.path,
+                                    reason=entry.problem)
     if no_tokenizer:
         require_tokenizer(entry.path, entry.name)
     if entry.status != "unsafe":

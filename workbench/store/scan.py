@@ -27,6 +27,7 @@ from .kv_cache import kv_fields
 from .moe import active_params, is_routed_expert, is_router, moe_fields
 from .roots import outside_root
 from .safetensors_header import TORCH_NAMES, header_length, read_safetensors_header
+from .support import model_support
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -400,6 +401,13 @@ class Scanner:
             return ModelEntry(**base, format="safetensors" if safetensors else "pickle", status="unsafe",
                               problem=f"config.json needs remote code ({classes}); it runs only if you pass "
                                       "trust_remote_code=True for this model", **extra)
+        support = model_support(config, cache=self.cache) if config is not None else None
+        if support is not None:
+            extra["auto_class"] = support.auto_class
+        if support is not None and not support.ok and pickles and not safetensors:
+            # No opt-in makes the runtime run it, so that is what the entry says rather than "unsafe".
+            return ModelEntry(**base, format="pickle", status="unsupported", problem=support.reason,
+                              weight_files=tuple(pickles), **extra)
         if not safetensors:
             if pickles:
                 return ModelEntry(**base, format="pickle", status="unsafe", weight_files=tuple(pickles),
@@ -409,11 +417,16 @@ class Scanner:
             raise BrokenModelError("no weight files (.safetensors, .gguf or .bin) in the folder")
         if config is None:
             raise BrokenModelError("config.json is missing; transformers needs it to build the model")
-        return self._safetensors_folder(base, folder, files, safetensors, config, extra)
+        return self._safetensors_folder(base, folder, files, safetensors, config, extra,
+                                        None if support is None or support.ok else support.reason)
 
     def _safetensors_folder(self, base: dict[str, Any], folder: Path, files: dict[str, Path], safetensors: list[str],
-                            config: dict[str, Any], extra: dict[str, Any]) -> ModelEntry:
-        """The entry of a folder of safetensors weights (sharded or not) with its ``config.json``."""
+                            config: dict[str, Any], extra: dict[str, Any], unsupported: str | None = None) -> ModelEntry:
+        """The entry of a folder of safetensors weights (sharded or not) with its ``config.json``.
+
+        ``unsupported``: why the runtime does not run it (:mod:`.support`); the entry is then
+        ``unsupported`` unless its weights are broken (a missing tokenizer matters less than that).
+        """
         weight_files = self._shard_names(files) if INDEX_NAME in files else safetensors
         if len(weight_files) > limits.MAX_WEIGHT_FILES:
             raise BrokenModelError(f"{len(weight_files)} weight files, more than the {limits.MAX_WEIGHT_FILES} "
@@ -435,10 +448,12 @@ class Scanner:
         found.update(prequant.entry_fields(config, parts, stats))
         extra["active_params"] = active_params(found["params"], stats.expert_params, extra.get("num_experts"),
                                                extra.get("experts_per_token"))
-        problem = problem or found.get("problem")
-        found.pop("problem", None)
+        files_problem = found.pop("problem", None)
+        broken = problem or files_problem
+        status = "unsupported" if unsupported and not files_problem else "broken" if broken else "ok"
+        problem = unsupported if status == "unsupported" else broken
         return ModelEntry(**base, format="safetensors", weight_files=tuple(weight_files),
-                          status="broken" if problem else "ok", problem=problem, **{**extra, **found})
+                          status=status, problem=problem, **{**extra, **found})
 
     def _check_header_budget(self, paths: list[Path]) -> None:
         """Refuse, before parsing any, weight files whose headers add up to more than

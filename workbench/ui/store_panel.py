@@ -16,7 +16,7 @@ COLUMNS = (
     ("name", "Name"), ("model_type", "Type"), ("params", "Params"), ("size_bytes", "Size"),
     ("dtype", "Dtype"), ("context_length", "Context"), ("quantization", "Quantization"), ("status", "Status"),
 )
-_STATUS_COLOURS = {"ok": "#145a32", "broken": "#a61b1b", "unsafe": "#8a5a00"}
+_STATUS_COLOURS = {"ok": "#145a32", "broken": "#a61b1b", "unsafe": "#8a5a00", "unsupported": "#555555"}
 
 
 def _status_html(entry: ModelEntry) -> str:
@@ -69,7 +69,7 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
     meta = [
         ("Path", str(entry.path)), ("Store root", f"{entry.root} ({'writable' if entry.writable else 'read-only'})"),
         ("Format", entry.format), ("Status", entry.status), ("Type", entry.model_type),
-        ("Architectures", ", ".join(entry.architectures) or None),
+        ("Architectures", ", ".join(entry.architectures) or None), ("Loads with", entry.auto_class),
         ("Parameters", f"{entry.params:,}" if entry.params else None), ("Dtype on disk", entry.dtype),
         ("Size on disk", entry.size_str), ("Context length", entry.context_length),
         ("Layers / hidden / heads / KV heads", " / ".join(str(v) if v is not None else "?" for v in (
