@@ -318,15 +318,23 @@ def auto_mapping_names(source: str | None = None) -> dict[str, dict[str, list[st
             elif value.func.id == "_LazyAutoMapping" and len(value.args) == 2 and isinstance(value.args[1], ast.Name):
                 lazy[name] = value.args[1].id
         elif isinstance(node, ast.ClassDef) and node.name.startswith("AutoModel"):
-            for stmt in node.body:
-                if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-                        and stmt.targets[0].id == "_model_mapping" and isinstance(stmt.value, ast.Name)):
-                    classes[node.name] = stmt.value.id
+            mapping = _class_mapping(node)
+            if mapping is not None:
+                classes[node.name] = mapping
     out = {cls: tables[lazy[mapping]] for cls, mapping in classes.items()
            if mapping in lazy and lazy[mapping] in tables}
     if not all(cls in out for cls in NEEDED_AUTO_CLASSES):
         return _imported_auto_mapping_names()
     return out  # tables built by code (MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES) are left out
+
+
+def _class_mapping(node: ast.ClassDef) -> str | None:
+    """The name in an auto class's ``_model_mapping = X_MAPPING`` line."""
+    for stmt in node.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and stmt.targets[0].id == "_model_mapping" and isinstance(stmt.value, ast.Name)):
+            return stmt.value.id
+    return None
 
 
 def _imported_auto_mapping_names() -> dict[str, dict[str, list[str]]]:
