@@ -224,6 +224,14 @@ class WorkbenchSettings(Configurable):
         "holds at rest; past it the render fails and the worker restarts. Default: 1 GiB.",
     ).tag(config=True)
 
+    server_read_timeout_s = Float(
+        30.0,
+        help="Seconds a Jupyter server's workbench REST request waits for its read of the store, the lease "
+        "folder or the devices (run off the server's event loop, one at a time per kind) before answering "
+        "503; the read goes on in the background and the next request waits for it. Shared folders are other "
+        "users' files, so a read may be slow on purpose. Default: 30.",
+    ).tag(config=True)
+
     serve_ready_timeout_s = Float(
         600.0,
         help="Seconds `workbench serve` waits for an engine to answer before stopping it and reporting its log. "
@@ -250,6 +258,13 @@ class WorkbenchSettings(Configurable):
                 f"telemetry_interval_s must be between {MIN_TELEMETRY_INTERVAL_S} and "
                 f"{MAX_TELEMETRY_INTERVAL_S} seconds, not {value!r}"
             )
+        return value
+
+    @validate("server_read_timeout_s")
+    def _check_read_timeout(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not (math.isfinite(value) and value > 0):
+            raise TraitError(f"server_read_timeout_s must be a positive number of seconds, not {value!r}")
         return value
 
     @validate("telemetry_history_s")

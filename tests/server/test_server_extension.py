@@ -160,11 +160,15 @@ async def test_a_wrong_token_gets_no_data(jp_fetch, endpoint: str) -> None:
 
 
 async def test_no_file_under_a_model_folder_is_served(jp_fetch, shared_root: Path) -> None:
-    assert (shared_root / "tiny-llama" / "config.json").is_file()
-    for path in (("store", "tiny-llama", "config.json"), ("store", "tiny-llama"), ("files", "config.json")):
+    config = (shared_root / "tiny-llama" / "config.json").read_text()
+    for path in (("store", "tiny-llama", "config.json"), ("files", "config.json")):
         with pytest.raises(HTTPClientError) as err:
             await jp_fetch("workbench", "api", *path)
         assert err.value.code == 404
+    # The entry itself is its listing item, not the folder's files.
+    entry = await get_json(jp_fetch, "store", "tiny-llama")
+    assert entry == (await get_json(jp_fetch, "store"))[0]
+    assert json.loads(config)["model_type"] == entry["model_type"] and config not in json.dumps(entry)
 
 
 async def test_metrics_carry_the_workbench_series(jp_fetch, fake_nvml) -> None:

@@ -9,9 +9,13 @@ URL (``/user/<name>/`` behind JupyterHub), all behind Jupyter's authentication:
 * ``GET workbench/api/telemetry?since=SECONDS``: the latest sample and the last
   ``SECONDS`` (default 60) of history, from one sampler the server starts on first use;
 * ``GET workbench/api/store``: the store listing, as ``workbench store list --json``;
+* ``GET workbench/api/store/NAME``: one item of that listing (404 when no root has ``NAME``);
 * ``GET workbench/api/leases``: the GPU leases, as ``workbench leases --json``;
 
-and registers :class:`workbench.telemetry.WorkbenchCollector` with
+Every read runs off the event loop, bounded in time (:mod:`.offloop`); errors are
+jupyter_server's JSON error replies with the status :mod:`.statuses` gives each workbench
+error (a user's mistake 4xx, a fault 500). The extension also
+registers :class:`workbench.telemetry.WorkbenchCollector` with
 ``prometheus_client.REGISTRY``, so jupyter_server's own ``/metrics`` carries the
 ``workbench_*`` series. Settings come from the server's Jupyter config
 (``c.WorkbenchSettings.store_path = ...`` in ``jupyter_server_config.py``).

@@ -7,7 +7,6 @@ drift apart.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -23,19 +22,24 @@ from jupyter_server.utils import url_path_join
 
 from ..errors import WorkbenchError
 from . import documents
+from .offloop import OffLoop, ReadTimeout, Snapshot
+from .statuses import WorkbenchHTTPError, http_error
 
 #: Default and largest ``since`` for the telemetry endpoint, in seconds.
 DEFAULT_SINCE_S = 60.0
 
 
 class ServerState:
-    """The extension's state in one Jupyter server: settings, lazily started sampler.
+    """The extension's state in one Jupyter server: settings, lazily started sampler, the reads.
 
     Args:
         settings: the workbench settings built from the server's config.
 
     One sampler per server, created and started by the first request (or scrape)
     that needs it, never at start-up: a server nobody looks at samples nothing.
+    Every read a request needs runs in :attr:`reads` (off the event loop, one at a time
+    per kind, waited for at most ``settings.server_read_timeout_s``); ``/metrics`` serves
+    :attr:`lease_snapshot`, the last lease reading, because it may not wait at all.
     """
 
     def __init__(self, settings: Any) -> None:
@@ -44,6 +48,9 @@ class ServerState:
         self._book: Any = None
         self.exported_env: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.reads = OffLoop()
+        self.lease_snapshot: Snapshot[list[dict[str, Any]]] = Snapshot(
+            self.reads, "leases", lambda: documents.leases_document(self.lease_book()))
 
     def store(self) -> Any:
         from ..store import ModelStore
@@ -82,25 +89,39 @@ class ServerState:
             sampler, self._sampler = self._sampler, None
         if sampler is not None:
             sampler.close()
+        self.reads.close()
 
 
 # --- handlers -------------------------------------------------------------------------------
 
 
 class _Base(APIHandler):
-    """JSON over GET only; the work runs off the event loop (NVML and header reads block)."""
+    """JSON over GET only; every read runs off the event loop, bounded in time (see :mod:`.offloop`).
+
+    Errors the layers raise become ``tornado.web.HTTPError`` with the status
+    :mod:`.statuses` gives them, which ``APIHandler`` writes as jupyter_server's JSON error.
+    """
 
     def initialize(self, state: ServerState) -> None:
         self.state = state
 
-    async def _reply(self, build: Callable[[], Any]) -> None:
+    async def _reply(self, kind: str, build: Callable[[], Any], what: str) -> None:
+        """Answer with ``build()``'s document, built in the state's pool as the read of ``kind``.
+
+        Raises:
+            tornado.web.HTTPError: 503 when the read of ``what`` takes longer than the setting
+                ``server_read_timeout_s`` (it goes on; the next request gets its result);
+                the status of a workbench error (:func:`.statuses.http_error`).
+        """
+        timeout_s = self.state.settings.server_read_timeout_s
         try:
-            doc = await asyncio.get_running_loop().run_in_executor(None, build)
-        except WorkbenchError as exc:
-            self.set_status(500)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"message": str(exc), "error": exc.to_dict()}, default=str))
-            return
+            doc = await self.state.reads.run(kind, build, timeout_s, what)
+        except ReadTimeout as exc:
+            raise WorkbenchHTTPError(
+                503, f"{exc}: the read goes on in the background; try again in a moment (if it keeps "
+                     f"happening, something in {what} is slow to read, e.g. a file on a stuck mount)") from None
+        except WorkbenchError as exc:  # anything else is a bug: jupyter_server logs its traceback, answers 500
+            raise http_error(exc) from None
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(doc, default=str))
@@ -109,19 +130,30 @@ class _Base(APIHandler):
 class DevicesHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._reply(documents.devices_document)
+        await self._reply("devices", documents.devices_document, "the devices (NVML)")
 
 
 class StoreHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._reply(lambda: documents.store_document(self.state.store()))
+        await self._reply("store", lambda: documents.store_document(self.state.store()),
+                          f"the store ({self.state.settings.store_path})")
+
+
+class StoreEntryHandler(_Base):
+    """``GET workbench/api/store/NAME``: the entry ``NAME`` as in the listing (404 when there is none)."""
+
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        await self._reply(f"store/{name}", lambda: documents.entry_document(self.state.store(), name),
+                          f"{name!r} in the store ({self.state.settings.store_path})")
 
 
 class LeasesHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._reply(lambda: documents.leases_document(self.state.lease_book()))
+        await self._reply("leases", self.state.lease_snapshot.read,
+                          f"the lease folder ({self.state.settings.lease_dir})")
 
 
 class TelemetryHandler(_Base):
@@ -131,15 +163,15 @@ class TelemetryHandler(_Base):
         try:
             since = float(raw)
         except ValueError:
-            raise tornado.web.HTTPError(400, f"since={raw!r} is not a number of seconds") from None
+            raise WorkbenchHTTPError(400, f"since={raw!r} is not a number of seconds") from None
         if not math.isfinite(since) or since < 0:
-            raise tornado.web.HTTPError(400, f"since={raw!r} must be a non-negative number of seconds")
+            raise WorkbenchHTTPError(400, f"since={raw!r} must be a non-negative number of seconds")
 
         def build() -> dict[str, Any]:
             sampler = self.state.sampler()
             return documents.telemetry_document(sampler, time.time() - since)
 
-        await self._reply(build)
+        await self._reply("telemetry", build, "the telemetry sampler")
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -154,9 +186,18 @@ def _current_sampler() -> Any:
     return state.sampler() if state is not None else None
 
 
-def _current_leases() -> list[dict[str, Any]]:
+def _current_leases() -> list[dict[str, Any]] | None:
+    """The last lease reading (never read here: the collector runs on the event loop)."""
     state = _current
-    return documents.leases_document(state.lease_book())["leases"] if state is not None else []
+    if state is None:
+        return []
+    doc, _age = state.lease_snapshot.get()
+    return None if doc is None else doc["leases"]
+
+
+def _current_leases_age() -> float | None:
+    state = _current
+    return state.lease_snapshot.peek()[1] if state is not None else None
 
 
 def register_metrics(state: ServerState) -> None:
@@ -177,7 +218,7 @@ def register_metrics(state: ServerState) -> None:
             REGISTRY.register(
                 # No models= here: a server process loads no model; every model on a GPU, whoever's
                 # kernel holds it, shows up through its lease (the `model` label of the lease series).
-                WorkbenchCollector(_current_sampler, leases=_current_leases)
+                WorkbenchCollector(_current_sampler, leases=_current_leases, leases_age_s=_current_leases_age)
             )
             _registered = True
 
@@ -220,6 +261,7 @@ def load(serverapp: Any) -> ServerState:
         (url_path_join(base, "devices"), DevicesHandler),
         (url_path_join(base, "telemetry"), TelemetryHandler),
         (url_path_join(base, "store"), StoreHandler),
+        (url_path_join(base, "store", r"([^/]+)"), StoreEntryHandler),
         (url_path_join(base, "leases"), LeasesHandler),
     ]
     web_app.add_handlers(".*$", [(pattern, cls, {"state": state}) for pattern, cls in handlers])

@@ -22,6 +22,16 @@ def store_document(store: Any) -> list[dict[str, Any]]:
     return [entry.to_dict() for entry in store.list()]
 
 
+def entry_document(store: Any, name: str) -> dict[str, Any]:
+    """One item of ``workbench store list --json``: the entry ``name`` (:meth:`ModelStore.get`).
+
+    Raises:
+        ModelNotFoundError: no root has it. UnsafeNameError: not a plain name, or it resolves
+            outside its root.
+    """
+    return store.get(name).to_dict()
+
+
 def leases_document(book: Any = None) -> dict[str, Any]:
     """``workbench leases --json``: :func:`workbench.devices.leases.leases_report` over ``book``'s folder."""
     from ..devices.leases import leases_report

@@ -267,6 +267,10 @@ def _walk(folder: Path) -> tuple[dict[str, Path], int]:
                         total += de.stat().st_size
                         if depth == 0 and not de.name.startswith("."):
                             top[de.name] = Path(de.path)
+                    elif depth == 0 and not de.name.startswith(".") and not de.is_dir():
+                        # A FIFO, socket or device (or a link to one): kept, so that the bounded reader
+                        # that opens it names what it is, instead of the file being "missing".
+                        top[de.name] = Path(de.path)
                 except OSError:
                     continue
     return top, total

@@ -83,7 +83,12 @@ class WorkbenchCollector:
             the process-wide one).
         leases: returns the GPU leases as dicts (``Lease.to_dict()``: ``gpu_uuid``, ``device``,
             ``owner`` (the lease file's owner), ``hub_user``, ``host``, ``pid``, ``model``,
-            ``reserved_bytes``, ``heartbeat_s``, ``idle_s``), or ``None``.
+            ``reserved_bytes``, ``heartbeat_s``, ``idle_s``), or ``None`` when there is no reading
+            yet (the lease series are then absent). It is called on the scraping thread, which
+            in a Jupyter server is the event loop: it must return a reading made elsewhere (the
+            server's :class:`workbench.server.offloop.Snapshot`), never read the folder itself.
+        leases_age_s: returns how old that reading is, in seconds (``None``: no reading); exported as
+            ``workbench_gpu_leases_age_seconds`` so a stale reading shows as one.
         models: returns the loaded models as dicts (``LoadedModel.to_dict()``), or ``None``.
 
     A source that raises is logged and left out of that scrape; the others still appear.
@@ -99,11 +104,13 @@ class WorkbenchCollector:
         log: EventLog | None = None,
         leases: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
         models: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+        leases_age_s: Callable[[], float | None] | None = None,
     ) -> None:
         self._sampler = sampler
         self._log = log
         self._leases = leases
         self._models = models
+        self._leases_age_s = leases_age_s
 
     def describe(self) -> list[Any]:
         # Empty on purpose: registering must not call collect(), which would start
@@ -144,7 +151,17 @@ class WorkbenchCollector:
 
         if self._leases is None:
             return
-        leases = self._call("leases", lambda: list(self._leases()))  # type: ignore[misc]
+        def read() -> list[Mapping[str, Any]] | None:
+            found = self._leases()  # type: ignore[misc]
+            return None if found is None else list(found)
+
+        leases = self._call("leases", read)
+        age_s = self._call("leases age", self._leases_age_s)
+        if _finite(age_s):
+            yield GaugeMetricFamily(
+                "workbench_gpu_leases_age_seconds",
+                "Seconds since the lease reading these series show was taken (the folder is read in the "
+                "background; a read that is slow or stuck makes this grow).", value=age_s)
         if leases is None:
             return
         reserved = GaugeMetricFamily(
