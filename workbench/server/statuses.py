@@ -27,6 +27,8 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (errors.LeaseNotOwnedError, 403),
     (errors.BrokenModelError, 422),  # the request is fine, the model folder is not
     (errors.EstimateUnavailableError, 422),
+    (errors.UnsupportedModelError, 422),
+    (errors.UntrustedFileError, 422),  # a file of the model folder refused by a bounded reader
     (errors.InsufficientMemoryError, 409),
 )
 
