@@ -139,6 +139,13 @@ def hostile_entries(root: Path, good: Path) -> dict[str, str]:
     fifo = _with(good, root, "fifo-template")
     os.mkfifo(_fresh(fifo / "chat_template.jinja"))
     expect["fifo-template"] = "FIFO"
+    # A FIFO where the config or the weights go: named as what it is, not as a missing file.
+    fifo = _with(good, root, "fifo-config")
+    os.mkfifo(_fresh(fifo / "config.json"))
+    expect["fifo-config"] = "config.json is a FIFO"
+    fifo = _with(good, root, "fifo-weights", **{"model.safetensors": None})
+    os.mkfifo(fifo / "model.safetensors")
+    expect["fifo-weights"] = "is a FIFO"
 
     # Safetensors headers: declared past the per-file bound, legal and past it, shards past the entry's.
     declared = _with(good, root, "giant-declared-header", **{"model.safetensors": None})
