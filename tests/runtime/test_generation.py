@@ -16,7 +16,6 @@ from workbench.runtime import (
     GenerationParams,
     LoadSpec,
     Registry,
-    Stream,
     generate,
     generate_batch,
     measure_bandwidth,
@@ -140,12 +139,19 @@ def test_stream_matches_generate_and_calls_back(tiny_llama):
     assert stream(tiny_llama, "Hello", GREEDY, on_piece=cb.append).wait().text == "".join(cb)
 
 
+def test_wait_after_iterating_returns_the_result(tiny_llama):
+    """The stream was read to its end: wait() returns the result at once (it used to hang)."""
+    s = stream(tiny_llama, "Hello", GREEDY)
+    text = s.text()
+    assert s.wait() is s.result and s.wait().text == text and list(s) == []
+
+
 def test_stop_ends_generation_within_one_step(tiny_llama, monkeypatch):
     """stop() during the 5th forward pass: generation ends after that step, 5 tokens in all."""
     model = tiny_llama.model
     real = model.forward
     calls = []
-    s = Stream(tiny_llama, "Hello world", GenerationParams(temperature=0, max_new_tokens=200))
+    s = stream(tiny_llama, "Hello world", GenerationParams(temperature=0, max_new_tokens=200), start=False)
 
     def forward(*args, **kwargs):
         calls.append(1)
@@ -292,7 +298,7 @@ def cjk_llama(tmp_path_factory):
 def test_cjk_text_streams_one_character_per_step(cjk_llama, monkeypatch):
     """Text without spaces streams as it is generated: one piece per token step, not one at the end."""
     params = GenerationParams(temperature=0, max_new_tokens=12)
-    s = Stream(cjk_llama, "你是人", params)
+    s = stream(cjk_llama, "你是人", params, start=False)
     queued_at_step = []
     real = cjk_llama.model.forward
 
@@ -359,3 +365,42 @@ def test_batch_without_pad_or_eos_is_a_typed_error_and_the_model_stays_usable(ti
         assert events.of("error")[-1].data["error"] == "GenerationError"
         r = generate(tiny_llama, "Hello world", GREEDY)  # still usable; no EOS, so it runs to the limit
         assert r.new_tokens == 24 and r.stopped_by == "max_new_tokens" and tiny_llama.loaded
+
+
+# --- the one stream, fed by any producer -------------------------------------------------------
+
+
+def test_a_stream_fed_by_a_plain_producer():
+    from workbench.runtime import Piece, RunResult
+    from workbench.runtime.streaming import Stream
+
+    def produce(feed):
+        feed.put("thinking", kind="reasoning", t_s=1.0)
+        feed.put("Par", t_s=2.0)
+        feed.put("", t_s=2.5)  # empty pieces are dropped
+        feed.put("is", t_s=3.0)
+        return RunResult("Paris", 3, 3, 1.0, 1.0, 3.0, "eos", reasoning="thinking")
+
+    seen = []
+    s = Stream(produce, name="plain", on_piece=seen.append)
+    assert list(s.pieces()) == [Piece("thinking", "reasoning", 1.0), Piece("Par", "content", 2.0),
+                                Piece("is", "content", 3.0)]
+    assert seen == ["Par", "is"] and s.wait().reasoning == "thinking" and s.text() == ""
+
+
+def test_a_producers_error_reaches_the_consumer_typed_and_stop_reaches_the_producer():
+    from workbench.runtime.streaming import Stream
+
+    def produce(feed):
+        feed.put("a")
+        feed.cancel.wait(30)  # until the consumer stops it
+        assert feed.cancelled
+        raise ValueError("engine fell over")
+
+    s = Stream(produce, wrap_error=lambda exc: GenerationError(f"wrapped: {exc}", hint="retry"))
+    with pytest.raises(GenerationError, match="wrapped: engine fell over"):
+        for _ in s:
+            s.stop()
+    assert s.stopped
+    with pytest.raises(GenerationError):  # and again, never a hang
+        s.wait()

@@ -37,7 +37,7 @@ def test_chat_and_batch_through_an_endpoint(panel: PromptPanel) -> None:
     r = panel.send("What is the capital of France?")
     assert r.text == "".join(ANSWER) and r.new_tokens == len(ANSWER) and r.ttft_s > 0
     assert panel.history[-1] == {"role": "assistant", "content": "".join(ANSWER)}
-    assert "Paris" in panel.outputs.transcript.value and "stop" in panel.outputs.metrics.value
+    assert "Paris" in panel.outputs.transcript.value and "eos" in panel.outputs.metrics.value
 
     results = panel.run_batch(["one", "two"])
     assert [x.text for x in results] == ["".join(ANSWER)] * 2

@@ -119,4 +119,4 @@ def test_controls_that_change_nothing_are_not_reported(remote) -> None:
 def test_stop_strings_are_applied_by_the_client_whatever_the_engine_does(remote) -> None:
     # The fake engine ignores "stop": the answer still ends before it, and says why.
     r = EndpointClient("team").chat(QUESTION, GenerationParams(temperature=0, stop=(" Paris",)))
-    assert r.text == "".join(ANSWER[:5]) and r.finish_reason == "stop"
+    assert r.text == "".join(ANSWER[:5]) and r.stopped_by == r.finish_reason == "stop_string"

@@ -38,7 +38,7 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         greedy = client.chat(QUESTION, GenerationParams(temperature=0, max_new_tokens=24))
         assert "Paris" in greedy.text
         cut = client.chat(QUESTION, GenerationParams(temperature=0, max_new_tokens=24, stop=("Paris",)))
-        assert cut.finish_reason == "stop" and "Paris" not in cut.text and greedy.text.startswith(cut.text)
+        assert cut.stopped_by == "stop_string" and "Paris" not in cut.text and greedy.text.startswith(cut.text)
 
         # The Prompt tab with its defaults (temperature 0.7, top k 50): answered, not HTTP 422.
         prompt_tab.widget  # noqa: B018 (the live widgets)
@@ -58,7 +58,7 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         c.seed.value = "3"
         c.stop_at.value = "###"
         r = prompt_tab.send("Say hello.")
-        assert r.text and 0 < r.new_tokens <= 6 and r.finish_reason in ("length", "stop")
+        assert r.text and 0 < r.new_tokens <= 6 and r.stopped_by in ("max_new_tokens", "eos", "stop_string")
         assert r.not_sent == ("top_k", "repetition_penalty")
         assert "repetition_penalty=1.3 was not sent" in prompt_tab.message[0]
 

@@ -39,7 +39,10 @@ _EXPORTS = {
     "GenerationResult": "generation",
     "StoppedBy": "generation",
     "Prompt": "prompts",
-    "Stream": "generation",
+    "Stream": "streaming",
+    "StreamFeed": "streaming",
+    "Piece": "streaming",
+    "RunResult": "metrics",
     "generate": "generation",
     "generate_batch": "generation",
     "stream": "generation",
@@ -56,15 +59,16 @@ if TYPE_CHECKING:  # pragma: no cover
         GenerationParams,
         GenerationResult,
         StoppedBy,
-        Stream,
         generate,
         generate_batch,
         stream,
     )
+    from .metrics import RunResult  # noqa: F401
     from .oneshot import RunReport, run_once  # noqa: F401
     from .prompts import Prompt, render_prompt  # noqa: F401
     from .registry import LoadedModel, Registry, UnloadPlan, UnloadReport, get_registry  # noqa: F401
     from .spec import LoadPhase, LoadProgress, LoadSpec, tqdm_progress  # noqa: F401
+    from .streaming import Piece, Stream, StreamFeed  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

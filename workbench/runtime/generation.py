@@ -16,10 +16,9 @@ Example:
 from __future__ import annotations
 
 import copy
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,10 +27,10 @@ from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, W
 from ..store import format_bytes
 from . import _memory
 from .load_errors import is_oom
-from .metrics import decode_rate, roofline
+from .metrics import RunResult, decode_rate, roofline
 from .prompts import Prompt, render_prompts, template_source
 from .registry import LoadedModel, post
-from .streaming import EventStop, StopStringGate, streamer_class
+from .streaming import EventStop, StopStringGate, Stream, StreamFeed, streamer_class
 
 StoppedBy = Literal["eos", "max_new_tokens", "stop_string", "cancelled"]
 """Why a generation ended."""
@@ -91,52 +90,21 @@ class GenerationParams(Record):
         return self
 
 
-@dataclass(frozen=True)
-class GenerationResult(Record):
-    """One generation's text and metrics (raw values; ``*_str`` for display).
+@dataclass(frozen=True, kw_only=True)
+class GenerationResult(RunResult):
+    """One local generation: the fields of every :class:`~workbench.runtime.metrics.RunResult`
+    (text, tokens, ttft_s, tokens_per_s, stopped_by, reasoning...), plus the roofline.
 
     Attributes:
-        text: the generated text (without the prompt, cut before a stop string).
-        prompt_tokens: tokens in the prompt, chat template included.
-        new_tokens: tokens generated (an end-of-sequence token counts: it cost a step).
-        ttft_s: from the call to the first new token (templating, tokenizing, prefill).
-        tokens_per_s: decode rate after the first token.
-        total_s: the whole call.
-        stopped_by: ``"eos"``, ``"max_new_tokens"``, ``"stop_string"`` or ``"cancelled"``.
         weight_bytes: bytes a decode step reads (footprint plus quantization scales).
         achieved_bytes_per_s: ``weight_bytes x tokens_per_s``.
         bandwidth_bytes_per_s: the devices' measured memory bandwidth (``None`` if unmeasured).
         decode_efficiency: achieved over measured bandwidth, 0..1; ``None`` when the
             weights are small enough to live in caches (the roofline does not apply).
-        model: the loaded model's name.
-        notices: sentences about settings that were not applied (none for a local run today).
     """
 
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    ttft_s: float
-    tokens_per_s: float
-    total_s: float
-    stopped_by: StoppedBy
     weight_bytes: int
     achieved_bytes_per_s: float
-    bandwidth_bytes_per_s: float | None
-    decode_efficiency: float | None
-    model: str = ""
-    notices: tuple[str, ...] = ()
-
-    @property
-    def tokens_per_s_str(self) -> str:
-        return f"{self.tokens_per_s:.1f} tokens/s"
-
-    @property
-    def ttft_str(self) -> str:
-        return f"{self.ttft_s * 1000:.0f} ms"
-
-    @property
-    def efficiency_str(self) -> str:
-        return "N/A" if self.decode_efficiency is None else f"{100 * self.decode_efficiency:.0f}%"
 
     @property
     def achieved_str(self) -> str:
@@ -271,14 +239,21 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
             rows.append((text, prompt_lens[i], n, ttft, decode_rate(n, times, t0, t_end), stopped))
         total = t_end - t0
     # Measured outside the timed region (once per device, then cached).
-    results = [GenerationResult(text, plen, n, ttft, rate, total, stopped, *roofline(loaded, rate), loaded.name)
-               for text, plen, n, ttft, rate, stopped in rows]
+    results = [_result(loaded, text, plen, n, ttft, rate, total, stopped) for text, plen, n, ttft, rate, stopped in rows]
     agg = results[0]
     new_tokens = sum(r.new_tokens for r in results)
     post("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
          model=loaded.name, tokens_per_s=agg.tokens_per_s, new_tokens=new_tokens, ttft_s=agg.ttft_s, total_s=total,
          batch=len(texts), decode_efficiency=agg.decode_efficiency)
     return results
+
+
+def _result(loaded: LoadedModel, text: str, prompt_tokens: int, n: int, ttft: float, rate: float, total: float,
+            stopped: StoppedBy) -> GenerationResult:
+    weight_bytes, achieved, bandwidth, efficiency = roofline(loaded, rate)
+    return GenerationResult(text, prompt_tokens, n, ttft, rate, total, stopped, model=loaded.name,
+                            weight_bytes=weight_bytes, achieved_bytes_per_s=achieved,
+                            bandwidth_bytes_per_s=bandwidth, decode_efficiency=efficiency)
 
 
 def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationParams, streamer: Any,
@@ -390,98 +365,19 @@ def generate_batch(loaded: LoadedModel | str, prompts: Sequence[Prompt],
     return _run(_resolve(loaded), list(prompts), params, on_piece=None, stop_event=None)
 
 
-_DONE = object()
-
-
-class Stream:
-    """An iterator of text pieces from a generation running on a background thread.
-
-    ``stop()`` ends the generation at the next token step; the pieces so far stay.
-    ``result`` is the :class:`GenerationResult` once iteration finished. If the
-    generation raises, iteration raises it (a typed :class:`GenerationError`):
-    it never hangs. Interrupting the iteration (Ctrl-C in a notebook) stops the
-    generation too.
-    """
-
-    def __init__(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams,
-                 on_piece: Callable[[str], None] | None = None) -> None:
-        self.loaded = loaded
-        self.params = params
-        self.result: GenerationResult | None = None
-        self.error: BaseException | None = None
-        self._on_piece = on_piece
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(prompt,), daemon=True,
-                                        name=f"workbench-generate-{loaded.name}")
-        self._started = False
-
-    def start(self) -> Stream:
-        if not self._started:
-            self._started = True
-            # The consumer's OpenMP pool would throttle the generation thread's (see
-            # _memory.release_omp_threads): give it back while this stream runs.
-            _memory.release_omp_threads()
-            self._thread.start()
-        return self
-
-    def _work(self, prompt: Any) -> None:
-        try:
-            self.result = _run(self.loaded, [prompt], self.params, on_piece=self._queue.put, stop_event=self._stop)[0]
-        except WorkbenchError as exc:
-            self.error = exc
-        except Exception as exc:  # surfaced to the consumer as a typed error
-            self.error = GenerationError(f"generation with {self.loaded.name} failed ({type(exc).__name__}: {exc})",
-                                         hint="the model is still loaded", name=self.loaded.name)
-        finally:
-            self._queue.put(_DONE)  # always: the consumer never waits forever
-
-    def stop(self) -> None:
-        """End generation within one token step (what was generated so far is kept)."""
-        self._stop.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def __iter__(self) -> Iterator[str]:
-        self.start()
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _DONE:
-                    break
-                if self._on_piece is not None:
-                    self._on_piece(item)
-                yield item
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, generator closed early): stop the worker, then re-raise.
-            self._stop.set()
-            self._thread.join()
-            raise
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def text(self) -> str:
-        """Consume the stream and return the whole text."""
-        return "".join(self)
-
-    def wait(self) -> GenerationResult:
-        """Consume the stream (calling ``on_piece`` for each piece) and return the result."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-
 def stream(loaded: LoadedModel | str, prompt_or_messages: Prompt,
            params: GenerationParams = GenerationParams(), *,  # noqa: B008
-           on_piece: Callable[[str], None] | None = None) -> Stream:
-    """Start a streamed generation; iterate the returned :class:`Stream` for text pieces.
+           on_piece: Callable[[str], None] | None = None, start: bool = True) -> Stream:
+    """Start a streamed generation; iterate the returned :class:`~workbench.runtime.streaming.Stream`
+    for text pieces (its result is this run's :class:`GenerationResult`).
 
     Args:
         on_piece: also called with each piece as the iterator yields it (the callback form).
+        start: ``False`` returns the stream unstarted (iterating or ``start()`` starts it).
+
+    Raises:
+        ModelNotLoadedError: the model was unloaded. ``ConfigError``: a setting out of range.
+        Iterating raises what :func:`generate` raises.
 
     Example:
         >>> s = stream(loaded, "Count to ten")  # doctest: +SKIP
@@ -493,4 +389,16 @@ def stream(loaded: LoadedModel | str, prompt_or_messages: Prompt,
     m = _resolve(loaded)
     m.require()
     params.validate()
-    return Stream(m, prompt_or_messages, params, on_piece).start()
+
+    def produce(feed: StreamFeed) -> GenerationResult:
+        return _run(m, [prompt_or_messages], params, on_piece=feed.content, stop_event=feed.cancel)[0]
+
+    def wrap(exc: Exception) -> GenerationError:
+        return GenerationError(f"generation with {m.name} failed ({type(exc).__name__}: {exc})",
+                               hint="the model is still loaded", name=m.name)
+
+    # The consumer's OpenMP pool would throttle the generation thread's (see
+    # _memory.release_omp_threads): it is given back just before the stream starts.
+    s = Stream(produce, name=f"generate-{m.name}", on_piece=on_piece, wrap_error=wrap,
+               before_start=_memory.release_omp_threads)
+    return s.start() if start else s

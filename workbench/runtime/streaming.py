@@ -8,15 +8,40 @@
   character), timing each step and streaming batch-1 text through the gate.
 * :class:`EventStop`: a stopping criterion that ends generation at the next step once
   an event is set (``Stream.stop()``, Ctrl-C).
+* :class:`Stream`: the one stream a consumer reads, whoever produces it (a local
+  ``model.generate``, an endpoint's SSE stream, llama.cpp): the shape of transformers'
+  ``TextIteratorStreamer`` (a queue, an end sentinel, a producer on a background thread),
+  plus ``stop()``, ``wait()``, ``text()`` and the producer's final result. Our own code
+  because ``TextIteratorStreamer`` is fed by ``generate`` only and has no result, no
+  reasoning channel and no error hand-off.
+
+The producer interface, all a new engine implements (see :class:`StreamFeed`)::
+
+    def produce(feed: StreamFeed) -> RunResult:
+        for text, kind in engine_pieces():      # kind: "content" or "reasoning"
+            feed.put(text, kind=kind)           # timestamped now (or t_s=perf_counter seconds)
+            if feed.cancelled:                  # the consumer called stop()
+                break
+        return result                           # a workbench.runtime.metrics.RunResult
+
+    s = Stream(produce, name="llama.cpp:my-model").start()
 """
 
 from __future__ import annotations
 
 import functools
+import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .metrics import RunResult
+
+PieceKind = Literal["content", "reasoning"]
+"""What a streamed piece is: the answer, or a reasoning model's thinking before it."""
 
 
 class StopStringGate:
@@ -129,3 +154,157 @@ class EventStop:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One streamed piece.
+
+    Attributes:
+        text: the text released now.
+        kind: ``"content"`` (the answer) or ``"reasoning"`` (thinking, shown apart).
+        t_s: when it arrived (``time.perf_counter()`` seconds).
+    """
+
+    text: str
+    kind: PieceKind = "content"
+    t_s: float = 0.0
+
+
+class StreamFeed:
+    """What a producer is handed: :meth:`put` pieces, watch :attr:`cancelled` (or :attr:`cancel`).
+
+    Attributes:
+        cancel: set by :meth:`Stream.stop`; a producer that can check an event passes it on
+            (``model.generate``'s stopping criterion, the endpoint client's ``cancel``).
+    """
+
+    def __init__(self, q: queue.Queue[Any], cancel: threading.Event) -> None:
+        self._queue = q
+        self.cancel = cancel
+
+    def put(self, text: str, *, kind: PieceKind = "content", t_s: float | None = None) -> None:
+        """Hand one piece to the consumer (empty text is dropped)."""
+        if text:
+            self._queue.put(Piece(text, kind, time.perf_counter() if t_s is None else t_s))
+
+    def content(self, text: str) -> None:
+        """``put(text)``: the callback form for producers that call ``on_piece(text)``."""
+        self.put(text)
+
+    def reasoning(self, text: str) -> None:
+        """``put(text, kind="reasoning")``."""
+        self.put(text, kind="reasoning")
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+_DONE = object()
+
+
+class Stream:
+    """An iterator of answer pieces from a producer on a background thread.
+
+    Iterate for the answer's text pieces (``str``), or :meth:`pieces` for every
+    :class:`Piece` (reasoning included). :meth:`stop` asks the producer to end; what
+    arrived stays. :attr:`result` is the producer's :class:`~workbench.runtime.metrics.RunResult`
+    once it ended; :meth:`wait` returns it (iterating what is left first, so it never
+    hangs, also after the stream was iterated). If the producer raises, iteration and
+    :meth:`wait` raise it (through ``wrap_error`` when it is not a ``WorkbenchError``).
+    Interrupting the iteration (Ctrl-C, a generator closed early) stops the producer.
+
+    Args:
+        producer: ``producer(feed) -> RunResult`` (see the module doc).
+        name: the thread's name (``workbench-stream-NAME``).
+        on_piece: called with each answer piece as the consumer reads it.
+        wrap_error: turns an unexpected exception into a typed one.
+        before_start: called in the consumer's thread just before the producer's starts.
+    """
+
+    def __init__(self, producer: Callable[[StreamFeed], RunResult], *, name: str = "stream",
+                 on_piece: Callable[[str], None] | None = None,
+                 wrap_error: Callable[[Exception], BaseException] | None = None,
+                 before_start: Callable[[], None] | None = None) -> None:
+        self._before_start = before_start
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._on_piece = on_piece
+        self._wrap = wrap_error
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._feed = StreamFeed(self._queue, self._stop)
+        self._producer = producer
+        self._done = False
+        self._thread = threading.Thread(target=self._work, daemon=True, name=f"workbench-stream-{name}")
+        self._started = False
+
+    def start(self) -> Stream:
+        if not self._started:
+            self._started = True
+            if self._before_start is not None:
+                self._before_start()
+            self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        from ..errors import WorkbenchError
+
+        try:
+            self.result = self._producer(self._feed)
+        except WorkbenchError as exc:
+            self.error = exc
+        except Exception as exc:  # surfaced to the consumer as a typed error
+            self.error = self._wrap(exc) if self._wrap is not None else exc
+        finally:
+            self._queue.put(_DONE)  # always: the consumer never waits forever
+
+    def stop(self) -> None:
+        """Ask the producer to end (a local generation ends within one token step)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def pieces(self) -> Iterator[Piece]:
+        """Every piece as it arrives, reasoning included; ends when the producer does."""
+        self.start()
+        try:
+            while not self._done:
+                item = self._queue.get()
+                if item is _DONE:
+                    self._done = True
+                    break
+                if item.kind == "content" and self._on_piece is not None:
+                    self._on_piece(item.text)
+                yield item
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, generator closed early): stop the worker, then re-raise.
+            self._stop.set()
+            self._thread.join()
+            raise
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def __iter__(self) -> Iterator[str]:
+        return (p.text for p in self.pieces() if p.kind == "content")
+
+    def text(self) -> str:
+        """Consume the stream and return the answer's text."""
+        return "".join(self)
+
+    def wait(self) -> RunResult:
+        """Consume what is left (calling ``on_piece`` for each answer piece) and return the result.
+
+        Raises:
+            The producer's error.
+        """
+        for _ in self.pieces():
+            pass
+        if self.result is None:  # the producer neither returned nor raised: cannot happen, say so
+            raise RuntimeError("the stream's producer ended without a result")
+        return self.result

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .._records import Record
 from ..errors import (
     EndpointAuthError,
     EndpointModelNotFoundError,
@@ -31,6 +30,8 @@ from ..errors import (
     EndpointUnreachableError,
     ServeError,
 )
+from ..runtime.metrics import RunResult, decode_rate
+from ..runtime.streaming import Stream, StreamFeed
 from .endpoint import Endpoint
 from .engines import ENGINE_EXTENSIONS, ENGINE_IGNORED_FIELDS, SHARED_SAMPLING_FLAG, engine_extensions
 
@@ -38,83 +39,34 @@ from .engines import ENGINE_EXTENSIONS, ENGINE_IGNORED_FIELDS, SHARED_SAMPLING_F
 MAX_STOP = 4
 
 
-@dataclass(frozen=True)
-class ChatResult(Record):
-    """One streamed answer and its metrics (the keys of ``workbench run --json``).
+#: An engine's finish reason -> the runtime's ``stopped_by`` (one vocabulary in every result).
+STOPPED_BY = {"stop": "eos", "length": "max_new_tokens", "stop_string": "stop_string", "cancelled": "cancelled"}
+#: The delta fields reasoning models stream their thinking in, before the answer: vLLM's and
+#: llama.cpp's server's ``reasoning_content`` (transformers serve's too), newer vLLM's and
+#: Ollama's ``reasoning``.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatResult(RunResult):
+    """One streamed answer from an endpoint: every :class:`~workbench.runtime.metrics.RunResult`
+    field (the keys of ``workbench run --json``), plus what the server said.
+
+    ``prompt_tokens`` and ``new_tokens`` come from the server's usage report when it sent
+    one (``new_tokens`` else counts the streamed pieces, reasoning included); ``ttft_s``
+    runs to the first streamed piece of either kind; ``stopped_by`` is the finish reason
+    in the runtime's words (:data:`STOPPED_BY`).
 
     Attributes:
-        text: the answer's text.
-        prompt_tokens: from the server's usage report; ``None`` when it sent none.
-        new_tokens: from the usage report, else the number of streamed text pieces.
-        ttft_s: from sending the request to the first text piece.
-        tokens_per_s: pieces after the first over the time they took.
-        total_s: the whole request.
-        finish_reason: ``"stop"``, ``"length"``... as the server reports it.
+        finish_reason: ``"stop"``, ``"length"``... as the server reports it (``"stop_string"``
+            when the client cut at a stop string, ``"cancelled"`` when it stopped reading).
+        endpoint: the endpoint's registry name.
         usage_reported: whether the counts came from the server.
-        not_sent: the sampling controls set but not sent (the engine does not take them).
-        notices: one sentence per control not sent or not applied (see :func:`request_plan`).
     """
 
-    text: str
-    prompt_tokens: int | None
-    new_tokens: int
-    ttft_s: float
-    tokens_per_s: float
-    total_s: float
     finish_reason: str | None
-    model: str
     endpoint: str
     usage_reported: bool
-    not_sent: tuple[str, ...] = ()
-    notices: tuple[str, ...] = ()
-
-    @property
-    def stopped_by(self) -> str | None:
-        """The runtime's name for why it ended (the metrics table shows both kinds of result)."""
-        return self.finish_reason
-
-
-class EndpointStream:
-    """A streamed answer read on a background thread, used like the runtime's ``Stream``:
-    iterate for text pieces, :meth:`stop` to stop reading, :attr:`result` once it ended.
-
-    Raises (while iterating):
-        The errors of :meth:`EndpointClient.chat`.
-    """
-
-    _END = object()
-
-    def __init__(self, client: EndpointClient, prompt_or_messages: Any, params: Any) -> None:
-        import queue
-        import threading
-
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._cancel = threading.Event()
-        self.result: ChatResult | None = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self.result = client.chat(prompt_or_messages, params, on_piece=self._queue.put, cancel=self._cancel)
-            except BaseException as exc:  # handed to the reader, re-raised there
-                self._error = exc
-            finally:
-                self._queue.put(self._END)
-
-        threading.Thread(target=run, name=f"workbench-endpoint-{client.endpoint.name}", daemon=True).start()
-
-    def __iter__(self) -> Any:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                if self._error is not None:
-                    raise self._error
-                return
-            yield item
-
-    def stop(self) -> None:
-        """Stop reading the answer (what arrived so far is kept in :attr:`result`)."""
-        self._cancel.set()
 
 
 def _translate(exc: BaseException, ep: Endpoint, model: str | None) -> ServeError | None:
@@ -166,59 +118,82 @@ def _detail(exc: Any) -> str:
     return f": {str(msg)[:200]}" if msg else ""
 
 
-def _read_stream(stream: Any, pieces: list[str], times: list[float], on_piece: Callable[[str], None] | None,
-                 cancel: threading.Event | None, stops: tuple[str, ...] = ()) -> tuple[Any, str | None]:
-    """Read a chat completion stream, appending each text piece and its arrival time.
+def _reasoning_piece(delta: Any) -> str | None:
+    """The reasoning text of a streamed delta (the openai client keeps unknown fields as extras)."""
+    extra = getattr(delta, "model_extra", None) or {}
+    for name in REASONING_FIELDS:
+        value = getattr(delta, name, None) or extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
-    ``pieces`` and ``times`` are filled in place, so a caller whose stream breaks keeps
-    what arrived. Stop strings are applied here too (the runtime's
+
+@dataclass
+class _Read:
+    """What a stream delivered so far (filled in place, so a broken stream keeps what arrived)."""
+
+    pieces: list[str]
+    reasoning: list[str]
+    times: list[float]  # arrival of every piece of either kind (perf_counter seconds)
+    usage: Any = None
+    finish: str | None = None
+
+
+def _take_choice(choice: Any, got: _Read, gate: Any, emit: Callable[[str], None],
+                 on_reasoning: Callable[[str], None] | None, clock: Callable[[], float]) -> bool:
+    """One streamed choice into ``got``; ``True`` when its answer text reached a stop string."""
+    delta = choice.delta
+    thought = _reasoning_piece(delta) if delta is not None else None
+    if thought:
+        got.reasoning.append(thought)
+        got.times.append(clock())
+        if on_reasoning is not None:
+            on_reasoning(thought)
+    piece = delta.content if delta is not None else None
+    if piece:
+        emit(gate.feed(piece))
+        if gate.hit is not None:
+            return True
+    if choice.finish_reason:
+        got.finish = choice.finish_reason
+    return False
+
+
+def _read_stream(stream: Any, got: _Read, on_piece: Callable[[str], None] | None,
+                 on_reasoning: Callable[[str], None] | None, cancel: threading.Event | None,
+                 stops: tuple[str, ...], clock: Callable[[], float]) -> None:
+    """Read a chat completion stream into ``got``: answer pieces, reasoning pieces, their times.
+
+    Stop strings are applied here too (the runtime's
     :class:`~workbench.runtime.streaming.StopStringGate`): an engine that does not apply
     them per request (``transformers serve`` with continuous batching) still stops, and
-    no engine's text shows one.
-
-    Returns:
-        ``(usage, finish_reason)``: the last usage chunk (or ``None``), and the finish
-        reason (``"cancelled"`` when ``cancel`` was set, ``None`` when the stream just ended).
+    no engine's text shows one. ``got.finish`` ends ``"stop_string"`` when the client cut
+    there, ``"cancelled"`` when ``cancel`` was set, ``None`` when the stream just ended.
     """
     from ..runtime.streaming import StopStringGate
 
     gate = StopStringGate(stops)
-    usage = None
-    finish: str | None = None
 
     def emit(piece: str) -> None:
         if piece:
-            pieces.append(piece)
-            times.append(time.perf_counter())
+            got.pieces.append(piece)
+            got.times.append(clock())
             if on_piece is not None:
                 on_piece(piece)
 
     with stream:
         for chunk in stream:
             if chunk.usage is not None:
-                usage = chunk.usage
+                got.usage = chunk.usage
             for choice in chunk.choices or ():
-                piece = choice.delta.content if choice.delta is not None else None
-                if piece:
-                    emit(gate.feed(piece))
-                    if gate.hit is not None:
-                        return usage, "stop"
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                if _take_choice(choice, got, gate, emit, on_reasoning, clock):
+                    got.finish = "stop_string"
+                    return
             if cancel is not None and cancel.is_set():
                 emit(gate.finish())
-                return usage, "cancelled"
+                got.finish = "cancelled"
+                return
     emit(gate.finish())
-    return usage, finish
-
-
-def _tokens_per_s(new: int, times: list[float], t0: float, t_end: float) -> float:
-    """Decode rate in tokens/s from the pieces' arrival times (``perf_counter`` seconds)."""
-    if len(times) >= 2 and times[-1] > times[0]:
-        # Pieces, not tokens, arrive: spread the reported count over the decode time.
-        return (max(new, len(times)) - 1) / (times[-1] - times[0])
-    span = t_end - (times[0] if times else t0)
-    return new / span if span > 0 and new else 0.0
 
 
 @dataclass(frozen=True)
@@ -286,11 +261,14 @@ class EndpointClient:
         endpoint: a registry name or an :class:`Endpoint`.
         timeout_s: per request, connect and read.
         max_retries: the openai client's retries on connection errors and 429/5xx (0: fail at once).
+        clock: what times the stream (``time.perf_counter``; tests pass their own).
     """
 
-    def __init__(self, endpoint: str | Endpoint, *, timeout_s: float = 120.0, max_retries: int = 0) -> None:
+    def __init__(self, endpoint: str | Endpoint, *, timeout_s: float = 120.0, max_retries: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         import openai
 
+        self._clock = clock
         if isinstance(endpoint, str):
             from .registry import EndpointRegistry
 
@@ -375,14 +353,17 @@ class EndpointClient:
         return req, plan
 
     def chat(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None, *,
-             on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> ChatResult:
-        """Stream one answer, calling ``on_piece`` with each text piece as it arrives.
+             on_piece: Callable[[str], None] | None = None, on_reasoning: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> ChatResult:
+        """Stream one answer, calling ``on_piece`` with each answer piece as it arrives.
 
         Args:
             prompt_or_messages: a user prompt, or OpenAI chat messages.
             params: :class:`workbench.runtime.GenerationParams` (max_new_tokens, temperature,
-                top_p, stop, seed, system_prompt; top_k and repetition_penalty as extensions).
-            cancel: set it to stop reading; the answer so far is returned, finish_reason ``"cancelled"``.
+                top_p, stop, seed, system_prompt; top_k, repetition_penalty, enable_thinking as the
+                engine's extensions, see :func:`request_plan`).
+            on_reasoning: called with each piece of a reasoning model's thinking.
+            cancel: set it to stop reading; the answer so far is returned, stopped_by ``"cancelled"``.
 
         Raises:
             EndpointUnreachableError, EndpointAuthError, EndpointModelNotFoundError,
@@ -395,47 +376,55 @@ class EndpointClient:
 
         req, plan = self._request(prompt_or_messages, params)
         stops = tuple(req.get("stop") or ())
-        pieces: list[str] = []
-        times: list[float] = []
-        t0 = time.perf_counter()
+        got = _Read([], [], [])
+        clock = self._clock
+        t0 = clock()
         try:
             stream = self._client.chat.completions.create(**req)
         except openai.OpenAIError as exc:
             self._raise(exc)
             raise
         try:
-            usage, finish = _read_stream(stream, pieces, times, on_piece, cancel, stops)
+            _read_stream(stream, got, on_piece, on_reasoning, cancel, stops, clock)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             cut = _translate(exc, self.endpoint, self._model) if isinstance(exc, openai.APIStatusError) else None
             if cut is not None:
                 raise cut from None
             raise EndpointStreamError(
                 f"the answer from endpoint {self.endpoint.name!r} ({self.endpoint.base_url}) stopped mid-way "
-                f"after {len(pieces)} pieces: {exc}", hint="retry; if it repeats, see the server's log",
-                endpoint=self.endpoint.name, partial_text="".join(pieces)) from None
-        t_end = time.perf_counter()
-        if finish is None:
+                f"after {len(got.pieces)} pieces: {exc}", hint="retry; if it repeats, see the server's log",
+                endpoint=self.endpoint.name, partial_text="".join(got.pieces)) from None
+        t_end = clock()
+        if got.finish is None:
             raise EndpointStreamError(
                 f"the answer from endpoint {self.endpoint.name!r} ({self.endpoint.base_url}) ended after "
-                f"{len(pieces)} pieces without a finish reason (the connection was cut)",
+                f"{len(got.pieces)} pieces without a finish reason (the connection was cut)",
                 hint="retry; if it repeats, see the server's log", endpoint=self.endpoint.name,
-                partial_text="".join(pieces))
-        new = int(usage.completion_tokens) if usage is not None and usage.completion_tokens is not None \
-            else len(pieces)
+                partial_text="".join(got.pieces))
+        usage = got.usage
+        streamed = len(got.times)
+        new = int(usage.completion_tokens) if usage is not None and usage.completion_tokens is not None else streamed
         prompt_tokens = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else None
-        rate = _tokens_per_s(new, times, t0, t_end)
-        return ChatResult("".join(pieces), prompt_tokens, new, (times[0] - t0) if times else t_end - t0, rate,
-                          t_end - t0, finish, self.model, self.endpoint.name, usage is not None,
-                          plan.not_sent, plan.notices)
+        ttft = (got.times[0] - t0) if got.times else t_end - t0
+        return ChatResult("".join(got.pieces), prompt_tokens, new, ttft, decode_rate(new, got.times, t0, t_end),
+                          t_end - t0, STOPPED_BY.get(got.finish, got.finish), self.model,
+                          reasoning="".join(got.reasoning), notices=plan.notices, not_sent=plan.not_sent,
+                          finish_reason=got.finish, endpoint=self.endpoint.name, usage_reported=usage is not None)
 
-    def stream(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None) -> EndpointStream:
-        """Start one streamed answer; iterate the returned :class:`EndpointStream` for its pieces.
+    def stream(self, prompt_or_messages: str | Sequence[dict[str, str]], params: Any = None, *,
+               on_piece: Callable[[str], None] | None = None) -> Stream:
+        """Start one streamed answer: the runtime's :class:`~workbench.runtime.streaming.Stream`
+        (iterate for answer pieces, ``pieces()`` for reasoning too; its result is a :class:`ChatResult`).
 
         Example:
             >>> s = client.stream("What is the capital of France?")  # doctest: +SKIP
             >>> "".join(s), s.result.tokens_per_s  # doctest: +SKIP
         """
-        return EndpointStream(self, prompt_or_messages, params)
+        def produce(feed: StreamFeed) -> ChatResult:
+            return self.chat(prompt_or_messages, params, on_piece=feed.content, on_reasoning=feed.reasoning,
+                             cancel=feed.cancel)
+
+        return Stream(produce, name=f"endpoint-{self.endpoint.name}", on_piece=on_piece).start()
 
     def batch(self, prompts: Sequence[Any], params: Any = None, *, max_concurrency: int = 8,
               return_errors: bool = False) -> list[Any]:

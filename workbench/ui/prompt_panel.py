@@ -18,6 +18,7 @@ from .display import esc, html_table, pre_html
 
 if TYPE_CHECKING:
     from ..runtime import Registry
+    from ..runtime.metrics import RunResult
 
 FLUSH_PER_S = 10
 #: Choices naming an OpenAI-compatible endpoint (workbench.serve) instead of a loaded model.
@@ -29,19 +30,14 @@ def _pct(x: float | None) -> str | None:
     return None if x is None else f"{100 * x:.0f}%"
 
 
-def metrics_rows(results: Sequence[Any]) -> list[list[Any]]:
-    """Rows for the metrics table, one per run."""
+def metrics_rows(results: Sequence[RunResult]) -> list[list[Any]]:
+    """Rows for the metrics table, one per run (local or endpoint: the one result record)."""
     rows = []
     for i, r in enumerate(results, 1):
-        bw = getattr(r, "bandwidth_bytes_per_s", None)
+        bw = r.bandwidth_bytes_per_s
         rows.append([
-            i, r.prompt_tokens, r.new_tokens,
-            f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else None,
-            f"{r.tokens_per_s:.1f}" if r.tokens_per_s is not None else None,
-            f"{r.total_s:.2f} s" if r.total_s is not None else None,
-            _pct(getattr(r, "decode_efficiency", None)),
-            f"{format_bytes(bw)}/s" if bw else None,
-            r.stopped_by,
+            i, r.prompt_tokens, r.new_tokens, f"{r.ttft_s * 1000:.0f} ms", f"{r.tokens_per_s:.1f}",
+            f"{r.total_s:.2f} s", _pct(r.decode_efficiency), f"{format_bytes(bw)}/s" if bw else None, r.stopped_by,
         ])
     return rows
 
@@ -61,15 +57,30 @@ def metrics_table_html(results: Sequence[Any]) -> str:
     return html_table(METRIC_HEADERS, metrics_rows(results), caption="Metrics")
 
 
-def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]], pending: str | None = None) -> str:
-    """The chat as HTML: every message escaped, the answer being streamed last."""
+def reasoning_html(reasoning: str, *, open_: bool = False) -> str:
+    """A reasoning model's thinking, folded (a ``<details>`` above the answer), escaped."""
+    if not reasoning:
+        return ""
+    return (f"<details class='workbench-reasoning'{' open' if open_ else ''} style='color:#666;font-size:12px'>"
+            f"<summary>Reasoning</summary><div style='white-space:pre-wrap'>{esc(reasoning)}</div></details>")
+
+
+def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]], pending: str | None = None,
+                    reasoning: dict[int, str] | None = None, pending_reasoning: str = "") -> str:
+    """The chat as HTML: every message escaped, the answer being streamed last.
+
+    ``reasoning`` maps a history index to the thinking shown folded above that answer;
+    ``pending_reasoning`` is the thinking of the answer being streamed (shown open while
+    no answer text has arrived yet).
+    """
     parts = []
+    reasoning = reasoning or {}
     if system_prompt:
         parts.append(f"<div style='color:#666;font-size:12px'><b>system:</b> {esc(system_prompt)}</div>")
-    for m in history:
-        parts.append(_bubble(m["role"], m["content"]))
+    for i, m in enumerate(history):
+        parts.append(reasoning_html(reasoning.get(i, "")) + _bubble(m["role"], m["content"]))
     if pending is not None:
-        parts.append(_bubble("assistant", pending + "\u258c"))
+        parts.append(reasoning_html(pending_reasoning, open_=not pending) + _bubble("assistant", pending + "\u258c"))
     if not parts:
         parts.append("<div style='color:#888'><em>No messages yet: type a prompt below and press Send.</em></div>")
     return "<div class='workbench-transcript'>" + "".join(parts) + "</div>"
@@ -133,6 +144,8 @@ class PromptPanel(Panel):
         self.results: list[Any] = []
         self.batch_rows: list[tuple[str, Any]] = []
         self.pending: str | None = None
+        self.pending_reasoning = ""
+        self.reasoning: dict[int, str] = {}  # history index -> that answer's reasoning
         self.flushes = 0
         self._stream: Any = None
         self._flush_throttle = Throttle(1.0 / FLUSH_PER_S)
@@ -228,26 +241,31 @@ class PromptPanel(Panel):
             from ..runtime import stream
 
             self.history.append({"role": "user", "content": text})
-            self.pending = ""
+            self.pending, self.pending_reasoning = "", ""
             self._set_busy(True)
             self._render_transcript()
             try:
                 s = loaded.stream(messages, params) if _is_endpoint(loaded) else stream(loaded, messages, params)
                 self._stream = s
-                for piece in s:
-                    self.pending += piece
+                for piece in s.pieces():
+                    if piece.kind == "reasoning":
+                        self.pending_reasoning += piece.text
+                    else:
+                        self.pending += piece.text
                     if self._flush_throttle.ready():
                         self._render_transcript()
-                result = s.result
+                result = s.wait()
             except Exception:
                 # The user's message stays; the half answer is dropped with the error shown.
-                self.pending = None
+                self.pending, self.pending_reasoning = None, ""
                 self._render_transcript()
                 raise
             finally:
                 self._stream = None
                 self._set_busy(False)
-            self.pending = None
+            self.pending, self.pending_reasoning = None, ""
+            if result.reasoning:
+                self.reasoning[len(self.history)] = result.reasoning
             self.history.append({"role": "assistant", "content": result.text})
             self.results.append(result)
             self._render_all()
@@ -268,6 +286,7 @@ class PromptPanel(Panel):
     def clear(self) -> None:
         """Forget the conversation (metrics and batch results stay)."""
         self.history = []
+        self.reasoning = {}
         self.pending = None
         self._render_transcript()
 
@@ -430,7 +449,8 @@ class PromptPanel(Panel):
         if not hasattr(self, "_transcript"):
             return
         self.flushes += 1
-        self._transcript.value = transcript_html(self.system_prompt, self.history, self.pending)
+        self._transcript.value = transcript_html(self.system_prompt, self.history, self.pending, self.reasoning,
+                                                 self.pending_reasoning)
 
     def _render_all(self) -> None:
         if not hasattr(self, "_metrics_w"):
@@ -446,8 +466,9 @@ class PromptPanel(Panel):
         parts = [f"<p>Model: <b>{esc(self.model or 'none loaded')}</b></p>"]
         if self.system_prompt:
             parts.append(f"<p><b>System prompt:</b></p>{pre_html(self.system_prompt)}")
-        for m in self.history:
-            parts.append(f"<p style='margin:4px 0 0 0'><b>{esc(m['role'])}:</b></p>{pre_html(m['content'])}")
+        for i, m in enumerate(self.history):
+            parts.append(f"<p style='margin:4px 0 0 0'><b>{esc(m['role'])}:</b></p>{reasoning_html(self.reasoning.get(i, ''))}"
+                         f"{pre_html(m['content'])}")
         parts.append(metrics_table_html(self.results))
         parts.append(batch_table_html(self.batch_rows))
         return "".join(parts)
