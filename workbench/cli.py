@@ -80,7 +80,7 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 def cmd_store_inspect(args: argparse.Namespace) -> int:
     from .errors import EstimateUnavailableError
-    from .store import estimate_table, format_bytes, kv_cache_bytes
+    from .store import cache_problem, cache_state_bytes, estimate_table, format_bytes, kv_cache_bytes
 
     entry = open_store().get(args.name)
     doc = entry.to_dict()
@@ -95,13 +95,23 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
             lines.append(f"estimate unavailable: {exc}")
     if table is not None:
         doc["estimate"] = {label: est.total_bytes for label, est in table.items()}
-        # The KV cache in bfloat16, as the label says (the table's first row is float32).
+        # The cache in bfloat16, as the label says (the table's first row is float32): the part that
+        # grows with the context and the part fixed per sequence, measured from transformers' own cache.
         doc["estimate"]["kv_cache_bytes_per_1k_tokens"] = kv_cache_bytes(entry, 1000, "bfloat16")
+        doc["estimate"]["cache_state_bytes"] = cache_state_bytes(entry, "bfloat16")
+        problem = cache_problem(entry)
+        if problem is not None:
+            doc["estimate"]["cache_problem"] = problem
         doc["estimate_detail"] = {label: est.to_dict() for label, est in table.items()}
         lines.append("estimate:")
         lines += [f"  {label:<9} {format_bytes(est.total_bytes)}" for label, est in table.items()]
-        lines.append(f"  KV cache per 1,000 tokens (bfloat16): "
-                     f"{format_bytes(doc['estimate']['kv_cache_bytes_per_1k_tokens'])}")
+        if problem is not None:
+            lines.append(f"  KV cache (bfloat16): {problem}")
+        else:
+            lines.append(f"  KV cache per 1,000 tokens (bfloat16): "
+                         f"{format_bytes(doc['estimate']['kv_cache_bytes_per_1k_tokens'])}")
+            lines.append(f"  fixed cache state per sequence (bfloat16): "
+                         f"{format_bytes(doc['estimate']['cache_state_bytes'])}")
         fits = _fits(entry)
         if fits is not None:
             doc["fits"] = fits

@@ -20,11 +20,20 @@ GiB = 2**30
 MiB = 2**20
 
 
-def big_entry(params: int = 16_000_000_000) -> ModelEntry:
-    """A 16B-parameter bfloat16 model as the store would describe it (no files needed)."""
+def big_entry(params: int = 16_000_000_000, folder: Path | None = None) -> ModelEntry:
+    """A 16B-parameter bfloat16 model as the store would describe it (no files needed).
+
+    With ``folder``, a Llama ``config.json`` of its shape is written there, so its KV cache
+    can be measured (the weights estimate then follows that config: 11.3B parameters).
+    """
     linear = int(params * 0.9)
+    if folder is not None:
+        from transformers import LlamaConfig
+
+        LlamaConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                    num_key_value_heads=8, vocab_size=32000).save_pretrained(folder)
     return ModelEntry(
-        name="big-16b", path=Path("/nonexistent/big-16b"), root=Path("/nonexistent"), writable=False,
+        name="big-16b", path=folder or Path("/nonexistent/big-16b"), root=Path("/nonexistent"), writable=False,
         format="safetensors", params=params, dtype="bfloat16", num_layers=40, num_kv_heads=8, head_dim=128,
         weights=WeightStats(params=params, linear_params=linear, linear_rows=linear // 5120, linear_count=280,
                             bytes_by_dtype={"BF16": params * 2}),
@@ -75,8 +84,8 @@ def test_registry_refuses_before_any_work(two_gpus, events):
     assert not events.of("load_started")
 
 
-def test_max_memory_map_for_two_gpus(two_gpus):
-    entry = big_entry()
+def test_max_memory_map_for_two_gpus(two_gpus, tmp_path):
+    entry = big_entry(folder=tmp_path / "big-16b")
     spec = LoadSpec(entry, devices=("cuda:0", "cuda:1"), max_memory={"cuda:1": 20 * GiB}).validate()
     chk = check_fit(entry, spec)
     device_map, mm = placement_plan(spec, chk)

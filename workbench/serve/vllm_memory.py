@@ -9,9 +9,10 @@ GPU from everyone else. The workbench asks instead for what the model needs:
   tensor- and pipeline-parallel GPUs (vLLM shards them evenly);
 * :data:`ENGINE_OVERHEAD_BYTES` per GPU for the CUDA context, the activation peak
   vLLM profiles, and CUDA graphs;
-* KV cache for :data:`KV_SEQUENCES` sequences of ``max_model_len`` tokens (keys and
-  values for every layer and KV head, :func:`workbench.store.estimate.kv_cache_bytes`),
-  or whatever is left of the free memory, if less.
+* the cache for :data:`KV_SEQUENCES` sequences of ``max_model_len`` tokens (what grows
+  with the context, :func:`workbench.store.estimate.kv_cache_bytes`, plus the fixed
+  conv/recurrent state once per sequence, ``MemoryEstimate.cache_state_bytes``), or
+  whatever is left of the free memory, if less (one sequence's state at least).
 
 ``--max-model-len`` is the model's context length, or the longest whose KV cache
 fits beside the weights, whichever is smaller; vLLM needs room for at least one
@@ -104,9 +105,11 @@ def derive_vllm_args(entry: ModelEntry, est: MemoryEstimate, gpus: Sequence[GpuM
     total = min(g.total_bytes for g in gpus)
     ceiling = min(smallest.free_bytes, total) - SAFETY_BYTES
     kv_token = kv_cache_bytes(entry, 1, est.dtype)
-    kv_token = -(-kv_token // shards) if kv_token else None
+    kv_token = -(-kv_token // shards) if kv_token is not None else None
+    # Conv and recurrent states: fixed per sequence, once for each sequence served at once.
+    state = -(-(est.cache_state_bytes or 0) // shards)
     context = entry.context_length or DEFAULT_CONTEXT
-    room = ceiling - weights - ENGINE_OVERHEAD_BYTES
+    room = ceiling - weights - ENGINE_OVERHEAD_BYTES - state
     where = ", ".join(f"{g.device} {format_bytes(g.free_bytes)} free" for g in gpus)
 
     def refuse(what: str, hint: str) -> InsufficientMemoryError:
@@ -118,7 +121,10 @@ def derive_vllm_args(entry: ModelEntry, est: MemoryEstimate, gpus: Sequence[GpuM
     if room < (kv_token or 0) * MIN_MODEL_LEN or room <= 0:
         raise refuse(f"{format_bytes(weights)} of weights and {format_bytes(ENGINE_OVERHEAD_BYTES)} of engine "
                      f"overhead, plus KV cache", "add GPUs (tensor parallel), use --quant nf4, or free memory")
-    if kv_token is None:
+    if kv_token == 0:  # nothing grows with the context (state-space models)
+        length = max_model_len or context
+        kv_budget = min(room, state * (KV_SEQUENCES - 1))
+    elif kv_token is None:
         if max_model_len is None:
             raise LoadSpecError(f"the KV cache of {entry.name} cannot be estimated (no layer/head counts)",
                                 hint="pass --max-model-len", name=entry.name)
@@ -136,12 +142,12 @@ def derive_vllm_args(entry: ModelEntry, est: MemoryEstimate, gpus: Sequence[GpuM
         else:
             length = min(context, fits)
             length = length if length == context else (length // BLOCK_TOKENS) * BLOCK_TOKENS
-        kv_budget = min(room, kv_token * length * KV_SEQUENCES)
-    need = weights + ENGINE_OVERHEAD_BYTES + kv_budget
+        kv_budget = min(room, kv_token * length * KV_SEQUENCES + state * (KV_SEQUENCES - 1))
+    need = weights + ENGINE_OVERHEAD_BYTES + state + kv_budget
     util = min(_floor2(ceiling / total), _ceil2(need / total))
-    if kv_token is not None and max_model_len is None:
+    if kv_token and max_model_len is None:
         # Rounding the fraction down may have cut the KV cache below one full sequence.
-        left = int(util * total) - weights - ENGINE_OVERHEAD_BYTES
+        left = int(util * total) - weights - ENGINE_OVERHEAD_BYTES - state
         if left < kv_token * length:
             length = (max(0, left) // kv_token // BLOCK_TOKENS) * BLOCK_TOKENS
             if length < MIN_MODEL_LEN:

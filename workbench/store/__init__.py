@@ -1,10 +1,17 @@
 """The model store: discovery, header-only metadata, memory estimates, import and seed."""
 
 from .entry import Format, ModelEntry, Status, WeightStats, format_bytes, format_count
-from .estimate import MemoryEstimate, estimate, estimate_table, kv_cache_bytes
+from .estimate import (
+    MemoryEstimate,
+    cache_problem,
+    cache_state_bytes,
+    estimate,
+    estimate_table,
+    kv_cache_bytes,
+)
 from .store import DeletePlan, ModelStore, StoreRoot, check_name
 
 __all__ = [
     "DeletePlan", "Format", "MemoryEstimate", "ModelEntry", "ModelStore", "Status", "StoreRoot", "WeightStats",
-    "check_name", "estimate", "estimate_table", "format_bytes", "format_count", "kv_cache_bytes",
+    "cache_problem", "cache_state_bytes", "check_name", "estimate", "estimate_table", "format_bytes", "format_count", "kv_cache_bytes",
 ]

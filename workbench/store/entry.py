@@ -69,10 +69,6 @@ class ModelEntry(Record):
     head_dim: int | None = None
     vocab_size: int | None = None
     quantization: str | None = None
-    # KV cache layout (workbench/store/kv_cache.py): per-layer attention types, () when all are full.
-    layer_types: tuple[str, ...] = ()
-    sliding_window: int | None = None
-    attention_chunk_size: int | None = None
     # Mixture of experts (workbench/store/moe.py): routed experts, how many run per token, shared experts,
     # and the parameters one token goes through (shared weights plus experts_per_token routed experts).
     num_experts: int | None = None

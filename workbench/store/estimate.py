@@ -26,7 +26,7 @@ from .._records import Record
 from ..errors import BrokenModelError, ConfigError
 from ..precision import DTYPE_BYTES, FOUR_BIT, QUANTS, DeviceKind, precision_label
 from .entry import ModelEntry, format_bytes
-from .kv_cache import kv_cache_bytes_for
+from .kv_cache import CacheProfile, gguf_kv_bytes_per_token
 
 # The precisions `workbench store inspect` reports (ARCHITECTURE.md section 3).
 TABLE_PRECISIONS: tuple[tuple[str, str, str], ...] = (
@@ -60,7 +60,10 @@ class MemoryEstimate(Record):
         quant_state_bytes: bitsandbytes scales the footprint leaves out.
         load_peak_bytes: the most memory the load holds at once (full-precision
             copies made before quantization on the CPU, for example).
-        kv_cache_bytes_per_1k_tokens: KV cache per 1,000 tokens of context, batch 1.
+        kv_cache_bytes_per_1k_tokens: the cache that grows with the context, after 1,000 tokens, batch 1
+            (``None``: unavailable, ``cache_problem`` says why).
+        cache_state_bytes: the cache fixed per sequence (conv and recurrent states), batch 1.
+        cache_problem: why the cache could not be measured (``"estimate unavailable: ..."``), else ``None``.
     """
 
     _json_properties = ("total_bytes",)
@@ -72,6 +75,8 @@ class MemoryEstimate(Record):
     quant_state_bytes: int
     load_peak_bytes: int
     kv_cache_bytes_per_1k_tokens: int | None
+    cache_state_bytes: int | None = None
+    cache_problem: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -87,20 +92,71 @@ class MemoryEstimate(Record):
         return format_bytes(self.total_bytes)
 
 
-def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16", batch: int = 1) -> int | None:
-    """Bytes of the keys and values a context of ``tokens`` leaves in transformers' cache.
+def cache_profile(entry: ModelEntry) -> CacheProfile | str | None:
+    """The cache transformers builds for ``entry`` (:mod:`workbench.store.kv_cache`), or why it cannot be told.
 
-    ``2 x (tokens each layer holds, summed over layers) x KV heads x head dim x
-    bytes x batch``, where a sliding-window layer holds at most ``sliding_window - 1``
-    tokens and multi-query attention has one KV head (see :mod:`workbench.store.kv_cache`,
-    checked against the cache of real forward passes).
+    ``None`` for GGUF entries (llama.cpp's rule applies, :func:`kv_cache_bytes`).
+
+    Raises:
+        EstimateUnavailableError: the skeleton is beyond the bounds of
+            :func:`workbench.store.skeleton.skeleton_budget`.
     """
-    if not (entry.num_layers and entry.num_kv_heads and entry.head_dim):
+    if entry.format == "gguf":
         return None
-    return kv_cache_bytes_for(num_layers=entry.num_layers, kv_heads=entry.num_kv_heads, head_dim=entry.head_dim,
-                              width=DTYPE_BYTES.get(dtype, 2), tokens=tokens, batch=batch,
-                              layer_types=entry.layer_types, sliding_window=entry.sliding_window,
-                              attention_chunk_size=entry.attention_chunk_size)
+    if entry.format != "safetensors" or not entry.path.is_dir():
+        return f"estimate unavailable: {entry.name} is not a model folder transformers can build"
+    from .layout import layout_or_reason
+
+    found = layout_or_reason(entry.path)
+    if isinstance(found, str):
+        return f"estimate unavailable: {found}"
+    if found.cache is None:
+        return f"estimate unavailable: {found.cache_problem}"
+    return found.cache
+
+
+def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16", batch: int = 1) -> int | None:
+    """Bytes of the cache that grows with the context, after ``tokens`` tokens of ``batch`` sequences.
+
+    Measured from the cache transformers builds (:func:`cache_profile`): sliding windows,
+    compressed latents and layers without keys and values included. GGUF: llama.cpp's keys and
+    values (:func:`workbench.store.kv_cache.gguf_kv_bytes_per_token`). ``None`` when unavailable
+    (:func:`cache_problem` says why).
+
+    Raises:
+        EstimateUnavailableError: the skeleton is beyond the bounds of the skeleton budget.
+    """
+    width = DTYPE_BYTES.get(dtype, 2)
+    profile = cache_profile(entry)
+    if profile is None:
+        rate = gguf_kv_bytes_per_token(entry.num_layers, entry.num_kv_heads, entry.head_dim, width)
+        return None if rate is None else rate * tokens * batch
+    if isinstance(profile, str):
+        return None
+    return profile.kv_bytes(tokens, width, batch)
+
+
+def cache_state_bytes(entry: ModelEntry, dtype: str = "bfloat16", batch: int = 1) -> int | None:
+    """Bytes of the cache fixed per sequence (conv and recurrent states) for ``batch`` sequences; see
+    :func:`kv_cache_bytes`."""
+    profile = cache_profile(entry)
+    if profile is None:
+        return 0 if entry.num_layers else None
+    if isinstance(profile, str):
+        return None
+    return profile.state_bytes(DTYPE_BYTES.get(dtype, 2), batch)
+
+
+def cache_problem(entry: ModelEntry) -> str | None:
+    """``"estimate unavailable: REASON"`` when the cache of ``entry`` cannot be measured, else ``None``."""
+    profile = cache_profile(entry)
+    if profile is None and not (entry.num_layers and entry.num_kv_heads and entry.head_dim):
+        return f"estimate unavailable: the GGUF header of {entry.name} lacks its layer and head counts"
+    return profile if isinstance(profile, str) else None
+
+
+def _cache_fields(entry: ModelEntry, dtype: str) -> tuple[int | None, int | None, str | None]:
+    return kv_cache_bytes(entry, 1000, dtype), cache_state_bytes(entry, dtype), cache_problem(entry)
 
 
 def _layout(entry: ModelEntry):  # -> ModelLayout | None
@@ -183,7 +239,7 @@ def estimate(
             state = blocks + -(-blocks // 256) * 4 + 16 * count if double_quant else blocks * 4
     peak = load_peak(entry, dtype, quant, weights + state, device_type)
     return MemoryEstimate(dtype, quant, double_quant if quant in FOUR_BIT else False,
-                          int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
+                          int(weights), int(state), int(peak), *_cache_fields(entry, dtype))
 
 
 def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: DeviceKind) -> MemoryEstimate:
@@ -224,7 +280,7 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
         weights = w.packed_bytes + state + (entry.params - w.linear_params) * width
         state = 0
     peak = load_peak(entry, dtype, saved, weights + state, device_type)
-    return MemoryEstimate(dtype, saved, dq, int(weights), int(state), int(peak), kv_cache_bytes(entry, 1000, dtype))
+    return MemoryEstimate(dtype, saved, dq, int(weights), int(state), int(peak), *_cache_fields(entry, dtype))
 
 
 def precisions(entry: ModelEntry) -> tuple[tuple[str, str, str], ...]:

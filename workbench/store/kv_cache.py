@@ -1,116 +1,254 @@
-"""The KV cache a model holds for a context, from its ``config.json`` alone.
+"""The cache a model holds for a context, measured from the cache transformers itself builds.
 
-What transformers 5 keeps (``DynamicCache``, one layer object per decoder layer),
-measured against the cache a real forward pass leaves (tests/store/test_kv_cache.py):
+No formula per family: the model transformers builds from ``config.json`` on the
+``meta`` device (:mod:`workbench.store.layout`) is run forward on the meta device
+(shapes only: no memory, no arithmetic) with ``use_cache=True``, as
+``generate()`` runs it, and every tensor of the cache it returns is read:
+keys and values, MLA's compressed latents, convolution and recurrent (SSM,
+linear-attention) states, whatever the family keeps. Sliding and chunked windows,
+layers sharing another layer's keys and values, hybrid layer patterns named any
+way: whatever transformers does is right here by construction.
 
-* keys and values of ``num_key_value_heads`` heads of ``head_dim`` per token and layer;
-* ``multi_query: true`` (Falcon, GPTBigCode/StarCoder) means one KV head, except
-  Falcon's ``new_decoder_architecture``, whose attention caches keys and values
-  already repeated to every attention head (``modeling_falcon.py``: ``num_kv_heads =
-  self.num_heads if self.new_decoder_architecture``);
-* a sliding-window layer (``DynamicSlidingWindowLayer``) keeps at most
-  ``sliding_window - 1`` tokens; which layers slide is the config's ``layer_types``
-  when it has one (transformers 5 writes it for Gemma 2/3, Qwen2, Cohere2...), or
-  the rule its config class applies to configs written before it (Mistral/Mixtral:
-  every layer once ``sliding_window`` is set; Qwen2/Qwen3 families: layers from
-  ``max_window_layers`` on, if ``use_sliding_window``; Gemma 2: every other layer;
-  Gemma 3/Cohere 2: all but every ``sliding_window_pattern``-th layer).
+Each tensor of the cache is followed by its place in the cache object
+(``layers[3].keys``) through forward passes of :data:`PROBE_LENGTHS` tokens, and one
+just past the longest window a cache layer declares (``get_max_length``). Its size at
+``t`` tokens is ``fixed + rate x min(t, cap)``: ``rate`` from the first two lengths,
+``cap`` (a window) from the longest, and the lengths between check the form; a cache
+that does not grow in this form is reported unmeasurable, never extrapolated. Beyond
+the longest probe a growing tensor is assumed to keep growing (an upper bound). Elements stored in the model's dtype
+scale with the load's dtype; others (float32 states, integer counters) keep their
+bytes (the same split :mod:`workbench.store.layout` makes for buffers).
 
-Nothing here imports torch: ``workbench store list`` stays fast.
+The result, :class:`CacheProfile`, is plain data (cached with the skeleton's other
+results in the index cache); nothing here imports torch at import time.
+
+GGUF entries carry no ``config.json`` for transformers to build: their keys and
+values follow llama.cpp's cache (:func:`gguf_kv_bytes_per_token`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-CHUNKED = "chunked_attention"
-# Layer types whose cache keeps at most `sliding_window - 1` tokens (cache_utils.get_layer_types_and_kwargs).
-_SLIDING_TYPES = {SLIDING, "hybrid_sliding", "reference_sliding_attention"}
-# Layer types that hold no keys and values (KV sharing, attention-free layers).
-_EMPTY_TYPES = {"dummy", "moe", "mlp", "linear_attention", "conv", "mamba"}
-# Families whose configs slide layers from `max_window_layers` on, and only when `use_sliding_window`.
-_QWEN = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen2_vl", "qwen2_5_vl")
+from .._records import Record
+from ..errors import EstimateUnavailableError
+
+#: Context lengths of the probing forward passes (see the module docstring).
+PROBE_LENGTHS = (1, 2, 100, 1000)
+#: Longest context a probe runs (meta tensors are free, but masks and position ids are
+#: built for it, and linear-attention layers loop over it in chunks).
+MAX_PROBE_TOKENS = 2**17
+_MAX_DEPTH = 8
 
 
-def kv_heads(cfg: dict[str, Any], heads: int | None) -> int | None:
-    """Heads the cache holds per layer, by each family's rule (see the module docstring)."""
-    if cfg.get("model_type") in ("falcon", "RefinedWeb", "RefinedWebModel") or "new_decoder_architecture" in cfg:
-        if cfg.get("new_decoder_architecture"):
-            return heads
-        if cfg.get("multi_query", True):
-            return 1
-        return cfg.get("num_kv_heads") or heads
-    explicit = cfg.get("num_key_value_heads") or cfg.get("n_head_kv") or cfg.get("multi_query_group_num")
-    if explicit:
-        return int(explicit)
-    if cfg.get("multi_query"):
-        return 1
-    return cfg.get("num_kv_heads") or heads
+@dataclass(frozen=True)
+class CacheGrowth(Record):
+    """Cache tensors that grow alike: per token of context, up to ``cap_tokens`` (``None``: every token).
+
+    Attributes:
+        cap_tokens: tokens these tensors hold at most (a sliding or chunked window); ``None``: unbounded.
+        elements_per_token: elements per token stored in the model's dtype (they scale with it).
+        fixed_bytes_per_token: bytes per token of tensors whose dtype does not follow the model's.
+    """
+
+    cap_tokens: int | None
+    elements_per_token: int
+    fixed_bytes_per_token: int = 0
 
 
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+@dataclass(frozen=True)
+class CacheProfile(Record):
+    """What one sequence's cache holds, as transformers builds it, at any context length.
+
+    Attributes:
+        growth: the parts that grow with the context (see :class:`CacheGrowth`).
+        state_elements: fixed per sequence, in the model's dtype (conv and recurrent states).
+        state_fixed_bytes: fixed per sequence, in dtypes that do not follow the model's.
+        measured_tokens: the longest context measured; beyond it every growing part is
+            assumed to keep growing (an upper bound).
+    """
+
+    growth: tuple[CacheGrowth, ...]
+    state_elements: int
+    state_fixed_bytes: int
+    measured_tokens: int
+
+    def kv_bytes(self, tokens: int, width: int, batch: int = 1) -> int:
+        """Bytes that grow with the context, after ``tokens`` tokens, ``width`` bytes an element."""
+        total = 0
+        for g in self.growth:
+            held = tokens if g.cap_tokens is None else min(tokens, g.cap_tokens)
+            total += held * (g.elements_per_token * width + g.fixed_bytes_per_token)
+        return total * batch
+
+    def state_bytes(self, width: int, batch: int = 1) -> int:
+        """Bytes fixed per sequence (conv and recurrent states), ``width`` bytes an element."""
+        return (self.state_elements * width + self.state_fixed_bytes) * batch
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CacheProfile:
+        """The inverse of ``to_dict()`` (the index cache's JSON).
+
+        Raises:
+            KeyError, TypeError, ValueError: not a profile's dict.
+        """
+        growth = tuple(CacheGrowth(None if g["cap_tokens"] is None else int(g["cap_tokens"]),
+                                   int(g["elements_per_token"]), int(g["fixed_bytes_per_token"]))
+                       for g in data["growth"])
+        return cls(growth, int(data["state_elements"]), int(data["state_fixed_bytes"]),
+                   int(data["measured_tokens"]))
 
 
-def layer_types(cfg: dict[str, Any], num_layers: int | None) -> tuple[str, ...]:
-    """Each decoder layer's attention type as transformers 5 builds its cache; ``()`` when all are full."""
-    mtype = str(cfg.get("model_type") or "")
-    window = _positive(cfg.get("sliding_window"))
-    if mtype.startswith(_QWEN) and not cfg.get("use_sliding_window"):
-        window = None  # their configs drop the window unless use_sliding_window (configuration_qwen2.py)
-    declared = cfg.get("layer_types")
-    if isinstance(declared, list) and declared and all(isinstance(t, str) for t in declared):
-        types = [FULL if (t in _SLIDING_TYPES and window is None) else t for t in declared]
-    else:
-        if not num_layers:
-            return ()
-        n = int(num_layers)
-        pattern = _positive(cfg.get("sliding_window_pattern")) or _positive(cfg.get("_sliding_window_pattern"))
-        if window is None:
-            types = [CHUNKED if _positive(cfg.get("attention_chunk_size")) else FULL] * n
-        elif mtype.startswith(_QWEN):
-            start = cfg.get("max_window_layers")
-            start = n if start is None else int(start)
-            types = [SLIDING if i >= start else FULL for i in range(n)]
-        elif mtype == "gemma2":
-            types = [SLIDING if (i + 1) % 2 else FULL for i in range(n)]
-        elif mtype.startswith(("gemma3", "cohere2")) or pattern:
-            pattern = pattern or 6
-            types = [SLIDING if (i + 1) % pattern else FULL for i in range(n)]
-        else:  # any other config with a window: every layer slides (cache_utils.get_layer_types_and_kwargs)
-            types = [SLIDING] * n
-    return () if all(t == FULL for t in types) else tuple(types)
+def _is_cache_object(obj: Any) -> bool:
+    mod = type(obj).__module__ or ""
+    return mod.startswith("transformers.") and ("cache" in mod or ".models." in mod)
 
 
-def kv_fields(cfg: dict[str, Any], heads: int | None, num_layers: int | None) -> dict[str, Any]:
-    """Entry fields for the cache: ``num_kv_heads``, ``layer_types``, ``sliding_window``, ``attention_chunk_size``."""
-    types = layer_types(cfg, num_layers)
-    return {
-        "num_kv_heads": kv_heads(cfg, heads),
-        "layer_types": types,
-        "sliding_window": _positive(cfg.get("sliding_window")) if any(t in _SLIDING_TYPES for t in types) else None,
-        "attention_chunk_size": _positive(cfg.get("attention_chunk_size")) if CHUNKED in types else None,
-    }
+def cache_tensors(cache: Any) -> Iterator[tuple[str, Any]]:
+    """``(place, tensor)`` for every tensor the cache object holds, each once (shared ones at their first place).
+
+    Walks lists, tuples, dicts and the attributes of transformers' cache objects (``Cache``,
+    its layers, a model's own cache class), never modules or configs.
+    """
+    import torch
+
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, int]] = [("cache", cache, 0)]
+    while stack:
+        place, obj, depth = stack.pop()
+        if id(obj) in seen or depth > _MAX_DEPTH:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            yield place, obj
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((f"{place}[{i}]", x, depth + 1) for i, x in enumerate(obj))
+        elif isinstance(obj, dict):
+            stack.extend((f"{place}[{k!r}]", x, depth + 1) for k, x in obj.items())
+        elif not isinstance(obj, (torch.nn.Module, type)) and _is_cache_object(obj) and hasattr(obj, "__dict__"):
+            stack.extend((f"{place}.{k}", x, depth + 1) for k, x in vars(obj).items())
 
 
-def cached_tokens(layer_type: str, tokens: int, sliding_window: int | None = None,
-                  attention_chunk_size: int | None = None) -> int:
-    """Tokens one layer of ``layer_type`` holds after ``tokens`` of context."""
-    if layer_type in _EMPTY_TYPES:
-        return 0
-    if layer_type in _SLIDING_TYPES and sliding_window:
-        return min(tokens, sliding_window - 1)
-    if layer_type == CHUNKED and attention_chunk_size:
-        return min(tokens, attention_chunk_size - 1)
-    return tokens
+def _sizes(cache: Any, dtype: Any) -> dict[str, tuple[int, int]]:
+    """``place -> (elements in the model's dtype, bytes of other tensors)``."""
+    out: dict[str, tuple[int, int]] = {}
+    for place, t in cache_tensors(cache):
+        if t.dtype == dtype:
+            out[place] = (t.numel(), 0)
+        else:
+            out[place] = (0, t.numel() * t.element_size())
+    return out
 
 
-def kv_cache_bytes_for(*, num_layers: int, kv_heads: int, head_dim: int, width: int, tokens: int, batch: int = 1,
-                       layer_types: tuple[str, ...] = (), sliding_window: int | None = None,
-                       attention_chunk_size: int | None = None) -> int:
-    """Keys and values: ``2 x (tokens each layer holds, summed) x KV heads x head dim x bytes x batch``."""
-    held = sum(cached_tokens(t, tokens, sliding_window, attention_chunk_size) for t in layer_types[:num_layers])
-    held += tokens * max(0, num_layers - len(layer_types))
-    return 2 * held * kv_heads * head_dim * width * batch
+def _layer_bounds(cache: Any) -> list[int]:
+    """The most tokens each layer of a transformers ``Cache`` says it can hold (``get_max_length``; -1: no bound)."""
+    out = []
+    for layer in getattr(cache, "layers", None) or ():
+        try:
+            out.append(int(layer.get_max_length()))
+        except (AttributeError, TypeError, ValueError, NotImplementedError):
+            out.append(-1)
+    return out
+
+
+def measure_cache(model: Any, what: str) -> CacheProfile:
+    """Run ``model`` (built on the meta device) forward and read the cache it returns.
+
+    Probes at :data:`PROBE_LENGTHS` tokens; when a cache layer says it holds at most more
+    tokens than the last of them (a window), once more just past that bound (at most
+    :data:`MAX_PROBE_TOKENS`), so the window shows. Call inside
+    :func:`workbench.store.skeleton.skeleton_budget`: the forward passes are bounded with the build.
+
+    Args:
+        model: a causal LM transformers built on the ``meta`` device.
+        what: the model's name, for errors.
+
+    Raises:
+        EstimateUnavailableError: the model cannot run on the meta device (``reason="cache"``),
+            or its cache does not grow as ``fixed + rate x min(tokens, window)``.
+    """
+    import torch
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
+    lengths = list(PROBE_LENGTHS)
+    runs: list[dict[str, tuple[int, int]]] = []
+    i = 0
+    while i < len(lengths):
+        ids = torch.zeros((1, lengths[i]), dtype=torch.long, device="meta")
+        try:
+            with torch.no_grad():
+                out = model(input_ids=ids, use_cache=True)
+        except EstimateUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any library failure means: not measurable this way
+            raise EstimateUnavailableError(
+                f"{what}: transformers cannot run it on the meta device to measure its cache "
+                f"({type(exc).__name__}: {str(exc)[:200]})",
+                hint="its KV cache cannot be measured before loading; give the context length yourself",
+                name=what, reason="cache") from None
+        cache = getattr(out, "cache", None)  # transformers 5.x renames past_key_values `cache`
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        runs.append(_sizes(cache, dtype) if cache is not None else {})
+        if i == len(PROBE_LENGTHS) - 1:
+            bound = max([-1, *_layer_bounds(cache)])
+            if bound >= lengths[-1]:
+                lengths.append(min(bound + 1, MAX_PROBE_TOKENS))
+        del out, cache
+        i += 1
+    return _fit(runs, tuple(lengths), what)
+
+
+def _fit(runs: list[dict[str, tuple[int, int]]], lengths: tuple[int, ...], what: str) -> CacheProfile:
+    """Per tensor place: ``fixed + rate x min(t, cap)`` from the runs at ``lengths`` (``1, 2, check..., longest``)."""
+    places = sorted(set().union(*runs))
+    growth: dict[int | None, list[int]] = {}
+    state = [0, 0]
+    longest = lengths[-1]
+
+    def bad(place: str) -> EstimateUnavailableError:
+        seen = ", ".join(f"{n} tokens: {sum(r.get(place, (0, 0)))}" for n, r in zip(lengths, runs))
+        return EstimateUnavailableError(
+            f"{what}: its cache tensor {place} does not grow as held tokens times a size ({seen})",
+            hint="its KV cache cannot be measured before loading", name=what, reason="cache")
+
+    for place in places:
+        sizes = [r.get(place, (0, 0)) for r in runs]
+        for k in (0, 1):  # elements in the model's dtype, then other bytes
+            at = [s[k] for s in sizes]
+            rate = at[1] - at[0]
+            fixed = at[0] - rate
+            if rate < 0 or fixed < 0:
+                raise bad(place)
+            if rate == 0:
+                if any(a != at[0] for a in at):
+                    raise bad(place)
+                state[k] += fixed
+                continue
+            held, rem = divmod(at[-1] - fixed, rate)
+            if rem or held > longest or held < 2:
+                raise bad(place)
+            cap = None if held == longest else held
+            for n, a in zip(lengths[2:-1], at[2:-1]):
+                if a != fixed + rate * (n if cap is None else min(n, cap)):
+                    raise bad(place)
+            state[k] += fixed
+            slot = growth.setdefault(cap, [0, 0])
+            slot[k] += rate
+    parts = tuple(CacheGrowth(cap, e, b) for cap, (e, b) in
+                  sorted(growth.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+    return CacheProfile(parts, state[0], state[1], longest)
+
+
+def gguf_kv_bytes_per_token(num_layers: int | None, kv_heads: int | None, head_dim: int | None,
+                            width: int) -> int | None:
+    """llama.cpp's cache for a GGUF model: keys and values of every layer's KV heads, per token.
+
+    ``llama-kv-cache.cpp`` allocates ``n_embd_k_gqa + n_embd_v_gqa`` (KV heads x head
+    size, each) per layer and cell; ``None`` when the header lacks a count.
+    """
+    if not (num_layers and kv_heads and head_dim):
+        return None
+    return 2 * num_layers * kv_heads * head_dim * width

@@ -18,10 +18,14 @@ the rules its bitsandbytes integration applies at load time:
   (``PreTrainedModel._get_dtype_plan``);
 * ``get_memory_footprint()`` counts parameters and buffers, each once.
 
+The same skeleton is run forward on the meta device for the cache a context
+leaves (:mod:`workbench.store.kv_cache`), inside the same bound.
+
 Building needs torch and transformers; it is cached per config file, and
 :func:`model_layout` returns ``None`` (the estimate then falls back to header
-rules) when the model cannot be built: no torch, remote code, GGUF, a
-``model_type`` this transformers does not know.
+rules for the weights, and says why the cache is unavailable) when the model cannot
+be built: no torch, remote code, GGUF, a ``model_type`` this transformers does not
+know (:func:`layout_or_reason` gives the reason).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 from .._transformers_compat import fp32_matchers, modules_not_to_convert, should_convert_module
 from ..errors import EstimateUnavailableError
 from .folder_json import config_or_none
+from .kv_cache import CacheProfile, measure_cache
 from .skeleton import check_config_counts, skeleton_budget
 
 logger = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ class ModelLayout:
             loading in float16 / bfloat16.
         fixed_bytes: buffers and parameters whose dtype does not follow the load (float32 ``inv_freq``,
             integer buffers), in bytes.
+        cache: the cache one sequence holds (:class:`~workbench.store.kv_cache.CacheProfile`), measured
+            by a meta-device forward pass; ``None`` when it could not be (``cache_problem`` says why).
     """
 
     params: int
@@ -64,6 +71,8 @@ class ModelLayout:
     fp32_fp16_params: int
     fp32_bf16_params: int
     fixed_bytes: int
+    cache: CacheProfile | None = None
+    cache_problem: str | None = None
 
     def other_bytes(self, width: int, dtype: str) -> int:
         """Bytes of everything bitsandbytes leaves alone, loading in ``dtype`` (``width`` bytes an element)."""
@@ -75,7 +84,7 @@ class ModelLayout:
         return self.other_bytes(width, dtype) + self.linear_params * width
 
 
-_cache: dict[tuple[Any, ...], ModelLayout | EstimateUnavailableError | None] = {}
+_cache: dict[tuple[Any, ...], ModelLayout | EstimateUnavailableError | str] = {}
 _lock = threading.Lock()
 
 
@@ -90,6 +99,15 @@ def _config_key(folder: Path, skip: tuple[str, ...] | None) -> tuple[Any, ...] |
 def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -> ModelLayout | None:
     """The layout of the model in ``folder`` as transformers builds it; ``None`` if it cannot be built.
 
+    See :func:`layout_or_reason` (same arguments and errors).
+    """
+    found = layout_or_reason(folder, skip_modules=skip_modules)
+    return found if isinstance(found, ModelLayout) else None
+
+
+def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -> ModelLayout | str:
+    """The layout of the model in ``folder`` as transformers builds it, or why it cannot be built (a sentence).
+
     Args:
         folder: a model folder with ``config.json``.
         skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's);
@@ -101,7 +119,7 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -
     """
     key = _config_key(folder, skip_modules)
     if key is None:
-        return None
+        return "it has no readable config.json"
     with _lock:
         if key in _cache:
             cached = _cache[key]
@@ -121,23 +139,31 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -
     return layout
 
 
-def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | None:
+def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | str:
     skeleton = _meta_skeleton(folder, skip_modules)
-    if skeleton is None:
-        return None
-    model, skip, matchers = skeleton
+    if isinstance(skeleton, str):
+        return skeleton
+    model, skip, matchers, cache, cache_problem = skeleton
     quantized, rows = _quantized_weights(model, skip)
-    return _count(model, quantized, rows, matchers)
+    return _count(model, quantized, rows, matchers, cache, cache_problem)
 
 
-def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, list[str], dict[str, Any]] | None:
-    """``(model on the meta device, modules not quantized, fp32 matchers)``, or ``None`` when it cannot be built."""
+def model_class(config: Any) -> Any:
+    """The transformers auto class the runtime loads ``config`` with (the skeleton is built with the same)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def _meta_skeleton(folder: Path, skip_modules: list[str] | None
+                   ) -> tuple[Any, list[str], dict[str, Any], CacheProfile | None, str | None] | str:
+    """``(model on the meta device, modules not quantized, fp32 matchers, cache, cache problem)``, or why not."""
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
     except ImportError as exc:
         logger.debug("no model layout for %s: %s", folder, exc)
-        return None
+        return f"torch and transformers are not installed ({exc})"
     raw = config_or_none(folder)
     if raw is not None:  # before transformers expands per-layer lists for a million layers
         check_config_counts(raw, folder.name)
@@ -147,15 +173,24 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None) -> tuple[Any, l
             # Build the full-precision skeleton; the caller knows how the checkpoint is packed.
             del config.quantization_config
         _import_model_class(config)  # a first import of the modeling code is not the skeleton's cost
+        auto = model_class(config)
+        cache: CacheProfile | None = None
+        cache_problem: str | None = None
         # The one bound on a skeleton's cost (workbench/store/skeleton.py): a config declaring
-        # thousands of layers is refused, a build past its module or time budget abandoned.
+        # thousands of layers is refused, a build or forward pass past its module or time budget abandoned.
         with skeleton_budget(folder.name), _quiet(), torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        return model, modules_not_to_convert(model, skip_modules), fp32_matchers(model)
+            model = auto.from_config(config, dtype=torch.bfloat16)
+            try:
+                cache = measure_cache(model, folder.name)
+            except EstimateUnavailableError as exc:
+                if exc.reason != "cache":
+                    raise
+                cache_problem = str(exc)
+        return model, modules_not_to_convert(model, skip_modules), fp32_matchers(model), cache, cache_problem
     except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
             NotImplementedError, AssertionError) as exc:
         logger.debug("no model layout for %s: %s: %s", folder, type(exc).__name__, exc)
-        return None
+        return f"transformers cannot build it ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _import_model_class(config: Any) -> None:
@@ -186,7 +221,8 @@ def _quantized_weights(model: Any, skip: list[str]) -> tuple[set[str], int]:
     return quantized, rows
 
 
-def _count(model: Any, quantized: set[str], rows: int, matchers: dict[str, Any]) -> ModelLayout:
+def _count(model: Any, quantized: set[str], rows: int, matchers: dict[str, Any], cache: CacheProfile | None = None,
+           cache_problem: str | None = None) -> ModelLayout:
     import torch
 
     params = linear = follows = fixed = 0
@@ -211,7 +247,7 @@ def _count(model: Any, quantized: set[str], rows: int, matchers: dict[str, Any])
             fixed += b.numel() * b.element_size()
     return ModelLayout(params=params, linear_params=linear, linear_rows=rows, linear_count=len(quantized),
                        follows_params=follows, fp32_fp16_params=kept["float16"], fp32_bf16_params=kept["bfloat16"],
-                       fixed_bytes=fixed)
+                       fixed_bytes=fixed, cache=cache, cache_problem=cache_problem)
 
 
 class _quiet:

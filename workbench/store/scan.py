@@ -23,7 +23,6 @@ from .folder_json import read_json, read_json_object
 from .gguf_header import TORCH_DTYPES, read_gguf_header
 from .gguf_split import merge_hint, split_name
 from .index_cache import IndexCache
-from .kv_cache import kv_fields
 from .moe import active_params, is_routed_expert, is_router, moe_fields
 from .roots import outside_root
 from .safetensors_header import TORCH_NAMES, header_length, read_safetensors_header
@@ -166,7 +165,8 @@ def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
         "head_dim": head_dim,
         "vocab_size": cfg.get("vocab_size"),
         "quantization": quant_name,
-        **kv_fields(cfg, heads, _first(cfg, "num_hidden_layers", "n_layer", "num_layers")),
+        # As the config says it (display only: the cache is measured, workbench/store/kv_cache.py).
+        "num_kv_heads": _first(cfg, "num_key_value_heads", "num_kv_heads", "n_head_kv") or heads,
         **moe_fields(cfg),
     }
 

@@ -87,10 +87,14 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
             parts.append(f"<p>No estimate: {esc(exc)}</p>")
         else:
             rows = [[label, format_bytes(est.weights_bytes), format_bytes(est.quant_state_bytes),
-                     format_bytes(est.total_bytes), format_bytes(est.kv_cache_bytes_per_1k_tokens)]
+                     format_bytes(est.total_bytes), format_bytes(est.kv_cache_bytes_per_1k_tokens),
+                     format_bytes(est.cache_state_bytes)]
                     for label, est in table.items()]
-            parts.append(html_table(["Precision", "Weights", "Quant state", "Total", "KV cache / 1k tokens"], rows,
-                                    caption="Estimate (before loading)"))
+            parts.append(html_table(["Precision", "Weights", "Quant state", "Total", "KV cache / 1k tokens",
+                                     "Cache state / sequence"], rows, caption="Estimate (before loading)"))
+            problem = next(iter(table.values())).cache_problem if table else None
+            if problem:
+                parts.append(f"<p>KV cache: {esc(problem)}</p>")
             if entry.ok:  # a load of anything else is refused before any fit is checked
                 parts.append(_fits_html(entry, devices))
     return "".join(parts)
