@@ -135,7 +135,13 @@ def test_workbench_links_the_panels(tiny_store: Path, registry, monkeypatch: pyt
     wb.load.controls.model.value = "tiny-gpt2"
     wb.load.controls.load.click()
     loaded = wb.load.wait()
-    assert wb.selected_tab == "Prompt" and wb.prompt.model == loaded.name
+    # The Load tab stays, showing the placement and footprint, and offers the next step.
+    assert wb.selected_tab == "Load" and wb.prompt.model == loaded.name
+    assert loaded.name in wb.load.outputs.loaded.value
+    nxt = wb.load.controls.next
+    assert nxt.layout.display != "none" and "Prompt" in nxt.description
+    nxt.click()
+    assert wb.selected_tab == "Prompt"
     result = wb.prompt.send("Hello", wait=True)
     assert result.new_tokens > 0
     monkeypatch.setenv("WORKBENCH_DISPLAY", "static")

@@ -22,6 +22,7 @@ from workbench.serve import DcgmWatcher, EngineWatcher
 from workbench.serve.endpoint import Endpoint
 from workbench.serve.registry import EndpointRegistry
 from workbench.ui import TelemetryPanel
+from workbench.ui.figures import synced_state
 
 
 class Pages:
@@ -78,6 +79,11 @@ def test_engine_and_dcgm_figures_update_in_the_batched_redraw(event_log) -> None
     # On the panel's one timeline (seconds before the newest reading of anything): 2 s apart.
     x = np.asarray(eng_fig.data[0].x)
     assert x.dtype == np.float32 and x[-1] <= 0 and x[-1] - x[0] == pytest.approx(2.0)
+    # New traces: the figure is sent whole, as a new widget with every trace from its first message.
+    assert panel.figures["dcgm:http://node-a:9400/metrics"] is not dcgm_fig and panel.resends == 1
+    assert panel.figures["engine:team-vllm"] is eng_fig  # same traces: updated in place
+    dcgm_fig = panel.figures["dcgm:http://node-a:9400/metrics"]
+    assert [len(d["x"]) for d in synced_state(dcgm_fig)[0]] == [len(d.x) for d in dcgm_fig.data]
     names = [d.name for d in dcgm_fig.data]
     assert names == ["node-a/gpu 0", "node-a/gpu 1", "node-b/gpu 0"] * 4
     assert list(dcgm_fig.data[0].y) == [97.0, 40.0]                    # utilisation, %

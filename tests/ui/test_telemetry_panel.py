@@ -9,6 +9,7 @@ import pytest
 
 from workbench.telemetry import GpuSample, HostSample, Sampler
 from workbench.ui import TelemetryPanel
+from workbench.ui.figures import synced_state
 from workbench.ui.telemetry_panel import MAX_POINTS, REDRAW_INTERVAL_S
 
 
@@ -191,3 +192,67 @@ def test_static_twin_has_a_plotly_figure_and_export(sampler, event_log, tmp_path
     path = panel.export_csv(tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().startswith("time_s,type,cpu_percent")
     assert path.endswith("t.csv")
+
+
+def _points(widget_data: list[dict]) -> list[int]:
+    """Points per trace in a FigureWidget's synced state: what a new view (or a reloaded page) draws."""
+    return [len(d.get("y", ())) for d in widget_data]
+
+
+def test_every_figure_is_sent_with_its_data_and_again_whole_when_shown(event_log) -> None:
+    clock = FakeClock()
+    s = HandSampler(interval_s=1, history_s=600, sources=[FakeHost()])
+    for _ in range(5):
+        s.sample_now()
+    panel = TelemetryPanel(sampler=s, window_s=600, event_log=event_log, clock=clock)
+    _ = panel.widget
+    fig = panel.figures["host"]
+    # Constructed complete: the synced state itself has 3 traces with their points (a view made
+    # later, or after a reload, draws them), not an empty figure filled by later diff messages.
+    assert _points(synced_state(fig)[0]) == [len(d.y) for d in fig.data] and len(fig.data) == 3
+    assert min(_points(synced_state(fig)[0])) >= 5
+    for _ in range(3):
+        s.sample_now()
+    clock.now = 1
+    panel.tick()
+    assert panel.figures["host"] is fig  # a tick restyles in place
+    panel.on_show()  # the tab is shown: the whole figure again, with the newest data in its first message
+    shown = panel.figures["host"]
+    assert shown is not fig and panel.resends == 1
+    assert _points(synced_state(shown)[0]) == [len(d.y) for d in fig.data] and min(_points(synced_state(shown)[0])) >= 8
+    # A Window change sends it whole too, with the new range.
+    panel.controls.window.value = 60.0
+    assert panel.window_s == 60 and panel.resends == 2
+    assert synced_state(panel.figures["host"])[1]["xaxis"]["range"][0] >= -60
+    panel.close()
+    s.close()
+
+
+def test_window_menu_shows_the_panels_window(sampler, event_log) -> None:
+    from workbench.ui.telemetry_panel import window_label, window_options
+
+    panel = TelemetryPanel(sampler=sampler, window_s=600, event_log=event_log)
+    menu = panel.controls.window
+    assert menu.value == 600 and menu.label == "10 min"
+    assert window_label(7200) == "2 hours" and window_label(90) == "90 s"
+    odd = dict(window_options(120))
+    assert odd["2 min"] == 120 and list(odd.values()) == sorted(odd.values())
+    panel.close()
+
+
+def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event_log) -> None:
+    panel = TelemetryPanel(sampler=sampler, window_s=300, event_log=event_log)
+    event_log.post("load_started", "loading tiny", model="tiny")
+    event_log.post("load_finished", "loaded tiny", model="tiny")  # same moment: one label for both
+    fig = panel.figure("host")
+    assert tuple(fig.layout.yaxis.range) == (0, 100)  # CPU (%)
+    assert fig.layout.yaxis2.range is None  # RAM (GiB) autoscales
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"  # under the plots, off the modebar
+    labels = [a for a in fig.layout.annotations if a.hovertext]
+    assert len(labels) == 1 and labels[0].text == "load started +1"
+    assert "loading tiny" in labels[0].hovertext and "loaded tiny" in labels[0].hovertext
+    # Inside the subplot, running down from its top: not over the subplot titles above it.
+    assert labels[0].y < 1 and labels[0].yanchor == "top"
+    titles = [a for a in fig.layout.annotations if not a.hovertext]
+    assert all(t.y >= 1 for t in titles)
+    panel.close()

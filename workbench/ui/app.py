@@ -24,8 +24,9 @@ class Workbench:
     """The workbench as one app: Store, Load, Prompt, Telemetry, Quantization and Serve tabs.
 
     Panels talk through the app: a refreshed store re-lists models in Load, and a
-    finished load selects the model in Prompt and switches to that tab. More
-    panels plug in with :meth:`add_panel`.
+    finished load selects the model in Prompt (the Load tab stays on show with the
+    placement and footprint, and offers the next step). Showing a tab sends its
+    figures whole again (:meth:`Panel.on_show`). More panels plug in with :meth:`add_panel`.
 
     Args:
         store: the model store; default ``ModelStore()`` (``WORKBENCH_STORE``).
@@ -59,6 +60,7 @@ class Workbench:
         self._first_tab = tab
         self.store.on_change(self._store_changed)
         self.load.on_change(self._loaded_changed)
+        self.load.on_next("Next: chat with it in Prompt", lambda: self.select_tab("Prompt"))
 
     @property
     def registry(self) -> Registry:
@@ -90,9 +92,15 @@ class Workbench:
         self.quantization.refresh_models()
 
     def _loaded_changed(self) -> None:
-        names = self.prompt.refresh_models()
-        if names and self._tab_widget is not None:
-            self.select_tab("Prompt")
+        # No jump to Prompt: the Load tab shows where the model went and what it costs, and its
+        # next-step button (LoadPanel.on_next) brings the user here when they are ready.
+        self.prompt.refresh_models()
+
+    def _tab_shown(self, change: dict[str, Any]) -> None:
+        index = change["new"]
+        panels = list(self.panels.values())
+        if isinstance(index, int) and 0 <= index < len(panels):
+            panels[index].guarded(lambda: panels[index].on_show())()
 
     def select_tab(self, title: str) -> None:
         """Show one tab by its title (``"Store"``, ``"Load"``, ``"Prompt"``, ``"Telemetry"``).
@@ -128,6 +136,7 @@ class Workbench:
             first = self._first_tab or ("Prompt" if self.load.loaded() else "Load")
             self._tab_widget.selected_index = titles.index(first) if first in titles else 0
             self.prompt.refresh_models()
+            self._tab_widget.observe(self._tab_shown, names="selected_index")
             header = widgets.HTML(self._header_html())
             self._root = widgets.VBox([header, self._tab_widget], layout=widgets.Layout(width="100%"))
             self._root.add_class("workbench-app")

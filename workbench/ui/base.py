@@ -185,6 +185,10 @@ class Panel:
     def _output_widgets(self) -> dict[str, Any]:
         return {}
 
+    def on_show(self) -> None:
+        """Called when the app shows this panel's tab; panels with figures send them whole again
+        (a view created while hidden, or that missed an update, then shows the current data)."""
+
     # --- the banner ------------------------------------------------------------------------
 
     def show_message(self, message: str, kind: str = "info") -> None:

@@ -121,6 +121,7 @@ class LoadPanel(Panel):
         self.progress: tuple[str, float, str] = ("idle", 0.0, "")
         self.last_unload: UnloadReport | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._next_step: tuple[str, Callable[[], None]] | None = None
         self._progress_throttle = Throttle(0.1)
         self._device_throttle = Throttle(DEVICE_REFRESH_S)
         self._unsubscribe: Callable[[], None] | None = None
@@ -137,6 +138,13 @@ class LoadPanel(Panel):
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after every load and unload (the Prompt panel lists loaded models)."""
         self._listeners.append(callback)
+
+    def on_next(self, label: str, callback: Callable[[], None]) -> None:
+        """Offer a next step after a load: a button ``label`` beside the loaded-models table that calls
+        ``callback()`` (the app's "Next: Prompt" opens its Prompt tab). The Load tab stays on show, so
+        the placement and footprint of the load are seen first."""
+        self._next_step = (label, callback)
+        self._render_loaded()
 
     def _notify(self) -> None:
         for cb in list(self._listeners):
@@ -443,6 +451,9 @@ class LoadPanel(Panel):
         self._loaded_w = widgets.HTML()
         self._unload_pick = widgets.Dropdown(description="Loaded", layout=widgets.Layout(width="300px"))
         self._unload_button = widgets.Button(description="Unload", icon="eject", layout=widgets.Layout(width="110px"))
+        self._next_button = widgets.Button(description="Next", icon="arrow-right", button_style="success",
+                                           layout=widgets.Layout(width="auto", display="none"))
+        self._next_button.on_click(self.guarded(lambda _: self._next_step and self._next_step[1]()))
 
         for w in (self._model_w, self._dtype_w, self._quant_w, self._dq_w, self._compute_w,
                   *self._device_boxes.values(), *self._budget_fields.values()):
@@ -465,8 +476,9 @@ class LoadPanel(Panel):
             self._check_w,
             widgets.HBox([self._load_button, self._cancel_button, self._bar, self._progress_label]),
             self._loaded_w,
-            widgets.HBox([self._unload_pick, self._unload_button]),
-        ])
+            widgets.HBox([self._unload_pick, self._unload_button, self._next_button],
+                         layout=widgets.Layout(flex_flow="row wrap")),
+        ], layout=widgets.Layout(width="100%", min_width="0"))
 
     def _control_widgets(self) -> dict[str, Any]:
         """``model``, ``devices`` and ``budgets`` (GiB; 0 = no cap), both keyed by device name, ``dtype``,
@@ -475,7 +487,7 @@ class LoadPanel(Panel):
         return {"model": self._model_w, "devices": self._device_boxes, "budgets": self._budget_fields,
                 "dtype": self._dtype_w, "quant": self._quant_w, "double_quant": self._dq_w,
                 "compute_dtype": self._compute_w, "load": self._load_button, "cancel": self._cancel_button,
-                "unload_pick": self._unload_pick, "unload": self._unload_button}
+                "unload_pick": self._unload_pick, "unload": self._unload_button, "next": self._next_button}
 
     def _output_widgets(self) -> dict[str, Any]:
         """``check`` (the fit check), ``device_labels`` (by device name), ``progress`` (a bar, 0..1),
@@ -539,6 +551,9 @@ class LoadPanel(Panel):
         self._unload_pick.options = names
         self._unload_pick.value = names[-1] if names else None
         self._unload_button.disabled = not names
+        if self._next_step is not None:
+            self._next_button.description = self._next_step[0]
+        self._next_button.layout.display = "" if names and self._next_step is not None else "none"
 
     def close(self) -> None:
         if self._unsubscribe is not None:

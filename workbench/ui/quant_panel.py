@@ -15,6 +15,7 @@ from ..quant.study import DEFAULT_VARIANTS
 from ..store import ModelStore, format_bytes
 from .base import Panel, Throttle
 from .display import banner_html, esc, figure_html, html_table
+from .figures import FigureSlot
 
 if TYPE_CHECKING:
     from ..runtime import Registry
@@ -210,8 +211,9 @@ class QuantizationPanel(Panel):
         self._bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="300px"))
         self._status = widgets.HTML()
         self._table_w = widgets.HTML()
-        self._quality_fig = go.FigureWidget(layout={"height": 320, "title": "Memory vs quality"})
-        self._speed_fig = go.FigureWidget(layout={"height": 320, "title": "Decode speed"})
+        # Slots, not FigureWidgets filled later: each result is sent as a whole new figure (see ui/figures.py).
+        self._quality = FigureSlot(go.Figure(layout={"height": 320, "title": "Memory vs quality"}), height=320)
+        self._speed = FigureSlot(go.Figure(layout={"height": 320, "title": "Decode speed"}), height=320)
         for w in (self._model_w, self._device_w, self._tokens_w, *self._boxes.values()):
             w.observe(self.guarded(self._from_widgets), names="value")
         self._run_button.on_click(self.guarded(lambda _: self.run(wait=False)))
@@ -224,8 +226,11 @@ class QuantizationPanel(Panel):
                           *self._boxes.values()]),
             widgets.HBox([self._run_button, self._cancel_button, self._bar, self._status]),
             self._table_w,
-            widgets.HBox([self._quality_fig, self._speed_fig]),
-        ])
+            # Side by side where there is room, one under the other where not (no plot cut at the right).
+            widgets.Box([self._quality.box, self._speed.box],
+                        layout=widgets.Layout(display="grid", grid_template_columns="repeat(auto-fit, minmax(380px, 1fr))",
+                                              width="100%", grid_gap="8px")),
+        ], layout=widgets.Layout(width="100%", min_width="0"))
 
     def _control_widgets(self) -> dict[str, Any]:
         """``model``, ``device``, ``variants`` (checkboxes by variant label), ``eval_tokens``, ``run``, ``cancel``."""
@@ -236,7 +241,7 @@ class QuantizationPanel(Panel):
         """``progress`` (a bar, 0..1), ``status``, ``table`` (the study's results) and the ``quality`` and
         ``speed`` figures."""
         return {"progress": self._bar, "status": self._status, "table": self._table_w,
-                "quality": self._quality_fig, "speed": self._speed_fig}
+                "quality": self._quality.figure, "speed": self._speed.figure}
 
     def _render_results(self) -> None:
         if not hasattr(self, "_table_w"):  # widgets not built: the static twin renders on demand
@@ -248,11 +253,14 @@ class QuantizationPanel(Panel):
                                          caption=f"{self.study.model} on {self.study.device}, "
                                                  f"{self.study.eval_tokens} evaluation tokens")
         quality, speed = study_figures(self.study)
-        for live, fig in ((self._quality_fig, quality), (self._speed_fig, speed)):
-            with live.batch_update():
-                live.data = ()
-                live.add_traces(list(fig.data))
-                live.layout.title = fig.layout.title
+        self._quality.show(quality)
+        self._speed.show(speed)
+
+    def on_show(self) -> None:
+        """The tab is shown: send both figures whole again."""
+        if hasattr(self, "_quality"):
+            self._quality.resend()
+            self._speed.resend()
 
     # --- static ----------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ Redraws are cheap on purpose: at most 4 a second, one ``batch_update()`` each
 (one comm message for every trace and mark), at most :data:`MAX_POINTS` points a
 trace, float32 values, and x as float32 seconds relative to the newest sample.
 They run on the sampler's subscriber thread, so the kernel never blocks on a plot.
+Each figure lives in a :class:`~workbench.ui.figures.FigureSlot`: built with its traces, and
+sent whole again when the tab is shown, the window changes or the traces change, so a view
+created late, reloaded or fed on a busy machine still shows the data.
 """
 
 from __future__ import annotations
@@ -48,7 +51,11 @@ MAX_POINTS = 600
 MAX_EVENTS = 40
 REDRAW_INTERVAL_S = 0.25  # at most 4 redraws a second
 GIB = float(2**30)
-WINDOWS = (("1 min", 60), ("5 min", 300), ("15 min", 900), ("1 hour", 3600))
+WINDOWS = (("1 min", 60), ("5 min", 300), ("10 min", 600), ("15 min", 900), ("1 hour", 3600))
+# Subplots whose values are percentages: drawn on 0..100 (autoscaling made a 0.4-point dip of a
+# 99.6-100 % CPU look like a fall to zero).
+PERCENT_TITLES = frozenset({"Utilisation (%)", "CPU (%)", "KV cache used (%)"})
+EVENT_LABEL_GAP = 0.04  # events closer than this share of the window share one label
 
 # Per GPU: (metric, subplot title, scale divisor, unit)
 GPU_PLOTS = (
@@ -86,6 +93,30 @@ class Trace:
     name: str
     x: np.ndarray
     y: np.ndarray
+
+
+def window_label(seconds: float) -> str:
+    """``600`` -> ``"10 min"``, ``90`` -> ``"90 s"``, ``7200`` -> ``"2 hours"``: the Window menu's words.
+
+    Example:
+        >>> window_label(600), window_label(45), window_label(3600)
+        ('10 min', '45 s', '1 hour')
+    """
+    s = float(seconds)
+    if s >= 3600 and s % 3600 == 0:
+        hours = int(s // 3600)
+        return f"{hours} hour" + ("s" if hours > 1 else "")
+    if s >= 60 and s % 60 == 0:
+        return f"{int(s // 60)} min"
+    return f"{s:g} s"
+
+
+def window_options(window_s: float) -> list[tuple[str, float]]:
+    """The Window menu: the usual windows, plus ``window_s`` where it is not one of them, in order."""
+    options = [(label, float(sec)) for label, sec in WINDOWS]
+    if all(sec != float(window_s) for _, sec in options):
+        options.append((window_label(window_s), float(window_s)))
+    return sorted(options, key=lambda o: o[1])
 
 
 def _downsample(times: np.ndarray, values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +187,8 @@ class TelemetryPanel(Panel):
         self._throttle = Throttle(REDRAW_INTERVAL_S, clock)
         self._draw_lock = threading.Lock()
         self._unsubscribers: list[Any] = []
-        self._figures: dict[str, Any] = {}  # "host" or a GPU name -> FigureWidget
+        self._slots: dict[str, Any] = {}  # "host" or a GPU name -> FigureSlot (its FigureWidget)
+        self.resends = 0  # whole-figure sends after the first build (tab shown, window changed, traces changed)
         self._engines: list[EngineWatcher] | None = None if watchers is None else list(watchers)
         self._dcgm: list[DcgmWatcher] = []
         self._owned: list[Any] = []  # watchers this panel made: it starts and stops them
@@ -287,25 +319,28 @@ class TelemetryPanel(Panel):
             return f"GPUs from DCGM exporter {key.removeprefix(DCGM_PREFIX)}"
         return f"GPU {key}"
 
-    def _empty_figure(self, key: str, widget: bool) -> Any:
-        import plotly.graph_objects as go
+    def _empty_figure(self, key: str) -> Any:
         from plotly.subplots import make_subplots
 
         rows, cols, titles = self._layout(key)
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                            vertical_spacing=0.16 if rows > 1 else 0.1)
-        if widget:
-            fig = go.FigureWidget(fig)
-        fig.update_layout(height=260 * rows, margin=dict(l=50, r=20, t=60, b=40),
+                            vertical_spacing=0.2 if rows > 1 else 0.1)
+        legend = key not in self.devices()
+        # The legend under the plots, left: at the top right it sat on the modebar.
+        fig.update_layout(height=260 * rows + (40 if legend else 0), margin=dict(l=50, r=20, t=60, b=90 if legend else 50),
                           title=dict(text=esc(self._title(key)), x=0.01),
-                          showlegend=key not in self.devices(), template="plotly_white",
-                          legend=dict(orientation="h", x=1.0, xanchor="right", y=1.18, yanchor="bottom"))
+                          showlegend=legend, template="plotly_white",
+                          legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.12 * (2 / rows), yanchor="top"))
         fig.update_xaxes(title_text="seconds (0 = latest sample)", range=[-self.window_s, 0])
+        for i, title in enumerate(titles):
+            if title in PERCENT_TITLES:
+                fig.update_yaxes(range=[0, 100], row=i // cols + 1, col=i % cols + 1)
         return fig
 
     def _marks(self, key: str, events: list[Any], t_end: float) -> tuple[list[dict], list[dict]]:
         rows, cols, _ = self._layout(key)
         shapes, annotations = [], []
+        groups: list[list[tuple[float, Any]]] = []
         for e in events:
             x = float(np.float32(e.time_s - t_end))
             colour = _EVENT_COLOURS.get(e.kind, "#7f7f7f")
@@ -313,10 +348,21 @@ class TelemetryPanel(Panel):
                 suffix = "" if i == 1 else str(i)
                 shapes.append(dict(type="line", xref=f"x{suffix}", yref=f"y{suffix} domain", x0=x, x1=x, y0=0, y1=1,
                                    line=dict(color=colour, width=1, dash="dot")))
-            # One label per event, on the first subplot; the message shows on hover.
-            annotations.append(dict(x=x, xref="x", yref="y domain", y=1.0, yanchor="bottom", showarrow=False,
-                                    text=esc(e.kind.replace("_", " ")), font=dict(size=9, color=colour),
-                                    textangle=-90, hovertext=esc(f"{e.kind}: {e.message}")))
+            if groups and x - groups[-1][-1][0] < EVENT_LABEL_GAP * self.window_s:
+                groups[-1].append((x, e))
+            else:
+                groups.append([(x, e)])
+        # One label per group of close events, inside the first subplot, running down from its top
+        # (above it the labels sat on the subplot titles, and close events printed over each other);
+        # every message shows on hover.
+        for group in groups:
+            x, first = group[0]
+            kinds = list(dict.fromkeys(e.kind.replace("_", " ") for _, e in group))
+            text = kinds[0] if len(kinds) == 1 else f"{kinds[0]} +{len(group) - 1}"
+            annotations.append(dict(x=x, xref="x", yref="y domain", y=0.98, yanchor="top", xanchor="left",
+                                    showarrow=False, text=esc(text), textangle=-90,
+                                    font=dict(size=9, color=_EVENT_COLOURS.get(first.kind, "#7f7f7f")),
+                                    hovertext=esc("; ".join(f"{e.kind}: {e.message}" for _, e in group))))
         return shapes, annotations
 
     def _fill(self, fig: Any, key: str, plots: list[list[Trace]], events: list[Any], t_end: float) -> None:
@@ -348,9 +394,16 @@ class TelemetryPanel(Panel):
         """A static ``go.Figure`` of one plot group (``"host"`` or a GPU name), for reports."""
         self._ensure_sampled()
         t_end, data = self.traces()
-        fig = self._empty_figure(key, widget=False)
-        self._fill(fig, key, data[key], self.events(t_end), t_end)
+        return self._complete_figure(key, data[key], self.events(t_end), t_end)
+
+    def _complete_figure(self, key: str, plots: list[list[Trace]], events: list[Any], t_end: float) -> Any:
+        fig = self._empty_figure(key)
+        self._fill(fig, key, plots, events, t_end)
         return fig
+
+    @staticmethod
+    def _same_traces(fig: Any, plots: list[list[Trace]]) -> bool:
+        return [d.name for d in fig.data] == [t.name for plot in plots for t in plot]
 
     # --- live ------------------------------------------------------------------------------
 
@@ -360,18 +413,30 @@ class TelemetryPanel(Panel):
         Returns:
             Whether it drew.
         """
-        if not self._figures or (self.paused and not force):
+        if not self._slots or (self.paused and not force):
             return False
         if not force and not self._throttle.ready():
             return False
+        return self._draw(whole=False)
+
+    def _draw(self, whole: bool) -> bool:
+        """Update every figure in place, or (``whole``, or where the traces changed) send it whole again."""
         with self._draw_lock:
+            if not self._slots:
+                return False
             t0 = time.perf_counter()
             t_end, data = self.traces()
             events = self.events(t_end)
-            for key, fig in list(self._figures.items()):
-                if key in data:
-                    with fig.batch_update():
-                        self._fill(fig, key, data[key], events, t_end)
+            for key, slot in list(self._slots.items()):
+                if key not in data:
+                    continue
+                if whole or not self._same_traces(slot.figure, data[key]):
+                    # A DCGM exporter reported another GPU, the window changed, the tab is shown.
+                    slot.show(self._complete_figure(key, data[key], events, t_end))
+                    self.resends += 1
+                else:
+                    with slot.figure.batch_update():
+                        self._fill(slot.figure, key, data[key], events, t_end)
             self._status.value = self.status_html()
             self.redraws += 1
             self.max_redraw_s = max(self.max_redraw_s, time.perf_counter() - t0)
@@ -391,9 +456,17 @@ class TelemetryPanel(Panel):
         self.redraw(force=True)
 
     def set_window(self, seconds: float) -> None:
-        """Show the last ``seconds`` of history."""
+        """Show the last ``seconds`` of history (the figures are sent whole, with the new window's data)."""
         self.window_s = float(seconds)
-        self.redraw(force=True)
+        if self._root is not None and self._window.value != self.window_s:
+            self._window.options = window_options(self.window_s)
+            self._window.value = self.window_s
+        self._draw(whole=True)
+
+    def on_show(self) -> None:
+        """The tab or cell came into view: send every figure whole (a view made while hidden, a lost
+        update, a reload all show the current data after it)."""
+        self._draw(whole=True)
 
     def export_csv(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write the history and events as CSV (see :func:`workbench.telemetry.to_csv`); returns the path."""
@@ -450,7 +523,7 @@ class TelemetryPanel(Panel):
         self._pause = widgets.ToggleButton(value=self.paused, description="Pause", icon="pause",
                                            tooltip="freeze the plots; sampling goes on",
                                            layout=widgets.Layout(width="110px"))
-        self._window = widgets.Dropdown(options=list(WINDOWS), value=min(WINDOWS, key=lambda w: abs(w[1] - self.window_s))[1],
+        self._window = widgets.Dropdown(options=window_options(self.window_s), value=self.window_s,
                                         description="Window", layout=widgets.Layout(width="200px"))
         export = widgets.Button(description="Export CSV", icon="file", layout=widgets.Layout(width="120px"))
 
@@ -463,22 +536,22 @@ class TelemetryPanel(Panel):
                 self.resume()
 
         self._pause.observe(self.guarded(on_pause), names="value")
-        self._window.observe(self.guarded(lambda ch: self.set_window(ch["new"])), names="value")
+        self._window.observe(self.guarded(lambda ch: ch["new"] != self.window_s and self.set_window(ch["new"])),
+                             names="value")
         export.on_click(self.guarded(lambda _: self.show_message(f"Wrote {self.export_csv()}", "ok")))
         self._export_button = export
 
         self._start_watchers(live=True)
-        figures = {key: self._empty_figure(key, widget=True)
-                   for key in ["host", *self.devices(), *self.watched_keys()]}
-        self._draw_initial(figures)
+        slots = self._build_slots()
         # Publish the figures (and subscribe) only once their traces exist, so a redraw on the
         # sampler's thread never races the first fill.
-        self._figures = figures
+        self._slots = slots
         self._unsubscribers = [self.sampler.subscribe(self._on_sample), self.event_log.subscribe(self._on_event)]
-        children = [widgets.HBox([self._pause, self._window, export]), self._status]
+        children = [widgets.HBox([self._pause, self._window, export], layout=widgets.Layout(flex_flow="row wrap")),
+                    self._status]
         # GPUs first: they are what people come for; the host plot last.
-        children += [figures[k] for k in [*self.devices(), *self.watched_keys(), "host"]]
-        return widgets.VBox(children)
+        children += [slots[k].box for k in [*self.devices(), *self.watched_keys(), "host"]]
+        return widgets.VBox(children, layout=widgets.Layout(width="100%", min_width="0"))
 
     def _control_widgets(self) -> dict[str, Any]:
         """``pause`` (a toggle), ``window`` (seconds shown) and ``export`` (CSV)."""
@@ -490,26 +563,31 @@ class TelemetryPanel(Panel):
 
     @property
     def figures(self) -> Mapping[str, Any]:
-        """The live figures by key (``"host"``, device names, watched engines), built on first access;
-        read-only."""
+        """The live ``FigureWidget`` of each key (``"host"``, device names, watched engines), built on
+        first access; read-only. A figure sent whole is a new widget: read this again after
+        :meth:`on_show`, :meth:`set_window` or a change in the traces."""
         _ = self.widget
-        return types.MappingProxyType(self._figures)
+        return types.MappingProxyType({key: slot.figure for key, slot in self._slots.items()})
 
-    def _draw_initial(self, figures: dict[str, Any]) -> None:
+    def _build_slots(self) -> dict[str, Any]:
+        from .figures import FigureSlot
+
         with self._draw_lock:
             self._status.value = self.status_html()
             t_end, data = self.traces()
             events = self.events(t_end)
-            for key, fig in figures.items():
-                with fig.batch_update():
-                    self._fill(fig, key, data.get(key, []), events, t_end)
+            return {key: FigureSlot(self._complete_figure(key, data.get(key, []), events, t_end))
+                    for key in ["host", *self.devices(), *self.watched_keys()]}
 
     def close(self) -> None:
         """Unsubscribe from the sampler and the event log, and close the widgets."""
         for unsubscribe in self._unsubscribers:
             unsubscribe()
         self._unsubscribers = []
-        self._figures = {}
+        with self._draw_lock:
+            slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            slot.close()
         for w in self._owned:
             w.stop()
         super().close()
