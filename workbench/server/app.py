@@ -171,7 +171,8 @@ class TelemetryHandler(_Base):
             sampler = self.state.sampler()
             return documents.telemetry_document(sampler, time.time() - since)
 
-        await self._reply("telemetry", build, "the telemetry sampler")
+        # One read per window: a request joining a read in flight gets that read's document.
+        await self._reply(f"telemetry:{since!r}", build, "the telemetry sampler")
 
 
 # --- loading --------------------------------------------------------------------------------

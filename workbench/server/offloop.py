@@ -69,18 +69,26 @@ class OffLoop:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="workbench-read")
         self._in_flight: dict[str, concurrent.futures.Future[Any]] = {}
         self._lock = threading.Lock()
-        self.started: dict[str, int] = {}  # reads started per kind (tests check a stuck one is not redone)
 
     def submit(self, kind: str, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """The read of ``kind`` in flight, or ``fn`` started in the pool as the new one."""
+        """The read of ``kind`` in flight, or ``fn`` started in the pool as the new one.
+
+        ``kind`` names everything the result depends on (``"store/NAME"``): a caller whose
+        ``kind`` is in flight gets that read's result, whatever its own ``fn``."""
         with self._lock:
             future = self._in_flight.get(kind)
             if future is not None and not future.done():
                 return future
             future = self._pool.submit(fn)
             self._in_flight[kind] = future
-            self.started[kind] = self.started.get(kind, 0) + 1
+        future.add_done_callback(lambda done: self._forget(kind, done))
         return future
+
+    def _forget(self, kind: str, done: concurrent.futures.Future[Any]) -> None:
+        # Kinds carry parameters (a telemetry window, a model name): finished reads are not kept.
+        with self._lock:
+            if self._in_flight.get(kind) is done:
+                del self._in_flight[kind]
 
     def busy(self, kind: str) -> bool:
         """Whether a read of ``kind`` is in flight."""
