@@ -430,6 +430,9 @@ def test_a_fifo_in_the_lease_folder_does_not_block_workbench_leases(folder, gpu)
     doc = json.loads(proc.stdout)
     assert [x["lease_id"] for x in doc["leases"]] == [mine.lease_id]
     assert doc["skipped"] == [{"file": fifo, "owner": NOBODY_NAME, "reason": "a FIFO"}]
+    # A kernel's load lists the same folder to take its lease: the FIFOs cost it nothing either.
+    after = book(folder).acquire("cuda:0", 3 * GiB, "kernel-model", hold=False)
+    assert after.granted and {x.lease_id for x in book(folder).leases()} == {mine.lease_id, after.lease_id}
 
 
 def test_a_childs_failure_comes_back_named():
