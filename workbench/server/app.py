@@ -7,6 +7,8 @@ drift apart.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -22,7 +24,7 @@ from jupyter_server.utils import url_path_join
 
 from ..errors import WorkbenchError
 from . import documents
-from .offloop import OffLoop, ReadTimeout, Snapshot
+from .offloop import METRICS_WAIT_S, OffLoop, ReadTimeout, Snapshot
 from .statuses import WorkbenchHTTPError, http_error
 
 #: Default and largest ``since`` for the telemetry endpoint, in seconds.
@@ -183,8 +185,18 @@ _registered = False
 
 
 def _current_sampler() -> Any:
+    """The server's sampler; the first scrape starts it off the loop (its first NVML reading
+    can take a while), waiting at most ``METRICS_WAIT_S`` for it."""
     state = _current
-    return state.sampler() if state is not None else None
+    if state is None:
+        return None
+    sampler = state.sampler(start=False)
+    if sampler is None or not sampler.running:
+        # Not ready in time: this scrape goes without it. Failed: the collector logs why.
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            state.reads.submit("sampler", state.sampler).result(timeout=METRICS_WAIT_S)
+        sampler = state.sampler(start=False)
+    return sampler
 
 
 def _current_leases() -> list[dict[str, Any]] | None:
