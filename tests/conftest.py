@@ -85,3 +85,14 @@ def seeded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def seeded_root(seeded_model: Path) -> Path:
     """The store root holding the seeded model (use it as a read-only shared root)."""
     return seeded_model.parent
+
+
+@pytest.fixture(scope="session")
+def vlm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store root of tiny vision-language models (tests/tiny_multimodal.py): tiny-llava, tiny-qwen2-vl."""
+    from tiny_multimodal import build_vlm
+
+    root = tmp_path_factory.mktemp("vlms")
+    build_vlm("llava", root / "tiny-llava")
+    build_vlm("qwen2_vl", root / "tiny-qwen2-vl")
+    return root

@@ -3,7 +3,8 @@
 Each folder is made the way its kind ships: a mixture of experts, multi-query and
 sliding-window attention, a bitsandbytes nf4 checkpoint saved after a quantized
 load, a processor-style ``chat_template.json``, a name with spaces, accents and HTML
-characters; and the damaged kinds: no tokenizer, a non-string ``__metadata__`` value,
+characters, vision-language models (Llava, Qwen2-VL); the kinds the runtime does not run
+(T5, BERT: ``unsupported``); and the damaged kinds: no tokenizer, a non-string ``__metadata__`` value,
 a split GGUF, a pickle checkpoint. The right values come from outside the workbench:
 ``numel`` of the instantiated model (of the original model, for the pre-quantized
 one) and ``safetensors.safe_open``'s verdict. Then every entry the listing calls
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tiny_models import build_from_config, expected_params, save_prequantized
+from tiny_multimodal import UNSUPPORTED, build_unsupported
 
 _C = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
           max_position_embeddings=512)
@@ -43,7 +45,8 @@ def _bad_metadata(src: Path, dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> tuple[Path, dict]:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path],
+          vlm_root: Path) -> tuple[Path, dict]:
     """The store root, and for each entry name the truth: ``(status, params or None, quantization)``."""
     root = tmp_path_factory.mktemp("real-world")
     truth: dict[str, tuple[str, int | None, str | None]] = {}
@@ -89,6 +92,18 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
     torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
     truth["tiny-pickle"] = ("unsafe", None, None)
+
+    # Vision-language models run (AutoModelForImageTextToText); encoder-decoder and encoder-only do not.
+    import transformers
+
+    for name in ("tiny-llava", "tiny-qwen2-vl"):
+        vlm = shutil.copytree(vlm_root / name, root / name)
+        model = transformers.AutoModelForImageTextToText.from_pretrained(vlm)
+        truth[name] = ("ok", sum(p.numel() for p in model.parameters()), None)
+        del model
+    for kind in UNSUPPORTED:
+        build_unsupported(kind, root / f"tiny-{kind}")
+        truth[f"tiny-{kind}"] = ("unsupported", None, None)
     return root, truth
 
 
@@ -125,6 +140,10 @@ def test_listing_tells_the_truth_and_every_ok_entry_runs(world, monkeypatch, cap
             assert e["quantization"] == quant, name
         else:
             assert e["problem"], name
+    assert "encoder-decoder" in entries["tiny-t5"]["problem"] and "encoder-only" in entries["tiny-bert"]["problem"]
+    assert {entries[n]["auto_class"] for n in ("tiny-llava", "tiny-qwen2-vl")} == {"AutoModelForImageTextToText"}
+    refused = _cli(root, "run", "tiny-t5", "--prompt", "Hello", "--json")
+    assert refused.returncode != 0 and "tiny-t5" in refused.stdout and "AutoModelForSeq2SeqLM" in refused.stdout
 
     for name, (status, _, quant) in truth.items():
         if status != "ok":

@@ -59,6 +59,17 @@ def _vlm_tokenizer(image_token: str, extra: tuple[str, ...] = ()):
     return tok
 
 
+class _Parts:
+    """Saves an image processor and a tokenizer (with its chat template) as a processor's files."""
+
+    def __init__(self, image_processor, tokenizer):
+        self.parts = (image_processor, tokenizer)
+
+    def save_pretrained(self, dest: Path) -> None:
+        for part in self.parts:
+            part.save_pretrained(dest)
+
+
 def build_vlm(kind: str, dest: Path, seed: int = 0) -> Path:
     """A tiny random ``llava`` or ``qwen2_vl`` checkpoint with its processor, saved as people save them.
 
@@ -83,13 +94,13 @@ def build_vlm(kind: str, dest: Path, seed: int = 0) -> Path:
                                                projection_dim=32)
         config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
                                           image_seq_length=16, vision_feature_layer=-1,
-                                          vision_feature_select_strategy="full")
+                                          vision_feature_select_strategy="default")
         model = transformers.LlavaForConditionalGeneration(config)
-        image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32},
+        image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32},
                                                           crop_size={"height": 32, "width": 32})
         processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
-                                                vision_feature_select_strategy="full",
-                                                chat_template=tok.chat_template, num_additional_image_tokens=0)
+                                                vision_feature_select_strategy="default",
+                                                chat_template=tok.chat_template, num_additional_image_tokens=1)
     elif kind == "qwen2_vl":
         tok = _vlm_tokenizer("<|image_pad|>", ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>"))
         tok.chat_template = VLM_TEMPLATE.replace("{{ IMAGE }}", "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}")
@@ -107,10 +118,11 @@ def build_vlm(kind: str, dest: Path, seed: int = 0) -> Path:
             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
         model = transformers.Qwen2VLForConditionalGeneration(config)
-        image_processor = transformers.Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+        image_processor = transformers.Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                              min_pixels=32 * 32, max_pixels=32 * 32)
-        processor = transformers.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                                  chat_template=tok.chat_template)
+        # Qwen2VLProcessor needs torchvision (its video processor), which the workbench does not
+        # require: the parts are saved as the processor would save them.
+        processor = _Parts(image_processor, tok)
     else:
         raise ValueError(kind)
     model.generation_config = transformers.GenerationConfig(

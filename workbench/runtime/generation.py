@@ -28,7 +28,7 @@ from ..store import format_bytes
 from . import _memory
 from .load_errors import is_oom
 from .metrics import RunResult, decode_rate, roofline
-from .prompts import Prompt, render_prompts, template_source
+from .prompts import Prompt, prompt_images, render_prompts, template_source
 from .registry import LoadedModel, post
 from .streaming import EventStop, StopStringGate, Stream, StreamFeed, streamer_class
 
@@ -174,6 +174,35 @@ def _encode(loaded: LoadedModel, texts: list[str], add_special: bool, gc: Any) -
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _encode_with_images(loaded: LoadedModel, texts: list[str], images: list[list[Any]], add_special: bool) -> Any:
+    """The processor's inputs (token ids with each image's tokens expanded, pixel values...) for
+    prompts with images, left-padded to one length: what ``processor.apply_chat_template`` feeds.
+
+    Raises:
+        GenerationError: the model takes no images, or its processor could not be built here.
+    """
+    _require_processor(loaded)
+    flat = [img for row in images for img in row]
+    try:
+        return loaded.processor(text=texts, images=flat, return_tensors="pt", padding=len(texts) > 1,
+                                padding_side="left", add_special_tokens=add_special)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise GenerationError(f"{loaded.name}'s processor refused the prompt's images ({type(exc).__name__}: "
+                              f"{str(exc)[:300]})", hint="check that each image part sits in a user message; "
+                              "the model is still loaded", name=loaded.name) from None
+
+
+def _require_processor(loaded: LoadedModel) -> None:
+    """Raises GenerationError: the model takes no images, or its processor could not be built here."""
+    if loaded.processor is None:
+        why = (loaded.processor_problem if loaded.processor_problem else
+               f"it is a text model ({loaded.entry.auto_class or 'AutoModelForCausalLM'})")
+        hint = ("install what that names and load the model again, or send text only; the model is still loaded"
+                if loaded.processor_problem else "send text only, or load a vision-language model "
+                "(`workbench store list` names each model's auto class)")
+        raise GenerationError(f"{loaded.name} cannot read images: {why}", hint=hint, name=loaded.name)
+
+
 def _eos_ids(loaded: LoadedModel, gc: Any) -> set[int]:
     eos = gc.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -211,13 +240,17 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         loaded.touch()
         t0 = time.perf_counter()
         tok = loaded.tokenizer
+        images = prompt_images(prompts)  # read (within bounds) and checked before any render
+        if any(images):
+            _require_processor(loaded)
         # One bounded render of the model's chat template for the batch (runtime/chat_template.py).
         rendered = render_prompts(tok, prompts, params.system_prompt, template_source=template_source(loaded.entry))
         texts = [text for text, _special in rendered]
         add_special = rendered[-1][1] if rendered else True
         gc = _generation_config(loaded, params)
         try:
-            enc = _encode(loaded, texts, add_special, gc)
+            enc = (_encode_with_images(loaded, texts, images, add_special) if any(images)
+                   else _encode(loaded, texts, add_special, gc))
         except GenerationError as exc:
             post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
             raise
@@ -269,6 +302,9 @@ def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationPar
         first_device = loaded.devices[0]
     input_ids = enc["input_ids"].to(first_device)
     attention = enc["attention_mask"].to(first_device)
+    # A processor's other inputs (pixel values, image sizes, grids), floats in the model's dtype.
+    extra = {k: (v.to(first_device, dtype=loaded.model.dtype) if v.is_floating_point() else v.to(first_device))
+             for k, v in enc.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "to")}
     failure: WorkbenchError | None = None
     try:
         import torch
@@ -280,7 +316,7 @@ def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationPar
             with torch.inference_mode():
                 out = loaded.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gc,
                                             streamer=streamer, stopping_criteria=StoppingCriteriaList([EventStop(event)]),
-                                            tokenizer=loaded.tokenizer)
+                                            tokenizer=loaded.tokenizer, **extra)
         finally:
             _memory.release_omp_threads()  # one OpenMP team at a time
     except Exception as exc:  # translated below, outside the handler, so no frame pins activations
@@ -288,7 +324,7 @@ def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationPar
         _memory.scrub_exception(exc)
         del exc
     if failure is not None:
-        input_ids = attention = None
+        input_ids = attention = extra = None
         _memory.release_memory()
         post("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
         raise failure
@@ -338,6 +374,10 @@ def _resolve(loaded: LoadedModel | str) -> LoadedModel:
 def generate(loaded: LoadedModel | str, prompt_or_messages: Prompt,
              params: GenerationParams = GenerationParams()) -> GenerationResult:  # noqa: B008 (frozen, shared safely)
     """Generate an answer to a prompt or a chat (a list of ``{"role", "content"}`` dicts).
+
+    A message's content may be a list of parts, as transformers' chat templates take them:
+    ``[{"type": "image", "image": pil_or_bytes}, {"type": "text", "text": "What is this?"}]``
+    (images for vision-language models; see :mod:`workbench.runtime.prompts` for every form).
 
     Raises:
         ModelNotLoadedError: the model was unloaded.

@@ -14,6 +14,11 @@ checked :class:`LoadSpec` into a model and a tokenizer, or into a typed error
   keeps the peak near the estimate instead of hundreds of MB above it.
 * Rollback: on any failure the exception's frames (which hold the half-built
   model) are cleared before the typed error is raised, then memory is released.
+* The class: the auto class the store's verdict names (``entry.auto_class``, from
+  :mod:`workbench.store.support`): ``AutoModelForCausalLM``, or ``AutoModelForImageTextToText``
+  for vision-language models, which also get their ``AutoProcessor`` (images in prompts).
+  A processor transformers cannot build here (Qwen2-VL's needs torchvision for its video
+  part) leaves the model running text prompts, and says why images are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..errors import InsufficientMemoryError, LoadCancelledError, QuantizationUn
 from ..precision import normalize_device
 from ..store import ModelEntry
 from ..store.estimate import TRIM_EVERY, resolve_dtype
+from ..store.support import CAUSAL_LM, IMAGE_TEXT_TO_TEXT
 from ..store.tokenizer_files import find_chat_template
 from . import _memory, _noise
 from .load_errors import translate_error
@@ -81,6 +87,9 @@ class _LoadContext:
 class LoadOutcome:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    # Vision-language models: transformers' processor (images and text), or why there is none.
+    processor: Any = None
+    processor_problem: str | None = None
     load_times_s: dict[str, float] = field(default_factory=dict)
     placement: dict[str, int] = field(default_factory=dict)
     module_devices: dict[str, str] = field(default_factory=dict)
@@ -199,6 +208,7 @@ def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
     t = time.perf_counter()
     ctx.report("tokenizer", 0.0, "reading the tokenizer")
     tokenizer = _read_tokenizer(entry, common)
+    processor, processor_problem = _read_processor(entry, common, tokenizer)
     times["tokenizer"] = time.perf_counter() - t
     ctx.check_cancel("tokenizer")
 
@@ -222,7 +232,7 @@ def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
     _memory.malloc_trim()
     times["finalize"] = time.perf_counter() - t
     ctx.report("finalize", 1.0, "loaded")
-    return LoadOutcome(model, tokenizer, times, placement, module_devices, footprint)
+    return LoadOutcome(model, tokenizer, processor, processor_problem, times, placement, module_devices, footprint)
 
 
 def _read_tokenizer(entry: ModelEntry, common: dict[str, Any]) -> PreTrainedTokenizerBase:
@@ -243,11 +253,33 @@ def _read_tokenizer(entry: ModelEntry, common: dict[str, Any]) -> PreTrainedToke
     return tokenizer
 
 
+def _read_processor(entry: ModelEntry, common: dict[str, Any],
+                    tokenizer: PreTrainedTokenizerBase) -> tuple[Any, str | None]:
+    """``(AutoProcessor, None)`` for a vision-language model, ``(None, why not)`` when transformers
+    cannot build it here; ``(None, None)`` for text models. Its tokenizer is the one just read."""
+    if entry.auto_class != IMAGE_TEXT_TO_TEXT:
+        return None, None
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(entry.folder, **common)
+    except (ImportError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        # A missing optional backend (torchvision), or no image processor files: text still runs.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return None, f"transformers could not build its processor ({type(exc).__name__}: {first})"
+    if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
+        return None, f"its processor ({type(processor).__name__}) has no image processor"
+    # One tokenizer for text and images: the one with the store's chat template and pad token.
+    processor.tokenizer = tokenizer
+    return processor, None
+
+
 def _read_weights(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, common: dict[str, Any], device_map: Any,
                   max_memory: dict[Any, int] | None) -> PreTrainedModel:
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    auto_class = getattr(transformers, entry.auto_class or CAUSAL_LM)
     dtype_name = torch_dtype_name(entry, spec)
     kwargs: dict[str, Any] = dict(common, dtype=getattr(torch, dtype_name), device_map=device_map)
     if max_memory:
@@ -264,7 +296,7 @@ def _read_weights(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, common: 
         # Host-side scratch only matters when the weights end up in host memory.
         ctx.trim_every = TRIM_EVERY
     with observing_weights(ctx):
-        return AutoModelForCausalLM.from_pretrained(entry.folder, **kwargs)
+        return auto_class.from_pretrained(entry.folder, **kwargs)
 
 
 def _require_chosen_devices(entry: ModelEntry, spec: LoadSpec, placement: dict[str, int]) -> None:

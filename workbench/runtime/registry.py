@@ -62,6 +62,8 @@ class LoadedModel:
         entry: its store entry.
         model: the transformers model (``None`` once unloaded).
         tokenizer: its tokenizer (``None`` once unloaded).
+        processor: a vision-language model's transformers processor (``None`` for text models,
+            once unloaded, or when ``processor_problem`` says why it could not be built).
         devices: the devices chosen.
         placement: bytes of weights on each device (like ``ollama ps``'s CPU/GPU split).
         module_devices: module -> device, like transformers' ``hf_device_map``.
@@ -78,12 +80,16 @@ class LoadedModel:
                  tokenizer: PreTrainedTokenizerBase, *,
                  placement: dict[str, int], module_devices: dict[str, str], footprint_bytes: int,
                  estimate: MemoryEstimate | None, fit: FitCheck | None, load_times_s: dict[str, float],
-                 load_s: float) -> None:
+                 load_s: float, processor: Any = None, processor_problem: str | None = None) -> None:
         self.name = name
         self.spec = spec
         self.entry = entry
         self.model: PreTrainedModel | None = model
         self.tokenizer: PreTrainedTokenizerBase | None = tokenizer
+        # Vision-language models (workbench/runtime/loader.py): the processor images go through,
+        # or why there is none (a model that takes images but whose processor cannot be built here).
+        self.processor: Any = processor
+        self.processor_problem = processor_problem
         self.devices = tuple(spec.devices)
         self.placement = placement
         self.module_devices = module_devices
@@ -388,7 +394,8 @@ class Registry:
         loaded = LoadedModel(
             reg_name, spec, entry, outcome.model, outcome.tokenizer, placement=outcome.placement,
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
-            estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s)
+            estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s,
+            processor=outcome.processor, processor_problem=outcome.processor_problem)
         del outcome
         loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
@@ -454,12 +461,13 @@ class Registry:
             rss_before = _memory.rss_bytes()
             cuda_before = _memory.cuda_reserved_bytes(devices) if devices else {}
             freed = plan.frees_bytes
-            targets = [m, m.model, m.tokenizer]
+            targets = [m, m.model, m.tokenizer, m.processor]
             cleared = _release_references([t for t in targets if t is not None])
             # accelerate's dispatch hooks and generation caches hang off the model itself,
             # so dropping the model drops them; the LoadedModel survives, empty, in user code.
             m.model = None
             m.tokenizer = None
+            m.processor = None
             del targets
             _memory.release_memory()
             leasing.give_back(getattr(m, "leases", ()))

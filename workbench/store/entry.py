@@ -82,6 +82,8 @@ class ModelEntry(Record):
     # The transformers auto class the runtime loads it with (workbench/store/support.py):
     # "AutoModelForCausalLM" or "AutoModelForImageTextToText"; None for GGUF, remote code and unsupported.
     auto_class: str | None = None
+    # Tokens one image costs in a prompt, where the config or processor says (support.image_tokens).
+    image_tokens: int | None = None
     has_chat_template: bool = False
     chat_template_source: str | None = None  # file it comes from (store.tokenizer_files.find_chat_template)
     has_tokenizer: bool = False

@@ -33,7 +33,9 @@ JSON_DEFAULT_BYTES = 8 * MiB
 #: JSON files of a model folder that transformers parses at load time: each is checked by
 #: the listing (size and depth), so an entry whose file would break the load is broken.
 LOAD_TIME_JSON: tuple[str, ...] = ("config.json", "generation_config.json", "tokenizer_config.json",
-                                   "special_tokens_map.json", "chat_template.json")
+                                   "special_tokens_map.json", "chat_template.json",
+                                   # vision-language models' processors (AutoProcessor reads them)
+                                   "processor_config.json", "preprocessor_config.json")
 
 #: Bytes of one chat template file (``chat_template.jinja``, ``additional_chat_templates/*.jinja``).
 #: Real templates: 1-40 KB.

@@ -26,7 +26,7 @@ from .index_cache import IndexCache
 from .moe import active_params, is_routed_expert, is_router, moe_fields
 from .roots import outside_root
 from .safetensors_header import TORCH_NAMES, header_length, read_safetensors_header
-from .support import model_support
+from .support import image_tokens, model_support
 from .tokenizer_files import find_chat_template, missing_tokenizer_text, tokenizer_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -408,6 +408,9 @@ class Scanner:
         support = model_support(config, cache=self.cache) if config is not None else None
         if support is not None:
             extra["auto_class"] = support.auto_class
+            if support.takes_images:
+                extra["image_tokens"] = image_tokens(config, [docs.get("processor_config.json"),
+                                                              docs.get("preprocessor_config.json")])
         if support is not None and not support.ok and pickles and not safetensors:
             # No opt-in makes the runtime run it, so that is what the entry says rather than "unsafe".
             return ModelEntry(**base, format="pickle", status="unsupported", problem=support.reason,

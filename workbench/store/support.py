@@ -25,7 +25,7 @@ that file's size and mtime, so a listing re-reads them only after a transformers
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -195,3 +195,28 @@ def _version() -> str:
         return version("transformers")
     except PackageNotFoundError:
         return "unknown"
+
+
+#: Where transformers' configs and processors say how many tokens one image becomes.
+IMAGE_TOKEN_KEYS = ("image_seq_length", "mm_tokens_per_image", "num_image_tokens")
+
+
+def image_tokens(config: Mapping[str, Any], processor_docs: Sequence[Any] = ()) -> int | None:
+    """Tokens one image costs in the prompt, where the model's config or processor files say it
+    (``image_seq_length``: Llava, PaliGemma; ``mm_tokens_per_image``: Gemma 3; ``num_image_tokens``).
+
+    Args:
+        config: ``config.json``.
+        processor_docs: the parsed ``processor_config.json`` / ``preprocessor_config.json``.
+
+    Returns:
+        ``None`` where the count depends on the image's size (Qwen2-VL's dynamic resolution) or nothing says.
+    """
+    for doc in (*processor_docs, config):
+        if not isinstance(doc, Mapping):
+            continue
+        for key in IMAGE_TOKEN_KEYS:
+            value = doc.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None

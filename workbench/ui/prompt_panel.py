@@ -78,12 +78,20 @@ def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]]
     if system_prompt:
         parts.append(f"<div style='color:#666;font-size:12px'><b>system:</b> {esc(system_prompt)}</div>")
     for i, m in enumerate(history):
-        parts.append(reasoning_html(reasoning.get(i, "")) + _bubble(m["role"], m["content"]))
+        parts.append(reasoning_html(reasoning.get(i, "")) + _bubble(m["role"], _content_text(m["content"])))
     if pending is not None:
         parts.append(reasoning_html(pending_reasoning, open_=not pending) + _bubble("assistant", pending + "\u258c"))
     if not parts:
         parts.append("<div style='color:#888'><em>No messages yet: type a prompt below and press Send.</em></div>")
     return "<div class='workbench-transcript'>" + "".join(parts) + "</div>"
+
+
+def _content_text(content: Any) -> str:
+    """A message's text, with ``[image]`` where an image part is (content parts, runtime/prompts.py)."""
+    if isinstance(content, str):
+        return content
+    return "".join("[image] " if isinstance(p, dict) and p.get("type") in ("image", "image_url")
+                   else str(p.get("text", "")) if isinstance(p, dict) else "" for p in content)
 
 
 def _bubble(role: str, content: str) -> str:
@@ -219,8 +227,12 @@ class PromptPanel(Panel):
 
     # --- actions ---------------------------------------------------------------------------
 
-    def send(self, text: str, *, wait: bool = True) -> Any:
+    def send(self, text: str, *, images: Sequence[Any] = (), wait: bool = True) -> Any:
         """Send a user message; the answer streams into the transcript.
+
+        ``images`` (file bytes or ``PIL.Image`` objects, e.g. from the upload beside the
+        message) go before the text as ``{"type": "image"}`` content parts, for
+        vision-language models (:mod:`workbench.runtime.prompts`).
 
         Returns:
             The runtime's ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
@@ -233,14 +245,19 @@ class PromptPanel(Panel):
         if not text:
             raise GenerationError("the prompt is empty", hint="type something to send")
         loaded = self._loaded()
+        if images and _is_endpoint(loaded):
+            raise GenerationError(f"images go to models loaded here, not to the endpoint {self.model}",
+                                  hint="send text only, or load a vision-language model in the Load tab")
         params = self.generation_params()
-        messages = [*self.history, {"role": "user", "content": text}]
+        content: Any = text if not images else [*({"type": "image", "image": i} for i in images),
+                                                 {"type": "text", "text": text}]
+        messages = [*self.history, {"role": "user", "content": content}]
         self.clear_message()
 
         def job() -> Any:
             from ..runtime import stream
 
-            self.history.append({"role": "user", "content": text})
+            self.history.append({"role": "user", "content": content})
             self.pending, self.pending_reasoning = "", ""
             self._set_busy(True)
             self._render_transcript()
@@ -354,6 +371,9 @@ class PromptPanel(Panel):
         self._input = widgets.Textarea(placeholder="Ask something, then press Send",
                                        layout=widgets.Layout(width="100%", height="64px"))
         self._input.add_class("workbench-prompt-input")
+        # Images for vision-language models, sent with the message (bounded and checked by the runtime).
+        self._upload = widgets.FileUpload(accept="image/*", multiple=True, description="Image",
+                                          layout=widgets.Layout(width="120px"))
         self._send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane",
                                            layout=widgets.Layout(width="100px"))
         self._stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
@@ -388,16 +408,18 @@ class PromptPanel(Panel):
             self._system_w,
             self._transcript,
             self._input,
-            widgets.HBox([self._send_button, self._stop_button, clear]),
+            widgets.HBox([self._send_button, self._stop_button, clear, self._upload]),
             self._metrics_w,
             extras,
         ])
 
     def _control_widgets(self) -> dict[str, Any]:
         """``model``, ``refresh``, ``system_prompt``, ``params`` (by generation parameter name), ``seed``,
-        ``stop_at``, ``input`` with the ``send``/``stop``/``clear`` buttons, ``batch_input`` and ``run_batch``."""
+        ``stop_at``, ``input`` with the ``send``/``stop``/``clear`` buttons and the ``image`` upload,
+        ``batch_input`` and ``run_batch``."""
         return {"model": self._model_w, "refresh": self._refresh_button, "system_prompt": self._system_w,
                 "params": self._param_w, "seed": self._seed_w, "stop_at": self._stop_w, "input": self._input,
+                "image": self._upload,
                 "send": self._send_button, "stop": self._stop_button, "clear": self._clear_button,
                 "batch_input": self._batch_input, "run_batch": self._batch_button}
 
@@ -411,8 +433,10 @@ class PromptPanel(Panel):
 
     def _on_send(self, _button: Any) -> None:
         text = self._input.value
-        self.send(text, wait=False)
+        images = [bytes(f["content"]) for f in self._upload.value]
+        self.send(text, images=images, wait=False)
         self._input.value = ""
+        self._upload.value = ()
 
     def _params_from_widgets(self, _change: Any = None) -> None:
         if self._syncing:

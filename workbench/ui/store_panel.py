@@ -70,6 +70,8 @@ def entry_details_html(entry: ModelEntry, devices: list[Any] | None = None) -> s
         ("Path", str(entry.path)), ("Store root", f"{entry.root} ({'writable' if entry.writable else 'read-only'})"),
         ("Format", entry.format), ("Status", entry.status), ("Type", entry.model_type),
         ("Architectures", ", ".join(entry.architectures) or None), ("Loads with", entry.auto_class),
+        ("Tokens per image", entry.image_tokens or ("varies with the image's size"
+                                                    if entry.auto_class == "AutoModelForImageTextToText" else None)),
         ("Parameters", f"{entry.params:,}" if entry.params else None), ("Dtype on disk", entry.dtype),
         ("Size on disk", entry.size_str), ("Context length", entry.context_length),
         ("Layers / hidden / heads / KV heads", " / ".join(str(v) if v is not None else "?" for v in (
