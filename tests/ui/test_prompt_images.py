@@ -28,8 +28,9 @@ def test_the_upload_beside_the_message_goes_to_the_model_as_an_image_part(vlm_ro
         panel.controls.params["max_new_tokens"].value = 5
         panel.controls.params["temperature"].value = 0.0
         data = _png()
-        panel.controls.image.value = ({"name": "red.png", "type": "image/png", "size": len(data),
-                                       "content": memoryview(data), "last_modified": 0},)
+        # As the browser sends it: the widget's own deserializer turns the message into its value.
+        panel.controls.image.set_state({"value": [{"name": "red.png", "type": "image/png", "size": len(data),
+                                                   "content": memoryview(data), "last_modified": 0}]})
         panel.controls.input.value = "What is <this>?"
         panel.controls.send.click()
         assert panel.controls.input.value == "" and panel.controls.image.value == ()
