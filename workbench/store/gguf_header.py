@@ -4,12 +4,15 @@ A small, dependency-free reader of the GGUF v2/v3 layout (magic, version, counts
 typed key/value pairs, tensor infos). Large arrays such as the tokenizer's token
 list are skipped and only their length kept, so the cost is a few megabytes of
 sequential reads even for a multi-gigabyte file. The ``gguf`` package can do the
-same but memory-maps the whole file and imports numpy; listing a store does not
-need either.
+same but memory-maps the whole file; listing a store does not need that. Tensor
+types and their sizes, and file types, come from the ``gguf`` package's own tables
+(:func:`ggml_types`, :func:`file_types`), never a hand copy; a tensor of a type the
+package does not know makes the file broken, as the package's reader refuses it.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -24,30 +27,27 @@ from . import limits
 
 GGUF_MAGIC = b"GGUF"
 
-# ggml tensor type id -> (name, elements per block, bytes per block).
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
-    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
-    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
-}
+@functools.cache
+def ggml_types() -> dict[int, tuple[str, int, int]]:
+    """ggml tensor type id -> ``(name, elements per block, bytes per block)``, from the ``gguf`` package's own
+    tables (``gguf.constants.GGMLQuantizationType`` and ``GGML_QUANT_SIZES``), so new types need no edit here."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return {int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+
+
+@functools.cache
+def file_types() -> dict[int, str]:
+    """``general.file_type`` -> the name llama.cpp users know the quantization by (``gguf.constants.LlamaFileType``:
+    ``MOSTLY_Q4_K_M`` is ``Q4_K_M``)."""
+    from gguf.constants import LlamaFileType
+
+    return {int(f): f.name.removeprefix("MOSTLY_").removeprefix("ALL_") for f in LlamaFileType}
+
 
 # ggml types that are torch dtypes as stored -> transformers/torch dtype name. An entry's
 # ``dtype`` is one of these or None; quantized ggml types (Q4_1...) go in ``quantization``.
 TORCH_DTYPES: dict[str, str] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-# general.file_type -> the name llama.cpp users know the quantization by.
-FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
-    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
-    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
-}
 
 # Scalar value types: id -> struct format.
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -78,11 +78,11 @@ class GGUFTensor:
 
     @property
     def type_name(self) -> str:
-        return GGML_TYPES.get(self.type_id, (f"type{self.type_id}", 0, 0))[0]
+        return ggml_types().get(self.type_id, (f"type{self.type_id}", 0, 0))[0]
 
     @property
     def nbytes(self) -> int | None:
-        info = GGML_TYPES.get(self.type_id)
+        info = ggml_types().get(self.type_id)
         if info is None:
             return None
         _, block, size = info
@@ -108,7 +108,7 @@ class GGUFHeader:
     @property
     def file_type_name(self) -> str | None:
         ft = self.metadata.get("general.file_type")
-        return FILE_TYPES.get(ft, f"type{ft}") if isinstance(ft, int) else None
+        return file_types().get(ft, f"type{ft}") if isinstance(ft, int) else None
 
 
 class _TooLarge(Exception):
@@ -285,6 +285,10 @@ def read_gguf_header(path: str | os.PathLike[str], *,
         except (ValueError, struct.error) as exc:
             raise broken(f"malformed header ({exc})") from None
 
+    unknown = next((t for t in tensors if t.type_id not in ggml_types()), None)
+    if unknown is not None:
+        raise broken(f"tensor {unknown.name[:80]} has ggml type {unknown.type_id}, which the installed gguf "
+                     "package does not know (a newer llama.cpp format, or a damaged file)")
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0:
         alignment = 32

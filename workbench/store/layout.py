@@ -148,11 +148,11 @@ def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | str:
     return _count(model, quantized, rows, matchers, cache, cache_problem)
 
 
-def model_class(config: Any) -> Any:
-    """The transformers auto class the runtime loads ``config`` with (the skeleton is built with the same)."""
-    from transformers import AutoModelForCausalLM
+def model_class(raw: dict[str, Any] | None) -> str:
+    """The transformers auto class the runtime loads a ``config.json`` (as a dict) with (:mod:`.support`)."""
+    from .support import CAUSAL_LM, model_support
 
-    return AutoModelForCausalLM
+    return (model_support(raw).auto_class if raw is not None else None) or CAUSAL_LM
 
 
 def _meta_skeleton(folder: Path, skip_modules: list[str] | None
@@ -160,6 +160,7 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None
     """``(model on the meta device, modules not quantized, fp32 matchers, cache, cache problem)``, or why not."""
     try:
         import torch
+        import transformers
         from transformers import AutoConfig
     except ImportError as exc:
         logger.debug("no model layout for %s: %s", folder, exc)
@@ -172,8 +173,9 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None
         if getattr(config, "quantization_config", None) is not None:
             # Build the full-precision skeleton; the caller knows how the checkpoint is packed.
             del config.quantization_config
-        _import_model_class(config)  # a first import of the modeling code is not the skeleton's cost
-        auto = model_class(config)
+        auto_name = model_class(raw)
+        _import_model_class(config, auto_name)  # a first import of the modeling code is not the skeleton's cost
+        auto = getattr(transformers, auto_name)
         cache: CacheProfile | None = None
         cache_problem: str | None = None
         # The one bound on a skeleton's cost (workbench/store/skeleton.py): a config declaring
@@ -193,12 +195,15 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None
         return f"transformers cannot build it ({type(exc).__name__}: {str(exc)[:200]})"
 
 
-def _import_model_class(config: Any) -> None:
-    """Import the causal-LM class ``from_config`` will build (``MODEL_FOR_CAUSAL_LM_MAPPING``); unknown: nothing."""
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+def _import_model_class(config: Any, auto_name: str) -> None:
+    """Import the class ``from_config`` will build (the auto class's mapping); unknown: nothing."""
+    from transformers.models.auto import modeling_auto
 
+    mapping = {"AutoModelForCausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING,
+               "AutoModelForImageTextToText": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING}.get(auto_name)
     try:
-        MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        if mapping is not None:
+            mapping[type(config)]
     except KeyError:
         pass
 
