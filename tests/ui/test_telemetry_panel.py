@@ -256,3 +256,4 @@ def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event
     titles = [a for a in fig.layout.annotations if not a.hovertext]
     assert all(t.y >= 1 for t in titles)
     panel.close()
+

@@ -13,11 +13,20 @@ updates in place only restyle or relayout traces that already exist, each carryi
 and ``y`` arrays (the next update repairs a lost one); and :meth:`FigureSlot.resend` builds a fresh
 ``FigureWidget`` from the current state and swaps it into the slot's box: the panels call it when
 their tab is shown, when the plotted window changes and when the set of traces changes.
+
+Even a complete new widget was seen, on a busy machine, to render as an empty canvas now and then
+(its view drew before the state was there). Every plotly view reports back what it drew once it has
+rendered (``_js2py_traceDeltas``: one entry per trace of the view), so a view that drew fewer
+traces than the figure has is answered with the whole figure again, up to :data:`MAX_REPAIRS`
+times in a row.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+MAX_REPAIRS = 3
 
 
 class FigureSlot:
@@ -26,6 +35,8 @@ class FigureSlot:
     Args:
         figure: the first figure (a ``go.Figure``, a ``FigureWidget`` or a figure dict); default empty.
         height: the box's CSS height in pixels, kept while a figure is swapped (no jump in the page).
+        lock: held while a repair swaps the figure (the panel's drawing lock, so a redraw on another
+            thread never updates a half-swapped slot); default a lock of the slot's own.
 
     Example:
         >>> import plotly.graph_objects as go
@@ -36,8 +47,12 @@ class FigureSlot:
         True
     """
 
-    def __init__(self, figure: Any = None, height: int | None = None) -> None:
+    def __init__(self, figure: Any = None, height: int | None = None, lock: Any = None) -> None:
         import ipywidgets as widgets
+
+        self.lock = lock if lock is not None else threading.RLock()
+        self.repairs = 0  # whole figures sent again because a view drew fewer traces than the figure has
+        self._repairs_in_a_row = 0
 
         layout = widgets.Layout(width="100%", min_width="0", overflow="hidden")
         if height:
@@ -60,6 +75,7 @@ class FigureSlot:
             figure = figure.to_dict()
         new = go.FigureWidget(figure)
         new.layout.autosize = True
+        new.observe(self._view_drew, names="_js2py_traceDeltas")
         old, self.figure = self.figure, new
         self.box.children = (new,)
         self.builds += 1
@@ -69,7 +85,23 @@ class FigureSlot:
 
     def resend(self) -> Any:
         """Send the whole current figure again, as a new widget (the old one is closed)."""
+        self._repairs_in_a_row = 0
         return self.show(self.figure)
+
+    def _view_drew(self, change: dict[str, Any]) -> None:
+        """A view rendered and said how many traces it drew: fewer than the figure has, send it whole."""
+        report = change.get("new")
+        fig = change.get("owner")
+        if not report or fig is not self.figure:
+            return
+        drawn = len(report.get("trace_deltas") or ())
+        if drawn >= len(fig.data) or self._repairs_in_a_row >= MAX_REPAIRS:
+            self._repairs_in_a_row = 0 if drawn >= len(fig.data) else self._repairs_in_a_row
+            return
+        with self.lock:
+            self._repairs_in_a_row += 1
+            self.repairs += 1
+            self.show(self.figure)
 
     def close(self) -> None:
         """Close the figure widget and the box."""

@@ -185,7 +185,7 @@ class TelemetryPanel(Panel):
         self.redraws = 0
         self.max_redraw_s = 0.0
         self._throttle = Throttle(REDRAW_INTERVAL_S, clock)
-        self._draw_lock = threading.Lock()
+        self._draw_lock = threading.RLock()
         self._unsubscribers: list[Any] = []
         self._slots: dict[str, Any] = {}  # "host" or a GPU name -> FigureSlot (its FigureWidget)
         self.resends = 0  # whole-figure sends after the first build (tab shown, window changed, traces changed)
@@ -576,7 +576,7 @@ class TelemetryPanel(Panel):
             self._status.value = self.status_html()
             t_end, data = self.traces()
             events = self.events(t_end)
-            return {key: FigureSlot(self._complete_figure(key, data.get(key, []), events, t_end))
+            return {key: FigureSlot(self._complete_figure(key, data.get(key, []), events, t_end), lock=self._draw_lock)
                     for key in ["host", *self.devices(), *self.watched_keys()]}
 
     def close(self) -> None:
