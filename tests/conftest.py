@@ -89,10 +89,12 @@ def seeded_root(seeded_model: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def vlm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store root of tiny vision-language models (tests/tiny_multimodal.py): tiny-llava, tiny-qwen2-vl."""
+    """A store root of tiny vision-language models (tests/tiny_multimodal.py): tiny-llava, tiny-qwen2-vl,
+    tiny-gemma3."""
     from tiny_multimodal import build_vlm
 
     root = tmp_path_factory.mktemp("vlms")
     build_vlm("llava", root / "tiny-llava")
     build_vlm("qwen2_vl", root / "tiny-qwen2-vl")
+    build_vlm("gemma3", root / "tiny-gemma3")
     return root

