@@ -158,10 +158,11 @@ def cmd_store_import(args: argparse.Namespace) -> int:
     if args.root:  # an administrator filling a shared root; the user store plays no part
         from .store.shared import import_into_root
 
-        entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=output.progress)
+        entry = import_into_root(args.path, args.root, name=args.name, check=args.check, progress=output.progress,
+                                 convert=args.convert)
     else:
         entry = import_path(args.path, open_store(write=True), name=args.name, check=args.check,
-                            progress=output.progress)
+                            progress=output.progress, convert=args.convert)
     output.emit(args, entry.to_dict(), f"imported {entry.name} into {entry.root} ({entry.params_str} parameters)")
     return 0
 
@@ -213,7 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.name, args.prompt, devices=devices, dtype=args.dtype, quant=args.quant,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-        progress=None if args.json else output.progress,
+        progress=None if args.json else output.progress, system_prompt=args.system,
+        engine=args.engine, n_ctx=args.n_ctx,
     )
     doc = report.to_dict()
     text = (f"{report.text}\n\n[{report.new_tokens} tokens, TTFT {report.ttft_s:.3f} s, "
@@ -243,10 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp = add(store, "seed", cmd_store_seed, "import the embedded SmolLM2-135M-Instruct into the user store")
     sp.add_argument("--no-check", action="store_true", help="skip the check generation")
-    sp = add(store, "import", cmd_store_import, "add a GGUF file (converted to safetensors) or a model folder")
+    sp = add(store, "import", cmd_store_import,
+             "add a GGUF file (kept at its quantization, run by llama.cpp) or a model folder")
     sp.add_argument("path")
     sp.add_argument("--name", help="the entry's name (default: the file or folder name)")
-    sp.add_argument("--check", action="store_true", help="check a converted GGUF with a greedy generation")
+    sp.add_argument("--convert", action="store_true",
+                    help="de-quantize a GGUF file to a bfloat16 safetensors folder for transformers instead")
+    sp.add_argument("--check", action="store_true", help="check an imported GGUF with a greedy generation")
     sp.add_argument("--root", help="import into this store root instead of the user store, readable by every user "
                                    "(folders 0755, files 0644): an administrator filling a shared root")
     sp = add(store, "delete", cmd_store_delete, "delete an entry from the user store (a plan unless --yes)")
@@ -268,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=64)
     sp.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--system", default=None, help="a system prompt (default: the chat template's own, if any)")
+    sp.add_argument("--engine", default="auto", choices=("auto", "llamacpp", "transformers"),
+                    help="auto: llama.cpp for a GGUF entry at its own quantization, transformers otherwise")
+    sp.add_argument("--n-ctx", type=int, default=None, help="llama.cpp's context in tokens (default 4096)")
     sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only=True)")
     sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
     serve_cli.register(sub)

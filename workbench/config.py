@@ -65,6 +65,7 @@ ENV_VARS: dict[str, str] = {
     "lease_admin_group": "WORKBENCH_LEASE_ADMIN_GROUP",
     "idle_unload_s": "WORKBENCH_IDLE_UNLOAD_S",
     "vllm_command": "WORKBENCH_VLLM_COMMAND",
+    "llamacpp_command": "WORKBENCH_LLAMACPP_COMMAND",
     "endpoints_file": "WORKBENCH_ENDPOINTS_FILE",
 }
 
@@ -192,6 +193,16 @@ class WorkbenchSettings(Configurable):
             "How to start vLLM for `workbench serve --engine vllm`: a command line, split like a shell does "
             "(e.g. '/opt/vllm-env/bin/vllm'). vLLM pins its own torch and CUDA, so it usually lives in its own "
             "environment. Environment: WORKBENCH_VLLM_COMMAND. Default: vllm (on PATH)."
+        ),
+    ).tag(config=True)
+
+    llamacpp_command = Unicode(
+        "",
+        help=(
+            "How to serve GGUF entries for `workbench serve --engine llamacpp`: a llama.cpp `llama-server` command "
+            "line (e.g. '/opt/llama.cpp/bin/llama-server'; it has parallel slots for concurrent clients). Empty: "
+            "llama-cpp-python's own server (python -m llama_cpp.server), which answers one request at a time. "
+            "Environment: WORKBENCH_LLAMACPP_COMMAND. Default: empty."
         ),
     ).tag(config=True)
 

@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-KEY_VARIABLES = ("VLLM_API_KEY", "WORKBENCH_ENGINE_API_KEY")
+KEY_VARIABLES = ("VLLM_API_KEY", "WORKBENCH_ENGINE_API_KEY", "LLAMA_API_KEY")
 ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -152,7 +152,8 @@ def main(argv: list[str]) -> None:
     if os.environ.get("FAKE_ENGINE_HANG"):
         threading.Event().wait(600)
     port = int(argv[argv.index("--port") + 1])
-    model = argv[argv.index("--served-model-name") + 1] if "--served-model-name" in argv else "fake-model"
+    model = next((argv[argv.index(flag) + 1] for flag in ("--served-model-name", "--alias") if flag in argv),
+                 "fake-model")
     # As the real engines: vLLM reads VLLM_API_KEY, the workbench's transformers launcher its own variable.
     key = next((os.environ[k] for k in KEY_VARIABLES if os.environ.get(k)), None)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, key, []))

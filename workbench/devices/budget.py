@@ -53,6 +53,7 @@ PART_TITLES: dict[str, str] = {
     "load_peak": "load peak (above the weights)",
     "kv_cache": "KV cache",
     "cache_state": "fixed cache state",
+    "compute_buffer": "llama.cpp compute buffers",
     "cuda_context": "CUDA context",
     "torch_import": "torch import",
     "bitsandbytes_import": "bitsandbytes import",

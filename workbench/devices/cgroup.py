@@ -95,3 +95,60 @@ def _cgroup_v1_limits(v1_path: str) -> list[tuple[int, int]]:
                                    _read_int(candidate / "memory.usage_in_bytes"),
                                    candidate / "memory.stat", "total_inactive_file")
     return []
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota.
+
+    A spawner that gives a user "2 CPUs" sets cgroup v2 ``cpu.max`` (``"200000 100000"``:
+    quota and period, microseconds) or v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``; a
+    thread per machine core past that quota only waits. Every ancestor's quota counts
+    (the tightest wins), rounded up to whole CPUs; at least 1.
+    """
+    import math
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quotas = _cpu_quotas()
+    if quotas:
+        cpus = min(cpus, math.ceil(min(quotas)))
+    return max(1, cpus)
+
+
+def _cpu_quotas() -> list[float]:
+    """CPU quotas (in CPUs) of this process's cgroup and its ancestors (v2), or its v1 cpu folder."""
+    try:
+        lines = _PROC_SELF_CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    quotas: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "" and (_CGROUP_ROOT / "cgroup.controllers").exists():
+            quotas += _v2_cpu_quotas(_CGROUP_ROOT / parts[2].lstrip("/"))
+        elif "cpu" in parts[1].split(","):
+            for base in (_CGROUP_ROOT / "cpu" / parts[2].lstrip("/"), _CGROUP_ROOT / "cpu"):
+                quota_us, period_us = _read_int(base / "cpu.cfs_quota_us"), _read_int(base / "cpu.cfs_period_us")
+                if quota_us and period_us:  # -1 (no quota) does not read as a number
+                    quotas.append(quota_us / period_us)
+                    break
+    return quotas
+
+
+def _v2_cpu_quotas(folder: Path) -> list[float]:
+    found = []
+    while True:
+        try:
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+            if quota.isdigit() and period.strip().isdigit() and int(period):
+                found.append(int(quota) / int(period))
+        except OSError:
+            pass
+        if folder == _CGROUP_ROOT or _CGROUP_ROOT not in folder.parents:
+            return found
+        folder = folder.parent

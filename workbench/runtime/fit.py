@@ -189,7 +189,11 @@ def _cuda_initialized() -> bool:
 
 
 def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
-    """The store's estimate for ``spec`` (the CPU's load peak when no GPU is chosen)."""
+    """The store's estimate for ``spec`` (the CPU's load peak when no GPU is chosen; llama.cpp's for GGUF)."""
+    if spec.uses_llamacpp(entry):
+        from ..store.gguf_estimate import llamacpp_memory_estimate
+
+        return llamacpp_memory_estimate(entry)
     return estimate(entry, spec.dtype, spec.quant, double_quant=spec.double_quant, device_type=spec.device_type)
 
 
@@ -204,22 +208,29 @@ def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, contex
     """
     kv = (kv_cache_bytes(entry, context_tokens, est.dtype) or 0) * max(1, sequences)
     state = (getattr(est, "cache_state_bytes", None) or 0) * max(1, sequences)
+    llamacpp = spec.uses_llamacpp(entry)
+    if llamacpp:  # llama.cpp's own KV rule and compute buffers (workbench/store/gguf_estimate.py)
+        from ..store.gguf_estimate import llamacpp_parts
+
+        lc = llamacpp_parts(entry, context_tokens * max(1, sequences), n_seq=sequences)
+        kv, state = lc["kv_cache"], lc["compute_buffer"]
+    state_part = "compute_buffer" if llamacpp else "cache_state"
     gpus = [d for d in spec.devices if is_gpu(d)]
     out: dict[str, dict[str, int]] = {}
     for d in spec.devices:
         here: dict[str, int] = {}
         if d == "cpu":
-            if torch_if_imported() is None:
+            if torch_if_imported() is None and not llamacpp:
                 here["torch_import"] = TORCH_IMPORT_BYTES
             bnb = spec.quant != "none" or entry.quant_method == "bitsandbytes"  # pre-quantized loads import it too
             if bnb and "bitsandbytes" not in sys.modules:
                 here["bitsandbytes_import"] = BNB_IMPORT_BYTES
             if not gpus:
-                here["kv_cache"], here["cache_state"] = kv, state
+                here["kv_cache"], here[state_part] = kv, state
         else:
             if not _cuda_initialized():
                 here["cuda_context"] = CUDA_CONTEXT_BYTES
-            here["kv_cache"], here["cache_state"] = kv // len(gpus), state // len(gpus)
+            here["kv_cache"], here[state_part] = kv // len(gpus), state // len(gpus)
         out[d] = {k: v for k, v in here.items() if v}
     return out
 

@@ -247,6 +247,18 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         rendered = render_prompts(tok, prompts, params.system_prompt, template_source=template_source(loaded.entry))
         texts = [text for text, _special in rendered]
         add_special = rendered[-1][1] if rendered else True
+        if getattr(loaded, "engine", "transformers") == "llamacpp":  # a GGUF on llama.cpp (runtime/llamacpp.py)
+            from .llamacpp import generate_rows
+
+            post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
+                 max_new_tokens=params.max_new_tokens)
+            try:
+                rows, t_end = generate_rows(loaded, texts, add_special, params, on_piece=on_piece,
+                                            stop_event=stop_event or threading.Event(), t0=t0)
+            except GenerationError as exc:
+                post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
+                raise
+            return _results(loaded, rows, t_end - t0, len(texts))
         gc = _generation_config(loaded, params)
         try:
             enc = (_encode_with_images(loaded, texts, images, add_special) if any(images)
@@ -271,13 +283,18 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
             ttft = (times[0] - t0) if times else (t_end - t0)
             rows.append((text, prompt_lens[i], n, ttft, decode_rate(n, times, t0, t_end), stopped))
         total = t_end - t0
+    return _results(loaded, rows, total, len(texts))
+
+
+def _results(loaded: LoadedModel, rows: list[Any], total: float, batch: int) -> list[GenerationResult]:
+    """Results from ``(text, prompt_tokens, new_tokens, ttft_s, tokens_per_s, stopped_by)`` rows; posts the event."""
     # Measured outside the timed region (once per device, then cached).
     results = [_result(loaded, text, plen, n, ttft, rate, total, stopped) for text, plen, n, ttft, rate, stopped in rows]
     agg = results[0]
     new_tokens = sum(r.new_tokens for r in results)
     post("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
          model=loaded.name, tokens_per_s=agg.tokens_per_s, new_tokens=new_tokens, ttft_s=agg.ttft_s, total_s=total,
-         batch=len(texts), decode_efficiency=agg.decode_efficiency)
+         batch=batch, decode_efficiency=agg.decode_efficiency)
     return results
 
 

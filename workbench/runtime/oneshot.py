@@ -43,6 +43,7 @@ class RunReport(Record):
     decode_efficiency: float | None = None
     bandwidth_bytes_per_s: float | None = None
     freed_bytes: int = 0
+    engine: str = "transformers"
 
     @property
     def footprint_str(self) -> str:
@@ -62,11 +63,16 @@ def run_once(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     progress: Callable[[str], Any] | None = None,
+    system_prompt: str | None = None,
+    engine: str = "auto",
+    n_ctx: int | None = None,
 ) -> RunReport:
     """Load ``name``, answer ``prompt`` once, unload (also when generation fails).
 
     Args:
         progress: called with one line per load phase (the CLI prints them on stderr).
+        system_prompt: a system message (a chat template's own default applies without one).
+        engine, n_ctx: as :class:`~workbench.runtime.spec.LoadSpec` (llama.cpp for GGUF entries by default).
 
     Raises:
         The runtime's typed errors (:class:`~workbench.errors.WorkbenchError`).
@@ -75,7 +81,8 @@ def run_once(
     from .registry import get_registry
 
     spec = LoadSpec(name, devices=devices_tuple(devices), dtype=dtype, quant=quant,
-                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                    engine=engine, n_ctx=n_ctx)  # type: ignore[arg-type]
     last_phase: list[str] = []
 
     def on_progress(p: LoadProgress) -> None:
@@ -87,7 +94,8 @@ def run_once(
     registry = get_registry()
     loaded = registry.load(spec, progress=on_progress)
     try:
-        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                  system_prompt=system_prompt)
         result = generate(loaded, prompt, params)
     finally:
         unload = registry.unload(loaded.name)
@@ -99,5 +107,5 @@ def run_once(
         quant=loaded.entry.quantization if loaded.entry.quant_method else quant, stopped_by=result.stopped_by, total_s=result.total_s,
         estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None, placement=dict(loaded.placement),
         decode_efficiency=result.decode_efficiency, bandwidth_bytes_per_s=result.bandwidth_bytes_per_s,
-        freed_bytes=unload.freed_bytes,
+        freed_bytes=unload.freed_bytes, engine=loaded.engine,
     )

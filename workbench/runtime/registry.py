@@ -74,7 +74,11 @@ class LoadedModel:
         load_times_s: seconds per phase (``check``, ``tokenizer``, ``weights``, ``finalize``).
         load_s: the whole load, in seconds.
         loaded_at, last_used: ``time.time()`` stamps.
+        engine: ``"transformers"``, or ``"llamacpp"`` for a GGUF run by llama.cpp (``model`` is then a
+            :class:`~workbench.runtime.llamacpp.LlamaCppModel`).
     """
+
+    engine = "transformers"
 
     def __init__(self, name: str, spec: LoadSpec, entry: ModelEntry, model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, *,
@@ -165,7 +169,7 @@ class LoadedModel:
             "footprint_bytes": self.footprint_bytes, "quant_state_bytes": self.quant_state_bytes,
             "estimate": jsonable(self.estimate),
             "estimate_error": self.estimate_error, "load_times_s": dict(self.load_times_s), "load_s": self.load_s,
-            "loaded_at": self.loaded_at, "last_used": self.last_used, "loaded": self.loaded,
+            "loaded_at": self.loaded_at, "last_used": self.last_used, "loaded": self.loaded, "engine": self.engine,
         }
 
     def __repr__(self) -> str:
@@ -299,7 +303,9 @@ class Registry:
                                     hint="unload it first, or choose another name", name=spec.name)
             return spec.name
         base = entry.name
-        if spec.quant != "none":
+        if spec.uses_llamacpp(entry):
+            label = entry.quantization or entry.dtype or "gguf"
+        elif spec.quant != "none":
             label = spec.precision
         else:
             try:
@@ -351,12 +357,7 @@ class Registry:
             check_prequantized(entry, spec)
             if cancel is not None and cancel.is_set():
                 raise LoadCancelledError(f"load of {name} cancelled before it started", hint="nothing was loaded")
-            if entry.params is not None:
-                fit = require_fit(entry, spec)
-            else:  # pickle or remote-code entries: the store read no headers to estimate from
-                fit = None
-                check_devices(spec)
-            device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
+            llamacpp, n_ctx, fit, device_map, max_memory = _plan_load(entry, spec)
             with self._lock:
                 reg_name = self._choose_name(spec, entry)
                 self._reserved.add(reg_name)
@@ -374,8 +375,15 @@ class Registry:
              devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
              needed_bytes=fit.needed_bytes if fit else None)
         try:
-            outcome = loader.load(entry, spec, device_map=device_map, max_memory=max_memory, progress=progress,
-                                  cancel=cancel, phase_times={"check": check_s})
+            if llamacpp:
+                from . import llamacpp as engine
+
+                free = {b.device: b.free_bytes for b in fit.verdict.devices} if fit else None
+                outcome = engine.load(entry, spec, n_ctx=n_ctx, free_bytes=free, progress=progress, cancel=cancel,
+                                      phase_times={"check": check_s})
+            else:
+                outcome = loader.load(entry, spec, device_map=device_map, max_memory=max_memory, progress=progress,
+                                      cancel=cancel, phase_times={"check": check_s})
         except WorkbenchError as exc:
             leasing.give_back(leases)
             with self._lock:
@@ -396,6 +404,8 @@ class Registry:
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
             estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s,
             processor=outcome.processor, processor_problem=outcome.processor_problem)
+        if llamacpp:
+            loaded.engine = "llamacpp"
         del outcome
         loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
@@ -461,6 +471,8 @@ class Registry:
             rss_before = _memory.rss_bytes()
             cuda_before = _memory.cuda_reserved_bytes(devices) if devices else {}
             freed = plan.frees_bytes
+            if m.engine == "llamacpp" and m.model is not None:
+                m.model.close()  # llama.cpp frees its mapping, context and KV cache now
             targets = [m, m.model, m.tokenizer, m.processor]
             cleared = _release_references([t for t in targets if t is not None])
             # accelerate's dispatch hooks and generation caches hang off the model itself,
@@ -483,6 +495,26 @@ class Registry:
     def unload_all(self) -> list[UnloadReport]:
         """Unload every model (newest first)."""
         return [self.unload(m.name) for m in reversed(self.list())]
+
+
+def _plan_load(entry: ModelEntry, spec: LoadSpec) -> tuple[bool, int, FitCheck | None, Any, Any]:
+    """``(on llama.cpp, n_ctx, fit, device_map, max_memory)``: the fit check and placement of a load.
+
+    A GGUF at its own quantization runs on llama.cpp (runtime/llamacpp.py), checked for the context it
+    allocates; pickle or remote-code entries have no headers to estimate from (no fit, devices checked).
+    """
+    if spec.uses_llamacpp(entry):
+        from .llamacpp import default_n_ctx
+
+        n_ctx = default_n_ctx(entry, spec.n_ctx)
+        return True, n_ctx, require_fit(entry, spec, context_tokens=n_ctx), None, None
+    fit = None
+    if entry.params is not None:
+        fit = require_fit(entry, spec)
+    else:
+        check_devices(spec)
+    device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
+    return False, 0, fit, device_map, max_memory
 
 
 def _torch_free_bytes(device: str) -> int | None:

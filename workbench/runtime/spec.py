@@ -29,6 +29,9 @@ from ..precision import (
 from ..precision import device_type as _device_type
 from ..store import ModelEntry
 
+#: The in-kernel engines a load may ask for.
+ENGINES = ("auto", "llamacpp", "transformers")
+
 
 @dataclass(frozen=True)
 class LoadSpec(Record):
@@ -48,6 +51,10 @@ class LoadSpec(Record):
         trust_remote_code: allow this model's own Python code to run.
         name: the registry name; default the entry name, suffixed if already taken
             (``"SmolLM2-135M-Instruct@nf4"``).
+        engine: ``"auto"`` (llama.cpp for a GGUF entry loaded as stored, transformers otherwise:
+            :func:`workbench.store.gguf_estimate.runs_on_llamacpp`), ``"llamacpp"`` or ``"transformers"``.
+        n_ctx: llama.cpp's context in tokens (the KV cache it allocates); default the fit check's
+            context, at most the model's.
 
     Example:
         >>> LoadSpec("SmolLM2-135M-Instruct", devices=("cpu",), quant="nf4").validate().quant
@@ -64,6 +71,8 @@ class LoadSpec(Record):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     name: str | None = None
+    engine: Literal["auto", "llamacpp", "transformers"] = "auto"
+    n_ctx: int | None = None
 
     def __post_init__(self) -> None:
         # Accept what people type: a list, or one device as a string.
@@ -80,6 +89,12 @@ class LoadSpec(Record):
     def precision(self) -> str:
         """``"bfloat16"``, ``"int8"``, ``"nf4+dq"``...: what the load panel shows."""
         return precision_label(self.dtype, self.quant, self.double_quant)
+
+    def uses_llamacpp(self, entry: ModelEntry) -> bool:
+        """Whether this load of ``entry`` runs on llama.cpp (the one rule: ``runs_on_llamacpp``)."""
+        from ..store.gguf_estimate import runs_on_llamacpp
+
+        return runs_on_llamacpp(entry, self.dtype, self.quant, self.engine)
 
     @property
     def device_type(self) -> DeviceKind:
@@ -100,6 +115,7 @@ class LoadSpec(Record):
         self._check_devices()
         self._check_precision()
         self._check_max_memory()
+        self._check_engine()
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()
                                       or len(self.name) > 200 or any(c in self.name for c in "\n\r\t")):
             raise LoadSpecError(f"registry name {self.name!r} is not usable",
@@ -155,6 +171,21 @@ class LoadSpec(Record):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise LoadSpecError(f"max_memory[{d!r}] must be a positive number of bytes, not {v!r}",
                                     hint="e.g. 20 * 2**30 for 20 GiB", device=d)
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise LoadSpecError(f"engine {self.engine!r} is not an engine", hint=f"use one of {', '.join(ENGINES)}")
+        if self.n_ctx is not None and (isinstance(self.n_ctx, bool) or not isinstance(self.n_ctx, int)
+                                       or self.n_ctx <= 0):
+            raise LoadSpecError(f"n_ctx must be a positive number of tokens, not {self.n_ctx!r}",
+                                hint="e.g. n_ctx=4096, or None for the default")
+        if self.engine == "llamacpp" and (self.quant != "none" or self.dtype != "auto"):
+            raise LoadSpecError(f"llama.cpp runs a GGUF at its own quantization, not at dtype={self.dtype!r} "
+                                f"quant={self.quant!r}",
+                                hint="use dtype='auto' and quant='none', or engine='transformers' to de-quantize it")
+        if self.engine == "llamacpp" and isinstance(self.model, ModelEntry) and self.model.format != "gguf":
+            raise LoadSpecError(f"{self.model.name} is {self.model.format}; llama.cpp runs GGUF entries",
+                                hint="use engine='auto' or 'transformers'")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, with the model by name and an empty ``max_memory`` as ``None``."""

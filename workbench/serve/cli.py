@@ -50,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     plan = plan_serve(args.name, engine=args.engine, devices=devices, dtype=args.dtype, quant=args.quant,
                       port=args.port, max_model_len=args.max_model_len, name=args.endpoint_name, nodes=args.nodes,
-                      allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+                      allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                      parallel=args.parallel)
     if not args.json:
         print(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...", file=sys.stderr, flush=True)
     with terminate_as_interrupt():
@@ -175,16 +176,20 @@ def register(subparsers: Any) -> None:
         return sp
 
     sp = add(subparsers, "serve", cmd_serve,
-             "start an OpenAI-compatible engine (vLLM or transformers serve) for a store model; returns once it "
+             "start an OpenAI-compatible engine (vLLM, transformers serve or llama.cpp) for a store model; returns once it "
              "answers and leaves it running")
     sp.add_argument("name", help="a store entry name")
     sp.add_argument("--engine", default="auto", choices=ENGINES,
-                    help="auto: vLLM on GPUs when its command is found, else transformers serve")
+                    help="auto: llama.cpp for a GGUF entry, else vLLM on GPUs when its command is found, "
+                         "else transformers serve")
     sp.add_argument("--device", default="cpu", help="cpu, or cuda:0[,cuda:1...] (vLLM: tensor parallel)")
     sp.add_argument("--dtype", default="auto", choices=DTYPES)
     sp.add_argument("--quant", default="none", choices=SERVE_QUANTS)
     sp.add_argument("--port", type=int, default=None, help="default: a free port on 127.0.0.1")
-    sp.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length (default: what fits)")
+    sp.add_argument("--max-model-len", type=int, default=None,
+                    help="context length (vLLM: default what fits; llama.cpp: per slot, default 4096)")
+    sp.add_argument("--parallel", type=int, default=1,
+                    help="llama.cpp slots for concurrent clients (a llama-server llamacpp_command)")
     sp.add_argument("--name", dest="endpoint_name", default=None, help="the endpoint's name (default: the model's)")
     sp.add_argument("--nodes", type=int, default=1,
                     help="vLLM on a Ray cluster: pipeline stages over this many machines (see README)")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .._records import Record
 
-EndpointEngine = Literal["vllm", "transformers", "remote"]
+EndpointEngine = Literal["vllm", "transformers", "llamacpp", "remote"]
 """What serves an endpoint: an engine the workbench started, or ``"remote"`` (added by URL)."""
 #: ``engine`` of an endpoint the workbench did not start.
 REMOTE: EndpointEngine = "remote"

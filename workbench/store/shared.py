@@ -73,14 +73,15 @@ def _read_only(path: Path, why: str) -> ReadOnlyStoreError:
 
 
 def import_into_root(path: str | os.PathLike[str], root: str | os.PathLike[str], *, name: str | None = None,
-                     check: bool = False, progress: Callable[[str], None] | None = None) -> ModelEntry:
+                     check: bool = False, progress: Callable[[str], None] | None = None,
+                     convert: bool = False) -> ModelEntry:
     """Import a model folder or GGUF file into ``root``, atomically, readable by every user.
 
     Args:
         path: a model folder (config.json and safetensors) or a ``.gguf`` file.
         root: the shared store root (created if missing and allowed).
         name: the entry's name (default the folder or file name).
-        check: check a converted GGUF with a greedy generation.
+        check: check the imported GGUF with a greedy generation.
         progress: called with one line per step (a file copied...).
 
     Raises:
@@ -93,7 +94,7 @@ def import_into_root(path: str | os.PathLike[str], root: str | os.PathLike[str],
     target = check_writable(root)
     try:
         return import_path(path, ModelStore([target], cache_path=None), name=name, check=check,
-                           progress=progress, shared=True)
+                           progress=progress, shared=True, convert=convert)
     except PermissionError as exc:
         if isinstance(exc, WorkbenchError):  # our own refusals (unsafe names, models) say what they mean
             raise

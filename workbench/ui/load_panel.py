@@ -33,17 +33,18 @@ def _registry() -> Registry:
 
 
 def loaded_table_html(loaded: Sequence[LoadedModel]) -> str:
-    """Loaded models: devices, precision, bytes per device, footprint and load time."""
+    """Loaded models: engine, devices, precision, bytes per device, footprint and load time."""
     if not loaded:
         return "<p><em>No model loaded.</em></p>"
     rows = []
     for m in loaded:
         spec = m.spec
-        precision = spec.precision
+        precision = m.precision if getattr(m, "engine", "transformers") == "llamacpp" else spec.precision
         placement = ", ".join(f"{dev}: {format_bytes(b)}" for dev, b in (m.placement or {}).items())
-        rows.append([m.name, m.entry.name if m.entry else spec.model, ", ".join(m.devices), precision, placement,
-                     format_bytes(m.footprint_bytes), f"{m.load_s:.1f} s" if m.load_s is not None else None])
-    return html_table(["Name", "Model", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
+        engine = "llama.cpp" if getattr(m, "engine", "transformers") == "llamacpp" else "transformers"
+        rows.append([m.name, m.entry.name if m.entry else spec.model, engine, ", ".join(m.devices), precision,
+                     placement, format_bytes(m.footprint_bytes), f"{m.load_s:.1f} s" if m.load_s is not None else None])
+    return html_table(["Name", "Model", "Engine", "Devices", "Precision", "Placement", "Footprint", "Load time"], rows)
 
 
 #: Shown where NVML cannot list a GPU's processes: unknown, not "nobody holds memory".
