@@ -47,5 +47,17 @@ def test_the_upload_beside_the_message_goes_to_the_model_as_an_image_part(vlm_ro
         # Text from the same box still works, and the transcript keeps both turns.
         panel.send("and text only", wait=True)
         assert len(panel.history) == 4
+        # The Batch box runs text prompts on the vision-language model, as one at a time would.
+        panel.controls.batch_input.value = "What is the answer?\nHello world"
+        panel.controls.run_batch.click()
+        batch = panel.wait()
+        one = [generate(loaded, p, GenerationParams(temperature=0, max_new_tokens=5)).text
+               for p in ("What is the answer?", "Hello world")]
+        assert [r.text for r in batch] == one
+        # The Store panel says what an image costs, as the checkpoint's config says.
+        from workbench.ui.store_panel import entry_details_html
+
+        assert "Tokens per image" in entry_details_html(loaded.entry, devices=["cpu"])
+        assert loaded.entry.image_tokens == 16
     finally:
         reg.unload_all()
