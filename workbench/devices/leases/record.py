@@ -18,7 +18,7 @@ once the real placement was known); readers keep the newest of one lease.
 
 :func:`read_lease` is the only reader: ``O_NOFOLLOW|O_NONBLOCK`` (a symlink or a FIFO
 costs nothing), a regular file owned by the uid its name says, not writable by
-group or others, at most :data:`MAX_FILE_BYTES`, every field type- and range-checked.
+group or others, with one link, at most :data:`MAX_FILE_BYTES`, every field type- and range-checked.
 Anything else is a :class:`BadLeaseFile` naming the file, its owner and why.
 """
 
@@ -50,6 +50,8 @@ REVOKED_SUFFIX = ".revoked"
 Watch = Literal["heartbeat", "pid"]
 
 _NAME = re.compile(r"^((?:GPU|MIG)-[A-Za-z0-9_-]{1,120})\.u(\d{1,10})\.([0-9a-f]{12})\.(\d{1,6})\.lease$")
+#: A lease file's name (groups: the GPU uuid as in file names, the uid, the lease id, the generation).
+LEASE_NAME_RE = _NAME
 _LEASE_ID = re.compile(r"^[0-9a-f]{12}$")
 _UUID = re.compile(r"^(?:GPU|MIG)-[A-Za-z0-9/_-]{1,120}$")
 _BOOT_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
@@ -334,6 +336,8 @@ def read_lease(dir_fd: int, file_name: str, *, now: float, total_bytes: int | No
             raise BadLeaseFile(file_name, "not a regular file", owner, key)
         if fst.st_uid != name.uid:
             raise BadLeaseFile(file_name, f"its name says uid {name.uid} but {owner} owns it", owner, key)
+        if fst.st_nlink != 1:  # its holder links it once; a second link is someone else's (see folder._Census)
+            raise BadLeaseFile(file_name, f"it has {fst.st_nlink} hard links, a lease file one", owner, key)
         if fst.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise BadLeaseFile(file_name, f"writable by others (mode {stat.S_IMODE(fst.st_mode):04o})", owner, key)
         if fst.st_size > MAX_FILE_BYTES:
