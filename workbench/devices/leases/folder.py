@@ -78,8 +78,9 @@ LIST_BUDGET_S = 30.0
 #: Prefix of the temporary files a lease is written in before it is linked to its name
 #: (``.tmp-u<uid>-<random>``: a reader looks at its own only, to clean up after a crash).
 TMP_PREFIX = ".tmp-"
-#: Bad files warned about one by one per owner and listing; the rest of that owner's in one line.
-WARN_PER_OWNER = 3
+#: Bad files warned about one by one (once each) per owner and listing; the rest of that owner's in one
+#: line, so that an owner's 4096 planted files cannot flood the log nor the memory of what was warned.
+WARN_PER_OWNER = 64
 #: A temporary file older than this was left by a holder that died while writing; its owner removes it.
 TMP_MAX_AGE_S = 60.0
 #: Distinct bad files remembered so that each is warned about once.
