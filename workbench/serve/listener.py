@@ -256,7 +256,12 @@ def check_listener(engine_pid: int, host: str, port: int) -> ListenerCheck:
     if any(h.inode not in ours for h in found):
         for p in engine_processes(engine_pid):
             ours |= socket_inodes(p)
-    foreign = tuple(_named(h) for h in found if h.inode not in ours)
+    # A socket on "::" with IPV6_V6ONLY takes no IPv4 connection, and anyone may bind one beside
+    # the engine's: counted as foreign, it let any user refuse every prompt to any engine. A
+    # dual-stack "::" socket the kernel would not have let bind beside the engine's IPv4 one (nor
+    # the engine's beside it), so while the engine holds an IPv4 listener, "::" is not in reach.
+    engine_v4 = any(h.inode in ours and ":" not in h.address for h in found)
+    foreign = tuple(_named(h) for h in found if h.inode not in ours and not (engine_v4 and h.address == "::"))
     return ListenerCheck(tuple(found), foreign)
 
 
