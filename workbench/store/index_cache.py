@@ -5,6 +5,10 @@ network file system (a JupyterHub's shared store) those reads dominate. The cach
 keeps each file's summary under its absolute path and re-reads the header as soon
 as the file's size or modification time changes. A missing, unreadable or
 foreign cache is just empty: the cache is an optimisation, never a source of truth.
+
+Results that depend on a file's content rather than on one file (what the skeleton
+transformers builds from a ``config.json`` holds) are kept by a key the caller derives
+from that content and the library versions (:meth:`IndexCache.get_keyed`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 7  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
-# 7: header_bytes (the per-entry bound)
+_VERSION = 8  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
+# 7: header_bytes (the per-entry bound); 8: results keyed by content (skeletons)
 
 
 class IndexCache:
@@ -34,6 +38,7 @@ class IndexCache:
         self.path = path
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] | None = None
+        self._keyed: dict[str, Any] = {}
         self._dirty = False
         self.hits = 0
         self.misses = 0
@@ -47,6 +52,8 @@ class IndexCache:
                         data = json.load(fh)
                     if data.get("version") == _VERSION and isinstance(data.get("files"), dict):
                         self._entries = data["files"]
+                        if isinstance(data.get("keyed"), dict):
+                            self._keyed = data["keyed"]
                 except (OSError, ValueError, AttributeError):
                     pass
         return self._entries
@@ -78,6 +85,23 @@ class IndexCache:
             self.misses += 1
         return summary
 
+    def get_keyed(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The result stored under ``key`` (a content hash the caller derives), or ``compute()``'s, stored.
+
+        ``compute`` may raise; nothing is stored then. Its result must be JSON.
+        """
+        with self._lock:
+            self._load()
+            if key in self._keyed:
+                self.hits += 1
+                return self._keyed[key]
+        value = compute()
+        with self._lock:
+            self._keyed[key] = value
+            self._dirty = True
+            self.misses += 1
+        return value
+
     def save(self) -> None:
         """Write the cache atomically if anything changed; failures are ignored (read-only home)."""
         with self._lock:
@@ -88,7 +112,7 @@ class IndexCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-", suffix=".json")
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"version": _VERSION, "files": live}, fh)
+                    json.dump({"version": _VERSION, "files": live, "keyed": self._keyed}, fh)
                 os.replace(tmp, self.path)
                 self._dirty = False
             except OSError:

@@ -21,7 +21,10 @@ the rules its bitsandbytes integration applies at load time:
 The same skeleton is run forward on the meta device for the cache a context
 leaves (:mod:`workbench.store.kv_cache`), inside the same bound.
 
-Building needs torch and transformers; it is cached per config file, and
+Building needs torch and transformers; it is cached per config file in the process,
+and across processes in ``skeletons.json`` beside the header index (keyed by the
+config's content, the transformers and torch versions and the skeleton bounds: a
+second ``store inspect`` imports neither), and
 :func:`model_layout` returns ``None`` (the estimate then falls back to header
 rules for the weights, and says why the cache is unavailable) when the model cannot
 be built: no torch, remote code, GGUF, a ``model_type`` this transformers does not
@@ -30,6 +33,9 @@ know (:func:`layout_or_reason` gives the reason).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -38,8 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from .._transformers_compat import fp32_matchers, modules_not_to_convert, should_convert_module
-from ..errors import EstimateUnavailableError
+from ..errors import BrokenModelError, EstimateUnavailableError
+from . import limits
 from .folder_json import config_or_none
+from .index_cache import IndexCache
 from .kv_cache import CacheProfile, measure_cache
 from .skeleton import check_config_counts, skeleton_budget
 
@@ -126,17 +134,103 @@ def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = Non
             if isinstance(cached, EstimateUnavailableError):
                 raise cached
             return cached
-    try:
-        layout = _build(folder, None if skip_modules is None else list(skip_modules))
-    except EstimateUnavailableError as exc:
-        if exc.reason == "time":  # depends on the machine's load now: not the config's verdict
-            raise
-        layout = exc
+    layout = _persisted(folder, skip_modules)
     with _lock:
         _cache[key] = layout
     if isinstance(layout, EstimateUnavailableError):
         raise layout
     return layout
+
+
+def _verdict(folder: Path, skip_modules: tuple[str, ...] | None) -> ModelLayout | str | EstimateUnavailableError:
+    try:
+        return _build(folder, None if skip_modules is None else list(skip_modules))
+    except EstimateUnavailableError as exc:
+        if exc.reason == "time":  # depends on the machine's load now: not the config's verdict
+            raise
+        return exc
+
+
+#: Bumped when what a stored skeleton result means changes.
+_SCHEMA = 1
+_persistent: dict[Path, IndexCache] = {}
+
+
+def _persistent_cache() -> IndexCache | None:
+    """``skeletons.json`` in the settings' cache folder now (the header index cache's kind of file)."""
+    try:
+        from ..config import get_settings
+
+        path = Path(get_settings().cache_dir) / "skeletons.json"
+    except Exception:  # noqa: BLE001 - no settings, no cache: an optimisation only
+        return None
+    with _lock:
+        found = _persistent.get(path)
+        if found is None:
+            _persistent.clear()  # the settings moved (one at a time is kept)
+            found = _persistent[path] = IndexCache(path)
+        return found
+
+
+def _content_key(folder: Path, skip_modules: tuple[str, ...] | None) -> str | None:
+    """The config's content, the libraries that answer, the bounds and the skips, hashed; ``None``: not cacheable."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    raw = config_or_none(folder)
+    if raw is None:
+        return None
+    try:
+        libs = [version("transformers"), version("torch")]
+    except PackageNotFoundError:
+        return None
+    text = json.dumps([_SCHEMA, raw, libs, skip_modules, limits.SKELETON_MAX_LAYERS, limits.SKELETON_MAX_MODULES],
+                      sort_keys=True, default=str)
+    return "skeleton:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _persisted(folder: Path, skip_modules: tuple[str, ...] | None) -> ModelLayout | str | EstimateUnavailableError:
+    """The verdict for ``folder``, from the persistent cache when its config was seen before (no torch import)."""
+    try:
+        key = _content_key(folder, skip_modules)
+    except BrokenModelError:
+        key = None
+    store = _persistent_cache()
+    if key is None or store is None:
+        return _verdict(folder, skip_modules)
+
+    def compute() -> dict[str, Any]:
+        found = _verdict(folder, skip_modules)
+        if isinstance(found, EstimateUnavailableError):
+            return {"refused": {"message": found.message, "hint": found.hint, "reason": found.reason}}
+        return {"reason": found} if isinstance(found, str) else {"layout": _layout_to_json(found)}
+
+    stored = store.get_keyed(key, compute)
+    store.save()
+    try:
+        if "layout" in stored:
+            return _layout_from_json(stored["layout"])
+        if "reason" in stored:
+            return str(stored["reason"])
+        r = stored["refused"]
+        return EstimateUnavailableError(str(r["message"]), hint=r.get("hint"), name=folder.name, reason=r.get("reason"))
+    except (KeyError, TypeError, ValueError, AttributeError):  # a damaged cache file: ask transformers again
+        return _verdict(folder, skip_modules)
+
+
+def _layout_to_json(layout: ModelLayout) -> dict[str, Any]:
+    out = {f.name: getattr(layout, f.name) for f in dataclasses.fields(layout)}
+    out["cache"] = layout.cache.to_dict() if layout.cache is not None else None
+    return out
+
+
+def _layout_from_json(data: dict[str, Any]) -> ModelLayout:
+    values = {f.name: data[f.name] for f in dataclasses.fields(ModelLayout)}
+    for name in ("params", "linear_params", "linear_rows", "linear_count", "follows_params", "fp32_fp16_params",
+                 "fp32_bf16_params", "fixed_bytes"):
+        values[name] = int(values[name])
+    values["cache"] = CacheProfile.from_dict(values["cache"]) if values["cache"] is not None else None
+    values["cache_problem"] = None if values["cache_problem"] is None else str(values["cache_problem"])
+    return ModelLayout(**values)
 
 
 def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | str:
