@@ -14,7 +14,7 @@ import os
 import pytest
 
 from fakes.fake_pynvml import FakeGpu
-from multiuser import NOBODY, OTHER, require_root, run_as, shared_tmp, sticky_folder
+from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, sticky_folder
 from workbench.devices.leases import LeaseBook, leases_report
 from workbench.devices.leases import folder as folder_module
 from workbench.devices.leases.record import user_name
@@ -39,8 +39,18 @@ def folder(gpu):
         yield sticky_folder(base / "leases")
 
 
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def book(folder, **kw) -> LeaseBook:
-    return LeaseBook(folder, heartbeat_s=None, admin_group="", **kw)
+    return LeaseBook(folder, heartbeat_s=None, **{"admin_group": "", **kw})
 
 
 def flood(folder, uuid: str, n: int) -> int:
@@ -164,3 +174,27 @@ def test_the_owner_still_writes_its_lease_into_a_full_folder(folder, gpu):
     run_as(NOBODY, flood, folder, gpu.uuid, 4000)
     lease = run_as(OTHER, lambda: book(folder).acquire("cuda:0", 1 * GiB, "m", hold=False).file)
     assert (folder / lease).stat().st_uid == OTHER
+
+
+def test_a_holder_cannot_block_an_administrators_revocation_by_planting_it_first(folder, gpu):
+    """The revocation's name is known once the lease is: a holder who puts a file of its own there
+    first made a group administrator's ``release --force`` report success while the lease stayed."""
+    import grp
+
+    group, gid = next((g, grp.getgrnam(g).gr_gid) for g in ("users", "staff", "adm") if _group_exists(g))
+    parent = os.getpid()
+
+    def take_and_shield() -> tuple[str, str]:
+        lease = book(folder).acquire("cuda:0", 5 * GiB, "shielded", pid=parent, watch="pid", hold=False)
+        os.close(os.open(folder / (lease.file + ".revoked"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        return lease.lease_id, lease.file
+
+    lease_id, file = run_as(NOBODY, take_and_shield)
+    with pytest.raises(ChildFailed) as failed:  # a real member of the administrators' group
+        run_as(OTHER, lambda: book(folder, admin_group=group).release(lease_id, force=True), groups=(gid,))
+    assert failed.value.type_name == "LeaseError"
+    assert f"made by {user_name(NOBODY)}, not by an administrator; the lease stays" in failed.value.message
+    assert [x.lease_id for x in book(folder, admin_group=group).leases()] == [lease_id]  # as the message says
+    # Root still can: it deletes the files.
+    assert book(folder).release(lease_id, force=True).lease_id == lease_id
+    assert not (folder / file).exists()

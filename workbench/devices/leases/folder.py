@@ -439,11 +439,21 @@ class LeaseFolder:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=fd)
             return "deleted"
+        name = lease.file + REVOKED_SUFFIX
         try:
-            rfd = os.open(lease.file + REVOKED_SUFFIX,
-                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+            rfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
         except FileExistsError:
-            return "revoked"
+            # Revoked already, or a file its holder (or anyone) put there first to keep the lease from
+            # being revoked: only a revocation readers will honour counts as done.
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid != lease.uid and revoked_by_admin(st, self.admin_group,
+                                                                                          self.setgid):
+                return "revoked"
+            raise LeaseError(
+                f"lease {lease.lease_id} ({lease.describe()}) cannot be revoked: {name} in {self.path} already "
+                f"exists, made by {user_name(st.st_uid)}, not by an administrator; the lease stays",
+                hint=f"root can release it (`sudo workbench leases release {lease.lease_id} --force`) or delete "
+                     f"that file", lease_id=lease.lease_id, path=str(self.path)) from None
         try:
             os.fchmod(rfd, 0o644)
             gid = _group_id(self.admin_group)
