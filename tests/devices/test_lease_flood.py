@@ -14,7 +14,7 @@ import os
 import pytest
 
 from fakes.fake_pynvml import FakeGpu
-from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, sticky_folder
+from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as, sticky_folder
 from workbench.devices.leases import LeaseBook, leases_report
 from workbench.devices.leases import folder as folder_module
 from workbench.devices.leases.record import user_name
@@ -198,3 +198,30 @@ def test_a_holder_cannot_block_an_administrators_revocation_by_planting_it_first
     # Root still can: it deletes the files.
     assert book(folder).release(lease_id, force=True).lease_id == lease_id
     assert not (folder / file).exists()
+
+
+def _hold_two_then_beat(folder, ready_w: int, go_r: int) -> list[str]:
+    """As the holder: two held leases; once told, one heartbeat; the ids it still holds."""
+    b = book(folder)
+    first = b.acquire("cuda:0", 2 * GiB, "first")
+    second = b.acquire("cuda:0", 2 * GiB, "second")
+    os.write(ready_w, f"{first.file} {second.lease_id}\n".encode())
+    os.read(go_r, 1)
+    beat = [x.lease_id for x in b.heartbeat()]
+    assert beat == [x.lease_id for x in b.held], (beat, b.held)
+    return beat
+
+
+def test_a_name_taken_after_roots_release_does_not_stop_the_holders_other_heartbeats(folder, gpu):
+    """Root force-released one of a holder's leases (deleting its file); another user then made a
+    file of that name. The holder's heartbeat failed on it, and its other leases went stale."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = start_as(OTHER, _hold_two_then_beat, folder, ready_w, go_r)
+    first_file, second_id = os.read(ready_r, 4096).decode().split()
+    book(folder).release(first_file.split(".")[2], force=True)  # root: the file is deleted
+    run_as(NOBODY, lambda: os.close(os.open(folder / first_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)))
+    os.write(go_w, b"g")
+    assert child.result(60) == [second_id]
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)

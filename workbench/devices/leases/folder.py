@@ -398,10 +398,15 @@ class LeaseFolder:
             The new heartbeat (the file's ctime), or ``None`` when the file is gone.
         """
         mtime = last_used_s if last_used_s is not None else lease.created_s
+        name = lease.file_name()
         try:
-            os.utime(lease.file_name(), ns=(time.time_ns(), int(mtime * 1e9)), dir_fd=fd, follow_symlinks=False)
-            return os.stat(lease.file_name(), dir_fd=fd, follow_symlinks=False).st_ctime
-        except FileNotFoundError:
+            # Once root deleted it, anyone may take the name: a file that is not ours is no heartbeat
+            # of ours (and touching it failed, which stopped the beat of every lease after it).
+            if os.stat(name, dir_fd=fd, follow_symlinks=False).st_uid != os.geteuid():
+                return None
+            os.utime(name, ns=(time.time_ns(), int(mtime * 1e9)), dir_fd=fd, follow_symlinks=False)
+            return os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
+        except (FileNotFoundError, PermissionError):
             return None
 
     def remove_own(self, fd: int, file_name: str) -> bool:
