@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 8  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
-# 7: header_bytes (the per-entry bound); 8: results keyed by content (skeletons)
+_VERSION = 9  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
+# 7: header_bytes (the per-entry bound); 8: results keyed by content (skeletons); 9: tensor names
 
 
 class IndexCache:

@@ -445,6 +445,8 @@ class Scanner:
             if "problem" in summary:
                 raise BrokenModelError(summary["problem"])
             parts.append(summary)
+        if INDEX_NAME in files:
+            _check_index_matches(files[INDEX_NAME], weight_files, parts)
         tie = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", True)))
         stats = weight_stats(parts, tie)
         dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
@@ -507,6 +509,36 @@ class Scanner:
         return names
 
 
+def _check_index_matches(index: Path, shards: list[str], parts: list[dict[str, Any]]) -> None:
+    """The shard index and the shards' headers must name the same tensors, each where the index says.
+
+    transformers loads each tensor from the shard the index names: a tensor the shard lacks is
+    left at its random initialisation, and a tensor no index entry names is never loaded (and
+    would be counted in ``params``). Either is a broken checkpoint.
+
+    Raises:
+        BrokenModelError: naming (up to three of) the tensors at fault.
+    """
+    weight_map = read_json_object(index)["weight_map"]
+    held = {shard: set(part.get("names") or ()) for shard, part in zip(shards, parts)}
+    stale = sorted(name for name, shard in weight_map.items() if name not in held.get(shard, ()))
+    listed = set(weight_map)
+    extra = sorted(f"{name} (in {shard})" for shard, names in held.items() for name in names
+                   if name not in listed or weight_map.get(name) != shard)
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    if stale:
+        raise BrokenModelError(
+            f"{INDEX_NAME} names {few(stale)} in shards that do not hold them (a stale index): a load would leave "
+            "them randomly initialised", hint="re-download the checkpoint, or re-save it with save_pretrained")
+    if extra:
+        raise BrokenModelError(
+            f"the shards hold {few(extra)}, which {INDEX_NAME} does not list there: a load would never read them",
+            hint="re-download the checkpoint, or re-save it with save_pretrained")
+
+
 def _safetensors_summary(path: Path) -> dict[str, Any]:
     try:
         hdr = read_safetensors_header(path)
@@ -515,6 +547,7 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
     records = [(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors]
     summary = tensor_summary(records)
     summary["header_bytes"] = hdr.header_bytes
+    summary["names"] = [t.name for t in hdr.tensors]  # checked against a shard index (_check_index_matches)
     packed = prequant.file_summary(path, records)
     if packed is not None:
         summary["prequant"] = packed
