@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import time
 
 import pytest
 
@@ -49,6 +51,21 @@ def _group_exists(name: str) -> bool:
         return False
 
 
+@pytest.fixture
+def engines():
+    """``engines(uid)``: the PID of a process running as ``uid`` (an engine of that user's)."""
+    procs = []
+
+    def start(uid: int) -> int:
+        procs.append(subprocess.Popen(["sleep", "600"], user=uid, group=uid, extra_groups=[]))
+        return procs[-1].pid
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(30)
+
+
 def book(folder, **kw) -> LeaseBook:
     return LeaseBook(folder, heartbeat_s=None, **{"admin_group": "", **kw})
 
@@ -74,8 +91,8 @@ def flood(folder, uuid: str, n: int) -> int:
     return n
 
 
-def test_a_flood_of_files_costs_only_its_owner(folder, gpu, caplog):
-    parent = os.getpid()  # the honest user's engine: live as long as this test runs
+def test_a_flood_of_files_costs_only_its_owner(folder, gpu, caplog, engines):
+    parent = engines(OTHER)  # the honest user's engine: live as long as this test runs
 
     def honest_lease() -> str:
         return book(folder).acquire("cuda:0", 4 * GiB, "honest-model", pid=parent, watch="pid", hold=False).lease_id
@@ -114,10 +131,10 @@ def test_a_flood_of_files_costs_only_its_owner(folder, gpu, caplog):
     assert (folder / f".tmp-u0-{'0' * 16}").exists()
 
 
-def test_an_owner_below_the_limit_is_read_and_above_it_left_out(folder, gpu, monkeypatch):
+def test_an_owner_below_the_limit_is_read_and_above_it_left_out(folder, gpu, monkeypatch, engines):
     """The limit is per owner: exactly at it, the owner's leases count; one file more, none of them."""
     monkeypatch.setattr(folder_module, "MAX_FILES_PER_UID", 5)
-    parent = os.getpid()
+    parent = engines(NOBODY)
 
     def take_and_plant(junk: int) -> str:
         b = book(folder)
@@ -152,12 +169,12 @@ def test_a_folder_too_slow_to_list_is_refused_naming_who_fills_it(folder, gpu, m
     assert book(folder).acquire("cuda:0", 1 * GiB, "m", hold=False).granted
 
 
-def test_a_hard_linked_lease_file_is_passed_over_never_counted_twice(folder, gpu):
+def test_a_hard_linked_lease_file_is_passed_over_never_counted_twice(folder, gpu, engines):
     """Where fs.protected_hardlinks is off, anyone can link anyone's file into the folder. A lease file
     has one link once written; a file with more is passed over, so a link can neither count a lease
     twice, nor pose as a newer generation of it, nor count against its owner's limit. (Root makes the
     links here: with fs.protected_hardlinks on, as on this machine, nobody else may.)"""
-    parent = os.getpid()
+    parent = engines(OTHER)
     theirs = run_as(OTHER, lambda: book(folder).acquire("cuda:0", 5 * GiB, "m", pid=parent, watch="pid",
                                                         hold=False).file)
     gen_bump = theirs.replace(".0.lease", ".999.lease")
@@ -176,13 +193,13 @@ def test_the_owner_still_writes_its_lease_into_a_full_folder(folder, gpu):
     assert (folder / lease).stat().st_uid == OTHER
 
 
-def test_a_holder_cannot_block_an_administrators_revocation_by_planting_it_first(folder, gpu):
+def test_a_holder_cannot_block_an_administrators_revocation_by_planting_it_first(folder, gpu, engines):
     """The revocation's name is known once the lease is: a holder who puts a file of its own there
     first made a group administrator's ``release --force`` report success while the lease stayed."""
     import grp
 
     group, gid = next((g, grp.getgrnam(g).gr_gid) for g in ("users", "staff", "adm") if _group_exists(g))
-    parent = os.getpid()
+    parent = engines(NOBODY)
 
     def take_and_shield() -> tuple[str, str]:
         lease = book(folder).acquire("cuda:0", 5 * GiB, "shielded", pid=parent, watch="pid", hold=False)
@@ -225,3 +242,27 @@ def test_a_name_taken_after_roots_release_does_not_stop_the_holders_other_heartb
     assert child.result(60) == [second_id]
     for fd in (ready_r, ready_w, go_r, go_w):
         os.close(fd)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_an_engine_lease_lives_by_its_own_users_process_only(folder, gpu, engines):
+    """An engine's lease has no heartbeat: its PID says whether it lives. Tied to a process that
+    is not its owner's (PID 1, forever alive), it blocked the GPU for good; now the heartbeat decides."""
+    forged = run_as(NOBODY, lambda: book(folder).acquire("cuda:0", 20 * GiB, "forever", pid=1, watch="pid",
+                                                          hold=False).lease_id)
+    own_engine = engines(OTHER)
+    honest = run_as(OTHER, lambda: book(folder).acquire("cuda:0", 2 * GiB, "engine", pid=own_engine, watch="pid",
+                                                        hold=False).lease_id)
+    clock = Clock()
+    assert {x.lease_id for x in book(folder, clock=clock).leases()} == {forged, honest}  # fresh: both count
+    clock.t += 3600  # an hour without a heartbeat
+    live, dead, _ = book(folder, clock=clock).survey()
+    assert [x.lease_id for x in live] == [honest]  # its engine runs as its owner
+    assert [(x.lease_id, why) for x, why in dead] == [(forged, "no heartbeat for 60 min")]

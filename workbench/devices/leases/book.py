@@ -255,8 +255,8 @@ class LeaseBook:
         if lease.process.here():
             if not lease.process.alive():
                 return f"process {lease.pid} on {lease.host} is gone"
-            if lease.watch == "pid":
-                return None
+            if lease.watch == "pid" and _runs_as(lease.pid, lease.uid):
+                return None  # its engine: alive while it runs (another user's process says nothing of it)
         age = now - lease.heartbeat_s
         if age > self.stale_after_s:
             return f"no heartbeat for {duration_str(age)}"
@@ -608,6 +608,24 @@ class LeaseBook:
     def stop(self) -> None:
         """Stop the heartbeat thread (the leases stay; :meth:`release_all` gives them back)."""
         self._heart.stop()
+
+
+def _runs_as(pid: int, uid: int) -> bool:
+    """Whether process ``pid`` (in the reader's namespace) runs as ``uid`` (real or effective).
+
+    An engine's lease is judged by its PID with no heartbeat; without this, anyone could tie a
+    lease to a process that is not theirs (PID 1) and keep it alive for good. ``False`` where it
+    cannot be told (``hidepid``): the heartbeat its owner's workbench processes give it decides.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f.read(8192).splitlines():
+                if line.startswith(b"Uid:"):
+                    real, effective = (int(x) for x in line.split()[1:3])
+                    return uid in (real, effective)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _call(fn: Callable[[], float | None] | None) -> float | None:
