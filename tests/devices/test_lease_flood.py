@@ -17,9 +17,10 @@ import pytest
 
 from fakes.fake_pynvml import FakeGpu
 from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as, sticky_folder
+from workbench._process_identity import ProcessIdentity
 from workbench.devices.leases import LeaseBook, leases_report
 from workbench.devices.leases import folder as folder_module
-from workbench.devices.leases.record import user_name
+from workbench.devices.leases.record import Lease, user_name
 from workbench.errors import LeaseFolderError
 
 GiB = 2**30
@@ -266,3 +267,24 @@ def test_an_engine_lease_lives_by_its_own_users_process_only(folder, gpu, engine
     live, dead, _ = book(folder, clock=clock).survey()
     assert [x.lease_id for x in live] == [honest]  # its engine runs as its owner
     assert [(x.lease_id, why) for x, why in dead] == [(forged, "no heartbeat for 60 min")]
+
+
+def test_another_users_lease_under_my_lease_id_does_not_keep_me_from_releasing_mine(folder, gpu, engines):
+    """Lease ids are visible to all, and anyone may write a lease under one already in use: the id
+    was then ambiguous, and ``workbench leases release ID`` could not release the owner's lease."""
+    mine = book(folder).acquire("cuda:0", 3 * GiB, "mine", hold=False)
+    squatter = engines(NOBODY)
+
+    def squat() -> str:
+        b = book(folder)
+        copy = Lease(mine.lease_id, gpu.uuid, "cuda:0", os.geteuid(), "", b.host, ProcessIdentity.of(squatter),
+                     "squat", GiB, time.time(), time.time(), watch="pid")
+        with b.folder.opened() as fd:
+            os.close(b.folder.create(fd, copy, granted=True))
+        return copy.file_name()
+
+    theirs = run_as(NOBODY, squat)
+    assert sorted(x.owner for x in book(folder).leases() if x.lease_id == mine.lease_id) == sorted(
+        [user_name(0), user_name(NOBODY)])
+    assert book(folder).release(mine.lease_id).file == mine.file
+    assert not (folder / mine.file).exists() and (folder / theirs).exists()

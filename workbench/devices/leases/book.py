@@ -337,9 +337,12 @@ class LeaseBook:
             return None, None
 
     def find(self, lease_id: str) -> Lease | None:
-        """The lease of that id (a unique prefix is enough) on any GPU, stale ones included."""
+        """The lease of that id (a unique prefix is enough) on any GPU, stale ones included; where other
+        users' leases share it (anyone may pick an id in use), this user's own."""
         live, dead, _listing = self.survey()
         matches = [x for x in [*live, *(x for x, _ in dead)] if x.lease_id.startswith(lease_id)]
+        if len(matches) > 1:  # anyone may pick an id already in use: the caller's own lease is the one meant
+            matches = [x for x in matches if x.uid == self.uid] or matches
         return matches[0] if len(matches) == 1 else None
 
     # -- taking -----------------------------------------------------------------------------
