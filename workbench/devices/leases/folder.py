@@ -72,7 +72,7 @@ logger = logging.getLogger("workbench.devices.leases")
 MAX_FILES_PER_UID = 4096
 #: The longest one listing of the folder may take. Names that are no lease's cost a string test each,
 #: lease-like names one ``lstat`` (a million planted files list in a few seconds on a busy 2-core
-#: machine, see bench/lease_flood.py); past this the folder is refused (a listing cut short could
+#: machine, see bench/bench_lease_flood.py); past this the folder is refused (a listing cut short could
 #: miss leases), naming the users who own the most entries.
 LIST_BUDGET_S = 30.0
 #: Prefix of the temporary files a lease is written in before it is linked to its name
