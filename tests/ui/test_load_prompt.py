@@ -83,6 +83,9 @@ def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_stor
     assert result.new_tokens > 0
     assert "Hello &lt;world&gt;" in panel.outputs.transcript.value
     assert "Tokens/s" in panel.outputs.metrics.value and "TTFT" in panel.outputs.metrics.value
+    # One unit per kind: TTFT and total both in seconds.
+    assert f"{result.ttft_s:.3f} s" in panel.outputs.metrics.value and " ms<" not in panel.outputs.metrics.value
+    assert f"{result.total_s:.3f} s" in panel.outputs.metrics.value
     # At most ~10 repaints a second while streaming, plus the first and the last.
     assert panel.flushes <= result.total_s * 10 + 4
     assert [m["role"] for m in panel.history] == ["user", "assistant"]

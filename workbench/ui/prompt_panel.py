@@ -36,8 +36,9 @@ def metrics_rows(results: Sequence[RunResult]) -> list[list[Any]]:
     for i, r in enumerate(results, 1):
         bw = r.bandwidth_bytes_per_s
         rows.append([
-            i, r.prompt_tokens, r.new_tokens, f"{r.ttft_s * 1000:.0f} ms", f"{r.tokens_per_s:.1f}",
-            f"{r.total_s:.2f} s", _pct(r.decode_efficiency), f"{format_bytes(bw)}/s" if bw else None, r.stopped_by,
+            # One unit per kind: both times in seconds (28643 ms beside 44.81 s read as different scales).
+            i, r.prompt_tokens, r.new_tokens, f"{r.ttft_s:.3f} s", f"{r.tokens_per_s:.1f}",
+            f"{r.total_s:.3f} s", _pct(r.decode_efficiency), f"{format_bytes(bw)}/s" if bw else None, r.stopped_by,
         ])
     return rows
 

@@ -6,6 +6,7 @@ study's raw numbers by :func:`study_figures`, which reports use too.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,17 @@ from .figures import FigureSlot
 
 if TYPE_CHECKING:
     from ..runtime import Registry
+
+def format_seconds(seconds: float) -> str:
+    """``42`` -> ``"42 s"``, ``150`` -> ``"2 min 30 s"``.
+
+    Example:
+        >>> format_seconds(42.4), format_seconds(150)
+        ('42 s', '2 min 30 s')
+    """
+    s = max(0, round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
+
 
 VARIANT_CHOICES = LABELS
 DEFAULT_CHOICE = tuple(v.label for v in DEFAULT_VARIANTS)
@@ -106,6 +118,7 @@ class QuantizationPanel(Panel):
         self.study: Any = None
         self.progress: tuple[str, float] = ("idle", 0.0)
         self._throttle = Throttle(0.25)
+        self._started_s: float | None = None
 
     def refresh_models(self) -> list[str]:
         """Re-list the store's usable models."""
@@ -143,6 +156,10 @@ class QuantizationPanel(Panel):
         self._sync_widgets()
 
         def job() -> Any:
+            self._started_s = time.monotonic()
+            if hasattr(self, "_table_w"):
+                self._table_w.value = (f"<i>Study running: {len(self.variants)} variant(s) of {esc(self.model)} on "
+                                       f"{esc(self.device)}, each loaded, measured and unloaded in turn.</i>")
             self._set_progress("starting", 0.0, force=True)
             study = compare(self.model, self.variants, self.device, max_eval_tokens=self.eval_tokens,
                             new_tokens=new_tokens, progress=self._set_progress, cancel=cancel,
@@ -164,12 +181,27 @@ class QuantizationPanel(Panel):
 
     # --- widgets ---------------------------------------------------------------------------
 
+    def time_left_s(self, fraction: float | None = None) -> float | None:
+        """Seconds the running study still needs, from its pace so far (``None`` before 5 % is done).
+
+        Example:
+            >>> panel.time_left_s(0.25)  # 30 s spent on a quarter  # doctest: +SKIP
+            90.0
+        """
+        fraction = self.progress[1] if fraction is None else fraction
+        if self._started_s is None or not 0.05 <= fraction < 1.0:
+            return None
+        elapsed = time.monotonic() - self._started_s
+        return elapsed * (1.0 - fraction) / fraction
+
     def _set_progress(self, message: str, fraction: float, force: bool = False) -> None:
         self.progress = (message, fraction)
         if self._root is None or not (force or self._throttle.ready()):
             return
         self._bar.value = max(0.0, min(1.0, fraction))
-        self._status.value = esc(message)
+        left = self.time_left_s(fraction)
+        suffix = "" if left is None else f" &middot; about {format_seconds(left)} left"
+        self._status.value = f"{esc(message)} ({100 * fraction:.0f}%){suffix}" if 0 < fraction < 1 else esc(message)
         running = message not in ("done", "cancelled", "idle")
         self._run_button.disabled = running
         self._cancel_button.disabled = not running
