@@ -250,7 +250,7 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
     (absmax, SCB...) are the quantization state. Other formats keep their packed weights
     and scales as buffers the footprint counts: the bytes as stored, float tensors at the dtype.
     """
-    from .prequant import BNB_QUANTS, bnb_skip_modules, double_quant
+    from .prequant import BNB_QUANTS, bnb_skip_modules, double_quant, mxfp4_stays_packed
 
     saved = entry.quantization or entry.quant_method or "unknown"
     if quant not in ("none", saved):
@@ -270,6 +270,17 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
 
         dq = saved != "int8" and double_quant(entry.path)
         layout = model_layout(entry.path, skip_modules=bnb_skip_modules(entry.path))
+    if entry.quant_method == "mxfp4" and entry.path.is_dir() and not mxfp4_stays_packed(device_type):
+        # transformers dequantizes MXFP4 to bfloat16 without its kernels (prequant.mxfp4_stays_packed):
+        # the load holds the full-precision model its skeleton is.
+        from .layout import model_layout
+
+        full = model_layout(entry.path)
+        if full is not None:
+            weights = full.unquantized_bytes(DTYPE_BYTES["bfloat16"], "bfloat16")
+            peak = load_peak(entry, "bfloat16", saved, weights, device_type)
+            return MemoryEstimate("bfloat16", saved, False, int(weights), 0, int(peak),
+                                  *_cache_fields(entry, "bfloat16"))
     if layout is not None:
         linear = layout.linear_params
         packed = linear if saved == "int8" else (linear + 1) // 2

@@ -126,16 +126,16 @@ def file_summary(path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]
     ``packed_bytes`` (bytes of those), ``state_bytes`` (side tensors), ``float_params``
     (everything else, stored in a float dtype).
     """
-    if not any(_SIDE.search(name) for name, *_ in tensors):
+    names = {name for name, *_ in tensors}
+    if not any(_SIDE.search(name) or _is_mxfp4_scales(name, names) for name, *_ in tensors):
         return None
     states = {m.group(1): name for name, *_ in tensors if (m := _BNB4_STATE.match(name))}
     shapes = _blob_shapes(path, list(states.values())) if states else {}
-    names = {name for name, *_ in tensors}
     out = {"params": 0, "quantized_params": 0, "quantized_rows": 0, "quantized_count": 0, "packed_bytes": 0,
            "state_bytes": 0, "float_params": 0, "float_bytes": 0}
     for name, dtype, shape, nbytes in tensors:
         numel = math.prod(shape)
-        if _SIDE.search(name):
+        if _SIDE.search(name) or _is_mxfp4_scales(name, names):
             out["state_bytes"] += nbytes
             continue
         blob = (shapes.get(states[name]) or (numel * 2,)) if name in states else None
@@ -154,6 +154,24 @@ def file_summary(path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]
     return out
 
 
+def _is_mxfp4_scales(name: str, names: set[str]) -> bool:
+    """MXFP4's ``X_scales`` (one 8-bit exponent per 32 values of ``X_blocks``): quantization state."""
+    return name.endswith("_scales") and f"{name[:-len('_scales')]}_blocks" in names
+
+
+def mxfp4_stays_packed(device_type: str) -> bool:
+    """Whether transformers keeps an MXFP4 checkpoint packed when loading it on ``device_type``.
+
+    ``quantizers/quantizer_mxfp4.py`` (``validate_environment``) dequantizes a pre-quantized MXFP4
+    model to bfloat16 unless its kernels can run: a CUDA GPU (compute capability 7.5 or more) with
+    Triton 3.4 or later and the ``kernels`` package; on the CPU it dequantizes unless ``use_kernels``
+    is set, which the workbench does not set.
+    """
+    if device_type != "cuda":
+        return False
+    return all(importlib.util.find_spec(m) is not None for m in ("triton", "kernels"))
+
+
 def _original_shape(name: str, dtype: str, shape: tuple[int, ...], blob: tuple[int, ...] | None, names: set[str],
                     tensors: list[tuple[str, str, tuple[int, ...], int]]) -> tuple[int, ...] | None:
     """The unpacked shape of a packed weight, or ``None`` for a tensor stored as it is used.
@@ -162,6 +180,9 @@ def _original_shape(name: str, dtype: str, shape: tuple[int, ...], blob: tuple[i
     """
     if blob is not None:  # bitsandbytes 4-bit: the blob has the shape
         return blob
+    if dtype == "U8" and name.endswith("_blocks") and f"{name[:-len('_blocks')]}_scales" in names and len(shape) >= 2:
+        # MXFP4 (GPT-OSS): [..., blocks, 16] bytes, two 4-bit values a byte, 32 values a block
+        return (*shape[:-2], shape[-2] * shape[-1] * 2)
     if dtype == "I8" and name.endswith(".weight") and f"{name[:-len('.weight')]}.SCB" in names:
         return shape  # bitsandbytes int8
     if name.endswith(".qweight") and len(shape) == 2:
