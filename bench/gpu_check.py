@@ -10,7 +10,11 @@ after three pieces, unloads, and checks that CUDA memory went back. It also chec
 refusal (a ``max_memory`` budget too small), the NVML free memory the fit check used,
 and, with two or more GPUs, a load split across cuda:0 and cuda:1. With vLLM installed
 (setting ``vllm_command``), it serves the model through vLLM, asks for Paris over the
-OpenAI API and stops it (skipped with a message otherwise).
+OpenAI API and stops it (skipped with a message otherwise). With the seeded GGUF entry
+(SmolLM2-135M-Instruct-GGUF) and a CUDA build of llama-cpp-python (``make setup
+LLAMA_CMAKE_ARGS=-DGGML_CUDA=on``), it loads it on llama.cpp with every layer on the GPU,
+checks llama.cpp's footprint against the store's estimate, answers Paris, and unloads
+(on a CPU build the step says it offloads nothing and fails on a GPU; on --dry-run it runs on the CPU).
 
 Each check prints PASS, FAIL or SKIP with its numbers; the summary table shows
 footprints (estimated and measured), tokens/s, decode efficiency against the measured
@@ -255,6 +259,52 @@ def check_vllm(checks: Checks, entry: Any, device: str) -> None:
         checks.record(name, False, str(exc)[:2000])
 
 
+GGUF = "SmolLM2-135M-Instruct-GGUF"
+
+
+def check_llamacpp(checks: Checks, device: str) -> None:
+    """The seeded GGUF on llama.cpp with all layers on ``device``: placement, footprint, Paris, unload."""
+    name = f"llama.cpp: all layers on {device}, Paris, unload"
+    from workbench.errors import WorkbenchError
+    from workbench.runtime import GenerationParams, LoadSpec, generate, get_registry
+    from workbench.store import ModelStore
+
+    try:
+        entry = ModelStore().get(GGUF)
+    except WorkbenchError as exc:
+        checks.record(name, None, f"no GGUF entry ({exc}); run `workbench store seed`")
+        return
+    try:
+        import llama_cpp
+    except ImportError:
+        checks.record(name, None, "llama-cpp-python is not installed (make setup builds it)")
+        return
+    offload = bool(getattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)())
+    if is_gpu(device) and not offload:
+        checks.record(name, False, "this llama-cpp-python is a CPU build: rebuild it with "
+                                   "`make clean && make setup LLAMA_CMAKE_ARGS=-DGGML_CUDA=on`")
+        return
+    reg = get_registry()
+    try:
+        t = time.perf_counter()
+        m = reg.load(LoadSpec(entry, devices=(device,), n_ctx=1024))
+        load_s = time.perf_counter() - t
+        try:
+            kwargs = m.model.placement_kwargs
+            r = generate(m, PROMPT, GenerationParams(temperature=0, max_new_tokens=16,
+                                                     system_prompt="You are a helpful assistant."))
+            est = m.estimate.weights_bytes if m.estimate else None
+        finally:
+            report = reg.unload(m.name)
+        placed = kwargs.get("n_gpu_layers") == (-1 if is_gpu(device) else 0)
+        ok = placed and "Paris" in r.text and m.engine == "llamacpp" and est == m.footprint_bytes
+        checks.record(name, ok, f"{kwargs}, load {load_s:.2f} s, footprint {mib(m.footprint_bytes)} (estimate "
+                                f"{mib(est)}), TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s, freed "
+                                f"{mib(report.freed_bytes)}; answer {r.text!r}")
+    except WorkbenchError as exc:
+        checks.record(name, False, str(exc)[:2000])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda:0")
@@ -307,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_gpu(device):
         check_real_multi_gpu(checks, entry)
     check_vllm(checks, entry, device)
+    check_llamacpp(checks, device)
 
     print()
     after_col = "CUDA alloc/reserved after" if is_gpu(device) else "RSS delta after"

@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_passes(seeded_root, tmp_path):
-    env = dict(os.environ, WORKBENCH_STORE=os.pathsep.join([str(tmp_path / "user"), str(seeded_root)]),
+    from workbench.store import ModelStore
+    from workbench.store.importer import DEFAULT_GGUF_NAME, embedded_gguf_path, keep_gguf
+
+    gguf_root = tmp_path / "gguf"
+    keep_gguf(embedded_gguf_path(), ModelStore([gguf_root], cache_path=None), name=DEFAULT_GGUF_NAME)
+    env = dict(os.environ, WORKBENCH_STORE=os.pathsep.join([str(tmp_path / "user"), str(seeded_root),
+                                                            str(gguf_root)]),
                PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--variants", "nf4",
                            "--json"], capture_output=True, text=True, timeout=600, env=env)
@@ -24,6 +30,7 @@ def test_gpu_check_dry_run_passes(seeded_root, tmp_path):
     statuses = {c["check"]: c["status"] for c in doc["checks"]}
     assert statuses["nf4: answers Paris"] == "PASS"
     assert statuses["fake 2x24 GiB GPUs: max_memory map"] == "PASS"
+    assert statuses["llama.cpp: all layers on cpu, Paris, unload"] == "PASS"
     assert "FAIL" not in statuses.values()
 
 
