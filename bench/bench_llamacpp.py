@@ -57,7 +57,7 @@ def plain_run(path: str, threads: int, new_tokens: int) -> tuple[float, float]:
     llm = llama_cpp.Llama(path, n_ctx=1024, n_threads=threads, verbose=False)
     try:
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
-        for chunk in llm.create_chat_completion(msgs, stream=True, temperature=0.0, max_tokens=new_tokens):
+        for _chunk in llm.create_chat_completion(msgs, stream=True, temperature=0.0, max_tokens=new_tokens):
             pass  # warm
         t0 = time.perf_counter()
         times = []
