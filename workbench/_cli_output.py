@@ -41,3 +41,78 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 def progress(msg: str) -> None:
     """A progress line on stderr (stdout stays one JSON document)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def consume(stream: Any, *, live: bool) -> bool:
+    """Read a :class:`~workbench.runtime.streaming.Stream` to its end, printing the answer to
+    stdout as it arrives when ``live`` (reasoning goes to stderr, dimmed by nothing: plain text).
+
+    Ctrl-C stops the stream; what arrived is kept in its result.
+
+    Returns:
+        Whether it was interrupted (the caller prints what arrived and exits 130).
+    """
+    interrupted = False
+
+    def show(piece: Any) -> None:
+        if live:
+            out = sys.stdout if piece.kind == "content" else sys.stderr
+            out.write(piece.text)
+            out.flush()
+
+    try:
+        for piece in stream.pieces():
+            show(piece)
+    except KeyboardInterrupt:
+        interrupted = True
+        stream.stop()  # the producer ends within a step; what it sent meanwhile is shown too
+        for piece in stream.pieces():
+            show(piece)
+    return interrupted
+
+
+def finish_run(args: argparse.Namespace, doc: Any, text: str, summary: str, interrupted: bool) -> None:
+    """The end of a streamed ``workbench run``: with ``--json`` the one document; else the answer
+    was already printed, so a newline, and the summary on stderr (stdout stays the answer)."""
+    if getattr(args, "json", False):
+        emit(args, doc, text)
+        return
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(("interrupted: " if interrupted else "") + summary, file=sys.stderr)
+
+
+#: Field names written for people where the word alone would mislead.
+LABELS = {"params": "Parameters", "size_bytes": "Size on disk", "context_length": "Context length (tokens)",
+          "num_kv_heads": "KV heads", "dtype": "Weights dtype", "format": "Format", "root": "Store root"}
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key) or key.removesuffix("_bytes").replace("_", " ").capitalize()
+
+
+def _value(key: str, value: Any) -> str:
+    from ._format import format_bytes
+
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return format_bytes(value)
+    if key == "params" and isinstance(value, int):
+        return f"{value:,} ({value / 1e6:.1f} M)" if value < 10**9 else f"{value:,} ({value / 1e9:.2f} B)"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value("", v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_value(k, v)}" for k, v in value.items())
+    return _cell(value)
+
+
+def record_summary(doc: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """``Label: value`` lines for people, generic over a record's fields: empty values (``None``,
+    ``""``, ``[]``, ``{}``) are left out, bytes are sized, counts grouped, flags yes/no."""
+    rows = [(_label(k), _value(k, v)) for k, v in doc.items()
+            if k not in skip and v is not None and v != "" and v != [] and v != {} and v != ()]
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"{label + ':':<{width + 1}} {value}" for label, value in rows]

@@ -84,7 +84,9 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
 
     entry = open_store().get(args.name)
     doc = entry.to_dict()
-    lines = [f"{k}: {v}" for k, v in doc.items() if k not in ("weights",)]
+    # For people: the record's fields as a summary (as the Store tab's details), then memory.
+    lines = output.record_summary(doc, skip=("weights", "name"))
+    lines.insert(0, f"{entry.name}")
     table = None
     if entry.ok:
         try:
@@ -92,7 +94,7 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
         except EstimateUnavailableError as exc:
             doc["estimate"] = None
             doc["estimate_problem"] = str(exc)
-            lines.append(f"estimate unavailable: {exc}")
+            lines.append(f"Memory estimate unavailable: {exc}")
     if table is not None:
         doc["estimate"] = {label: est.total_bytes for label, est in table.items()}
         # The cache in bfloat16, as the label says (the table's first row is float32): the part that
@@ -103,20 +105,20 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
         if problem is not None:
             doc["estimate"]["cache_problem"] = problem
         doc["estimate_detail"] = {label: est.to_dict() for label, est in table.items()}
-        lines.append("estimate:")
+        lines.append("Memory to load the weights:")
         lines += [f"  {label:<9} {format_bytes(est.total_bytes)}" for label, est in table.items()]
         if problem is not None:
-            lines.append(f"  KV cache (bfloat16): {problem}")
+            lines.append(f"KV cache (bfloat16): {problem}")
         else:
-            lines.append(f"  KV cache per 1,000 tokens (bfloat16): "
+            lines.append(f"KV cache per 1,000 tokens (bfloat16): "
                          f"{format_bytes(doc['estimate']['kv_cache_bytes_per_1k_tokens'])}")
-            lines.append(f"  fixed cache state per sequence (bfloat16): "
+            lines.append(f"Fixed cache state per sequence (bfloat16): "
                          f"{format_bytes(doc['estimate']['cache_state_bytes'])}")
         fits = _fits(entry)
         if fits is not None:
             doc["fits"] = fits
-            lines.append("fits: " + (", ".join(f"{f['precision']} on {f['device']}" for f in fits if f["fits"])
-                                     or "nowhere with the memory free now"))
+            lines.append("Fits now: " + (", ".join(f"{f['precision']} on {f['device']}" for f in fits if f["fits"])
+                                         or "nowhere with the memory free now"))
     elif "estimate" not in doc:
         doc["estimate"] = None
     output.emit(args, doc, "\n".join(lines))
@@ -216,13 +218,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         progress=None if args.json else output.progress, system_prompt=args.system,
         engine=args.engine, n_ctx=args.n_ctx,
+        # The answer on stdout as it is generated (`ollama run`); --json: one document at the end.
+        stream_to=lambda s: output.consume(s, live=not args.json),
     )
-    doc = report.to_dict()
-    text = (f"{report.text}\n\n[{report.new_tokens} tokens, TTFT {report.ttft_s:.3f} s, "
-            f"{report.tokens_per_s:.1f} tokens/s, load {report.load_s:.2f} s, "
-            f"footprint {report.footprint_bytes / 2**20:.1f} MiB on {', '.join(report.devices)}]")
-    output.emit(args, doc, text)
-    return 0
+    summary = (f"[{report.new_tokens} tokens, TTFT {report.ttft_s:.3f} s, {report.tokens_per_s:.1f} tokens/s, "
+               f"load {report.load_s:.2f} s, footprint {report.footprint_bytes / 2**20:.1f} MiB on "
+               f"{', '.join(report.devices)}]")
+    output.finish_run(args, report.to_dict(), report.text, summary, report.interrupted)
+    return 130 if report.interrupted else 0
 
 
 # -- parser -----------------------------------------------------------------------------------

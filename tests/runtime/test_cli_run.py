@@ -40,7 +40,8 @@ def test_run_plain_text_and_progress_on_stderr(store_env, capsys):
     assert main(["run", "tiny-llama", "--prompt", "Hello", "--max-new-tokens", "3", "--seed", "1",
                  "--temperature", "0.8"]) == 0
     cap = capsys.readouterr()
-    assert "[3 tokens" in cap.out and "footprint" in cap.out
+    # stdout is the answer alone (streamed as generated); the numbers and progress go to stderr.
+    assert "[3 tokens" in cap.err and "footprint" in cap.err and "[3 tokens" not in cap.out
     assert "weights" in cap.err and "done" in cap.err
 
 

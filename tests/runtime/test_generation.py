@@ -264,11 +264,9 @@ def test_openmp_pool_is_released_after_a_generation(tiny_llama):
 CJK = "我你他她是的了在有不人这中大为上个国们到说和地也子时道出而要于就下得可以会来生年" + "あいうえおかきくけこさしすせそたちつてとアイウエ"
 
 
-@pytest.fixture(scope="module")
-def cjk_llama(tmp_path_factory):
-    """A tiny random llama whose tokenizer's vocabulary is 64 CJK characters (no spaces, no EOS, no pad)."""
+def cjk_model(tmp_path_factory, name: str, chat_template: str | None = None):
     import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from workbench.store import ModelStore
@@ -280,9 +278,14 @@ def cjk_llama(tmp_path_factory):
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
+    if chat_template:
+        # The template's markup (<think>, roles) is outside the model's 64 tokens: encoding drops it.
+        core.normalizer = normalizers.Replace(Regex(f"[^{CJK}]"), "")
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
-    root = tmp_path_factory.mktemp("cjk-store")
-    folder = root / "tiny-cjk"
+    if chat_template:
+        tok.chat_template = chat_template
+    root = tmp_path_factory.mktemp(f"{name}-store")
+    folder = root / name
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
@@ -290,9 +293,61 @@ def cjk_llama(tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     reg = Registry(ModelStore([root], cache_path=None))
-    loaded = reg.load(LoadSpec("tiny-cjk"))
+    return reg, reg.load(LoadSpec(name))
+
+
+@pytest.fixture(scope="module")
+def cjk_llama(tmp_path_factory):
+    """A tiny random llama whose tokenizer's vocabulary is 64 CJK characters (no spaces, no EOS, no pad)."""
+    reg, loaded = cjk_model(tmp_path_factory, "tiny-cjk")
     yield loaded
     reg.unload_all()
+
+
+#: A reasoning template shaped like Qwen3's: the generation prompt opens ``<think>`` (the
+#: model thinks first), or with ``enable_thinking=False`` closes it empty (the model answers).
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def thinking_llama(tmp_path_factory):
+    """The CJK llama with :data:`THINK_TEMPLATE`."""
+    reg, loaded = cjk_model(tmp_path_factory, "tiny-thinker", THINK_TEMPLATE)
+    yield loaded
+    reg.unload_all()
+
+
+def test_a_template_that_opens_think_makes_the_generation_reasoning(thinking_llama):
+    """Generation after an open <think> is reasoning, split the same way streamed or not."""
+    params = GenerationParams(temperature=0, max_new_tokens=10)
+    r = generate(thinking_llama, "你是人", params)
+    assert r.text == "" and len(r.reasoning) == 10 and all(c in CJK for c in r.reasoning)
+    s = stream(thinking_llama, "你是人", params)
+    pieces = list(s.pieces())
+    assert {p.kind for p in pieces} == {"reasoning"} and "".join(p.text for p in pieces) == r.reasoning
+    assert s.result.reasoning == r.reasoning and s.result.text == "" and s.result.new_tokens == 10
+    assert 0 < s.result.ttft_s < s.result.total_s  # the first token of either kind
+
+    # enable_thinking=False reaches the template (through the bounded renderer): the answer is text.
+    off = generate(thinking_llama, "你是人", GenerationParams(temperature=0, max_new_tokens=10, enable_thinking=False))
+    assert off.reasoning == "" and len(off.text) == 10
+
+
+def test_think_tags_split_across_pieces():
+    from workbench.runtime.streaming import ThinkSplitter
+
+    sp = ThinkSplitter(inside=False)
+    out = []
+    for piece in ["<th", "ink>plan", " it</th", "ink>\n\nAns", "wer <b>"]:
+        out += sp.feed(piece)
+    out += sp.finish()
+    assert "".join(t for k, t in out if k == "reasoning") == "plan it"
+    assert "".join(t for k, t in out if k == "content") == "Answer <b>"
+    assert ThinkSplitter.split("thought</think>\nAnswer", inside=True) == ("thought", "Answer")
 
 
 def test_cjk_text_streams_one_character_per_step(cjk_llama, monkeypatch):

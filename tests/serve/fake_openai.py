@@ -2,11 +2,13 @@
 
 In a thread (:func:`serve_in_thread`) it answers the client-error tests; run as a
 script it stands in for an engine (``vllm serve ...``): it writes its argv to
-``$FAKE_ENGINE_RECORD`` and serves on the ``--port`` it was given.
+``$FAKE_ENGINE_RECORD``, refuses the flags vLLM refuses for the model's config.json
+(:func:`vllm_refusal`, exit 1 with vLLM's message), and serves on the ``--port`` it was given.
 
 Behaviour by requested model name:
     ``"missing"``: 404; ``"busy"``: 429; ``"cut"``: two chunks then the connection
-    drops mid-body; ``"boom"``: 500; ``"slow"``: 0.2 s between chunks; anything else streams "The capital of France is
+    drops mid-body; ``"boom"``: 500; ``"slow"``: 0.2 s between chunks; ``"thinker"``/``"thinker-new"``: :data:`REASONING`
+    first, in ``reasoning_content``/``reasoning`` deltas; anything else streams "The capital of France is
     Paris." word by word, then a usage chunk. With ``key`` set, requests without
     ``Authorization: Bearer <key>`` get 401. Every request body is appended to the
     returned log (in a thread) or to ``$FAKE_ENGINE_REQUESTS``, one JSON a line (as an engine).
@@ -24,6 +26,9 @@ from typing import Any
 
 KEY_VARIABLES = ("VLLM_API_KEY", "WORKBENCH_ENGINE_API_KEY", "LLAMA_API_KEY")
 ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
+#: What ``"thinker"`` (vLLM's ``reasoning_content``) and ``"thinker-new"`` (newer vLLM's and
+#: Ollama's ``reasoning``) stream before the answer.
+REASONING = ["The", " user", " asks", " about", " France", ".", " Its", " capital", " is", " Paris", "."]
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="fake"} 1.0
@@ -103,6 +108,12 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             words = ANSWER[: req.get("max_tokens") or len(ANSWER)]
+            thoughts = REASONING if name in ("thinker", "thinker-new") else []
+            field = "reasoning" if name == "thinker-new" else "reasoning_content"
+            for t in thoughts:
+                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name,
+                         "choices": [{"index": 0, "delta": {field: t}, "finish_reason": None}]}
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
             for i, w in enumerate(words):
                 if name == "cut" and i == 2:
                     # Drop the connection without the terminating chunk.
@@ -119,9 +130,9 @@ def make_handler(model: str, key: str | None, log: list[dict[str, Any]]) -> type
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             self._chunk(f"data: {json.dumps(done)}\n\n".encode())
             if (req.get("stream_options") or {}).get("include_usage"):
+                n = len(words) + len(thoughts)
                 usage = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": name, "choices": [],
-                         "usage": {"prompt_tokens": 11, "completion_tokens": len(words),
-                                   "total_tokens": 11 + len(words)}}
+                         "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}}
                 self._chunk(f"data: {json.dumps(usage)}\n\n".encode())
             self._chunk(b"data: [DONE]\n\n")
             self._chunk(b"")
@@ -139,6 +150,40 @@ def serve_in_thread(model: str = "fake-model", key: str | None = None
     return server, log
 
 
+#: ``vllm/model_executor/layers/quantization/__init__.py`` ``QuantizationMethods`` (a few).
+QUANTIZATION_METHODS = ("awq", "fp8", "gguf", "gptq", "gptq_marlin", "awq_marlin", "compressed-tensors", "bitsandbytes")
+
+
+def vllm_refusal(argv: list[str]) -> str | None:
+    """What vLLM says when it refuses these flags for the model's config.json (None: it starts).
+
+    The rules and messages of vLLM's own checks: ``ModelConfig.verify_with_parallel_config``
+    (heads divisible by TP), ``get_pp_indices`` (a layer per stage), ``CacheConfig``'s
+    ``gpu_memory_utilization`` in (0, 1], ``_get_and_verify_max_len``, ``_verify_quantization``.
+    """
+    def flag(name: str, default: str | None = None) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv else default
+
+    cfg = json.loads((__import__("pathlib").Path(argv[1]) / "config.json").read_text())
+    heads, layers = cfg.get("num_attention_heads", 0), cfg.get("num_hidden_layers", 0)
+    tp, pp = int(flag("--tensor-parallel-size", "1")), int(flag("--pipeline-parallel-size", "1"))
+    if heads % tp:
+        return f"ValueError: Total number of attention heads ({heads}) must be divisible by tensor parallel size ({tp})."
+    if pp > layers:
+        return f"ValueError: pipeline parallel size {pp} leaves stages without layers ({layers} layers)"
+    util = float(flag("--gpu-memory-utilization", "0.9"))
+    if not 0 < util <= 1:
+        return f"pydantic ValidationError: gpu_memory_utilization Input should be less than or equal to 1 [{util}]"
+    length, derived = flag("--max-model-len"), cfg.get("max_position_embeddings")
+    if length is not None and derived and int(length) > derived:
+        return (f"ValueError: User-specified max_model_len ({length}) is greater than the derived max_model_len "
+                f"(max_position_embeddings={derived} or model_max_length=None in model's config.json).")
+    quant = flag("--quantization")
+    if quant is not None and quant not in QUANTIZATION_METHODS:
+        return f"ValueError: Unknown quantization method: {quant}. Must be one of {list(QUANTIZATION_METHODS)}."
+    return None
+
+
 def main(argv: list[str]) -> None:
     record = os.environ.get("FAKE_ENGINE_RECORD")
     if record:
@@ -149,6 +194,10 @@ def main(argv: list[str]) -> None:
     if os.environ.get("FAKE_ENGINE_CRASH"):
         print("RuntimeError: CUDA out of memory while loading the fake weights", file=sys.stderr)
         sys.exit(3)
+    refusal = vllm_refusal(argv) if argv[:1] == ["serve"] and "--tensor-parallel-size" in argv else None
+    if refusal:  # as vLLM: its config checks, then exit 1
+        print(refusal, file=sys.stderr, flush=True)
+        sys.exit(1)
     if os.environ.get("FAKE_ENGINE_HANG"):
         threading.Event().wait(600)
     port = int(argv[argv.index("--port") + 1])

@@ -58,26 +58,27 @@ def gpus(fake_nvml, clean_devices):
     return install
 
 
-def test_two_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_store, fake_vllm, gpus) -> None:
+def test_three_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_store, fake_vllm, gpus) -> None:
+    # SmolLM2 has 9 attention heads: vLLM splits them over 1, 3 or 9 GPUs (see test_vllm_rules.py).
     weights, kv_token, context = _truth(seeded_store)
-    fake = gpus(3 * GiB, 3 * GiB)
-    plan = plan_serve(SMOL, engine="auto", devices="cuda:0,cuda:1".split(","), dtype="bfloat16")
+    fake = gpus(3 * GiB, 3 * GiB, 3 * GiB)
+    plan = plan_serve(SMOL, engine="auto", devices="cuda:0,cuda:1,cuda:2".split(","), dtype="bfloat16")
     assert plan.engine == "vllm"
     argv = list(plan.argv)
     assert argv[1:3] == ["serve", str(seeded_store)]
-    assert _flag(argv, "--tensor-parallel-size") == "2"
+    assert _flag(argv, "--tensor-parallel-size") == "3"
     assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--served-model-name") == SMOL
     util = float(_flag(argv, "--gpu-memory-utilization"))
     max_len = int(_flag(argv, "--max-model-len"))
-    assert max_len == context  # the whole context fits beside half the weights
+    assert max_len == context  # the whole context fits beside a third of the weights
     taken = util * 8 * GiB
     # Never more than the GPU has free (vLLM refuses to start otherwise) nor vLLM's 0.9 of a shared GPU...
     assert taken <= 3 * GiB and util < 0.9
-    # ...and at least each GPU's half of the weights plus one full-length sequence's KV cache.
-    assert taken >= weights / 2 + kv_token / 2 * max_len
+    # ...and at least each GPU's third of the weights plus one full-length sequence's KV cache.
+    assert taken >= weights / 3 + kv_token / 3 * max_len
     # The load's own fit check agrees that the model fits on these GPUs.
     entry = ModelStore().get(SMOL)
-    assert check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1"), dtype="bfloat16")).fits
+    assert check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1", "cuda:2"), dtype="bfloat16")).fits
 
     ep = start(plan, ready_timeout_s=60)
     recorded = json.loads(fake_vllm.read_text())
@@ -87,7 +88,7 @@ def test_two_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_store
     assert "Paris" in EndpointClient(ep).chat("What is the capital of France?").text
     # Other users see the engine's memory as leased, for the engine's own PID, what vLLM will take.
     held = list_leases()
-    assert sorted(x.device for x in held) == ["cuda:0", "cuda:1"]
+    assert sorted(x.device for x in held) == ["cuda:0", "cuda:1", "cuda:2"]
     assert {x.pid for x in held} == {ep.pid} and {x.reserved_bytes for x in held} == {int(taken)}
     assert stop(ep.name).was_running
     assert list_leases() == []
@@ -153,8 +154,8 @@ def test_a_gpu_too_small_is_refused_before_anything_starts(seeded_store, fake_vl
 
 
 def test_quantization_and_multi_node_flags(seeded_store, fake_vllm, gpus) -> None:
-    gpus(3 * GiB, 3 * GiB)
-    argv = list(plan_serve(SMOL, engine="vllm", devices=["cuda:0", "cuda:1"], quant="nf4", nodes=2).argv)
+    gpus(3 * GiB, 3 * GiB, 3 * GiB)
+    argv = list(plan_serve(SMOL, engine="vllm", devices=["cuda:0", "cuda:1", "cuda:2"], quant="nf4", nodes=2).argv)
     assert _flag(argv, "--quantization") == "bitsandbytes"
     assert _flag(argv, "--pipeline-parallel-size") == "2"
     assert _flag(argv, "--distributed-executor-backend") == "ray"

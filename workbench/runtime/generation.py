@@ -30,7 +30,15 @@ from .load_errors import is_oom
 from .metrics import RunResult, decode_rate, roofline
 from .prompts import Prompt, prompt_images, render_prompts, template_source
 from .registry import LoadedModel, post
-from .streaming import EventStop, StopStringGate, Stream, StreamFeed, streamer_class
+from .streaming import (
+    EventStop,
+    StopStringGate,
+    Stream,
+    StreamFeed,
+    ThinkSplitter,
+    opens_thinking,
+    streamer_class,
+)
 
 StoppedBy = Literal["eos", "max_new_tokens", "stop_string", "cancelled"]
 """Why a generation ended."""
@@ -47,6 +55,8 @@ class GenerationParams(Record):
         stop: strings that end generation; the text returned stops before them.
         seed: seed torch's RNG for a reproducible sample (``None``: not seeded).
         system_prompt: a system message, put first when the prompt has none.
+        enable_thinking: for chat templates that take it (Qwen3): ``True``/``False`` turn a
+            reasoning model's thinking on or off; ``None`` leaves the template's default.
     """
 
     max_new_tokens: int = 128
@@ -57,6 +67,7 @@ class GenerationParams(Record):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     system_prompt: str | None = None
+    enable_thinking: bool | None = None
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -85,6 +96,9 @@ class GenerationParams(Record):
             raise bad(f"top_k must be 0 or a positive integer, not {self.top_k!r}", "e.g. 50, or 0 to disable it")
         if not self.repetition_penalty > 0:
             raise bad(f"repetition_penalty must be positive, not {self.repetition_penalty!r}", "1.0 means none")
+        if self.enable_thinking not in (None, True, False):
+            raise bad(f"enable_thinking must be True, False or None, not {self.enable_thinking!r}",
+                      "None leaves the chat template's default")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad(f"stop strings must be non-empty strings, not {list(self.stop)!r}", "e.g. stop=('###',)")
         return self
@@ -230,8 +244,14 @@ def _tokens_to_stop(tokenizer: Any, ids: list[int], stop: str) -> int:
     return len(ids)
 
 
+def _template_kwargs(params: GenerationParams) -> dict[str, Any]:
+    """Variables the chat template gets beyond the messages (only those the user set)."""
+    return {} if params.enable_thinking is None else {"enable_thinking": params.enable_thinking}
+
+
 def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
-         on_piece: Callable[[str], None] | None, stop_event: threading.Event | None) -> list[GenerationResult]:
+         on_piece: Callable[[str], None] | None, stop_event: threading.Event | None,
+         on_reasoning: Callable[[str], None] | None = None) -> list[GenerationResult]:
     """Generate for one prompt (streamed to ``on_piece``) or a left-padded batch; in this thread."""
     params.validate()
     loaded.require()
@@ -244,7 +264,8 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         if any(images):
             _require_processor(loaded)
         # One bounded render of the model's chat template for the batch (runtime/chat_template.py).
-        rendered = render_prompts(tok, prompts, params.system_prompt, template_source=template_source(loaded.entry))
+        rendered = render_prompts(tok, prompts, params.system_prompt, template_source=template_source(loaded.entry),
+                                  template_kwargs=_template_kwargs(params))
         texts = [text for text, _special in rendered]
         add_special = rendered[-1][1] if rendered else True
         if getattr(loaded, "engine", "transformers") == "llamacpp":  # a GGUF on llama.cpp (runtime/llamacpp.py)
@@ -258,7 +279,8 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
             except GenerationError as exc:
                 post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
                 raise
-            return _results(loaded, rows, t_end - t0, len(texts))
+            # llama.cpp's rows carry no reasoning split (yet): the reasoning column is empty.
+            return _results(loaded, [(text, "", *rest) for text, *rest in rows], t_end - t0, len(texts))
         gc = _generation_config(loaded, params)
         try:
             enc = (_encode_with_images(loaded, texts, images, add_special) if any(images)
@@ -267,7 +289,10 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
             post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
             raise
         prompt_lens = [int(x) for x in enc["attention_mask"].sum(dim=1).tolist()]
-        streamer = streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop)
+        # A reasoning template (<think>...</think>): where each row's generation starts.
+        thinking = [opens_thinking(getattr(tok, "chat_template", None), t) for t in texts]
+        splitter = ThinkSplitter(thinking[0]) if len(texts) == 1 and thinking[0] is not None else None
+        streamer = streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop, splitter, on_reasoning)
         event = stop_event or threading.Event()
         post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
              prompt_tokens=sum(prompt_lens), max_new_tokens=params.max_new_tokens)
@@ -278,18 +303,21 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         streamed = len(texts) == 1 and on_piece is not None
         rows = []
         for i, row in enumerate(seqs):
-            text, n, stopped = _row_outcome(tok, row, eos, pad, params, event, streamer.gate if streamed else None)
+            text, reasoning, n, stopped = _row_outcome(tok, row, eos, pad, params, event,
+                                                       streamer if streamed else None, thinking[i])
             times = streamer.step_times
             ttft = (times[0] - t0) if times else (t_end - t0)
-            rows.append((text, prompt_lens[i], n, ttft, decode_rate(n, times, t0, t_end), stopped))
+            rows.append((text, reasoning, prompt_lens[i], n, ttft, decode_rate(n, times, t0, t_end), stopped))
         total = t_end - t0
     return _results(loaded, rows, total, len(texts))
 
 
 def _results(loaded: LoadedModel, rows: list[Any], total: float, batch: int) -> list[GenerationResult]:
-    """Results from ``(text, prompt_tokens, new_tokens, ttft_s, tokens_per_s, stopped_by)`` rows; posts the event."""
+    """Results from ``(text, reasoning, prompt_tokens, new_tokens, ttft_s, tokens_per_s, stopped_by)`` rows;
+    posts the event."""
     # Measured outside the timed region (once per device, then cached).
-    results = [_result(loaded, text, plen, n, ttft, rate, total, stopped) for text, plen, n, ttft, rate, stopped in rows]
+    results = [_result(loaded, text, reasoning, plen, n, ttft, rate, total, stopped)
+               for text, reasoning, plen, n, ttft, rate, stopped in rows]
     agg = results[0]
     new_tokens = sum(r.new_tokens for r in results)
     post("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
@@ -298,10 +326,10 @@ def _results(loaded: LoadedModel, rows: list[Any], total: float, batch: int) -> 
     return results
 
 
-def _result(loaded: LoadedModel, text: str, prompt_tokens: int, n: int, ttft: float, rate: float, total: float,
-            stopped: StoppedBy) -> GenerationResult:
+def _result(loaded: LoadedModel, text: str, reasoning: str, prompt_tokens: int, n: int, ttft: float, rate: float,
+            total: float, stopped: StoppedBy) -> GenerationResult:
     weight_bytes, achieved, bandwidth, efficiency = roofline(loaded, rate)
-    return GenerationResult(text, prompt_tokens, n, ttft, rate, total, stopped, model=loaded.name,
+    return GenerationResult(text, prompt_tokens, n, ttft, rate, total, stopped, model=loaded.name, reasoning=reasoning,
                             weight_bytes=weight_bytes, achieved_bytes_per_s=achieved,
                             bandwidth_bytes_per_s=bandwidth, decode_efficiency=efficiency)
 
@@ -362,22 +390,32 @@ def _generation_failure(loaded: LoadedModel, exc: BaseException) -> WorkbenchErr
 
 
 def _row_outcome(tok: Any, row: list[int], eos: set[int], pad: int | None, params: GenerationParams,
-                 event: threading.Event, streamed: StopStringGate | None) -> tuple[str, int, StoppedBy]:
-    """``(text, new tokens, stopped_by)`` of one row; ``streamed`` is the gate a streamed row went through."""
+                 event: threading.Event, streamed: Any, thinking: bool | None) -> tuple[str, str, int, StoppedBy]:
+    """``(text, reasoning, new tokens, stopped_by)`` of one row.
+
+    ``streamed`` is the streamer a streamed row went through (its gate and reasoning);
+    ``thinking`` whether the row started inside ``<think>`` (``None``: no reasoning template).
+    """
     ids, ended = _row_tokens(row, eos, pad)
-    gate = streamed or StopStringGate.cut(tok.decode(ids, skip_special_tokens=True), params.stop)
+    if streamed is not None:
+        gate, reasoning = streamed.gate, "".join(streamed.reasoning)
+    else:
+        decoded = tok.decode(ids, skip_special_tokens=True)
+        reasoning, answer = ThinkSplitter.split(decoded, thinking) if thinking is not None else ("", decoded)
+        gate = StopStringGate.cut(answer, params.stop)
     stopped: StoppedBy
     if gate.hit is not None:
         stopped = "stop_string"
-        stop = next(s for s in params.stop if s in tok.decode(ids, skip_special_tokens=True))
-        ids = ids[: _tokens_to_stop(tok, ids, stop)]
+        stop = next((s for s in params.stop if s in tok.decode(ids, skip_special_tokens=True)), None)
+        if stop is not None:
+            ids = ids[: _tokens_to_stop(tok, ids, stop)]
     elif ended:
         stopped = "eos"
     elif event.is_set() and len(ids) < params.max_new_tokens:
         stopped = "cancelled"
     else:
         stopped = "max_new_tokens"
-    return gate.final_text, len(ids), stopped
+    return gate.final_text, reasoning.strip(), len(ids), stopped
 
 
 def _resolve(loaded: LoadedModel | str) -> LoadedModel:
@@ -448,7 +486,8 @@ def stream(loaded: LoadedModel | str, prompt_or_messages: Prompt,
     params.validate()
 
     def produce(feed: StreamFeed) -> GenerationResult:
-        return _run(m, [prompt_or_messages], params, on_piece=feed.content, stop_event=feed.cancel)[0]
+        return _run(m, [prompt_or_messages], params, on_piece=feed.content, stop_event=feed.cancel,
+                    on_reasoning=feed.reasoning)[0]
 
     def wrap(exc: Exception) -> GenerationError:
         return GenerationError(f"generation with {m.name} failed ({type(exc).__name__}: {exc})",

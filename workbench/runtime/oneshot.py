@@ -44,6 +44,8 @@ class RunReport(Record):
     bandwidth_bytes_per_s: float | None = None
     freed_bytes: int = 0
     engine: str = "transformers"
+    reasoning: str = ""
+    interrupted: bool = False
 
     @property
     def footprint_str(self) -> str:
@@ -66,6 +68,7 @@ def run_once(
     system_prompt: str | None = None,
     engine: str = "auto",
     n_ctx: int | None = None,
+    stream_to: Callable[[Any], bool] | None = None,
 ) -> RunReport:
     """Load ``name``, answer ``prompt`` once, unload (also when generation fails).
 
@@ -73,11 +76,14 @@ def run_once(
         progress: called with one line per load phase (the CLI prints them on stderr).
         system_prompt: a system message (a chat template's own default applies without one).
         engine, n_ctx: as :class:`~workbench.runtime.spec.LoadSpec` (llama.cpp for GGUF entries by default).
+        stream_to: reads the generation's :class:`~workbench.runtime.streaming.Stream` (the CLI
+            prints it as it arrives) and returns whether it was interrupted (``interrupted``
+            in the report; what arrived is kept).
 
     Raises:
         The runtime's typed errors (:class:`~workbench.errors.WorkbenchError`).
     """
-    from .generation import GenerationParams, generate
+    from .generation import GenerationParams, generate, stream
     from .registry import get_registry
 
     spec = LoadSpec(name, devices=devices_tuple(devices), dtype=dtype, quant=quant,
@@ -96,7 +102,13 @@ def run_once(
     try:
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                   system_prompt=system_prompt)
-        result = generate(loaded, prompt, params)
+        interrupted = False
+        if stream_to is None:
+            result = generate(loaded, prompt, params)
+        else:
+            s = stream(loaded, prompt, params)
+            interrupted = stream_to(s)
+            result = s.wait()
     finally:
         unload = registry.unload(loaded.name)
     return RunReport(
@@ -107,5 +119,5 @@ def run_once(
         quant=loaded.entry.quantization if loaded.entry.quant_method else quant, stopped_by=result.stopped_by, total_s=result.total_s,
         estimate_bytes=loaded.estimate.weights_bytes if loaded.estimate else None, placement=dict(loaded.placement),
         decode_efficiency=result.decode_efficiency, bandwidth_bytes_per_s=result.bandwidth_bytes_per_s,
-        freed_bytes=unload.freed_bytes, engine=loaded.engine,
+        freed_bytes=unload.freed_bytes, engine=loaded.engine, reasoning=result.reasoning, interrupted=interrupted,
     )

@@ -175,7 +175,8 @@ def _read_file(path: str) -> bytes:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_prompt: str | None = None, *,
-                  template_source: str | None = None) -> tuple[str, bool]:
+                  template_source: str | None = None,
+                  template_kwargs: Mapping[str, Any] | None = None) -> tuple[str, bool]:
     """The text fed to the model, and whether the tokenizer should add special tokens.
 
     With a chat template, the template formats the messages (a plain prompt becomes
@@ -185,16 +186,19 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_pro
 
     Args:
         template_source: the template's file, named in errors (default: the tokenizer's folder).
+        template_kwargs: variables the chat template sees (``{"enable_thinking": False}``).
 
     Raises:
         GenerationError: an empty prompt or message list, or messages that are not role/content dicts.
         ChatTemplateError: the template failed or went past its bounds.
     """
-    return render_prompts(tokenizer, [prompt], system_prompt, template_source=template_source)[0]
+    return render_prompts(tokenizer, [prompt], system_prompt, template_source=template_source,
+                          template_kwargs=template_kwargs)[0]
 
 
 def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], system_prompt: str | None = None,
-                   *, template_source: str | None = None) -> list[tuple[str, bool]]:
+                   *, template_source: str | None = None,
+                   template_kwargs: Mapping[str, Any] | None = None) -> list[tuple[str, bool]]:
     """:func:`render_prompt` for a batch, with one bounded render of the chat template for all of them."""
     shaped = [_messages(p, system_prompt) for p in prompts]
     if getattr(tokenizer, "chat_template", None):
@@ -202,7 +206,7 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]
 
         source = template_source or f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'} (chat template)"
         texts = render_chat_template(tokenizer, [msgs for msgs, _plain, _images in shaped], source=source,
-                                     add_generation_prompt=True)
+                                     add_generation_prompt=True, **dict(template_kwargs or {}))
         return [(t, False) for t in texts]
     if any(images for _msgs, _plain, images in shaped):
         raise GenerationError("the prompt holds images, and the model has no chat template to place them",
@@ -215,6 +219,14 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in msgs]
         out.append(("\n".join([*lines, "Assistant:"]), True))
     return out
+
+
+def takes_enable_thinking(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template reads ``enable_thinking`` (Qwen3's switch for its reasoning)."""
+    template = getattr(tokenizer, "chat_template", None)
+    text = template if isinstance(template, str) else " ".join(map(str, template.values())) \
+        if isinstance(template, dict) else ""
+    return "enable_thinking" in text
 
 
 def template_source(entry: ModelEntry) -> str:

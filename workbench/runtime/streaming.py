@@ -6,6 +6,10 @@
 * :func:`streamer_class`: transformers' ``TextStreamer`` (which decides when decoded
   text is final: CJK characters at once, words at a space, never half a UTF-8
   character), timing each step and streaming batch-1 text through the gate.
+* :class:`ThinkSplitter`: a reasoning model's ``<think>...</think>`` text (Qwen3,
+  DeepSeek-R1 distills) told apart from the answer as it streams, as engines' reasoning
+  parsers do (vLLM's ``deepseek_r1``/``qwen3`` parsers: the text up to ``</think>`` is
+  reasoning, also when the template opened ``<think>`` in the prompt).
 * :class:`EventStop`: a stopping criterion that ends generation at the next step once
   an event is set (``Stream.stop()``, Ctrl-C).
 * :class:`Stream`: the one stream a consumer reads, whoever produces it (a local
@@ -99,6 +103,90 @@ class StopStringGate:
         return self.text if self.hit is None else self.text[: self.hit]
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def opens_thinking(template: Any, prompt_text: str) -> bool | None:
+    """Whether a reasoning template left ``<think>`` open at the end of the prompt.
+
+    Returns:
+        ``None`` when the chat template knows no ``<think>`` (no splitting at all), else
+        whether generation starts inside the reasoning (R1 distills end the prompt with
+        ``<think>``; Qwen3 with thinking off closes it: ``<think>\n\n</think>``).
+    """
+    text = template if isinstance(template, str) else " ".join(str(v) for v in (template or {}).values()) \
+        if isinstance(template, dict) else ""
+    if THINK_OPEN not in text:
+        return None
+    return prompt_text.rfind(THINK_OPEN) > prompt_text.rfind(THINK_CLOSE)
+
+
+class ThinkSplitter:
+    """Split streamed text into reasoning (inside ``<think>...</think>``) and answer pieces.
+
+    :meth:`feed` returns ``[(kind, text), ...]`` releasable now (a tag cut across two
+    pieces is held back until it is whole); :meth:`finish` releases the rest. The tags
+    themselves are dropped, and so are the newlines between ``</think>`` and the answer.
+    """
+
+    def __init__(self, inside: bool = False) -> None:
+        self.inside = inside
+        self._buf = ""
+        self._answer_started = False
+
+    def _out(self, out: list[tuple[PieceKind, str]], text: str) -> None:
+        if not self.inside and not self._answer_started:
+            text = text.lstrip("\n")
+            self._answer_started = bool(text)
+        if text:
+            out.append(("reasoning" if self.inside else "content", text))
+
+    def feed(self, text: str) -> list[tuple[PieceKind, str]]:
+        self._buf += text
+        out: list[tuple[PieceKind, str]] = []
+        while True:
+            tag = THINK_CLOSE if self.inside else THINK_OPEN
+            i = self._buf.find(tag)
+            if i < 0:
+                break
+            self._out(out, self._buf[:i])
+            self._buf = self._buf[i + len(tag):]
+            self.inside = not self.inside
+        hold = next((k for k in range(min(len(tag) - 1, len(self._buf)), 0, -1) if self._buf.endswith(tag[:k])), 0)
+        self._out(out, self._buf[: len(self._buf) - hold])
+        self._buf = self._buf[len(self._buf) - hold:]
+        return out
+
+    def finish(self) -> list[tuple[PieceKind, str]]:
+        out: list[tuple[PieceKind, str]] = []
+        self._out(out, self._buf)
+        self._buf = ""
+        return out
+
+    @classmethod
+    def split(cls, text: str, inside: bool) -> tuple[str, str]:
+        """``(reasoning, answer)`` of a whole text (batches are decoded at the end)."""
+        s = cls(inside)
+        parts = s.feed(text) + s.finish()
+        return ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content"))
+
+
+def _route(streamer: Any, text: str, stream_end: bool) -> None:
+    """Final text of the streamer: reasoning to ``on_reasoning``, the answer through the stop gate."""
+    parts = [("content", text)] if streamer.splitter is None else streamer.splitter.feed(text)
+    if stream_end and streamer.splitter is not None:
+        parts += streamer.splitter.finish()
+    for kind, piece in parts:
+        if kind == "reasoning":
+            streamer.reasoning.append(piece)
+            if streamer.on_reasoning is not None:
+                streamer.on_reasoning(piece)
+        else:
+            streamer._emit(streamer.gate.feed(piece))
+    if stream_end:
+        streamer._emit(streamer.gate.finish())
+
+
 @functools.cache
 def streamer_class() -> type:
     """transformers' ``TextStreamer`` with step timing, a stop-string gate and a callback.
@@ -111,11 +199,17 @@ def streamer_class() -> type:
     from transformers import TextStreamer
 
     class _Streamer(TextStreamer):
-        """Times each generation step; streams batch-1 text through the gate to ``on_text``."""
+        """Times each generation step; streams batch-1 text through the gate to ``on_text``
+        (and, with a ``splitter``, a reasoning model's thinking to ``on_reasoning``)."""
 
-        def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...]) -> None:
+        def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None, stops: tuple[str, ...],
+                     splitter: ThinkSplitter | None = None,
+                     on_reasoning: Callable[[str], None] | None = None) -> None:
             super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
             self.on_text = on_text
+            self.on_reasoning = on_reasoning
+            self.splitter = splitter
+            self.reasoning: list[str] = []
             self.gate = StopStringGate(stops)
             self.step_times: list[float] = []
 
@@ -133,9 +227,7 @@ def streamer_class() -> type:
                 super().end()
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            self._emit(self.gate.feed(text))
-            if stream_end:
-                self._emit(self.gate.finish())
+            _route(self, text, stream_end)
 
         def _emit(self, piece: str) -> None:
             if piece and self.on_text is not None:

@@ -44,10 +44,62 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def preflight(model: str, devices: list[str], name: str | None, *, allow_pickle: bool = False,
+              trust_remote_code: bool = False) -> str:
+    """What ``workbench serve`` checks before anything heavy (torch, the fit check, the engine).
+
+    The model exists and passes the safety checks, the endpoint name is free, and every
+    device exists (NVML and ``CUDA_VISIBLE_DEVICES`` only: torch is not imported). In about
+    a second, not after an engine's start-up.
+
+    Returns:
+        The endpoint's name.
+
+    Raises:
+        ModelNotFoundError, BrokenModelError, UnsafeModelError: the model.
+        ConfigError: the name is taken by a running engine or a remote endpoint.
+        DeviceNotFoundError, LoadSpecError: a device that is not there, or not a device name.
+    """
+    from ..devices.visibility import device_not_found, visible_gpus
+    from ..errors import ConfigError, LoadSpecError, WorkbenchError
+    from ..precision import is_device, is_gpu, normalize_device
+    from ..store import ModelStore
+    from ..store.safety import check_entry
+    from . import process
+    from .launch import _endpoint_name
+    from .registry import EndpointRegistry
+
+    entry = ModelStore().get(model)
+    check_entry(entry, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    name = _endpoint_name(name, entry.name)
+    try:
+        prev = EndpointRegistry().get(name)
+    except WorkbenchError:
+        prev = None
+    if prev is not None and (prev.is_remote or process.is_running(prev.pid, prev.pid_create_time)):
+        raise ConfigError(f"an endpoint called {name!r} is already registered ({prev.base_url})",
+                          hint=f"stop it (`workbench endpoints stop {name}`) or choose another name with --name",
+                          endpoint=name)
+    wanted = [normalize_device(d) for d in devices]
+    bad = [d for d in wanted if not is_device(d)]
+    if bad or not wanted:
+        raise LoadSpecError(f"{', '.join(bad) or 'no device'}: not a device name", hint="use cpu or cuda:N[,cuda:M]")
+    gpus = [d for d in wanted if is_gpu(d)]
+    if gpus:
+        seen = [vg.name for vg in visible_gpus(import_torch=False).gpus]
+        missing = [d for d in gpus if d not in seen]
+        if missing:
+            raise device_not_found(missing[0], [*seen, "cpu"])
+    return name
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .launch import plan_serve, start
 
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    # Argument errors answer first, before torch is imported (the fit check and engines do).
+    preflight(args.name, devices, args.endpoint_name, allow_pickle=args.allow_pickle,
+              trust_remote_code=args.trust_remote_code)
     plan = plan_serve(args.name, engine=args.engine, devices=devices, dtype=args.dtype, quant=args.quant,
                       port=args.port, max_model_len=args.max_model_len, name=args.endpoint_name, nodes=args.nodes,
                       allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
@@ -153,17 +205,22 @@ def cmd_endpoints_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_run_endpoint(args: argparse.Namespace) -> int:
-    """``workbench run --endpoint NAME --prompt TEXT``: the same JSON keys as a local run."""
-    from .client import run_endpoint
+    """``workbench run --endpoint NAME --prompt TEXT``: the answer streamed to stdout as it arrives
+    (``--json``: one document at the end, the same keys as a local run); Ctrl-C keeps what
+    arrived, prints it, exits 130."""
+    from ..runtime.generation import GenerationParams
+    from .client import EndpointClient
 
-    r = run_endpoint(args.endpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     seed=args.seed)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    s = EndpointClient(args.endpoint).stream(args.prompt, params)
+    interrupted = output.consume(s, live=not args.json)
+    r = s.result
     for notice in r.notices:
         print(f"workbench: {notice}", file=sys.stderr)  # on stderr: --json stays one document
-    text = (f"{r.text}\n\n[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} tokens/s, "
-            f"endpoint {r.endpoint}, model {r.model}]")
-    output.emit(args, r.to_dict(), text)
-    return 0
+    doc = {**r.to_dict(), "interrupted": interrupted}
+    output.finish_run(args, doc, r.text, f"[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} "
+                      f"tokens/s, endpoint {r.endpoint}, model {r.model}]", interrupted)
+    return 130 if interrupted else 0
 
 
 def register(subparsers: Any) -> None:

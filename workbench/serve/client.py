@@ -219,9 +219,8 @@ def _active_extensions(params: Any) -> dict[str, Any]:
         active["top_k"] = params.top_k
     if params.repetition_penalty != 1.0:
         active["repetition_penalty"] = params.repetition_penalty
-    min_p = getattr(params, "min_p", 0.0)
-    if params.temperature > 0 and min_p:
-        active["min_p"] = min_p
+    if params.enable_thinking is not None:
+        active["enable_thinking"] = params.enable_thinking
     return active
 
 
@@ -239,7 +238,11 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
     notices: list[str] = []
     for control, value in _active_extensions(params).items():
         if control in taken:
-            extra[taken[control]] = value
+            *outer, leaf = taken[control].split(".")
+            into = extra
+            for key in outer:
+                into = into.setdefault(key, {})
+            into[leaf] = value
             continue
         not_sent.append(control)
         why = ("its engine is of unknown kind (added by URL), so only OpenAI fields are sent"

@@ -45,11 +45,15 @@ _EXTRA_KEY_VARIABLES: dict[str, tuple[str, ...]] = {"llamacpp": ("LLAMA_API_KEY"
 #: ``ChatCompletionRequest`` ("extra sampling params": ``top_k``, ``min_p``, ``repetition_penalty``).
 #: ``transformers serve`` refuses any field not in its ``TransformersCompletionCreateParamsStreaming``
 #: with HTTP 422 (``transformers/cli/serving/utils.py`` ``BaseHandler._validate_request``), so it gets
-#: none. An engine kind not listed here (``"remote"``: added by URL) is of unknown kind and gets none
-#: either; the result names each control not sent. Adding an engine kind is one entry here.
+#: none of those; both take ``chat_template_kwargs`` (vLLM's ``ChatCompletionRequest.chat_template_kwargs``,
+#: transformers' params class), through which ``enable_thinking`` reaches the template (a dotted
+#: field is nested: ``{"chat_template_kwargs": {"enable_thinking": False}}``). An engine kind not
+#: listed here (``"remote"``: added by URL) is of unknown kind and gets none either; the result
+#: names each control not sent. Adding an engine kind is one entry here.
 ENGINE_EXTENSIONS: dict[str, dict[str, str]] = {
-    "vllm": {"top_k": "top_k", "repetition_penalty": "repetition_penalty", "min_p": "min_p"},
-    "transformers": {},
+    "vllm": {"top_k": "top_k", "repetition_penalty": "repetition_penalty", "min_p": "min_p",
+             "enable_thinking": "chat_template_kwargs.enable_thinking"},
+    "transformers": {"enable_thinking": "chat_template_kwargs.enable_thinking"},
     # llama_cpp.server's CreateChatCompletionRequest and llama-server both take these fields.
     "llamacpp": {"top_k": "top_k", "repetition_penalty": "repeat_penalty", "min_p": "min_p"},
 }

@@ -29,6 +29,7 @@ from ..errors import InsufficientMemoryError, LoadSpecError
 from ..store import MemoryEstimate, ModelEntry, format_bytes
 from ..store.estimate import kv_cache_bytes
 from .engines import VllmArgs
+from .vllm_rules import check_max_model_len, check_parallel, check_vllm_args
 
 GiB = 2**30
 MiB = 2**20
@@ -93,11 +94,14 @@ def derive_vllm_args(entry: ModelEntry, est: MemoryEstimate, gpus: Sequence[GpuM
     Raises:
         InsufficientMemoryError: the weights, or the KV cache of the context asked
             for, do not fit in the free memory of the smallest GPU.
-        LoadSpecError: no GPU, or a KV cache size the store cannot tell with no
-            ``max_model_len`` given.
+        LoadSpecError: no GPU, a KV cache size the store cannot tell with no
+            ``max_model_len`` given, or a flag vLLM's own rules refuse (:mod:`.vllm_rules`).
     """
     if not gpus:
         raise LoadSpecError("vLLM needs at least one GPU", hint="choose --device cuda:0[,cuda:1...]")
+    # vLLM's own start-up rules first (workbench/serve/vllm_rules.py): a refusal costs nothing here.
+    check_parallel(entry, [g.device for g in gpus], max(1, nodes))
+    check_max_model_len(entry, max_model_len)
     tp = len(gpus)
     shards = tp * max(1, nodes)
     weights = -(-est.total_bytes // shards)
@@ -152,6 +156,8 @@ def derive_vllm_args(entry: ModelEntry, est: MemoryEstimate, gpus: Sequence[GpuM
             length = (max(0, left) // kv_token // BLOCK_TOKENS) * BLOCK_TOKENS
             if length < MIN_MODEL_LEN:
                 raise refuse("more memory than is free", "free memory on the GPUs, or add GPUs")
-    return VllmArgs(tensor_parallel_size=tp, gpu_memory_utilization=util, max_model_len=int(length),
+    args = VllmArgs(tensor_parallel_size=tp, gpu_memory_utilization=util, max_model_len=int(length),
                     quantization=vllm_quantization(quant), dtype=dtype,
                     pipeline_parallel_size=max(1, nodes), distributed_executor_backend="ray" if nodes > 1 else None)
+    check_vllm_args(entry, args)
+    return args

@@ -148,7 +148,7 @@ class PromptPanel(Panel):
         self._registry = registry
         self.model: str | None = None
         self.system_prompt = ""
-        self.params: dict[str, Any] = dict(DEFAULTS, seed=None, stop=())
+        self.params: dict[str, Any] = dict(DEFAULTS, seed=None, stop=(), enable_thinking=None)
         self.history: list[dict[str, str]] = []
         self.results: list[Any] = []
         self.batch_rows: list[tuple[str, Any]] = []
@@ -188,6 +188,7 @@ class PromptPanel(Panel):
             finally:
                 self._syncing = False
             self._send_button.disabled = self.model is None
+        self._show_thinking_switch()
         return names
 
     def generation_params(self) -> Any:
@@ -203,17 +204,30 @@ class PromptPanel(Panel):
 
     def set_params(self, **params: Any) -> None:
         """Change sampling settings: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
-        ``repetition_penalty``, ``seed`` (``None`` for random), ``stop`` (a list of strings).
+        ``repetition_penalty``, ``seed`` (``None`` for random), ``stop`` (a list of strings),
+        ``enable_thinking`` (``None``: the chat template's default; see :meth:`takes_thinking_switch`).
 
         Raises:
             ConfigError: a name that is not one of these settings.
         """
-        unknown = set(params) - {*DEFAULTS, "seed", "stop"}
+        names = {*DEFAULTS, "seed", "stop", "enable_thinking"}
+        unknown = set(params) - names
         if unknown:
             raise ConfigError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}",
-                              hint=f"use {', '.join(sorted({*DEFAULTS, 'seed', 'stop'}))}")
+                              hint=f"use {', '.join(sorted(names))}")
         self.params.update(params)
         self._sync_widgets()
+
+    def takes_thinking_switch(self) -> bool:
+        """Whether the chosen model's chat template takes ``enable_thinking`` (the switch is shown then)."""
+        if self.model is None or self.model.startswith(ENDPOINT_PREFIX):
+            return False
+        from ..runtime.prompts import takes_enable_thinking
+
+        try:
+            return takes_enable_thinking(self.registry.get(self.model).tokenizer)
+        except WorkbenchError:
+            return False
 
     def _loaded(self) -> Any:
         if self.model is None:
@@ -347,6 +361,9 @@ class PromptPanel(Panel):
         self._syncing = False
         self._model_w = widgets.Dropdown(description="Model", layout=widgets.Layout(width="360px"))
         refresh = widgets.Button(description="Refresh", icon="refresh", layout=widgets.Layout(width="100px"))
+        self._thinking_w = widgets.Dropdown(options=[("template default", None), ("on", True), ("off", False)],
+                                            value=self.params["enable_thinking"], description="thinking",
+                                            layout=widgets.Layout(width="240px", display="none"))
         self._system_w = widgets.Textarea(value=self.system_prompt, placeholder="optional system prompt",
                                           description="System", layout=widgets.Layout(width="100%", height="48px"))
         p = self.params
@@ -388,7 +405,7 @@ class PromptPanel(Panel):
 
         self._model_w.observe(self.guarded(self._on_model), names="value")
         self._system_w.observe(self.guarded(lambda ch: setattr(self, "system_prompt", ch["new"])), names="value")
-        for w in (*self._param_w.values(), self._seed_w, self._stop_w):
+        for w in (*self._param_w.values(), self._seed_w, self._stop_w, self._thinking_w):
             w.observe(self.guarded(self._params_from_widgets), names="value")
         refresh.on_click(self.guarded(lambda _: self.refresh_models()))
         self._send_button.on_click(self.guarded(self._on_send))
@@ -405,7 +422,7 @@ class PromptPanel(Panel):
         self._render_all()
         self.refresh_models()
         return widgets.VBox([
-            widgets.HBox([self._model_w, refresh]),
+            widgets.HBox([self._model_w, refresh, self._thinking_w]),
             self._system_w,
             self._transcript,
             self._input,
@@ -415,10 +432,11 @@ class PromptPanel(Panel):
         ])
 
     def _control_widgets(self) -> dict[str, Any]:
-        """``model``, ``refresh``, ``system_prompt``, ``params`` (by generation parameter name), ``seed``,
-        ``stop_at``, ``input`` with the ``send``/``stop``/``clear`` buttons and the ``image`` upload,
-        ``batch_input`` and ``run_batch``."""
-        return {"model": self._model_w, "refresh": self._refresh_button, "system_prompt": self._system_w,
+        """``model``, ``refresh``, ``thinking`` (shown for templates that take ``enable_thinking``),
+        ``system_prompt``, ``params`` (by generation parameter name), ``seed``, ``stop_at``, ``input`` with the
+        ``send``/``stop``/``clear`` buttons and the ``image`` upload, ``batch_input`` and ``run_batch``."""
+        return {"model": self._model_w, "refresh": self._refresh_button, "thinking": self._thinking_w,
+                "system_prompt": self._system_w,
                 "params": self._param_w, "seed": self._seed_w, "stop_at": self._stop_w, "input": self._input,
                 "image": self._upload,
                 "send": self._send_button, "stop": self._stop_button, "clear": self._clear_button,
@@ -431,6 +449,11 @@ class PromptPanel(Panel):
     def _on_model(self, change: dict[str, Any]) -> None:
         if not self._syncing:
             self.model = change["new"]
+        self._show_thinking_switch()
+
+    def _show_thinking_switch(self) -> None:
+        if hasattr(self, "_thinking_w"):
+            self._thinking_w.layout.display = None if self.takes_thinking_switch() else "none"
 
     def _on_send(self, _button: Any) -> None:
         text = self._input.value
@@ -449,6 +472,7 @@ class PromptPanel(Panel):
             raise GenerationError(f"seed {seed!r} is not a whole number", hint="leave it empty for a random seed")
         self.params["seed"] = int(seed) if seed else None
         self.params["stop"] = tuple(s.strip() for s in self._stop_w.value.split(",") if s.strip())
+        self.params["enable_thinking"] = self._thinking_w.value
 
     def _sync_widgets(self) -> None:
         if self._root is None:
@@ -459,6 +483,7 @@ class PromptPanel(Panel):
                 w.value = self.params[k]
             self._seed_w.value = "" if self.params["seed"] is None else str(self.params["seed"])
             self._stop_w.value = ", ".join(self.params["stop"])
+            self._thinking_w.value = self.params["enable_thinking"]
             self._system_w.value = self.system_prompt
         finally:
             self._syncing = False
