@@ -73,7 +73,7 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path) -> None:
 CHILD = textwrap.dedent("""
     import sys
     from workbench import cli
-    from workbench.serve import launch
+    from workbench.serve import cli as serve_cli, launch
     from workbench.serve.launch import ServePlan
     from workbench.serve.process import free_port
 
@@ -82,6 +82,7 @@ CHILD = textwrap.dedent("""
     plan = ServePlan(name="never-ready", store_model="m", engine="transformers", devices=("cpu",),
                      port=free_port(), argv=tuple(engine), env={}, needed_bytes=0, served_model=None)
     launch.plan_serve = lambda *a, **k: plan
+    serve_cli.preflight = lambda *a, **k: plan.name  # no store model "m": the checks before the plan pass
     sys.exit(cli.main(["serve", "m", "--engine", "transformers", "--json", "--ready-timeout", "300"]))
 """)
 
