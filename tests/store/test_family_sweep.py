@@ -1,0 +1,172 @@
+"""Every causal-LM family the installed transformers knows: the store's numbers against the real thing.
+
+For each ``model_type`` in transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` whose config
+class scales down to a tiny model (tests/store/tiny_configs.py, attribute names only), a
+tiny random model is built for real on the CPU and saved; the store lists it and estimates it
+from its headers and the meta-device skeleton; then
+
+* parameters: the estimate's count against ``numel`` of the model built for real;
+* cache: the estimate after 100 and 300 tokens (what grows plus the fixed state) against
+  the bytes of every tensor in the cache a real bfloat16 forward pass leaves (within 3%);
+  windows are 32 tokens, so both lengths are past them and the two separate growth from
+  the fixed part as 1k and 4k would, at a third of the CPU time of the slow sequential
+  scans (tests/store/test_kv_cache.py runs 1k and 4k for the window families);
+* footprint, for a sample of families: the estimate at bfloat16, int8 and nf4 against
+  ``get_memory_footprint()`` after a real load (bitsandbytes on the CPU).
+
+It prints the coverage (families exact / tried, and why each other one was not tried) and
+fails on any wrong number. A family is "not tried" when transformers itself cannot make a
+tiny one of it (its config does not scale by names, or its real forward pass fails); an
+estimate the store says is unavailable is reported with its reason and is never a number.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny_models import build_tokenizer
+from workbench.store import ModelStore, cache_state_bytes, estimate, kv_cache_bytes
+from workbench.store.estimate import cache_profile
+from workbench.store.layout import model_layout
+
+from .tiny_configs import tiny_config
+
+CONTEXTS = (100, 300)
+MAX_PARAMS = 30_000_000  # a "tiny" model past this did not scale down: not tried
+FOOTPRINT_SAMPLE = ("llama", "mixtral", "qwen2_moe")
+
+
+def _real_cache_bytes(cache) -> int:
+    """Bytes of every tensor the cache holds (keys, values, conv and recurrent states), each once: its own
+    attributes and its layers', through lists, tuples and dicts."""
+    import torch
+
+    if cache is None:  # the model keeps no cache
+        return 0
+    seen = {}
+    todo = [v for obj in (cache, *getattr(cache, "layers", ())) if hasattr(obj, "__dict__")
+            for v in vars(obj).values()]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, torch.Tensor):
+            seen[id(value)] = value
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+    return sum(t.nbytes for t in seen.values())
+
+
+def _real_caches(model, vocab: int) -> list[int]:
+    """Cache bytes after one real forward pass of each of :data:`CONTEXTS` tokens (a fresh cache each)."""
+    import torch
+
+    ids = torch.randint(0, vocab, (1, max(CONTEXTS)), generator=torch.Generator().manual_seed(0))
+    out = []
+    for n in CONTEXTS:
+        with torch.no_grad():
+            result = model(input_ids=ids[:, :n], use_cache=True)
+        out.append(_real_cache_bytes(result.past_key_values))
+        del result
+    return out
+
+
+def _sweep_one(model_type: str, root: Path, tokenizer) -> tuple[str, str]:
+    """``("exact" | "wrong" | "unavailable" | "not tried", detail)`` for one family."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        config = tiny_config(model_type)
+        with torch.device("meta"):  # its size first: a config that did not scale is not built for real
+            numel = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if numel > MAX_PARAMS:
+            return "not tried", f"scaled down to {numel:,} parameters only"
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    except Exception as exc:  # noqa: BLE001 - transformers' own refusal of the scaled config
+        return "not tried", f"no tiny model: {type(exc).__name__}: {str(exc)[:120]}"
+    numel = sum(p.numel() for p in model.parameters())
+    root = root / model_type  # one root per family: each listing reads only its own folder
+    folder = root / model_type
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001
+        return "not tried", f"transformers cannot save it: {type(exc).__name__}: {str(exc)[:120]}"
+    try:
+        real = _real_caches(model, min(getattr(config.get_text_config(), "vocab_size", 512) or 512, 512))
+    except Exception as exc:  # noqa: BLE001
+        return "not tried", f"its real forward pass fails on the CPU: {type(exc).__name__}: {str(exc)[:120]}"
+    entry = ModelStore([root], cache_path=None).get(model_type)
+    if not entry.ok:
+        return "not tried", f"listed {entry.status}: {entry.problem}"
+    wrong = []
+    layout = model_layout(folder)
+    if layout is None:
+        return "unavailable", "the store cannot build its skeleton"
+    if layout.params != numel:
+        wrong.append(f"params {layout.params:,} != numel {numel:,}")
+    profile = cache_profile(entry)
+    if isinstance(profile, str):
+        return ("wrong" if wrong else "unavailable"), "; ".join([*wrong, profile])
+    state = cache_state_bytes(entry, "bfloat16") or 0
+    for n, got in zip(CONTEXTS, real):
+        est = (kv_cache_bytes(entry, n, "bfloat16") or 0) + state
+        if abs(est - got) > 0.03 * got:
+            wrong.append(f"cache at {n} tokens {est:,} != real {got:,}")
+    return ("wrong", "; ".join(wrong)) if wrong else ("exact", f"cache {real[0]:,} / {real[1]:,} B")
+
+
+@pytest.mark.slow
+def test_every_causal_lm_family(tmp_path_factory, capsys):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    root = tmp_path_factory.mktemp("sweep")
+    hf_logging.set_verbosity_error()
+    results: dict[str, tuple[str, str]] = {}
+    tokenizer = build_tokenizer()
+    start = time.monotonic()
+    progress = os.environ.get("WORKBENCH_SWEEP_LOG")
+    for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        t0 = time.monotonic()
+        results[model_type] = _sweep_one(model_type, root, tokenizer)
+        if progress:
+            with open(progress, "a", encoding="utf-8") as fh:
+                fh.write(f"{model_type} {time.monotonic() - t0:.1f}s {results[model_type]}\n")
+    tried = {k: v for k, v in results.items() if v[0] != "not tried"}
+    exact = [k for k, v in tried.items() if v[0] == "exact"]
+    lines = [f"family sweep: {len(exact)} exact / {len(tried)} tried of {len(results)} causal-LM model types "
+             f"({time.monotonic() - start:.0f} s)"]
+    for kind in ("wrong", "unavailable", "not tried"):
+        lines += [f"  {kind}: {k}: {d}" for k, (s, d) in sorted(results.items()) if s == kind]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    wrong = {k: d for k, (s, d) in results.items() if s == "wrong"}
+    assert not wrong, wrong
+    assert len(exact) >= 0.5 * len(results), "\n".join(lines)  # the sweep measures most families, not a few
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", FOOTPRINT_SAMPLE)
+def test_footprint_after_real_loads(model_type, tmp_path):
+    """The estimate at bfloat16, int8 and nf4 against ``get_memory_footprint()`` of real loads."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = tiny_config(model_type)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path / model_type)
+    entry = ModelStore([tmp_path], cache_path=None).get(model_type)
+    quants = {"none": None, "int8": BitsAndBytesConfig(load_in_8bit=True),
+              "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                        bnb_4bit_compute_dtype=torch.bfloat16)}
+    for quant, qc in quants.items():
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / model_type, dtype=torch.bfloat16,
+                                                     quantization_config=qc, device_map="cpu")
+        assert estimate(entry, "bfloat16", quant).weights_bytes == model.get_memory_footprint(), (model_type, quant)
+        del model
