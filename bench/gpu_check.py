@@ -195,7 +195,9 @@ def check_fake_multi_gpu(checks: Checks) -> None:
         spec = LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate()
         chk = check_fit(entry, spec)
         device_map, mm = placement_plan(spec, chk)
-    ok = device_map == "auto" and set(mm) == {0, 1} and mm[0] < 21 * GiB - CUDA_CONTEXT_BYTES < mm[1]
+    # The entry has no config.json, so no cache is measured (estimate unavailable) and none is reserved:
+    # cuda:0's budget is its free memory less the CUDA context, below cuda:1's by the other process's 3 GiB.
+    ok = device_map == "auto" and set(mm) == {0, 1} and mm[0] <= 21 * GiB - CUDA_CONTEXT_BYTES < mm[1]
     checks.record("fake 2x24 GiB GPUs: max_memory map", ok and chk.fits is True,
                   f"{ {k: mib(v) for k, v in mm.items()} }, fits={chk.fits}")
 
