@@ -30,8 +30,9 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
 
     serve_tab = ServePanel()
     ep = serve_tab.start_engine(SMOL, engine="transformers", devices="cpu")
-    prompt_tab = PromptPanel(Registry(ModelStore([tmp_path / "empty"], cache_path=None)))
+    prompt_tab = None
     try:
+        prompt_tab = PromptPanel(Registry(ModelStore([tmp_path / "empty"], cache_path=None)))
         client = EndpointClient(ep.name)
         # Greedy first (transformers' continuous batching keeps the first request's sampling
         # settings), with a stop string the engine itself does not apply per request.
@@ -75,6 +76,7 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         results = client.batch(["Hello", "Bonjour"], GenerationParams(max_new_tokens=32))
         assert len(results) == 2 and all(x.text and x.new_tokens <= 32 for x in results)
     finally:
-        prompt_tab.close()
+        if prompt_tab is not None:
+            prompt_tab.close()
         serve_tab.stop_endpoint(ep.name)
         serve_tab.close()

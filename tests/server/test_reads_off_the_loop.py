@@ -188,6 +188,9 @@ def test_a_snapshot_serves_the_last_reading_while_a_slow_one_runs() -> None:
         snap._wait_s = 0.2
         assert snap.get() == (1, 5.0)  # the new read is slow: the last value, after at most wait_s
         assert time.monotonic() - start < ANSWER_WITHIN_S
+        deadline = time.monotonic() + 30  # the pool thread may start late on a loaded machine
+        while len(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert reads.busy("k") and len(started) == 2
         assert snap.get() == (1, 5.0) and len(started) == 2  # in flight: not started again
         gate.set()

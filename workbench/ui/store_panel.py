@@ -211,10 +211,11 @@ class StorePanel(Panel):
         return entry_details_html(entry)
 
     def import_model(self, path: str | os.PathLike[str], name: str | None = None, *, wait: bool = True) -> Any:
-        """Import a GGUF file (converted to safetensors) or a model folder into the user store.
+        """Import a GGUF file (kept at its own quantization, run by llama.cpp) or a model folder into the user store.
 
-        Runs on the panel's worker thread (a GGUF conversion takes seconds); the
-        table refreshes when it is done.
+        Runs on the panel's worker thread (copying a large file takes seconds); the
+        table refreshes when it is done. ``workbench store import FILE.gguf --convert``
+        converts a GGUF to safetensors for transformers instead.
 
         Returns:
             The new ``ModelEntry`` (``wait=True``) or a ``Future`` of it.
