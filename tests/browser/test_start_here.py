@@ -57,7 +57,10 @@ def test_start_here_load_chat_telemetry(lab_server: LabServer, chromium_page, tm
     page.wait_for_function(_STATUS_IDLE, timeout=120_000)
 
     load.click()
-    # After a load the app switches to the Prompt tab.
+    # After a load the Load tab stays on show (placement and footprint) and offers the next step.
+    nxt = _button(page, "Next: chat with it in Prompt")
+    nxt.wait_for(state="visible", timeout=240_000)
+    nxt.click()
     send = _button(page, "Send")
     send.wait_for(state="visible", timeout=120_000)
     page.wait_for_function(

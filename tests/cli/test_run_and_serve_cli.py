@@ -27,8 +27,11 @@ def env(isolated_store: Path, seeded_root: Path) -> dict[str, str]:
 
 def _interrupt_once_streaming(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Start the command, wait until stdout has text, send SIGINT; ``(rc, stdout, stderr)``."""
+    # A command started in the background (CI, `make test &`) inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the terminal's default, as a user has.
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(1)
         assert first, proc.stderr.read().decode()[-2000:]
