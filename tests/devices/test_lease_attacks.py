@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes.fake_pynvml import FakeGpu
-from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as, sticky_folder
+from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as
 from workbench._process_identity import ProcessIdentity
 from workbench.devices.leases import LeaseBook, leases_report, policy
 from workbench.devices.leases.record import Lease, user_name
@@ -40,21 +39,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def gpu(fake_nvml):
-    require_root()
-    import psutil  # noqa: F401 (the children cannot import it from /root; they inherit it)
-
-    return fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True).gpus[0]
-
-
-@pytest.fixture
-def folder(gpu):
-    """A sticky lease folder as an administrator makes it (root, 1777), reachable by every uid."""
-    with shared_tmp() as base:
-        yield sticky_folder(base / "leases")
 
 
 def book(folder: Path, clock=None, **kw) -> LeaseBook:

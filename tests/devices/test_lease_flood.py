@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from fakes.fake_pynvml import FakeGpu
-from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as, sticky_folder
+from multiuser import NOBODY, OTHER, ChildFailed, run_as, start_as
 from workbench._process_identity import ProcessIdentity
 from workbench.devices.leases import LeaseBook, leases_report
 from workbench.devices.leases import folder as folder_module
@@ -26,20 +25,6 @@ from workbench.errors import LeaseFolderError
 GiB = 2**30
 #: More than the 50,000 entries that made every reader refuse the folder before.
 PLANTED = 60_000
-
-
-@pytest.fixture
-def gpu(fake_nvml):
-    require_root()
-    import psutil  # noqa: F401 (the children cannot import it from /root; they inherit it)
-
-    return fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True).gpus[0]
-
-
-@pytest.fixture
-def folder(gpu):
-    with shared_tmp() as base:
-        yield sticky_folder(base / "leases")
 
 
 def _group_exists(name: str) -> bool:

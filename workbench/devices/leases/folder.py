@@ -92,15 +92,7 @@ _warned_lock = threading.Lock()
 
 def warn_once(folder: Path, bad: BadLeaseFile) -> None:
     """Log ``bad`` once per version of the file (its name, inode, mtime and size)."""
-    key = (str(folder), *bad.key)
-    with _warned_lock:
-        if key in _warned:
-            _warned.move_to_end(key)
-            return
-        _warned[key] = None
-        while len(_warned) > WARNED_MAX:
-            _warned.popitem(last=False)
-    logger.warning("lease folder %s: skipping %s", folder, bad)
+    _warn_key((str(folder), *bad.key), "lease folder %s: skipping %s", folder, bad)
 
 
 def is_lease_admin(admin_group: str) -> bool:
@@ -637,7 +629,7 @@ class _Census:
 
 
 def _warn_key(key: tuple[object, ...], message: str, *args: object) -> None:
-    """Log ``message`` once per ``key`` (bounded like :func:`warn_once`)."""
+    """Log ``message`` once per ``key``, remembering at most :data:`WARNED_MAX` keys."""
     with _warned_lock:
         if key in _warned:
             _warned.move_to_end(key)
