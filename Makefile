@@ -12,10 +12,17 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # llama-cpp-python (the llama.cpp engine) has no binary wheels on the package index: pip compiles
 # llama.cpp with cmake and the C/C++ compiler, about 20 minutes on 2 busy cores the first time; pip's
 # wheel cache makes every later venv on the machine take seconds. The default is a CPU build tuned for
-# this CPU (GGML_NATIVE: not portable to older CPUs) without llama.cpp's examples, tools and server.
+# this CPU (GGML_NATIVE: not portable to older CPUs) without llama.cpp's examples, tools and server,
+# and without ggml's AMX kernels: on virtualized Sapphire/Granite Rapids Xeons (this project's CI VMs
+# among them) a native build's AMX path segfaults in the first decode (ggml_backend_amx_mul_mat; seen
+# here 2026-12-02 with 0.3.36, reported as ggml-org/llama.cpp#20824 and ollama/ollama#17205, #17249).
+# GCC's explicit -mno-amx-* win over what -march=native implies, so the rest stays native (x86-64 only:
+# other compilers' targets do not know the flags).
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 # GPU builds: LLAMA_CMAKE_ARGS='-DGGML_CUDA=on' (CUDA), '-DGGML_METAL=on' (macOS), '-DGGML_VULKAN=on'.
 # pip's wheel cache does not key on CMAKE_ARGS, so an overridden build bypasses it (--no-cache-dir).
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+  $(if $(filter x86_64 amd64,$(shell uname -m)),'-DCMAKE_C_FLAGS=$(NO_AMX)' '-DCMAKE_CXX_FLAGS=$(NO_AMX)')
 LLAMA_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_NO_CACHE := $(if $(filter file,$(origin LLAMA_CMAKE_ARGS)),,--no-cache-dir)
 # Exact versions of every package `make test` passed with (torch excepted: TORCH_SPEC decides it),
