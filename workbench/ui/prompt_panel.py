@@ -7,13 +7,14 @@ so a fast model is not slowed by widget messages.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, GenerationError, ModelNotLoadedError, WorkbenchError
 from ..store import format_bytes
-from .base import Panel, Throttle
+from .base import Panel, Throttle, error_message
 from .display import esc, html_table, pre_html
 
 if TYPE_CHECKING:
@@ -103,13 +104,54 @@ def _bubble(role: str, content: str) -> str:
             f"</div>")
 
 
-def batch_table_html(rows: Sequence[tuple[str, Any]]) -> str:
-    """Batch outputs: prompt, answer and its numbers."""
+@dataclass(frozen=True)
+class BatchRow:
+    """One prompt of a batch and where it stands.
+
+    ``state``: ``"waiting"`` (not started), ``"running"``, ``"done"`` (``result`` holds the
+    ``GenerationResult``; a row Stop cut short has ``result.stopped_by == "cancelled"``),
+    ``"stopped"`` (Stop came before it started: never run) or ``"failed"`` (``error`` says why).
+    """
+
+    prompt: str
+    state: str = "waiting"
+    result: Any = None
+    error: str | None = None
+
+
+def batch_count_text(rows: Sequence[BatchRow]) -> str:
+    """``"3 of 8 done"``, with how many Stop left unrun or that failed.
+
+    Example:
+        >>> batch_count_text([BatchRow("a", "done"), BatchRow("b", "running"), BatchRow("c")])
+        '1 of 3 done'
+        >>> batch_count_text([BatchRow("a", "done"), BatchRow("b", "stopped")])
+        '1 of 2 done, 1 stopped'
+    """
+    done = sum(r.state == "done" for r in rows)
+    text = f"{done} of {len(rows)} done"
+    for state in ("stopped", "failed"):
+        n = sum(r.state == state for r in rows)
+        if n:
+            text += f", {n} {state}"
+    return text
+
+
+def batch_table_html(rows: Sequence[BatchRow]) -> str:
+    """Batch outputs: prompt, answer (or the row's state) and its numbers, under a count of rows done."""
     if not rows:
         return ""
-    body = [[p, r.text, r.new_tokens, f"{r.tokens_per_s:.1f}" if r.tokens_per_s else None, r.stopped_by]
-            for p, r in rows]
-    return html_table(["Prompt", "Output", "New tokens", "Tokens/s", "Stopped by"], body, caption="Batch")
+    body = []
+    for row in rows:
+        r = row.result
+        if r is None:
+            state = f"failed: {row.error}" if row.state == "failed" else row.state
+            body.append([row.prompt, state, None, None, None])
+        else:
+            body.append([row.prompt, r.text, r.new_tokens, f"{r.tokens_per_s:.1f}" if r.tokens_per_s else None,
+                         r.stopped_by])
+    return html_table(["Prompt", "Output", "New tokens", "Tokens/s", "Stopped by"], body,
+                      caption=f"Batch: {batch_count_text(rows)}")
 
 
 def _endpoint_choices() -> list[str]:
@@ -151,7 +193,8 @@ class PromptPanel(Panel):
         self.params: dict[str, Any] = dict(DEFAULTS, seed=None, stop=(), enable_thinking=None)
         self.history: list[dict[str, str]] = []
         self.results: list[Any] = []
-        self.batch_rows: list[tuple[str, Any]] = []
+        self.batch_rows: list[BatchRow] = []
+        self._batch_stop: threading.Event | None = None
         self.pending: str | None = None
         self.pending_reasoning = ""
         self.reasoning: dict[int, str] = {}  # history index -> that answer's reasoning
@@ -310,7 +353,9 @@ class PromptPanel(Panel):
         return self._finish(self.submit(job), wait)
 
     def stop(self) -> None:
-        """Stop the answer being generated (what was generated so far is kept)."""
+        """Stop the answer being generated (what was generated so far is kept), and the batch running."""
+        if self._batch_stop is not None:
+            self._batch_stop.set()
         s = self._stream
         if s is not None:
             s.stop()
@@ -323,13 +368,20 @@ class PromptPanel(Panel):
         self._render_transcript()
 
     def run_batch(self, prompts: Sequence[str], *, wait: bool = True) -> Any:
-        """Answer several independent prompts (no chat history) into a table.
+        """Answer several independent prompts (no chat history) into a table, one prompt at a time.
+
+        Each row fills in as its answer finishes, under a count (``"3 of 8 done"``); :meth:`stop`
+        (the Stop button) ends the answer being generated (kept, ``stopped_by == "cancelled"``) and
+        marks the rows not yet started ``"stopped"``. One at a time, not one padded batch, so that
+        each answer is shown when it is ready and is the one a single Send would give.
 
         Returns:
-            A list of ``GenerationResult`` (``wait=True``) or a ``Future`` of it.
+            The ``GenerationResult`` of each row that ran, in order (``wait=True``), or a ``Future`` of it;
+            :attr:`batch_rows` holds every row with its state.
 
         Raises:
-            GenerationError: no prompts, or generation failed (``wait=True``).
+            GenerationError: no prompts, or generation failed (``wait=True``; the rows after the failed
+                one are marked stopped).
             ModelNotLoadedError: no model is loaded.
         """
         prompts = [p.strip() for p in prompts if p and p.strip()]
@@ -337,18 +389,42 @@ class PromptPanel(Panel):
             raise GenerationError("no prompts in the batch", hint="write one prompt per line")
         loaded = self._loaded()
         params = self.generation_params()
+        stop = threading.Event()
 
         def job() -> list[Any]:
-            from ..runtime import generate_batch
+            from ..runtime import stream
 
+            self._batch_stop = stop
+            self.batch_rows = [BatchRow(p) for p in prompts]
             self._set_busy(True)
+            self._render_batch()
+            results: list[Any] = []
             try:
-                results = (loaded.batch(list(prompts), params) if _is_endpoint(loaded)
-                           else generate_batch(loaded, list(prompts), params))
+                for i, prompt in enumerate(prompts):
+                    if stop.is_set():
+                        break
+                    self.batch_rows[i] = replace(self.batch_rows[i], state="running")
+                    self._render_batch()
+                    try:
+                        s = loaded.stream(prompt, params) if _is_endpoint(loaded) else stream(loaded, prompt, params)
+                        self._stream = s
+                        if stop.is_set():  # Stop came between the check above and the stream's start
+                            s.stop()
+                        result = s.wait()
+                    except Exception as exc:
+                        self.batch_rows[i] = replace(self.batch_rows[i], state="failed", error=error_message(exc))
+                        raise
+                    finally:
+                        self._stream = None
+                    self.batch_rows[i] = replace(self.batch_rows[i], state="done", result=result)
+                    results.append(result)
+                    self._render_batch()
             finally:
+                self.batch_rows = [replace(r, state="stopped") if r.state == "waiting" else r
+                                   for r in self.batch_rows]
+                self._batch_stop = None
                 self._set_busy(False)
-            self.batch_rows = list(zip(prompts, results))
-            self._render_all()
+                self._render_all()
             return results
 
         return self._finish(self.submit(job), wait)
@@ -401,6 +477,8 @@ class PromptPanel(Panel):
         self._batch_input = widgets.Textarea(placeholder="one prompt per line",
                                              layout=widgets.Layout(width="100%", height="90px"))
         self._batch_button = widgets.Button(description="Run batch", icon="list", layout=widgets.Layout(width="120px"))
+        self._batch_stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
+                                                 layout=widgets.Layout(width="100px"))
         self._batch_w = widgets.HTML()
 
         self._model_w.observe(self.guarded(self._on_model), names="value")
@@ -410,13 +488,14 @@ class PromptPanel(Panel):
         refresh.on_click(self.guarded(lambda _: self.refresh_models()))
         self._send_button.on_click(self.guarded(self._on_send))
         self._stop_button.on_click(self.guarded(lambda _: self.stop()))
+        self._batch_stop_button.on_click(self.guarded(lambda _: self.stop()))
         clear.on_click(self.guarded(lambda _: self.clear()))
         self._refresh_button, self._clear_button = refresh, clear
         self._batch_button.on_click(self.guarded(
             lambda _: self.run_batch(self._batch_input.value.splitlines(), wait=False)))
 
-        extras = widgets.Accordion(children=[sampling, widgets.VBox([self._batch_input, self._batch_button,
-                                                                     self._batch_w])])
+        extras = widgets.Accordion(children=[sampling, widgets.VBox([
+            self._batch_input, widgets.HBox([self._batch_button, self._batch_stop_button]), self._batch_w])])
         extras.set_title(0, "Sampling")
         extras.set_title(1, "Batch: many prompts into a table")
         self._render_all()
@@ -434,13 +513,15 @@ class PromptPanel(Panel):
     def _control_widgets(self) -> dict[str, Any]:
         """``model``, ``refresh``, ``thinking`` (shown for templates that take ``enable_thinking``),
         ``system_prompt``, ``params`` (by generation parameter name), ``seed``, ``stop_at``, ``input`` with the
-        ``send``/``stop``/``clear`` buttons and the ``image`` upload, ``batch_input`` and ``run_batch``."""
+        ``send``/``stop``/``clear`` buttons and the ``image`` upload, ``batch_input``, ``run_batch`` and
+        ``stop_batch`` (the same as ``stop``, beside the batch)."""
         return {"model": self._model_w, "refresh": self._refresh_button, "thinking": self._thinking_w,
                 "system_prompt": self._system_w,
                 "params": self._param_w, "seed": self._seed_w, "stop_at": self._stop_w, "input": self._input,
                 "image": self._upload,
                 "send": self._send_button, "stop": self._stop_button, "clear": self._clear_button,
-                "batch_input": self._batch_input, "run_batch": self._batch_button}
+                "batch_input": self._batch_input, "run_batch": self._batch_button,
+                "stop_batch": self._batch_stop_button}
 
     def _output_widgets(self) -> dict[str, Any]:
         """``transcript``, ``metrics`` (the last results' table) and ``batch`` (the batch results' table)."""
@@ -494,6 +575,7 @@ class PromptPanel(Panel):
         self._send_button.disabled = busy or self.model is None
         self._batch_button.disabled = busy
         self._stop_button.disabled = not busy
+        self._batch_stop_button.disabled = not busy
 
     def _render_transcript(self) -> None:
         if not hasattr(self, "_transcript"):
@@ -507,7 +589,11 @@ class PromptPanel(Panel):
             return
         self._render_transcript()
         self._metrics_w.value = metrics_table_html(self.results[-10:])
-        self._batch_w.value = batch_table_html(self.batch_rows)
+        self._render_batch()
+
+    def _render_batch(self) -> None:
+        if hasattr(self, "_batch_w"):
+            self._batch_w.value = batch_table_html(self.batch_rows)
 
     # --- static ----------------------------------------------------------------------------
 

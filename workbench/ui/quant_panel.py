@@ -7,7 +7,7 @@ study's raw numbers by :func:`study_figures`, which reports use too.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -98,6 +98,8 @@ class QuantizationPanel(Panel):
     Args:
         store: where models are listed from; default ``ModelStore()``.
         registry: the loaded-model registry (variants are loaded into it one at a time).
+        clock: seconds, for the time-left estimate and the status throttle; default ``time.monotonic``
+            (injectable so a test sets the study's pace instead of sleeping).
 
     Example:
         >>> panel = QuantizationPanel()                                        # doctest: +SKIP
@@ -106,8 +108,10 @@ class QuantizationPanel(Panel):
 
     title = "Quantization"
 
-    def __init__(self, store: ModelStore | None = None, registry: Registry | None = None) -> None:
+    def __init__(self, store: ModelStore | None = None, registry: Registry | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         super().__init__()
+        self._clock = clock or time.monotonic
         self.store = store if store is not None else ModelStore()
         self._registry = registry
         self.models = [e.name for e in self.store.list() if e.ok and not e.shadowed]
@@ -117,7 +121,7 @@ class QuantizationPanel(Panel):
         self.eval_tokens = 512
         self.study: Any = None
         self.progress: tuple[str, float] = ("idle", 0.0)
-        self._throttle = Throttle(0.25)
+        self._throttle = Throttle(0.25, clock=self._clock)
         self._started_s: float | None = None
 
     def refresh_models(self) -> list[str]:
@@ -156,7 +160,7 @@ class QuantizationPanel(Panel):
         self._sync_widgets()
 
         def job() -> Any:
-            self._started_s = time.monotonic()
+            self._started_s = self._clock()
             if hasattr(self, "_table_w"):
                 self._table_w.value = (f"<i>Study running: {len(self.variants)} variant(s) of {esc(self.model)} on "
                                        f"{esc(self.device)}, each loaded, measured and unloaded in turn.</i>")
@@ -191,7 +195,7 @@ class QuantizationPanel(Panel):
         fraction = self.progress[1] if fraction is None else fraction
         if self._started_s is None or not 0.05 <= fraction < 1.0:
             return None
-        elapsed = time.monotonic() - self._started_s
+        elapsed = self._clock() - self._started_s
         return elapsed * (1.0 - fraction) / fraction
 
     def _set_progress(self, message: str, fraction: float, force: bool = False) -> None:
