@@ -8,7 +8,10 @@ in indirectly (through a third-party package or a re-export).
 * ``precision``, ``store``, ``devices``, ``telemetry``, ``runtime``, ``serve``, ``quant``
   (and the package's top-level modules) never import ``ui``, ``server``, ``ipywidgets``,
   ``plotly`` or ``IPython``;
-* ``ui`` and ``server`` never import each other;
+* ``ui``, ``server`` and ``cli`` (the ``workbench`` command) never import each other, and no
+  core layer imports ``cli``;
+* only ``cli`` parses arguments or handles signals: no ``argparse`` or ``signal.signal`` in
+  the core layers;
 * ``pynvml`` is imported in exactly one module;
 * torch, transformers and bitsandbytes are imported inside functions only, so
   ``import workbench`` and ``workbench store list`` work without importing them.
@@ -31,7 +34,7 @@ import workbench
 PACKAGE = Path(workbench.__file__).resolve().parent
 
 CORE_LAYERS = ("precision", "store", "devices", "telemetry", "runtime", "serve", "quant")
-FRONT_ENDS = ("ui", "server")
+FRONT_ENDS = ("ui", "server", "cli")
 UI_LIBRARIES = ("ipywidgets", "plotly", "IPython")
 HEAVY = ("torch", "transformers", "bitsandbytes")
 
@@ -49,11 +52,9 @@ def _dotted(path: Path) -> str:
 
 
 def _layer(path: Path) -> str:
-    """``store`` for workbench/store/..., ``precision`` for workbench/precision.py, ``cli`` for cli*.py."""
+    """``store`` for workbench/store/..., ``precision`` for workbench/precision.py, ``cli`` for workbench/cli/..."""
     rel = path.relative_to(PACKAGE)
-    if len(rel.parts) > 1:
-        return rel.parts[0]
-    return "cli" if rel.stem.startswith("cli") else rel.stem
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -110,10 +111,8 @@ ALL_MODULES = _modules()
 
 
 def test_every_package_is_a_known_layer() -> None:
-    """A new subpackage must be added to the rules below, not slip past them.
-
-    (A new top-level module gets the core rules unless it is a ``cli*.py`` command module.)
-    """
+    """A new subpackage must be added to the rules below, not slip past them (a new top-level
+    module gets the core rules)."""
     packages = {p.relative_to(PACKAGE).parts[0] for p in ALL_MODULES if len(p.relative_to(PACKAGE).parts) > 1}
     assert packages <= {*CORE_LAYERS, *FRONT_ENDS}
 
@@ -123,16 +122,30 @@ def test_import_rules(path: Path) -> None:
     layer = _layer(path)
     imports = _imports(path)
     anywhere = [name for name, _ in imports]
-    if layer not in (*FRONT_ENDS, "__init__", "cli"):
+    if layer not in (*FRONT_ENDS, "__init__"):
         # Core layers and the base modules: no front end, no notebook libraries, even inside functions.
-        forbidden = ("workbench.ui", "workbench.server", *UI_LIBRARIES)
+        forbidden = ("workbench.ui", "workbench.server", "workbench.cli", *UI_LIBRARIES)
         assert not [m for m in anywhere if _hits(m, forbidden)], f"{path}: a core module imports a front end"
-    if layer == "ui":
-        assert not [m for m in anywhere if _hits(m, ("workbench.server",))], f"{path}: ui imports server"
-    if layer == "server":
-        assert not [m for m in anywhere if _hits(m, ("workbench.ui",))], f"{path}: server imports ui"
+    for front_end in FRONT_ENDS:
+        if layer == front_end:
+            others = tuple(f"workbench.{f}" for f in FRONT_ENDS if f != front_end)
+            assert not [m for m in anywhere if _hits(m, others)], f"{path}: {front_end} imports another front end"
     at_import = [name for name, top in imports if top and _hits(name, HEAVY)]
     assert not at_import, f"{path}: {at_import} at import time; import them inside the functions that need them"
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_MODULES if _layer(p) != "cli"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_command_line_parses_arguments_and_handles_signals(path: Path) -> None:
+    """argparse and signal handlers belong to the ``workbench`` command (``workbench/cli/``): a core
+    layer called from a kernel or a server must not parse ``sys.argv`` or replace the process's
+    signal handlers (``signal.signal`` from a library steals Ctrl-C from Jupyter)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    argparse_imports = [name for name, _ in _imports(path) if _hits(name, ("argparse",))]
+    handlers = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute) and node.func.attr == "signal"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "signal"]
+    assert (argparse_imports, handlers) == ([], [])
 
 
 def test_pynvml_is_imported_in_exactly_one_module() -> None:
@@ -163,6 +176,8 @@ IMPORTS = {
     "quant": ("import workbench.quant", _CORE_FORBIDDEN),
     "ui": ("import workbench.ui\nfrom workbench.ui import Workbench",
            ("torch", "transformers", "bitsandbytes", "workbench.runtime", "workbench.server")),
+    "cli": ("import workbench.cli\nfrom workbench.cli import app, store, devices, leases, run, serve, endpoints",
+            (*HEAVY, *UI_LIBRARIES, "workbench.ui", "workbench.server", "workbench.runtime")),
     "server": ("import workbench.server",
                ("tornado", "jupyter_server", *HEAVY, "ipywidgets", "workbench.ui")),
 }

@@ -143,10 +143,10 @@ def test_the_empty_store_names_its_roots(tmp_path) -> None:
 
 # The real main() with one command replaced by a failing one: the fault is injected at the
 # command's seam so that only the handler around it is under test.
-FAULTY = ("import sys, workbench.cli as cli\n"
+FAULTY = ("import sys, workbench.cli as cli, workbench.cli.store as store_cli\n"
           "def boom(args):\n"
           "    raise RuntimeError('index.json is odd\\nsee above')\n"
-          "cli.cmd_store_list = boom\n"
+          "store_cli.cmd_store_list = boom\n"
           "sys.exit(cli.main(sys.argv[1:]))\n")
 
 

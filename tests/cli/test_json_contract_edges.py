@@ -73,7 +73,8 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path) -> None:
 CHILD = textwrap.dedent("""
     import sys
     from workbench import cli
-    from workbench.serve import cli as serve_cli, launch
+    from workbench.cli import serve as serve_cli
+    from workbench.serve import launch
     from workbench.serve.launch import ServePlan
     from workbench.serve.process import free_port
 
@@ -142,7 +143,7 @@ def _alive(pid: int) -> bool:
     (["--device", "cuda:0", "--dtype", "float32"], "--device, --dtype"),
 ])
 def test_local_load_options_with_endpoint_are_refused_not_ignored(monkeypatch, capsys, extra, named) -> None:
-    monkeypatch.setattr("workbench.serve.cli.cmd_run_endpoint", lambda args: pytest.fail("the options were ignored"))
+    monkeypatch.setattr("workbench.cli.run.cmd_run_endpoint", lambda args: pytest.fail("the options were ignored"))
     assert cli.main(["run", "--endpoint", "team", "--prompt", "hi", "--json", *extra]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["error"] == "ConfigError" and f"{named} cannot go with --endpoint team" in doc["message"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench._cli_output import table
+from workbench.cli._output import table
 
 
 def test_control_characters_are_escaped_one_line_per_row() -> None:

@@ -1,8 +1,9 @@
 """How every ``workbench`` subcommand prints: one JSON document with ``--json``, else text; progress on stderr.
 
 ARCHITECTURE.md section 3: with ``--json`` stdout holds exactly one JSON document,
-and progress and logs go to stderr. The subcommands live in several modules
-(``cli.py``, ``cli_leases.py``, ``serve/cli.py``); they print through these.
+and progress and logs go to stderr. Every command group's module in ``workbench/cli/``
+adds its commands through :func:`add_command` (so each takes ``--json``) and prints
+through these.
 """
 
 from __future__ import annotations
@@ -11,6 +12,20 @@ import argparse
 import json
 import sys
 from typing import Any
+
+
+def add_command(parent: Any, name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+    """A subcommand ``name`` of ``parent`` (an ``add_subparsers()`` result) that runs ``fn(args)``
+    and takes ``--json``; its help is also its description."""
+    sp = parent.add_parser(name, help=help, description=help)
+    sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sp.set_defaults(fn=fn)
+    return sp
+
+
+def warn(msg: str) -> None:
+    """A one-line warning on stderr (a shared store root that is not there, for one)."""
+    print(f"workbench: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def emit(args: argparse.Namespace, doc: Any, text: str) -> None:

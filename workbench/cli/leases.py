@@ -4,7 +4,7 @@
     workbench leases release ID [--force]       give back a lease; another user's only with --force, as
                                                 root or a member of the setting lease_admin_group
 
-Registered by :func:`register` from ``workbench.cli.build_parser``.
+Registered by :func:`register` from :func:`workbench.cli.app.build_parser`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import _cli_output as output
+from ._output import emit, table
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    from .devices import format_bytes
-    from .devices.leases import duration_str, leases_report
+    from ..devices import format_bytes
+    from ..devices.leases import duration_str, leases_report
 
     doc = leases_report()
 
@@ -29,22 +29,22 @@ def cmd_leases(args: argparse.Namespace) -> int:
     rows = [row(x, "live" if x["granted"] else "claiming") for x in doc["leases"]]
     rows += [row(x, f"stale: {x['reason']}") for x in doc["stale"]]
     header = ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE", "STATE"]
-    text = output.table(rows, header) if rows else f"No GPU leases in {doc['lease_dir']}."
+    text = table(rows, header) if rows else f"No GPU leases in {doc['lease_dir']}."
     for bad in doc["skipped"]:
         owner = f" (owned by {bad['owner']})" if bad["owner"] else ""
         text += f"\nskipped {bad['file']}{owner}: {bad['reason']}"
-    output.emit(args, doc, text)
+    emit(args, doc, text)
     return 0
 
 
 def cmd_leases_release(args: argparse.Namespace) -> int:
-    from .devices.leases import get_lease_book
+    from ..devices.leases import get_lease_book
 
     gone = get_lease_book().release(args.lease_id, force=args.force)
     if gone is None:
-        output.emit(args, {"released": False, "lease": None}, f"lease {args.lease_id} was already gone")
+        emit(args, {"released": False, "lease": None}, f"lease {args.lease_id} was already gone")
         return 0
-    output.emit(args, {"released": True, "lease": gone.to_dict()}, f"released {gone.describe()}")
+    emit(args, {"released": True, "lease": gone.to_dict()}, f"released {gone.describe()}")
     return 0
 
 
