@@ -107,7 +107,7 @@ def _label(key: str) -> str:
 
 
 def _value(key: str, value: Any) -> str:
-    from ._format import format_bytes
+    from .._format import format_bytes
 
     if isinstance(value, bool):
         return "yes" if value else "no"
