@@ -50,7 +50,7 @@ def test_an_interrupt_with_json_is_one_document(monkeypatch, capsys) -> None:
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_devices", interrupted)
+    monkeypatch.setattr("workbench.cli.devices.cmd_devices", interrupted)
     assert cli.main(["devices", "--json"]) == 130
     out = capsys.readouterr()
     assert json.loads(out.out)["error"] == "KeyboardInterrupt" and "interrupted" in out.err
