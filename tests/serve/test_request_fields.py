@@ -120,3 +120,48 @@ def test_stop_strings_are_applied_by_the_client_whatever_the_engine_does(remote)
     # The fake engine ignores "stop": the answer still ends before it, and says why.
     r = EndpointClient("team").chat(QUESTION, GenerationParams(temperature=0, stop=(" Paris",)))
     assert r.text == "".join(ANSWER[:5]) and r.stopped_by == r.finish_reason == "stop_string"
+
+
+def test_an_image_uploaded_in_the_prompt_tab_reaches_an_endpoint_as_an_image_url_part(remote, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="PNG")
+    data = buf.getvalue()
+    panel = _panel(tmp_path)
+    try:
+        panel.widget  # noqa: B018
+        panel.refresh_models()
+        panel.controls.model.value = "endpoint:team"
+        panel.controls.params["temperature"].value = 0.0
+        panel.controls.image.set_state({"value": [{"name": "g.png", "type": "image/png", "size": len(data),
+                                                   "content": memoryview(data), "last_modified": 0}]})
+        panel.controls.input.value = "What colour is this?"
+        panel.controls.send.click()
+        r = panel.wait()
+    finally:
+        panel.close()
+    image_part, text_part = remote[-1]["messages"][-1]["content"]
+    assert text_part == {"type": "text", "text": "What colour is this?"}
+    head, _, payload = image_part["image_url"]["url"].partition(",")
+    assert (image_part["type"], head, base64.b64decode(payload)) == ("image_url", "data:image/png;base64", data)
+    assert r.text == "".join(ANSWER)
+
+
+def test_an_image_given_as_a_pil_image_or_a_web_url_goes_as_openai_parts(remote) -> None:
+    from PIL import Image
+
+    from workbench.runtime.prompts import openai_messages
+
+    msgs = openai_messages([{"role": "user", "content": [
+        {"type": "image", "image": Image.new("RGB", (4, 4))},
+        {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}},
+        {"type": "text", "text": "Compare."}]}])
+    pil, web, text = msgs[0]["content"]
+    assert pil["image_url"]["url"].startswith("data:image/png;base64,")
+    # The server fetches a web URL; the workbench downloads nothing.
+    assert web == {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
+    assert text == {"type": "text", "text": "Compare."}

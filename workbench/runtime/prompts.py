@@ -174,6 +174,62 @@ def _read_file(path: str) -> bytes:
         raise GenerationError(f"the image {path} cannot be read ({exc})", hint="check the path") from None
 
 
+def openai_messages(messages: Messages) -> list[dict[str, Any]]:
+    """The messages as an OpenAI-compatible server reads them: images as ``image_url`` parts.
+
+    A text-only message keeps its content as is; each image part becomes
+    ``{"type": "image_url", "image_url": {"url": "data:<mime>;base64,..."}}`` (what OpenAI's
+    chat API, vLLM, llama.cpp's server and ``transformers serve`` take), read within the same
+    bounds as for a model loaded here. An ``http(s)`` URL is passed on as it is: the server
+    fetches it, the workbench downloads nothing.
+
+    Raises:
+        GenerationError: a malformed part, or an image that cannot be read (as :func:`prompt_images`).
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg = dict(m)
+        content = msg.get("content")
+        if isinstance(content, (list, tuple)):
+            parts: list[dict[str, Any]] = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    parts.append({"type": "text", "text": part["text"]})
+                elif kind in ("image", "image_url"):
+                    parts.append({"type": "image_url", "image_url": {"url": _wire_url(*_image_source(part))}})
+                else:
+                    raise GenerationError(f"a content part is not a text or image part: {str(part)[:120]}",
+                                          hint=_PART_HINT)
+            msg["content"] = parts
+        out.append(msg)
+    return out
+
+
+def _wire_url(kind: str, value: Any) -> str:
+    if kind == "url" and isinstance(value, str) and value.startswith(("http://", "https://")):
+        return value
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        _checked(value).save(buf, format="PNG")
+        data, mime = buf.getvalue(), "image/png"
+    else:
+        data = _image_bytes(kind, value)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                _checked(img)
+                mime = Image.MIME.get(img.format or "", "")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise GenerationError(f"an image in the prompt cannot be read ({type(exc).__name__}: {str(exc)[:200]})",
+                                  hint="pass a PNG, JPEG or another format Pillow reads") from None
+        if not mime:
+            raise GenerationError("an image in the prompt is in a format with no MIME type to send",
+                                  hint="convert it to PNG or JPEG")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_prompt: str | None = None, *,
                   template_source: str | None = None,
                   template_kwargs: Mapping[str, Any] | None = None) -> tuple[str, bool]:

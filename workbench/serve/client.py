@@ -331,7 +331,9 @@ class EndpointClient:
         if isinstance(prompt_or_messages, str):
             messages = [{"role": "user", "content": prompt_or_messages}]
         else:
-            messages = [dict(m) for m in prompt_or_messages]
+            from ..runtime.prompts import openai_messages
+
+            messages = openai_messages(prompt_or_messages)
         if params.system_prompt and not any(m.get("role") == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": params.system_prompt})
         if len(params.stop) > MAX_STOP:

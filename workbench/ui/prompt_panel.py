@@ -303,9 +303,6 @@ class PromptPanel(Panel):
         if not text:
             raise GenerationError("the prompt is empty", hint="type something to send")
         loaded = self._loaded()
-        if images and _is_endpoint(loaded):
-            raise GenerationError(f"images go to models loaded here, not to the endpoint {self.model}",
-                                  hint="send text only, or load a vision-language model in the Load tab")
         params = self.generation_params()
         content: Any = text if not images else [*({"type": "image", "image": i} for i in images),
                                                  {"type": "text", "text": text}]
