@@ -92,9 +92,14 @@ def test_a_llama_server_command_gets_slots_and_its_key_in_the_environment(gguf_s
 
 
 @pytest.mark.slow
-def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store) -> None:
+def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store, monkeypatch) -> None:
     from openai import AuthenticationError, OpenAI
 
+    # llama_cpp.server reads any of its settings from the environment by bare name: a user's
+    # CONFIG_FILE would replace the command line, VOCAB_ONLY would load no weights. The engine
+    # must not inherit them (serve/engines.py inherited_settings).
+    monkeypatch.setenv("CONFIG_FILE", str(gguf_store / "no-such-config.json"))
+    monkeypatch.setenv("vocab_only", "true")
     ep = _workbench("serve", DEFAULT_GGUF_NAME, "--engine", "llamacpp", "--max-model-len", "1024",
                     "--ready-timeout", "240", timeout=300)
     pid = ep["pid"]
@@ -116,3 +121,16 @@ def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store) -
         stopped = _workbench("endpoints", "stop", DEFAULT_GGUF_NAME)
     assert stopped["was_running"] is True
     assert not process.is_running(pid) and not process.port_open("127.0.0.1", port)
+
+
+def test_the_settings_llama_cpp_server_reads_from_the_environment_are_dropped_for_it() -> None:
+    from llama_cpp.server.settings import Settings
+
+    from workbench.serve.engines import inherited_settings
+
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", "m.gguf"]
+    dropped = inherited_settings("llamacpp", argv)
+    assert {n.lower() for n in Settings.model_fields} | {"config_file"} <= dropped
+    # A llama-server binary and the other engines read only their own prefixed variables.
+    assert inherited_settings("llamacpp", ["/usr/bin/llama-server", "-m", "m.gguf"]) == frozenset()
+    assert inherited_settings("vllm", ["vllm", "serve", "m"]) == frozenset()

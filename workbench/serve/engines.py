@@ -114,6 +114,29 @@ def llamacpp_command(setting: str | None = None) -> tuple[list[str], bool]:
     return [sys.executable, "-m", "llama_cpp.server"], False
 
 
+def inherited_settings(engine: str, argv: Sequence[str]) -> frozenset[str]:
+    """Names (lower-cased) of this process's environment variables the engine must not inherit.
+
+    ``python -m llama_cpp.server`` reads every field of its settings from the environment by the
+    field's bare name, case-insensitively, wherever no flag sets it (pydantic-settings ``Settings``
+    with ``env_prefix=""``, ``case_sensitive=False``; ``CONFIG_FILE`` replaces the command line with
+    a file's models): a ``MODEL``, ``HF_MODEL_REPO_ID``, ``LORA_PATH``, ``CHAT_FORMAT`` or ``CACHE``
+    set in the user's shell for something else would change what it serves. The names come from
+    llama-cpp-python's own settings classes. Other engines read only their own prefixed variables
+    (``VLLM_*``, ``LLAMA_ARG_*``), which a user sets on purpose: nothing is dropped for them.
+    """
+    if engine != "llamacpp" or "llama_cpp.server" not in argv:
+        return frozenset()
+    from llama_cpp.server.settings import ConfigFileSettings, Settings
+
+    names = {"config_file"}
+    for cls in (Settings, ConfigFileSettings):
+        for field_name, field in cls.model_fields.items():
+            names.add(field_name)
+            names.update(a for a in (field.alias, field.validation_alias) if isinstance(a, str))
+    return frozenset(n.lower() for n in names)
+
+
 def has_health(engine: str, argv: Sequence[str]) -> bool:
     """Whether the engine answers ``GET /health``: all but llama-cpp-python's server (``llama-server`` does)."""
     return not (engine == "llamacpp" and "llama_cpp.server" in argv)

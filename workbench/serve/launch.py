@@ -269,7 +269,9 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     # The engine's own key: fresh per start, in its environment only (a command line is public
     # in /proc/PID/cmdline), kept in the owner's 0600 registry, never printed or in the plan.
     secret = secrets.token_urlsafe(32)
-    env = {**os.environ, **plan.env, **{var: secret for var in engines.api_key_variables(plan.engine)}}
+    dropped = engines.inherited_settings(plan.engine, plan.argv)
+    env = {**{k: v for k, v in os.environ.items() if k.lower() not in dropped}, **plan.env,
+           **{var: secret for var in engines.api_key_variables(plan.engine)}}
     t0 = time.time()
     _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
           engine=plan.engine, base_url=plan.base_url)
