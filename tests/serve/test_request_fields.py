@@ -165,3 +165,46 @@ def test_an_image_given_as_a_pil_image_or_a_web_url_goes_as_openai_parts(remote)
     # The server fetches a web URL; the workbench downloads nothing.
     assert web == {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
     assert text == {"type": "text", "text": "Compare."}
+
+
+@pytest.mark.parametrize("engine_flag, sent", [((), False), (("--engine", "unknown"), False),
+                                               (("--engine", "vllm"), True)])
+def test_an_endpoint_added_by_hand_with_its_engine_gets_that_engines_fields(capsys, engine_flag, sent) -> None:
+    """``workbench endpoints add NAME URL --engine vllm``: top_k reaches the engine (unknown: it is named, not sent)."""
+    from workbench.cli import main
+
+    srv, log = serve_in_thread("fake-model")
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        assert main(["endpoints", "add", "team", url, *engine_flag, "--json"]) == 0
+        added = json.loads(capsys.readouterr().out)
+        assert added["engine_kind"] == ("vllm" if sent else None)
+        assert main(["run", "--endpoint", "team", "--prompt", QUESTION, "--temperature", "0.7", "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    top_k = GenerationParams().top_k  # what `workbench run` asks for (no --top-k flag)
+    assert log[-1].get("top_k") == (top_k if sent else None)
+    assert doc["not_sent"] == ([] if sent else ["top_k"])
+
+
+def test_an_engine_kind_the_workbench_does_not_know_is_refused(capsys) -> None:
+    from workbench.cli import main
+    from workbench.errors import ConfigError
+
+    with pytest.raises(SystemExit):
+        main(["endpoints", "add", "team", "http://127.0.0.1:9/v1", "--engine", "tgi"])
+    assert "invalid choice: 'tgi'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'tgi' is not an engine kind"):
+        EndpointRegistry().add_remote("team", "http://127.0.0.1:9/v1", engine_kind="tgi")
+
+
+def test_sharing_a_remote_endpoint_passes_its_engine_kind_on(capsys) -> None:
+    from workbench.cli import main
+
+    EndpointRegistry().add_remote("team", "http://127.0.0.1:9/v1", engine_kind="llamacpp")
+    assert main(["endpoints", "share", "team", "--json"]) == 0
+    [add] = json.loads(capsys.readouterr().out)["commands"]
+    assert add == "workbench endpoints add team http://127.0.0.1:9/v1 --engine llamacpp"
+    assert EndpointRegistry().get("team").request_engine == "llamacpp"  # read back from the registry file

@@ -9,14 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..serve.engines import ENGINE_KINDS
 from ._output import add_command, emit, table
+
+
+def _engine_cell(ep: Any) -> str:
+    """``remote (vllm)`` for a remote endpoint whose engine kind was given, else the engine."""
+    return f"{ep.engine} ({ep.engine_kind})" if ep.is_remote and ep.engine_kind else ep.engine
 
 
 def cmd_endpoints(args: argparse.Namespace) -> int:
     from ..serve.registry import EndpointRegistry
 
     statuses = EndpointRegistry().statuses()
-    rows = [[s.endpoint.name, s.endpoint.engine, s.state + (" (orphaned)" if s.orphaned else ""),
+    rows = [[s.endpoint.name, _engine_cell(s.endpoint), s.state + (" (orphaned)" if s.orphaned else ""),
              s.endpoint.base_url, str(s.endpoint.pid or "-"), ",".join(s.endpoint.devices) or "-",
              s.endpoint.model or "-"] for s in statuses]
     header = ["NAME", "ENGINE", "STATE", "BASE URL", "PID", "DEVICES", "MODEL"]
@@ -32,10 +38,12 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
     from ..serve.registry import EndpointRegistry
 
+    kind = None if args.engine == "unknown" else args.engine
     ep = EndpointRegistry().add_remote(args.name, args.url, api_key_env=args.api_key_env, model=args.model,
-                                       replace=args.replace)
+                                       replace=args.replace, engine_kind=kind)
     key = f", API key from ${ep.api_key_env}" if ep.api_key_env else ""
-    emit(args, ep.to_dict(), f"added {ep.name}: {ep.base_url}{key}")
+    served = f", {ep.engine_kind} requests" if ep.engine_kind else ""
+    emit(args, ep.to_dict(), f"added {ep.name}: {ep.base_url}{key}{served}")
     return 0
 
 
@@ -60,6 +68,9 @@ def cmd_endpoints_share(args: argparse.Namespace) -> int:
     add = ["workbench", "endpoints", "add", ep.name, ep.base_url]
     if ep.model:
         add += ["--model", ep.model]
+    # The colleague's requests follow the engine's own rules too (vLLM's top_k...).
+    if ep.request_engine in ENGINE_KINDS[1:]:
+        add += ["--engine", ep.request_engine]
     if ep.is_remote:
         if ep.api_key_env:
             add += ["--api-key-env", ep.api_key_env]
@@ -112,6 +123,9 @@ def register(subparsers: Any) -> None:
                     help="the environment variable holding its API key (the key is never stored)")
     sp.add_argument("--model", default=None, help="the model name to request (default: the first it lists)")
     sp.add_argument("--replace", action="store_true", help="replace an endpoint of the same name")
+    sp.add_argument("--engine", default="unknown", choices=ENGINE_KINDS,
+                    help="the engine behind the URL, so that its own request fields (vLLM's top_k, "
+                         "repetition_penalty, min_p) are sent; unknown: OpenAI fields only")
     sp = add_command(sub, "stop", cmd_endpoints_stop, "stop an engine (its process group) and forget the endpoint")
     sp.add_argument("name")
     sp = add_command(sub, "share", cmd_endpoints_share,

@@ -228,11 +228,12 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
     """Which of ``params``' non-OpenAI controls go to ``endpoint``, by its engine kind
     (:data:`workbench.serve.engines.ENGINE_EXTENSIONS`); the others are named in ``notices``.
 
-    An endpoint of unknown kind (added by URL) gets the OpenAI fields only: sending it a
+    An endpoint of unknown kind (added by URL without ``--engine``) gets the OpenAI fields only: sending it a
     field it does not know may be refused (``transformers serve`` answers 422) or silently
     ignored, and either way the user would not know.
     """
-    taken = engine_extensions(endpoint.engine)
+    kind = endpoint.request_engine
+    taken = engine_extensions(kind)
     extra: dict[str, Any] = {}
     not_sent: list[str] = []
     notices: list[str] = []
@@ -245,13 +246,12 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
             into[leaf] = value
             continue
         not_sent.append(control)
-        why = ("its engine is of unknown kind (added by URL), so only OpenAI fields are sent"
-               if endpoint.is_remote or endpoint.engine not in ENGINE_EXTENSIONS
-               else f"{endpoint.engine} serve does not take it")
+        why = ("its engine is of unknown kind (added by URL without --engine), so only OpenAI fields are sent"
+               if kind not in ENGINE_EXTENSIONS else f"{kind} serve does not take it")
         notices.append(f"{control}={value} was not sent to endpoint {endpoint.name!r}: {why}")
-    flag = SHARED_SAMPLING_FLAG.get(endpoint.engine)
+    flag = SHARED_SAMPLING_FLAG.get(kind)
     if flag and flag in endpoint.argv and params.temperature > 0:
-        notices.append(f"endpoint {endpoint.name!r} runs {endpoint.engine} serve {flag}, which samples every "
+        notices.append(f"endpoint {endpoint.name!r} runs {kind} serve {flag}, which samples every "
                        "request with the temperature and top_p of its first one (transformers' "
                        "CBGenerateManager.init_cb)")
     return RequestPlan(extra, tuple(not_sent), tuple(notices))
@@ -351,7 +351,7 @@ class EndpointClient:
             req["stop"] = list(params.stop)
         if params.seed is not None:
             req["seed"] = params.seed
-        for field_name in ENGINE_IGNORED_FIELDS.get(self.endpoint.engine, ()):
+        for field_name in ENGINE_IGNORED_FIELDS.get(self.endpoint.request_engine, ()):
             req.pop(field_name, None)
         if plan.extra_body:
             req["extra_body"] = dict(plan.extra_body)

@@ -45,6 +45,10 @@ class Endpoint(Record):
         estimated_bytes: the memory the fit check counted for it (``None`` for remote ones).
         lease_ids: the GPU leases held for it (one per GPU), released when it stops.
         argv: the engine's command line (no secrets: keys travel in the environment only).
+        engine_kind: for a remote endpoint, the engine behind it as the user named it
+            (``workbench endpoints add NAME URL --engine vllm``: one of
+            :data:`workbench.serve.engines.ENGINE_EXTENSIONS`); ``None``: unknown. Decides
+            which non-OpenAI request fields it is sent (see :attr:`request_engine`).
         secret: the API key of an engine the workbench started (see the module doc); never in
             ``repr`` or ``to_dict``.
     """
@@ -68,12 +72,21 @@ class Endpoint(Record):
     estimated_bytes: int | None = None
     lease_ids: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
+    engine_kind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     secret: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_remote(self) -> bool:
         return self.engine == REMOTE
+
+    @property
+    def request_engine(self) -> str:
+        """The engine whose request rules apply: the one the workbench started, else a remote
+        endpoint's :attr:`engine_kind`, else ``"remote"`` (unknown: OpenAI fields only)."""
+        if self.is_remote:
+            return self.engine_kind or REMOTE
+        return self.engine
 
     def api_key(self) -> str:
         """The key requests carry: the engine's own ``secret``, else ``api_key_env``'s value now,

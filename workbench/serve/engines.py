@@ -48,7 +48,7 @@ _EXTRA_KEY_VARIABLES: dict[str, tuple[str, ...]] = {"llamacpp": ("LLAMA_API_KEY"
 #: none of those; both take ``chat_template_kwargs`` (vLLM's ``ChatCompletionRequest.chat_template_kwargs``,
 #: transformers' params class), through which ``enable_thinking`` reaches the template (a dotted
 #: field is nested: ``{"chat_template_kwargs": {"enable_thinking": False}}``). An engine kind not
-#: listed here (``"remote"``: added by URL) is of unknown kind and gets none either; the result
+#: listed here (``"remote"``: added by URL without ``--engine``) is of unknown kind and gets none either; the result
 #: names each control not sent. Adding an engine kind is one entry here.
 ENGINE_EXTENSIONS: dict[str, dict[str, str]] = {
     "vllm": {"top_k": "top_k", "repetition_penalty": "repetition_penalty", "min_p": "min_p",
@@ -65,6 +65,10 @@ ENGINE_IGNORED_FIELDS: dict[str, frozenset[str]] = {"transformers": frozenset({"
 #: generation config (``transformers/cli/serving/utils.py`` ``CBGenerateManager.init_cb``: "shared
 #: sampling params (temperature, top_p, do_sample)"); later requests set only max_new_tokens.
 SHARED_SAMPLING_FLAG: dict[str, str] = {"transformers": "--continuous-batching"}
+
+
+#: What ``workbench endpoints add --engine`` takes: a kind whose requests the workbench knows, or unknown.
+ENGINE_KINDS: tuple[str, ...] = ("unknown", *ENGINE_EXTENSIONS)
 
 
 def engine_extensions(engine: str) -> dict[str, str]:

@@ -266,20 +266,31 @@ class EndpointRegistry:
         return endpoint
 
     def add_remote(self, name: str, url: str, *, api_key_env: str | None = None, model: str | None = None,
-                   replace: bool = False) -> Endpoint:
+                   replace: bool = False, engine_kind: str | None = None) -> Endpoint:
         """Register an OpenAI-compatible server by URL (vLLM, TGI, Ollama, LM Studio, llama.cpp...).
 
         Args:
             api_key_env: the environment variable that will hold the key when the
                 endpoint is used; the key itself is never stored.
+            engine_kind: the engine behind the URL when known (``"vllm"``, ``"transformers"``,
+                ``"llamacpp"``: a key of :data:`~workbench.serve.engines.ENGINE_EXTENSIONS`), so
+                that its own request fields (vLLM's ``top_k``...) are sent; ``None``: unknown,
+                OpenAI fields only.
 
         Raises:
-            ConfigError: a bad name, URL or variable name, or the name is taken.
+            ConfigError: a bad name, URL, variable name or engine kind, or the name is taken.
         """
+        from .engines import ENGINE_EXTENSIONS
+
         if api_key_env is not None and not _ENV.match(api_key_env):
             raise ConfigError(f"{api_key_env!r} is not an environment variable name",
                               hint="give the variable's NAME (e.g. TEAM_LLM_KEY), never the key itself")
-        ep = Endpoint(check_name(name), REMOTE, normalize_base_url(url), model=model, api_key_env=api_key_env)
+        if engine_kind is not None and engine_kind not in ENGINE_EXTENSIONS:
+            raise ConfigError(f"{engine_kind!r} is not an engine kind the workbench knows the requests of",
+                              hint=f"use one of {', '.join(ENGINE_EXTENSIONS)}, or leave it unknown "
+                                   "(OpenAI fields only)", endpoint=name)
+        ep = Endpoint(check_name(name), REMOTE, normalize_base_url(url), model=model, api_key_env=api_key_env,
+                      engine_kind=engine_kind)
         return self.put(ep, replace=replace)
 
     def remove(self, name: str) -> Endpoint:
