@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tiny_models import save_prequantized
+from workbench.errors import LoadSpecError
 from workbench.ui import LoadPanel
 
 
@@ -33,5 +34,8 @@ def test_prequantized_model_offers_no_quantization(prequant_store) -> None:
     assert tuple(panel.controls.quant.options) == ("none",) and panel.controls.quant.disabled
     assert panel.spec().quant == "none" and "nf4" in panel.controls.quant.description
     assert "in nf4 needs about" in panel.outputs.check.value
+    with pytest.raises(LoadSpecError, match="loads with its own quantization"):
+        panel.select(quant="int8")  # the trait refuses a second quantization, as the runtime would
+    assert (panel.quant, panel.controls.quant.value) == ("none", "none")
     panel.controls.model.value = "tiny-llama"
     assert "int8" in panel.controls.quant.options and not panel.controls.quant.disabled

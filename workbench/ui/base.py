@@ -1,8 +1,10 @@
 """What every panel shares: lazy widgets, the error banner, worker threads, live/static display.
 
-A panel keeps its state in plain attributes and builds its ipywidgets only when
-something asks for :attr:`Panel.widget` (a live display, or a test). A report
-therefore never creates a widget: no saved widget state, no "Loading widget..."
+A panel keeps its state once, in its traits (``traitlets``; a panel is a ``HasTraits``), and
+builds its ipywidgets only when something asks for :attr:`Panel.widget` (a live display, or a
+test). Each input widget is then linked to its trait (``traitlets.link``): setting the trait
+moves the widget and the widget moves the trait, so there is no copy to keep in step by hand.
+A report therefore never creates a widget: no saved widget state, no "Loading widget..."
 box, no CDN script; it shows :meth:`Panel.static_html` instead.
 """
 
@@ -13,9 +15,11 @@ import logging
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from traitlets import HasTraits
 
 from ..errors import WorkbenchError
 from . import history
@@ -103,7 +107,40 @@ class WidgetSet:
         return f"WidgetSet({', '.join(self._items)})"
 
 
-class Panel:
+_KEEP = object()
+
+
+def set_options(widget: Any, options: Sequence[Any], value_link: Any, value: Any = _KEEP) -> None:
+    """Give a selection widget (a ``Dropdown``) new ``options`` without the change reaching its trait.
+
+    ipywidgets selects the first option when the options change (``_Selection._propagate_options``);
+    through ``value_link`` (the widget's ``traitlets.link`` to the panel's trait) that would move the
+    trait there and back again, running its observers twice. The link is cut meanwhile (and the
+    trait set to ``value`` when given); linking it again sets the widget from the trait, whose
+    value must be one of ``options`` (or ``None``).
+    """
+    value_link.unlink()
+    try:
+        widget.options = tuple(options)
+        if value is not _KEEP:
+            owner, name = value_link.source
+            setattr(owner, name, value)
+    finally:
+        value_link.link()
+
+
+def toggle(items: Sequence[str], chosen: Sequence[str], item: str, on: bool) -> list[str]:
+    """``chosen`` with ``item`` ticked (``on``) or not, in the order of ``items``: what one checkbox of a
+    group linked to a list trait gives back.
+
+    Example:
+        >>> toggle(["cpu", "cuda:0", "cuda:1"], ["cuda:1"], "cpu", True)
+        ['cpu', 'cuda:1']
+    """
+    return [x for x in items if (x == item and on) or (x != item and x in chosen)]
+
+
+class Panel(HasTraits):
     """Base of the workbench panels.
 
     Subclasses implement :meth:`_build` (the widgets, below the banner) and
@@ -125,6 +162,7 @@ class Panel:
     title = "Panel"
 
     def __init__(self) -> None:
+        super().__init__()
         # From the first panel on, an unload (from a panel or from runtime code in the same
         # kernel) also clears IPython's output history, which the runtime does not know.
         history.register()

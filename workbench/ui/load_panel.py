@@ -12,15 +12,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from traitlets import Bool, Dict, Float, List, Unicode, link, validate
+
 from ..errors import LoadSpecError, WorkbenchError
 from ..precision import COMPUTE_DTYPES, DTYPES, FOUR_BIT, QUANTS
 from ..store import ModelStore, format_bytes
-from .base import Panel, Throttle
+from .base import Panel, Throttle, set_options, toggle
 from .display import banner_html, esc, html_table
 from .fit_view import fit_table_html
 
 if TYPE_CHECKING:
     from ..runtime import FitCheck, LoadedModel, LoadSpec, Registry, UnloadReport
+    from ..store import ModelEntry
 
 GIB = 2**30
 DEVICE_REFRESH_S = 2.0
@@ -85,8 +88,18 @@ def unload_message(report: UnloadReport) -> str:
     return text + "."
 
 
+#: The traits that make up the selection: a change of any re-renders the fit check.
+SELECTION = ("model", "devices", "dtype", "quant", "double_quant", "compute_dtype", "budgets_gib")
+
+
 class LoadPanel(Panel):
     """Load models onto devices and unload them.
+
+    The selection lives in the panel's traits (:data:`SELECTION`), each linked to its widget
+    once the widgets exist: ``panel.dtype = "float32"`` moves the dtype dropdown, and choosing
+    in the dropdown sets ``panel.dtype``. The store is read when the models are listed
+    (:meth:`refresh_models`); a change of the selection checks the listed entry, reading the
+    store no more.
 
     Args:
         store: where models are listed; default ``ModelStore()``.
@@ -103,22 +116,28 @@ class LoadPanel(Panel):
 
     title = "Load"
 
+    models = List(Unicode(), help="the loadable (ok) store entries, as last listed")
+    model = Unicode(None, allow_none=True, help="the selected store entry")
+    devices = List(Unicode(), help="the devices to load onto, in the device list's order")
+    dtype = Unicode("auto", help="one of workbench.precision.DTYPES")
+    quant = Unicode("none", help="one of workbench.precision.QUANTS (only none for a pre-quantized model)")
+    double_quant = Bool(False, help="4-bit only: quantize the quantization constants too")
+    compute_dtype = Unicode("bfloat16", help="4-bit only: the dtype of the matmuls")
+    budgets_gib = Dict(value_trait=Float(), help="per-device caps in GiB (absent or 0: no cap)")
+
     def __init__(self, store: ModelStore | None = None, registry: Registry | None = None) -> None:
         super().__init__()
         self.store = store if store is not None else ModelStore()
         self._registry = registry
-        self.models: list[str] = []
-        self.model: str | None = None
+        self._entries: dict[str, ModelEntry] = {}  # by name, as the last listing found them
+        self._links: dict[str, Any] = {}
         from ..devices import list_devices
 
         self.device_records = list_devices()
         gpus = [d.name for d in self.device_records if d.kind != "cpu"]
-        self.devices: list[str] = gpus[:1] or ["cpu"]
-        self.dtype = "auto"
-        self.quant = "none"
-        self.double_quant = False
-        self.compute_dtype = "bfloat16"
-        self.budgets_gib: dict[str, float] = {}
+        self.devices = gpus[:1] or ["cpu"]
+        self.observe(self._on_model, names="model")
+        self.observe(self.guarded(self._render_check), names=list(SELECTION))
         self.progress: tuple[str, float, str] = ("idle", 0.0, "")
         self.last_unload: UnloadReport | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -154,15 +173,27 @@ class LoadPanel(Panel):
     # --- selection -------------------------------------------------------------------------
 
     def refresh_models(self) -> list[str]:
-        """Re-list the loadable (``ok``) store entries."""
-        self.models = [e.name for e in self.store.list() if e.ok]
-        if self.model not in self.models:
-            self.model = self.models[0] if self.models else None
-        if self._root is not None:
-            self._model_w.options = self.models
-            self._model_w.value = self.model
-            self._render_check()
+        """Re-list the loadable (``ok``) store entries: the one read of the store the selection uses."""
+        listed = self.store.list()
+        self._entries = {e.name: e for e in listed if not e.shadowed}
+        names = [e.name for e in listed if e.ok]
+        model = self.model if self.model in names else (names[0] if names else None)
+        self.models = names
+        if self._links:
+            set_options(self._model_w, names, self._links["model"], value=model)
+        else:
+            self.model = model
+        self._render_check()
         return self.models
+
+    def _entry(self, name: str) -> ModelEntry:
+        """The store entry ``name`` as the last listing found it; one not listed then is read from the store.
+
+        Raises:
+            ModelNotFoundError, UnsafeNameError: see :meth:`workbench.store.ModelStore.get`.
+        """
+        entry = self._entries.get(name)
+        return entry if entry is not None else self.store.get(name)
 
     def refresh_devices(self) -> None:
         """Re-read free memory (and, for GPUs, who holds it) of every device."""
@@ -193,14 +224,14 @@ class LoadPanel(Panel):
         from ..runtime.fit import check_fit
 
         spec = self.spec()
-        return check_fit(self.store.get(spec.model_name), spec)
+        return check_fit(self._entry(spec.model_name), spec)
 
     def suggestion(self) -> str:
         """What to change when the selection does not fit (a smaller precision, another device)."""
         from ..runtime.fit import suggest
 
         spec = self.spec()
-        return suggest(self.store.get(spec.model_name), spec,
+        return suggest(self._entry(spec.model_name), spec,
                        other_devices=[d.name for d in self.device_records])
 
     def saved_quantization(self) -> str | None:
@@ -208,7 +239,7 @@ class LoadPanel(Panel):
         if not self.model:
             return None
         try:
-            entry = self.store.get(self.model)
+            entry = self._entry(self.model)
         except WorkbenchError:
             return None
         return (entry.quantization or entry.quant_method) if entry.quant_method else None
@@ -311,10 +342,8 @@ class LoadPanel(Panel):
         if model is not None:
             if model not in self.models:
                 self.refresh_models()
-            self.store.get(model)  # raises ModelNotFoundError with a hint
+            self._entry(model)  # raises ModelNotFoundError with a hint
             self.model = model
-            if self.saved_quantization():
-                self.quant, self.double_quant = "none", False
         if devices is not None:
             known = {d.name for d in self.device_records}
             unknown = [d for d in devices if d not in known]
@@ -332,10 +361,25 @@ class LoadPanel(Panel):
             self.compute_dtype = compute_dtype
         if budgets_gib is not None:
             self.budgets_gib = dict(budgets_gib)
-        self._sync_widgets()
         return self.check()
 
-    # --- progress, sync --------------------------------------------------------------------
+    @validate("quant")
+    def _one_quantization(self, proposal: Any) -> str:
+        """A pre-quantized model loads with its own quantization only (the runtime refuses a second)."""
+        saved = self.saved_quantization()
+        if saved and proposal["value"] != "none":
+            raise LoadSpecError(f"{self.model} is saved quantized ({saved}): it loads with its own quantization",
+                                hint="leave quant at none, or pick a model that is not pre-quantized")
+        return proposal["value"]
+
+    def _on_model(self, _change: Any = None) -> None:
+        """A pre-quantized model keeps its own quantization: the quant choices become ``none`` only."""
+        if self.saved_quantization():
+            self.quant, self.double_quant = "none", False
+        if self._links:
+            set_options(self._quant_w, self.quant_choices(), self._links["quant"])
+
+    # --- progress ------------------------------------------------------------------------------
 
     def _on_progress(self, p: Any) -> None:
         self._set_progress(getattr(p, "phase", ""), float(getattr(p, "fraction", 0.0) or 0.0),
@@ -356,45 +400,6 @@ class LoadPanel(Panel):
         self.refresh_devices()
         self._render_loaded()
         self._notify()
-
-    def _sync_widgets(self) -> None:
-        if self._root is None:
-            return
-        self._syncing = True
-        try:
-            self._model_w.value = self.model
-            for name, box in self._device_boxes.items():
-                box.value = name in self.devices
-            self._dtype_w.value = self.dtype
-            choices = self.quant_choices()
-            if tuple(self._quant_w.options) != choices:
-                self._quant_w.options = choices
-            self._quant_w.value = self.quant if self.quant in choices else "none"
-            self._dq_w.value = self.double_quant
-            self._compute_w.value = self.compute_dtype
-            for name, field in self._budget_fields.items():
-                field.value = float(self.budgets_gib.get(name, 0.0))
-        finally:
-            self._syncing = False
-        self._render_check()
-
-    def _from_widgets(self, _change: Any = None) -> None:
-        if getattr(self, "_syncing", False):
-            return
-        model_changed = self.model != self._model_w.value
-        self.model = self._model_w.value
-        self.devices = [n for n, box in self._device_boxes.items() if box.value]
-        self.dtype = self._dtype_w.value
-        self.quant = self._quant_w.value
-        self.double_quant = self._dq_w.value
-        self.compute_dtype = self._compute_w.value
-        self.budgets_gib = {n: f.value for n, f in self._budget_fields.items() if f.value}
-        if model_changed:
-            if self.saved_quantization():
-                self.quant, self.double_quant = "none", False
-            self._sync_widgets()
-            return
-        self._render_check()
 
     # --- widgets ---------------------------------------------------------------------------
 
@@ -417,7 +422,6 @@ class LoadPanel(Panel):
     def _build(self) -> Any:
         import ipywidgets as widgets
 
-        self._syncing = False
         wide = widgets.Layout(width="360px")
         self._model_w = widgets.Dropdown(options=self.models, value=self.model, description="Model", layout=wide)
         self._device_boxes: dict[str, Any] = {}
@@ -456,9 +460,18 @@ class LoadPanel(Panel):
                                            layout=widgets.Layout(width="auto", display="none"))
         self._next_button.on_click(self.guarded(lambda _: self._next_step and self._next_step[1]()))
 
-        for w in (self._model_w, self._dtype_w, self._quant_w, self._dq_w, self._compute_w,
-                  *self._device_boxes.values(), *self._budget_fields.values()):
-            w.observe(self.guarded(self._from_widgets), names="value")
+        # The traits are the selection; each widget shows one and sets it (see the class doc).
+        self._links = {name: link((self, name), (w, "value")) for name, w in (
+            ("model", self._model_w), ("dtype", self._dtype_w), ("quant", self._quant_w),
+            ("double_quant", self._dq_w), ("compute_dtype", self._compute_w))}
+        names = [d.name for d in self.device_records]
+        for name, box in self._device_boxes.items():
+            self._links[f"device:{name}"] = link((self, "devices"), (box, "value"), transform=(
+                lambda devices, n=name: n in devices, lambda on, n=name: toggle(names, self.devices, n, on)))
+        for name, field in self._budget_fields.items():
+            self._links[f"budget:{name}"] = link((self, "budgets_gib"), (field, "value"), transform=(
+                lambda budgets, n=name: float(budgets.get(n, 0.0)),
+                lambda gib, n=name: {**{k: v for k, v in self.budgets_gib.items() if k != n}, **({n: gib} if gib else {})}))
         self._load_button.on_click(self.guarded(lambda _: self.load_model(wait=False)))
         self._cancel_button.on_click(self.guarded(lambda _: self.cancel()))
         self._unload_button.on_click(self.guarded(lambda _: self.unload(self._unload_pick.value)))
@@ -520,7 +533,7 @@ class LoadPanel(Panel):
             except WorkbenchError as exc:
                 self.show_error(exc)
 
-    def _render_check(self) -> None:
+    def _render_check(self, _change: Any = None) -> None:
         if not hasattr(self, "_check_w"):
             return
         four_bit = self.quant in FOUR_BIT

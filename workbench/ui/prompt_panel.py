@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from traitlets import Bool, Float, Int, TraitError, Tuple, Unicode, link
+
 from ..errors import ConfigError, GenerationError, ModelNotLoadedError, WorkbenchError
 from ..store import format_bytes
-from .base import Panel, Throttle, error_message
+from .base import Panel, Throttle, error_message, set_options
 from .display import esc, html_table, pre_html
 
 if TYPE_CHECKING:
@@ -25,6 +27,13 @@ FLUSH_PER_S = 10
 #: Choices naming an OpenAI-compatible endpoint (workbench.serve) instead of a loaded model.
 ENDPOINT_PREFIX = "endpoint:"
 DEFAULTS = dict(max_new_tokens=128, temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.0)
+#: Every sampling setting :meth:`PromptPanel.set_params` takes, by GenerationParams' names; each is a
+#: trait of the panel of the same name, but ``stop`` (the strings), which is ``stop_at`` (``stop()`` stops).
+SAMPLING = (*DEFAULTS, "seed", "stop", "enable_thinking")
+
+
+def _trait(setting: str) -> str:
+    return "stop_at" if setting == "stop" else setting
 
 
 def _pct(x: float | None) -> str | None:
@@ -173,6 +182,10 @@ def _is_endpoint(target: Any) -> bool:
 class PromptPanel(Panel):
     """Chat with a loaded model, with streaming, sampling controls, Stop, Clear and batches.
 
+    The model, the system prompt and each sampling setting (:data:`SAMPLING`) are the panel's
+    traits, each linked to its widget once the widgets exist (``panel.temperature = 0.2``
+    moves the slider; the slider sets ``panel.temperature``).
+
     Args:
         registry: the kernel's loaded models; default :func:`workbench.runtime.get_registry`.
 
@@ -185,12 +198,23 @@ class PromptPanel(Panel):
 
     title = "Prompt"
 
+    # The state, once: each trait is linked to its widget when the widgets are built.
+    model = Unicode(None, allow_none=True, help="a loaded model's name, or endpoint:NAME")
+    system_prompt = Unicode("", help="empty: the chat template's own, if any")
+    max_new_tokens = Int(DEFAULTS["max_new_tokens"], help="a whole number of tokens, at least 1")
+    temperature = Float(DEFAULTS["temperature"], help="0 means greedy")
+    top_p = Float(DEFAULTS["top_p"], help="a probability, 0 to 1")
+    top_k = Int(DEFAULTS["top_k"], help="a whole number; 0 disables top-k")
+    repetition_penalty = Float(DEFAULTS["repetition_penalty"], help="1 means none")
+    seed = Int(None, allow_none=True, help="a whole number, or None for a random seed")
+    stop_at = Tuple(help="a list of strings that end the answer")
+    enable_thinking = Bool(None, allow_none=True, help="True, False, or None for the chat template's default")
+
     def __init__(self, registry: Registry | None = None) -> None:
         super().__init__()
         self._registry = registry
-        self.model: str | None = None
-        self.system_prompt = ""
-        self.params: dict[str, Any] = dict(DEFAULTS, seed=None, stop=(), enable_thinking=None)
+        self._links: dict[str, Any] = {}
+        self.observe(self.guarded(lambda _change: self._show_thinking_switch()), names="model")
         self.history: list[dict[str, str]] = []
         self.results: list[Any] = []
         self.batch_rows: list[BatchRow] = []
@@ -217,20 +241,21 @@ class PromptPanel(Panel):
 
     # --- state -----------------------------------------------------------------------------
 
+    @property
+    def params(self) -> dict[str, Any]:
+        """The sampling settings by name (a copy: change them with :meth:`set_params` or the traits)."""
+        return {name: getattr(self, _trait(name)) for name in SAMPLING}
+
     def refresh_models(self) -> list[str]:
         """Re-list loaded models; keeps the choice if it is still loaded, else picks the newest."""
         local = [m.name for m in self.registry.list()]
         names = local + _endpoint_choices()
-        if self.model not in names:
-            self.model = local[-1] if local else (names[0] if names else None)
-        if hasattr(self, "_model_w"):
-            self._syncing = True
-            try:
-                self._model_w.options = names
-                self._model_w.value = self.model
-            finally:
-                self._syncing = False
+        model = self.model if self.model in names else (local[-1] if local else (names[0] if names else None))
+        if self._links:
+            set_options(self._model_w, names, self._links["model"], value=model)
             self._send_button.disabled = self.model is None
+        else:
+            self.model = model
         self._show_thinking_switch()
         return names
 
@@ -239,7 +264,7 @@ class PromptPanel(Panel):
         from ..runtime import GenerationParams
 
         known = {f.name for f in fields(GenerationParams)}
-        kwargs = {k: v for k, v in self.params.items() if k in known}
+        kwargs = {k: getattr(self, _trait(k)) for k in SAMPLING if k in known}
         kwargs["stop"] = tuple(kwargs.get("stop") or ())
         if "system_prompt" in known:
             kwargs["system_prompt"] = self.system_prompt or None
@@ -251,15 +276,18 @@ class PromptPanel(Panel):
         ``enable_thinking`` (``None``: the chat template's default; see :meth:`takes_thinking_switch`).
 
         Raises:
-            ConfigError: a name that is not one of these settings.
+            ConfigError: a name that is not one of these settings, or a value of the wrong kind.
         """
-        names = {*DEFAULTS, "seed", "stop", "enable_thinking"}
-        unknown = set(params) - names
+        unknown = set(params) - set(SAMPLING)
         if unknown:
             raise ConfigError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}",
-                              hint=f"use {', '.join(sorted(names))}")
-        self.params.update(params)
-        self._sync_widgets()
+                              hint=f"use {', '.join(sorted(SAMPLING))}")
+        for name, value in params.items():
+            try:
+                setattr(self, _trait(name), value)  # the links move the widgets
+            except TraitError:
+                raise ConfigError(f"{name}={value!r} is not a valid sampling setting",
+                                  hint=f"{name}: {self.traits()[_trait(name)].help}") from None
 
     def takes_thinking_switch(self) -> bool:
         """Whether the chosen model's chat template takes ``enable_thinking`` (the switch is shown then)."""
@@ -431,11 +459,10 @@ class PromptPanel(Panel):
     def _build(self) -> Any:
         import ipywidgets as widgets
 
-        self._syncing = False
         self._model_w = widgets.Dropdown(description="Model", layout=widgets.Layout(width="360px"))
         refresh = widgets.Button(description="Refresh", icon="refresh", layout=widgets.Layout(width="100px"))
         self._thinking_w = widgets.Dropdown(options=[("template default", None), ("on", True), ("off", False)],
-                                            value=self.params["enable_thinking"], description="thinking",
+                                            value=self.enable_thinking, description="thinking",
                                             layout=widgets.Layout(width="240px", display="none"))
         self._system_w = widgets.Textarea(value=self.system_prompt, placeholder="optional system prompt",
                                           description="System", layout=widgets.Layout(width="100%", height="48px"))
@@ -478,10 +505,14 @@ class PromptPanel(Panel):
                                                  layout=widgets.Layout(width="100px"))
         self._batch_w = widgets.HTML()
 
-        self._model_w.observe(self.guarded(self._on_model), names="value")
-        self._system_w.observe(self.guarded(lambda ch: setattr(self, "system_prompt", ch["new"])), names="value")
-        for w in (*self._param_w.values(), self._seed_w, self._stop_w, self._thinking_w):
-            w.observe(self.guarded(self._params_from_widgets), names="value")
+        # The traits are the state; each widget shows one and sets it (see the class doc).
+        self._links = {name: link((self, name), (w, "value")) for name, w in (
+            ("model", self._model_w), ("system_prompt", self._system_w), ("enable_thinking", self._thinking_w),
+            *self._param_w.items())}
+        self._links["seed"] = link((self, "seed"), (self._seed_w, "value"),
+                                   transform=(lambda seed: "" if seed is None else str(seed), self._parse_seed))
+        self._links["stop_at"] = link((self, "stop_at"), (self._stop_w, "value"), transform=(
+            ", ".join, lambda text: tuple(s.strip() for s in text.split(",") if s.strip())))
         refresh.on_click(self.guarded(lambda _: self.refresh_models()))
         self._send_button.on_click(self.guarded(self._on_send))
         self._stop_button.on_click(self.guarded(lambda _: self.stop()))
@@ -524,11 +555,6 @@ class PromptPanel(Panel):
         """``transcript``, ``metrics`` (the last results' table) and ``batch`` (the batch results' table)."""
         return {"transcript": self._transcript, "metrics": self._metrics_w, "batch": self._batch_w}
 
-    def _on_model(self, change: dict[str, Any]) -> None:
-        if not self._syncing:
-            self.model = change["new"]
-        self._show_thinking_switch()
-
     def _show_thinking_switch(self) -> None:
         if hasattr(self, "_thinking_w"):
             self._thinking_w.layout.display = None if self.takes_thinking_switch() else "none"
@@ -540,31 +566,15 @@ class PromptPanel(Panel):
         self._input.value = ""
         self._upload.value = ()
 
-    def _params_from_widgets(self, _change: Any = None) -> None:
-        if self._syncing:
-            return
-        for k, w in self._param_w.items():
-            self.params[k] = w.value
-        seed = self._seed_w.value.strip()
-        if seed and not seed.lstrip("-").isdigit():
-            raise GenerationError(f"seed {seed!r} is not a whole number", hint="leave it empty for a random seed")
-        self.params["seed"] = int(seed) if seed else None
-        self.params["stop"] = tuple(s.strip() for s in self._stop_w.value.split(",") if s.strip())
-        self.params["enable_thinking"] = self._thinking_w.value
-
-    def _sync_widgets(self) -> None:
-        if self._root is None:
-            return
-        self._syncing = True
-        try:
-            for k, w in self._param_w.items():
-                w.value = self.params[k]
-            self._seed_w.value = "" if self.params["seed"] is None else str(self.params["seed"])
-            self._stop_w.value = ", ".join(self.params["stop"])
-            self._thinking_w.value = self.params["enable_thinking"]
-            self._system_w.value = self.system_prompt
-        finally:
-            self._syncing = False
+    def _parse_seed(self, text: str) -> int | None:
+        """The seed box's text as a seed; one that is not a whole number is shown as an error and
+        leaves the seed as it was."""
+        text = text.strip()
+        if text and not text.lstrip("-").isdigit():
+            self.show_error(GenerationError(f"seed {text!r} is not a whole number",
+                                            hint="leave it empty for a random seed"))
+            return self.seed
+        return int(text) if text else None
 
     def _set_busy(self, busy: bool) -> None:
         if self._root is None:

@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from traitlets import Int, List, Unicode, link
+
 from ..errors import ConfigError
 from ..precision import LABELS
 from ..quant.study import DEFAULT_VARIANTS
 from ..store import ModelStore, format_bytes
-from .base import Panel, Throttle
+from .base import Panel, Throttle, set_options, toggle
 from .display import banner_html, esc, figure_html, html_table
 from .figures import FigureSlot
 
@@ -95,6 +97,9 @@ def study_figures(study: Any) -> tuple[Any, Any]:
 class QuantizationPanel(Panel):
     """Run and show a quantization study.
 
+    The model, device, variants and evaluation tokens are the panel's traits, each linked to
+    its widget once the widgets exist (``panel.variants = ["bfloat16", "nf4"]`` ticks the boxes).
+
     Args:
         store: where models are listed from; default ``ModelStore()``.
         registry: the loaded-model registry (variants are loaded into it one at a time).
@@ -108,17 +113,23 @@ class QuantizationPanel(Panel):
 
     title = "Quantization"
 
+    # The state, once: each trait is linked to its widget when the widgets are built.
+    models = List(Unicode(), help="the store's usable models, as last listed")
+    model = Unicode(None, allow_none=True, help="the model to study")
+    device = Unicode("cpu", help="where each variant is loaded")
+    variants = List(Unicode(), help="precision labels, the first the baseline")
+    eval_tokens = Int(512, help="held-out tokens the perplexity is measured on")
+
     def __init__(self, store: ModelStore | None = None, registry: Registry | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         self._clock = clock or time.monotonic
         self.store = store if store is not None else ModelStore()
         self._registry = registry
+        self._links: dict[str, Any] = {}
         self.models = [e.name for e in self.store.list() if e.ok and not e.shadowed]
-        self.model: str | None = self.models[0] if self.models else None
-        self.device = "cpu"
-        self.variants: list[str] = list(DEFAULT_CHOICE)
-        self.eval_tokens = 512
+        self.model = self.models[0] if self.models else None
+        self.variants = list(DEFAULT_CHOICE)
         self.study: Any = None
         self.progress: tuple[str, float] = ("idle", 0.0)
         self._throttle = Throttle(0.25, clock=self._clock)
@@ -126,12 +137,13 @@ class QuantizationPanel(Panel):
 
     def refresh_models(self) -> list[str]:
         """Re-list the store's usable models."""
-        self.models = [e.name for e in self.store.list() if e.ok and not e.shadowed]
-        if self.model not in self.models:
-            self.model = self.models[0] if self.models else None
-        if self._root is not None:
-            self._model_w.options = self.models
-            self._model_w.value = self.model
+        names = [e.name for e in self.store.list() if e.ok and not e.shadowed]
+        model = self.model if self.model in names else (names[0] if names else None)
+        self.models = names
+        if self._links:
+            set_options(self._model_w, names, self._links["model"], value=model)
+        else:
+            self.model = model
         return self.models
 
     # --- actions ---------------------------------------------------------------------------
@@ -157,7 +169,6 @@ class QuantizationPanel(Panel):
             raise ConfigError("no variants selected", hint="tick at least a baseline such as bfloat16")
         cancel = self._new_cancel()
         self.clear_message()
-        self._sync_widgets()
 
         def job() -> Any:
             self._started_s = self._clock()
@@ -210,21 +221,6 @@ class QuantizationPanel(Panel):
         self._run_button.disabled = running
         self._cancel_button.disabled = not running
 
-    def _sync_widgets(self) -> None:
-        if self._root is None:
-            return
-        self._model_w.value = self.model
-        self._device_w.value = self.device
-        for label, box in self._boxes.items():
-            box.value = label in self.variants
-        self._tokens_w.value = self.eval_tokens
-
-    def _from_widgets(self, _change: Any = None) -> None:
-        self.model = self._model_w.value
-        self.device = self._device_w.value
-        self.variants = [label for label, box in self._boxes.items() if box.value]
-        self.eval_tokens = int(self._tokens_w.value)
-
     def _build(self) -> Any:
         import ipywidgets as widgets
         import plotly.graph_objects as go
@@ -232,10 +228,11 @@ class QuantizationPanel(Panel):
         from ..devices import list_devices
 
         devices = [d.name for d in list_devices()]
+        if self.device not in devices:
+            self.device = devices[0]
         self._model_w = widgets.Dropdown(options=self.models, value=self.model, description="Model",
                                          layout=widgets.Layout(width="360px"))
-        self._device_w = widgets.Dropdown(options=devices, value=self.device if self.device in devices else devices[0],
-                                          description="Device", layout=widgets.Layout(width="200px"))
+        self._device_w = widgets.Dropdown(options=devices, value=self.device, description="Device", layout=widgets.Layout(width="200px"))
         self._boxes = {label: widgets.Checkbox(value=label in self.variants, description=label, indent=False,
                                                layout=widgets.Layout(width="100px")) for label in VARIANT_CHOICES}
         self._tokens_w = widgets.BoundedIntText(value=self.eval_tokens, min=32, max=8192, step=64,
@@ -250,8 +247,13 @@ class QuantizationPanel(Panel):
         # Slots, not FigureWidgets filled later: each result is sent as a whole new figure (see ui/figures.py).
         self._quality = FigureSlot(go.Figure(layout={"height": 320, "title": "Memory vs quality"}), height=320)
         self._speed = FigureSlot(go.Figure(layout={"height": 320, "title": "Decode speed"}), height=320)
-        for w in (self._model_w, self._device_w, self._tokens_w, *self._boxes.values()):
-            w.observe(self.guarded(self._from_widgets), names="value")
+        # The traits are the state; each widget shows one and sets it (see the class doc).
+        self._links = {name: link((self, name), (w, "value")) for name, w in (
+            ("model", self._model_w), ("device", self._device_w), ("eval_tokens", self._tokens_w))}
+        for label, box in self._boxes.items():
+            self._links[f"variant:{label}"] = link((self, "variants"), (box, "value"), transform=(
+                lambda variants, v=label: v in variants,
+                lambda on, v=label: toggle(VARIANT_CHOICES, self.variants, v, on)))
         self._run_button.on_click(self.guarded(lambda _: self.run(wait=False)))
         self._cancel_button.on_click(self.guarded(lambda _: self.cancel()))
         self._render_results()
