@@ -22,6 +22,7 @@ from workbench.telemetry import (
 
 class FixedHost:
     name = "fixed"
+    notice = None
 
     def sample(self) -> HostSample:
         return HostSample(

@@ -31,6 +31,7 @@ class CountingSource:
     """A cheap, deterministic host source: cpu_percent is the sample number."""
 
     name = "counting"
+    notice = None
 
     def __init__(self) -> None:
         self.n = 0
@@ -44,6 +45,7 @@ class CountingSource:
 
 class RaisingSource:
     name = "raising"
+    notice = None
 
     def sample(self) -> HostSample:
         raise RuntimeError("sensor on fire")
@@ -192,19 +194,20 @@ def test_a_raising_source_is_counted_and_logged_once(caplog) -> None:
     assert sum("telemetry source raising failed" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_library_missing_degrades_to_cpu_with_a_notice(no_nvml_driver, caplog, monkeypatch) -> None:
-    sampler_module._logged_notices.clear()
-    # A TelemetryPanel built earlier in this process filters these notices from the log (it shows them itself).
-    monkeypatch.setattr(logging.getLogger("workbench.telemetry.sampler"), "filters", [])
-    with caplog.at_level(logging.WARNING, logger="workbench.telemetry.sampler"):
+def test_library_missing_degrades_to_cpu_with_a_notice(no_nvml_driver, caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="workbench.telemetry"):
         a = Sampler(interval_s=1, history_s=10)
         a.sample_now()
         a.sample_now()
         b = Sampler(interval_s=1, history_s=10)
         sample = b.sample_now()
-    assert sample.gpus == () and sample.ram_total_bytes > 0
-    assert a.notices == b.notices == ("NVIDIA driver not found: showing CPU and RAM only",)
-    assert sum("NVIDIA driver not found" in r.getMessage() for r in caplog.records) == 1  # once per process
+    assert sample.gpus == ()
+    assert sample.ram_total_bytes > 0
+    # The notice is data, once per sampler, for whoever shows it (the panel's status, REST's "notices"),
+    # not a warning on stderr under the cell.
+    assert a.notices == ("NVIDIA driver not found: showing CPU and RAM only",)
+    assert b.notices == a.notices
+    assert [r.levelname for r in caplog.records if "NVIDIA driver not found" in r.getMessage()] == ["INFO"] * 2
     with pytest.raises(DeviceNotFoundError, match="NVIDIA driver not found"):
         b.series("power_w", "cuda:0")
 

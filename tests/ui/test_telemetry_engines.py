@@ -15,12 +15,12 @@ import psutil
 import pytest
 
 from serve.metrics_server import serve_pages
-from serve.test_metrics import _dcgm
-from serve.test_watch import VLLM_LATER, VLLM_V1
+from telemetry.test_metrics import _dcgm
+from telemetry.test_watch import VLLM_LATER, VLLM_V1
 from ui.test_telemetry_panel import FakeClock, FakeHost, HandSampler
-from workbench.serve import DcgmWatcher, EngineWatcher
 from workbench.serve.endpoint import Endpoint
 from workbench.serve.registry import EndpointRegistry
+from workbench.telemetry import DcgmWatcher, EngineWatcher
 from workbench.ui import TelemetryPanel
 from workbench.ui.figures import synced_state
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -10,13 +11,14 @@ import pytest
 from workbench.telemetry import GpuSample, HostSample, Sampler
 from workbench.ui import TelemetryPanel
 from workbench.ui.figures import synced_state
-from workbench.ui.telemetry_panel import MAX_POINTS, REDRAW_INTERVAL_S
+from workbench.ui.telemetry_panel import MAX_POINTS, REDRAW_INTERVAL_S, align
 
 
 class FakeHost:
     """A scriptable psutil stand-in: instant samples."""
 
     name = "fake-host"
+    notice = None
 
     def __init__(self) -> None:
         self.n = 0
@@ -257,3 +259,33 @@ def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event
     assert all(t.y >= 1 for t in titles)
     panel.close()
 
+
+
+def test_the_panel_installs_no_logging_filter_and_shows_notices_from_the_sampler(event_log) -> None:
+    """Notices are data: the status line shows them; the process's logging is left as it was."""
+
+    class NoGpu:
+        name = "no-gpu"
+        notice = "NVIDIA driver not found: showing CPU and RAM only"
+
+        def sample(self) -> tuple[GpuSample, ...]:
+            return ()
+
+    loggers = [logging.getLogger(n) for n in ("", "workbench", "workbench.telemetry", "workbench.telemetry.sampler")]
+    before = [list(lg.filters) for lg in loggers]
+    s = Sampler(interval_s=1, history_s=60, sources=[FakeHost(), NoGpu()])
+    s.sample_now()
+    panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log)
+    assert "NVIDIA driver not found" in panel.status_html()
+    assert [list(lg.filters) for lg in loggers] == before
+
+
+def test_align_takes_one_series_shape_whoever_measured_it() -> None:
+    """The sampler's columns and a watcher's series are both ``(times, columns)``: one function aligns them."""
+    times = np.array([100.0, 101.0, 102.0])
+    cols = {"a": np.array([1.0, 2.0, np.nan], dtype=np.float32), "b": np.array([2.0, 4.0, 6.0], dtype=np.float32)}
+    [[a, b], [gone]] = align((times, cols), [[("a", 1.0, "A"), ("b", 2.0, "B")], [("missing", 1.0, "M")]], t_end=103.0)
+    assert (a.name, a.x.tolist(), a.y.tolist()[:2]) == ("A", [-3.0, -2.0, -1.0], [1.0, 2.0])
+    assert np.isnan(a.y[2])
+    assert (b.x.dtype, b.y.dtype, b.y.tolist()) == (np.float32, np.float32, [1.0, 2.0, 3.0])
+    assert (gone.name, len(gone.x), bool(np.isnan(gone.y).all())) == ("M", 3, True)

@@ -19,13 +19,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._periodic import Periodic
 from ..errors import ConfigError, WorkbenchError
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,8 @@ class IdleWatcher:
         self.interval_s = interval_s if interval_s is not None else min(60.0, max(1.0, idle_s / 10))
         self.unloaded: deque[IdleUnload] = deque(maxlen=100)
         self._busy_seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._loop = Periodic(self._tick, interval_s=lambda: self.interval_s, name="workbench-idle-unload",
+                              immediate=False)
 
     def last_activity_s(self, loaded: Any) -> float:
         """The model's last generation, or the last check that found one running."""
@@ -133,34 +132,20 @@ class IdleWatcher:
 
     def start(self) -> None:
         """Check every ``interval_s`` on a daemon thread, until :meth:`stop` or the registry is empty."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="workbench-idle-unload", daemon=True)
-            self._thread.start()
+        self._loop.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if not len(self.registry):
-                break
-            try:
-                self.check()
-            except Exception:  # the watcher must survive anything one unload throws
-                logger.exception("idle unload check failed")
-        with self._lock:
-            self._thread = None
+    def _tick(self) -> bool:
+        if not len(self.registry):
+            return False  # nothing left to watch; the next load starts the thread again
+        self.check()
+        return True
 
     @property
     def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return self._loop.running
 
     def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._loop.stop()
 
 
 def ensure_watcher(registry: Any) -> IdleWatcher | None:

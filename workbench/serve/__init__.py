@@ -37,14 +37,6 @@ _EXPORTS = {
     "run_endpoint": "client",
     "VllmArgs": "engines",
     "derive_vllm_args": "vllm_memory",
-    "VllmMetrics": "metrics",
-    "DcgmGpu": "metrics",
-    "parse_vllm": "metrics",
-    "parse_dcgm": "metrics",
-    "scrape": "metrics",
-    "EngineWatcher": "watch",
-    "DcgmWatcher": "watch",
-    "MetricsWatcher": "watch",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

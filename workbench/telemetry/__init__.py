@@ -1,4 +1,5 @@
-"""Live telemetry: GPU, CPU and RAM sampled in the background, event marks, export.
+"""Live telemetry: GPU, CPU and RAM sampled in the background, engines' and DCGM exporters'
+``/metrics`` watched, event marks, export.
 
 One :class:`Sampler` per process (:func:`get_sampler`) samples every second on a
 daemon thread into bounded float32 ring buffers; panels subscribe to it or read
@@ -45,21 +46,44 @@ _EXPORTS = {
     "reset_sampler": "sampler",
     "NVMLSource": "sources",
     "PsutilSource": "sources",
+    "Source": "sources",
+    "Series": "series",
+    "DcgmGpu": "metrics",
+    "VllmMetrics": "metrics",
+    "parse_dcgm": "metrics",
+    "parse_vllm": "metrics",
+    "scrape": "metrics",
+    "DcgmWatcher": "watch",
+    "EngineWatcher": "watch",
+    "MetricsWatcher": "watch",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EVENT_KINDS, Event, EventKind, EventLog, get_event_log, post_event, reset_event_log  # noqa: F401
     from .export import events_to_records, to_csv, to_prometheus, to_records  # noqa: F401
+    from .metrics import DcgmGpu, VllmMetrics, parse_dcgm, parse_vllm, scrape  # noqa: F401
     from .prometheus import WorkbenchCollector  # noqa: F401
     from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample  # noqa: F401
     from .sampler import Sampler, get_sampler, reset_sampler  # noqa: F401
-    from .sources import NVMLSource, PsutilSource  # noqa: F401
+    from .series import Series  # noqa: F401
+    from .sources import NVMLSource, PsutilSource, Source  # noqa: F401
+    from .watch import DcgmWatcher, EngineWatcher, MetricsWatcher  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = [
+    "DcgmGpu",
+    "DcgmWatcher",
+    "EngineWatcher",
+    "MetricsWatcher",
+    "Series",
+    "Source",
+    "VllmMetrics",
+    "parse_dcgm",
+    "parse_vllm",
+    "scrape",
     "EVENT_KINDS",
     "GPU_METRICS",
     "HOST_METRICS",

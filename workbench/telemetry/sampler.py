@@ -18,31 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from .._periodic import Periodic
 from ..config import MAX_TELEMETRY_INTERVAL_S, MIN_TELEMETRY_INTERVAL_S
 from ..errors import ConfigError, DeviceNotFoundError
 from ..precision import normalize_device
 from ._dispatch import Delivery, subscribe
 from .ring import RingBuffer
 from .sample import GPU_METRICS, HOST_METRICS, GpuSample, HostSample, Sample
+from .series import Series, series_key
+from .sources import Source, check_source
 
 logger = logging.getLogger(__name__)
 
-#: Bounds for an interval taken from settings (``WORKBENCH_TELEMETRY_INTERVAL``); the setting's
-#: trait enforces them.
-MIN_INTERVAL_S = MIN_TELEMETRY_INTERVAL_S
-MAX_INTERVAL_S = MAX_TELEMETRY_INTERVAL_S
 #: An interval passed explicitly may go down to this (tests and benchmarks).
 EXPLICIT_MIN_INTERVAL_S = 0.01
 #: Rows never exceed a day at the shortest settings interval, whatever history asks.
-MAX_ROWS = int(86_400 / MIN_INTERVAL_S)
-
-_logged_notices: set[str] = set()
-_notice_lock = threading.Lock()
-
-
-def _key(metric: str, device: str | None) -> str:
-    return metric if device is None else f"{device}/{metric}"
-
+MAX_ROWS = int(86_400 / MIN_TELEMETRY_INTERVAL_S)
 
 def _resolve_interval(interval_s: float | None) -> float:
     if interval_s is None:
@@ -50,10 +41,10 @@ def _resolve_interval(interval_s: float | None) -> float:
 
         return float(get_settings().telemetry_interval_s)  # its trait keeps it in [0.25, 60]
     value = float(interval_s)
-    if not (math.isfinite(value) and EXPLICIT_MIN_INTERVAL_S <= value <= MAX_INTERVAL_S):
+    if not (math.isfinite(value) and EXPLICIT_MIN_INTERVAL_S <= value <= MAX_TELEMETRY_INTERVAL_S):
         raise ConfigError(
             f"telemetry interval {interval_s!r} s is out of range",
-            hint=f"pass seconds between {EXPLICIT_MIN_INTERVAL_S} and {MAX_INTERVAL_S} (1 is the default)",
+            hint=f"pass seconds between {EXPLICIT_MIN_INTERVAL_S} and {MAX_TELEMETRY_INTERVAL_S} (1 is the default)",
             interval_s=interval_s,
         )
     return value
@@ -74,7 +65,7 @@ def _resolve_history(history_s: float | None) -> float:
     return value
 
 
-def _default_sources() -> list[Any]:
+def _default_sources() -> list[Source]:
     from .sources import NVMLSource, PsutilSource
 
     return [NVMLSource(), PsutilSource()]
@@ -90,8 +81,7 @@ class Sampler:
             tests and benchmarks.
         history_s: seconds of history kept (default: the setting, a day). Rows are
             capped at a day at 0.25 s (345,600).
-        sources: objects with ``sample()`` (see :mod:`workbench.telemetry.sources`);
-            default NVML then psutil.
+        sources: :class:`~workbench.telemetry.sources.Source` objects; default NVML then psutil.
 
     Subscribers run on their own threads: a slow one gets the newest sample and
     skips those it was too slow for; one that raises is logged once and kept.
@@ -108,18 +98,19 @@ class Sampler:
 
     Raises:
         ConfigError: an interval or history that is not a positive number of seconds.
+        ArgumentTypeError: a source that is not a :class:`~workbench.telemetry.sources.Source`.
     """
 
     def __init__(
         self,
         interval_s: float | None = None,
         history_s: float | None = None,
-        sources: Iterable[Any] | None = None,
+        sources: Iterable[Source] | None = None,
     ) -> None:
         self.interval_s = _resolve_interval(interval_s)
         self.history_s = _resolve_history(history_s)
         self.capacity = min(MAX_ROWS, max(2, math.ceil(self.history_s / self.interval_s)))
-        self.sources = list(sources) if sources is not None else _default_sources()
+        self.sources = [check_source(s) for s in sources] if sources is not None else _default_sources()
         self._ring = RingBuffer(self.capacity)
         self._ring.ensure_columns(HOST_METRICS)
         self._lock = threading.Lock()  # ring buffer, latest sample, device list
@@ -128,52 +119,27 @@ class Sampler:
         self._devices: dict[str, str | None] = {}  # GPU name -> uuid, in first-seen order
         self._subs: list[Delivery] = []
         self._subs_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._notices: list[str] = []
         self._source_errors: dict[str, int] = {}
         self._samples = 0
-        self._thread_cpu_s = 0.0
-        self._busy_s = 0.0
-        self._max_tick_s = 0.0
-        self._started_at: float | None = None
+        self._loop = Periodic(self._collect, interval_s=lambda: self.interval_s, name="workbench-telemetry")
 
     # --- lifecycle ------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """Whether the sampling thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return self._loop.running
 
     def start(self) -> Sampler:
         """Start sampling in a daemon thread (no-op if already running). Returns ``self``."""
-        with self._state_lock:
-            if self.running:
-                return self
-            # A fresh event per run: a thread that outlived stop()'s join (a hanging source)
-            # keeps its own set event and exits when the source returns, instead of
-            # being revived alongside the new one.
-            self._stop = threading.Event()
-            self._started_at = time.monotonic()
-            self._thread = threading.Thread(
-                target=self._run, args=(self._stop,), name="workbench-telemetry", daemon=True
-            )
-            self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop sampling and join the thread; history and subscribers are kept (``start()`` resumes)."""
-        with self._state_lock:
-            self._stop.set()
-            thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-            if thread.is_alive():
-                logger.warning(
-                    "telemetry sampler did not stop within %.1f s (a source is hanging)", timeout_s
-                )
+        """Stop sampling and join the thread (at most ``timeout_s``); history and subscribers are
+        kept (``start()`` resumes)."""
+        self._loop.stop(timeout_s)
 
     def close(self) -> None:
         """Stop sampling and drop every subscriber, joining their threads."""
@@ -193,36 +159,14 @@ class Sampler:
         state = "running" if self.running else "stopped"
         return f"<Sampler {state} every {self.interval_s:g} s, {len(self._ring)}/{self.capacity} rows, gpus={list(self._devices)}>"
 
-    def _run(self, stop: threading.Event) -> None:
-        cpu0 = time.thread_time()
-        next_tick = time.monotonic()
-        while not stop.is_set():
-            t0 = time.monotonic()
-            self._collect()
-            took = time.monotonic() - t0
-            self._busy_s += took
-            self._max_tick_s = max(self._max_tick_s, took)
-            self._thread_cpu_s = time.thread_time() - cpu0
-            next_tick += self.interval_s
-            now = time.monotonic()
-            if next_tick < now:
-                # Fell behind (a slow source, a suspended laptop): skip the missed ticks
-                # instead of sampling in a burst to catch up.
-                next_tick = now
-            stop.wait(next_tick - now)
-        self._thread_cpu_s = time.thread_time() - cpu0
-
     # --- sampling -------------------------------------------------------------------------
 
     def _note(self, notice: str) -> None:
-        if notice in self._notices:
-            return
-        self._notices.append(notice)
-        with _notice_lock:
-            # Reported once per process, however many samplers (tests build several).
-            if notice not in _logged_notices:
-                _logged_notices.add(notice)
-                logger.warning("telemetry: %s", notice)
+        # A notice is data (``notices``, the panel's status line, the REST ``notices``), not a
+        # warning: logged at WARNING it landed as red stderr under the cell showing the panel.
+        if notice not in self._notices:
+            self._notices.append(notice)
+            logger.info("telemetry: %s", notice)
 
     def _collect(self) -> Sample:
         with self._collect_lock:
@@ -230,10 +174,10 @@ class Sampler:
             gpus: list[GpuSample] = []
             host = HostSample()
             for source in self.sources:
-                name = getattr(source, "name", type(source).__name__)
+                name = source.name
                 try:
                     out = source.sample()
-                    notice = getattr(source, "notice", None)
+                    notice = source.notice
                 except Exception as exc:
                     # Sources wrap drivers and third-party code; whatever one raises, the
                     # others still count and the next tick tries again.
@@ -271,11 +215,11 @@ class Sampler:
         values: dict[str, float | int | None] = {m: getattr(sample, m) for m in HOST_METRICS}
         for g in sample.gpus:
             for m in GPU_METRICS:
-                values[_key(m, g.device)] = getattr(g, m)
+                values[series_key(m, g.device)] = getattr(g, m)
         with self._lock:
             for g in sample.gpus:
                 if g.device not in self._devices:
-                    self._ring.ensure_columns(_key(m, g.device) for m in GPU_METRICS)
+                    self._ring.ensure_columns(series_key(m, g.device) for m in GPU_METRICS)
                 self._devices[g.device] = g.uuid  # may change once, when torch's numbering arrives
             self._ring.append(sample.time_s, values)
             self._latest = sample
@@ -349,7 +293,8 @@ class Sampler:
         ``cpu_percent_of_core`` is the sampler thread's CPU time over wall time
         since :meth:`start` (subscriber callbacks run elsewhere and are not counted).
         """
-        wall = time.monotonic() - self._started_at if self._started_at is not None else 0.0
+        loop = self._loop
+        wall = time.monotonic() - loop.started_at if loop.started_at is not None else 0.0
         with self._subs_lock:
             subs = list(self._subs)
         return {
@@ -357,11 +302,11 @@ class Sampler:
             "rows": len(self._ring),
             "capacity": self.capacity,
             "buffer_nbytes": self.buffer_nbytes,
-            "thread_cpu_s": self._thread_cpu_s,
+            "thread_cpu_s": loop.thread_cpu_s,
             "wall_s": wall,
-            "cpu_percent_of_core": 100.0 * self._thread_cpu_s / wall if wall > 0 else None,
-            "mean_tick_s": self._busy_s / self._samples if self._samples else None,
-            "max_tick_s": self._max_tick_s,
+            "cpu_percent_of_core": 100.0 * loop.thread_cpu_s / wall if wall > 0 else None,
+            "mean_tick_s": loop.busy_s / loop.ticks if loop.ticks else None,
+            "max_tick_s": loop.max_tick_s,
             "source_errors": dict(self._source_errors),
             "subscribers": [
                 {
@@ -435,10 +380,11 @@ class Sampler:
         """
         resolved = self._check_metric(metric, device)
         with self._lock:
-            return self._ring.column(_key(metric, resolved), since_s)
+            return self._ring.column(series_key(metric, resolved), since_s)
 
-    def columns(self, since_s: float | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Every series at once: ``(times, {"cpu_percent": ..., "cuda:0/power_w": ...})``."""
+    def columns(self, since_s: float | None = None) -> Series:
+        """Every series at once, the one :data:`~workbench.telemetry.series.Series` shape:
+        ``(times, {"cpu_percent": ..., "cuda:0/power_w": ...})``."""
         with self._lock:
             return self._ring.columns(since_s)
 

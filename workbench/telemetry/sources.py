@@ -1,9 +1,9 @@
 """Telemetry sources: where a :class:`Sample`'s numbers come from.
 
-A source is any object with ``sample()`` returning either a :class:`HostSample`
-or a sequence of :class:`GpuSample`; optionally ``notice`` (a sentence to show
-the user once, e.g. why GPUs are missing) and ``devices`` (the GPU names it
-samples). Sources never raise for a missing metric: that field is ``None``.
+A source satisfies :class:`Source`: a ``name``, a ``notice`` (a sentence to show the
+user, e.g. why GPUs are missing, or ``None``) and ``sample()`` returning either a
+:class:`HostSample` or a tuple of :class:`GpuSample`. Sources never raise for a
+missing metric: that field is ``None``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,47 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..devices import nvml, torch_cuda
+from ..errors import ArgumentTypeError
 from .sample import GpuSample, HostSample
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the :class:`~workbench.telemetry.Sampler` reads every tick.
+
+    Attributes:
+        name: names the source in the sampler's ``stats["source_errors"]`` and its log.
+        notice: a sentence for the user (shown once in :attr:`Sampler.notices`), or ``None``.
+    """
+
+    name: str
+
+    @property
+    def notice(self) -> str | None: ...
+
+    def sample(self) -> HostSample | tuple[GpuSample, ...]:
+        """The host's readings, or one reading per GPU; a missing metric is ``None``, not an error."""
+        ...
+
+
+def check_source(source: object) -> Source:
+    """``source`` itself when it satisfies :class:`Source`.
+
+    Raises:
+        ArgumentTypeError: it lacks ``name``, ``notice`` or ``sample``.
+    """
+    if not isinstance(source, Source):
+        missing = [m for m in ("name", "notice", "sample") if not hasattr(source, m)]
+        raise ArgumentTypeError(
+            f"{type(source).__name__} is not a telemetry source: it has no {', '.join(missing)}",
+            hint="give it name (str), notice (str or None) and sample() -> HostSample or tuple of GpuSample",
+        )
+    return source
 
 
 def _torch_ready() -> bool:

@@ -13,7 +13,6 @@ created late, reloaded or fed on a busy machine still shows the data.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import math
 import os
 import threading
@@ -30,22 +29,13 @@ from .base import Panel, Throttle
 from .display import esc, figure_html, html_table
 
 if TYPE_CHECKING:
-    from ..serve.watch import DcgmWatcher, EngineWatcher
     from ..telemetry import EventLog, Sampler
+    from ..telemetry.series import Series
+    from ..telemetry.watch import DcgmWatcher, EngineWatcher
 
+#: One subplot's lines: ``(series key, scale divisor, trace name)`` each.
+Plot = Sequence[tuple[str, float, str]]
 
-class _PanelShowsNotices(logging.Filter):
-    """Drop the sampler's one-off notices ("NVIDIA driver not found...") from the log.
-
-    The panel prints them in its status line; logged at WARNING they would also land
-    as red stderr under the cell that shows the panel.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("telemetry: ")
-
-
-_notice_filter = _PanelShowsNotices()
 
 MAX_POINTS = 600
 MAX_EVENTS = 40
@@ -57,7 +47,7 @@ WINDOWS = (("1 min", 60), ("5 min", 300), ("10 min", 600), ("15 min", 900), ("1 
 PERCENT_TITLES = frozenset({"Utilisation (%)", "CPU (%)", "KV cache used (%)"})
 EVENT_LABEL_GAP = 0.04  # events closer than this share of the window share one label
 
-# Per GPU: (metric, subplot title, scale divisor, unit)
+# Per GPU: (metric, subplot title, scale divisor)
 GPU_PLOTS = (
     ("utilization_percent", "Utilisation (%)", 1.0),
     ("memory_used_bytes", "Memory used (GiB)", GIB),
@@ -129,16 +119,21 @@ def _downsample(times: np.ndarray, values: np.ndarray, max_points: int) -> tuple
     return times[idx], values[idx]
 
 
-def _column(values: Sequence[float | None], scale: float = 1.0) -> np.ndarray:
-    """float32 values (``None`` and infinities as NaN: a gap in the line), divided by ``scale``."""
-    out = np.array([np.nan if v is None else v for v in values], dtype=np.float64) / scale
-    out[~np.isfinite(out)] = np.nan
-    return out.astype(np.float32)
-
-
-def _watched_trace(name: str, times: np.ndarray, values: np.ndarray, t_end: float) -> Trace:
-    t, v = _downsample(times, values, MAX_POINTS)
-    return Trace(name, (t - t_end).astype(np.float32), v.astype(np.float32))
+def align(series: Series, plots: Sequence[Plot], t_end: float) -> list[list[Trace]]:
+    """The traces of ``plots`` from one ``(times, columns)`` series, whoever measured it (the
+    sampler, an engine watcher, a DCGM watcher): x relative to ``t_end``, at most
+    :data:`MAX_POINTS` points, values divided by their scale; a missing column is all NaN."""
+    times, cols = series
+    missing = np.full(len(times), np.nan, dtype=np.float32)
+    out = []
+    for plot in plots:
+        traces = []
+        for key, scale, name in plot:
+            t, v = _downsample(times, cols.get(key, missing), MAX_POINTS)
+            y = v / np.float32(scale) if scale != 1.0 else v
+            traces.append(Trace(name, (t - t_end).astype(np.float32), y.astype(np.float32)))
+        out.append(traces)
+    return out
 
 
 class TelemetryPanel(Panel):
@@ -151,12 +146,12 @@ class TelemetryPanel(Panel):
         event_log: default the process-wide log.
         clock: monotonic seconds for the redraw throttle (default ``time.monotonic``);
             tests pass a fake clock and call :meth:`tick` instead of sleeping.
-        watchers: engines to plot (:class:`workbench.serve.EngineWatcher`, driven by their
+        watchers: engines to plot (:class:`workbench.telemetry.EngineWatcher`, driven by their
             owner). Default: a watcher for each running vLLM endpoint in the registry, started
             when the panel is shown and stopped when it closes (``transformers serve`` has no
             ``/metrics``). ``[]`` plots no engine.
         dcgm_urls: DCGM exporter ``/metrics`` URLs (``"http://node-a:9400/metrics"``), or
-            :class:`workbench.serve.DcgmWatcher` objects (driven by their owner); one figure
+            :class:`workbench.telemetry.DcgmWatcher` objects (driven by their owner); one figure
             each, a line per ``host/gpu N`` it reports. Default: the ``dcgm_urls`` setting.
 
     Example:
@@ -173,10 +168,6 @@ class TelemetryPanel(Panel):
                  dcgm_urls: Sequence[str | DcgmWatcher] | None = None) -> None:
         super().__init__()
         from ..telemetry import get_event_log, get_sampler
-
-        sampler_logger = logging.getLogger("workbench.telemetry.sampler")
-        if _notice_filter not in sampler_logger.filters:
-            sampler_logger.addFilter(_notice_filter)
 
         self.sampler = sampler if sampler is not None else get_sampler(start=False)
         self.event_log = event_log if event_log is not None else get_event_log()
@@ -198,7 +189,7 @@ class TelemetryPanel(Panel):
             dcgm_urls = get_settings().dcgm_urls
         for item in dcgm_urls:
             if isinstance(item, str):
-                from ..serve.watch import DcgmWatcher
+                from ..telemetry.watch import DcgmWatcher
 
                 item = DcgmWatcher(item)
                 self._owned.append(item)
@@ -219,7 +210,7 @@ class TelemetryPanel(Panel):
         """The engines plotted (found in the endpoint registry on first use unless passed in)."""
         if self._engines is None:
             from ..serve.registry import EndpointRegistry
-            from ..serve.watch import EngineWatcher
+            from ..telemetry.watch import EngineWatcher
 
             self._engines = [EngineWatcher(st.endpoint) for st in EndpointRegistry().statuses()
                              if st.state == "running" and st.endpoint.engine == "vllm"]
@@ -244,54 +235,35 @@ class TelemetryPanel(Panel):
         ends = [w.samples()[-1].time_s for w in [*self.engine_watchers(), *self._dcgm] if w.samples()]
         return max(ends, default=None)
 
-    def _engine_traces(self, w: EngineWatcher, t_end: float) -> list[list[Trace]]:
-        cols = w.series()
-        times = np.asarray(cols["time_s"], dtype=np.float64)
-        return [[_watched_trace(name, times, _column(cols[key], scale), t_end) for key, name, scale in plot]
-                for plot in ENGINE_PLOTS]
-
-    @staticmethod
-    def _dcgm_traces(w: DcgmWatcher, t_end: float) -> list[list[Trace]]:
-        per_gpu = w.series()
-        plots: list[list[Trace]] = []
-        for metric, _, scale in GPU_PLOTS:
-            plots.append([_watched_trace(f"{host}/gpu {gpu}", np.asarray(cols["time_s"], dtype=np.float64),
-                                         _column(cols[metric], scale), t_end)
-                          for (host, gpu), cols in per_gpu.items()])
-        return plots
-
     def traces(self, now_s: float | None = None) -> tuple[float, dict[str, list[list[Trace]]]]:
         """The data of every plot: ``(t_end, {"host": [[Trace...] per subplot], "cuda:0": ...})``.
 
         ``x`` is float32 seconds relative to ``t_end`` (the newest sample), so 0 is
         "now" and -60 a minute ago.
         """
+        from ..telemetry.series import devices_of, series_key
+
         since = (now_s or time.time()) - self.window_s
-        times, cols = self.sampler.columns(since)
+        sampled = self.sampler.columns(since)
+        times = sampled[0]
         t_end = float(times[-1]) if len(times) else (now_s or time.time())
         # One timeline for every group: the newest reading of the sampler or any watcher is 0.
         watched_end = self._watched_end()
         if watched_end is not None and (not len(times) or watched_end > t_end):
             t_end = watched_end
-        out: dict[str, list[list[Trace]]] = {}
-
-        def series(key: str, scale: float, name: str) -> Trace:
-            values = cols.get(key)
-            if values is None:
-                values = np.full(len(times), np.nan, dtype=np.float32)
-            t, v = _downsample(times, values, MAX_POINTS)
-            x = (t - t_end).astype(np.float32)
-            y = (v / scale).astype(np.float32) if scale != 1.0 else v.astype(np.float32)
-            return Trace(name, x, y)
-
-        out["host"] = [[series(key, GIB if key.endswith("_bytes") else 1.0, label) for key, label in plot]
-                       for plot in HOST_PLOTS]
+        host = [[(key, GIB if key.endswith("_bytes") else 1.0, label) for key, label in plot] for plot in HOST_PLOTS]
+        out = {"host": align(sampled, host, t_end)}
         for dev in self.devices():
-            out[dev] = [[series(f"{dev}/{metric}", scale, dev)] for metric, _, scale in GPU_PLOTS]
+            out[dev] = align(sampled, [[(series_key(metric, dev), scale, dev)] for metric, _, scale in GPU_PLOTS],
+                             t_end)
+        engine = [[(key, scale, name) for key, name, scale in plot] for plot in ENGINE_PLOTS]
         for w in self.engine_watchers():
-            out[ENGINE_PREFIX + w.name] = self._engine_traces(w, t_end)
+            out[ENGINE_PREFIX + w.name] = align(w.series(), engine, t_end)
         for w in self._dcgm:
-            out[DCGM_PREFIX + w.url] = self._dcgm_traces(w, t_end)
+            series = w.series()
+            gpus = devices_of(series[1])
+            out[DCGM_PREFIX + w.url] = align(
+                series, [[(series_key(metric, d), scale, d) for d in gpus] for metric, _, scale in GPU_PLOTS], t_end)
         return t_end, out
 
     def events(self, t_end: float | None = None) -> list[Any]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..._periodic import Periodic
 from .record import Lease
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ class Heartbeat:
         self.interval_s = interval_s
         self.lock = threading.RLock()
         self.held: dict[str, Held] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._loop = Periodic(self._beat, interval_s=interval_s or HEARTBEAT_S, name="workbench-lease-heartbeat",
+                              immediate=False)
         self._atexit = False
 
     def hold(self, lease: Lease) -> None:
@@ -64,10 +65,8 @@ class Heartbeat:
                 ref = self._book
                 atexit.register(lambda: (book := ref()) is not None and book.release_all())
                 self._atexit = True
-            if self.interval_s and (self._thread is None or not self._thread.is_alive()):
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="workbench-lease-heartbeat", daemon=True)
-                self._thread.start()
+            if self.interval_s:
+                self._loop.start()
 
     def get(self, lease_id: str) -> Held | None:
         with self.lock:
@@ -83,26 +82,19 @@ class Heartbeat:
         with self.lock:
             return self.held.pop(lease_id, None)
 
-    def _run(self) -> None:
-        interval = self.interval_s or HEARTBEAT_S
-        while not self._stop.wait(interval):
-            book = self._book()
-            if book is None:
-                return
-            with self.lock:
-                if not self.held:
-                    self._thread = None
-                    return
-            try:
-                book.heartbeat()
-            except Exception as exc:  # the thread must outlive one bad beat (a folder an admin broke)
-                logger.warning("lease heartbeat failed: %s", exc)
-            del book
+    def _beat(self) -> bool:
+        book = self._book()
+        if book is None:
+            return False  # the book was dropped: nothing to keep alive
+        with self.lock:
+            if not self.held:
+                return False  # the next hold() starts the thread again
+        try:
+            book.heartbeat()
+        except Exception as exc:  # the thread must outlive one bad beat (a folder an admin broke)
+            logger.warning("lease heartbeat failed: %s", exc)
+        return True
 
     def stop(self) -> None:
         """Stop the thread (the leases stay; the book's ``release_all`` gives them back)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        self._thread = None
+        self._loop.stop()

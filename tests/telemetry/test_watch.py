@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 import pytest
 
 from serve.metrics_server import serve_pages
-from serve.test_metrics import VLLM_V1, _dcgm
+from telemetry.test_metrics import VLLM_V1, _dcgm
 from workbench.errors import EndpointResponseError
-from workbench.serve import DcgmWatcher, EngineWatcher
 from workbench.serve.endpoint import Endpoint
+from workbench.telemetry import DcgmWatcher, EngineWatcher
+from workbench.telemetry.series import devices_of
+from workbench.telemetry.watch import ENGINE_SERIES
 
 # Two scrapes 2 s apart: 600 more tokens generated; of the 10 first tokens in between, 7 within 20 ms.
 VLLM_LATER = (VLLM_V1.replace("} 5000.0", "} 5600.0").replace("} 3.0", "} 5.0")
@@ -43,14 +48,20 @@ def test_engine_watcher_series_from_two_scrapes() -> None:
     w = EngineWatcher(ep, fetch=pages.fetch, clock=pages.clock, history=5)
     assert w.scrape_once() is not None and w.scrape_once() is not None
     assert pages.urls == ["http://10.0.0.5:8000/metrics"] * 2
-    s = w.series()
-    assert s["time_s"] == [1002.0, 1004.0]
-    assert s["requests_running"] == [3.0, 5.0] and s["kv_cache_usage"] == [0.41, 0.41]
-    assert s["generation_tokens_per_s"] == [None, pytest.approx(300.0)]
+    times, cols = w.series()
+    assert (times.dtype, times.tolist()) == (np.float64, [1002.0, 1004.0])
+    assert list(cols) == list(ENGINE_SERIES)
+    assert {cols[k].dtype for k in cols} == {np.dtype(np.float32)}
+    assert cols["requests_running"].tolist() == [3.0, 5.0]
+    assert cols["kv_cache_usage"].tolist() == pytest.approx([0.41, 0.41])
+    assert np.isnan(cols["generation_tokens_per_s"][0])
+    assert cols["generation_tokens_per_s"][1] == pytest.approx(300.0)
     # Between the scrapes: 7 of 10 first tokens under 20 ms, so the interval's median bucket is 0.02 s
     # (the cumulative histogram's own median is 0.04 s: the delta is what is plotted).
-    assert s["ttft_p50_s"] == [None, 0.02] and w.samples()[-1].ttft.quantile_s(0.5) == 0.04
-    assert s["itl_p50_s"] == [None, None]  # no token in between: no latency, not zero
+    assert np.isnan(cols["ttft_p50_s"][0])
+    assert cols["ttft_p50_s"][1] == pytest.approx(0.02)
+    assert w.samples()[-1].ttft.quantile_s(0.5) == 0.04
+    assert np.isnan(cols["itl_p50_s"]).all()  # no token in between: no latency, not zero
 
 
 def test_history_is_bounded() -> None:
@@ -59,7 +70,30 @@ def test_history_is_bounded() -> None:
                       clock=pages.clock, history=3)
     for _ in range(7):
         w.scrape_once()
-    assert len(w.samples()) == 3 and w.series()["time_s"] == [1010.0, 1012.0, 1014.0]
+    assert len(w.samples()) == 3
+    assert w.series()[0].tolist() == [1010.0, 1012.0, 1014.0]
+
+
+def test_a_stopped_watcher_starts_again() -> None:
+    """stop() then start() scrapes again (the hand-written loop kept its stop flag set and never did)."""
+    scraped = threading.Semaphore(0)
+
+    def fetch(url: str, timeout_s: float) -> str:
+        scraped.release()
+        return VLLM_V1
+
+    w = EngineWatcher(Endpoint(name="e", engine="remote", base_url="http://h:1/v1"), fetch=fetch, interval_s=60)
+    w.start()
+    assert scraped.acquire(timeout=10)
+    w.stop()
+    assert w.running is False
+    w.start()
+    try:
+        assert scraped.acquire(timeout=10)  # the restarted thread scrapes at once
+        assert w.running
+    finally:
+        w.stop()
+    assert len(w.samples()) == 2
 
 
 def test_dcgm_watcher_scrapes_a_loopback_exporter() -> None:
@@ -71,11 +105,13 @@ def test_dcgm_watcher_scrapes_a_loopback_exporter() -> None:
         assert w.scrape_once() is not None
         pages["/metrics"] = _dcgm({"node-a": [(50, 60000, 21000), (4, 1, 80999)], "node-b": [(6, 1000, 80000)]})
         assert w.scrape_once() is not None
-        s = w.series()
-        assert list(s) == [("node-a", "0"), ("node-a", "1"), ("node-b", "0")]
-        assert s[("node-a", "0")]["utilization_percent"] == [97.0, 50.0]
-        assert s[("node-a", "0")]["memory_used_bytes"] == [70000 * 2**20, 60000 * 2**20]
-        assert s[("node-a", "0")]["power_w"] == [312.5, 312.5] and s[("node-b", "0")]["power_w"] == [None, None]
+        times, cols = w.series()
+        assert len(times) == 2
+        assert devices_of(cols) == ["node-a/gpu 0", "node-a/gpu 1", "node-b/gpu 0"]
+        assert cols["node-a/gpu 0/utilization_percent"].tolist() == [97.0, 50.0]
+        assert cols["node-a/gpu 0/memory_used_bytes"].tolist() == [70000 * 2**20, 60000 * 2**20]
+        assert cols["node-a/gpu 0/power_w"].tolist() == [312.5, 312.5]
+        assert np.isnan(cols["node-b/gpu 0/power_w"]).all()
         # A failing exporter is remembered, not raised, and the history stays.
         bad = DcgmWatcher(url.replace("/metrics", "/nothing"))
         assert bad.scrape_once() is None and isinstance(bad.last_error, EndpointResponseError)

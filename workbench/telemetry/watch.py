@@ -1,7 +1,9 @@
-"""Watch Prometheus ``/metrics`` pages over time: one background thread, a bounded history.
+"""Telemetry sources over HTTP: Prometheus ``/metrics`` pages watched over time.
 
-:class:`MetricsWatcher` holds the scrape loop; :class:`EngineWatcher` parses an engine's
-page (vLLM), :class:`DcgmWatcher` a DCGM exporter's (the GPUs of other hosts).
+:class:`MetricsWatcher` holds the scrape loop (a :class:`~workbench._periodic.Periodic`) and a
+bounded history; :class:`EngineWatcher` parses an engine's page (vLLM), :class:`DcgmWatcher` a
+DCGM exporter's (the GPUs of other hosts). Both give their history as the sampler does, one
+:data:`~workbench.telemetry.series.Series` ``(times, columns)``.
 
 Example:
     >>> w = EngineWatcher(ep, interval_s=2.0).start()        # doctest: +SKIP
@@ -17,11 +19,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from .._periodic import Periodic
 from ..errors import ServeError
-from .endpoint import Endpoint
 from .metrics import DcgmGpu, Histogram, VllmMetrics, parse_dcgm, parse_vllm, scrape
+from .series import Series, from_rows, series_key
+
+if TYPE_CHECKING:
+    from ..serve.endpoint import Endpoint
 
 T = TypeVar("T")
 #: ``fetch(url, timeout_s)`` -> page text; the seam tests replace (default :func:`scrape`).
@@ -46,7 +52,7 @@ class MetricsWatcher(Generic[T]):
         name: shown in thread names and errors.
         interval_s: seconds between scrapes (at least 0.25).
         history: samples kept.
-        fetch: ``fetch(url, timeout_s)`` -> text (default :func:`workbench.serve.metrics.scrape`).
+        fetch: ``fetch(url, timeout_s)`` -> text (default :func:`workbench.telemetry.metrics.scrape`).
         clock: wall-clock seconds stamped on each sample (default ``time.time``).
     """
 
@@ -62,9 +68,9 @@ class MetricsWatcher(Generic[T]):
         self._clock = clock or time.time
         self._samples: deque[T] = deque(maxlen=max(2, int(history)))
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._new = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic(self.scrape_once, interval_s=self.interval_s, name=f"workbench-watch-{name}",
+                              join_timeout_s=10.0)
         self.last_error: ServeError | None = None
 
     def _get(self) -> str:
@@ -86,27 +92,18 @@ class MetricsWatcher(Generic[T]):
             self._new.notify_all()
         return sample
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.scrape_once()
-            self._stop.wait(self.interval_s)
-
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.running
 
     def start(self) -> MetricsWatcher[T]:
-        """Start the background thread (once); returns ``self``."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"workbench-watch-{self.name}", daemon=True)
-            self._thread.start()
+        """Start the background thread (again after :meth:`stop`); returns ``self``."""
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        """Stop scraping (the history stays)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        """Stop scraping (the history stays; :meth:`start` resumes)."""
+        self._loop.stop()
 
     def samples(self) -> list[T]:
         with self._lock:
@@ -149,25 +146,28 @@ class EngineWatcher(MetricsWatcher[VllmMetrics]):
                          interval_s=interval_s, history=history, fetch=fetch, clock=clock,
                          headers=endpoint.auth_headers())
 
-    def series(self) -> dict[str, list[Any]]:
-        """Columns for plotting: ``time_s``, ``requests_running``, ``requests_waiting``,
-        ``kv_cache_usage`` (0 to 1), ``generation_tokens_per_s``, ``ttft_p50_s`` and ``itl_p50_s``.
+    def series(self) -> Series:
+        """``(times, columns)`` for plotting, columns :data:`ENGINE_SERIES`: ``requests_running``,
+        ``requests_waiting``, ``kv_cache_usage`` (0 to 1), ``generation_tokens_per_s``,
+        ``ttft_p50_s`` and ``itl_p50_s``.
 
-        The last three are between consecutive samples (``None`` first); the p50s are the
-        upper bound of the histogram bucket holding the median of that interval's requests
-        (``None`` when none finished in it), Prometheus' bucket resolution.
+        The last three are between consecutive samples (NaN first); the p50s are the upper
+        bound of the histogram bucket holding the median of that interval's requests (NaN
+        when none finished in it), Prometheus' bucket resolution.
         """
         s = self.samples()
-        pairs = list(zip(s, s[1:]))
-        return {
-            "time_s": [x.time_s for x in s],
-            "requests_running": [x.requests_running for x in s],
-            "requests_waiting": [x.requests_waiting for x in s],
-            "kv_cache_usage": [x.kv_cache_usage for x in s],
-            "generation_tokens_per_s": [None] + [b.generation_tokens_per_s(a) for a, b in pairs],
-            "ttft_p50_s": [None] + [_delta_p50_s(a.ttft, b.ttft) for a, b in pairs],
-            "itl_p50_s": [None] + [_delta_p50_s(a.itl, b.itl) for a, b in pairs],
-        }
+        rows = [{"requests_running": b.requests_running, "requests_waiting": b.requests_waiting,
+                 "kv_cache_usage": b.kv_cache_usage,
+                 "generation_tokens_per_s": None if a is None else b.generation_tokens_per_s(a),
+                 "ttft_p50_s": None if a is None else _delta_p50_s(a.ttft, b.ttft),
+                 "itl_p50_s": None if a is None else _delta_p50_s(a.itl, b.itl)}
+                for a, b in zip([None, *s], s)]
+        return from_rows([x.time_s for x in s], rows, ENGINE_SERIES)
+
+
+#: The columns of :meth:`EngineWatcher.series`.
+ENGINE_SERIES = ("requests_running", "requests_waiting", "kv_cache_usage", "generation_tokens_per_s",
+                 "ttft_p50_s", "itl_p50_s")
 
 
 @dataclass(frozen=True)
@@ -191,18 +191,19 @@ class DcgmWatcher(MetricsWatcher[DcgmScrape]):
         super().__init__(url, lambda text, t: DcgmScrape(t, tuple(parse_dcgm(text))), name=url,
                          interval_s=interval_s, history=history, fetch=fetch, clock=clock)
 
-    def series(self) -> dict[tuple[str, str], dict[str, list[Any]]]:
-        """Per ``(host, gpu)``: columns ``time_s`` and every :class:`DcgmGpu` reading plotted
-        (``utilization_percent``, ``memory_used_bytes``, ``power_w``, ``temperature_c``);
-        a GPU missing from a scrape has no row for it."""
-        out: dict[tuple[str, str], dict[str, list[Any]]] = {}
-        for scrape_ in self.samples():
-            for g in scrape_.gpus:
-                cols = out.setdefault((g.host, g.gpu), {k: [] for k in ("time_s", *DCGM_SERIES)})
-                cols["time_s"].append(scrape_.time_s)
-                for key in DCGM_SERIES:
-                    cols[key].append(getattr(g, key))
-        return out
+    def series(self) -> Series:
+        """``(times, columns)``, one row per scrape; a column per ``"HOST/gpu N/reading"`` for every
+        :data:`DCGM_SERIES` reading (``utilization_percent``, ``memory_used_bytes``, ``power_w``,
+        ``temperature_c``), NaN where a GPU is missing from a scrape. GPUs in first-seen order."""
+        s = self.samples()
+        rows = [{series_key(key, dcgm_device(g)): getattr(g, key) for g in scrape_.gpus for key in DCGM_SERIES}
+                for scrape_ in s]
+        return from_rows([x.time_s for x in s], rows)
+
+
+def dcgm_device(gpu: DcgmGpu) -> str:
+    """``"node-a/gpu 0"``: a DCGM exporter's GPU as a device of the series keys."""
+    return f"{gpu.host}/gpu {gpu.gpu}"
 
 
 #: The :class:`DcgmGpu` readings :meth:`DcgmWatcher.series` gives (the Telemetry panel's GPU plots).

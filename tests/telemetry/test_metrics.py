@@ -6,12 +6,13 @@ and the V0 ones it replaced) and dcgm-exporter's default counters with its label
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from serve.fake_openai import serve_in_thread
 from workbench.errors import EndpointResponseError, EndpointUnreachableError
-from workbench.serve import parse_dcgm, parse_vllm, scrape
 from workbench.serve.process import free_port
+from workbench.telemetry import parse_dcgm, parse_vllm, scrape
 
 VLLM_V1 = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -119,7 +120,7 @@ def test_scrape_errors_are_typed() -> None:
 
 def test_watcher_keeps_a_bounded_history_and_survives_a_missing_endpoint() -> None:
     from workbench.serve import Endpoint
-    from workbench.serve.watch import EngineWatcher
+    from workbench.telemetry import EngineWatcher
 
     srv, _ = serve_in_thread()
     ep = Endpoint("fake", "remote", f"http://127.0.0.1:{srv.server_address[1]}/v1")
@@ -130,23 +131,12 @@ def test_watcher_keeps_a_bounded_history_and_survives_a_missing_endpoint() -> No
         w.stop()
         srv.shutdown()
         srv.server_close()
-    series = w.series()
-    assert len(series["time_s"]) == 3 and series["requests_running"] == [1.0, 1.0, 1.0]
-    assert series["generation_tokens_per_s"][0] is None and all(v > 0 for v in series["generation_tokens_per_s"][1:])
+    times, cols = w.series()
+    assert len(times) == 3
+    assert cols["requests_running"].tolist() == [1.0, 1.0, 1.0]
+    assert np.isnan(cols["generation_tokens_per_s"][0])
+    assert (cols["generation_tokens_per_s"][1:] > 0).all()
 
     gone = EngineWatcher(Endpoint("gone", "remote", f"http://127.0.0.1:{free_port()}/v1"))
     assert gone.scrape_once() is None and isinstance(gone.last_error, EndpointUnreachableError)
     assert gone.samples() == []
-
-
-def test_engine_metrics_figure_has_one_trace_per_series() -> None:
-    from workbench.ui.engine_plots import engine_metrics_figure
-
-    a = parse_vllm(VLLM_V1, time_s=100.0)
-    b = parse_vllm(VLLM_V1.replace("} 5000.0", "} 5600.0"), time_s=102.0)
-    series = {"time_s": [a.time_s, b.time_s], "requests_running": [3.0, 3.0], "requests_waiting": [2.0, 2.0],
-              "kv_cache_usage": [0.41, 0.41], "generation_tokens_per_s": [None, b.generation_tokens_per_s(a)]}
-    fig = engine_metrics_figure(series, title="vllm-test")
-    by_name = {t.name: list(t.y) for t in fig.data}
-    assert by_name["KV cache used (%)"] == [41.0, 41.0]
-    assert by_name["generated tokens/s"] == [None, 300.0] and by_name["waiting"] == [2.0, 2.0]
