@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import WorkbenchError
 from ..store import ModelEntry, ModelStore, estimate_table, format_bytes
-from ._shims import check_sort_key, filter_entries, sort_entries
+from ..store.listing import check_sort_key, filter_entries, sort_entries
 from .base import Panel
 from .display import esc, html_table
 from .fit_view import fit_summary, fit_table_html

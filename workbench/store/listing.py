@@ -1,7 +1,7 @@
-"""Helpers that are not about widgets and belong in a core layer; kept here until one takes them.
+"""A listing's order and search: :func:`sort_entries` by one field, :func:`filter_entries` by words.
 
-* :func:`sort_entries` / :func:`filter_entries` (store): listing order and search, which
-  ``workbench store list --sort/--filter`` could share.
+The Store tab sorts and filters with these; they take any entries (``ModelStore.list()``'s),
+read nothing, and a command-line ``--sort``/``--filter`` would share them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError
-from ..store import ModelEntry
+from .entry import ModelEntry
 
 SORT_KEYS = ("name", "model_type", "params", "size_bytes", "dtype", "context_length", "quantization", "status")
 
