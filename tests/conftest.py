@@ -21,6 +21,10 @@ _ORIGINAL_USER_STORE = Path(
     (os.environ.get("WORKBENCH_STORE") or str(default_user_store())).split(os.pathsep)[0]
 ).expanduser()
 
+# The fakes' fixtures (fake_nvml, no_nvml_driver, clean_devices, no_fp4_backend) for every folder;
+# none is autouse, so a test gets one only by asking for it.
+pytest_plugins = ["fakes.fixtures"]
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from fakes.fake_pynvml import FakeGpu
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
 from multiuser import require_root, shared_tmp, sticky_folder
 
 GiB = 2**30
@@ -18,7 +17,7 @@ def _clean_slate(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def gpu(fake_nvml):  # noqa: F811 (the fixture imported above)
+def gpu(fake_nvml):
     """One fake 24 GiB GPU for the multi-user lease tests (as root, whose children drop to other uids)."""
     require_root()
     import psutil  # noqa: F401 (the children cannot import it from /root; they inherit it)

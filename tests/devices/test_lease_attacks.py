@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes.clock import FakeClock
 from multiuser import NOBODY, OTHER, ChildFailed, require_root, run_as, shared_tmp, start_as
 from workbench._process_identity import ProcessIdentity
 from workbench.devices.leases import LeaseBook, leases_report, policy
@@ -32,13 +33,6 @@ TiB = 2**40
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY_NAME = user_name(NOBODY)
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def book(folder: Path, clock=None, **kw) -> LeaseBook:
@@ -127,7 +121,7 @@ def test_a_forged_lease_is_its_writers_counts_at_most_the_gpu_and_goes_stale(fol
 
     run_as(NOBODY, forge)
     planted = {n: snapshot(folder / n) for n in (in_roots_name, in_own_name)}
-    clock = Clock()
+    clock = FakeClock(time.time())
     reader = book(folder, clock)
     with caplog.at_level(logging.WARNING, logger="workbench.devices.leases"):
         live, _dead, listing = reader.survey()
@@ -137,11 +131,11 @@ def test_a_forged_lease_is_its_writers_counts_at_most_the_gpu_and_goes_stale(fol
     # The other is nobody's own lease, shown as theirs whatever name it gives, and capped at the GPU.
     [forged] = live
     assert (forged.uid, forged.owner, forged.holder) == (NOBODY, NOBODY_NAME, f"{NOBODY_NAME} (hub user alice)")
-    assert forged.reserved_bytes == 24 * GiB and forged.heartbeat_s <= clock.t and forged.created_s <= clock.t
+    assert forged.reserved_bytes == 24 * GiB and forged.heartbeat_s <= clock.now and forged.created_s <= clock.now
     with pytest.raises(InsufficientMemoryError, match=f"leased by {NOBODY_NAME} \\(hub user alice\\)"):
         reader.acquire("cuda:0", GiB, "victim", hold=False)
     # Nobody touches its heartbeat (only the kernel can date a ctime): a minute later it no longer counts.
-    clock.t += 61
+    clock.now += 61
     assert reader.leases() == []
     assert reader.acquire("cuda:0", 20 * GiB, "victim", hold=False).granted
     # Readers (even root, who could) never changed or deleted another user's files.
@@ -382,12 +376,12 @@ def test_a_live_lease_from_another_pid_namespace_is_judged_by_heartbeat(folder, 
         return lease.file_name()
 
     name = run_as(NOBODY, take_elsewhere)
-    clock = Clock()
+    clock = FakeClock(time.time())
     reader = book(folder, clock)
     [seen] = reader.leases()
     assert seen.process.pid == done.pid and seen.host == reader.host and not seen.process.here()
     assert reader.share("cuda:0").outstanding_bytes == 8 * GiB
-    clock.t += 61  # no heartbeat for a minute: stale now, ignored, and still not deleted by anyone else
+    clock.now += 61  # no heartbeat for a minute: stale now, ignored, and still not deleted by anyone else
     live, dead, _ = reader.survey()
     assert live == [] and [why for _, why in dead] == ["no heartbeat for 61 s"]
     assert (folder / name).exists()

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from fakes.clock import FakeClock
 from multiuser import NOBODY, OTHER, ChildFailed, run_as, start_as
 from workbench._process_identity import ProcessIdentity
 from workbench.devices.leases import LeaseBook, leases_report
@@ -230,13 +231,6 @@ def test_a_name_taken_after_roots_release_does_not_stop_the_holders_other_heartb
         os.close(fd)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
 
 def test_an_engine_lease_lives_by_its_own_users_process_only(folder, gpu, engines):
     """An engine's lease has no heartbeat: its PID says whether it lives. Tied to a process that
@@ -246,9 +240,9 @@ def test_an_engine_lease_lives_by_its_own_users_process_only(folder, gpu, engine
     own_engine = engines(OTHER)
     honest = run_as(OTHER, lambda: book(folder).acquire("cuda:0", 2 * GiB, "engine", pid=own_engine, watch="pid",
                                                         hold=False).lease_id)
-    clock = Clock()
+    clock = FakeClock(time.time())
     assert {x.lease_id for x in book(folder, clock=clock).leases()} == {forged, honest}  # fresh: both count
-    clock.t += 3600  # an hour without a heartbeat
+    clock.now += 3600  # an hour without a heartbeat
     live, dead, _ = book(folder, clock=clock).survey()
     assert [x.lease_id for x in live] == [honest]  # its engine runs as its owner
     assert [(x.lease_id, why) for x, why in dead] == [(forged, "no heartbeat for 60 min")]

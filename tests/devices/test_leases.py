@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes.clock import FakeClock
 from fakes.fake_pynvml import FakeGpu, FakeProcess
 from multiuser import require_root, shared_tmp, start_as, sticky_folder
 from workbench._process_identity import ProcessIdentity
@@ -40,15 +41,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
-class Clock:
-    """An injectable ``time.time`` that starts now (file stamps are the kernel's real clock)."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
 
 @pytest.fixture
 def gpu(fake_nvml):
@@ -62,8 +54,8 @@ def lease_dir(tmp_path) -> Path:
     return Path(os.environ["WORKBENCH_LEASE_DIR"])
 
 
-def book(hub_user: str, clock: Clock | None = None, **kw) -> LeaseBook:
-    return LeaseBook(hub_user=hub_user, clock=clock or Clock(), heartbeat_s=None, **kw)
+def book(hub_user: str, clock: FakeClock | None = None, **kw) -> LeaseBook:
+    return LeaseBook(hub_user=hub_user, clock=clock or FakeClock(time.time()), heartbeat_s=None, **kw)
 
 
 def dead_pid() -> int:
@@ -112,10 +104,10 @@ def test_the_owner_is_the_uid_and_the_hub_user_a_label(gpu, monkeypatch):
 
 
 def test_refusal_names_the_holder(gpu):
-    clock = Clock()
+    clock = FakeClock(time.time())
     alice, bob = book("alice", clock), book("bob", clock)
     held = alice.acquire("cuda:0", int(20 * GiB), "Mixtral-8x7B", hold=False)
-    alice.update(held, last_used_s=clock.t - 2 * 3600)
+    alice.update(held, last_used_s=clock.now - 2 * 3600)
     with pytest.raises(InsufficientMemoryError) as err:
         bob.acquire("cuda:0", 10 * GiB, "Llama-3-8B")
     text = str(err.value)
@@ -189,7 +181,7 @@ def _forge_own(lease_dir: Path, lease, **changes) -> None:
 
 
 def test_stale_leases_are_ignored_and_their_owner_removes_them(gpu, lease_dir):
-    clock = Clock()
+    clock = FakeClock(time.time())
     mine = book("alice", clock)
     a = mine.acquire("cuda:0", GiB, "dead-kernel", pid=dead_pid(), hold=False)
     b = mine.acquire("cuda:0", GiB, "recycled-pid", hold=False)
@@ -205,9 +197,9 @@ def test_stale_leases_are_ignored_and_their_owner_removes_them(gpu, lease_dir):
     assert {x.lease_id: why for x, why in dead} == {b.lease_id: f"process {b.pid} on {b.host} is gone"}
     # Their owner removed them from the folder, not only from the listing.
     assert {parse_name(p.name).lease_id for p in lease_files(lease_dir)} == {c.lease_id, d.lease_id}
-    clock.t += STALE_AFTER_S - 1
+    clock.now += STALE_AFTER_S - 1
     assert {x.lease_id for x in reader.leases()} == {c.lease_id, d.lease_id}
-    clock.t += 2  # no heartbeat for over a minute: a frozen kernel; a PID-watched engine stays
+    clock.now += 2  # no heartbeat for over a minute: a frozen kernel; a PID-watched engine stays
     assert [x.lease_id for x in reader.leases()] == [d.lease_id]
 
 

@@ -1,6 +1,5 @@
-"""Pytest fixtures over the fakes. Import them into a conftest::
-
-    from fakes.fixtures import fake_nvml, no_nvml_driver  # noqa: F401
+"""Pytest fixtures over the fakes, loaded for every test folder by the root conftest's
+``pytest_plugins`` (none is autouse: a test asks for the one it needs).
 
 ``fake_nvml`` is a factory, so one test can describe exactly the machine it needs.
 """

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from fakes.fixtures import clean_devices, fake_nvml, no_fp4_backend  # noqa: F401
-
 SMOL = "SmolLM2-135M-Instruct"
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from fakes.fixtures import clean_devices, fake_nvml  # noqa: F401
-
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")
 SMOL = "SmolLM2-135M-Instruct"
 

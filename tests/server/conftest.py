@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
-
 
 @pytest.fixture(autouse=True)
 def _clean_slate(request: pytest.FixtureRequest):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from workbench.errors import BrokenModelError, ModelImportError, StoreError
-from workbench.store import ModelStore
 from workbench.store.gguf_header import read_gguf_header
 from workbench.store.importer import (
     DEFAULT_MODEL_NAME,
@@ -20,10 +19,6 @@ from workbench.store.importer import (
     import_path,
     seed,
 )
-
-
-def _store(*roots: Path) -> ModelStore:
-    return ModelStore(list(roots), cache_path=None)
 
 
 def write_tiny_gguf(path: Path, *, tie: bool = True) -> int:
@@ -53,11 +48,11 @@ def write_tiny_gguf(path: Path, *, tie: bool = True) -> int:
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
-def test_gguf_entry_from_headers(tmp_path):
+def test_gguf_entry_from_headers(store_of, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     params = write_tiny_gguf(root / "tiny.gguf")
-    entry = _store(root).get("tiny")
+    entry = store_of(root).get("tiny")
     assert entry.status == "ok" and entry.format == "gguf"
     assert entry.params == params
     assert (entry.model_type, entry.context_length, entry.num_layers, entry.hidden_size) == ("llama", 128, 1, 64)
@@ -67,14 +62,14 @@ def test_gguf_entry_from_headers(tmp_path):
     assert entry.weights.linear_params == 64 * 64 + 32 * 64  # embeddings and norms are not linear
 
 
-def test_truncated_gguf_is_broken(tmp_path):
+def test_truncated_gguf_is_broken(store_of, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     write_tiny_gguf(tmp_path / "full.gguf", tie=False)
     data = (tmp_path / "full.gguf").read_bytes()
     (root / "cut.gguf").write_bytes(data[: len(data) - 4000])
     (root / "headless.gguf").write_bytes(data[:200])
-    entries = {e.name: e for e in _store(root).list()}
+    entries = {e.name: e for e in store_of(root).list()}
     assert entries["cut"].status == "broken" and "truncated" in entries["cut"].problem
     assert entries["headless"].status == "broken" and "headless.gguf" in entries["headless"].problem
     with pytest.raises(BrokenModelError, match="cut.gguf"):
@@ -94,7 +89,7 @@ def test_gguf_header_problems_are_named_once(tmp_path):
         assert err.value.message == f"{name}: {problem}"
 
 
-def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
+def test_embedded_gguf_header_matches_seeded_model(store_of, seeded_model, tmp_path):
     gguf = embedded_gguf_path()
     hdr = read_gguf_header(gguf)
     assert hdr.architecture == "llama" and hdr.file_type_name == "Q4_1"
@@ -102,8 +97,8 @@ def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     os.link(gguf, root / gguf.name)
-    entry = _store(root).get(gguf.stem)
-    seeded = _store(seeded_model.parent).get(DEFAULT_MODEL_NAME)
+    entry = store_of(root).get(gguf.stem)
+    seeded = store_of(seeded_model.parent).get(DEFAULT_MODEL_NAME)
     assert entry.params == seeded.params == 134_515_008
     assert entry.context_length == seeded.context_length == 8192
     # ggml's quantized type is the quantization; dtype holds torch dtype names only.
@@ -111,8 +106,8 @@ def test_embedded_gguf_header_matches_seeded_model(seeded_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_seeded_model_is_clean_and_answers_paris(seeded_model):
-    entry = _store(seeded_model.parent).get(DEFAULT_MODEL_NAME)
+def test_seeded_model_is_clean_and_answers_paris(store_of, seeded_model):
+    entry = store_of(seeded_model.parent).get(DEFAULT_MODEL_NAME)
     assert entry.status == "ok" and entry.dtype == "bfloat16" and entry.format == "safetensors"
     assert entry.has_chat_template and entry.has_tokenizer and entry.license == "apache-2.0"
     import json
@@ -123,18 +118,18 @@ def test_seeded_model_is_clean_and_answers_paris(seeded_model):
     assert "Paris" in check_answer(seeded_model)
 
 
-def test_seed_is_idempotent(seeded_model, monkeypatch):
+def test_seed_is_idempotent(store_of, seeded_model, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("seed converted again")
 
     monkeypatch.setattr("workbench.store.importer.import_gguf", boom)
-    store = _store(seeded_model.parent)
+    store = store_of(seeded_model.parent)
     assert seed(store).path == seeded_model
 
 
-def test_import_folder_copies_and_refuses_bad_input(tiny_models, tmp_path):
+def test_import_folder_copies_and_refuses_bad_input(store_of, tiny_models, tmp_path):
     user = tmp_path / "user"
-    store = _store(user)
+    store = store_of(user)
     entry = import_path(tiny_models["qwen2"], store, name="my-qwen")
     assert entry.ok and entry.writable and entry.path == user / "my-qwen"
     assert not (user / "my-qwen").is_symlink()
@@ -154,7 +149,7 @@ def test_import_folder_copies_and_refuses_bad_input(tiny_models, tmp_path):
     assert sorted(p.name for p in user.iterdir()) == ["my-qwen"]  # no half-written .import-* folders
 
 
-def test_failed_gguf_import_leaves_nothing(tmp_path):
+def test_failed_gguf_import_leaves_nothing(store_of, tmp_path):
     user = tmp_path / "user"
     src = tmp_path / "src"
     src.mkdir()
@@ -162,14 +157,14 @@ def test_failed_gguf_import_leaves_nothing(tmp_path):
     data = (src / "model.gguf").read_bytes()
     (src / "model.gguf").write_bytes(data[:300])
     with pytest.raises(BrokenModelError, match="model.gguf"):
-        import_gguf(src / "model.gguf", _store(user))
+        import_gguf(src / "model.gguf", store_of(user))
     assert not user.exists() or list(user.iterdir()) == []
 
 
-def test_an_unsafe_import_is_refused_with_advice_that_fits_it(tiny_models, tmp_path):
+def test_an_unsafe_import_is_refused_with_advice_that_fits_it(store_of, tiny_models, tmp_path):
     import json
 
-    store = _store(tmp_path / "user")
+    store = store_of(tmp_path / "user")
     remote = tmp_path / "remote"
     shutil.copytree(tiny_models["llama"], remote)
     config = json.loads((remote / "config.json").read_text())

@@ -26,10 +26,6 @@ from workbench.store import ModelStore, limits
 DEEP = 200_000
 
 
-def _store(*roots: Path) -> ModelStore:
-    return ModelStore(list(roots), cache_path=None)
-
-
 def _link_copy(src: Path, dest: Path) -> Path:
     """A copy of a model folder made of hard links (no disk; a distinct path, so a distinct cache key)."""
     dest.mkdir(parents=True)
@@ -205,9 +201,9 @@ def hostile_root(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return root, expect
 
 
-def test_each_hostile_entry_is_broken_and_the_rest_lists(hostile_root):
+def test_each_hostile_entry_is_broken_and_the_rest_lists(store_of, hostile_root):
     root, expect = hostile_root
-    entries = {e.name: e for e in _store(root).list()}
+    entries = {e.name: e for e in store_of(root).list()}
     assert all(entries[f"model-{i:03d}"].status == "ok" for i in range(300))
     card = entries["huge-card"]
     assert card.status == "ok" and card.license.startswith("mit") and len(card.license) < 4096

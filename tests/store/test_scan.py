@@ -16,10 +16,6 @@ from workbench.errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameE
 from workbench.store import ModelStore
 
 
-def _store(*roots: Path) -> ModelStore:
-    return ModelStore(list(roots), cache_path=None)
-
-
 def _copy(src: Path, root: Path, name: str | None = None) -> Path:
     dest = root / (name or src.name)
     shutil.copytree(src, dest)
@@ -27,46 +23,46 @@ def _copy(src: Path, root: Path, name: str | None = None) -> Path:
 
 
 @pytest.mark.parametrize("arch", [*ARCHS, "llama-sharded"])
-def test_param_count_is_exact(tiny_models, tiny_root, arch):
-    entry = _store(tiny_root).get(f"tiny-{arch}")
+def test_param_count_is_exact(store_of, tiny_models, tiny_root, arch):
+    entry = store_of(tiny_root).get(f"tiny-{arch}")
     assert entry.status == "ok", entry.problem
     assert entry.params == expected_params(tiny_models[arch])
     assert entry.format == "safetensors"
     assert entry.dtype == "float32"
 
 
-def test_sharded_entry_lists_every_shard(tiny_root):
-    entry = _store(tiny_root).get("tiny-llama-sharded")
+def test_sharded_entry_lists_every_shard(store_of, tiny_root):
+    entry = store_of(tiny_root).get("tiny-llama-sharded")
     assert len(entry.weight_files) > 1
     assert all(f.endswith(".safetensors") for f in entry.weight_files)
 
 
-def test_metadata_from_config_and_tokenizer(tiny_root):
-    entry = _store(tiny_root).get("tiny-llama")
+def test_metadata_from_config_and_tokenizer(store_of, tiny_root):
+    entry = store_of(tiny_root).get("tiny-llama")
     assert (entry.model_type, entry.architectures) == ("llama", ("LlamaForCausalLM",))
     assert (entry.num_layers, entry.hidden_size, entry.num_attention_heads, entry.num_kv_heads) == (2, 64, 4, 2)
     assert entry.head_dim == 16 and entry.context_length == 256 and entry.vocab_size == 384
     assert entry.has_tokenizer and entry.has_chat_template
-    gpt2 = _store(tiny_root).get("tiny-gpt2")
+    gpt2 = store_of(tiny_root).get("tiny-gpt2")
     assert (gpt2.model_type, gpt2.num_layers, gpt2.hidden_size, gpt2.context_length) == ("gpt2", 2, 64, 256)
 
 
-def test_license_from_model_card_and_prequantized_config(tiny_models, tmp_path):
+def test_license_from_model_card_and_prequantized_config(store_of, tiny_models, tmp_path):
     root = tmp_path / "root"
     m = _copy(tiny_models["llama"], root, "carded")
     (m / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n# card\n")
     cfg = json.loads((m / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     (m / "config.json").write_text(json.dumps(cfg))
-    entry = _store(root).get("carded")
+    entry = store_of(root).get("carded")
     assert entry.license == "apache-2.0"
     assert entry.quantization == "nf4"
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
     (m / "config.json").write_text(json.dumps(cfg))
-    assert _store(root).get("carded").quantization == "gptq-4bit"
+    assert store_of(root).get("carded").quantization == "gptq-4bit"
 
 
-def test_tied_head_is_counted_once(tiny_models, tmp_path):
+def test_tied_head_is_counted_once(store_of, tiny_models, tmp_path):
     """A checkpoint that stores a tied lm_head anyway still counts as transformers loads it."""
     from safetensors.torch import load_file, save_file
 
@@ -75,7 +71,7 @@ def test_tied_head_is_counted_once(tiny_models, tmp_path):
     tensors = load_file(m / "model.safetensors")
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
     save_file(tensors, m / "model.safetensors")
-    entry = _store(root).get("tied-both")
+    entry = store_of(root).get("tied-both")
     assert entry.params == expected_params(tiny_models["llama"])
     assert entry.weights.tied_params == tensors["lm_head.weight"].numel()
 
@@ -114,11 +110,11 @@ def _broken_store(tiny_models: dict[str, Path], root: Path) -> dict[str, str]:
     return cases
 
 
-def test_broken_entries_are_listed_with_reasons(tiny_models, tiny_root, tmp_path):
+def test_broken_entries_are_listed_with_reasons(store_of, tiny_models, tiny_root, tmp_path):
     root = tmp_path / "root"
     cases = _broken_store(tiny_models, root)
     _copy(tiny_models["qwen2"], root, "healthy")
-    entries = {e.name: e for e in _store(root).list()}
+    entries = {e.name: e for e in store_of(root).list()}
     assert entries["healthy"].status == "ok"
     for name, needle in cases.items():
         assert entries[name].status == "broken", (name, entries[name])
@@ -126,7 +122,7 @@ def test_broken_entries_are_listed_with_reasons(tiny_models, tiny_root, tmp_path
     assert "truncated" in entries["truncated"].problem
 
 
-def test_unreadable_file_is_broken_not_fatal(tiny_models, tmp_path, monkeypatch):
+def test_unreadable_file_is_broken_not_fatal(store_of, tiny_models, tmp_path, monkeypatch):
     """Root ignores file modes, so simulate EACCES at the open the header reader makes."""
     from workbench.store import safetensors_header
 
@@ -141,7 +137,7 @@ def test_unreadable_file_is_broken_not_fatal(tiny_models, tmp_path, monkeypatch)
         return real_open(path, *a, **kw)
 
     monkeypatch.setattr(safetensors_header, "open_regular", guarded)
-    entries = {e.name: e for e in _store(root).list()}
+    entries = {e.name: e for e in store_of(root).list()}
     assert entries["locked"].status == "broken"
     assert "model.safetensors" in entries["locked"].problem and "Permission denied" in entries["locked"].problem
     assert entries["fine"].status == "ok"
@@ -160,13 +156,13 @@ class _Exploit:
         return (Path.write_text, (Path(self.target), "pwned"))
 
 
-def test_pickle_only_folder_is_unsafe_and_never_unpickled(tiny_models, tmp_path):
+def test_pickle_only_folder_is_unsafe_and_never_unpickled(store_of, tiny_models, tmp_path):
     root = tmp_path / "root"
     m = _copy(tiny_models["llama"], root, "pickled")
     (m / "model.safetensors").unlink()
     marker = tmp_path / "marker.txt"
     (m / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(str(marker))))
-    store = _store(root)
+    store = store_of(root)
     entry = store.get("pickled")
     assert entry.status == "unsafe" and entry.format == "pickle"
     assert "pytorch_model.bin" in entry.problem and "allow_pickle" in entry.problem
@@ -174,14 +170,14 @@ def test_pickle_only_folder_is_unsafe_and_never_unpickled(tiny_models, tmp_path)
     assert not marker.exists()
 
 
-def test_remote_code_config_is_unsafe(tiny_models, tmp_path):
+def test_remote_code_config_is_unsafe(store_of, tiny_models, tmp_path):
     root = tmp_path / "root"
     m = _copy(tiny_models["llama"], root, "remote")
     cfg = json.loads((m / "config.json").read_text())
     cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (m / "config.json").write_text(json.dumps(cfg))
     (m / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran.txt')!r}, 'w').write('ran')\n")
-    entry = _store(root).get("remote")
+    entry = store_of(root).get("remote")
     assert entry.status == "unsafe"
     assert "remote code" in entry.problem and "modeling_evil.EvilForCausalLM" in entry.problem
     assert not (tmp_path / "ran.txt").exists()
@@ -191,30 +187,30 @@ def test_remote_code_config_is_unsafe(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["..", "../etc", "/etc/passwd", "a/b", "..\\x", "", ".hidden"])
-def test_names_never_leave_the_root(tiny_root, name):
+def test_names_never_leave_the_root(store_of, tiny_root, name):
     with pytest.raises(UnsafeNameError):
-        _store(tiny_root).get(name)
+        store_of(tiny_root).get(name)
 
 
-def test_symlink_out_of_the_root_is_refused(tiny_models, tmp_path):
+def test_symlink_out_of_the_root_is_refused(store_of, tiny_models, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     os.symlink(tiny_models["llama"], root / "escape")
     with pytest.raises(UnsafeNameError, match="outside its store root"):
-        _store(root).get("escape")
-    (listed,) = _store(root).list()
+        store_of(root).get("escape")
+    (listed,) = store_of(root).list()
     assert listed.status == "unsafe" and "outside its store root" in listed.problem
 
 
-def test_unknown_name_lists_what_exists(tiny_root):
+def test_unknown_name_lists_what_exists(store_of, tiny_root):
     with pytest.raises(ModelNotFoundError, match="tiny-llama"):
-        _store(tiny_root).get("nope")
+        store_of(tiny_root).get("nope")
 
 
-def test_user_store_wins_and_shared_roots_are_read_only(tiny_models, tiny_root, tmp_path):
+def test_user_store_wins_and_shared_roots_are_read_only(store_of, tiny_models, tiny_root, tmp_path):
     user = tmp_path / "user"
     _copy(tiny_models["gpt2"], user, "tiny-llama")  # same name as a shared model, different weights
-    store = _store(user, tiny_root)
+    store = store_of(user, tiny_root)
     entry = store.get("tiny-llama")
     assert entry.writable and entry.model_type == "gpt2"
     listed = [e for e in store.list() if e.name == "tiny-llama"]
@@ -228,14 +224,14 @@ def test_user_store_wins_and_shared_roots_are_read_only(tiny_models, tiny_root, 
     assert store.get("tiny-llama").model_type == "llama"  # the shared one shows through
 
 
-def test_missing_root_is_an_empty_listing(tmp_path):
-    assert _store(tmp_path / "does-not-exist").list() == []
+def test_missing_root_is_an_empty_listing(store_of, tmp_path):
+    assert store_of(tmp_path / "does-not-exist").list() == []
 
 
 # -- the header index cache -------------------------------------------------------------------
 
 
-def test_index_cache_reuses_and_refreshes(tiny_models, tmp_path):
+def test_index_cache_reuses_and_refreshes(store_of, tiny_models, tmp_path):
     root = tmp_path / "root"
     m = _copy(tiny_models["llama"], root, "cached")
     cache = tmp_path / "cache" / "index.json"
@@ -251,7 +247,7 @@ def test_index_cache_reuses_and_refreshes(tiny_models, tmp_path):
     (entry,) = third.list()
     assert third.cache.misses == 1
     assert entry.weights != before.weights
-    assert entry.params == _store(tiny_models["gpt2"].parent).get("tiny-gpt2").params
+    assert entry.params == store_of(tiny_models["gpt2"].parent).get("tiny-gpt2").params
 
 
 def test_corrupt_cache_file_is_ignored(tiny_root, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from fakes.fixtures import clean_devices, fake_nvml, no_nvml_driver  # noqa: F401
-
 
 @pytest.fixture(autouse=True)
 def _clean_slate(request: pytest.FixtureRequest) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fakes.fixtures import clean_devices, fake_nvml  # noqa: F401  (NVML at its seam, for GPU rows)
-
 
 @pytest.fixture
 def tiny_store(monkeypatch: pytest.MonkeyPatch, isolated_store: Path, tiny_root: Path) -> Path:

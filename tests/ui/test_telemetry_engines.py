@@ -14,10 +14,11 @@ import numpy as np
 import psutil
 import pytest
 
+from fakes.clock import FakeClock
 from serve.metrics_server import serve_pages
 from telemetry.test_metrics import _dcgm
 from telemetry.test_watch import VLLM_LATER, VLLM_V1
-from ui.test_telemetry_panel import FakeClock, FakeHost, HandSampler
+from ui.test_telemetry_panel import FakeHost, HandSampler
 from workbench.serve.endpoint import Endpoint
 from workbench.serve.registry import EndpointRegistry
 from workbench.telemetry import DcgmWatcher, EngineWatcher

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from fakes.clock import FakeClock
 from workbench.telemetry import GpuSample, HostSample, Sampler
 from workbench.ui import TelemetryPanel
 from workbench.ui.figures import synced_state
@@ -50,15 +51,6 @@ def test_traces_are_bounded_float32_and_relative(event_log) -> None:
             assert len(trace.x) <= MAX_POINTS and trace.x[-1] == 0.0 and trace.x[0] < 0
     s.close()
 
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class HandSampler(Sampler):
