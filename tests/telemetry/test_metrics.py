@@ -80,17 +80,23 @@ def test_vllm_v1_page() -> None:
     m = parse_vllm(VLLM_V1, time_s=100.0)
     assert (m.requests_running, m.requests_waiting, m.kv_cache_usage) == (3.0, 2.0, 0.41)
     assert (m.prompt_tokens_total, m.generation_tokens_total) == (1200.0, 5000.0)
-    assert m.ttft.count == 10 and m.ttft.mean_s == pytest.approx(0.05)
-    assert m.ttft.quantile_s(0.5) == 0.04 and m.ttft.quantile_s(0.95) == float("inf")
-    assert m.itl.quantile_s(0.9) == 0.01 and m.itl.mean_s == pytest.approx(0.008)
+    assert m.ttft.count == 10
+    assert m.ttft.mean_s == pytest.approx(0.05)
+    assert m.ttft.quantile_s(0.5) == 0.04
+    assert m.ttft.quantile_s(0.95) == float("inf")
+    assert m.itl.quantile_s(0.9) == 0.01
+    assert m.itl.mean_s == pytest.approx(0.008)
     later = parse_vllm(VLLM_V1.replace("} 5000.0", "} 5600.0"), time_s=102.0)
     assert later.generation_tokens_per_s(m) == pytest.approx(300.0)
 
 
 def test_vllm_v0_names_and_missing_metrics() -> None:
     m = parse_vllm(VLLM_V0)
-    assert m.kv_cache_usage == 0.25 and m.itl.count == 4
-    assert m.requests_running is None and m.ttft is None and m.generation_tokens_total is None
+    assert m.kv_cache_usage == 0.25
+    assert m.itl.count == 4
+    assert m.requests_running is None
+    assert m.ttft is None
+    assert m.generation_tokens_total is None
 
 
 def test_dcgm_exporter_per_host_and_gpu() -> None:
@@ -98,10 +104,14 @@ def test_dcgm_exporter_per_host_and_gpu() -> None:
     gpus = parse_dcgm(text)
     assert [(g.host, g.gpu) for g in gpus] == [("node-a", "0"), ("node-a", "1"), ("node-b", "0")]
     a0 = gpus[0]
-    assert a0.utilization_percent == 97 and a0.memory_used_bytes == 70000 * 2**20
-    assert a0.memory_total_bytes == 81000 * 2**20 and a0.power_w == 312.5
-    assert a0.uuid == "GPU-node-a-0" and a0.model_name == "NVIDIA H100 80GB HBM3"
-    assert gpus[1].extra == {"DCGM_FI_DEV_XID_ERRORS": 0.0} and gpus[1].power_w is None
+    assert a0.utilization_percent == 97
+    assert a0.memory_used_bytes == 70000 * 2**20
+    assert a0.memory_total_bytes == 81000 * 2**20
+    assert a0.power_w == 312.5
+    assert a0.uuid == "GPU-node-a-0"
+    assert a0.model_name == "NVIDIA H100 80GB HBM3"
+    assert gpus[1].extra == {"DCGM_FI_DEV_XID_ERRORS": 0.0}
+    assert gpus[1].power_w is None
 
 
 def test_scrape_errors_are_typed() -> None:
@@ -138,5 +148,6 @@ def test_watcher_keeps_a_bounded_history_and_survives_a_missing_endpoint() -> No
     assert (cols["generation_tokens_per_s"][1:] > 0).all()
 
     gone = EngineWatcher(Endpoint("gone", "remote", f"http://127.0.0.1:{free_port()}/v1"))
-    assert gone.scrape_once() is None and isinstance(gone.last_error, EndpointUnreachableError)
+    assert gone.scrape_once() is None
+    assert isinstance(gone.last_error, EndpointUnreachableError)
     assert gone.samples() == []

@@ -13,8 +13,11 @@ from workbench.telemetry import EVENT_KINDS, Event, EventLog, get_event_log, pos
 def test_post_event_records_what_the_runtime_says() -> None:
     before = time.time()
     e = post_event("load_started", "loading tiny", model="tiny", devices=["cuda:0", "cuda:1"])
-    assert isinstance(e, Event) and e.kind in EVENT_KINDS
-    assert e.time_s >= before and e.model == "tiny" and e.data == {"devices": ["cuda:0", "cuda:1"]}
+    assert isinstance(e, Event)
+    assert e.kind in EVENT_KINDS
+    assert e.time_s >= before
+    assert e.model == "tiny"
+    assert e.data == {"devices": ["cuda:0", "cuda:1"]}
     post_event("load_finished", "loaded tiny in 1.2 s", model="tiny", load_s=1.2)
     post_event("error", "out of memory")
     log = get_event_log()
@@ -30,10 +33,12 @@ def test_log_is_bounded_but_counts_keep_growing() -> None:
     log = EventLog(maxlen=10)
     for i in range(25):
         log.post("generate_finished", f"#{i}")
-    assert len(log) == 10 and log.events()[0].message == "#15"
+    assert len(log) == 10
+    assert log.events()[0].message == "#15"
     assert log.counts() == {"generate_finished": 25}
     log.clear()
-    assert len(log) == 0 and log.counts() == {}
+    assert len(log) == 0
+    assert log.counts() == {}
 
 
 def test_posting_from_many_threads() -> None:
@@ -50,7 +55,8 @@ def test_posting_from_many_threads() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(log.events()) == 1600 and log.counts()["generate_started"] == 1600
+    assert len(log.events()) == 1600
+    assert log.counts()["generate_started"] == 1600
 
 
 def test_subscribers_get_every_event_in_order_and_cannot_block_posting() -> None:
@@ -84,4 +90,5 @@ def test_reset_gives_a_fresh_log() -> None:
     post_event("unload")
     old = get_event_log()
     reset_event_log()
-    assert get_event_log() is not old and get_event_log().events() == []
+    assert get_event_log() is not old
+    assert get_event_log().events() == []

@@ -54,7 +54,8 @@ def test_records_interleave_samples_and_events(fake_nvml) -> None:
     first = records[0]
     assert first["cpu_percent"] == 12.3  # float32 noise rounded away
     assert abs(first["ram_used_bytes"] - (5 * GiB + 7)) < 1024  # float32: ~7 significant digits
-    assert isinstance(first["ram_total_bytes"], int) and first["process_rss_bytes"] is None
+    assert isinstance(first["ram_total_bytes"], int)
+    assert first["process_rss_bytes"] is None
     assert [r["cuda:0/utilization_percent"] for r in records if r["type"] == "sample"] == [10, 55, 90]
     assert records[1]["event_data"] == {"devices": ["cuda:0"]}
     since = to_records(s, since_s=records[1]["time_s"])
@@ -73,7 +74,8 @@ def test_csv_parses_back(fake_nvml, tmp_path) -> None:
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 5
     header = text.splitlines()[0].split(",")
-    assert header[:3] == ["time_s", "type", "cpu_percent"] and "cuda:1/power_w" in header
+    assert header[:3] == ["time_s", "type", "cpu_percent"]
+    assert "cuda:1/power_w" in header
     samples = [r for r in rows if r["type"] == "sample"]
     events = [r for r in rows if r["type"] == "event"]
     assert [float(r["cuda:0/utilization_percent"]) for r in samples] == [10, 55, 90]
@@ -101,7 +103,8 @@ def test_prometheus_text_is_well_formed(fake_nvml) -> None:
             continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert kind in ("gauge", "counter") and name not in declared
+            assert kind in ("gauge", "counter")
+            assert name not in declared
             declared[name] = kind
             continue
         assert SAMPLE_LINE.match(line), line
@@ -139,8 +142,10 @@ def test_label_values_survive_quotes_and_newlines() -> None:
     text = to_prometheus_text(WorkbenchCollector(lambda: None, leases=lambda: [lease]))
     families = {f.name: f for f in text_string_to_metric_families(text)}
     [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
-    assert reserved.labels["owner"] == lease["owner"] and reserved.value == 3 * GiB
-    assert reserved.labels["uuid"] == "GPU-1" and reserved.labels["pid"] == "42"
+    assert reserved.labels["owner"] == lease["owner"]
+    assert reserved.value == 3 * GiB
+    assert reserved.labels["uuid"] == "GPU-1"
+    assert reserved.labels["pid"] == "42"
     assert [s.value for s in families["workbench_gpu_leases"].samples] == [1]
 
 
@@ -166,7 +171,8 @@ def test_a_failing_source_leaves_the_others() -> None:
     s = Sampler(interval_s=1, history_s=10, sources=[FixedHost()])
     s.sample_now()
     text = to_prometheus_text(WorkbenchCollector(lambda: s, leases=broken))
-    assert "workbench_cpu_percent 12.3" in text and "workbench_gpu_leases" not in text
+    assert "workbench_cpu_percent 12.3" in text
+    assert "workbench_gpu_leases" not in text
 
 
 def test_prometheus_before_any_sample() -> None:

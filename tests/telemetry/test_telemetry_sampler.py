@@ -76,7 +76,9 @@ def test_interval_from_settings_is_bounded_but_explicit_may_be_shorter(monkeypat
     monkeypatch.delenv("WORKBENCH_TELEMETRY_INTERVAL")
     reset_settings()
     default = Sampler(sources=[])
-    assert default.interval_s == 1.0 and default.history_s == 86_400 and default.capacity == 86_400
+    assert default.interval_s == 1.0
+    assert default.history_s == 86_400
+    assert default.capacity == 86_400
     assert Sampler(interval_s=0.05, history_s=1).capacity == 20
     assert Sampler(interval_s=0.25, history_s=10 * 86_400).capacity == sampler_module.MAX_ROWS
     for bad in (0, -1, 0.001, 61, float("nan")):
@@ -108,13 +110,20 @@ def test_gpu_metrics_in_workbench_units(fake_nvml) -> None:
     assert [g.device for g in sample.gpus] == ["cuda:0", "cuda:1"]
     g0 = sample.gpu("cuda:0")
     assert g0.uuid == fake.gpus[0].uuid
-    assert g0.power_w == pytest.approx(123.456) and g0.power_limit_w == 350
-    assert g0.pcie_rx_bytes_s == 10 * 2**20 and g0.pcie_tx_bytes_s == 2048
-    assert g0.memory_used_bytes == 3 * GiB and g0.memory_total_bytes == 24 * GiB
+    assert g0.power_w == pytest.approx(123.456)
+    assert g0.power_limit_w == 350
+    assert g0.pcie_rx_bytes_s == 10 * 2**20
+    assert g0.pcie_tx_bytes_s == 2048
+    assert g0.memory_used_bytes == 3 * GiB
+    assert g0.memory_total_bytes == 24 * GiB
     assert g0.processes == ((77, 3 * GiB),)
-    assert g0.temperature_c == 40 and g0.sm_clock_mhz == 1410 and g0.mem_clock_mhz == 6251
-    assert g0.power_str == "123 / 350 W" and g0.memory_used_str == "3.0 GiB"
-    assert sample.ram_total_bytes > 0 and sample.process_rss_bytes > 0
+    assert g0.temperature_c == 40
+    assert g0.sm_clock_mhz == 1410
+    assert g0.mem_clock_mhz == 6251
+    assert g0.power_str == "123 / 350 W"
+    assert g0.memory_used_str == "3.0 GiB"
+    assert sample.ram_total_bytes > 0
+    assert sample.process_rss_bytes > 0
     assert s.gpu_devices == ["cuda:0", "cuda:1"]
     assert s.gpu_uuids["cuda:1"] == fake.gpus[1].uuid
     assert s.notices == ()
@@ -145,7 +154,8 @@ def test_values_that_change_over_time(fake_nvml) -> None:
     for _ in range(4):
         s.sample_now()
     _times, util = s.series("utilization_percent")  # one GPU: device may be omitted
-    assert util.dtype == np.float32 and util.tolist() == [10, 20, 30, 30]
+    assert util.dtype == np.float32
+    assert util.tolist() == [10, 20, 30, 30]
     assert s.series("power_w", "cuda:0")[1].tolist() == [50, 150, 150, 150]
 
 
@@ -153,8 +163,11 @@ def test_unsupported_fields_are_none_and_nan(fake_nvml) -> None:
     fake_nvml([FakeGpu(unsupported={"power_w", "pcie_rx_bytes_s", "pcie_tx_bytes_s", "processes"})])
     s = Sampler(interval_s=1, history_s=10, sources=[NVMLSource()])
     g = s.sample_now().gpus[0]
-    assert g.power_w is None and g.pcie_rx_bytes_s is None and g.processes is None
-    assert g.power_str == "N/A" and g.utilization_percent == 0
+    assert g.power_w is None
+    assert g.pcie_rx_bytes_s is None
+    assert g.processes is None
+    assert g.power_str == "N/A"
+    assert g.utilization_percent == 0
     assert math.isnan(s.series("power_w")[1][0])
 
 
@@ -166,7 +179,8 @@ def test_errors_mid_run_do_not_stop_sampling(fake_nvml) -> None:
     fake.gpus[0].fail("power_w", NVMLError_GpuIsLost)  # one field on one GPU
     n = s.stats["samples"]
     wait_until(lambda: s.stats["samples"] >= n + 3)
-    assert s.latest().gpu("cuda:0").power_w is None and s.latest().gpu("cuda:1").power_w == 200
+    assert s.latest().gpu("cuda:0").power_w is None
+    assert s.latest().gpu("cuda:1").power_w == 200
     fake.fail()  # the whole driver goes away
     n = s.stats["samples"]
     wait_until(lambda: s.stats["samples"] >= n + 3)
@@ -181,7 +195,8 @@ def test_errors_mid_run_do_not_stop_sampling(fake_nvml) -> None:
     assert s.running
     s.stop()
     _t, power = s.series("power_w", "cuda:1")
-    assert np.isnan(power).any() and (power == 200).any()
+    assert np.isnan(power).any()
+    assert (power == 200).any()
 
 
 def test_a_raising_source_is_counted_and_logged_once(caplog) -> None:
@@ -215,9 +230,13 @@ def test_library_missing_degrades_to_cpu_with_a_notice(no_nvml_driver, caplog) -
 def test_real_path_on_this_machine() -> None:
     s = Sampler(interval_s=1, history_s=10)
     sample = s.sample_now()
-    assert isinstance(sample, Sample) and sample.ram_total_bytes > 0 and sample.process_rss_bytes > 0
+    assert isinstance(sample, Sample)
+    assert sample.ram_total_bytes > 0
+    assert sample.process_rss_bytes > 0
     if not nvml_status().available:
-        assert sample.gpus == () and s.notices and "CPU and RAM only" in s.notices[0]
+        assert sample.gpus == ()
+        assert s.notices
+        assert "CPU and RAM only" in s.notices[0]
 
 
 def test_psutil_source_measures_cpu_between_its_own_samples() -> None:
@@ -240,8 +259,10 @@ def test_series_arguments_and_since(fake_nvml) -> None:
     s.sample_now()
     third = s.sample_now()
     times, values = s.series("cpu_percent")
-    assert times.dtype == np.float64 and values.tolist() == [1, 2, 3]
-    assert times[0] == first.time_s and times[-1] == third.time_s
+    assert times.dtype == np.float64
+    assert values.tolist() == [1, 2, 3]
+    assert times[0] == first.time_s
+    assert times[-1] == third.time_s
     assert s.series("cpu_percent", since_s=first.time_s)[1].tolist() == [2, 3]
     assert len(s.series("utilization_percent", "cuda:1")[0]) == 3
     with pytest.raises(ConfigError, match="per-GPU metric"):
@@ -251,7 +272,9 @@ def test_series_arguments_and_since(fake_nvml) -> None:
     with pytest.raises(DeviceNotFoundError, match="sampled GPUs: cuda:0, cuda:1"):
         s.series("power_w", "cuda:7")
     times, columns = s.columns()
-    assert len(times) == 3 and "cuda:1/power_w" in columns and "cpu_percent" in columns
+    assert len(times) == 3
+    assert "cuda:1/power_w" in columns
+    assert "cpu_percent" in columns
 
 
 # --- bounded memory -------------------------------------------------------------------------------
@@ -264,7 +287,8 @@ def test_ring_buffer_drops_the_oldest_and_stays_bounded() -> None:
     nbytes = s.buffer_nbytes
     for _ in range(999):
         s.sample_now()
-    assert s.rows == 100 and s.stats["samples"] == 1000
+    assert s.rows == 100
+    assert s.stats["samples"] == 1000
     assert s.buffer_nbytes == nbytes  # nothing grew
     times, values = s.series("cpu_percent")
     assert values.tolist() == list(range(901, 1001))  # the oldest 900 were dropped
@@ -321,7 +345,8 @@ def test_subscribers_cannot_stop_or_delay_the_sampler(caplog) -> None:
         wait_until(lambda: got and got[-1].cpu_percent == 16, 30)  # the fast one has the newest
         wait_until(lambda: _stats_of(s, "raising")["errors"] >= 2, 30)  # kept receiving after raising
         slow_stats = _stats_of(s, "slow")
-        assert slow_stats["delivered"] == 0 and slow_stats["dropped"] == 14  # one waiting, 14 replaced
+        assert slow_stats["delivered"] == 0
+        assert slow_stats["dropped"] == 14  # one waiting, 14 replaced
         release.set()
         wait_until(lambda: _stats_of(s, "slow")["delivered"] == 2, 30)
     assert slow_seen == [1, 16]  # then it got the newest sample, skipping the rest
@@ -366,9 +391,11 @@ def test_one_sampler_per_process() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len({id(s) for s in seen}) == 1 and not seen[0].running
+    assert len({id(s) for s in seen}) == 1
+    assert not seen[0].running
     running = get_sampler()
-    assert running is seen[0] and running.running
+    assert running is seen[0]
+    assert running.running
     reset_sampler()
     assert not running.running
     assert get_sampler(start=False) is not running

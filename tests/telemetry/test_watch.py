@@ -46,7 +46,8 @@ def test_engine_watcher_series_from_two_scrapes() -> None:
     pages = Pages(VLLM_V1, VLLM_LATER)
     ep = Endpoint(name="team-vllm", engine="remote", base_url="http://10.0.0.5:8000/v1")
     w = EngineWatcher(ep, fetch=pages.fetch, clock=pages.clock, history=5)
-    assert w.scrape_once() is not None and w.scrape_once() is not None
+    assert w.scrape_once() is not None
+    assert w.scrape_once() is not None
     assert pages.urls == ["http://10.0.0.5:8000/metrics"] * 2
     times, cols = w.series()
     assert (times.dtype, times.tolist()) == (np.float64, [1002.0, 1004.0])
@@ -114,8 +115,10 @@ def test_dcgm_watcher_scrapes_a_loopback_exporter() -> None:
         assert np.isnan(cols["node-b/gpu 0/power_w"]).all()
         # A failing exporter is remembered, not raised, and the history stays.
         bad = DcgmWatcher(url.replace("/metrics", "/nothing"))
-        assert bad.scrape_once() is None and isinstance(bad.last_error, EndpointResponseError)
-        assert "404" in str(bad.last_error) and bad.samples() == []
+        assert bad.scrape_once() is None
+        assert isinstance(bad.last_error, EndpointResponseError)
+        assert "404" in str(bad.last_error)
+        assert bad.samples() == []
     finally:
         server.shutdown()
 
