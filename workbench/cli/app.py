@@ -11,6 +11,8 @@ flag (``workbench --debug store seed``, or after the command) prints the traceba
 Each command group is a module of this package with a ``register(subparsers)``
 (as vLLM's ``entrypoints/cli/`` is cut); the parser is built from them in
 :data:`COMMAND_GROUPS` order, which is the order ``workbench --help`` lists them.
+(Imported by name, not ``from . import``: no module of the package imports the package
+itself, whose ``__init__`` imports this one.)
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import WorkbenchError
-from . import devices, endpoints, leases, run, serve, store
+from .devices import register as devices_group
+from .endpoints import register as endpoints_group
+from .leases import register as leases_group
+from .run import register as run_group
+from .serve import register as serve_group
+from .store import register as store_group
 
-#: The command groups, each a module with ``register(subparsers)``, in ``--help`` order.
-COMMAND_GROUPS = (store, devices, leases, run, serve, endpoints)
+#: Each command group's ``register(subparsers)`` (one module each), in ``--help`` order.
+COMMAND_GROUPS = (store_group, devices_group, leases_group, run_group, serve_group, endpoints_group)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Run large language models on your own GPUs.")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in COMMAND_GROUPS:
-        group.register(sub)
+    for register in COMMAND_GROUPS:
+        register(sub)
     return p
 
 
