@@ -208,3 +208,6 @@ def test_sharing_a_remote_endpoint_passes_its_engine_kind_on(capsys) -> None:
     [add] = json.loads(capsys.readouterr().out)["commands"]
     assert add == "workbench endpoints add team http://127.0.0.1:9/v1 --engine llamacpp"
     assert EndpointRegistry().get("team").request_engine == "llamacpp"  # read back from the registry file
+    assert main(["endpoints"]) == 0
+    [row] = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[:3] == ["team", "remote", "(llamacpp)"]
