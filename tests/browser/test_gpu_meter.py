@@ -6,9 +6,11 @@ builds the labextension and installs both with the package), as a user gets them
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -38,8 +40,37 @@ def test_the_labextension_is_installed() -> None:
     assert str(found).startswith(sys.prefix) or "JUPYTER_PATH" in os.environ
 
 
+def _kernel_holding_a_cpu_model(lab_server: LabServer) -> str:
+    """Start a kernel through the server's REST API and load the seeded model on the CPU in it; its id."""
+    from jupyter_client import BlockingKernelClient
+
+    req = urllib.request.Request(f"{lab_server.url}/api/kernels?token={lab_server.token}", method="POST",
+                                 data=json.dumps({"name": "python3"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        kernel_id = json.load(r)["id"]
+    # The server's runtime folder (conftest.lab_server: JUPYTER_RUNTIME_DIR under the test's home).
+    connection = lab_server.root.parent / "home" / "runtime" / f"kernel-{kernel_id}.json"
+    client = BlockingKernelClient()
+    client.load_connection_file(str(connection))
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        reply = client.execute_interactive(
+            "from workbench.runtime import LoadSpec, get_registry\n"
+            "from workbench.store.importer import DEFAULT_MODEL_NAME\n"
+            "get_registry().load(LoadSpec(DEFAULT_MODEL_NAME, devices=('cpu',)))", timeout=240)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        client.stop_channels()
+    return kernel_id
+
+
 def test_status_bar_meter_shows_cpu_and_ram_and_opens_its_panel(
         lab_server: LabServer, chromium_page, tmp_path: Path) -> None:
+    from workbench.store.importer import DEFAULT_MODEL_NAME
+
+    kernel_id = _kernel_holding_a_cpu_model(lab_server)
     page = chromium_page
     page.goto(f"{lab_server.url}/lab?reset&token={lab_server.token}", wait_until="domcontentloaded")
     page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=60_000)
@@ -62,9 +93,17 @@ def test_status_bar_meter_shows_cpu_and_ram_and_opens_its_panel(
         "() => (document.querySelector('.jp-WorkbenchPanel')?.innerText || '').includes('Processes holding GPU memory')",
         timeout=15_000)
     body = panel.inner_text()
-    for heading in ("Devices", "Loaded models", "Leases", "Processes holding GPU memory"):
+    for heading in ("Devices", "Your kernels", "Loaded models", "Leases", "Processes holding GPU memory"):
         assert heading in body
-    assert "CPU / RAM" in body and "No GPU:" in body and "No model holds a GPU lease." in body
+    assert "No GPU:" in body and "CPU / RAM" not in body
+    # CPU use and RAM on rows of their own.
+    rows = [r.inner_text() for r in panel.locator("tr").all()]
+    assert any(r.startswith("CPU\t") and "%" in r for r in rows), rows
+    assert any(r.startswith("RAM\t") and "GiB" in r for r in rows), rows
+    # The kernel's CPU model is listed, with its kernel, on the CPU.
+    model_rows = [r for r in rows if r.startswith(DEFAULT_MODEL_NAME)]
+    assert len(model_rows) == 1 and "\tcpu\t" in model_rows[0] and kernel_id[:8] in model_rows[0], rows
+    assert "No model is loaded" not in body
     shot = tmp_path / "gpu-meter.png"
     page.screenshot(path=str(shot))
     save_artifact(shot, "gpu-meter.png")

@@ -13,7 +13,7 @@ from tornado.httpclient import HTTPClientError
 
 from fakes.fake_pynvml import FakeGpu, FakeProcess, GiB
 
-ENDPOINTS = ["devices", "telemetry", "store", "leases"]
+ENDPOINTS = ["devices", "telemetry", "store", "leases", "kernels"]
 
 
 async def get_json(jp_fetch, *path: str, **params: str):

@@ -30,7 +30,7 @@ from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
 from ..store.safety import check_entry
-from . import _memory, idle, leasing
+from . import _memory, holdings, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
 from .spec import LoadProgress, LoadSpec, ProgressCallback, check_prequantized
 from .unload_hooks import run_unload_hooks
@@ -411,6 +411,7 @@ class Registry:
         with self._lock:
             self._reserved.discard(reg_name)
             self._models[reg_name] = loaded
+        holdings.registry_changed(self)  # the Jupyter server's meter panel lists it (CPU loads too)
         idle.ensure_watcher(self)
         if progress is not None:
             progress(LoadProgress("done", 1.0, f"loaded {reg_name} in {load_s:.1f} s"))
@@ -486,6 +487,7 @@ class Registry:
             m.leases = ()
             rss_after = _memory.rss_bytes()
             cuda_after = _memory.cuda_reserved_bytes(devices) if devices else {}
+        holdings.registry_changed(self)
         report = UnloadReport(name, freed, rss_before, rss_after, cuda_before, cuda_after, tuple(cleared),
                               time.perf_counter() - t0)
         post("unload", f"unloaded {name}, freed {format_bytes(freed)}", model=name, freed_bytes=freed,

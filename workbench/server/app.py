@@ -177,6 +177,34 @@ class TelemetryHandler(_Base):
         await self._reply(f"telemetry:{since!r}", build, "the telemetry sampler")
 
 
+class KernelsHandler(_Base):
+    """``GET workbench/api/kernels``: what each of the user's kernels holds (:func:`documents.kernels_document`)."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        kernels = await server_kernels(self.kernel_manager, self.session_manager)
+        await self._reply("kernels", lambda: documents.kernels_document(kernels),
+                          "the kernels' processes and what they published (jupyter --runtime-dir)")
+
+
+async def server_kernels(kernel_manager: Any, session_manager: Any) -> list[dict[str, Any]]:
+    """This server's kernels: ``kernel_id``, ``name`` (the kernel spec), ``path`` (the notebook of its
+    session, ``None`` without one) and ``pid`` (``None`` for a kernel that is not a local process).
+    Read from the server's own managers (memory only), on the event loop."""
+    paths: dict[str, str | None] = {}
+    for session in await session_manager.list_sessions():
+        kernel = session.get("kernel") or {}
+        if kernel.get("id"):
+            paths[kernel["id"]] = session.get("path")
+    found = []
+    for kernel_id in kernel_manager.list_kernel_ids():
+        km = kernel_manager.get_kernel(kernel_id)
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        found.append({"kernel_id": kernel_id, "name": getattr(km, "kernel_name", None),
+                      "path": paths.get(kernel_id), "pid": pid if isinstance(pid, int) else None})
+    return found
+
+
 # --- loading --------------------------------------------------------------------------------
 
 _metrics_lock = threading.Lock()
@@ -276,6 +304,7 @@ def load(serverapp: Any) -> ServerState:
         (url_path_join(base, "store"), StoreHandler),
         (url_path_join(base, "store", r"([^/]+)"), StoreEntryHandler),
         (url_path_join(base, "leases"), LeasesHandler),
+        (url_path_join(base, "kernels"), KernelsHandler),
     ]
     web_app.add_handlers(".*$", [(pattern, cls, {"state": state}) for pattern, cls in handlers])
     web_app.settings["workbench_state"] = state

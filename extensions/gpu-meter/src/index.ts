@@ -2,8 +2,8 @@
  * llm-workbench GPU meter: a JupyterLab status-bar item with each visible GPU's
  * utilisation and memory (CPU and RAM on a machine without a GPU), refreshed every
  * few seconds from the workbench server extension's REST API. Clicking it opens a
- * small panel with the models on the GPUs, the leases and the processes holding
- * GPU memory.
+ * small panel with what each of the user's kernels holds on every device (the CPU
+ * included), the leases and the processes holding GPU memory.
  *
  * Every request goes through ServerConnection.makeRequest with the server's own
  * base URL, so it works behind JupyterHub (/user/<name>/) with the page's
@@ -78,6 +78,31 @@ interface IDevices {
   /** null: NVML cannot list that GPU's processes (unknown, not "none"). */
   processes: { [device: string]: IGpuProcess[] | null };
   no_gpu_reason: string | null;
+}
+
+interface IHeldModel {
+  name: string;
+  engine: string;
+  precision: string;
+  footprint_bytes: number;
+  /** Bytes of weights on each device: "cpu", "cuda:0", ... */
+  placement_bytes: { [device: string]: number };
+}
+
+interface IKernelHolding {
+  pid: number | null;
+  cpu_percent: number | null;
+  rss_bytes: number | null;
+  models: IHeldModel[];
+  kernel_id?: string;
+  name?: string | null;
+  path?: string | null;
+  command?: string | null;
+}
+
+interface IKernels {
+  kernels: IKernelHolding[];
+  processes: IKernelHolding[];
 }
 
 async function getJSON<T>(path: string, query = ''): Promise<T> {
@@ -188,11 +213,13 @@ class WorkbenchPanel extends Widget {
     let devices: IDevices;
     let leases: ILeases;
     let telemetry: ITelemetry;
+    let kernels: IKernels;
     try {
-      [devices, leases, telemetry] = await Promise.all([
+      [devices, leases, telemetry, kernels] = await Promise.all([
         getJSON<IDevices>('devices'),
         getJSON<ILeases>('leases'),
-        getJSON<ITelemetry>('telemetry', '?since=0')
+        getJSON<ITelemetry>('telemetry', '?since=0'),
+        getJSON<IKernels>('kernels')
       ]);
     } catch (reason) {
       this.node.textContent = `Workbench API unavailable: ${reason}`;
@@ -202,65 +229,73 @@ class WorkbenchPanel extends Widget {
     node.textContent = '';
     node.appendChild(el('h3', 'Devices'));
     const sample = telemetry.latest;
-    if (sample && sample.gpus.length) {
-      node.appendChild(
-        table(
-          ['GPU', 'Utilisation', 'Memory used', 'Total'],
-          sample.gpus.map(g => [
-            g.device,
-            percent(g.utilization_percent),
-            formatBytes(g.memory_used_bytes),
-            formatBytes(g.memory_total_bytes)
-          ])
-        )
-      );
-    } else {
-      node.appendChild(
-        table(
-          ['Device', 'Use', 'Memory used', 'Total'],
-          [
-            [
-              'CPU / RAM',
-              percent(sample?.cpu_percent),
-              formatBytes(sample?.ram_used_bytes),
-              formatBytes(sample?.ram_total_bytes)
-            ]
-          ]
-        )
-      );
+    // CPU use and RAM are different things: one row each, never "CPU / RAM".
+    const host = [
+      ['CPU', percent(sample?.cpu_percent), '', ''],
+      ['RAM', '', formatBytes(sample?.ram_used_bytes), formatBytes(sample?.ram_total_bytes)]
+    ];
+    const gpus = (sample?.gpus ?? []).map(g => [
+      g.device,
+      percent(g.utilization_percent),
+      formatBytes(g.memory_used_bytes),
+      formatBytes(g.memory_total_bytes)
+    ]);
+    node.appendChild(table(['Device', 'Utilisation', 'Memory used', 'Total'], [...gpus, ...host]));
+    if (!gpus.length) {
       node.appendChild(
         el('div', `No GPU: ${devices.no_gpu_reason ?? 'none visible'}`, 'jp-WorkbenchPanel-note')
       );
     }
 
-    node.appendChild(el('h3', 'Loaded models'));
-    if (leases.leases.length) {
+    // What each kernel of the user holds, on every device (the CPU included), as nvitop lists processes.
+    node.appendChild(el('h3', 'Your kernels'));
+    const holders = [...kernels.kernels, ...kernels.processes];
+    const where = (k: IKernelHolding) =>
+      k.path ?? k.command ?? (k.kernel_id ? `kernel ${k.kernel_id.slice(0, 8)}` : 'process');
+    if (holders.length) {
       node.appendChild(
         table(
-          ['Model', 'Device', 'Reserved', 'User', 'Idle'],
-          leases.leases.map(l => [
-            l.model,
-            l.device,
-            formatBytes(l.reserved_bytes),
-            l.holder,
-            duration(l.idle_s)
+          ['Kernel', 'PID', 'CPU use', 'RAM (resident)', 'Models'],
+          holders.map(k => [
+            where(k),
+            k.pid === null ? 'N/A' : String(k.pid),
+            percent(k.cpu_percent),
+            formatBytes(k.rss_bytes),
+            String(k.models.length)
           ])
         )
       );
     } else {
-      node.appendChild(el('div', 'No model holds a GPU lease.', 'jp-WorkbenchPanel-note'));
+      node.appendChild(el('div', 'No kernel is running.', 'jp-WorkbenchPanel-note'));
+    }
+
+    node.appendChild(el('h3', 'Loaded models'));
+    const modelRows: string[][] = [];
+    holders.forEach(k =>
+      k.models.forEach(m =>
+        Object.entries(m.placement_bytes).forEach(([device, bytes]) =>
+          modelRows.push([m.name, m.precision, device, formatBytes(bytes), where(k)])
+        )
+      )
+    );
+    if (modelRows.length) {
+      node.appendChild(table(['Model', 'Precision', 'Device', 'Weights', 'Kernel'], modelRows));
+    } else {
+      node.appendChild(el('div', 'No model is loaded in your kernels.', 'jp-WorkbenchPanel-note'));
     }
 
     node.appendChild(el('h3', 'Leases'));
     if (leases.leases.length) {
       node.appendChild(
         table(
-          ['Lease', 'GPU', 'Holder', 'Bytes'],
+          ['Lease', 'Model', 'GPU', 'Holder', 'Bytes', 'Idle'],
           leases.leases.map(l => [
             l.lease_id,
+            l.model,
             `${l.device} (${l.gpu_uuid})`,
             `${l.holder}@${l.host}, ${l.watch === 'pid' ? 'process' : 'kernel'} ${l.pid}`,
-            formatBytes(l.reserved_bytes)
+            formatBytes(l.reserved_bytes),
+            duration(l.idle_s)
           ])
         )
       );
@@ -306,7 +341,7 @@ class WorkbenchMeter extends Widget {
     this.addClass('jp-WorkbenchMeter');
     this.id = 'jp-WorkbenchMeter';
     this.node.textContent = 'Workbench…';
-    this.node.title = 'llm-workbench: click for models, leases and GPU processes';
+    this.node.title = 'llm-workbench: click for what your kernels hold, leases and GPU processes';
     this.node.addEventListener('click', () => this.openPanel());
     void this.refresh();
     this._timer = window.setInterval(() => void this.refresh(), REFRESH_MS);
@@ -322,7 +357,7 @@ class WorkbenchMeter extends Widget {
       const telemetry = await getJSON<ITelemetry>('telemetry', '?since=0');
       this.node.textContent = meterText(telemetry.latest);
       const notice = telemetry.notices.length ? `\n${telemetry.notices.join('\n')}` : '';
-      this.node.title = `llm-workbench: click for models, leases and GPU processes${notice}`;
+      this.node.title = `llm-workbench: click for what your kernels hold, leases and GPU processes${notice}`;
     } catch (reason) {
       this.node.textContent = 'Workbench: API unavailable';
       this.node.title = String(reason);
