@@ -192,3 +192,71 @@ def test_workbench_run_answers_paris_through_llamacpp(gguf_root, tmp_path):
     # What llama.cpp holds for the weights is every tensor at its stored type: the reference reader's sum.
     tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(embedded_gguf_path()).tensors)
     assert doc["footprint_bytes"] == tensor_bytes and doc["freed_bytes"] == doc["footprint_bytes"]
+
+
+#: Qwen3's shape (as in test_generation): the generation prompt opens ``<think>``, or with
+#: ``enable_thinking=False`` closes it empty.
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}")
+
+
+def test_a_reasoning_template_splits_thinking_on_llamacpp_too(loaded, monkeypatch):
+    """The GGUF's template opens <think>: what llama.cpp generates is reasoning, streamed or not,
+    as on transformers; closed by enable_thinking=False, it is the answer."""
+    monkeypatch.setattr(loaded.tokenizer, "chat_template", THINK_TEMPLATE)
+    params = GenerationParams(temperature=0.0, max_new_tokens=12)
+    r = generate(loaded, "What is the capital of France?", params)
+    assert r.text == "" and r.new_tokens >= 2 and len(r.reasoning) > 5
+    s = stream(loaded, "What is the capital of France?", params)
+    pieces = list(s.pieces())
+    assert {p.kind for p in pieces} == {"reasoning"} and "".join(p.text for p in pieces).strip() == r.reasoning
+    assert (s.result.text, s.result.reasoning) == ("", r.reasoning)
+    off = generate(loaded, "What is the capital of France?",
+                   GenerationParams(temperature=0.0, max_new_tokens=12, enable_thinking=False))
+    assert off.reasoning == "" and len(off.text) > 5
+
+
+def test_a_think_close_in_llamacpp_output_parts_reasoning_from_answer(gguf_root, fake_llama_cpp):
+    """Text llama.cpp generates as ``thought</think>answer`` (a fake engine at the llama_cpp boundary
+    yields the tokens): the thought is reasoning, the answer alone meets the stop strings."""
+    import threading
+
+    vocab = ["<eos>", "Let", " me", " think", " Paris", "</think>", "\n\n", "Paris", " is", " it", "."]
+
+    class Thinker(FakeLlama):
+        def tokenize(self, data, add_bos=True, special=True):
+            return [1] * 5
+
+        def detokenize(self, ids, special=False):
+            return "".join(vocab[i] for i in ids).encode()
+
+        def token_eos(self):
+            return 0
+
+        def generate(self, ids, reset=True, **kw):
+            yield from [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]
+
+    fake_llama_cpp.Llama = Thinker
+    entry = ModelStore([gguf_root], cache_path=None).get(DEFAULT_GGUF_NAME)
+    out = llamacpp.load(entry, LoadSpec(entry), n_ctx=512)
+    model = types.SimpleNamespace(model=out.model, tokenizer=out.tokenizer, name="thinker")
+    shown, thought = [], []
+    rows, _ = llamacpp.generate_rows(model, ["q<think>\n"], False,
+                                     GenerationParams(temperature=0.0, max_new_tokens=50, stop=(" it",)),
+                                     on_piece=shown.append, stop_event=threading.Event(), t0=0.0,
+                                     on_reasoning=thought.append)
+    text, reasoning, _, _, _, _, stopped = rows[0]
+    # The fake's template knows no <think>: nothing is split, the tags stay in the answer.
+    assert (text, reasoning, stopped) == ("Let me think Paris</think>\n\nParis is", "", "stop_string")
+    shown.clear()
+    out.tokenizer.chat_template = "{{ messages[0]['content'] }}<think>"
+    rows, _ = llamacpp.generate_rows(model, ["q<think>\n"], False,
+                                     GenerationParams(temperature=0.0, max_new_tokens=50, stop=(" it",)),
+                                     on_piece=shown.append, stop_event=threading.Event(), t0=0.0,
+                                     on_reasoning=thought.append)
+    text, reasoning, _, _, _, _, stopped = rows[0]
+    assert (text, reasoning, stopped) == ("Paris is", "Let me think Paris", "stop_string")
+    assert ("".join(thought), "".join(shown)) == ("Let me think Paris", "Paris is")

@@ -275,12 +275,12 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
                  max_new_tokens=params.max_new_tokens)
             try:
                 rows, t_end = generate_rows(loaded, texts, add_special, params, on_piece=on_piece,
-                                            stop_event=stop_event or threading.Event(), t0=t0)
+                                            stop_event=stop_event or threading.Event(), t0=t0,
+                                            on_reasoning=on_reasoning)
             except GenerationError as exc:
                 post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
                 raise
-            # llama.cpp's rows carry no reasoning split (yet): the reasoning column is empty.
-            return _results(loaded, [(text, "", *rest) for text, *rest in rows], t_end - t0, len(texts))
+            return _results(loaded, rows, t_end - t0, len(texts))
         gc = _generation_config(loaded, params)
         try:
             enc = (_encode_with_images(loaded, texts, images, add_special) if any(images)

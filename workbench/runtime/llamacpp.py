@@ -235,12 +235,16 @@ def _is_eog(llama: Any, token: int) -> bool:
 
 def generate_rows(loaded: Any, texts: list[str], add_special: bool, params: Any, *,
                   on_piece: Callable[[str], None] | None, stop_event: threading.Event,
-                  t0: float) -> tuple[list[tuple[str, int, int, float, float, str]], float]:
+                  t0: float, on_reasoning: Callable[[str], None] | None = None,
+                  ) -> tuple[list[tuple[str, str, int, int, float, float, str]], float]:
     """Generate for each rendered prompt in turn; ``(rows, t_end)``.
 
-    Each row is ``(text, prompt_tokens, new_tokens, ttft_s, tokens_per_s, stopped_by)``, as the
-    transformers path makes them (:func:`workbench.runtime.generation._run`). ``on_piece`` gets the
-    text of a single prompt as it is decoded, held back where a stop string may begin.
+    Each row is ``(text, reasoning, prompt_tokens, new_tokens, ttft_s, tokens_per_s, stopped_by)``, as
+    the transformers path makes them (:func:`workbench.runtime.generation._run`). ``on_piece`` gets the
+    answer of a single prompt as it is decoded, held back where a stop string may begin. A reasoning
+    chat template (one that knows ``<think>``: :func:`~workbench.runtime.streaming.opens_thinking`) has
+    its thinking split off by the same :class:`~workbench.runtime.streaming.ThinkSplitter` as on
+    transformers: to ``reasoning`` and ``on_reasoning``, never into the answer or its stop strings.
 
     Raises:
         GenerationError: a prompt longer than the context, or llama.cpp failed (the model stays loaded).
@@ -251,16 +255,42 @@ def generate_rows(loaded: Any, texts: list[str], add_special: bool, params: Any,
     t_end = t0
     for text in texts:
         start = time.perf_counter() if rows else t0
-        row, t_end = _one_row(loaded, text, add_special, params, on_piece if len(texts) == 1 else None,
-                              stop_event, start)
+        single = len(texts) == 1
+        row, t_end = _one_row(loaded, text, add_special, params, on_piece if single else None,
+                              stop_event, start, on_reasoning if single else None)
         rows.append(row)
     return rows, t_end
 
 
+class _Router:
+    """Decoded text to its place: thinking (with a splitter) to ``reasoning`` and ``on_reasoning``,
+    the answer through the stop-string gate to ``on_piece``."""
+
+    def __init__(self, gate: Any, splitter: Any, on_piece: Callable[[str], None] | None,
+                 on_reasoning: Callable[[str], None] | None) -> None:
+        self.gate, self.splitter, self.on_piece, self.on_reasoning = gate, splitter, on_piece, on_reasoning
+        self.reasoning: list[str] = []
+
+    def feed(self, piece: str, end: bool = False) -> None:
+        parts = [("content", piece)] if self.splitter is None else self.splitter.feed(piece)
+        if end and self.splitter is not None:
+            parts += self.splitter.finish()
+        for kind, part in parts:
+            if kind == "reasoning":
+                self.reasoning.append(part)
+                if self.on_reasoning is not None:
+                    self.on_reasoning(part)
+                continue
+            released = self.gate.feed(part)
+            if self.on_piece is not None and released:
+                self.on_piece(released)
+
+
 def _one_row(loaded: Any, text: str, add_special: bool, params: Any, on_piece: Callable[[str], None] | None,
-             stop_event: threading.Event, start: float) -> tuple[tuple[str, int, int, float, float, str], float]:
+             stop_event: threading.Event, start: float, on_reasoning: Callable[[str], None] | None = None,
+             ) -> tuple[tuple[str, str, int, int, float, float, str], float]:
     from .metrics import decode_rate
-    from .streaming import StopStringGate
+    from .streaming import StopStringGate, ThinkSplitter, opens_thinking
 
     model: LlamaCppModel = loaded.model
     llama, tok = model.llama, loaded.tokenizer
@@ -271,6 +301,10 @@ def _one_row(loaded: Any, text: str, add_special: bool, params: Any, on_piece: C
                               hint="shorten the prompt, or load with a larger n_ctx", name=loaded.name)
     limit = min(params.max_new_tokens, room)
     gate = StopStringGate(params.stop)
+    # A reasoning template: thinking goes apart, only the answer meets the stop strings (as on transformers).
+    thinking = opens_thinking(getattr(tok, "chat_template", None), text)
+    route = _Router(gate, ThinkSplitter(thinking) if thinking is not None else None, on_piece, on_reasoning)
+
     out: list[int] = []
     times: list[float] = []
     shown = ""
@@ -283,16 +317,15 @@ def _one_row(loaded: Any, text: str, add_special: bool, params: Any, on_piece: C
                 ended = True
                 break
             decoded = tok.decode(out)
-            released = gate.feed(decoded[len(shown):])
+            route.feed(decoded[len(shown):])
             shown = decoded
-            if on_piece is not None and released:
-                on_piece(released)
             if gate.hit is not None or len(out) >= limit or stop_event.is_set():
                 break
     except Exception as exc:  # llama.cpp's failures are RuntimeError/ValueError; keep the model loaded
         raise GenerationError(f"generation with {loaded.name} failed in llama.cpp ({type(exc).__name__}: {exc})",
                               hint="the model is still loaded; check the prompt and settings",
                               name=loaded.name) from None
+    route.feed("", end=True)
     rest = gate.finish()
     if on_piece is not None and rest:
         on_piece(rest)
@@ -307,7 +340,7 @@ def _one_row(loaded: Any, text: str, add_special: bool, params: Any, on_piece: C
     else:
         stopped = "max_new_tokens"
     ttft = (times[0] - start) if times else (t_end - start)
-    return (gate.final_text, len(ids), n, ttft, decode_rate(n, times, start, t_end), stopped), t_end
+    return (gate.final_text, "".join(route.reasoning).strip(), len(ids), n, ttft, decode_rate(n, times, start, t_end), stopped), t_end
 
 
 def check_answer(path: Any, prompt: str, max_new_tokens: int = 20) -> str:
