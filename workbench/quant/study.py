@@ -6,6 +6,15 @@ first variant is the baseline that quality is compared against (bfloat16 by
 default): perplexity on a held-out text, mean KL divergence of next-token
 distributions, and how often greedy continuations pick the same tokens.
 
+GGUF variants run on llama.cpp beside the bitsandbytes ones (:mod:`.gguf_variants`):
+``gguf:NAME`` a store GGUF entry, ``gguf`` every store GGUF of the same model (by name:
+:func:`~workbench.quant.gguf_variants.same_model`), ``llamacpp:Q8_0`` / ``llamacpp:Q4_K_M``
+written by llama.cpp's own quantizer from an F16/BF16/F32 GGUF (``gguf_source``, else the
+store's unquantized GGUF of the model, else one written from its safetensors by
+:mod:`.gguf_write`), ``llamacpp:F16`` that source itself. Files the study writes go to a
+temporary folder (``work_dir``, default under the system's temporary directory) removed
+when it ends. Their quality comes from llama.cpp's logits on the baseline tokenizer's ids.
+
 Example:
     >>> from workbench.quant import compare
     >>> study = compare("SmolLM2-135M-Instruct", device="cpu")  # doctest: +SKIP
@@ -21,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._records import Record
@@ -47,14 +57,31 @@ class Variant:
     quant: Quant = "none"
     double_quant: bool = False
     compute_dtype: ComputeDtype | None = None
+    gguf_entry: str | None = None  # a store GGUF entry, run on llama.cpp as stored
+    llamacpp_type: str | None = None  # a llama.cpp file type the study quantizes to (or F16: the source)
+
+    @property
+    def engine(self) -> str:
+        return "llamacpp" if self.gguf_entry or self.llamacpp_type else "transformers"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``"bfloat16"``, ``"float32"``, ``"int8"``, ``"nf4"``, ``"nf4+dq"``, ``"fp4"``, ``"fp4+dq"``.
+        """``"bfloat16"``, ``"float32"``, ``"int8"``, ``"nf4"``, ``"nf4+dq"``, ``"fp4"``, ``"fp4+dq"``;
+        ``"gguf:NAME"`` (a store GGUF entry), ``"llamacpp:Q8_0"``, ``"llamacpp:Q4_K_M"``, ``"llamacpp:F16"``.
 
         Raises:
             ConfigError: an unknown label, or +dq on a precision that is not 4-bit.
         """
+        from .gguf_variants import QUANTIZE_TYPES
+
+        if text.startswith("gguf:") and text[5:]:
+            return cls(text, gguf_entry=text[5:])
+        if text.startswith("llamacpp:"):
+            kind = text[9:]
+            if kind not in (*QUANTIZE_TYPES, "F16"):
+                raise ConfigError(f"variant {text!r} is not known",
+                                  hint=f"llama.cpp variants: {', '.join('llamacpp:' + t for t in (*QUANTIZE_TYPES, 'F16'))}")
+            return cls(text, llamacpp_type=kind)
         p = Precision.parse(text)
         if p.dtype == "auto":  # a study compares fixed precisions; "auto" would differ per model
             raise ConfigError(f"variant {text!r} is not known", hint=f"use one of {', '.join(LABELS)}")
@@ -205,6 +232,9 @@ def compare(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     registry: Registry | None = None,
+    gguf_source: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    window: int = 512,
 ) -> QuantStudy:
     """Load, measure and unload each variant of ``model`` on ``device`` in turn.
 
@@ -219,6 +249,11 @@ def compare(
         new_tokens: tokens generated per prompt, for speed and agreement.
         progress: called with ``(message, fraction)``.
         cancel: set it to stop after the current step; whatever is loaded is unloaded.
+        gguf_source: the F16/BF16/F32 GGUF (a store entry name or a file) ``llamacpp:`` variants
+            are quantized from; default the store's unquantized GGUF of ``model``, else one
+            written from ``model``'s safetensors (llama models).
+        work_dir: where quantized GGUFs are written (a temporary folder inside it, removed at the end).
+        window: tokens scored at once for perplexity and KL (every row alike).
 
     A variant that fails (unsupported on this backend, out of memory) becomes a
     row with ``error`` set; the others still run.
@@ -229,10 +264,10 @@ def compare(
     from ..runtime import LoadSpec, get_registry
     from .metrics import EVAL_TEXT_SOURCE, default_eval_text, match_rate, mean_kl
 
-    parsed = [v if isinstance(v, Variant) else Variant.parse(v) for v in variants]
+    registry = registry or get_registry()
+    parsed = _expand(variants, model, registry)
     if not parsed:
         raise ConfigError("no variants to compare", hint="pass at least a baseline such as 'bfloat16'")
-    registry = registry or get_registry()
     eval_text = text if text is not None else default_eval_text()
     source = "user text" if text is not None else EVAL_TEXT_SOURCE
     say = progress or (lambda msg, frac: None)
@@ -245,37 +280,52 @@ def compare(
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
-    for i, variant in enumerate(parsed):
-        if cancelled():
-            break
-        say(f"{variant.label}: loading", i / steps)
-        spec = LoadSpec(model=model, devices=(device,), dtype=variant.dtype, quant=variant.quant,
-                        double_quant=variant.double_quant, compute_dtype=variant.compute_dtype,
-                        name=f"{model}@study-{variant.label}")
-        loaded = None
-        try:
-            loaded = registry.load(spec, cancel=cancel)
-            row, tokens, score = _measure(
-                loaded, model, variant, prompts, eval_text, max_eval_tokens=max_eval_tokens, kl_tokens=kl_tokens,
-                new_tokens=new_tokens, say=lambda msg, at, i=i: say(msg, (i + at) / steps), cancelled=cancelled)
-            eval_count = score.tokens
-            if i == 0:
-                base_tokens, base_logprobs = tokens, score.logprobs
-            if base_tokens is not None:  # quality is relative: only when the baseline ran
-                row = replace(row, kl_divergence=mean_kl(base_logprobs, score.logprobs),
-                              token_match_rate=match_rate(base_tokens, tokens))
-        except LoadCancelledError:
-            break
-        except WorkbenchError as exc:
-            row = VariantResult(variant, error=str(exc))
-        except (RuntimeError, ValueError, ImportError, NotImplementedError) as exc:
-            # bitsandbytes reports a missing backend or kernel as plain errors; the row says so.
-            row = VariantResult(variant, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-        finally:
-            rss = registry.unload(loaded.name).rss_after_bytes if loaded is not None else None
+    ggufs = _GGUFFiles(model, registry, gguf_source, work_dir)
+    reference_tokenizer = None
+    try:
+        for i, variant in enumerate(parsed):
+            if cancelled():
+                break
+            say(f"{variant.label}: loading", i / steps)
             loaded = None
-            gc.collect()
-        rows.append(replace(_finite(row), rss_after_unload_bytes=rss))
+            try:
+                if variant.engine == "llamacpp":
+                    say(f"{variant.label}: preparing the GGUF", i / steps)
+                    entry = ggufs.entry(variant)
+                    spec = LoadSpec(model=entry, devices=(device,), engine="llamacpp", n_ctx=window + 64,
+                                    name=f"{model}@study-{variant.label}")
+                else:
+                    spec = LoadSpec(model=model, devices=(device,), dtype=variant.dtype, quant=variant.quant,
+                                    double_quant=variant.double_quant, compute_dtype=variant.compute_dtype,
+                                    name=f"{model}@study-{variant.label}")
+                loaded = registry.load(spec, cancel=cancel)
+                if reference_tokenizer is None and variant.engine == "transformers":
+                    reference_tokenizer = loaded.tokenizer
+                row, tokens, score = _measure(
+                    loaded, model, variant, prompts, eval_text, max_eval_tokens=max_eval_tokens, kl_tokens=kl_tokens,
+                    new_tokens=new_tokens, say=lambda msg, at, i=i: say(msg, (i + at) / steps), cancelled=cancelled,
+                    reference_tokenizer=reference_tokenizer, window=window)
+                eval_count = eval_count or score.tokens
+                if i == 0:
+                    base_tokens, base_logprobs = tokens, score.logprobs
+                if base_tokens is not None:  # quality is relative: only when the baseline ran
+                    same_vocab = base_logprobs.shape[-1] == score.logprobs.shape[-1]
+                    row = replace(row, kl_divergence=mean_kl(base_logprobs, score.logprobs) if same_vocab else None,
+                                  token_match_rate=match_rate(base_tokens, tokens))
+            except LoadCancelledError:
+                break
+            except WorkbenchError as exc:
+                row = VariantResult(variant, error=str(exc))
+            except (RuntimeError, ValueError, ImportError, NotImplementedError, OSError) as exc:
+                # bitsandbytes (and llama.cpp's bindings) report a missing backend or kernel as plain errors.
+                row = VariantResult(variant, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            finally:
+                rss = registry.unload(loaded.name).rss_after_bytes if loaded is not None else None
+                loaded = None
+                gc.collect()
+            rows.append(replace(_finite(row), rss_after_unload_bytes=rss))
+    finally:
+        ggufs.cleanup()
     say("done", 1.0)
     return QuantStudy(model=model, device=device, rows=tuple(rows), eval_tokens=eval_count, eval_source=source,
                       cancelled=cancelled())
@@ -283,7 +333,8 @@ def compare(
 
 def _measure(loaded: LoadedModel, model: str, variant: Variant, prompts: Sequence[str], eval_text: str, *, max_eval_tokens: int,
              kl_tokens: int, new_tokens: int, say: Callable[[str, float], None],
-             cancelled: Callable[[], bool]) -> tuple[VariantResult, list[list[int]], Any]:
+             cancelled: Callable[[], bool], reference_tokenizer: Any = None,
+             window: int = 512) -> tuple[VariantResult, list[list[int]], Any]:
     """One loaded variant's row (memory, speed, perplexity), its greedy tokens and its text score.
 
     ``say(message, fraction_of_this_variant)`` reports progress.
@@ -303,10 +354,95 @@ def _measure(loaded: LoadedModel, model: str, variant: Variant, prompts: Sequenc
     if cancelled():
         raise LoadCancelledError(f"study of {model} cancelled during {variant.label}")
     say(f"{variant.label}: scoring the evaluation text", 0.5)
+    if variant.engine == "llamacpp":
+        from .gguf_variants import GGUFScorer, prompt_ids, reference_ids
+
+        tok = reference_tokenizer or loaded.tokenizer  # the baseline's ids, so positions line up
+        with GGUFScorer(loaded.model.path, window) as scorer:
+            score = scorer.score(reference_ids(tok, eval_text, max_eval_tokens), keep_logprobs=kl_tokens)
+            tokens = [scorer.greedy(prompt_ids(tok, p), new_tokens) for p in prompts]
+        return replace(row, perplexity=score.perplexity), tokens, score
     score = score_text(loaded.model, loaded.tokenizer, eval_text, max_tokens=max_eval_tokens,
-                       keep_logprobs=kl_tokens)
+                       keep_logprobs=kl_tokens, window=window)
     tokens = [greedy_tokens(loaded.model, loaded.tokenizer, p, new_tokens) for p in prompts]
     return replace(row, perplexity=score.perplexity), tokens, score
+
+
+def _expand(variants: Sequence[Variant | str], model: str, registry: Registry) -> list[Variant]:
+    """The variants parsed, with ``"gguf"`` replaced by the store's GGUF entries of ``model`` (by name)."""
+    out: list[Variant] = []
+    for v in variants:
+        if v == "gguf":
+            from .gguf_variants import store_ggufs
+
+            base = registry.store.get(model)
+            out += [Variant(f"gguf:{e.name}", gguf_entry=e.name) for e in store_ggufs(registry.store.list(), base)]
+        else:
+            out.append(v if isinstance(v, Variant) else Variant.parse(v))
+    return out
+
+
+class _GGUFFiles:
+    """The GGUF entries behind a study's llama.cpp variants; writes and quantizes into a temporary folder."""
+
+    def __init__(self, model: str, registry: Registry, source: str | Path | None, work_dir: str | Path | None) -> None:
+        self.model, self.registry, self.source_arg, self.work_dir = model, registry, source, work_dir
+        self.tmp: Path | None = None
+        self._source: Path | None = None
+
+    def _folder(self) -> Path:
+        if self.tmp is None:
+            import tempfile
+
+            self.tmp = Path(tempfile.mkdtemp(prefix="workbench-quant-", dir=self.work_dir))
+        return self.tmp
+
+    def source(self) -> Path:
+        """The unquantized GGUF file: given, the store's, or written from the safetensors."""
+        if self._source is not None:
+            return self._source
+        from .gguf_variants import UNQUANTIZED_TYPES, store_ggufs
+        from .gguf_write import write_gguf
+
+        store = self.registry.store
+        if self.source_arg is not None:
+            arg = Path(self.source_arg)
+            if arg.suffix == ".gguf" and arg.is_file():
+                self._source = arg
+            else:
+                e = store.get(str(self.source_arg))
+                self._source = e.folder / (e.gguf_file or "")
+            return self._source
+        base = store.get(self.model)
+        for e in store_ggufs(store.list(), base):
+            if (e.dtype or "").upper() in UNQUANTIZED_TYPES:
+                self._source = e.folder / (e.gguf_file or "")
+                return self._source
+        self._source = write_gguf(base.folder, self._folder() / f"{base.name}-F16.gguf", out_type="F16")
+        return self._source
+
+    def entry(self, variant: Variant) -> Any:
+        """The :class:`~workbench.store.ModelEntry` to load for a llama.cpp variant."""
+        from ..store import ModelStore
+        from .gguf_variants import quantize
+
+        if variant.gguf_entry:
+            return self.registry.store.get(variant.gguf_entry)
+        src = self.source()
+        if variant.llamacpp_type == "F16":
+            path = src
+        else:
+            path = quantize(src, self._folder() / f"{self.model}-{variant.llamacpp_type}.gguf", variant.llamacpp_type)
+        entry = next((e for e in ModelStore([path.parent], cache_path=None).list() if e.gguf_file == path.name), None)
+        if entry is None:
+            raise WorkbenchError(f"the store does not read {path} as a GGUF entry", hint="the file may be incomplete")
+        return entry
+
+    def cleanup(self) -> None:
+        if self.tmp is not None:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _finite(row: VariantResult) -> VariantResult:
