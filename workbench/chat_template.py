@@ -35,13 +35,13 @@ import os
 import select
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _template_worker as wire
+from ._child_python import SAFE_PATH_ENV, python_module_argv
 from .errors import ChatTemplateError
 
 #: Longest text a template may render (characters; a million-token context is ~4 M).
@@ -70,11 +70,12 @@ class _Worker:
         self.starts = 0
 
     def _start(self, budget: int) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        env = {**os.environ, **SAFE_PATH_ENV, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench._template_worker", str(budget)],
+        # In "/" (no one's to write) and with -P: nothing from the caller's folder is imported.
+        self.proc = subprocess.Popen(python_module_argv("workbench._template_worker", str(budget)),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, close_fds=True)
+                                     env=env, close_fds=True, cwd="/")
         self.budget = budget
         self.starts += 1
         try:

@@ -52,7 +52,7 @@ def test_auto_picks_llamacpp_for_a_gguf_entry_and_counts_its_slots(gguf_store) -
 
     plan = plan_serve(DEFAULT_GGUF_NAME, engine="auto", max_model_len=1024, free=lambda d: 64 * 2**30)
     assert plan.engine == "llamacpp" and plan.served_model == DEFAULT_GGUF_NAME
-    assert plan.argv[1:3] == ("-m", "llama_cpp.server") and "--n_ctx" in plan.argv
+    assert plan.argv[1:4] == ("-P", "-m", "llama_cpp.server") and "--n_ctx" in plan.argv
     assert plan.argv[plan.argv.index("--n_ctx") + 1] == "1024" and plan.argv[plan.argv.index("--n_gpu_layers") + 1] == "0"
     entry = ModelStore().get(DEFAULT_GGUF_NAME)
     one = plan.needed_bytes

@@ -178,7 +178,7 @@ def test_transformers_command_line(seeded_store) -> None:
     plan = plan_serve(SMOL, engine="transformers", devices=["cpu"], quant="nf4", port=8123)
     argv = list(plan.argv)
     # transformers' own CLI, behind the engine's key (workbench/serve/tf_launcher.py).
-    assert argv[:5] == [sys.executable, "-m", "workbench.serve.tf_launcher", "serve", str(seeded_store)]
+    assert argv[:6] == [sys.executable, "-P", "-m", "workbench.serve.tf_launcher", "serve", str(seeded_store)]
     assert _flag(argv, "--port") == "8123" and _flag(argv, "--host") == "127.0.0.1"
     assert _flag(argv, "--quantization") == "bnb-4bit" and "--continuous-batching" in argv
     assert plan.env["HF_HUB_OFFLINE"] == "1" and Path(plan.env["HF_HOME"]).is_dir()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
+from .._child_python import python_module_argv
 from ..errors import EngineNotFoundError, LoadSpecError
 from ..precision import Quant, is_gpu
 
@@ -115,7 +115,7 @@ def llamacpp_command(setting: str | None = None) -> tuple[list[str], bool]:
         if importlib.util.find_spec(module) is None:
             raise EngineNotFoundError(f"llama-cpp-python's server needs {module}, which is not installed",
                                       hint="pip install 'llama-cpp-python[server]'")
-    return [sys.executable, "-m", "llama_cpp.server"], False
+    return python_module_argv("llama_cpp.server"), False
 
 
 def inherited_settings(engine: str, argv: Sequence[str]) -> frozenset[str]:
@@ -198,7 +198,7 @@ def transformers_command() -> list[str]:
     except ImportError:
         raise EngineNotFoundError("`transformers serve` needs FastAPI and Uvicorn, which are not installed",
                                   hint="pip install 'transformers[serving]'") from None
-    return [sys.executable, "-m", "workbench.serve.tf_launcher"]
+    return python_module_argv("workbench.serve.tf_launcher")
 
 
 def vllm_command(setting: str | None = None) -> list[str] | None:

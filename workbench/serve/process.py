@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .._child_python import SAFE_PATH_ENV
 from .._process_identity import ProcessIdentity
 from ..errors import ConfigError, EngineStartError, ListenerNotOursError
 
@@ -50,6 +51,10 @@ def log_tail(path: str | os.PathLike[str] | None, max_bytes: int = LOG_TAIL_BYTE
 def start(argv: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session (its own process group), stdout and stderr to ``log_path``.
 
+    The engine runs in ``log_path``'s folder (the user's own, 0700), with ``PYTHONSAFEPATH=1``: a
+    ``python -m`` engine started from a folder other users can write imports nothing from it
+    (:mod:`workbench._child_python`).
+
     Raises:
         EngineStartError: the executable cannot be run (the log names why).
     """
@@ -57,7 +62,8 @@ def start(argv: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> sub
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=dict(env), start_new_session=True, close_fds=True)
+                                    env={**env, **SAFE_PATH_ENV}, start_new_session=True, close_fds=True,
+                                    cwd=log_path.parent)
         except OSError as exc:
             raise EngineStartError(f"cannot run {argv[0]}: {exc.strerror or exc}",
                                    hint="check the engine's command (`vllm_command` setting, or the transformers "
