@@ -26,6 +26,10 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import ModelEntry, ModelStore, estimate  # noqa: F401
+    from .ui import Workbench  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+# The table above is the one list: tests/test_exports.py holds the TYPE_CHECKING block to it.
+__all__ = sorted(_EXPORTS)

@@ -318,7 +318,7 @@ def test_unload_accounts_cuda_memory_through_a_fake_torch_cuda(registry, monkeyp
     ref = weakref.ref(module)
     del module
     report = registry.unload("fake-gpu")
-    assert report.cuda_before_bytes == {"cuda:0": 300 * 2**20} and report.cuda_after == {"cuda:0": 2 * 2**20}
+    assert (report.cuda_before_bytes, report.cuda_after_bytes) == ({"cuda:0": 300 * 2**20}, {"cuda:0": 2 * 2**20})
     assert "empty_cache" in calls and ref() is None
 
 

@@ -191,7 +191,7 @@ def _cuda_initialized() -> bool:
 def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
     """The store's estimate for ``spec`` (the CPU's load peak when no GPU is chosen; llama.cpp's for GGUF)."""
     if spec.uses_llamacpp(entry):
-        from ..store.gguf_estimate import llamacpp_memory_estimate
+        from ..store.estimate import llamacpp_memory_estimate
 
         return llamacpp_memory_estimate(entry)
     return estimate(entry, spec.dtype, spec.quant, double_quant=spec.double_quant, device_type=spec.device_type)

@@ -25,11 +25,12 @@ from typing import Any, Literal
 from .._records import Record
 from ..errors import ConfigError, GenerationError, GenerationOutOfMemoryError, WorkbenchError
 from ..store import format_bytes
+from ..telemetry.events import post_event
 from . import _memory
 from .load_errors import is_oom
 from .metrics import RunResult, decode_rate, roofline
 from .prompts import Prompt, prompt_images, render_prompts, template_source
-from .registry import LoadedModel, post
+from .registry import LoadedModel
 from .streaming import (
     EventStop,
     StopStringGate,
@@ -271,14 +272,14 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         if getattr(loaded, "engine", "transformers") == "llamacpp":  # a GGUF on llama.cpp (runtime/llamacpp.py)
             from .llamacpp import generate_rows
 
-            post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
+            post_event("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
                  max_new_tokens=params.max_new_tokens)
             try:
                 rows, t_end = generate_rows(loaded, texts, add_special, params, on_piece=on_piece,
                                             stop_event=stop_event or threading.Event(), t0=t0,
                                             on_reasoning=on_reasoning)
             except GenerationError as exc:
-                post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
+                post_event("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
                 raise
             return _results(loaded, rows, t_end - t0, len(texts))
         gc = _generation_config(loaded, params)
@@ -286,7 +287,7 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
             enc = (_encode_with_images(loaded, texts, images, add_special) if any(images)
                    else _encode(loaded, texts, add_special, gc))
         except GenerationError as exc:
-            post("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
+            post_event("error", str(exc), model=loaded.name, error=type(exc).__name__, phase="generate")
             raise
         prompt_lens = [int(x) for x in enc["attention_mask"].sum(dim=1).tolist()]
         # A reasoning template (<think>...</think>): where each row's generation starts.
@@ -294,7 +295,7 @@ def _run(loaded: LoadedModel, prompts: list[Any], params: GenerationParams, *,
         splitter = ThinkSplitter(thinking[0]) if len(texts) == 1 and thinking[0] is not None else None
         streamer = streamer_class()(tok, on_piece if len(texts) == 1 else None, params.stop, splitter, on_reasoning)
         event = stop_event or threading.Event()
-        post("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
+        post_event("generate_started", f"generating with {loaded.name}", model=loaded.name, batch=len(texts),
              prompt_tokens=sum(prompt_lens), max_new_tokens=params.max_new_tokens)
         seqs = _call_generate(loaded, enc, gc, params, streamer, event)
         del enc
@@ -320,7 +321,7 @@ def _results(loaded: LoadedModel, rows: list[Any], total: float, batch: int) -> 
                for text, reasoning, plen, n, ttft, rate, stopped in rows]
     agg = results[0]
     new_tokens = sum(r.new_tokens for r in results)
-    post("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
+    post_event("generate_finished", f"{loaded.name}: {new_tokens} tokens, {agg.tokens_per_s:.1f} tokens/s",
          model=loaded.name, tokens_per_s=agg.tokens_per_s, new_tokens=new_tokens, ttft_s=agg.ttft_s, total_s=total,
          batch=batch, decode_efficiency=agg.decode_efficiency)
     return results
@@ -371,7 +372,7 @@ def _call_generate(loaded: LoadedModel, enc: Any, gc: Any, params: GenerationPar
     if failure is not None:
         input_ids = attention = extra = None
         _memory.release_memory()
-        post("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
+        post_event("error", str(failure), model=loaded.name, error=type(failure).__name__, phase="generate")
         raise failure
     seqs = out[:, input_ids.shape[1]:].tolist()
     del out

@@ -27,6 +27,8 @@ from typing import Any
 
 from .._periodic import Periodic
 from ..errors import ConfigError, WorkbenchError
+from ..telemetry.events import post_event
+from .spec import UnloadReason
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +112,9 @@ class IdleWatcher:
                     continue
                 # Holding the model's lock, no generation can start between the check and the unload;
                 # one that was waiting fails with this reason instead of "was unloaded".
-                m.unload_reason = f"unloaded after {_duration(self.idle_s)} idle: load again to continue"
+                reason = UnloadReason(f"unloaded after {_duration(self.idle_s)} idle", "load again to continue")
                 try:
-                    report = self.registry.unload(m.name)
+                    report = self.registry.unload(m.name, reason)
                 except WorkbenchError as exc:  # unloaded meanwhile by someone else
                     logger.debug("idle unload of %s skipped: %s", m.name, exc)
                     continue
@@ -122,9 +124,7 @@ class IdleWatcher:
             unload = IdleUnload(m.name, idle, self.idle_s, now, report.freed_bytes)
             self.unloaded.append(unload)
             done.append(unload)
-            from .registry import post
-
-            post(EVENT_KIND, unload.message, model=m.name, idle_s=idle, limit_s=self.idle_s,
+            post_event(EVENT_KIND, unload.message, model=m.name, idle_s=idle, limit_s=self.idle_s,
                  freed_bytes=report.freed_bytes, devices=list(m.devices))
         return done
 
@@ -153,7 +153,7 @@ def ensure_watcher(registry: Any) -> IdleWatcher | None:
     from ..config import get_settings
 
     idle_s = float(get_settings().idle_unload_s or 0)
-    watcher: IdleWatcher | None = getattr(registry, "idle_watcher", None)
+    watcher: IdleWatcher | None = registry.idle_watcher
     if idle_s <= 0:
         if watcher is not None:
             watcher.stop()
@@ -169,7 +169,7 @@ def ensure_watcher(registry: Any) -> IdleWatcher | None:
 
 def idle_notices(registry: Any, since_s: float | None = None) -> list[IdleUnload]:
     """What ``registry``'s watcher unloaded (after ``since_s``), oldest first: the panel's banner."""
-    watcher = getattr(registry, "idle_watcher", None)
+    watcher = registry.idle_watcher
     if watcher is None:
         return []
     return [u for u in list(watcher.unloaded) if since_s is None or u.time_s > since_s]

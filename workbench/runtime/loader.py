@@ -38,7 +38,7 @@ from ..store.support import CAUSAL_LM, IMAGE_TEXT_TO_TEXT
 from ..store.tokenizer_files import find_chat_template
 from . import _memory, _noise
 from .load_errors import translate_error
-from .spec import LoadPhase, LoadProgress, LoadSpec
+from .spec import LoadPhase, LoadProgress, LoadSpec, ProgressCallback
 
 if TYPE_CHECKING:
     import torch
@@ -96,11 +96,6 @@ class LoadOutcome:
     footprint_bytes: int = 0
 
 
-def torch_dtype_name(entry: ModelEntry, spec: LoadSpec) -> str:
-    """The dtype name the weights load in (``"auto"`` resolved from the checkpoint)."""
-    return resolve_dtype(entry, spec.dtype)
-
-
 def bnb_config(spec: LoadSpec, dtype_name: str) -> BitsAndBytesConfig | None:
     """transformers' ``BitsAndBytesConfig`` for the spec, or ``None`` without quantization.
 
@@ -147,14 +142,8 @@ def measure_placement(model: torch.nn.Module) -> dict[str, int]:
     return out
 
 
-ReportFn = Callable[[LoadProgress], Any]
-
-
-ReportFn = Callable[[LoadProgress], Any]
-
-
 def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict[Any, int] | None,
-         progress: ReportFn | None = None, cancel: threading.Event | None = None,
+         progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
          phase_times: dict[str, float] | None = None) -> LoadOutcome:
     """Load ``entry`` as ``spec`` says; on any failure nothing stays referenced.
 
@@ -280,7 +269,7 @@ def _read_weights(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, common: 
     import transformers
 
     auto_class = getattr(transformers, entry.auto_class or CAUSAL_LM)
-    dtype_name = torch_dtype_name(entry, spec)
+    dtype_name = resolve_dtype(entry, spec.dtype)
     kwargs: dict[str, Any] = dict(common, dtype=getattr(torch, dtype_name), device_map=device_map)
     if max_memory:
         kwargs["max_memory"] = max_memory

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._lazy import torch_if_imported
 from .._records import Record, jsonable
@@ -30,27 +30,22 @@ from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
 from ..store.estimate import resolve_dtype
 from ..store.safety import check_entry
+from ..telemetry.events import post_event
 from . import _memory, holdings, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
-from .spec import LoadProgress, LoadSpec, ProgressCallback, check_prequantized
+from .spec import LoadProgress, LoadSpec, ProgressCallback, UnloadReason, check_prequantized
 from .unload_hooks import run_unload_hooks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from ..telemetry.events import EventKind
+    from ..devices.leases import Lease
+    from .idle import IdleWatcher
 
 logger = logging.getLogger(__name__)
 
-
-def post(kind: EventKind, message: str = "", *, model: str | None = None, **data: Any) -> None:
-    """Post a telemetry event; telemetry trouble never breaks a load or a generation."""
-    try:
-        from ..telemetry import post_event
-
-        post_event(kind, message, model=model, **data)
-    except (ImportError, ValueError, RuntimeError, OSError) as exc:
-        logger.debug("telemetry event %s not posted: %s", kind, exc)
+#: The engines a :class:`LoadedModel` runs on.
+Engine = Literal["transformers", "llamacpp"]
 
 
 class LoadedModel:
@@ -76,15 +71,18 @@ class LoadedModel:
         loaded_at, last_used: ``time.time()`` stamps.
         engine: ``"transformers"``, or ``"llamacpp"`` for a GGUF run by llama.cpp (``model`` is then a
             :class:`~workbench.runtime.llamacpp.LlamaCppModel`).
+        leases: the GPU leases it holds (:mod:`.leasing`; given back, and ``()``, once unloaded).
+        unload_reason: why it was unloaded (``None`` while loaded); a generation that finds it
+            gone raises with it (:meth:`require`).
+        lock: held by a generation (one at a time per model) and by an unload.
     """
-
-    engine = "transformers"
 
     def __init__(self, name: str, spec: LoadSpec, entry: ModelEntry, model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, *,
                  placement: dict[str, int], module_devices: dict[str, str], footprint_bytes: int,
                  estimate: MemoryEstimate | None, fit: FitCheck | None, load_times_s: dict[str, float],
-                 load_s: float, processor: Any = None, processor_problem: str | None = None) -> None:
+                 load_s: float, processor: Any = None, processor_problem: str | None = None,
+                 engine: Engine = "transformers", leases: tuple[Lease, ...] = ()) -> None:
         self.name = name
         self.spec = spec
         self.entry = entry
@@ -102,6 +100,9 @@ class LoadedModel:
         self.fit = fit
         self.load_times_s = load_times_s
         self.load_s = load_s
+        self.engine: Engine = engine
+        self.leases: tuple[Lease, ...] = leases
+        self.unload_reason: UnloadReason | None = None
         self.loaded_at = time.time()
         self.last_used = self.loaded_at
         # One generation at a time per model: the Prompt panel and a notebook cell may
@@ -158,9 +159,8 @@ class LoadedModel:
             ModelNotLoadedError: the model was unloaded (by the user or the idle watcher).
         """
         if self.model is None:
-            reason = getattr(self, "unload_reason", None)  # set by the idle watcher
-            raise ModelNotLoadedError(f"{self.name} was {reason.split(':')[0] if reason else 'unloaded'}",
-                                      hint=reason.split(": ", 1)[-1] if reason else "load it again", name=self.name)
+            reason = self.unload_reason or UnloadReason()
+            raise ModelNotLoadedError(f"{self.name} was {reason.what}", hint=reason.hint, name=self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -211,16 +211,6 @@ class UnloadReport(Record):
     cuda_after_bytes: dict[str, int] = field(default_factory=dict)
     cleared: tuple[str, ...] = ()
     seconds: float = 0.0
-
-    @property
-    def cuda_before(self) -> dict[str, int]:
-        """Alias of :attr:`cuda_before_bytes`."""
-        return self.cuda_before_bytes
-
-    @property
-    def cuda_after(self) -> dict[str, int]:
-        """Alias of :attr:`cuda_after_bytes`."""
-        return self.cuda_after_bytes
 
     @property
     def rss_returned_bytes(self) -> int:
@@ -287,10 +277,13 @@ class Registry:
         self._models: dict[str, LoadedModel] = {}
         self._reserved: set[str] = set()  # names of loads in flight
         self._lock = threading.RLock()
+        #: The idle-unload watcher (:func:`.idle.ensure_watcher` starts it when the setting is on).
+        self.idle_watcher: IdleWatcher | None = None
 
     @property
     def store(self) -> ModelStore:
-        # The store is built on first use so WORKBENCH_STORE changes (tests, notebooks) are seen.
+        """The store given, or else a new :class:`ModelStore` on each access: one built from the
+        settings of the moment, so a changed ``WORKBENCH_STORE`` (tests, notebooks) is seen."""
         return self._store if self._store is not None else ModelStore()
 
     # -- names --------------------------------------------------------------------------------
@@ -368,10 +361,10 @@ class Registry:
                     self._reserved.discard(reg_name)
                 raise
         except WorkbenchError as exc:
-            post("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
+            post_event("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
             raise
         check_s = time.perf_counter() - t0
-        post("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}", model=reg_name,
+        post_event("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}", model=reg_name,
              devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
              needed_bytes=fit.needed_bytes if fit else None)
         try:
@@ -391,7 +384,7 @@ class Registry:
             if progress is not None:
                 phase = "cancelled" if isinstance(exc, LoadCancelledError) else "failed"
                 progress(LoadProgress(phase, 0.0, str(exc)))
-            post("error", f"load of {reg_name} failed: {exc}", model=reg_name, error=type(exc).__name__, phase="load")
+            post_event("error", f"load of {reg_name} failed: {exc}", model=reg_name, error=type(exc).__name__, phase="load")
             raise
         except BaseException:
             leasing.give_back(leases)
@@ -403,9 +396,8 @@ class Registry:
             reg_name, spec, entry, outcome.model, outcome.tokenizer, placement=outcome.placement,
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
             estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s,
-            processor=outcome.processor, processor_problem=outcome.processor_problem)
-        if llamacpp:
-            loaded.engine = "llamacpp"
+            processor=outcome.processor, processor_problem=outcome.processor_problem,
+            engine="llamacpp" if llamacpp else "transformers")
         del outcome
         loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
@@ -415,7 +407,7 @@ class Registry:
         idle.ensure_watcher(self)
         if progress is not None:
             progress(LoadProgress("done", 1.0, f"loaded {reg_name} in {load_s:.1f} s"))
-        post("load_finished", f"loaded {reg_name} in {load_s:.1f} s", model=reg_name, load_s=load_s,
+        post_event("load_finished", f"loaded {reg_name} in {load_s:.1f} s", model=reg_name, load_s=load_s,
              footprint_bytes=loaded.footprint_bytes, placement=dict(loaded.placement), devices=list(spec.devices))
         return loaded
 
@@ -457,8 +449,13 @@ class Registry:
         m = self.get(name)
         return UnloadPlan(m.name, m.weight_bytes, m.devices)
 
-    def unload(self, name: str) -> UnloadReport:
+    def unload(self, name: str, reason: UnloadReason | None = None) -> UnloadReport:
         """Unload ``name`` and give its memory back; see the module docstring for what you must avoid.
+
+        Args:
+            name: the registry name.
+            reason: what a generation that finds the model gone is told (default: "unloaded",
+                "load it again"); the idle watcher passes its own.
 
         Raises:
             ModelNotLoadedError: nothing of that name is loaded.
@@ -468,6 +465,7 @@ class Registry:
             plan = self.plan_unload(name)
             m = self._models.pop(name)
         with m.lock:  # wait for a generation in progress to finish
+            m.unload_reason = reason or UnloadReason()
             devices = [d for d in plan.devices if is_gpu(d)]
             rss_before = _memory.rss_bytes()
             cuda_before = _memory.cuda_reserved_bytes(devices) if devices else {}
@@ -483,14 +481,14 @@ class Registry:
             m.processor = None
             del targets
             _memory.release_memory()
-            leasing.give_back(getattr(m, "leases", ()))
+            leasing.give_back(m.leases)
             m.leases = ()
             rss_after = _memory.rss_bytes()
             cuda_after = _memory.cuda_reserved_bytes(devices) if devices else {}
         holdings.registry_changed(self)
         report = UnloadReport(name, freed, rss_before, rss_after, cuda_before, cuda_after, tuple(cleared),
                               time.perf_counter() - t0)
-        post("unload", f"unloaded {name}, freed {format_bytes(freed)}", model=name, freed_bytes=freed,
+        post_event("unload", f"unloaded {name}, freed {format_bytes(freed)}", model=name, freed_bytes=freed,
              rss_before_bytes=rss_before, rss_after_bytes=rss_after)
         return report
 

@@ -222,6 +222,19 @@ class LoadProgress:
 ProgressCallback = Callable[[LoadProgress], Any]
 
 
+@dataclass(frozen=True)
+class UnloadReason:
+    """Why a model was unloaded, as a generation that finds it gone is told.
+
+    Attributes:
+        what: what happened, after "NAME was" (``"unloaded"``, ``"unloaded after 30 min idle"``).
+        hint: what to do (``"load it again"``).
+    """
+
+    what: str = "unloaded"
+    hint: str = "load it again"
+
+
 class _TqdmProgress:
     """A progress callback drawing a tqdm bar (``tqdm.auto``: a widget in Jupyter, text in a terminal)."""
 

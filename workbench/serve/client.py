@@ -281,7 +281,7 @@ class EndpointClient:
         # the socket answering is still the engine's (serve/listener.py): a prompt goes only there.
         http_client = None
         if not endpoint.is_remote and endpoint.pid:
-            from .listener import verify_engine
+            from .process import verify_engine
 
             http_client = openai.DefaultHttpxClient(event_hooks={"request": [lambda _req: verify_engine(endpoint)]})
         self._client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), timeout=timeout_s,

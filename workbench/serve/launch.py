@@ -20,18 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._records import Record
 from ..errors import ConfigError, WorkbenchError
 from ..precision import Dtype, Quant, is_gpu
+from ..telemetry.events import post_event
 from . import engines, lease_hook, process
 from .endpoint import Endpoint, EndpointEngine
 from .engines import Engine, EngineChoice
 from .registry import EndpointRegistry, check_name
-
-if TYPE_CHECKING:
-    from ..telemetry.events import EventKind
 
 
 @dataclass(frozen=True)
@@ -230,12 +228,6 @@ def _own(name: str) -> None:
             _atexit_installed = True
 
 
-def _post(kind: EventKind, message: str, model: str | None, **data: Any) -> None:
-    from ..telemetry import post_event
-
-    post_event(kind, message, model=model, **data)
-
-
 def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | None = None,
           registry: EndpointRegistry | None = None) -> Endpoint:
     """Start ``plan``'s engine, wait until it answers, and register it.
@@ -273,8 +265,8 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     env = {**{k: v for k, v in os.environ.items() if k.lower() not in dropped}, **plan.env,
            **{var: secret for var in engines.api_key_variables(plan.engine)}}
     t0 = time.time()
-    _post("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}", plan.store_model,
-          engine=plan.engine, base_url=plan.base_url)
+    post_event("engine_started", f"starting {plan.engine} for {plan.store_model} on {plan.base_url}",
+               model=plan.store_model, engine=plan.engine, base_url=plan.base_url)
     process.require_free_port(engines.HOST, plan.port)
     proc = None
     lease_ids: tuple[str, ...] = ()
@@ -295,11 +287,11 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
         if proc is not None:
             process.stop_group(proc.pid)
         lease_hook.release(lease_ids)
-        _post("error", f"{plan.engine} for {plan.store_model} failed to start", plan.store_model,
-              error=type(exc).__name__)
+        post_event("error", f"{plan.engine} for {plan.store_model} failed to start", model=plan.store_model,
+                   error=type(exc).__name__)
         raise
-    _post("engine_ready", f"{plan.engine} serving {plan.store_model} on {plan.base_url} after {ready_s:.1f} s",
-          plan.store_model, engine=plan.engine, base_url=plan.base_url, ready_s=ready_s)
+    post_event("engine_ready", f"{plan.engine} serving {plan.store_model} on {plan.base_url} after {ready_s:.1f} s",
+               model=plan.store_model, engine=plan.engine, base_url=plan.base_url, ready_s=ready_s)
     if not detach:
         _own(plan.name)
     return ep
@@ -365,8 +357,8 @@ def stop(name: str, *, registry: EndpointRegistry | None = None) -> StopReport:
     if not ep.is_remote and ep.pid:
         was_running = process.stop_group(ep.pid, ep.pid_create_time)
         lease_hook.release(ep.lease_ids)
-        _post("engine_stopped", f"stopped {ep.engine} serving {ep.store_model}", ep.store_model,
-              engine=ep.engine, base_url=ep.base_url)
+        post_event("engine_stopped", f"stopped {ep.engine} serving {ep.store_model}", model=ep.store_model,
+                   engine=ep.engine, base_url=ep.base_url)
     registry.remove(name)
     with _owned_lock:
         _owned.discard(name)

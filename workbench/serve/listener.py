@@ -30,7 +30,6 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 _LISTEN = "0A"
 #: Bytes of a socket table read (a machine with 100k sockets: ~15 MB).
@@ -182,6 +181,20 @@ def socket_inodes(pid: int) -> set[int]:
     return out
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
+                members.append(proc.info["pid"])
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
 def engine_processes(pid: int) -> set[int]:
     """The engine ``pid``, its descendants, and the members of its process group (it leads one)."""
     import psutil
@@ -191,8 +204,6 @@ def engine_processes(pid: int) -> set[int]:
         pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
     except psutil.Error:
         pass
-    from .process import group_members
-
     pids.update(group_members(pid))
     return pids
 
@@ -292,28 +303,3 @@ def _check_with_psutil(engine_pid: int, host: str, port: int) -> ListenerCheck: 
 def holders(host: str, port: int) -> list[Listener]:
     """Every listener a connection to ``host:port`` could reach, named (for a "port in use" message)."""
     return [_named(h) for h in (listeners(host, port) or [])]
-
-
-def verify_engine(endpoint: Any) -> None:
-    """Before a request to an engine the workbench started: it is still the process recorded, and it
-    holds every socket listening where its base URL connects (a remote endpoint is not checked).
-
-    Raises:
-        EndpointUnreachableError: the engine is gone, or nothing listens (nothing was sent).
-        ListenerNotOursError: another process holds its address (nothing was sent).
-    """
-    if endpoint.is_remote or not endpoint.pid:
-        return
-    from ..errors import EndpointUnreachableError
-    from .process import is_ours, require_listener_is_ours
-
-    where = f"endpoint {endpoint.name!r} ({endpoint.base_url})"
-    hint = (f"start it again (`workbench serve {endpoint.store_model}`) or remove it "
-            f"(`workbench endpoints stop {endpoint.name}`)")
-    if not is_ours(endpoint.pid, endpoint.pid_create_time):
-        raise EndpointUnreachableError(f"the engine of {where} (PID {endpoint.pid}) is no longer running; nothing "
-                                       "was sent to its port", hint=hint, endpoint=endpoint.name,
-                                       base_url=endpoint.base_url)
-    if not require_listener_is_ours(endpoint.pid, endpoint.base_url, what=where):
-        raise EndpointUnreachableError(f"the engine of {where} is running but not listening; nothing was sent",
-                                       hint=hint, endpoint=endpoint.name, base_url=endpoint.base_url)

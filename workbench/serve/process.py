@@ -18,10 +18,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._child_python import SAFE_PATH_ENV
 from .._process_identity import ProcessIdentity
 from ..errors import ConfigError, EngineStartError, ListenerNotOursError
+from .listener import group_members
 
 #: Bytes of an engine's log quoted in errors.
 LOG_TAIL_BYTES = 4000
@@ -96,20 +98,6 @@ def is_ours(pid: int | None, pid_create_time: float | None = None) -> bool:
     if child is not None and child.poll() is not None:
         return False
     return ProcessIdentity(pid, create_time_s=pid_create_time).status() == "running"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
-                members.append(proc.info["pid"])
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return members
 
 
 def stop_group(pid: int, pid_create_time: float | None = None, *, grace_s: float = STOP_GRACE_S) -> bool:
@@ -283,3 +271,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def verify_engine(endpoint: Any) -> None:
+    """Before a request to an engine the workbench started: it is still the process recorded, and it
+    holds every socket listening where its base URL connects (a remote endpoint is not checked).
+
+    Raises:
+        EndpointUnreachableError: the engine is gone, or nothing listens (nothing was sent).
+        ListenerNotOursError: another process holds its address (nothing was sent).
+    """
+    if endpoint.is_remote or not endpoint.pid:
+        return
+    from ..errors import EndpointUnreachableError
+
+    where = f"endpoint {endpoint.name!r} ({endpoint.base_url})"
+    hint = (f"start it again (`workbench serve {endpoint.store_model}`) or remove it "
+            f"(`workbench endpoints stop {endpoint.name}`)")
+    if not is_ours(endpoint.pid, endpoint.pid_create_time):
+        raise EndpointUnreachableError(f"the engine of {where} (PID {endpoint.pid}) is no longer running; nothing "
+                                       "was sent to its port", hint=hint, endpoint=endpoint.name,
+                                       base_url=endpoint.base_url)
+    if not require_listener_is_ours(endpoint.pid, endpoint.base_url, what=where):
+        raise EndpointUnreachableError(f"the engine of {where} is running but not listening; nothing was sent",
+                                       hint=hint, endpoint=endpoint.name, base_url=endpoint.base_url)

@@ -9,7 +9,8 @@ from .estimate import (
     estimate_table,
     kv_cache_bytes,
 )
-from .store import DeletePlan, ModelStore, StoreRoot, check_name
+from .roots import StoreRoot
+from .store import DeletePlan, ModelStore, check_name
 
 __all__ = [
     "DeletePlan", "Format", "MemoryEstimate", "ModelEntry", "ModelStore", "Status", "StoreRoot", "WeightStats",

@@ -357,13 +357,27 @@ def load_peak(entry: ModelEntry, dtype: str, quant: str, loaded_bytes: int, devi
     return loaded_bytes + _CPU_LOAD_OVERHEAD
 
 
+def llamacpp_memory_estimate(entry: ModelEntry) -> MemoryEstimate:
+    """The store's :class:`MemoryEstimate` row for a GGUF entry on llama.cpp.
+
+    Weights at their stored types; no bitsandbytes state; the load peak is the weights
+    (llama.cpp memory-maps the file and reads it once); KV per 1,000 tokens by llama.cpp's rule.
+    """
+    from .gguf_estimate import entry_shape, llamacpp_kv_cache_bytes
+
+    shape, weights = entry_shape(entry)
+    label = entry.quantization or entry.dtype or "gguf"
+    return MemoryEstimate(label, "none", False, int(weights), 0, int(weights),
+                          llamacpp_kv_cache_bytes(shape, 1000))
+
+
 def estimate_table(entry: ModelEntry) -> dict[str, MemoryEstimate]:
     """Estimates at float32, bfloat16, int8 and nf4 (``store inspect``'s ``estimate``).
 
     A pre-quantized checkpoint has one row, its own quantization (``{"nf4": ...}``): it
     loads only as saved.
     """
-    from .gguf_estimate import llamacpp_memory_estimate, runs_on_llamacpp
+    from .gguf_estimate import runs_on_llamacpp
 
     return {label: llamacpp_memory_estimate(entry) if runs_on_llamacpp(entry, dtype, quant)
             else estimate(entry, dtype, quant) for label, dtype, quant in precisions(entry)}

@@ -238,17 +238,3 @@ def llamacpp_parts(entry: ModelEntry, n_ctx: int, *, type_k: str = DEFAULT_KV_TY
     shape, _ = entry_shape(entry)
     compute = _compute_bytes(shape, n_ctx, n_ubatch) + shape.n_vocab * 4 * max(1, n_seq)  # and the output buffer
     return {"kv_cache": llamacpp_kv_cache_bytes(shape, n_ctx, type_k, type_v), "compute_buffer": compute}
-
-
-def llamacpp_memory_estimate(entry: ModelEntry):  # -> MemoryEstimate
-    """The store's :class:`~workbench.store.estimate.MemoryEstimate` row for a GGUF entry on llama.cpp.
-
-    Weights at their stored types; no bitsandbytes state; the load peak is the weights
-    (llama.cpp memory-maps the file and reads it once); KV per 1,000 tokens by llama.cpp's rule.
-    """
-    from .estimate import MemoryEstimate
-
-    shape, weights = entry_shape(entry)
-    label = entry.quantization or entry.dtype or "gguf"
-    return MemoryEstimate(label, "none", False, int(weights), 0, int(weights),
-                          llamacpp_kv_cache_bytes(shape, 1000))

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._transformers_compat import library_progress_bars_off
@@ -24,6 +25,18 @@ from .gguf_split import merge_hint, split_name
 from .store import ModelStore, check_name
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileModes:
+    """The modes an imported entry's folders and files get (``chmod``), chosen by the caller.
+
+    Without them an entry reads like any folder the user made (``0o777``/``0o666`` less the
+    umask); :mod:`workbench.store.shared` passes a shared root's (``0o755``/``0o644``).
+    """
+
+    dir_mode: int
+    file_mode: int
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # The embedded file kept as it is (Q4_1), for llama.cpp, beside the bfloat16 folder.
@@ -96,14 +109,14 @@ def _seeded(store: ModelStore, name: str) -> ModelEntry | None:
 
 
 def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *, name: str | None = None,
-                check: bool = False, progress: Progress | None = None, shared: bool = False,
+                check: bool = False, progress: Progress | None = None, modes: FileModes | None = None,
                 convert: bool = False) -> ModelEntry:
     """Add a GGUF file or a model folder (copied) to the user store.
 
     A GGUF file stays GGUF at its own quantization (:func:`keep_gguf`, run by llama.cpp);
     ``convert`` de-quantizes it to a bfloat16 safetensors folder for transformers instead
-    (:func:`import_gguf`). ``shared``: the store's first root is a shared one (see
-    :mod:`workbench.store.shared`).
+    (:func:`import_gguf`). ``modes``: the folder and file modes the entry gets, for an import into a shared
+    root (:mod:`workbench.store.shared` passes its own); files are then always copied.
 
     Raises:
         ModelNotFoundError: ``path`` is neither a ``.gguf`` file nor a folder.
@@ -114,10 +127,10 @@ def import_path(path: str | os.PathLike[str], store: ModelStore | None = None, *
     src = Path(path).expanduser()
     if src.is_file() and src.suffix == ".gguf":
         if convert:
-            return import_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
-        return keep_gguf(src, store, name=name, check=check, progress=progress, shared=shared)
+            return import_gguf(src, store, name=name, check=check, progress=progress, modes=modes)
+        return keep_gguf(src, store, name=name, check=check, progress=progress, modes=modes)
     if src.is_dir():
-        return import_folder(src, store, name=name, progress=progress, shared=shared)
+        return import_folder(src, store, name=name, progress=progress, modes=modes)
     raise ModelNotFoundError(f"{src} is neither a .gguf file nor a model folder",
                              hint="pass a GGUF file or a folder with config.json and safetensors", path=src)
 
@@ -131,13 +144,11 @@ def _staging(store: ModelStore, name: str) -> tuple[Path, Path]:
     return dest, tmp
 
 
-def _finish(store: ModelStore, tmp: Path, dest: Path, shared: bool = False) -> ModelEntry:
+def _finish(store: ModelStore, tmp: Path, dest: Path, modes: FileModes | None = None) -> ModelEntry:
     # mkdtemp makes a private folder; an entry should read like any folder the user made,
-    # and in a shared root like one every user may read (whatever the importer's umask).
-    if shared:
-        from .shared import SHARED_DIR_MODE, SHARED_FILE_MODE
-
-        dir_mode, file_mode = SHARED_DIR_MODE, SHARED_FILE_MODE
+    # or as the caller's modes say (a shared root's: readable by every user, whatever the umask).
+    if modes is not None:
+        dir_mode, file_mode = modes.dir_mode, modes.file_mode
     else:
         umask = os.umask(0)
         os.umask(umask)
@@ -156,7 +167,7 @@ def _finish(store: ModelStore, tmp: Path, dest: Path, shared: bool = False) -> M
 
 
 def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
-                  progress: Progress | None = None, shared: bool = False) -> ModelEntry:
+                  progress: Progress | None = None, modes: FileModes | None = None) -> ModelEntry:
     """Copy an HF-format folder into the user store (hard links where the file system allows).
 
     The folder is checked with the same header-only scan as the store first, so a
@@ -191,14 +202,14 @@ def import_folder(src: Path, store: ModelStore, *, name: str | None = None,
                 s, d = Path(dirpath) / f, tmp / rel / f
                 if progress:
                     progress(f"copying {rel / f}")
-                if shared:  # a link would tie the shared entry to the importer's own file and its mode
+                if modes is not None:  # a link would tie a shared entry to the importer's own file and its mode
                     shutil.copyfile(s, d)
                     continue
                 try:
                     os.link(os.path.realpath(s), d)
                 except OSError:
                     shutil.copy2(s, d)
-        return _finish(store, tmp, dest, shared)
+        return _finish(store, tmp, dest, modes)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,7 +221,7 @@ def gguf_entry_name(gguf: Path) -> str:
 
 
 def keep_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: bool = False,
-              progress: Progress | None = None, shared: bool = False) -> ModelEntry:
+              progress: Progress | None = None, modes: FileModes | None = None) -> ModelEntry:
     """Add a GGUF file as it is (its own quantization) as the folder entry ``NAME/FILE.gguf``.
 
     The file is hard-linked where the file system allows (copied otherwise, and always
@@ -232,7 +243,7 @@ def keep_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: 
     try:
         target = tmp / gguf.name
         say(f"adding {gguf.name} as {name}")
-        if shared:  # a link would tie the shared entry to the importer's own file and its mode
+        if modes is not None:  # a link would tie a shared entry to the importer's own file and its mode
             shutil.copyfile(gguf, target)
         else:
             try:
@@ -247,14 +258,14 @@ def keep_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: 
             if "paris" not in answer.lower():
                 raise ModelImportError(f"{name} answered {answer!r} to {CHECK_PROMPT!r} through llama.cpp",
                                        hint="the GGUF file may be damaged; re-download it", path=gguf)
-        return _finish(store, tmp, dest, shared)
+        return _finish(store, tmp, dest, modes)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check: bool = True,
-                progress: Progress | None = None, shared: bool = False) -> ModelEntry:
+                progress: Progress | None = None, modes: FileModes | None = None) -> ModelEntry:
     """Convert a GGUF file to a bfloat16 safetensors folder in the user store.
 
     transformers dequantizes the GGUF tensors; ``save_pretrained`` refuses a
@@ -316,7 +327,7 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
             if "paris" not in answer.lower():
                 raise ModelImportError(f"the converted {name} answered {answer!r} to {CHECK_PROMPT!r}",
                                        hint="the GGUF file may be damaged; re-download it", path=gguf)
-        return _finish(store, tmp, dest, shared)
+        return _finish(store, tmp, dest, modes)
     except BaseException:  # noqa: B036 -- cleanup then re-raise, Ctrl-C included
         shutil.rmtree(tmp, ignore_errors=True)
         raise

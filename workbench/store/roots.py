@@ -14,14 +14,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import ReadOnlyStoreError, StoreRootError
 
-if TYPE_CHECKING:
-    from .store import StoreRoot
-
 _WHERE = "WORKBENCH_STORE (or c.WorkbenchSettings.store_path)"
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    """One folder the store lists models from.
+
+    Attributes:
+        path: the folder.
+        writable: the user store (the first root) is written to; shared roots are only read.
+    """
+
+    path: Path
+    writable: bool
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,15 @@ from pathlib import Path
 
 from ..errors import ReadOnlyStoreError, WorkbenchError
 from .entry import ModelEntry
+from .importer import FileModes, import_path
+from .store import ModelStore
 
 #: Folders of an entry imported into a shared root: everyone may list and enter, the importer writes.
 SHARED_DIR_MODE = 0o755
 #: Files of an entry imported into a shared root: everyone may read, the importer writes.
 SHARED_FILE_MODE = 0o644
+#: What the importer gives an entry imported into a shared root.
+SHARED_MODES = FileModes(SHARED_DIR_MODE, SHARED_FILE_MODE)
 
 
 def _who() -> str:
@@ -88,13 +92,10 @@ def import_into_root(path: str | os.PathLike[str], root: str | os.PathLike[str],
         ReadOnlyStoreError: this user may not write in ``root``.
         ModelImportError, BrokenModelError, StoreError: as :func:`workbench.store.importer.import_path`.
     """
-    from .importer import import_path
-    from .store import ModelStore
-
     target = check_writable(root)
     try:
         return import_path(path, ModelStore([target], cache_path=None), name=name, check=check,
-                           progress=progress, shared=True, convert=convert)
+                           progress=progress, modes=SHARED_MODES, convert=convert)
     except PermissionError as exc:
         if isinstance(exc, WorkbenchError):  # our own refusals (unsafe names, models) say what they mean
             raise

@@ -19,14 +19,8 @@ from ..errors import ModelNotFoundError, ReadOnlyStoreError, UnsafeNameError
 from .entry import ModelEntry, format_bytes
 from .gguf_split import group_candidates
 from .index_cache import IndexCache
-from .roots import RootProblem, check_roots, ensure_writable, outside_root
+from .roots import RootProblem, StoreRoot, check_roots, ensure_writable, outside_root
 from .scan import Scanner, entry_name
-
-
-@dataclass(frozen=True)
-class StoreRoot:
-    path: Path
-    writable: bool
 
 
 @dataclass(frozen=True)

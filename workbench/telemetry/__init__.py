@@ -73,37 +73,4 @@ if TYPE_CHECKING:  # pragma: no cover
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
-__all__ = [
-    "DcgmGpu",
-    "DcgmWatcher",
-    "EngineWatcher",
-    "MetricsWatcher",
-    "Series",
-    "Source",
-    "VllmMetrics",
-    "parse_dcgm",
-    "parse_vllm",
-    "scrape",
-    "EVENT_KINDS",
-    "GPU_METRICS",
-    "HOST_METRICS",
-    "Event",
-    "EventKind",
-    "EventLog",
-    "GpuSample",
-    "HostSample",
-    "NVMLSource",
-    "PsutilSource",
-    "Sample",
-    "Sampler",
-    "WorkbenchCollector",
-    "events_to_records",
-    "get_event_log",
-    "get_sampler",
-    "post_event",
-    "reset_event_log",
-    "reset_sampler",
-    "to_csv",
-    "to_prometheus",
-    "to_records",
-]
+__all__ = sorted(_EXPORTS)

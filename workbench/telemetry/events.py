@@ -156,13 +156,22 @@ def reset_event_log() -> None:
 
 
 def post_event(kind: EventKind | str, message: str = "", *, model: str | None = None, **data: Any) -> Event:
-    """Record that something happened, for plots and exports.
+    """Record that something happened, for plots and exports: the one way every layer posts.
+
+    The runtime (loads, generations, unloads, idle unloads) and serving (engines started,
+    ready, stopped) all call this function. Its error rule: posting never fails for
+    telemetry's own reasons (the log is an in-memory deque; subscribers run on their own
+    threads, and what they raise is logged there), so a load or a generation cannot be
+    broken by it. The one error is the caller's: a ``kind`` that is not a non-empty string.
 
     Args:
         kind: e.g. ``"load_started"``, ``"generate_finished"``, ``"error"``.
         message: one line for humans.
         model: the model concerned, if any.
         **data: JSON-friendly details (``devices=["cuda:0"]``, ``tokens=128``...).
+
+    Raises:
+        ConfigError: ``kind`` is not a non-empty string.
 
     Example:
         >>> post_event("generate_finished", "128 tokens", model="tiny", tokens=128).kind

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .load_panel import LoadPanel  # noqa: F401
     from .prompt_panel import PromptPanel  # noqa: F401
     from .quant_panel import QuantizationPanel  # noqa: F401
+    from .serve_panel import ServePanel  # noqa: F401
     from .store_panel import StorePanel  # noqa: F401
     from .telemetry_panel import TelemetryPanel  # noqa: F401
 
