@@ -111,6 +111,12 @@ def test_controls_that_change_nothing_are_not_reported(remote) -> None:
     plan = request_plan(tf, GenerationParams(temperature=0.7, top_k=50))
     assert plan.extra_body == {} and plan.not_sent == ("top_k",)
     assert any("continuous-batching" in n and "first" in n for n in plan.notices)
+    # A greedy request is not safe either: after a sampled first request it is sampled (transformers 5.24's
+    # CBGenerateManager passes only max_new_tokens and eos_token_id per request).
+    greedy = request_plan(tf, GenerationParams(temperature=0))
+    assert [n for n in greedy.notices if "continuous-batching" in n and "(greedy)" in n] != []
+    alone = Endpoint("tf1", "transformers", "http://127.0.0.1:1/v1", argv=("serve",))
+    assert request_plan(alone, GenerationParams(temperature=0.7, top_k=0)).notices == ()
     vllm = Endpoint("v", "vllm", "http://127.0.0.1:1/v1")
     assert request_plan(vllm, GenerationParams(temperature=0.7, top_k=50, repetition_penalty=1.1)).extra_body == {
         "top_k": 50, "repetition_penalty": 1.1}

@@ -250,10 +250,13 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
                if kind not in ENGINE_EXTENSIONS else f"{kind} serve does not take it")
         notices.append(f"{control}={value} was not sent to endpoint {endpoint.name!r}: {why}")
     flag = SHARED_SAMPLING_FLAG.get(kind)
-    if flag and flag in endpoint.argv and params.temperature > 0:
-        notices.append(f"endpoint {endpoint.name!r} runs {kind} serve {flag}, which samples every "
-                       "request with the temperature and top_p of its first one (transformers' "
-                       "CBGenerateManager.init_cb)")
+    if flag and flag in endpoint.argv:
+        # Said for greedy requests too: after a sampled first request they are sampled (engines.py).
+        mode = f"temperature={params.temperature:g}, top_p={params.top_p:g}" if params.temperature > 0 else "greedy"
+        notices.append(f"endpoint {endpoint.name!r} runs {kind} serve {flag}, which samples every request "
+                       f"with the temperature and top_p of the first request it served, not this one's ({mode}); "
+                       "the client cannot tell which those were (transformers' CBGenerateManager.init_cb; "
+                       "start the engine without continuous batching for per-request sampling)")
     return RequestPlan(extra, tuple(not_sent), tuple(notices))
 
 

@@ -60,10 +60,18 @@ ENGINE_EXTENSIONS: dict[str, dict[str, str]] = {
 #: OpenAI request fields an engine ignores with only a log line (transformers serve:
 #: ``UNUSED_CHAT_COMPLETION_FIELDS``, "Ignoring unsupported fields"): left out of its requests.
 ENGINE_IGNORED_FIELDS: dict[str, frozenset[str]] = {"transformers": frozenset({"stream_options"})}
-#: Engines that sample every request with the settings of their first one: ``transformers serve
-#: --continuous-batching`` builds its continuous-batching manager once, from the first request's
-#: generation config (``transformers/cli/serving/utils.py`` ``CBGenerateManager.init_cb``: "shared
-#: sampling params (temperature, top_p, do_sample)"); later requests set only max_new_tokens.
+#: Engines that sample every request with the settings of their first one. Read in transformers
+#: 5.24's source: ``transformers serve --continuous-batching`` builds one continuous-batching manager
+#: per served model, on that model's first request, from that request's generation config
+#: (``cli/serving/utils.py`` ``CBGenerateManager.init_cb``, marked "TODO: remove when CB supports
+#: per-request generation config"); later requests reach ``ContinuousBatchingManager.add_request``
+#: with only ``max_new_tokens`` and ``eos_token_id``, although ``add_request`` takes per-request
+#: ``logit_processor_kwargs`` (``generation/continuous_batching/continuous_api.py``). So a request's
+#: ``temperature``, ``top_p`` (and the do_sample they imply), ``frequency_penalty``, ``logit_bias`` and
+#: ``stop`` are not honoured; the first request's hold until the server stops or serves another model,
+#: and this cuts both ways: a greedy request after a sampled first one is sampled too. Only ``seed``
+#: acts per request (it seeds torch globally before the request is queued). Without the flag each
+#: request is generated alone with its own settings.
 SHARED_SAMPLING_FLAG: dict[str, str] = {"transformers": "--continuous-batching"}
 
 
