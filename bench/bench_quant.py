@@ -1,10 +1,14 @@
 """The quantization study on the embedded model: memory, speed and quality per variant.
 
-    python bench/bench_quant.py [--device cpu] [--variants bfloat16,int8,nf4,nf4+dq,fp4]
-                                [--eval-tokens 1024] [--json]
+    python bench/bench_quant.py [--device cpu] [--variants bfloat16,int8,nf4,nf4+dq,fp4,gguf,llamacpp:Q8_0,...]
+                                [--gguf-source NAME_OR_FILE] [--eval-tokens 1024] [--json]
 
-Uses the seeded SmolLM2-135M-Instruct from the user store (`make seed`). Prints the
-table and the recommendation; with --json, one JSON document.
+Uses the seeded SmolLM2-135M-Instruct from the user store (`make seed`, which also adds its
+Q4_1 GGUF). The default variants put bitsandbytes and GGUF side by side: ``gguf`` is every store
+GGUF of the same model (run on llama.cpp as stored), ``llamacpp:F16`` the F16 GGUF llama.cpp's
+quantizer starts from (written from the safetensors into a temporary folder unless
+``--gguf-source`` names one), ``llamacpp:Q8_0`` and ``llamacpp:Q4_K_M`` its quantizations.
+Prints the table and the recommendation; with --json, one JSON document.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="SmolLM2-135M-Instruct")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--variants", default="bfloat16,int8,nf4,nf4+dq,fp4")
+    ap.add_argument("--variants",
+                    default="bfloat16,int8,nf4,nf4+dq,fp4,gguf,llamacpp:F16,llamacpp:Q8_0,llamacpp:Q4_K_M")
+    ap.add_argument("--gguf-source", default=None, help="F16/BF16/F32 GGUF (store entry or file) to quantize from")
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     t = time.perf_counter()
     study = compare(args.model, args.variants.split(","), args.device, max_eval_tokens=args.eval_tokens,
-                    new_tokens=args.new_tokens,
+                    new_tokens=args.new_tokens, gguf_source=args.gguf_source,
                     progress=lambda msg, frac: print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True))
     elapsed = time.perf_counter() - t
     if args.json:

@@ -34,7 +34,9 @@ def format_seconds(seconds: float) -> str:
     return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s"
 
 
-VARIANT_CHOICES = LABELS
+#: bitsandbytes precisions, then the GGUF variants on llama.cpp (workbench.quant.study: ``gguf`` is the
+#: store's GGUF files of the same model, ``llamacpp:*`` llama.cpp's own quantizer from an F16 GGUF).
+VARIANT_CHOICES = (*LABELS, "gguf", "llamacpp:F16", "llamacpp:Q8_0", "llamacpp:Q4_K_M")
 DEFAULT_CHOICE = tuple(v.label for v in DEFAULT_VARIANTS)
 
 EXPLANATION = (
@@ -45,7 +47,11 @@ EXPLANATION = (
     "Speed depends on the backend: on GPUs, bitsandbytes' int8 (LLM.int8) at batch 1 is known to be "
     "slower than 16-bit, and 4-bit trades some speed for memory; on the CPU, bitsandbytes' kernels are "
     "less tuned than PyTorch's 16-bit matmuls, so quantized variants are usually slower there. "
-    "Memory savings carry over to GPUs; speed ratios measured on the CPU do not."
+    "Memory savings carry over to GPUs; speed ratios measured on the CPU do not. "
+    "<b>gguf</b> adds the store's GGUF files of the same model (by name), run on llama.cpp at their own "
+    "quantization; <b>llamacpp:Q8_0</b> and <b>Q4_K_M</b> are made by llama.cpp's own quantizer from an F16 "
+    "GGUF (<b>llamacpp:F16</b>, written from the safetensors into a temporary folder when the store has none). "
+    "Their perplexity and KL come from llama.cpp's logits on the same tokens as the baseline's."
 )
 
 
@@ -234,7 +240,8 @@ class QuantizationPanel(Panel):
                                          layout=widgets.Layout(width="360px"))
         self._device_w = widgets.Dropdown(options=devices, value=self.device, description="Device", layout=widgets.Layout(width="200px"))
         self._boxes = {label: widgets.Checkbox(value=label in self.variants, description=label, indent=False,
-                                               layout=widgets.Layout(width="100px")) for label in VARIANT_CHOICES}
+                                               layout=widgets.Layout(width="100px" if ":" not in label else "150px"))
+                       for label in VARIANT_CHOICES}
         self._tokens_w = widgets.BoundedIntText(value=self.eval_tokens, min=32, max=8192, step=64,
                                                 description="eval tokens", layout=widgets.Layout(width="200px"))
         self._run_button = widgets.Button(description="Run study", button_style="primary", icon="play",
