@@ -87,3 +87,37 @@ def test_devices_json_on_this_machine(mixed_store):
     assert cpu["memory_total_bytes"] > cpu["memory_free_bytes"] > 0
     if not doc["nvml"]["available"]:
         assert names == ["cpu"] and doc["no_gpu_reason"]
+
+
+def test_a_hostile_folder_name_in_a_shared_root_reaches_no_terminal_as_escapes() -> None:
+    """Another user names a folder with terminal escapes (retitle, erase the line, colour): every
+    text the command prints for people shows them escaped (cli/_output.py printable)."""
+    from multiuser import OTHER, require_root, run_as, shared_tmp, sticky_folder
+
+    require_root()
+    evil = "llama\x1b]0;PWNED\x07\x1b[2K\x1b[1A\x1b[31mfake"
+
+    def plant(root: str) -> None:
+        folder = Path(root) / evil
+        folder.mkdir()
+        (folder / "config.json").write_text("{")
+        (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+
+    with shared_tmp() as base:
+        root = sticky_folder(base / "team-store")
+        run_as(OTHER, plant, str(root))
+        listing = run_cli("store", "list", env_store=str(root))
+        inspect = run_cli("store", "inspect", evil, env_store=str(root), check=False)
+    for proc in (listing, inspect):
+        assert "\x1b" not in proc.stdout + proc.stderr
+    assert "llama\\x1b]0;PWNED\\x07" in listing.stdout
+    assert "Problems:" in listing.stdout
+    assert "llama\\x1b" in inspect.stdout + inspect.stderr
+
+
+def test_printable_keeps_only_what_it_is_told_to() -> None:
+    from workbench.cli._output import printable
+
+    assert printable("a\nb\x1b[2Kc\td") == "a\nb\\x1b[2Kc\\td"
+    assert printable("a\nb\tc", keep="\n\t") == "a\nb\tc"
+    assert printable("é <b>", keep="") == "é <b>"

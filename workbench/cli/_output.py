@@ -23,9 +23,23 @@ def add_command(parent: Any, name: str, fn: Any, help: str) -> argparse.Argument
     return sp
 
 
+def printable(text: Any, keep: str = "\n") -> str:
+    """``text`` with every control character but those in ``keep`` shown escaped (``\\x1b``).
+
+    Everything printed for people goes through this (or :func:`_cell`): names, problems and
+    messages come from folders and files other users may have named (a shared store), and a
+    model's answer from its vocabulary; an escape sequence in them would drive the terminal
+    (retitle it, erase the line that says ``broken``, write the clipboard).
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def warn(msg: str) -> None:
     """A one-line warning on stderr (a shared store root that is not there, for one)."""
-    print(f"workbench: warning: {msg}", file=sys.stderr, flush=True)
+    print(f"workbench: warning: {printable(msg, keep='')}", file=sys.stderr, flush=True)
 
 
 def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
@@ -34,15 +48,12 @@ def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
         json.dump(doc, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        print(text)
+        print(printable(text))
 
 
 def _cell(value: Any) -> str:
     """One line: control characters (a newline or tab in a folder name) shown escaped, as ``ls`` does."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return printable(value, keep="")
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -55,7 +66,7 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 
 def progress(msg: str) -> None:
     """A progress line on stderr (stdout stays one JSON document)."""
-    print(msg, file=sys.stderr, flush=True)
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def consume(stream: Any, *, live: bool) -> bool:
@@ -72,7 +83,7 @@ def consume(stream: Any, *, live: bool) -> bool:
     def show(piece: Any) -> None:
         if live:
             out = sys.stdout if piece.kind == "content" else sys.stderr
-            out.write(piece.text)
+            out.write(printable(piece.text, keep="\n\t"))
             out.flush()
 
     try:
@@ -94,7 +105,7 @@ def finish_run(args: argparse.Namespace, doc: Any, text: str, summary: str, inte
         return
     sys.stdout.write("\n")
     sys.stdout.flush()
-    print(("interrupted: " if interrupted else "") + summary, file=sys.stderr)
+    print(printable(("interrupted: " if interrupted else "") + summary), file=sys.stderr)
 
 
 #: Field names written for people where the word alone would mislead.

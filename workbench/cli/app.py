@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    from ._output import printable
+
+    return printable(" ".join(text.split()), keep="")
 
 
 def _fail(args: argparse.Namespace, doc: dict[str, Any], line: str) -> int:

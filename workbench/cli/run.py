@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..precision import DTYPES, QUANTS
-from ._output import add_command, consume, finish_run, progress
+from ._output import add_command, consume, finish_run, printable, progress
 from .store import open_store
 
 
@@ -62,7 +62,7 @@ def cmd_run_endpoint(args: argparse.Namespace) -> int:
     interrupted = consume(s, live=not args.json)
     r = s.result
     for notice in r.notices:
-        print(f"workbench: {notice}", file=sys.stderr)  # on stderr: --json stays one document
+        print(printable(f"workbench: {notice}"), file=sys.stderr)  # on stderr: --json stays one document
     doc = {**r.to_dict(), "interrupted": interrupted}
     finish_run(args, doc, r.text, f"[{r.new_tokens} tokens, TTFT {r.ttft_s:.3f} s, {r.tokens_per_s:.1f} "
                f"tokens/s, endpoint {r.endpoint}, model {r.model}]", interrupted)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from ..precision import DTYPES
 from ..serve.engines import ENGINES, SERVE_QUANTS
-from ._output import add_command, emit
+from ._output import add_command, emit, progress
 
 
 @contextlib.contextmanager
@@ -107,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                       parallel=args.parallel)
     if not args.json:
-        print(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...", file=sys.stderr, flush=True)
+        progress(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...")
     with terminate_as_interrupt():
         ep = start(plan, detach=True, ready_timeout_s=args.ready_timeout)
     doc = {**ep.to_dict(), "plan": plan.to_dict()}
