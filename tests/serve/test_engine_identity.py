@@ -297,3 +297,42 @@ def test_a_port_held_by_another_user_is_named_when_refused(tmp_path):
             assert "uid 65534" in str(info.value) and "already in use" in str(info.value)
         finally:
             _kill(impostor.pid)
+
+
+def test_the_telemetry_panel_scrapes_no_port_another_user_took_after_the_engine_died():
+    """The panel's engine watcher sends the engine's key with each /metrics scrape: after the engine
+    dies and another user binds its port, the scrape is refused before anything is sent."""
+    from ui.test_telemetry_panel import FakeHost, HandSampler
+    from workbench.telemetry import EventLog
+    from workbench.ui import TelemetryPanel
+
+    require_root()
+    event_log = EventLog()
+    port = process.free_port()
+    ep = start(_fake_plan(port, "watched"), ready_timeout_s=60)
+    panel = TelemetryPanel(sampler=HandSampler(interval_s=1, history_s=60, sources=[FakeHost()]), window_s=60,
+                           event_log=event_log)
+    try:
+        [watcher] = [w for w in panel.engine_watchers() if w.name == ep.name]
+        assert watcher.scrape_once() is not None  # the engine's own page, while it runs
+        os.killpg(ep.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while process.is_running(ep.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with shared_tmp() as tmp:
+            os.chmod(tmp, 0o777)
+            log = tmp / "heard.log"
+            impostor = start_as(NOBODY, _serve_recording, port, str(log))
+            try:
+                deadline = time.monotonic() + 30
+                while not process.port_open("127.0.0.1", port) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert watcher.scrape_once() is None
+                assert isinstance(watcher.last_error, EndpointUnreachableError)
+                assert not log.exists()
+            finally:
+                _kill(impostor.pid)
+    finally:
+        panel.close()
+        event_log.close()
+        stop(ep.name)

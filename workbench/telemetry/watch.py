@@ -54,12 +54,16 @@ class MetricsWatcher(Generic[T]):
         history: samples kept.
         fetch: ``fetch(url, timeout_s)`` -> text (default :func:`workbench.telemetry.metrics.scrape`).
         clock: wall-clock seconds stamped on each sample (default ``time.time``).
+        headers: sent with each scrape (an engine's key).
+        verify: called before each scrape; raises :class:`~workbench.errors.ServeError` when the
+            page must not be asked for (the port is no longer the engine's): nothing is sent.
     """
 
     def __init__(self, url: str, parse: Callable[[str, float], T], *, name: str, interval_s: float = 2.0,
                  history: int = 1800, fetch: Fetch | None = None, clock: Callable[[], float] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, verify: Callable[[], None] | None = None) -> None:
         self.url = url
+        self._verify = verify
         self._headers = dict(headers or {})
         self.name = name
         self.interval_s = max(0.25, float(interval_s))
@@ -75,6 +79,8 @@ class MetricsWatcher(Generic[T]):
 
     def _get(self) -> str:
         timeout_s = min(5.0, self.interval_s * 4)
+        if self._verify is not None:
+            self._verify()  # raises ServeError: nothing is sent
         if self._fetch is not None:
             return self._fetch(self.url, timeout_s)
         return scrape(self.url, timeout_s=timeout_s, endpoint=self.name, headers=self._headers)
@@ -136,15 +142,19 @@ class EngineWatcher(MetricsWatcher[VllmMetrics]):
     Args:
         endpoint: the endpoint to watch; the page is :func:`metrics_url` of it.
         interval_s, history, fetch, clock: as :class:`MetricsWatcher`.
+        verify: called before each scrape, e.g. :func:`workbench.serve.process.verify_engine` of
+            the endpoint for an engine started here: the key goes only to a socket proven the
+            engine's (once it exits, another user may bind its port).
     """
 
     def __init__(self, endpoint: Endpoint, *, interval_s: float = 2.0, history: int = 1800,
-                 fetch: Fetch | None = None, clock: Callable[[], float] | None = None) -> None:
+                 fetch: Fetch | None = None, clock: Callable[[], float] | None = None,
+                 verify: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         # The engine's key goes with every scrape (vLLM leaves /metrics open; an engine may not).
         super().__init__(metrics_url(endpoint), lambda text, t: parse_vllm(text, time_s=t), name=endpoint.name,
                          interval_s=interval_s, history=history, fetch=fetch, clock=clock,
-                         headers=endpoint.auth_headers())
+                         headers=endpoint.auth_headers(), verify=verify)
 
     def series(self) -> Series:
         """``(times, columns)`` for plotting, columns :data:`ENGINE_SERIES`: ``requests_running``,

@@ -209,10 +209,15 @@ class TelemetryPanel(Panel):
     def engine_watchers(self) -> list[EngineWatcher]:
         """The engines plotted (found in the endpoint registry on first use unless passed in)."""
         if self._engines is None:
+            from functools import partial
+
+            from ..serve.process import verify_engine
             from ..serve.registry import EndpointRegistry
             from ..telemetry.watch import EngineWatcher
 
-            self._engines = [EngineWatcher(st.endpoint) for st in EndpointRegistry().statuses()
+            # Each scrape first proves the port still the engine's (its key goes with the scrape).
+            self._engines = [EngineWatcher(st.endpoint, verify=partial(verify_engine, st.endpoint))
+                             for st in EndpointRegistry().statuses()
                              if st.state == "running" and st.endpoint.engine == "vllm"]
             self._owned.extend(self._engines)
         return self._engines
