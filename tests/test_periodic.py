@@ -117,3 +117,31 @@ def test_stop_from_inside_a_tick_does_not_join_itself() -> None:
     assert ended.wait(10)
     thread = loop._thread
     assert thread is None  # stop() from the tick handed the thread back without joining it
+
+
+def test_work_added_while_a_tick_decides_to_end_is_not_left_unwatched() -> None:
+    """The lease heartbeat's race: the tick finds nothing held and returns False; meanwhile a lease
+    is held and start() finds the thread still alive. The loop must tick again, not end."""
+    work: list[int] = []
+    beats = threading.Semaphore(0)
+    state = {"first": True}
+
+    def tick() -> bool:
+        if not work:
+            if state["first"]:
+                state["first"] = False
+                # Another thread holds a lease between this tick's look and its return.
+                t = threading.Thread(target=lambda: (work.append(1), loop.start()))
+                t.start()
+                t.join(10)
+            return False
+        beats.release()
+        return True
+
+    loop = Periodic(tick, interval_s=60, name="workbench-test-periodic-race")
+    loop.start()
+    try:
+        assert beats.acquire(timeout=10)
+        assert loop.running
+    finally:
+        loop.stop()

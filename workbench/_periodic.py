@@ -14,8 +14,11 @@ Rules, kept here once:
   from the tick itself it only asks the loop to end.
 * Ticks keep a fixed rate; a tick that overruns skips the missed ticks instead of
   firing them in a burst (a slow source, a suspended laptop).
-* ``tick()`` returning ``False`` ends the loop (nothing left to watch). An exception from
-  it is logged once, counted in :attr:`errors`, and the loop goes on.
+* ``tick()`` returning ``False`` ends the loop (nothing left to watch), unless ``start()`` was
+  called since that tick began: the owner added something to watch after the tick looked
+  (a lease held, a model loaded) and found the thread still alive, so the loop ticks again
+  instead of ending with the new work unwatched. An exception from a tick is logged once,
+  counted in :attr:`errors`, and the loop goes on.
 
 Example:
     >>> beats = []
@@ -68,6 +71,7 @@ class Periodic:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._kicked = False  # start() was called while the thread ran (see _run)
         self.ticks = 0
         self.errors = 0
         self.busy_s = 0.0
@@ -90,6 +94,7 @@ class Periodic:
         """Start the thread unless it runs; returns ``self``."""
         with self._lock:
             if self.running:
+                self._kicked = True
                 return self
             self._stop = threading.Event()
             if self.started_at is None:
@@ -147,7 +152,16 @@ class Periodic:
             if not self.immediate and stop.wait(self.interval_s):
                 return
             while not stop.is_set():
+                with self._lock:
+                    self._kicked = False
                 if not self._once():
+                    with self._lock:
+                        # A start() since the tick began found this thread alive and relied on it;
+                        # otherwise end here, under the lock start() takes (it then starts afresh).
+                        if self._kicked and self._stop is stop and not stop.is_set():
+                            continue
+                        if self._stop is stop:
+                            self._thread = None
                     break
                 self.thread_cpu_s = cpu_before + time.thread_time() - cpu0
                 next_tick += self.interval_s
