@@ -151,3 +151,13 @@ def test_watcher_keeps_a_bounded_history_and_survives_a_missing_endpoint() -> No
     assert gone.scrape_once() is None
     assert isinstance(gone.last_error, EndpointUnreachableError)
     assert gone.samples() == []
+
+
+def test_a_dcgm_page_naming_too_many_gpus_is_refused_not_kept() -> None:
+    from workbench.telemetry.metrics import MAX_DCGM_GPUS, parse_dcgm
+
+    # (_dcgm also reports node-a's GPUs 0 and 1: one host of MAX_DCGM_GPUS GPUs is the most kept.)
+    assert len(parse_dcgm(_dcgm({"node-a": [(1, 2, 3)] * MAX_DCGM_GPUS}))) == MAX_DCGM_GPUS
+    hosts = {f"node-{i}": [(1, 2, 3)] for i in range(MAX_DCGM_GPUS + 1)}
+    with pytest.raises(ValueError, match=f"more than {MAX_DCGM_GPUS} GPUs"):
+        parse_dcgm(_dcgm(hosts))

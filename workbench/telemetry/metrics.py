@@ -178,13 +178,22 @@ _DCGM_FIELDS: dict[str, tuple[str, float]] = {
 }
 
 
+#: Most GPUs one DCGM page may name (an exporter serves one node; an aggregating proxy a rack),
+#: and most fields besides :class:`DcgmGpu`'s per GPU (dcgm-exporter's default set has about 40).
+MAX_DCGM_GPUS = 512
+MAX_DCGM_EXTRA = 256
+
+
 def parse_dcgm(text: str) -> list[DcgmGpu]:
     """Parse a DCGM exporter's ``/metrics`` page into one record per host and GPU, sorted.
 
     Fields other than the ones :class:`DcgmGpu` names land in ``extra`` by metric name.
 
     Raises:
-        ValueError: text that is not Prometheus' exposition format.
+        ValueError: text that is not Prometheus' exposition format, or one naming more than
+            :data:`MAX_DCGM_GPUS` GPUs or more than :data:`MAX_DCGM_EXTRA` other fields per GPU
+            (an exporter's port on a shared host may be held by anyone: each page is kept in the
+            watcher's history and plotted, so its size is bounded here, not only its bytes).
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for fam in _families(text).values():
@@ -193,10 +202,14 @@ def parse_dcgm(text: str) -> list[DcgmGpu]:
                 continue
             host = s.labels.get("Hostname") or s.labels.get("hostname") or ""
             gpu = s.labels.get("gpu", "")
+            if (host, gpu) not in rows and len(rows) >= MAX_DCGM_GPUS:
+                raise ValueError(f"a DCGM page naming more than {MAX_DCGM_GPUS} GPUs")
             row = rows.setdefault((host, gpu), {"uuid": s.labels.get("UUID"),
                                                 "model_name": s.labels.get("modelName"), "extra": {}})
             attr = _DCGM_FIELDS.get(s.name)
             if attr is None:
+                if s.name not in row["extra"] and len(row["extra"]) >= MAX_DCGM_EXTRA:
+                    raise ValueError(f"a DCGM page with more than {MAX_DCGM_EXTRA} other fields for one GPU")
                 row["extra"][s.name] = float(s.value)
             else:
                 name, scale = attr
