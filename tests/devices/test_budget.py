@@ -18,10 +18,15 @@ def test_leases_and_fixed_parts_come_off_the_free_memory():
     parts = {"cuda:0": {"cuda_context": 512 * MiB, "kv_cache": 512 * MiB}}
     v = decide_fit(13 * GiB, [offer], parts=parts)
     [b] = v.devices
-    assert b.usable_bytes == 13 * GiB and b.reserve_bytes == GiB and b.fits is True
-    assert v.fits is True and v.needed_bytes == 14 * GiB and v.available_bytes == 14 * GiB
+    assert b.usable_bytes == 13 * GiB
+    assert b.reserve_bytes == GiB
+    assert b.fits is True
+    assert v.fits is True
+    assert v.needed_bytes == 14 * GiB
+    assert v.available_bytes == 14 * GiB
     assert v.parts == {"weights": 13 * GiB, "cuda_context": 512 * MiB, "kv_cache": 512 * MiB}
-    assert v.leased_bytes == 10 * GiB and "10.0 GiB of it promised to leases (alice: 10 GiB)" in b.describe()
+    assert v.leased_bytes == 10 * GiB
+    assert "10.0 GiB of it promised to leases (alice: 10 GiB)" in b.describe()
     # One byte more and it does not fit: raw free memory (24 GiB) would have said it does.
     assert decide_fit(13 * GiB + 1, [offer], parts=parts).fits is False
 
@@ -29,17 +34,21 @@ def test_leases_and_fixed_parts_come_off_the_free_memory():
 def test_weights_spread_in_order_and_each_device_needs_room_for_its_own_parts():
     offers = [DeviceOffer("cuda:0", 6 * GiB), DeviceOffer("cuda:1", 6 * GiB, cap_bytes=2 * GiB)]
     v = decide_fit(7 * GiB, offers, parts={"cuda:0": {"cuda_context": GiB}, "cuda:1": {"cuda_context": GiB}})
-    assert [b.weights_bytes for b in v.devices] == [5 * GiB, 2 * GiB] and v.fits is True
+    assert [b.weights_bytes for b in v.devices] == [5 * GiB, 2 * GiB]
+    assert v.fits is True
     assert [b.needed_bytes for b in v.devices] == [6 * GiB, 3 * GiB]
     # The weights would fit on cuda:0 alone, but cuda:1 has no room for its CUDA context.
     short = [DeviceOffer("cuda:0", 20 * GiB), DeviceOffer("cuda:1", 100 * MiB)]
     v = decide_fit(GiB, short, parts={"cuda:1": {"cuda_context": 512 * MiB}})
-    assert v.fits is False and [b.fits for b in v.devices] == [True, False]
+    assert v.fits is False
+    assert [b.fits for b in v.devices] == [True, False]
 
 
 def test_load_peak_is_what_the_weights_need_while_loading():
     v = decide_fit(GiB, [DeviceOffer("cpu", 2 * GiB)], load_peak_bytes=3 * GiB)
-    assert v.fits is False and v.needed_bytes == 3 * GiB and v.parts == {"weights": GiB, "load_peak": 2 * GiB}
+    assert v.fits is False
+    assert v.needed_bytes == 3 * GiB
+    assert v.parts == {"weights": GiB, "load_peak": 2 * GiB}
     assert decide_fit(GiB, [DeviceOffer("cpu", 3 * GiB)], load_peak_bytes=3 * GiB).fits is True
 
 

@@ -53,15 +53,19 @@ def three_boards() -> list[FakeGpu]:
 def test_real_machine_lists_what_nvml_allows() -> None:
     status = nvml_status()
     devices = list_devices()
-    assert devices[-1].name == "cpu" and devices[-1].kind == "cpu"
-    assert devices[-1].memory_total_bytes and devices[-1].memory_free_bytes
-    assert devices[-1].cores and devices[-1].cores >= 1
+    assert devices[-1].name == "cpu"
+    assert devices[-1].kind == "cpu"
+    assert devices[-1].memory_total_bytes
+    assert devices[-1].memory_free_bytes
+    assert devices[-1].cores
+    assert devices[-1].cores >= 1
     if status.available:  # a GPU machine: every listed GPU is named the torch way
         assert all(d.name == f"cuda:{i}" for i, d in enumerate(devices[:-1]))
         return
     # No NVIDIA driver here: just the CPU, and a reason saying why.
     assert [d.name for d in devices] == ["cpu"]
-    assert status.reason and "CPU and RAM only" in status.reason
+    assert status.reason
+    assert "CPU and RAM only" in status.reason
     report = devices_report()
     assert report["no_gpu_reason"] == status.reason
     assert json.loads(json.dumps(report))["devices"][0]["name"] == "cpu"
@@ -100,7 +104,8 @@ def test_torch_order_differs_from_nvml_order(fake_nvml, monkeypatch) -> None:
         ("cuda:0", "NVIDIA H200", 2),
         ("cuda:1", "NVIDIA A10", 0),
     ]
-    assert devices[0].uuid == fake.gpus[2].uuid and devices[0].compute_capability == (9, 0)
+    assert devices[0].uuid == fake.gpus[2].uuid
+    assert devices[0].compute_capability == (9, 0)
     assert visible_gpus().matched_by == "torch"
 
 
@@ -109,7 +114,8 @@ def test_torch_uuid_unknown_to_nvml_is_listed_from_torch(fake_nvml, monkeypatch)
     install_fake_torch_cuda(monkeypatch, fake_torch_cuda([fake.gpus[0].uuid, "GPU-deadbeef-0000"]))
     devices = list_devices(include_cpu=False)
     assert [d.name for d in devices] == ["cuda:0", "cuda:1"]
-    assert devices[1].uuid == "GPU-deadbeef-0000" and devices[1].memory_free_bytes is None
+    assert devices[1].uuid == "GPU-deadbeef-0000"
+    assert devices[1].memory_free_bytes is None
     assert any("not among NVML" in n for n in visible_gpus().notes)
 
 
@@ -149,7 +155,8 @@ def test_cuda_visible_devices_uuids_and_prefixes(fake_nvml, monkeypatch) -> None
 def test_no_torch_no_env_means_nvml_order_and_mixed_boards_warn(fake_nvml, monkeypatch) -> None:
     fake_nvml(three_boards())
     vis = visible_gpus()
-    assert vis.matched_by == "nvml" and [g.nvml.nvml_index for g in vis.gpus] == [0, 1, 2]
+    assert vis.matched_by == "nvml"
+    assert [g.nvml.nvml_index for g in vis.gpus] == [0, 1, 2]
     assert any("CUDA_DEVICE_ORDER" in n for n in vis.notes)
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     assert visible_gpus().notes == ()
@@ -179,8 +186,10 @@ def test_mig_instances_are_matched_by_their_uuid(fake_nvml, monkeypatch) -> None
     child = fake.gpus[0].mig_instances[1]
     install_fake_torch_cuda(monkeypatch, fake_torch_cuda([child.uuid]))
     (device,) = list_devices(include_cpu=False)
-    assert device.uuid == child.uuid and device.uuid.startswith("MIG-")
-    assert device.mig_mode is True and device.memory_total_bytes == 10 * GiB
+    assert device.uuid == child.uuid
+    assert device.uuid.startswith("MIG-")
+    assert device.mig_mode is True
+    assert device.memory_total_bytes == 10 * GiB
 
 
 # --- graceful degradation -----------------------------------------------------------------------
@@ -199,12 +208,16 @@ def test_mig_instances_are_matched_by_their_uuid(fake_nvml, monkeypatch) -> None
 def test_nvml_failures_degrade_to_cpu_with_a_reason(fake_nvml, init_error, words) -> None:
     fake_nvml([FakeGpu()], init_error=init_error)
     status = nvml_status()
-    assert not status.available and words in status.reason and status.reason.endswith("CPU and RAM only")
+    assert not status.available
+    assert words in status.reason
+    assert status.reason.endswith("CPU and RAM only")
     assert [d.name for d in list_devices()] == ["cpu"]
     with pytest.raises(DeviceNotFoundError) as info:
         get_device("cuda:0")
-    assert "available: cpu" in str(info.value) and words in str(info.value)
-    assert info.value.device == "cuda:0" and info.value.available == ["cpu"]
+    assert "available: cpu" in str(info.value)
+    assert words in str(info.value)
+    assert info.value.device == "cuda:0"
+    assert info.value.available == ["cpu"]
 
 
 def test_no_nvml_but_cuda_torch_already_imported_lists_torch_gpus(fake_nvml, monkeypatch) -> None:
@@ -229,15 +242,19 @@ def test_pynvml_not_installed(monkeypatch) -> None:
 def test_unsupported_fields_are_none(fake_nvml, monkeypatch) -> None:
     fake = fake_nvml([FakeGpu(unsupported={"compute_capability", "memory", "name"}, mig_mode=None)])
     (d,) = list_devices(include_cpu=False)
-    assert d.compute_capability is None and d.mig_mode is None
-    assert d.memory_total_bytes is None and d.memory_free_bytes is None
-    assert d.memory_total_str == "N/A" and d.compute_capability_str == "N/A"
+    assert d.compute_capability is None
+    assert d.mig_mode is None
+    assert d.memory_total_bytes is None
+    assert d.memory_free_bytes is None
+    assert d.memory_total_str == "N/A"
+    assert d.compute_capability_str == "N/A"
     assert d.label == "NVIDIA GPU"
     assert memory_free_bytes("cuda:0") is None
     # With torch, what NVML cannot say comes from torch.
     install_fake_torch_cuda(monkeypatch, fake.torch_cuda())
     (d,) = list_devices(include_cpu=False)
-    assert d.label == "NVIDIA A10" and d.compute_capability == (8, 6)
+    assert d.label == "NVIDIA A10"
+    assert d.compute_capability == (8, 6)
 
 
 def test_a_board_that_fails_is_skipped_not_fatal(fake_nvml) -> None:
@@ -259,7 +276,8 @@ def test_get_device_and_memory_free_accounts_for_other_users(fake_nvml) -> None:
     assert memory_free_bytes("cuda:1") == 24 * GiB
     assert get_device("cuda").name == "cuda:0"  # torch's "cuda" is the current device, 0
     d = get_device("cuda:0")
-    assert d.memory_used_bytes == 3 * GiB and d.memory_free_str == "21.0 GiB"
+    assert d.memory_used_bytes == 3 * GiB
+    assert d.memory_free_str == "21.0 GiB"
     assert d.to_dict()["compute_capability"] == [8, 6]
     assert memory_free_bytes("cpu") > 0
     with pytest.raises(DeviceNotFoundError, match=r"available: cuda:0, cuda:1, cpu"):
@@ -277,8 +295,12 @@ def test_gpu_processes_are_joined_with_psutil(fake_nvml) -> None:
     me, gone = os.getpid(), _dead_pid()
     fake_nvml([FakeGpu(processes=[FakeProcess(me, 2 * GiB), FakeProcess(gone, None)])], torch=True)
     mine, ghost = gpu_processes("cuda:0")
-    assert mine.pid == me and mine.user and mine.command and "python" in mine.command.lower()
-    assert mine.used_memory_bytes == 2 * GiB and mine.device == "cuda:0"
+    assert mine.pid == me
+    assert mine.user
+    assert mine.command
+    assert "python" in mine.command.lower()
+    assert mine.used_memory_bytes == 2 * GiB
+    assert mine.device == "cuda:0"
     assert (ghost.pid, ghost.user, ghost.command, ghost.used_memory_bytes) == (gone, None, None, None)
     assert gpu_processes("cpu") == []
 
@@ -293,14 +315,18 @@ def test_devices_report_and_table(fake_nvml) -> None:
         torch=True,
     )
     report = json.loads(json.dumps(devices_report()))  # JSON-clean
-    assert report["nvml"]["available"] is True and report["no_gpu_reason"] is None
+    assert report["nvml"]["available"] is True
+    assert report["no_gpu_reason"] is None
     assert [d["name"] for d in report["devices"]] == ["cuda:0", "cpu"]
     assert report["devices"][0]["uuid"].startswith("GPU-")
     assert report["processes"]["cuda:0"][0]["pid"] == os.getpid()
     text = format_devices(report)
     assert "NVIDIA driver 550.54.15, CUDA 12.4" in text
-    assert "cuda:0" in text and "NVIDIA H200" in text and "141.0 GiB" in text
-    assert "Processes on cuda:0:" in text and str(os.getpid()) in text
+    assert "cuda:0" in text
+    assert "NVIDIA H200" in text
+    assert "141.0 GiB" in text
+    assert "Processes on cuda:0:" in text
+    assert str(os.getpid()) in text
 
 
 @pytest.mark.parametrize("error", [NVMLError_NoPermission, NVMLError_NotSupported])
@@ -316,7 +342,8 @@ def test_process_list_nvml_cannot_read_is_unknown_not_empty(fake_nvml, capsys, e
     report = json.loads(capsys.readouterr().out)
     assert report["processes"] == {"cuda:0": None, "cuda:1": []}
     text = format_devices(report)
-    assert "Processes on cuda:0: unknown" in text and "Processes on cuda:1" not in text
+    assert "Processes on cuda:0: unknown" in text
+    assert "Processes on cuda:1" not in text
 
 
 def test_load_panel_says_when_processes_are_unknown(fake_nvml) -> None:
@@ -325,9 +352,13 @@ def test_load_panel_says_when_processes_are_unknown(fake_nvml) -> None:
     fake_nvml([FakeGpu(errors={"processes": NVMLError_NoPermission}),
                FakeGpu(processes=[FakeProcess(os.getpid(), GiB)])], torch=True)
     unknown, held = (LoadPanel.device_html(get_device(name)) for name in ("cuda:0", "cuda:1"))
-    assert "processes: unknown" in unknown and "held by" not in unknown
-    assert "held by" in held and str(os.getpid()) in held and "unknown" not in held
-    assert device_holders("cuda:0")[1] is None and device_holders("cuda:1")[1] != []
+    assert "processes: unknown" in unknown
+    assert "held by" not in unknown
+    assert "held by" in held
+    assert str(os.getpid()) in held
+    assert "unknown" not in held
+    assert device_holders("cuda:0")[1] is None
+    assert device_holders("cuda:1")[1] != []
     assert UNKNOWN_PROCESSES in unknown
 
 
@@ -336,7 +367,10 @@ def test_load_panel_says_when_processes_are_unknown(fake_nvml) -> None:
 
 def test_cpu_device() -> None:
     cpu = get_device("cpu")
-    assert cpu.kind == "cpu" and cpu.index is None and cpu.uuid is None and cpu.label
+    assert cpu.kind == "cpu"
+    assert cpu.index is None
+    assert cpu.uuid is None
+    assert cpu.label
     assert cpu.cores == len(os.sched_getaffinity(0))
     assert cpu.memory_used_bytes == cpu.memory_total_bytes - cpu.memory_free_bytes
 
@@ -355,7 +389,8 @@ def test_cgroup_v2_limit_caps_ram(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(cgroup, "_CGROUP_ROOT", root)
     assert cgroup.cgroup_memory() == (4 * GiB, 2 * GiB)  # inactive page cache counts as free
     cpu = get_device("cpu")
-    assert cpu.memory_total_bytes <= 4 * GiB and cpu.memory_free_bytes <= 2 * GiB
+    assert cpu.memory_total_bytes <= 4 * GiB
+    assert cpu.memory_free_bytes <= 2 * GiB
 
 
 def test_cgroup_v1_unlimited_is_ignored(tmp_path, monkeypatch) -> None:

@@ -131,7 +131,9 @@ def test_a_forged_lease_is_its_writers_counts_at_most_the_gpu_and_goes_stale(fol
     # The other is nobody's own lease, shown as theirs whatever name it gives, and capped at the GPU.
     [forged] = live
     assert (forged.uid, forged.owner, forged.holder) == (NOBODY, NOBODY_NAME, f"{NOBODY_NAME} (hub user alice)")
-    assert forged.reserved_bytes == 24 * GiB and forged.heartbeat_s <= clock.now and forged.created_s <= clock.now
+    assert forged.reserved_bytes == 24 * GiB
+    assert forged.heartbeat_s <= clock.now
+    assert forged.created_s <= clock.now
     with pytest.raises(InsufficientMemoryError, match=f"leased by {NOBODY_NAME} \\(hub user alice\\)"):
         reader.acquire("cuda:0", GiB, "victim", hold=False)
     # Nobody touches its heartbeat (only the kernel can date a ctime): a minute later it no longer counts.
@@ -180,22 +182,26 @@ def test_release_force_needs_root_or_the_administrators_group(folder, gpu):
     out = run_as(NOBODY, _release_as_cli, folder, mine.lease_id, "")
     assert out["code"] == 1, out
     doc = json.loads(out["stdout"])
-    assert doc["error"] == "LeaseNotOwnedError" and "only root may release it" in doc["message"]
+    assert doc["error"] == "LeaseNotOwnedError"
+    assert "only root may release it" in doc["message"]
     assert [x.lease_id for x in book(folder).leases()] == [mine.lease_id]
     # A group nobody can name for themselves is not enough either: membership is the kernel's word.
     group, gid = _admin_group()
     out = run_as(NOBODY, _release_as_cli, folder, mine.lease_id, group)
-    assert out["code"] == 1 and "or a member of the group" in json.loads(out["stdout"])["message"]
+    assert out["code"] == 1
+    assert "or a member of the group" in json.loads(out["stdout"])["message"]
     # A real member of the administrators' group: the release is a revocation (only root may delete here).
     out = run_as(OTHER, _release_as_cli, folder, mine.lease_id, group, groups=(gid,))
-    assert out["code"] == 0 and json.loads(out["stdout"])["released"] is True, out
+    assert out["code"] == 0, out
+    assert json.loads(out["stdout"])["released"] is True, out
     assert (folder / (mine.file + ".revoked")).stat().st_uid == OTHER
     assert (folder / mine.file).exists()  # not deletable by them
     assert book(folder, admin_group=group).leases() == []  # readers whose settings name the group
     assert [x.lease_id for x in book(folder, admin_group="").leases()] == [mine.lease_id]  # theirs don't
     # The holder gives it up at its next heartbeat, and removes its file.
     holder.folder.admin_group = group
-    assert holder.heartbeat() == [] and holder.held == []
+    assert holder.heartbeat() == []
+    assert holder.held == []
     assert not (folder / mine.file).exists()
 
 
@@ -208,7 +214,8 @@ def test_root_force_releases_another_users_lease(folder, gpu):
     with pytest.raises(LeaseNotOwnedError, match=f"belongs to {NOBODY_NAME}.*--force"):
         root.release(lease_id)
     gone = root.release(lease_id, force=True)
-    assert gone.owner == NOBODY_NAME and [p for p in folder.iterdir() if p.name.endswith(".lease")] == []
+    assert gone.owner == NOBODY_NAME
+    assert [p for p in folder.iterdir() if p.name.endswith(".lease")] == []
 
 
 def test_a_bad_file_costs_one_warning_and_drops_no_other_lease(folder, gpu, caplog):
@@ -228,10 +235,12 @@ def test_a_bad_file_costs_one_warning_and_drops_no_other_lease(folder, gpu, capl
             live, _dead, listing = victim.survey()
     assert [x.model for x in live] == ["victims-model"]
     reasons = {b.name: b.reason for b in listing.bad}
-    assert reasons[torn].startswith("not JSON") and reasons[typed] == "pid must be a whole number from 1 to " \
-        "2147483647, not 'abc'" and reasons[nested].startswith("not JSON")
+    assert reasons[torn].startswith("not JSON")
+    assert reasons[typed] == "pid must be a whole number from 1 to 2147483647, not 'abc'"
+    assert reasons[nested].startswith("not JSON")
     warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
-    assert len(warnings) == 3 and all(f"(owned by {NOBODY_NAME})" in w for w in warnings)
+    assert len(warnings) == 3
+    assert all(f"(owned by {NOBODY_NAME})" in w for w in warnings)
     # Another user still cannot have the 20 GiB promised to the victim (before: 40 GiB on a 24 GiB GPU) ...
     def second() -> str:
         try:
@@ -262,7 +271,8 @@ def test_a_huge_lease_file_is_not_read(folder, gpu):
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert live == [] and [b.reason for b in listing.bad] == ["182000000 bytes, more than a lease's 4096"]
+    assert live == []
+    assert [b.reason for b in listing.bad] == ["182000000 bytes, more than a lease's 4096"]
     assert peak < 2**20  # not one megabyte of it was read (before: 805 MB and a minute per reader)
 
 
@@ -297,7 +307,8 @@ def test_a_lease_folder_that_is_a_link_or_another_users_is_refused(gpu):
         # A folder created first by another user: its owner could delete everyone's leases.
         with pytest.raises(LeaseFolderError, match=f"{theirs} belongs to {NOBODY_NAME}") as err:
             book(theirs).acquire("cuda:0", GiB, "m")
-        assert err.value.owner == NOBODY_NAME and err.value.path == str(theirs)
+        assert err.value.owner == NOBODY_NAME
+        assert err.value.path == str(theirs)
         with pytest.raises(LeaseFolderError, match=f"{link} is a symbolic link \\(owned by {NOBODY_NAME}\\)"):
             book(link).acquire("cuda:0", GiB, "m")
 
@@ -316,7 +327,8 @@ def test_a_lease_folder_that_is_a_link_or_another_users_is_refused(gpu):
         os.chmod(loose, 0o777)
         with pytest.raises(LeaseFolderError, match=r"mode 0777\) lets others delete"):
             book(loose).leases()
-        assert list(theirs.iterdir()) == [] and list(loose.iterdir()) == []
+        assert list(theirs.iterdir()) == []
+        assert list(loose.iterdir()) == []
 
 
 def test_a_load_that_cannot_take_its_lease_is_refused(gpu, monkeypatch):
@@ -379,11 +391,14 @@ def test_a_live_lease_from_another_pid_namespace_is_judged_by_heartbeat(folder, 
     clock = FakeClock(time.time())
     reader = book(folder, clock)
     [seen] = reader.leases()
-    assert seen.process.pid == done.pid and seen.host == reader.host and not seen.process.here()
+    assert seen.process.pid == done.pid
+    assert seen.host == reader.host
+    assert not seen.process.here()
     assert reader.share("cuda:0").outstanding_bytes == 8 * GiB
     clock.now += 61  # no heartbeat for a minute: stale now, ignored, and still not deleted by anyone else
     live, dead, _ = reader.survey()
-    assert live == [] and [why for _, why in dead] == ["no heartbeat for 61 s"]
+    assert live == []
+    assert [why for _, why in dead] == ["no heartbeat for 61 s"]
     assert (folder / name).exists()
 
 
@@ -410,7 +425,8 @@ def test_a_fifo_in_the_lease_folder_does_not_block_workbench_leases(folder, gpu)
     assert doc["skipped"] == [{"file": fifo, "owner": NOBODY_NAME, "reason": "a FIFO"}]
     # A kernel's load lists the same folder to take its lease: the FIFOs cost it nothing either.
     after = book(folder).acquire("cuda:0", 3 * GiB, "kernel-model", hold=False)
-    assert after.granted and {x.lease_id for x in book(folder).leases()} == {mine.lease_id, after.lease_id}
+    assert after.granted
+    assert {x.lease_id for x in book(folder).leases()} == {mine.lease_id, after.lease_id}
 
 
 def test_a_childs_failure_comes_back_named():

@@ -98,9 +98,11 @@ def test_a_flood_of_files_costs_only_its_owner(folder, gpu, caplog, engines):
     assert {x.lease_id for x in live} == {honest, mine.lease_id}
     # Every lease-like file the attacker made counts against the attacker, whatever name it says.
     # (once it is left out, names in its own uid are passed over without a look: a lower bound)
-    assert list(listing.flooded) == [NOBODY] and 4096 < listing.flooded[NOBODY] <= PLANTED * 3 // 4
+    assert list(listing.flooded) == [NOBODY]
+    assert 4096 < listing.flooded[NOBODY] <= PLANTED * 3 // 4
     flooded = [r.getMessage() for r in caplog.records if "lease-like files" in r.getMessage()]
-    assert len(flooded) == 1 and f"{user_name(NOBODY)} owns more lease-like files than the 4096" in flooded[0]
+    assert len(flooded) == 1
+    assert f"{user_name(NOBODY)} owns more lease-like files than the 4096" in flooded[0]
     report = leases_report(victim)
     assert [(s["owner"], s["file"]) for s in report["skipped"]] == [(user_name(NOBODY), "(more than 4096 files)")]
     # What leases promise is still counted in full: 4 + 8 GiB of 24.
@@ -134,12 +136,14 @@ def test_an_owner_below_the_limit_is_read_and_above_it_left_out(folder, gpu, mon
     theirs = run_as(NOBODY, take_and_plant, 4)  # 1 lease + 4 junk = 5 files: at the limit
     reader = book(folder)
     live, _dead, listing = reader.survey()
-    assert [x.lease_id for x in live] == [theirs] and listing.flooded == {}
+    assert [x.lease_id for x in live] == [theirs]
+    assert listing.flooded == {}
     assert len(listing.bad) == 4  # the junk, each named
     run_as(NOBODY, lambda: os.close(os.open(folder / f"{gpu.uuid}.u{NOBODY}.{'f' * 12}.0.lease",
                                             os.O_WRONLY | os.O_CREAT, 0o644)))
     live, _dead, listing = reader.survey()
-    assert live == [] and listing.flooded == {NOBODY: 6}
+    assert live == []
+    assert listing.flooded == {NOBODY: 6}
     assert reader.acquire("cuda:0", 20 * GiB, "roots-model", hold=False).granted  # nobody's 3 GiB no longer count
 
 
@@ -150,7 +154,8 @@ def test_a_folder_too_slow_to_list_is_refused_naming_who_fills_it(folder, gpu, m
     monkeypatch.setattr(folder_module, "LIST_BUDGET_S", 0.0)
     with pytest.raises(LeaseFolderError) as err:
         book(folder).acquire("cuda:0", 1 * GiB, "m", hold=False)
-    assert f"{user_name(NOBODY)} owns" in str(err.value) and "no lease is taken" in str(err.value)
+    assert f"{user_name(NOBODY)} owns" in str(err.value)
+    assert "no lease is taken" in str(err.value)
     assert "-user NAME -delete" in err.value.hint
     monkeypatch.setattr(folder_module, "LIST_BUDGET_S", 30.0)
     assert book(folder).acquire("cuda:0", 1 * GiB, "m", hold=False).granted
@@ -167,7 +172,9 @@ def test_a_hard_linked_lease_file_is_passed_over_never_counted_twice(folder, gpu
     gen_bump = theirs.replace(".0.lease", ".999.lease")
     os.link(folder / theirs, folder / gen_bump)
     live, _dead, listing = book(folder).survey()
-    assert live == [] and listing.bad == [] and listing.flooded == {}
+    assert live == []
+    assert listing.bad == []
+    assert listing.flooded == {}
     os.unlink(folder / gen_bump)
     [lease] = book(folder).leases()
     assert (lease.file, lease.reserved_bytes) == (theirs, 5 * GiB)
@@ -266,4 +273,5 @@ def test_another_users_lease_under_my_lease_id_does_not_keep_me_from_releasing_m
     assert sorted(x.owner for x in book(folder).leases() if x.lease_id == mine.lease_id) == sorted(
         [user_name(0), user_name(NOBODY)])
     assert book(folder).release(mine.lease_id).file == mine.file
-    assert not (folder / mine.file).exists() and (folder / theirs).exists()
+    assert not (folder / mine.file).exists()
+    assert (folder / theirs).exists()

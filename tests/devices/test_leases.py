@@ -74,20 +74,26 @@ def test_one_file_per_lease_owned_by_its_holder_in_a_sticky_folder(gpu, lease_di
     [path] = lease_files(lease_dir)
     st = path.stat()
     # Only its owner may change it; the owner is the file's, not a field anyone can write.
-    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o644
+    assert st.st_uid == os.geteuid()
+    assert stat.S_IMODE(st.st_mode) == 0o644
     name = parse_name(path.name)
     assert (name.gpu_uuid, name.uid, name.lease_id) == (gpu.uuid, os.geteuid(), lease.lease_id)
     doc = json.loads(path.read_text())
-    assert "owner" not in doc and "heartbeat_s" not in doc
-    assert doc["pid"] == os.getpid() and doc["model"] == "Mistral-7B" and doc["reserved_bytes"] == 5 * GiB
+    assert "owner" not in doc
+    assert "heartbeat_s" not in doc
+    assert doc["pid"] == os.getpid()
+    assert doc["model"] == "Mistral-7B"
+    assert doc["reserved_bytes"] == 5 * GiB
     me = ProcessIdentity.current()
     assert (doc["pid_ns"], doc["boot_id"], doc["pid_start_ticks"]) == (me.pid_ns, me.boot_id, me.start_ticks)
     assert [x.lease_id for x in list_leases()] == [lease.lease_id]
     [seen] = list_leases()
-    assert seen.owner == get_lease_book().owner and seen.uid == os.geteuid()
+    assert seen.owner == get_lease_book().owner
+    assert seen.uid == os.geteuid()
     assert seen.heartbeat_s == pytest.approx(st.st_ctime, abs=1e-6)  # the heartbeat is the file's ctime
     assert release(lease) is not None
-    assert lease_files(lease_dir) == [] and list_leases() == []
+    assert lease_files(lease_dir) == []
+    assert list_leases() == []
 
 
 def test_the_owner_is_the_uid_and_the_hub_user_a_label(gpu, monkeypatch):
@@ -113,7 +119,8 @@ def test_refusal_names_the_holder(gpu):
     text = str(err.value)
     assert f"20.0 GiB leased by {alice.owner} (hub user alice) (Mixtral-8x7B, kernel {os.getpid()}, idle 2 h)" in text
     assert "only 4.0 GiB is free" in text
-    assert err.value.holders[0]["hub_user"] == "alice" and err.value.available_bytes == 4 * GiB
+    assert err.value.holders[0]["hub_user"] == "alice"
+    assert err.value.available_bytes == 4 * GiB
     # What fits next to it is granted.
     assert bob.acquire("cuda:0", 4 * GiB, "Llama-3-8B", hold=False).hub_user == "bob"
 
@@ -163,7 +170,8 @@ def test_fit_check_counts_other_leases(gpu):
     assert check_fit(entry, spec).fits is True
     book("alice").acquire("cuda:0", 18 * GiB, "Mixtral-8x7B", hold=False)
     chk = check_fit(entry, spec)
-    assert chk.budgets[0].free_bytes == 24 * GiB and chk.budgets[0].leased_bytes == 18 * GiB
+    assert chk.budgets[0].free_bytes == 24 * GiB
+    assert chk.budgets[0].leased_bytes == 18 * GiB
     assert chk.fits is False
     with pytest.raises(InsufficientMemoryError, match=r"18.0 GiB leased by .*hub user alice\) \(Mixtral-8x7B, kernel"):
         require_fit(entry, spec)
@@ -228,13 +236,16 @@ def test_heartbeat_touches_the_file_and_reports_last_use(gpu, lease_dir):
     time.sleep(0.02)  # the ctime clock must move for the assertion below (not a timing test)
     [beat] = holder.heartbeat()
     st = (lease_dir / lease.file).stat()
-    assert st.st_ctime_ns > before and st.st_mtime == pytest.approx(used_at, abs=1e-3)
+    assert st.st_ctime_ns > before
+    assert st.st_mtime == pytest.approx(used_at, abs=1e-3)
     [seen] = book("bob", clock=time.time).leases()
     assert seen.heartbeat_s == pytest.approx(st.st_ctime, abs=1e-6)
-    assert seen.last_used_s == pytest.approx(used_at, abs=1e-3) and seen.idle_s(used_at + 30) == pytest.approx(30, abs=1e-2)
+    assert seen.last_used_s == pytest.approx(used_at, abs=1e-3)
+    assert seen.idle_s(used_at + 30) == pytest.approx(30, abs=1e-2)
     assert beat.last_used_s == used_at
     holder.release_all()
-    assert book("bob").leases() == [] and lease_files(lease_dir) == []
+    assert book("bob").leases() == []
+    assert lease_files(lease_dir) == []
     assert HEARTBEAT_S < STALE_AFTER_S / 3
 
 
@@ -242,7 +253,8 @@ def test_a_new_reservation_is_a_new_generation_counted_once(gpu, lease_dir):
     b = book("alice")
     lease = b.acquire("cuda:0", 10 * GiB, "m")
     settled = b.update(lease, reserved_bytes=3 * GiB)
-    assert settled.lease_id == lease.lease_id and settled.generation == 1
+    assert settled.lease_id == lease.lease_id
+    assert settled.generation == 1
     # Both generations are on disk until the next heartbeat; readers count the newest only.
     assert len(lease_files(lease_dir)) == 2
     [seen] = book("bob").leases()
@@ -267,11 +279,15 @@ def test_report_is_json(gpu):
     lease = acquire("cuda:0", 3 * GiB, "m")
     doc = json.loads(json.dumps(leases_report()))
     [item] = doc["leases"]
-    assert item["lease_id"] == lease.lease_id and item["device"] == "cuda:0" and item["reserved_bytes"] == 3 * GiB
+    assert item["lease_id"] == lease.lease_id
+    assert item["device"] == "cuda:0"
+    assert item["reserved_bytes"] == 3 * GiB
     assert {"owner", "uid", "hub_user", "holder", "host", "pid", "model", "heartbeat_s", "idle_s", "gpu_uuid",
             "granted", "process"} <= set(item)
-    assert item["pid"] == os.getpid() and item["process"]["pid_ns"] == ProcessIdentity.current().pid_ns
-    assert doc["stale"] == [] and doc["skipped"] == []
+    assert item["pid"] == os.getpid()
+    assert item["process"]["pid_ns"] == ProcessIdentity.current().pid_ns
+    assert doc["stale"] == []
+    assert doc["skipped"] == []
 
 
 def test_cpu_loads_take_no_lease_and_leases_off_take_none(gpu, monkeypatch):
@@ -283,7 +299,8 @@ def test_cpu_loads_take_no_lease_and_leases_off_take_none(gpu, monkeypatch):
     policy.give_back([lease])
     monkeypatch.setenv("WORKBENCH_LEASES", "false")
     reset_settings()
-    assert policy.take({"cuda:0": GiB}, "m") == () and list_leases() == []
+    assert policy.take({"cuda:0": GiB}, "m") == ()
+    assert list_leases() == []
 
 
 # --- racing ---------------------------------------------------------------------------------
@@ -311,9 +328,11 @@ def test_eight_processes_racing_for_one_gpu(lease_dir, gpu):
             results.append(json.loads(line))
         winners = [r for r in results if r["ok"]]
         losers = [r for r in results if not r["ok"]]
-        assert len(winners) == 2 and len(losers) == 6
+        assert len(winners) == 2
+        assert len(losers) == 6
         for r in losers:
-            assert "GiB leased by" in r["error"] and "only 4.0 GiB is free" in r["error"]
+            assert "GiB leased by" in r["error"]
+            assert "only 4.0 GiB is free" in r["error"]
         held = list_leases()
         assert sorted(x.lease_id for x in held) == sorted(r["lease_id"] for r in winners)
         assert sum(x.reserved_bytes for x in held) <= 24 * GiB

@@ -43,13 +43,21 @@ def test_streamed_answer_with_server_usage(client) -> None:
     pieces: list[str] = []
     r = c.chat("What is the capital of France?", GenerationParams(temperature=0, stop=("###",), seed=3),
                on_piece=pieces.append)
-    assert r.text == "".join(ANSWER) and pieces == ANSWER
+    assert r.text == "".join(ANSWER)
+    assert pieces == ANSWER
     assert (r.prompt_tokens, r.new_tokens, r.usage_reported) == (11, len(ANSWER), True)
-    assert r.finish_reason == "stop" and r.model == "fake-model" and r.endpoint == "fake"
-    assert 0 < r.ttft_s <= r.total_s and r.tokens_per_s > 0
+    assert r.finish_reason == "stop"
+    assert r.model == "fake-model"
+    assert r.endpoint == "fake"
+    assert 0 < r.ttft_s <= r.total_s
+    assert r.tokens_per_s > 0
     req = log[-1]
-    assert req["model"] == "fake-model" and req["stream"] is True and req["stop"] == ["###"]
-    assert req["temperature"] == 0 and req["seed"] == 3 and req["stream_options"] == {"include_usage": True}
+    assert req["model"] == "fake-model"
+    assert req["stream"] is True
+    assert req["stop"] == ["###"]
+    assert req["temperature"] == 0
+    assert req["seed"] == 3
+    assert req["stream_options"] == {"include_usage": True}
     assert req["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -67,7 +75,8 @@ def test_wrong_or_missing_key_is_an_auth_error(server, monkeypatch: pytest.Monke
     EndpointRegistry().add_remote("fake", url, api_key_env="FAKE_KEY", model="fake-model")
     with pytest.raises(EndpointAuthError, match=r"'fake'.*HTTP 401.*Invalid API key.*set FAKE_KEY") as info:
         EndpointClient("fake").chat("hi")
-    assert info.value.endpoint == "fake" and isinstance(info.value, PermissionError)
+    assert info.value.endpoint == "fake"
+    assert isinstance(info.value, PermissionError)
 
 
 @pytest.mark.parametrize("model, error, text", [
@@ -82,7 +91,8 @@ def test_status_errors_are_typed(server, monkeypatch: pytest.MonkeyPatch, model:
     ep = Endpoint("fake", "remote", url, model=model, api_key_env="FAKE_KEY")
     with pytest.raises(error, match=text) as info:
         EndpointClient(ep).chat("hi")
-    assert info.value.endpoint == "fake" and info.value.hint
+    assert info.value.endpoint == "fake"
+    assert info.value.hint
 
 
 def test_a_stream_cut_midway_keeps_what_arrived(client) -> None:
@@ -110,7 +120,8 @@ def test_cli_run_endpoint_json_has_the_local_run_keys(client, capsys) -> None:
     assert main(["run", "--endpoint", "fake", "--prompt", "What is the capital of France?", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {"text", "prompt_tokens", "new_tokens", "ttft_s", "tokens_per_s"} <= set(doc)
-    assert "Paris" in doc["text"] and doc["new_tokens"] == len(ANSWER)
+    assert "Paris" in doc["text"]
+    assert doc["new_tokens"] == len(ANSWER)
     assert main(["run", "--endpoint", "nope", "--prompt", "x"]) == 1
     assert "no endpoint called 'nope'" in capsys.readouterr().err
 
@@ -123,5 +134,7 @@ def test_a_stream_can_be_stopped_and_keeps_what_arrived(client) -> None:
     for piece in s:
         pieces.append(piece)
         s.stop()
-    assert s.result.finish_reason == "cancelled" and s.result.stopped_by == "cancelled"
-    assert 1 <= len(pieces) < len(ANSWER) and s.result.text == "".join(pieces)
+    assert s.result.finish_reason == "cancelled"
+    assert s.result.stopped_by == "cancelled"
+    assert 1 <= len(pieces) < len(ANSWER)
+    assert s.result.text == "".join(pieces)

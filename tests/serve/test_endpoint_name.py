@@ -23,7 +23,8 @@ def test_a_model_name_that_cannot_name_an_endpoint_asks_for_one(isolated_store) 
     _model(isolated_store, "Modèle <b> x")
     with pytest.raises(ConfigError) as info:
         plan_serve("Modèle <b> x", engine="transformers")
-    assert "'Modèle <b> x' cannot name an endpoint" in str(info.value) and "--name" in str(info.value)
+    assert "'Modèle <b> x' cannot name an endpoint" in str(info.value)
+    assert "--name" in str(info.value)
 
 
 def test_an_explicit_bad_name_is_refused_as_such(isolated_store) -> None:

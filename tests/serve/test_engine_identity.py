@@ -132,9 +132,12 @@ def test_an_impostor_on_the_engines_port_makes_serve_fail_and_hears_nothing(tiny
             with pytest.raises(ListenerNotOursError) as info:
                 start(plan, ready_timeout_s=300)
             message = str(info.value)
-            assert f"PID {impostor.pid}" in message and "uid 65534" in message
-            assert f"127.0.0.1:{plan.port}" in message and "nothing was sent" in message
-            assert not process.is_running(engine["pid"]) and process.group_members(engine["pid"]) == []
+            assert f"PID {impostor.pid}" in message
+            assert "uid 65534" in message
+            assert f"127.0.0.1:{plan.port}" in message
+            assert "nothing was sent" in message
+            assert not process.is_running(engine["pid"])
+            assert process.group_members(engine["pid"]) == []
             assert EndpointRegistry().list() == []
             heard = log.read_text() if log.exists() else ""
             assert heard == "", heard  # not a probe, not a key, not a prompt
@@ -173,10 +176,12 @@ def test_another_user_gets_401_from_a_real_engine_and_the_owner_gets_answers(tin
 
     ep = start(plan_serve(TINY, engine="transformers", devices=["cpu"]), ready_timeout_s=300)
     try:
-        assert ep.secret and len(ep.secret) >= 32
+        assert ep.secret
+        assert len(ep.secret) >= 32
         # The owner's client sends the key: answers come back.
         result = EndpointClient(ep.name).chat("hi", _params())
-        assert result.finish_reason in ("stop", "length") and result.new_tokens > 0
+        assert result.finish_reason in ("stop", "length")
+        assert result.new_tokens > 0
 
         # Another user, without the key, gets nothing but "up"; the key (shared deliberately) works for them too.
         status = start_as(NOBODY, _as_other_user, ep.base_url, ep.secret).result(120)
@@ -187,23 +192,29 @@ def test_another_user_gets_401_from_a_real_engine_and_the_owner_gets_answers(tin
         assert ep.secret.encode() not in Path(f"/proc/{ep.pid}/cmdline").read_bytes()
         assert main(["endpoints", "--json"]) == 0
         listed = capsys.readouterr().out
-        assert ep.name in listed and ep.secret not in listed
-        assert ep.secret not in repr(ep) and ep.secret not in json.dumps(ep.to_dict())
+        assert ep.name in listed
+        assert ep.secret not in listed
+        assert ep.secret not in repr(ep)
+        assert ep.secret not in json.dumps(ep.to_dict())
         assert ep.secret not in Path(ep.log_path).read_text(errors="replace")
         reg = EndpointRegistry()
-        assert (reg.path.stat().st_mode & 0o777) == 0o600 and ep.secret in reg.path.read_text()
+        assert (reg.path.stat().st_mode & 0o777) == 0o600
+        assert ep.secret in reg.path.read_text()
         assert (Path(ep.log_path).stat().st_mode & 0o777) == 0o600
 
         # Sharing is a deliberate act that prints the key and the command a colleague runs.
         assert main(["endpoints", "share", ep.name, "--json"]) == 0
         shared = json.loads(capsys.readouterr().out)
-        assert shared["api_key"] == ep.secret and shared["base_url"] == ep.base_url
+        assert shared["api_key"] == ep.secret
+        assert shared["base_url"] == ep.base_url
         export, add = shared["commands"]
         var = shared["api_key_env"]
-        assert export == f"export {var}={ep.secret}" and f"--api-key-env {var}" in add
+        assert export == f"export {var}={ep.secret}"
+        assert f"--api-key-env {var}" in add
         assert main(["endpoints", "share", ep.name]) == 0
         text = capsys.readouterr().out
-        assert ep.secret in text and "trust" in text
+        assert ep.secret in text
+        assert "trust" in text
     finally:
         stop(ep.name)
 
@@ -227,7 +238,8 @@ def test_the_engine_gets_its_key_through_the_environment_only(tmp_path, monkeypa
     ep = start(_fake_plan(port), ready_timeout_s=60)
     try:
         seen = json.loads(record.read_text())
-        assert seen["key_variables"] == ["VLLM_API_KEY"] and ep.secret not in " ".join(seen["argv"])
+        assert seen["key_variables"] == ["VLLM_API_KEY"]
+        assert ep.secret not in " ".join(seen["argv"])
         assert "Paris" in EndpointClient(ep.name).chat("What is the capital of France?").text
         assert ep.secret not in json.dumps(_fake_plan(port).to_dict())
         req = urllib.request.Request(ep.base_url + "/models")
@@ -294,7 +306,8 @@ def test_a_port_held_by_another_user_is_named_when_refused(tmp_path):
                 time.sleep(0.05)
             with pytest.raises(Exception, match=re.escape(f"PID {impostor.pid}")) as info:
                 start(_fake_plan(port, "late"), ready_timeout_s=30)
-            assert "uid 65534" in str(info.value) and "already in use" in str(info.value)
+            assert "uid 65534" in str(info.value)
+            assert "already in use" in str(info.value)
         finally:
             _kill(impostor.pid)
 

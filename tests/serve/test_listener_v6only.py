@@ -63,7 +63,8 @@ def test_an_ipv6_only_socket_beside_the_engine_is_no_impostor():
         assert check_listener(engine.pid, "127.0.0.1", port).ours
         out, seen = _as_nobody_on(port, 1, lambda: check_listener(engine.pid, "127.0.0.1", port))
         assert out == "held"  # the kernel let it bind beside the engine ...
-        assert seen.ours and {h.uid for h in seen.listeners} == {0, NOBODY}  # ... and it is seen, yet no impostor
+        assert seen.ours
+        assert {h.uid for h in seen.listeners} == {0, NOBODY}  # ... and it is seen, yet no impostor
         # A dual-stack one, which would take the engine's connections, cannot bind there at all.
         out, _ = _as_nobody_on(port, 0, lambda: None)
         assert out.startswith("refused")
@@ -86,5 +87,7 @@ def test_a_socket_that_holds_the_port_first_is_still_an_impostor():
         return check_listener(proc.pid, "127.0.0.1", port), proc.returncode
 
     out, (seen, code) = _as_nobody_on(port, 0, engine_fails_to_bind)  # dual-stack, bound first
-    assert out == "held" and code != 0
-    assert not seen.ours and [h.uid for h in seen.foreign] == [NOBODY]
+    assert out == "held"
+    assert code != 0
+    assert not seen.ours
+    assert [h.uid for h in seen.foreign] == [NOBODY]

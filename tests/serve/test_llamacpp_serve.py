@@ -51,9 +51,12 @@ def test_auto_picks_llamacpp_for_a_gguf_entry_and_counts_its_slots(gguf_store) -
     from workbench.store.gguf_estimate import llamacpp_parts
 
     plan = plan_serve(DEFAULT_GGUF_NAME, engine="auto", max_model_len=1024, free=lambda d: 64 * 2**30)
-    assert plan.engine == "llamacpp" and plan.served_model == DEFAULT_GGUF_NAME
-    assert plan.argv[1:4] == ("-P", "-m", "llama_cpp.server") and "--n_ctx" in plan.argv
-    assert plan.argv[plan.argv.index("--n_ctx") + 1] == "1024" and plan.argv[plan.argv.index("--n_gpu_layers") + 1] == "0"
+    assert plan.engine == "llamacpp"
+    assert plan.served_model == DEFAULT_GGUF_NAME
+    assert plan.argv[1:4] == ("-P", "-m", "llama_cpp.server")
+    assert "--n_ctx" in plan.argv
+    assert plan.argv[plan.argv.index("--n_ctx") + 1] == "1024"
+    assert plan.argv[plan.argv.index("--n_gpu_layers") + 1] == "0"
     entry = ModelStore().get(DEFAULT_GGUF_NAME)
     one = plan.needed_bytes
     two = plan_serve(DEFAULT_GGUF_NAME, engine="llamacpp", max_model_len=1024, parallel=2,
@@ -82,10 +85,14 @@ def test_a_llama_server_command_gets_slots_and_its_key_in_the_environment(gguf_s
     try:
         seen = json.loads(record.read_text())
         argv = seen["argv"]
-        assert argv[argv.index("--parallel") + 1] == "3" and argv[argv.index("-c") + 1] == "1536"
-        assert argv[argv.index("--alias") + 1] == DEFAULT_GGUF_NAME and argv[argv.index("--host") + 1] == "127.0.0.1"
+        assert argv[argv.index("--parallel") + 1] == "3"
+        assert argv[argv.index("-c") + 1] == "1536"
+        assert argv[argv.index("--alias") + 1] == DEFAULT_GGUF_NAME
+        assert argv[argv.index("--host") + 1] == "127.0.0.1"
         assert "LLAMA_API_KEY" in seen["key_variables"]
-        assert ep.secret not in " ".join(argv) and ep.model == DEFAULT_GGUF_NAME and ep.engine == "llamacpp"
+        assert ep.secret not in " ".join(argv)
+        assert ep.model == DEFAULT_GGUF_NAME
+        assert ep.engine == "llamacpp"
     finally:
         stop(ep.name)
     assert not process.is_running(ep.pid)
@@ -105,10 +112,13 @@ def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store, m
     pid = ep["pid"]
     port = int(ep["base_url"].rsplit(":", 1)[1].split("/")[0])
     try:
-        assert ep["engine"] == "llamacpp" and ep["model"] == DEFAULT_GGUF_NAME
+        assert ep["engine"] == "llamacpp"
+        assert ep["model"] == DEFAULT_GGUF_NAME
         key = _workbench("endpoints", "share", DEFAULT_GGUF_NAME)["api_key"]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-        assert key and key not in cmdline and "llama_cpp.server" in cmdline
+        assert key
+        assert key not in cmdline
+        assert "llama_cpp.server" in cmdline
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=ep["base_url"], api_key="wrong", max_retries=0, timeout=60).models.list()
         client = OpenAI(base_url=ep["base_url"], api_key=key, max_retries=0, timeout=300)
@@ -116,11 +126,13 @@ def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store, m
             model=ep["model"], stream=True, max_tokens=24, temperature=0,
             messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
-        assert len([p for p in pieces if p]) > 1 and "Paris" in "".join(pieces)
+        assert len([p for p in pieces if p]) > 1
+        assert "Paris" in "".join(pieces)
     finally:
         stopped = _workbench("endpoints", "stop", DEFAULT_GGUF_NAME)
     assert stopped["was_running"] is True
-    assert not process.is_running(pid) and not process.port_open("127.0.0.1", port)
+    assert not process.is_running(pid)
+    assert not process.port_open("127.0.0.1", port)
 
 
 def test_the_settings_llama_cpp_server_reads_from_the_environment_are_dropped_for_it() -> None:

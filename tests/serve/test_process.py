@@ -43,15 +43,19 @@ def test_start_answers_and_stop_takes_the_whole_group(tmp_path: Path) -> None:
     port = process.free_port()
     spawned = tmp_path / "grandchild.pid"
     ep = start(_plan(_fake_argv(port, spawn_file=spawned), port), detach=True, ready_timeout_s=60)
-    assert ep.pid and ep.model == "fake-model" and ep.base_url == f"http://127.0.0.1:{port}/v1"
+    assert ep.pid
+    assert ep.model == "fake-model"
+    assert ep.base_url == f"http://127.0.0.1:{port}/v1"
     assert EndpointRegistry().get("fake").pid == ep.pid
     grandchild = int(spawned.read_text())
-    assert process.is_running(grandchild) and process.group_members(ep.pid)
+    assert process.is_running(grandchild)
+    assert process.group_members(ep.pid)
     assert "Paris" in EndpointClient("fake").chat("What is the capital of France?").text
 
     report = stop("fake")
     assert report.was_running
-    assert not process.is_running(ep.pid) and _gone(grandchild)
+    assert not process.is_running(ep.pid)
+    assert _gone(grandchild)
     assert process.group_members(ep.pid) == []
     assert not process.port_open("127.0.0.1", port)
     assert EndpointRegistry().list() == []
@@ -76,7 +80,8 @@ def test_engine_that_crashes_at_start_is_reported_with_its_log(tmp_path: Path) -
         start(_plan(argv, port), ready_timeout_s=60)
     err = info.value
     assert err.returncode == 1
-    assert "this checkpoint is damaged" in str(err) and "this checkpoint is damaged" in err.log_tail
+    assert "this checkpoint is damaged" in str(err)
+    assert "this checkpoint is damaged" in err.log_tail
     assert "loading weights" in Path(err.log_path).read_text()
     assert EndpointRegistry().list() == []
 
@@ -90,7 +95,8 @@ def test_engine_that_never_answers_is_stopped(tmp_path: Path) -> None:
         start(_plan(argv, port), ready_timeout_s=3)
     assert "still loading" in info.value.log_tail
     pid = int(pid_file.read_text())
-    assert not process.is_running(pid) and process.group_members(pid) == []
+    assert not process.is_running(pid)
+    assert process.group_members(pid) == []
     assert EndpointRegistry().list() == []
 
 
@@ -113,13 +119,16 @@ def test_engine_started_from_a_kernel_stops_at_its_exit_unless_detached(detach: 
                          timeout=120, check=True)
     pid = int(out.stdout.split()[-1])
     if detach:
-        assert process.is_running(pid) and process.port_open("127.0.0.1", port)
+        assert process.is_running(pid)
+        assert process.port_open("127.0.0.1", port)
         status = EndpointRegistry().statuses()[0]
-        assert status.state == "running" and not status.orphaned
+        assert status.state == "running"
+        assert not status.orphaned
         assert stop("kernel-ep").was_running
     else:
         # atexit ran in the child before it exited: the engine is gone and unregistered.
-        assert not process.is_running(pid) and process.group_members(pid) == []
+        assert not process.is_running(pid)
+        assert process.group_members(pid) == []
         assert EndpointRegistry().list() == []
     assert not process.port_open("127.0.0.1", port)
 

@@ -35,9 +35,12 @@ def test_chat_and_batch_through_an_endpoint(panel: PromptPanel) -> None:
     assert panel.model == "endpoint:fake"
     panel.set_params(temperature=0.0)
     r = panel.send("What is the capital of France?")
-    assert r.text == "".join(ANSWER) and r.new_tokens == len(ANSWER) and r.ttft_s > 0
+    assert r.text == "".join(ANSWER)
+    assert r.new_tokens == len(ANSWER)
+    assert r.ttft_s > 0
     assert panel.history[-1] == {"role": "assistant", "content": "".join(ANSWER)}
-    assert "Paris" in panel.outputs.transcript.value and "eos" in panel.outputs.metrics.value
+    assert "Paris" in panel.outputs.transcript.value
+    assert "eos" in panel.outputs.metrics.value
 
     results = panel.run_batch(["one", "two"])
     assert [x.text for x in results] == ["".join(ANSWER)] * 2
@@ -48,6 +51,7 @@ def test_an_endpoint_error_shows_in_the_banner_and_the_panel_stays_usable(panel:
     panel.model = "endpoint:wrong-model"
     with pytest.raises(EndpointModelNotFoundError):
         panel.send("hi")
-    assert panel.message[1] == "error" and "wrong-model" in panel.message[0]
+    assert panel.message[1] == "error"
+    assert "wrong-model" in panel.message[0]
     panel.model = "endpoint:fake"
     assert "Paris" in panel.send("hi").text

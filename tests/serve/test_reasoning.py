@@ -64,7 +64,8 @@ def test_run_json_has_the_reasoning(url: str, capsys) -> None:
     EndpointRegistry().add_remote("thinker", url, model="thinker")
     assert main(["run", "--endpoint", "thinker", "--prompt", "hi", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["reasoning"] == "".join(REASONING) and doc["text"] == "".join(ANSWER)
+    assert doc["reasoning"] == "".join(REASONING)
+    assert doc["text"] == "".join(ANSWER)
 
 
 def test_enable_thinking_reaches_engines_that_take_it_and_is_named_where_not_sent() -> None:
@@ -74,6 +75,8 @@ def test_enable_thinking_reaches_engines_that_take_it_and_is_named_where_not_sen
     off = GenerationParams(temperature=0, enable_thinking=False)
     for engine in ("vllm", "transformers"):
         plan = request_plan(Endpoint("e", engine, "http://127.0.0.1:1/v1"), off)
-        assert plan.extra_body == {"chat_template_kwargs": {"enable_thinking": False}} and plan.not_sent == ()
+        assert plan.extra_body == {"chat_template_kwargs": {"enable_thinking": False}}
+        assert plan.not_sent == ()
     plan = request_plan(Endpoint("r", "remote", "http://127.0.0.1:1/v1"), off)
-    assert plan.not_sent == ("enable_thinking",) and "enable_thinking=False was not sent" in plan.notices[0]
+    assert plan.not_sent == ("enable_thinking",)
+    assert "enable_thinking=False was not sent" in plan.notices[0]

@@ -22,7 +22,9 @@ def test_add_get_list_remove(endpoints_file: Path) -> None:
     reg.add_remote("ollama", "http://127.0.0.1:11434/v1/", model="llama3")
     assert [e.name for e in reg.list()] == ["ollama", "team-llama"]
     ep = reg.get("team-llama")
-    assert ep.base_url == "http://gpu-box:8000/v1" and ep.engine == "remote" and ep.api_key_env == "TEAM_KEY"
+    assert ep.base_url == "http://gpu-box:8000/v1"
+    assert ep.engine == "remote"
+    assert ep.api_key_env == "TEAM_KEY"
     assert reg.get("ollama").base_url == "http://127.0.0.1:11434/v1"
     # What another process reads back is what was written.
     doc = json.loads(endpoints_file.read_text())
@@ -89,7 +91,8 @@ def test_cli_add_list_stop(endpoints_file: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MY_KEY", "sk-cli-secret")
     assert main(["endpoints", "add", "remote1", "http://10.0.0.5:8000", "--api-key-env", "MY_KEY", "--json"]) == 0
     added = json.loads(capsys.readouterr().out)
-    assert added["base_url"] == "http://10.0.0.5:8000/v1" and added["api_key_env"] == "MY_KEY"
+    assert added["base_url"] == "http://10.0.0.5:8000/v1"
+    assert added["api_key_env"] == "MY_KEY"
     assert main(["endpoints", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(e["name"], e["state"]) for e in listed] == [("remote1", "remote")]
@@ -103,7 +106,8 @@ def test_cli_add_list_stop(endpoints_file: Path, monkeypatch: pytest.MonkeyPatch
 def test_reading_a_registry_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "workbench" / "endpoints.json"
     reg = EndpointRegistry(path)
-    assert reg.list() == [] and reg.statuses() == []
+    assert reg.list() == []
+    assert reg.statuses() == []
     assert not path.parent.exists()
     reg.add_remote("first", "http://127.0.0.1:9/v1")
     assert [e.name for e in EndpointRegistry(path).list()] == ["first"]

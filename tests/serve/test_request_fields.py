@@ -67,7 +67,9 @@ def test_every_sampling_control_reaches_a_vllm_engine(seeded_store, fake_vllm, f
     assert body["stop"] == ["###", "User:"]
     # vLLM's extra sampling params, as top-level fields of the body (the client's extra_body).
     assert (body["top_k"], body["repetition_penalty"]) == (40, 1.2)
-    assert r.not_sent == () and r.notices == () and panel.message is None
+    assert r.not_sent == ()
+    assert r.notices == ()
+    assert panel.message is None
     assert r.text == "".join(ANSWER[:5])
 
 
@@ -94,11 +96,15 @@ def test_an_endpoint_of_unknown_kind_gets_openai_fields_and_the_result_names_wha
     body = remote[-1]
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (5, 0.7, 0.9, 7)
     assert body["stop"] == ["###", "User:"]
-    assert "top_k" not in body and "repetition_penalty" not in body
+    assert "top_k" not in body
+    assert "repetition_penalty" not in body
     assert r.not_sent == ("top_k", "repetition_penalty")
-    assert len(r.notices) == 2 and "top_k=40" in r.notices[0] and "'team'" in r.notices[0]
+    assert len(r.notices) == 2
+    assert "top_k=40" in r.notices[0]
+    assert "'team'" in r.notices[0]
     kind, = {panel.message[1]}
-    assert kind == "warning" and "top_k=40 was not sent" in panel.message[0]
+    assert kind == "warning"
+    assert "top_k=40 was not sent" in panel.message[0]
     assert "repetition_penalty=1.2" in panel.message[0]
 
 
@@ -109,7 +115,8 @@ def test_controls_that_change_nothing_are_not_reported(remote) -> None:
     assert request_plan(ep, GenerationParams(temperature=0.7, top_k=0)).not_sent == ()
     tf = Endpoint("tf", "transformers", "http://127.0.0.1:1/v1", argv=("serve", "--continuous-batching"))
     plan = request_plan(tf, GenerationParams(temperature=0.7, top_k=50))
-    assert plan.extra_body == {} and plan.not_sent == ("top_k",)
+    assert plan.extra_body == {}
+    assert plan.not_sent == ("top_k",)
     assert any("continuous-batching" in n and "first" in n for n in plan.notices)
     # A greedy request is not safe either: after a sampled first request it is sampled (transformers 5.24's
     # CBGenerateManager passes only max_new_tokens and eos_token_id per request).
@@ -125,7 +132,8 @@ def test_controls_that_change_nothing_are_not_reported(remote) -> None:
 def test_stop_strings_are_applied_by_the_client_whatever_the_engine_does(remote) -> None:
     # The fake engine ignores "stop": the answer still ends before it, and says why.
     r = EndpointClient("team").chat(QUESTION, GenerationParams(temperature=0, stop=(" Paris",)))
-    assert r.text == "".join(ANSWER[:5]) and r.stopped_by == r.finish_reason == "stop_string"
+    assert r.text == "".join(ANSWER[:5])
+    assert r.stopped_by == r.finish_reason == "stop_string"
 
 
 def test_an_image_uploaded_in_the_prompt_tab_reaches_an_endpoint_as_an_image_url_part(remote, tmp_path: Path) -> None:

@@ -21,15 +21,20 @@ def test_start_watch_stop_and_errors_in_the_banner(seeded_store, fake_vllm, fake
         panel.start_engine(SMOL, engine="vllm", devices="cpu")
     except LoadSpecError:
         pass
-    assert panel.message[1] == "error" and "GPUs only" in panel.message[0]
+    assert panel.message[1] == "error"
+    assert "GPUs only" in panel.message[0]
 
     ep = panel.start_engine(SMOL, engine="vllm", devices="cuda:0")
-    assert panel.message[1] == "ok" and ep.base_url in panel.message[0]
-    assert panel.controls.endpoint.value == SMOL and "running" in panel.outputs.table.value
+    assert panel.message[1] == "ok"
+    assert ep.base_url in panel.message[0]
+    assert panel.controls.endpoint.value == SMOL
+    assert "running" in panel.outputs.table.value
     assert "fake engine serving" in panel.outputs.log.value
-    assert SMOL in panel.static_html() and ep.base_url in panel.static_html()
+    assert SMOL in panel.static_html()
+    assert ep.base_url in panel.static_html()
 
     assert panel.stop_endpoint(SMOL).was_running
-    assert not process.is_running(ep.pid) and panel.controls.endpoint.options == ()
+    assert not process.is_running(ep.pid)
+    assert panel.controls.endpoint.options == ()
     assert "No endpoints" in panel.outputs.table.value
     panel.close()

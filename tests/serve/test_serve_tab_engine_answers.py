@@ -39,15 +39,20 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         greedy = client.chat(QUESTION, GenerationParams(temperature=0, max_new_tokens=24))
         assert "Paris" in greedy.text
         cut = client.chat(QUESTION, GenerationParams(temperature=0, max_new_tokens=24, stop=("Paris",)))
-        assert cut.stopped_by == "stop_string" and "Paris" not in cut.text and greedy.text.startswith(cut.text)
+        assert cut.stopped_by == "stop_string"
+        assert "Paris" not in cut.text
+        assert greedy.text.startswith(cut.text)
 
         # The Prompt tab with its defaults (temperature 0.7, top k 50): answered, not HTTP 422.
         prompt_tab.widget  # noqa: B018 (the live widgets)
         prompt_tab.refresh_models()
         prompt_tab.controls.model.value = f"endpoint:{ep.name}"
         r = prompt_tab.send(QUESTION)
-        assert r.text and r.new_tokens > 0 and r.ttft_s > 0
-        assert r.not_sent == ("top_k",) and "top_k=50 was not sent" in prompt_tab.message[0]
+        assert r.text
+        assert r.new_tokens > 0
+        assert r.ttft_s > 0
+        assert r.not_sent == ("top_k",)
+        assert "top_k=50 was not sent" in prompt_tab.message[0]
 
         # Every control of the Sampling section, through its widget.
         c = prompt_tab.controls
@@ -59,7 +64,9 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         c.seed.value = "3"
         c.stop_at.value = "###"
         r = prompt_tab.send("Say hello.")
-        assert r.text and 0 < r.new_tokens <= 6 and r.stopped_by in ("max_new_tokens", "eos", "stop_string")
+        assert r.text
+        assert 0 < r.new_tokens <= 6
+        assert r.stopped_by in ("max_new_tokens", "eos", "stop_string")
         assert r.not_sent == ("top_k", "repetition_penalty")
         assert "repetition_penalty=1.3 was not sent" in prompt_tab.message[0]
 
@@ -69,12 +76,15 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         doc = json.loads(out.stdout)
-        assert doc["text"] and doc["new_tokens"] > 0 and doc["not_sent"] == ["top_k"]
+        assert doc["text"]
+        assert doc["new_tokens"] > 0
+        assert doc["not_sent"] == ["top_k"]
         assert "top_k=50 was not sent" in out.stderr
 
         # The README's "Serving" example, as written there.
         results = client.batch(["Hello", "Bonjour"], GenerationParams(max_new_tokens=32))
-        assert len(results) == 2 and all(x.text and x.new_tokens <= 32 for x in results)
+        assert len(results) == 2
+        assert all(x.text and x.new_tokens <= 32 for x in results)
     finally:
         if prompt_tab is not None:
             prompt_tab.close()

@@ -27,17 +27,21 @@ def test_serve_ask_and_stop(seeded_store) -> None:
     from openai import OpenAI
 
     ep = _workbench("serve", SMOL, "--engine", "transformers")
-    assert ep["engine"] == "transformers" and ep["devices"] == ["cpu"] and ep["name"] == SMOL
+    assert ep["engine"] == "transformers"
+    assert ep["devices"] == ["cpu"]
+    assert ep["name"] == SMOL
     assert ep["base_url"].startswith("http://127.0.0.1:")
     port = int(ep["base_url"].rsplit(":", 1)[1].split("/")[0])
     pid = ep["pid"]
     try:
-        assert process.is_running(pid) and process.port_open("127.0.0.1", port)
+        assert process.is_running(pid)
+        assert process.port_open("127.0.0.1", port)
 
         # The official client, streaming, as any OpenAI user would, with the engine's own key
         # (`endpoints share` hands it over; without it the engine answers 401).
         key = _workbench("endpoints", "share", SMOL)["api_key"]
-        assert key and key not in json.dumps(ep)
+        assert key
+        assert key not in json.dumps(ep)
         client = OpenAI(base_url=ep["base_url"], api_key=key, max_retries=0, timeout=300)
         stream = client.chat.completions.create(model=ep["model"], stream=True, max_tokens=24, temperature=0,
                                                 messages=[{"role": "user", "content": QUESTION}])
@@ -48,13 +52,16 @@ def test_serve_ask_and_stop(seeded_store) -> None:
         # Through the workbench: the same JSON as a local run.
         run = _workbench("run", "--endpoint", SMOL, "--prompt", QUESTION, "--max-new-tokens", "24")
         assert "Paris" in run["text"]
-        assert run["new_tokens"] > 0 and run["ttft_s"] > 0 and run["tokens_per_s"] > 0
+        assert run["new_tokens"] > 0
+        assert run["ttft_s"] > 0
+        assert run["tokens_per_s"] > 0
 
         listed = _workbench("endpoints")
         assert [(e["name"], e["state"]) for e in listed] == [(SMOL, "running")]
     finally:
         stopped = _workbench("endpoints", "stop", SMOL)
     assert stopped["was_running"] is True
-    assert not process.is_running(pid) and process.group_members(pid) == []
+    assert not process.is_running(pid)
+    assert process.group_members(pid) == []
     assert not process.port_open("127.0.0.1", port)
     assert _workbench("endpoints") == []

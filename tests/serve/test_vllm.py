@@ -67,13 +67,15 @@ def test_three_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_sto
     argv = list(plan.argv)
     assert argv[1:3] == ["serve", str(seeded_store)]
     assert _flag(argv, "--tensor-parallel-size") == "3"
-    assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--served-model-name") == SMOL
+    assert _flag(argv, "--host") == "127.0.0.1"
+    assert _flag(argv, "--served-model-name") == SMOL
     util = float(_flag(argv, "--gpu-memory-utilization"))
     max_len = int(_flag(argv, "--max-model-len"))
     assert max_len == context  # the whole context fits beside a third of the weights
     taken = util * 8 * GiB
     # Never more than the GPU has free (vLLM refuses to start otherwise) nor vLLM's 0.9 of a shared GPU...
-    assert taken <= 3 * GiB and util < 0.9
+    assert taken <= 3 * GiB
+    assert util < 0.9
     # ...and at least each GPU's third of the weights plus one full-length sequence's KV cache.
     assert taken >= weights / 3 + kv_token / 3 * max_len
     # The load's own fit check agrees that the model fits on these GPUs.
@@ -89,7 +91,8 @@ def test_three_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_sto
     # Other users see the engine's memory as leased, for the engine's own PID, what vLLM will take.
     held = list_leases()
     assert sorted(x.device for x in held) == ["cuda:0", "cuda:1", "cuda:2"]
-    assert {x.pid for x in held} == {ep.pid} and {x.reserved_bytes for x in held} == {int(taken)}
+    assert {x.pid for x in held} == {ep.pid}
+    assert {x.reserved_bytes for x in held} == {int(taken)}
     assert stop(ep.name).was_running
     assert list_leases() == []
 
@@ -104,7 +107,8 @@ def test_a_gpu_leased_to_someone_else_refuses_the_engine(seeded_store, fake_vllm
         # The engine had started (the lease is for its PID): nothing of it is left.
         assert not [p for p in psutil.process_iter(["cmdline"]) if plan.argv[0] in " ".join(p.info["cmdline"] or [])]
         assert [x.lease_id for x in list_leases()] == [other.lease_id]
-        assert not process.port_open("127.0.0.1", plan.port) and EndpointRegistry().list() == []
+        assert not process.port_open("127.0.0.1", plan.port)
+        assert EndpointRegistry().list() == []
     finally:
         release(other)
 
@@ -124,7 +128,8 @@ def test_an_engine_that_cannot_take_its_lease_is_not_started(seeded_store, fake_
     with pytest.raises(LeaseFolderError, match="leases-link is a symbolic link"):
         start(plan, ready_timeout_s=60)
     assert not [p for p in psutil.process_iter(["cmdline"]) if plan.argv[0] in " ".join(p.info["cmdline"] or [])]
-    assert not process.port_open("127.0.0.1", plan.port) and EndpointRegistry().list() == []
+    assert not process.port_open("127.0.0.1", plan.port)
+    assert EndpointRegistry().list() == []
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
@@ -138,7 +143,8 @@ def test_a_tight_gpu_gets_the_context_whose_kv_cache_fits(seeded_store, fake_vll
     # With the engine's own overhead (CUDA context, activations) and the margin left to others,
     # the full context cannot fit here.
     assert weights + ENGINE_OVERHEAD_BYTES + SAFETY_BYTES + kv_token * context > free
-    assert 256 <= max_len < context and max_len % 16 == 0
+    assert 256 <= max_len < context
+    assert max_len % 16 == 0
     assert weights + kv_token * max_len <= util * 8 * GiB <= free
 
     with pytest.raises(InsufficientMemoryError, match="--max-model-len") as info:
@@ -179,6 +185,9 @@ def test_transformers_command_line(seeded_store) -> None:
     argv = list(plan.argv)
     # transformers' own CLI, behind the engine's key (workbench/serve/tf_launcher.py).
     assert argv[:6] == [sys.executable, "-P", "-m", "workbench.serve.tf_launcher", "serve", str(seeded_store)]
-    assert _flag(argv, "--port") == "8123" and _flag(argv, "--host") == "127.0.0.1"
-    assert _flag(argv, "--quantization") == "bnb-4bit" and "--continuous-batching" in argv
-    assert plan.env["HF_HUB_OFFLINE"] == "1" and Path(plan.env["HF_HOME"]).is_dir()
+    assert _flag(argv, "--port") == "8123"
+    assert _flag(argv, "--host") == "127.0.0.1"
+    assert _flag(argv, "--quantization") == "bnb-4bit"
+    assert "--continuous-batching" in argv
+    assert plan.env["HF_HUB_OFFLINE"] == "1"
+    assert Path(plan.env["HF_HOME"]).is_dir()

@@ -41,8 +41,11 @@ def test_two_gpus_for_nine_heads_are_refused_before_anything_starts(seeded_store
     with pytest.raises(LoadSpecError) as info:
         plan_serve(SMOL, engine="vllm", devices=["cuda:0", "cuda:1"])
     msg = str(info.value)
-    assert "9 attention heads" in msg and "divisible by 2" in msg and "verify_with_parallel_config" in msg
-    assert "allows on these 2 GPUs are 1" in msg and "--device cuda:0" in msg
+    assert "9 attention heads" in msg
+    assert "divisible by 2" in msg
+    assert "verify_with_parallel_config" in msg
+    assert "allows on these 2 GPUs are 1" in msg
+    assert "--device cuda:0" in msg
     assert not fake_vllm.exists()  # the engine was never started
     # What vLLM itself (the fake, enforcing its rule) says for the same flags.
     assert "Total number of attention heads (9) must be divisible by tensor parallel size (2)" in \

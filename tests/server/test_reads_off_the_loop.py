@@ -73,24 +73,30 @@ async def test_a_stuck_lease_read_blocks_neither_metrics_nor_rest(jp_fetch, jp_s
     try:
         for _ in range(2):
             response, took = await timed(jp_fetch, "metrics")
-            assert response.code == 200 and took < ANSWER_WITHIN_S
+            assert response.code == 200
+            assert took < ANSWER_WITHIN_S
             families = metric_families(response.body)
             # The last reading is served, with its age: the lease is still there.
             [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
-            assert reserved.labels["lease_id"] == lease.lease_id and reserved.value == 3 * GiB
+            assert reserved.labels["lease_id"] == lease.lease_id
+            assert reserved.value == 3 * GiB
             [age] = families["workbench_gpu_leases_age_seconds"].samples
             assert age.value >= 0
         for _ in range(2):
             err, took = await timed(jp_fetch, "workbench", "api", "leases")
-            assert isinstance(err, HTTPClientError) and err.code == 503, err
+            assert isinstance(err, HTTPClientError), err
+            assert err.code == 503, err
             assert READ_TIMEOUT_S * 0.9 <= took < ANSWER_WITHIN_S
             body = json.loads(err.response.body)
             assert set(body) == {"message", "reason"}  # jupyter_server's APIHandler error shape
-            assert str(tmp_path / "leases") in body["message"] and "longer than 1 s" in body["message"]
+            assert str(tmp_path / "leases") in body["message"]
+            assert "longer than 1 s" in body["message"]
         status, took = await timed(jp_fetch, "api", "status")
-        assert status.code == 200 and took < ANSWER_WITHIN_S
+        assert status.code == 200
+        assert took < ANSWER_WITHIN_S
         # One stuck read, one thread: the scrapes and requests above all waited for the same read.
-        assert len(calls) == 1 and state.reads.busy("leases")
+        assert len(calls) == 1
+        assert state.reads.busy("leases")
     finally:
         release.set()
     # The stuck read ends; the next request gets a fresh answer.
@@ -109,10 +115,13 @@ async def test_a_stuck_store_read_leaves_the_leases_answering(jp_fetch, jp_serve
     monkeypatch.setattr(documents, "store_document", lambda store: release.wait(60) and [])
     try:
         err, took = await timed(jp_fetch, "workbench", "api", "store")
-        assert isinstance(err, HTTPClientError) and err.code == 503 and took < ANSWER_WITHIN_S
+        assert isinstance(err, HTTPClientError)
+        assert err.code == 503
+        assert took < ANSWER_WITHIN_S
         assert "the store (" in json.loads(err.response.body)["message"]
         leases, took = await timed(jp_fetch, "workbench", "api", "leases")
-        assert leases.code == 200 and took < ANSWER_WITHIN_S
+        assert leases.code == 200
+        assert took < ANSWER_WITHIN_S
     finally:
         release.set()
 
@@ -134,7 +143,8 @@ async def test_user_errors_get_their_status_in_jupyters_json_shape(jp_fetch, jp_
         assert "%%" not in body["message"]
     with pytest.raises(HTTPClientError) as err:
         await jp_fetch("workbench", "api", "telemetry", params={"since": "50%"})  # jp_fetch encodes params
-    assert err.value.code == 400 and "since='50%'" in json.loads(err.value.response.body)["message"]
+    assert err.value.code == 400
+    assert "since='50%'" in json.loads(err.value.response.body)["message"]
 
     # A fault of the machine keeps its message, with 500.
     def refused(book):
@@ -153,7 +163,8 @@ async def test_user_errors_get_their_status_in_jupyters_json_shape(jp_fetch, jp_
     monkeypatch.setattr(documents, "store_document", bug)
     with pytest.raises(HTTPClientError) as err:
         await jp_fetch("workbench", "api", "store")
-    assert err.value.code == 500 and "internal detail" not in err.value.response.body.decode()
+    assert err.value.code == 500
+    assert "internal detail" not in err.value.response.body.decode()
 
 
 def test_every_status_row_is_a_workbench_error_and_unlisted_ones_are_faults() -> None:
@@ -191,8 +202,10 @@ def test_a_snapshot_serves_the_last_reading_while_a_slow_one_runs() -> None:
         deadline = time.monotonic() + 30  # the pool thread may start late on a loaded machine
         while len(started) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert reads.busy("k") and len(started) == 2
-        assert snap.get() == (1, 5.0) and len(started) == 2  # in flight: not started again
+        assert reads.busy("k")
+        assert len(started) == 2
+        assert snap.get() == (1, 5.0)
+        assert len(started) == 2  # in flight: not started again
         gate.set()
         reads.submit("k", read).result(timeout=60)  # the one in flight
         assert snap.peek()[0] == 2
@@ -212,7 +225,8 @@ def test_a_failing_read_is_logged_once_and_keeps_the_last_value(caplog) -> None:
             assert snap.get()[0] == 7
             assert snap.get()[0] == 7
         warnings = [r for r in caplog.records if "reading k failed" in r.getMessage()]
-        assert len(warnings) == 1 and "ZeroDivisionError" in warnings[0].getMessage()
+        assert len(warnings) == 1
+        assert "ZeroDivisionError" in warnings[0].getMessage()
     finally:
         reads.close()
 

@@ -30,8 +30,11 @@ async def test_devices_is_the_cli_document(jp_fetch, fake_nvml) -> None:
 
     cli = json.loads(json.dumps(devices_report(), default=str))
     # The same document as the CLI's; the CPU's free RAM moves between the two calls.
-    assert doc.keys() == cli.keys() and doc["processes"] == cli["processes"] and doc["nvml"] == cli["nvml"]
-    assert doc["devices"][0] == cli["devices"][0] and doc["devices"][1].keys() == cli["devices"][1].keys()
+    assert doc.keys() == cli.keys()
+    assert doc["processes"] == cli["processes"]
+    assert doc["nvml"] == cli["nvml"]
+    assert doc["devices"][0] == cli["devices"][0]
+    assert doc["devices"][1].keys() == cli["devices"][1].keys()
     assert [d["name"] for d in doc["devices"]] == ["cuda:0", "cpu"]
     assert doc["devices"][0]["memory_total_bytes"] == 24 * GiB
     assert [p["pid"] for p in doc["processes"]["cuda:0"]] == [4242]
@@ -40,14 +43,16 @@ async def test_devices_is_the_cli_document(jp_fetch, fake_nvml) -> None:
 async def test_devices_without_a_driver_lists_the_cpu_and_says_why(jp_fetch, no_nvml_driver) -> None:
     doc = await get_json(jp_fetch, "devices")
     assert [d["name"] for d in doc["devices"]] == ["cpu"]
-    assert doc["no_gpu_reason"] and "driver" in doc["no_gpu_reason"].lower()
+    assert doc["no_gpu_reason"]
+    assert "driver" in doc["no_gpu_reason"].lower()
 
 
 async def test_store_lists_the_roots_from_the_server_config(jp_fetch, shared_root: Path, tmp_path: Path) -> None:
     doc = await get_json(jp_fetch, "store")
     assert [e["name"] for e in doc] == ["tiny-llama"]
     [entry] = doc
-    assert entry["root"] == str(shared_root) and entry["writable"] is False
+    assert entry["root"] == str(shared_root)
+    assert entry["writable"] is False
     assert entry["path"] == str(shared_root / "tiny-llama")
     # The same document as the CLI over the same roots.
     import subprocess
@@ -68,11 +73,13 @@ async def test_store_lists_the_roots_from_the_server_config(jp_fetch, shared_roo
 
 async def test_telemetry_on_a_gpu_less_machine(jp_fetch, no_nvml_driver) -> None:
     doc = await get_json(jp_fetch, "telemetry", since="30")
-    assert doc["gpus"] == [] and doc["latest"]["gpus"] == []
+    assert doc["gpus"] == []
+    assert doc["latest"]["gpus"] == []
     import psutil
 
     assert doc["latest"]["ram_total_bytes"] == psutil.virtual_memory().total
-    assert doc["notices"] and "CPU and RAM" in doc["notices"][0]
+    assert doc["notices"]
+    assert "CPU and RAM" in doc["notices"][0]
     assert [r["type"] for r in doc["history"]].count("sample") >= 1
 
 
@@ -81,12 +88,14 @@ async def test_telemetry_with_fake_gpus_and_one_shared_sampler(jp_fetch, jp_serv
     first = await get_json(jp_fetch, "telemetry")
     state = jp_serverapp.web_app.settings["workbench_state"]
     sampler = state.sampler(start=False)
-    assert sampler is not None and sampler.running
+    assert sampler is not None
+    assert sampler.running
     second = await get_json(jp_fetch, "telemetry", since="3600")
     assert state.sampler(start=False) is sampler  # one sampler per server, not one per request
     assert first["gpus"] == second["gpus"] == ["cuda:0", "cuda:1"]
     gpu0 = second["latest"]["gpus"][0]
-    assert gpu0["utilization_percent"] == 37 and gpu0["memory_total_bytes"] == 24 * GiB
+    assert gpu0["utilization_percent"] == 37
+    assert gpu0["memory_total_bytes"] == 24 * GiB
     assert all("cuda:0/utilization_percent" in r for r in second["history"] if r["type"] == "sample")
     assert len(second["history"]) >= len([r for r in first["history"] if r["type"] == "sample"])
 
@@ -101,21 +110,27 @@ async def test_telemetry_rejects_a_bad_since(jp_fetch, since: str) -> None:
 async def test_leases_is_the_cli_document(jp_fetch, fake_nvml, tmp_path: Path) -> None:
     fake = fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
     empty = await get_json(jp_fetch, "leases")
-    assert empty["leases"] == [] and empty["lease_dir"] == str(tmp_path / "leases")
+    assert empty["leases"] == []
+    assert empty["lease_dir"] == str(tmp_path / "leases")
     from workbench.devices.leases import LeaseBook, leases_report
 
     book = LeaseBook(tmp_path / "leases", hub_user="alice", heartbeat_s=None)
     lease = book.acquire("cuda:0", 3 * GiB, "tiny-llama")
     doc = await get_json(jp_fetch, "leases")
     [item] = doc["leases"]
-    assert item["owner"] == book.owner and item["hub_user"] == "alice"
-    assert item["model"] == "tiny-llama" and item["reserved_bytes"] == 3 * GiB
-    assert item["gpu_uuid"] == fake.gpus[0].uuid and item["device"] == "cuda:0" and item["pid"] == os.getpid()
+    assert item["owner"] == book.owner
+    assert item["hub_user"] == "alice"
+    assert item["model"] == "tiny-llama"
+    assert item["reserved_bytes"] == 3 * GiB
+    assert item["gpu_uuid"] == fake.gpus[0].uuid
+    assert item["device"] == "cuda:0"
+    assert item["pid"] == os.getpid()
     cli = leases_report(LeaseBook(tmp_path / "leases", heartbeat_s=None))
     assert [x["lease_id"] for x in cli["leases"]] == [item["lease_id"]] == [lease.lease_id]
     metrics = {f.name: f for f in text_string_to_metric_families((await jp_fetch("metrics")).body.decode())}
     [reserved] = metrics["workbench_gpu_lease_reserved_bytes"].samples
-    assert reserved.value == 3 * GiB and reserved.labels["owner"] == book.owner
+    assert reserved.value == 3 * GiB
+    assert reserved.labels["owner"] == book.owner
     assert reserved.labels["hub_user"] == "alice"
     assert reserved.labels["uuid"] == fake.gpus[0].uuid
     book.release(lease)
@@ -149,7 +164,9 @@ async def test_no_token_gets_no_data(jp_fetch, endpoint: str) -> None:
         await jp_fetch("workbench", "api", endpoint, headers={"Authorization": ""})
     assert err.value.code == 403
     body = err.value.response.body.decode()
-    assert "tiny-llama" not in body and "ram_total_bytes" not in body and "devices" not in body
+    assert "tiny-llama" not in body
+    assert "ram_total_bytes" not in body
+    assert "devices" not in body
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
@@ -168,7 +185,8 @@ async def test_no_file_under_a_model_folder_is_served(jp_fetch, shared_root: Pat
     # The entry itself is its listing item, not the folder's files.
     entry = await get_json(jp_fetch, "store", "tiny-llama")
     assert entry == (await get_json(jp_fetch, "store"))[0]
-    assert json.loads(config)["model_type"] == entry["model_type"] and config not in json.dumps(entry)
+    assert json.loads(config)["model_type"] == entry["model_type"]
+    assert config not in json.dumps(entry)
 
 
 async def test_metrics_carry_the_workbench_series(jp_fetch, fake_nvml) -> None:
@@ -180,7 +198,8 @@ async def test_metrics_carry_the_workbench_series(jp_fetch, fake_nvml) -> None:
     assert "http_request_duration_seconds" in families  # jupyter_server's own series are still there
     used = {s.labels["device"]: s.value for s in families["workbench_gpu_memory_used_bytes"].samples}
     total = {s.labels["device"]: s.value for s in families["workbench_gpu_memory_total_bytes"].samples}
-    assert total == {"cuda:0": 24 * GiB} and used["cuda:0"] >= 2 * GiB
+    assert total == {"cuda:0": 24 * GiB}
+    assert used["cuda:0"] >= 2 * GiB
     assert families["workbench_ram_total_bytes"].samples[0].value > 0
     assert [s.value for s in families["workbench_gpu_leases"].samples] == [0]
     assert all(name.startswith("workbench_") for name in families if "workbench" in name)
