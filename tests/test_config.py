@@ -153,7 +153,8 @@ def test_defaults_without_any_source(jupyter_dirs, tmp_path, monkeypatch) -> Non
     s = get_settings()
     assert s is get_settings()
     assert s.store_roots() == [tmp_path / "data" / "workbench" / "models"]
-    assert s.telemetry_interval_s == 1.0 and s.sources == {}
+    assert s.telemetry_interval_s == 1.0
+    assert s.sources == {}
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -165,7 +166,8 @@ def test_an_interval_out_of_bounds_is_refused_naming_setting_and_source(jupyter_
     path = write_py(user, telemetry_interval_s=bad)
     with pytest.raises(ConfigError, match=r"telemetry_interval_s.*0\.25 and 60") as exc:
         WorkbenchSettings()
-    assert str(path) in str(exc.value) and exc.value.setting == "telemetry_interval_s"
+    assert str(path) in str(exc.value)
+    assert exc.value.setting == "telemetry_interval_s"
 
     monkeypatch.setenv("WORKBENCH_TELEMETRY_INTERVAL", str(bad))
     with pytest.raises(ConfigError, match="telemetry_interval_s.*WORKBENCH_TELEMETRY_INTERVAL"):
@@ -214,7 +216,9 @@ def test_cli_reports_a_bad_config_file_in_one_line(jupyter_dirs) -> None:
     proc = cli("store", "list", env=env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "telemetry_interval_s" in lines[0] and str(path) in lines[0], proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert "telemetry_interval_s" in lines[0], proc.stderr
+    assert str(path) in lines[0], proc.stderr
 
 
 def test_unknown_and_old_names_in_files_are_warned_about(jupyter_dirs, caplog) -> None:

@@ -56,7 +56,8 @@ def _defines(module: str, name: str) -> bool:
     if module in LAZY_PACKAGES and name in _table(module):
         return _defines(_table(module)[name], name)
     spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin is not None
+    assert spec is not None
+    assert spec.origin is not None
     for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             return True

@@ -161,7 +161,8 @@ def test_pip_install_of_the_sdist_in_a_fresh_venv_gives_the_labextension_and_the
     listed = _run([str(py), "-m", "jupyterlab.labextensions", "list"], timeout_s=120, env=env, cwd=tmp_path)
     out = listed.stdout + listed.stderr
     line = next((ln for ln in out.splitlines() if LABEXT_NAME in ln), "")
-    assert "enabled" in line and "OK" in line, f"jupyter labextension list:\n{out}"
+    assert "enabled" in line, f"jupyter labextension list:\n{out}"
+    assert "OK" in line, f"jupyter labextension list:\n{out}"
     assert str(venv / "share" / "jupyter" / "labextensions") in out, out
     assert (venv / SERVER_CONFIG).is_file()
 

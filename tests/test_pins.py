@@ -32,7 +32,8 @@ def read_pins() -> tuple[dict[str, str], str | None]:
         if not line.strip() or line.startswith("#"):
             continue
         name, _, pinned = line.partition("==")
-        assert pinned and " " not in pinned, f"constraints.txt: {line!r} is not name==version"
+        assert pinned, f"constraints.txt: {line!r} is not name==version"
+        assert " " not in pinned, f"constraints.txt: {line!r} is not name==version"
         pins[canonical(name)] = pinned.strip()
     return pins, python
 

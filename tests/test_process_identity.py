@@ -17,7 +17,10 @@ from workbench.serve import process
 
 def test_this_process_is_running_with_its_namespace_and_boot():
     me = ProcessIdentity.current()
-    assert me.pid == os.getpid() and me.status() == "running" and me.alive() and me.here()
+    assert me.pid == os.getpid()
+    assert me.status() == "running"
+    assert me.alive()
+    assert me.here()
     assert me.pid_ns == os.stat("/proc/self/ns/pid").st_ino == pid_namespace()
     with open("/proc/sys/kernel/random/boot_id") as fh:
         assert me.boot_id == fh.read().strip() == boot_id()
@@ -37,7 +40,9 @@ def test_gone_recycled_zombie_and_elsewhere():
     assert replace(me, start_ticks=None, create_time_s=me.create_time_s - 3600).status() == "gone"
     # Another PID namespace or boot: nothing to look at from here; not gone either.
     other_ns = replace(me, pid_ns=me.pid_ns + 1)
-    assert other_ns.status() == "elsewhere" and other_ns.alive() and not other_ns.here()
+    assert other_ns.status() == "elsewhere"
+    assert other_ns.alive()
+    assert not other_ns.here()
     assert replace(me, boot_id="00000000-0000-0000-0000-000000000000").status() == "elsewhere"
     # PID 1 here does not reap: an exited child is a zombie until waited for, and counts as gone.
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -46,7 +51,8 @@ def test_gone_recycled_zombie_and_elsewhere():
         deadline = time.monotonic() + 60
         while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert recorded.status() == "gone" and not process.is_running(zombie.pid)
+        assert recorded.status() == "gone"
+        assert not process.is_running(zombie.pid)
     finally:
         zombie.wait(timeout=60)
 
@@ -75,7 +81,8 @@ def test_a_process_whose_start_is_hidden_counts_but_is_not_ours(monkeypatch):
                 return super().status()
 
         monkeypatch.setattr(psutil, "Process", Denied)
-        assert recorded.status() == "unverified" and recorded.alive()
+        assert recorded.status() == "unverified"
+        assert recorded.alive()
         assert process.is_running(sleeper.pid, recorded.create_time_s)
         assert not process.is_ours(sleeper.pid, recorded.create_time_s)
         assert process.stop_group(sleeper.pid, recorded.create_time_s, grace_s=1) is False

@@ -43,7 +43,8 @@ def test_the_weights_loop_is_the_bar_described_loading_weights(tiny_models):
     with compat.observing_weights(observer):
         model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], local_files_only=True)
     n_tensors = len({name for name, _ in model.state_dict().items()} - {"lm_head.weight"})  # tied
-    assert observer.total > 0 and observer.steps == observer.total
+    assert observer.total > 0
+    assert observer.steps == observer.total
     assert observer.total <= n_tensors
 
 
@@ -80,7 +81,8 @@ def test_the_gguf_reader_loops_over_a_module_level_tqdm_that_can_be_switched():
     original = gguf_utils.tqdm
     assert callable(original)
     with compat.library_progress_bars_off():
-        assert gguf_utils.tqdm is hf_logging.tqdm and not hf_logging.is_progress_bar_enabled()
+        assert gguf_utils.tqdm is hf_logging.tqdm
+        assert not hf_logging.is_progress_bar_enabled()
     assert gguf_utils.tqdm is original
 
 

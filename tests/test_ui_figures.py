@@ -26,9 +26,12 @@ def _figure() -> go.Figure:
 def test_a_new_widget_carries_every_trace_and_the_layout_in_its_first_state() -> None:
     slot = FigureSlot(_figure())
     data, layout = synced_state(slot.figure)
-    assert [len(d["y"]) for d in data] == [3, 3] and layout["title"]["text"] == "two lines"
+    assert [len(d["y"]) for d in data] == [3, 3]
+    assert layout["title"]["text"] == "two lines"
     first = slot.figure
-    assert slot.resend() is not first and slot.builds == 2 and first.comm is None  # the old one is closed
+    assert slot.resend() is not first
+    assert slot.builds == 2
+    assert first.comm is None  # the old one is closed
     slot.close()
 
 
@@ -36,12 +39,14 @@ def test_a_view_that_drew_fewer_traces_gets_the_whole_figure_again_boundedly() -
     slot = FigureSlot(_figure())
     fig = slot.figure
     _view_reports(fig, drawn=0)
-    assert slot.figure is not fig and slot.repairs == 1
+    assert slot.figure is not fig
+    assert slot.repairs == 1
     assert [len(d["y"]) for d in synced_state(slot.figure)[0]] == [3, 3]
     # A view that drew every trace is left alone.
     fig = slot.figure
     _view_reports(fig, drawn=2)
-    assert slot.figure is fig and slot.repairs == 1
+    assert slot.figure is fig
+    assert slot.repairs == 1
     # A view that keeps drawing nothing is answered MAX_REPAIRS times in a row, then left.
     for _ in range(MAX_REPAIRS + 2):
         _view_reports(slot.figure, drawn=0)

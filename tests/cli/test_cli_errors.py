@@ -87,11 +87,14 @@ def test_a_store_root_that_is_a_file(tmp_path, src, command, writes, as_json) ->
         proc = workbench(*args, store=store)
         assert proc.returncode == 1
         line = one_line(proc)
-        assert line.startswith("workbench: error: ") and str(a_file) in line and "is a file" in line
+        assert line.startswith("workbench: error: ")
+        assert str(a_file) in line
+        assert "is a file" in line
         assert "WORKBENCH_STORE" in line  # what to do
         if as_json:
             doc = json.loads(proc.stdout)
-            assert doc["error"] == "StoreRootError" and str(a_file) in doc["message"]
+            assert doc["error"] == "StoreRootError"
+            assert str(a_file) in doc["message"]
         else:
             assert proc.stdout == ""
 
@@ -104,9 +107,11 @@ def test_an_unwritable_user_store_fails_writing_commands_only(unwritable, src) -
         proc = workbench(*args, store=str(unwritable))
         assert proc.returncode == 1, proc.stderr
         line = one_line(proc)  # one line: seed fails before it converts anything
-        assert f"cannot write to the user store {unwritable}" in line and "WORKBENCH_STORE" in line
+        assert f"cannot write to the user store {unwritable}" in line
+        assert "WORKBENCH_STORE" in line
         proc = workbench(*args, "--json", store=str(unwritable))
-        assert proc.returncode == 1 and json.loads(proc.stdout)["error"] == "ReadOnlyStoreError"
+        assert proc.returncode == 1
+        assert json.loads(proc.stdout)["error"] == "ReadOnlyStoreError"
     # Reading it is fine.
     proc = workbench("store", "list", "--json", store=str(unwritable))
     assert proc.returncode == 0, proc.stderr
@@ -122,21 +127,28 @@ def test_a_missing_shared_root_is_a_warning_and_listing_goes_on(tmp_path) -> Non
     proc = workbench("store", "list", "--json", store=store)
     assert proc.returncode == 0
     warning = one_line(proc)
-    assert warning.startswith("workbench: warning: ") and str(missing) in warning and "not listed" in warning
+    assert warning.startswith("workbench: warning: ")
+    assert str(missing) in warning
+    assert "not listed" in warning
     items = json.loads(proc.stdout)  # exactly one JSON document, the usual list
     assert [(i["name"], i["root"]) for i in items] == [("only-config", str(user)), ("team-model", str(shared))]
 
     proc = workbench("store", "list", store=store)
-    assert proc.returncode == 0 and str(missing) in one_line(proc) and "team-model" in proc.stdout
+    assert proc.returncode == 0
+    assert str(missing) in one_line(proc)
+    assert "team-model" in proc.stdout
 
     proc = workbench("store", "inspect", "team-model", "--json", store=store)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["name"] == "team-model"
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["name"] == "team-model"
     assert str(missing) in one_line(proc)
 
 
 def test_the_empty_store_names_its_roots(tmp_path) -> None:
     proc = workbench("store", "list", store=str(tmp_path / "new-user-store"))
-    assert proc.returncode == 0 and str(tmp_path / "new-user-store") in proc.stdout and proc.stderr == ""
+    assert proc.returncode == 0
+    assert str(tmp_path / "new-user-store") in proc.stdout
+    assert proc.stderr == ""
 
 
 # --- unexpected exceptions ------------------------------------------------------------------
@@ -153,18 +165,21 @@ FAULTY = ("import sys, workbench.cli as cli, workbench.cli.store as store_cli\n"
 def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(tmp_path) -> None:
     store = str(tmp_path / "user")
     proc = run_cli("store", "list", prefix=("-c", FAULTY), store=store)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
     line = one_line(proc)
     assert line == "workbench: error: RuntimeError: index.json is odd see above (rerun with --debug for the traceback)"
 
     proc = run_cli("store", "list", "--json", prefix=("-c", FAULTY), store=store)
-    assert proc.returncode == 1 and json.loads(proc.stdout)["error"] == "RuntimeError"
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"] == "RuntimeError"
     one_line(proc)
 
     for args in (["--debug", "store", "list"], ["store", "list", "--debug"]):
         proc = run_cli(*args, prefix=("-c", FAULTY), store=store)
         assert proc.returncode == 1
-        assert "Traceback (most recent call last)" in proc.stderr and "in boom" in proc.stderr
+        assert "Traceback (most recent call last)" in proc.stderr
+        assert "in boom" in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("workbench: error: RuntimeError")
         assert "--debug" not in proc.stderr.strip().splitlines()[-1]
 
@@ -173,7 +188,9 @@ def test_debug_shows_the_traceback_of_a_workbench_error_too(tmp_path) -> None:
     a_file = tmp_path / "models.txt"
     a_file.write_text("")
     proc = workbench("--debug", "store", "list", store=str(a_file))
-    assert proc.returncode == 1 and "Traceback" in proc.stderr and "StoreRootError" in proc.stderr
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr
+    assert "StoreRootError" in proc.stderr
 
 
 def test_debug_is_accepted_after_any_command(tmp_path) -> None:
@@ -184,4 +201,5 @@ def test_debug_is_accepted_after_any_command(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout)
     proc = workbench("store", "list", "--no-such-flag", store=str(tmp_path / "user"))
-    assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr

@@ -32,18 +32,22 @@ def test_a_usage_error_with_json_is_one_document(tmp_path, argv, said) -> None:
     proc = _workbench(*argv, tmp_path=tmp_path, capture_output=True)
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
-    assert doc["error"] == "UsageError" and said in doc["message"]
+    assert doc["error"] == "UsageError"
+    assert said in doc["message"]
     assert said in proc.stderr
 
 
 def test_a_usage_error_without_json_leaves_stdout_empty(tmp_path) -> None:
     proc = _workbench("store", "list", "--no-such-flag", tmp_path=tmp_path, capture_output=True)
-    assert proc.returncode == 2 and proc.stdout == "" and "--no-such-flag" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "--no-such-flag" in proc.stderr
 
 
 def test_help_is_not_an_error_document(tmp_path) -> None:
     proc = _workbench("store", "list", "--json", "--help", tmp_path=tmp_path, capture_output=True)
-    assert proc.returncode == 0 and proc.stdout.startswith("usage:")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage:")
 
 
 def test_an_interrupt_with_json_is_one_document(monkeypatch, capsys) -> None:
@@ -53,7 +57,8 @@ def test_an_interrupt_with_json_is_one_document(monkeypatch, capsys) -> None:
     monkeypatch.setattr("workbench.cli.devices.cmd_devices", interrupted)
     assert cli.main(["devices", "--json"]) == 130
     out = capsys.readouterr()
-    assert json.loads(out.out)["error"] == "KeyboardInterrupt" and "interrupted" in out.err
+    assert json.loads(out.out)["error"] == "KeyboardInterrupt"
+    assert "interrupted" in out.err
 
 
 def test_a_reader_that_goes_away_is_no_traceback(tmp_path) -> None:
@@ -66,7 +71,8 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path) -> None:
     err = proc.stderr.read()
     proc.wait(timeout=120)
     proc.stderr.close()
-    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert "Traceback" not in err, err
+    assert "BrokenPipeError" not in err, err
     assert proc.returncode == 1
 
 
@@ -146,4 +152,5 @@ def test_local_load_options_with_endpoint_are_refused_not_ignored(monkeypatch, c
     monkeypatch.setattr("workbench.cli.run.cmd_run_endpoint", lambda args: pytest.fail("the options were ignored"))
     assert cli.main(["run", "--endpoint", "team", "--prompt", "hi", "--json", *extra]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["error"] == "ConfigError" and f"{named} cannot go with --endpoint team" in doc["message"]
+    assert doc["error"] == "ConfigError"
+    assert f"{named} cannot go with --endpoint team" in doc["message"]

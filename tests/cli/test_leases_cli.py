@@ -29,14 +29,20 @@ def test_list_and_release_only_with_force():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     [item] = doc["leases"]
-    assert doc["lease_dir"] == os.environ["WORKBENCH_LEASE_DIR"] and doc["hub_user"] == "bob"
+    assert doc["lease_dir"] == os.environ["WORKBENCH_LEASE_DIR"]
+    assert doc["hub_user"] == "bob"
     assert (item["owner"], item["hub_user"], item["pid"], item["model"], item["reserved_bytes"], item["gpu_uuid"]) == \
         (ME, "alice", os.getpid(), "Mixtral-8x7B", 7 * 2**30, UUID)
-    assert item["uid"] == os.geteuid() and item["holder"] == f"{ME} (hub user alice)"
-    assert item["heartbeat_s"] == lease.heartbeat_s and item["host"] == lease.host
+    assert item["uid"] == os.geteuid()
+    assert item["holder"] == f"{ME} (hub user alice)"
+    assert item["heartbeat_s"] == lease.heartbeat_s
+    assert item["host"] == lease.host
 
     text = run_cli(user="bob").stdout
-    assert f"{ME} (hub user alice)" in text and "Mixtral-8x7B" in text and "7.0 GiB" in text and lease.lease_id in text
+    assert f"{ME} (hub user alice)" in text
+    assert "Mixtral-8x7B" in text
+    assert "7.0 GiB" in text
+    assert lease.lease_id in text
 
     refused = run_cli("release", lease.lease_id, user="bob")
     assert refused.returncode == 1
@@ -53,4 +59,5 @@ def test_list_and_release_only_with_force():
 def test_the_owner_releases_without_force():
     lease = LeaseBook(hub_user="alice", heartbeat_s=None).acquire(UUID, 2**30, "m", hold=False)
     proc = run_cli("release", lease.lease_id, user="alice")
-    assert proc.returncode == 0 and "released" in proc.stdout
+    assert proc.returncode == 0
+    assert "released" in proc.stdout

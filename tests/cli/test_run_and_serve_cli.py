@@ -48,7 +48,9 @@ def test_run_streams_and_ctrl_c_keeps_what_arrived(env) -> None:
     rc, out, err = _interrupt_once_streaming(
         ["run", SMOL, "--prompt", "Count from 1 to 1000, one number per line.", "--max-new-tokens", "800"], env)
     assert rc == 130, err[-2000:]
-    assert out.strip() and "interrupted:" in err and "tokens" in err  # what arrived, then its numbers
+    assert out.strip()
+    assert "interrupted:" in err
+    assert "tokens" in err  # what arrived, then its numbers
 
 
 def test_run_endpoint_streams_and_ctrl_c_keeps_what_arrived(env, tmp_path: Path) -> None:
@@ -64,7 +66,8 @@ def test_run_endpoint_streams_and_ctrl_c_keeps_what_arrived(env, tmp_path: Path)
         srv.server_close()
     assert rc == 130, err[-2000:]
     # The fake sends a word every 0.2 s: what arrived before Ctrl-C is printed, nothing else.
-    assert out.strip() and "".join(ANSWER).startswith(out.strip())
+    assert out.strip()
+    assert "".join(ANSWER).startswith(out.strip())
     assert "interrupted:" in err
 
 
@@ -74,7 +77,9 @@ def test_run_json_is_one_document_at_the_end(env) -> None:
                           "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
-    assert "Paris" in doc["text"] and doc["interrupted"] is False and doc["reasoning"] == ""
+    assert "Paris" in doc["text"]
+    assert doc["interrupted"] is False
+    assert doc["reasoning"] == ""
 
 
 PROBE = ("import sys\nfrom workbench.cli import main\nrc = main(sys.argv[1:])\n"
@@ -91,15 +96,21 @@ def test_serve_refuses_bad_arguments_before_torch_is_imported(env) -> None:
 
     # A device that is not there (no GPU here, or not that many).
     out = _serve(env, SMOL, "--device", "cuda:7")
-    assert out.returncode == 1 and "no device 'cuda:7'" in out.stderr and "NO-TORCH" in out.stderr
+    assert out.returncode == 1
+    assert "no device 'cuda:7'" in out.stderr
+    assert "NO-TORCH" in out.stderr
     assert json.loads(out.stdout)["error"] == "DeviceNotFoundError"
     # A model that is not in the store.
     out = _serve(env, "no-such-model")
-    assert out.returncode == 1 and "no-such-model" in out.stderr and "NO-TORCH" in out.stderr
+    assert out.returncode == 1
+    assert "no-such-model" in out.stderr
+    assert "NO-TORCH" in out.stderr
     # A name already in use.
     EndpointRegistry().add_remote("taken", "http://127.0.0.1:9/v1")
     out = _serve(env, SMOL, "--name", "taken")
-    assert out.returncode == 1 and "'taken' is already registered" in out.stderr and "NO-TORCH" in out.stderr
+    assert out.returncode == 1
+    assert "'taken' is already registered" in out.stderr
+    assert "NO-TORCH" in out.stderr
     assert "starting" not in out.stderr  # nothing was started, nor announced
 
 
@@ -110,6 +121,11 @@ def test_store_inspect_prints_a_summary_for_people(env) -> None:
     doc = json.loads(subprocess.run([sys.executable, "-m", "workbench.cli", "store", "inspect", SMOL, "--json"],
                                     capture_output=True, text=True, env=env, timeout=300).stdout)
     text = out.stdout
-    assert SMOL in text and "None" not in text and "[]" not in text and "{" not in text
+    assert SMOL in text
+    assert "None" not in text
+    assert "[]" not in text
+    assert "{" not in text
     assert f"{doc['params']:,}" in text or "M" in text  # the parameter count, for people
-    assert "Memory to load" in text and "nf4" in text and "KV cache" in text
+    assert "Memory to load" in text
+    assert "nf4" in text
+    assert "KV cache" in text

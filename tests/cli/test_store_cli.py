@@ -40,8 +40,10 @@ def test_store_list_json_contract(mixed_store, tiny_models):
     by_name = {i["name"]: i for i in items}
     for item in items:
         assert CONTRACT_FIELDS <= set(item)
-    assert by_name["broken-one"]["status"] == "broken" and "config.json" in by_name["broken-one"]["problem"]
-    assert by_name["pickled"]["status"] == "unsafe" and by_name["pickled"]["format"] == "pickle"
+    assert by_name["broken-one"]["status"] == "broken"
+    assert "config.json" in by_name["broken-one"]["problem"]
+    assert by_name["pickled"]["status"] == "unsafe"
+    assert by_name["pickled"]["format"] == "pickle"
     assert by_name["SmolLM2-135M-Instruct"]["params"] == 134_515_008
     assert by_name["SmolLM2-135M-Instruct"]["writable"] is False
     assert by_name["broken-one"]["writable"] is True
@@ -49,7 +51,9 @@ def test_store_list_json_contract(mixed_store, tiny_models):
 
 def test_store_table_and_inspect(mixed_store):
     table = run_cli("store", "list", env_store=mixed_store).stdout
-    assert "SmolLM2-135M-Instruct" in table and "Problems:" in table and "broken-one" in table
+    assert "SmolLM2-135M-Instruct" in table
+    assert "Problems:" in table
+    assert "broken-one" in table
     doc = json.loads(run_cli("store", "inspect", "SmolLM2-135M-Instruct", "--json", env_store=mixed_store).stdout)
     est = doc["estimate"]
     assert set(est) >= {"float32", "bfloat16", "int8", "nf4", "kv_cache_bytes_per_1k_tokens"}
@@ -60,7 +64,8 @@ def test_store_table_and_inspect(mixed_store):
 def test_errors_are_one_line_and_nonzero(mixed_store):
     proc = run_cli("store", "inspect", "../../etc", env_store=mixed_store, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and "../../etc" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "../../etc" in proc.stderr
     proc = run_cli("store", "inspect", "nope", "--json", env_store=mixed_store, check=False)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["error"] == "ModelNotFoundError"
@@ -71,11 +76,13 @@ def test_import_then_delete_plan(mixed_store, tiny_models, tmp_path):
     user = Path(mixed_store.split(os.pathsep)[0])
     assert (user / "q" / "config.json").is_file()
     plan = json.loads(run_cli("store", "delete", "q", "--json", env_store=mixed_store).stdout)
-    assert plan["deleted"] is False and (user / "q").exists()
+    assert plan["deleted"] is False
+    assert (user / "q").exists()
     run_cli("store", "delete", "q", "--yes", env_store=mixed_store)
     assert not (user / "q").exists()
     proc = run_cli("store", "delete", "tiny-llama", env_store=mixed_store, check=False)
-    assert proc.returncode == 1 and "read-only" in proc.stderr
+    assert proc.returncode == 1
+    assert "read-only" in proc.stderr
 
 
 def test_devices_json_on_this_machine(mixed_store):
@@ -86,7 +93,8 @@ def test_devices_json_on_this_machine(mixed_store):
     cpu = doc["devices"][names.index("cpu")]
     assert cpu["memory_total_bytes"] > cpu["memory_free_bytes"] > 0
     if not doc["nvml"]["available"]:
-        assert names == ["cpu"] and doc["no_gpu_reason"]
+        assert names == ["cpu"]
+        assert doc["no_gpu_reason"]
 
 
 def test_a_hostile_folder_name_in_a_shared_root_reaches_no_terminal_as_escapes() -> None:

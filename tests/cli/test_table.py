@@ -9,5 +9,6 @@ def test_control_characters_are_escaped_one_line_per_row() -> None:
     out = table([["new\nline", "ok"], ["tab\there", "é <b>"]], ["name", "status"])
     lines = out.splitlines()
     assert len(lines) == 3
-    assert lines[1].startswith("new\\nline") and lines[2].startswith("tab\\there")
+    assert lines[1].startswith("new\\nline")
+    assert lines[2].startswith("tab\\there")
     assert "é <b>" in lines[2]

@@ -62,8 +62,10 @@ def test_an_entry_without_readable_headers_is_a_store_error(tiny_models, tmp_pat
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     cut = ModelStore([tmp_path / "root"], cache_path=None).get("cut")
-    assert cut.status == "broken" and cut.params is None
+    assert cut.status == "broken"
+    assert cut.params is None
     with pytest.raises(BrokenModelError, match="cut has no readable weight headers") as err:
         estimate(cut)
-    assert isinstance(err.value, StoreError) and isinstance(err.value, ValueError)
+    assert isinstance(err.value, StoreError)
+    assert isinstance(err.value, ValueError)
     assert err.value.path == cut.path

@@ -53,11 +53,14 @@ def test_gguf_entry_from_headers(store_of, tmp_path):
     root.mkdir()
     params = write_tiny_gguf(root / "tiny.gguf")
     entry = store_of(root).get("tiny")
-    assert entry.status == "ok" and entry.format == "gguf"
+    assert entry.status == "ok"
+    assert entry.format == "gguf"
     assert entry.params == params
     assert (entry.model_type, entry.context_length, entry.num_layers, entry.hidden_size) == ("llama", 128, 1, 64)
     assert (entry.num_kv_heads, entry.head_dim, entry.vocab_size) == (2, 16, 100)
-    assert entry.quantization == "F32" and entry.license == "mit" and entry.has_chat_template
+    assert entry.quantization == "F32"
+    assert entry.license == "mit"
+    assert entry.has_chat_template
     assert entry.dtype == "float32"  # a torch dtype name, as for safetensors entries
     assert entry.weights.linear_params == 64 * 64 + 32 * 64  # embeddings and norms are not linear
 
@@ -70,8 +73,10 @@ def test_truncated_gguf_is_broken(store_of, tmp_path):
     (root / "cut.gguf").write_bytes(data[: len(data) - 4000])
     (root / "headless.gguf").write_bytes(data[:200])
     entries = {e.name: e for e in store_of(root).list()}
-    assert entries["cut"].status == "broken" and "truncated" in entries["cut"].problem
-    assert entries["headless"].status == "broken" and "headless.gguf" in entries["headless"].problem
+    assert entries["cut"].status == "broken"
+    assert "truncated" in entries["cut"].problem
+    assert entries["headless"].status == "broken"
+    assert "headless.gguf" in entries["headless"].problem
     with pytest.raises(BrokenModelError, match="cut.gguf"):
         read_gguf_header(root / "cut.gguf")
 
@@ -92,7 +97,8 @@ def test_gguf_header_problems_are_named_once(tmp_path):
 def test_embedded_gguf_header_matches_seeded_model(store_of, seeded_model, tmp_path):
     gguf = embedded_gguf_path()
     hdr = read_gguf_header(gguf)
-    assert hdr.architecture == "llama" and hdr.file_type_name == "Q4_1"
+    assert hdr.architecture == "llama"
+    assert hdr.file_type_name == "Q4_1"
     # The embedded file, hard-linked into a store root, lists with exact counts and no conversion.
     root = tmp_path / "root"
     root.mkdir()
@@ -102,14 +108,19 @@ def test_embedded_gguf_header_matches_seeded_model(store_of, seeded_model, tmp_p
     assert entry.params == seeded.params == 134_515_008
     assert entry.context_length == seeded.context_length == 8192
     # ggml's quantized type is the quantization; dtype holds torch dtype names only.
-    assert entry.quantization == "Q4_1" and entry.dtype is None
+    assert entry.quantization == "Q4_1"
+    assert entry.dtype is None
 
 
 @pytest.mark.slow
 def test_seeded_model_is_clean_and_answers_paris(store_of, seeded_model):
     entry = store_of(seeded_model.parent).get(DEFAULT_MODEL_NAME)
-    assert entry.status == "ok" and entry.dtype == "bfloat16" and entry.format == "safetensors"
-    assert entry.has_chat_template and entry.has_tokenizer and entry.license == "apache-2.0"
+    assert entry.status == "ok"
+    assert entry.dtype == "bfloat16"
+    assert entry.format == "safetensors"
+    assert entry.has_chat_template
+    assert entry.has_tokenizer
+    assert entry.license == "apache-2.0"
     import json
 
     config = json.loads((seeded_model / "config.json").read_text())
@@ -131,7 +142,9 @@ def test_import_folder_copies_and_refuses_bad_input(store_of, tiny_models, tmp_p
     user = tmp_path / "user"
     store = store_of(user)
     entry = import_path(tiny_models["qwen2"], store, name="my-qwen")
-    assert entry.ok and entry.writable and entry.path == user / "my-qwen"
+    assert entry.ok
+    assert entry.writable
+    assert entry.path == user / "my-qwen"
     assert not (user / "my-qwen").is_symlink()
     with pytest.raises(ModelImportError, match="already exists"):
         import_path(tiny_models["qwen2"], store, name="my-qwen")
@@ -172,7 +185,8 @@ def test_an_unsafe_import_is_refused_with_advice_that_fits_it(store_of, tiny_mod
     with pytest.raises(StoreError) as info:
         import_path(remote, store)
     # The weights are safetensors already: "convert it to safetensors" would be no help.
-    assert "remote code" in str(info.value) and "convert" not in str(info.value)
+    assert "remote code" in str(info.value)
+    assert "convert" not in str(info.value)
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_models["llama"], pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")

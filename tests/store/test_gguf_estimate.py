@@ -68,16 +68,21 @@ def test_a_gguf_import_keeps_the_file_and_the_fit_counts_llamacpp(tmp_path):
     user = tmp_path / "user"
     store = ModelStore([user], cache_path=None)
     entry = import_path(embedded_gguf_path(), store, name="smol-q4")
-    assert entry.format == "gguf" and entry.quantization == "Q4_1" and entry.ok
+    assert entry.format == "gguf"
+    assert entry.quantization == "Q4_1"
+    assert entry.ok
     kept = entry.folder / entry.gguf_file
     assert kept.stat().st_size == embedded_gguf_path().stat().st_size  # as it is: no conversion
-    assert runs_on_llamacpp(entry) and not runs_on_llamacpp(entry, "bfloat16") and not runs_on_llamacpp(entry, quant="nf4")
+    assert runs_on_llamacpp(entry)
+    assert not runs_on_llamacpp(entry, "bfloat16")
+    assert not runs_on_llamacpp(entry, quant="nf4")
     from workbench.runtime.fit import check_fit
     from workbench.runtime.spec import LoadSpec
 
     chk = check_fit(entry, LoadSpec(entry), context_tokens=1024, free=lambda d: 64 * 2**30)
     parts = llamacpp_parts(entry, 1024)
-    assert chk.estimate.label == "Q4_1" and chk.estimate.weights_bytes == estimate_llamacpp(entry, 1024).weights_bytes
+    assert chk.estimate.label == "Q4_1"
+    assert chk.estimate.weights_bytes == estimate_llamacpp(entry, 1024).weights_bytes
     assert chk.parts["kv_cache"] == parts["kv_cache"] == 23_592_960  # 22.50 MiB, as llama.cpp says
     assert chk.parts["compute_buffer"] == parts["compute_buffer"]
     assert "torch_import" not in chk.parts  # llama.cpp needs no torch
@@ -103,7 +108,9 @@ def test_seed_adds_the_embedded_gguf_beside_the_bfloat16_folder_once(seeded_mode
     store = ModelStore([root], cache_path=None)
     assert seed(store).name == DEFAULT_MODEL_NAME
     gguf = store.get(DEFAULT_GGUF_NAME)
-    assert gguf.format == "gguf" and gguf.quantization == "Q4_1" and gguf.writable
+    assert gguf.format == "gguf"
+    assert gguf.quantization == "Q4_1"
+    assert gguf.writable
     assert sorted(p.name for p in root.iterdir()) == [DEFAULT_MODEL_NAME, DEFAULT_GGUF_NAME]
 
     def boom(*a, **k):

@@ -65,7 +65,8 @@ def test_a_file_gguf_refuses_is_never_ok(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - the reference reader's refusal, whatever its type
         gguf.GGUFReader(str(path))
     entry = ModelStore([root], cache_path=None).get("cut")
-    assert entry.status == "broken" and "truncated" in (entry.problem or "")
+    assert entry.status == "broken"
+    assert "truncated" in (entry.problem or "")
 
 
 def test_an_unknown_ggml_type_is_broken_not_guessed(tmp_path):
@@ -84,4 +85,6 @@ def test_an_unknown_ggml_type_is_broken_not_guessed(tmp_path):
     data[at:at + 4] = (250).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     entry = ModelStore([root], cache_path=None).get("future")
-    assert entry.status == "broken" and "ggml type 250" in entry.problem and "blk.0.t0.weight" in entry.problem
+    assert entry.status == "broken"
+    assert "ggml type 250" in entry.problem
+    assert "blk.0.t0.weight" in entry.problem

@@ -206,7 +206,9 @@ def test_each_hostile_entry_is_broken_and_the_rest_lists(store_of, hostile_root)
     entries = {e.name: e for e in store_of(root).list()}
     assert all(entries[f"model-{i:03d}"].status == "ok" for i in range(300))
     card = entries["huge-card"]
-    assert card.status == "ok" and card.license.startswith("mit") and len(card.license) < 4096
+    assert card.status == "ok"
+    assert card.license.startswith("mit")
+    assert len(card.license) < 4096
     assert entries["near-bound-header"].status == "ok"  # legal, under the bound: parsed and listed
     for name, word in expect.items():
         e = entries[name]
@@ -224,7 +226,8 @@ def test_hostile_entry_costs_the_same_warm(tiny_models, tmp_path):
     cold = store.get("too-many-header-bytes")
     warm = ModelStore([root], cache_path=tmp_path / "index.json").get("too-many-header-bytes")
     assert cold.status == warm.status == "broken"
-    assert "headers add up" in cold.problem and cold.problem == warm.problem
+    assert "headers add up" in cold.problem
+    assert cold.problem == warm.problem
 
 
 def test_a_config_of_thousands_of_layers_has_no_estimate(tiny_models, tmp_path):
@@ -242,7 +245,8 @@ def test_a_config_of_thousands_of_layers_has_no_estimate(tiny_models, tmp_path):
     took = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
-    assert doc["status"] == "ok" and doc["estimate"] is None
+    assert doc["status"] == "ok"
+    assert doc["estimate"] is None
     assert "modules" in doc["estimate_problem"], doc["estimate_problem"]
     assert took < 120, took
 
@@ -253,7 +257,8 @@ def test_a_config_of_thousands_of_layers_has_no_estimate(tiny_models, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(EstimateUnavailableError) as info:
         model_layout(many)
-    assert info.value.reason == "layers" and time.perf_counter() - t0 < 10
+    assert info.value.reason == "layers"
+    assert time.perf_counter() - t0 < 10
 
 
 _CHILD = textwrap.dedent("""

@@ -101,7 +101,8 @@ def test_kv_estimate_matches_real_cache(kv_root, name):
     entry = ModelStore([kv_root], cache_path=None).get(name)
     for tokens, real in zip((1000, 4096), _cache_bytes(kv_root / name, 1000, 4096)):
         est = kv_cache_bytes(entry, tokens, "bfloat16")
-        assert est is not None and abs(est - real) <= 0.03 * real, (name, tokens, est, real)
+        assert est is not None, (name, tokens, est, real)
+        assert abs(est - real) <= 0.03 * real, (name, tokens, est, real)
 
 
 def test_sliding_window_bounds_growth(kv_root):
@@ -130,4 +131,5 @@ def test_inspect_kv_label_and_number_agree(kv_root):
     assert abs(kv - real) <= 0.03 * real
     text = _cli("store", "inspect", "llama", store=kv_root).stdout
     line = next(ln for ln in text.splitlines() if "KV cache per 1,000 tokens" in ln)
-    assert "bfloat16" in line and line.rstrip().endswith(format_bytes(kv))
+    assert "bfloat16" in line
+    assert line.rstrip().endswith(format_bytes(kv))

@@ -56,7 +56,8 @@ def test_total_and_active_params_match_the_instantiated_model(moe_root, name):
     k, e = model.config.num_experts_per_tok, (getattr(model.config, "num_local_experts", None)
                                               or model.config.num_experts)
     entry = ModelStore([moe_root], cache_path=None).get(name)
-    assert entry.ok and entry.params == total
+    assert entry.ok
+    assert entry.params == total
     assert (entry.num_experts, entry.experts_per_token) == (e, k)
     assert entry.active_params == total - experts + experts * k // e < total
     assert entry.shared_experts == (1 if name == "tiny-qwen2-moe" else 0)
@@ -87,4 +88,5 @@ def test_header_fallback_keeps_experts_and_router_unquantized(moe_root, monkeypa
 
 def test_dense_entries_report_active_equal_total(tiny_root):
     entry = ModelStore([tiny_root], cache_path=None).get("tiny-llama")
-    assert entry.num_experts is None and entry.active_params == entry.params
+    assert entry.num_experts is None
+    assert entry.active_params == entry.params

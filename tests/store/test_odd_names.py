@@ -37,7 +37,9 @@ def test_listing_and_inspect_take_odd_names(odd_store, capsys):
         assert ModelStore().get(name).path == odd_store / name
         assert main(["store", "inspect", name, "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
-        assert doc["name"] == name and doc["status"] == "ok" and doc["estimate"]
+        assert doc["name"] == name
+        assert doc["status"] == "ok"
+        assert doc["estimate"]
     assert main(["store", "list", "--json"]) == 0
     out = capsys.readouterr().out
     assert set(ODD) <= {item["name"] for item in json.loads(out)}
@@ -53,7 +55,9 @@ def test_run_loads_and_generates_under_an_odd_name(odd_store, capsys):
     for name in ("my model", "<b>&\"'x"):
         code = main(["run", name, "--prompt", "Hello", "--max-new-tokens", "2", "--json"])
         doc = json.loads(capsys.readouterr().out)
-        assert code == 0 and doc["new_tokens"] >= 1 and doc["footprint_bytes"] > 0
+        assert code == 0
+        assert doc["new_tokens"] >= 1
+        assert doc["footprint_bytes"] > 0
 
 
 def test_panels_show_odd_names_escaped(odd_store, tiny_root, monkeypatch):
@@ -61,12 +65,16 @@ def test_panels_show_odd_names_escaped(odd_store, tiny_root, monkeypatch):
 
     panel = StorePanel()
     html = entries_table_html(panel.entries)
-    assert "&lt;b&gt;&amp;&quot;&#x27;x" in html and "<b>&" not in html
-    assert "Modèle été" in html and "my model" in html
+    assert "&lt;b&gt;&amp;&quot;&#x27;x" in html
+    assert "<b>&" not in html
+    assert "Modèle été" in html
+    assert "my model" in html
     entry = panel.select("<b>&\"'x")
     assert entry.status == "ok"
     details = panel.details_html()
-    assert "&lt;b&gt;" in details and "<b>&" not in details and "Estimate" in details
+    assert "&lt;b&gt;" in details
+    assert "<b>&" not in details
+    assert "Estimate" in details
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", ".", "", ".hidden", "/etc", "a\0b"])
@@ -78,6 +86,7 @@ def test_names_that_leave_the_root_are_refused(name):
 def test_a_link_out_of_the_root_is_unsafe_whatever_its_name(odd_store, tiny_models, tmp_path):
     os.symlink(tiny_models["llama"], odd_store / "lien vers <ailleurs>")
     entry = {e.name: e for e in ModelStore().list()}["lien vers <ailleurs>"]
-    assert entry.status == "unsafe" and "outside its store root" in entry.problem
+    assert entry.status == "unsafe"
+    assert "outside its store root" in entry.problem
     with pytest.raises(UnsafeNameError, match="outside its store root"):
         ModelStore().get("lien vers <ailleurs>")

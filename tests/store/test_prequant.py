@@ -48,7 +48,8 @@ def test_bnb_checkpoint_listed_as_the_original_model(prequant_root, tiny_models,
     assert entry.ok, entry.problem
     assert entry.params == _numel(tiny_models["llama"])  # not the packed bytes
     assert (entry.quantization, entry.quant_method, entry.dtype) == (quant, "bitsandbytes", "bfloat16")
-    assert entry.weights.quant_state_bytes > 0 and entry.missing_package is None
+    assert entry.weights.quant_state_bytes > 0
+    assert entry.missing_package is None
 
 
 @pytest.mark.slow
@@ -74,9 +75,11 @@ def test_missing_loader_package_is_named(tmp_path, tiny_models):
     (folder / "config.json").write_text(json.dumps(cfg))
     entry = ModelStore([tmp_path / "root"], cache_path=None).get("llama-gptq")
     expected = next((m for m in ("optimum", "gptqmodel") if importlib.util.find_spec(m) is None), None)
-    assert entry.quantization == "gptq-4bit" and entry.missing_package == expected
+    assert entry.quantization == "gptq-4bit"
+    assert entry.missing_package == expected
     if expected:
-        assert entry.status == "broken" and f"pip install {expected}" in entry.problem
+        assert entry.status == "broken"
+        assert f"pip install {expected}" in entry.problem
         assert "header" not in entry.problem
 
 
@@ -102,4 +105,5 @@ def test_gptq_packed_weights_count_unpacked(tmp_path, tiny_models):
     save_file(tensors, folder / "model.safetensors")
     entry = ModelStore([tmp_path / "root"], cache_path=None).get("gptq-made")
     assert entry.params == in_f * out_f + 64
-    assert entry.weights.linear_params == in_f * out_f and entry.weights.linear_rows == out_f
+    assert entry.weights.linear_params == in_f * out_f
+    assert entry.weights.linear_rows == out_f

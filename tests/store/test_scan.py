@@ -41,8 +41,11 @@ def test_metadata_from_config_and_tokenizer(store_of, tiny_root):
     entry = store_of(tiny_root).get("tiny-llama")
     assert (entry.model_type, entry.architectures) == ("llama", ("LlamaForCausalLM",))
     assert (entry.num_layers, entry.hidden_size, entry.num_attention_heads, entry.num_kv_heads) == (2, 64, 4, 2)
-    assert entry.head_dim == 16 and entry.context_length == 256 and entry.vocab_size == 384
-    assert entry.has_tokenizer and entry.has_chat_template
+    assert entry.head_dim == 16
+    assert entry.context_length == 256
+    assert entry.vocab_size == 384
+    assert entry.has_tokenizer
+    assert entry.has_chat_template
     gpt2 = store_of(tiny_root).get("tiny-gpt2")
     assert (gpt2.model_type, gpt2.num_layers, gpt2.hidden_size, gpt2.context_length) == ("gpt2", 2, 64, 256)
 
@@ -139,7 +142,8 @@ def test_unreadable_file_is_broken_not_fatal(store_of, tiny_models, tmp_path, mo
     monkeypatch.setattr(safetensors_header, "open_regular", guarded)
     entries = {e.name: e for e in store_of(root).list()}
     assert entries["locked"].status == "broken"
-    assert "model.safetensors" in entries["locked"].problem and "Permission denied" in entries["locked"].problem
+    assert "model.safetensors" in entries["locked"].problem
+    assert "Permission denied" in entries["locked"].problem
     assert entries["fine"].status == "ok"
 
 
@@ -164,8 +168,10 @@ def test_pickle_only_folder_is_unsafe_and_never_unpickled(store_of, tiny_models,
     (m / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(str(marker))))
     store = store_of(root)
     entry = store.get("pickled")
-    assert entry.status == "unsafe" and entry.format == "pickle"
-    assert "pytorch_model.bin" in entry.problem and "allow_pickle" in entry.problem
+    assert entry.status == "unsafe"
+    assert entry.format == "pickle"
+    assert "pytorch_model.bin" in entry.problem
+    assert "allow_pickle" in entry.problem
     store.list()
     assert not marker.exists()
 
@@ -179,7 +185,8 @@ def test_remote_code_config_is_unsafe(store_of, tiny_models, tmp_path):
     (m / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran.txt')!r}, 'w').write('ran')\n")
     entry = store_of(root).get("remote")
     assert entry.status == "unsafe"
-    assert "remote code" in entry.problem and "modeling_evil.EvilForCausalLM" in entry.problem
+    assert "remote code" in entry.problem
+    assert "modeling_evil.EvilForCausalLM" in entry.problem
     assert not (tmp_path / "ran.txt").exists()
 
 
@@ -199,7 +206,8 @@ def test_symlink_out_of_the_root_is_refused(store_of, tiny_models, tmp_path):
     with pytest.raises(UnsafeNameError, match="outside its store root"):
         store_of(root).get("escape")
     (listed,) = store_of(root).list()
-    assert listed.status == "unsafe" and "outside its store root" in listed.problem
+    assert listed.status == "unsafe"
+    assert "outside its store root" in listed.problem
 
 
 def test_unknown_name_lists_what_exists(store_of, tiny_root):
@@ -212,13 +220,15 @@ def test_user_store_wins_and_shared_roots_are_read_only(store_of, tiny_models, t
     _copy(tiny_models["gpt2"], user, "tiny-llama")  # same name as a shared model, different weights
     store = store_of(user, tiny_root)
     entry = store.get("tiny-llama")
-    assert entry.writable and entry.model_type == "gpt2"
+    assert entry.writable
+    assert entry.model_type == "gpt2"
     listed = [e for e in store.list() if e.name == "tiny-llama"]
     assert [(e.writable, e.shadowed) for e in listed] == [(True, False), (False, True)]
     with pytest.raises(ReadOnlyStoreError):
         store.plan_delete("tiny-qwen2")
     plan = store.plan_delete("tiny-llama")
-    assert plan.frees_bytes > 0 and "tiny-llama" in plan.describe()
+    assert plan.frees_bytes > 0
+    assert "tiny-llama" in plan.describe()
     assert (user / "tiny-llama").exists()  # a plan deletes nothing
     store.execute(plan)
     assert store.get("tiny-llama").model_type == "llama"  # the shared one shows through
@@ -237,7 +247,8 @@ def test_index_cache_reuses_and_refreshes(store_of, tiny_models, tmp_path):
     cache = tmp_path / "cache" / "index.json"
     first = ModelStore([root], cache_path=cache)
     (before,) = first.list()
-    assert first.cache.misses == 1 and cache.is_file()
+    assert first.cache.misses == 1
+    assert cache.is_file()
     second = ModelStore([root], cache_path=cache)
     second.list()
     assert (second.cache.hits, second.cache.misses) == (1, 0)

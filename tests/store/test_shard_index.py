@@ -41,7 +41,9 @@ def test_a_shard_lacking_a_tensor_its_index_names_is_broken(tiny_models, tmp_pat
     del tensors[name]
     save_file(tensors, folder / shard, metadata={"format": "pt"})
     entry = _entry(folder)
-    assert entry.status == "broken" and name in entry.problem and "stale" in entry.problem
+    assert entry.status == "broken"
+    assert name in entry.problem
+    assert "stale" in entry.problem
 
 
 def test_a_tensor_the_index_does_not_list_is_broken(tiny_models, tmp_path):
@@ -51,4 +53,6 @@ def test_a_tensor_the_index_does_not_list_is_broken(tiny_models, tmp_path):
     del index["weight_map"][name]
     (folder / INDEX).write_text(json.dumps(index))
     entry = _entry(folder)
-    assert entry.status == "broken" and name in entry.problem and "does not list" in entry.problem
+    assert entry.status == "broken"
+    assert name in entry.problem
+    assert "does not list" in entry.problem

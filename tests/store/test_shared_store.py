@@ -54,13 +54,19 @@ def test_listing_names_each_root_and_the_shadowing(isolated_store, shared):
     listed = ModelStore([isolated_store, shared], cache_path=None).list()
     by = {(e.name, str(e.root)): e for e in listed}
     mine, theirs = by[("tiny-llama", str(isolated_store))], by[("tiny-llama", str(shared))]
-    assert mine.writable and not mine.shadowed and mine.shadowed_by is None
-    assert not theirs.writable and theirs.shadowed and theirs.shadowed_by == isolated_store / "tiny-llama"
-    assert by[("tiny-gpt2", str(shared))].root == shared and not by[("tiny-gpt2", str(shared))].shadowed
+    assert mine.writable
+    assert not mine.shadowed
+    assert mine.shadowed_by is None
+    assert not theirs.writable
+    assert theirs.shadowed
+    assert theirs.shadowed_by == isolated_store / "tiny-llama"
+    assert by[("tiny-gpt2", str(shared))].root == shared
+    assert not by[("tiny-gpt2", str(shared))].shadowed
     proc = run_cli("store", "list", store=os.pathsep.join([str(isolated_store), str(shared)]))
     assert proc.returncode == 0, proc.stderr
     assert f"tiny-llama (shadowed by {isolated_store / 'tiny-llama'})" in proc.stdout
-    assert f"{shared} (read-only)" in proc.stdout and f"{isolated_store} (rw)" in proc.stdout
+    assert f"{shared} (read-only)" in proc.stdout
+    assert f"{isolated_store} (rw)" in proc.stdout
     doc = json.loads(run_cli("store", "list", "--json", store=os.pathsep.join([str(isolated_store), str(shared)]))
                      .stdout)
     shadow = [d for d in doc if d["shadowed"]]
@@ -83,9 +89,11 @@ def test_nothing_is_ever_written_in_a_read_only_root(isolated_store, shared):
     reg.unload_all()
     with pytest.raises(ReadOnlyStoreError) as err:
         store.plan_delete("tiny-llama")
-    assert str(shared) in str(err.value) and err.value.root == shared
+    assert str(shared) in str(err.value)
+    assert err.value.root == shared
     refused = run_cli("store", "delete", "tiny-gpt2", "--yes", store=store_path)
-    assert refused.returncode == 1 and f"shared store {shared}, which is read-only" in refused.stderr
+    assert refused.returncode == 1
+    assert f"shared store {shared}, which is read-only" in refused.stderr
     assert snapshot(shared) == before  # no lock file, no cache, no changed byte or mode
 
 
@@ -96,7 +104,9 @@ def test_import_into_a_shared_root_sets_permissions_for_every_user(tmp_path, tin
         entry = import_into_root(tiny_models["qwen2"], root, name="team-qwen2")
     finally:
         os.umask(old)
-    assert entry.ok and entry.root == root and entry.path == root / "team-qwen2"
+    assert entry.ok
+    assert entry.root == root
+    assert entry.path == root / "team-qwen2"
     modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in [entry.path, *entry.path.rglob("*")]}
     assert {m for p, m in modes.items() if p.is_dir()} == {SHARED_DIR_MODE} == {0o755}
     assert {m for p, m in modes.items() if p.is_file()} == {SHARED_FILE_MODE} == {0o644}
@@ -106,7 +116,9 @@ def test_import_into_a_shared_root_sets_permissions_for_every_user(tmp_path, tin
     assert [p.name for p in root.iterdir()] == ["team-qwen2"]  # no staging folder left behind
     # Users see it as a read-only shared entry.
     [seen] = [e for e in ModelStore([isolated_store, root], cache_path=None).list() if e.name == "team-qwen2"]
-    assert seen.ok and not seen.writable and seen.params == entry.params
+    assert seen.ok
+    assert not seen.writable
+    assert seen.params == entry.params
 
 
 def test_cli_import_with_root(tmp_path, tiny_models, isolated_store):
@@ -114,7 +126,9 @@ def test_cli_import_with_root(tmp_path, tiny_models, isolated_store):
     proc = run_cli("store", "import", str(tiny_models["gpt2"]), "--root", str(root), "--json", store=str(isolated_store))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["root"] == str(root) and doc["status"] == "ok" and (root / "tiny-gpt2" / "config.json").is_file()
+    assert doc["root"] == str(root)
+    assert doc["status"] == "ok"
+    assert (root / "tiny-gpt2" / "config.json").is_file()
     assert not isolated_store.exists() or not any(isolated_store.iterdir())
 
 
@@ -161,11 +175,13 @@ def test_a_reader_never_sees_half_a_model(tmp_path, tiny_models, isolated_store)
         reader_done.clear()
         reader_turn.set()
         t.join(timeout=60)
-    assert not errors and not t.is_alive()
+    assert not errors
+    assert not t.is_alive()
     during, after = seen[:-1], seen[-1]
     assert len(during) == n_files  # the reader listed once per copied file, mid-import
     assert during == [None] * n_files  # never a partial (broken) entry while the copy ran
-    assert staging[:-1] == [True] * n_files and staging[-1] is False  # the copy was under way each time
+    assert staging[:-1] == [True] * n_files
+    assert staging[-1] is False  # the copy was under way each time
     assert after == ("ok", expected.params)
 
 
@@ -190,10 +206,12 @@ def test_a_root_the_user_may_not_write_is_refused_by_name(tiny_models):
         proc = run_cli("store", "import", str(src), "--root", str(root), store=str(base / "user"), user=user,
                        env=env)
         assert proc.returncode == 1
-        assert f"cannot import into the store root {root}" in proc.stderr and "may not write there" in proc.stderr
+        assert f"cannot import into the store root {root}" in proc.stderr
+        assert "may not write there" in proc.stderr
         # The same folder as the user's own store: refused by name too, nothing left behind.
         proc = run_cli("store", "import", str(src), store=str(root), user=user, env=env)
-        assert proc.returncode == 1 and f"cannot write to the user store {root}" in proc.stderr
+        assert proc.returncode == 1
+        assert f"cannot write to the user store {root}" in proc.stderr
         assert list(root.iterdir()) == []
     finally:
         os.chmod(base / "models", 0o755)
@@ -206,4 +224,5 @@ def test_store_panel_names_roots_and_shadowing(isolated_store, shared):
     shutil.copytree(shared / "tiny-gpt2", isolated_store / "tiny-gpt2")
     html = entries_table_html(ModelStore([isolated_store, shared], cache_path=None).list())
     assert f"{shared} (read-only), shadowed by {isolated_store / 'tiny-gpt2'}" in html
-    assert f"{isolated_store} (writable)" in html and f"{shared} (read-only)</td>" in html
+    assert f"{isolated_store} (writable)" in html
+    assert f"{shared} (read-only)</td>" in html

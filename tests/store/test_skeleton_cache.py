@@ -35,7 +35,8 @@ def test_second_inspect_answers_from_the_cache(tiny_models, tmp_path):
     shutil.copytree(tiny_models["llama"], root / "tiny-llama")
     cache = tmp_path / "cache"
     cold = _inspect(root, "tiny-llama", cache)
-    assert cold["torch"] and cold["kv"]  # the first one built the skeleton
+    assert cold["torch"]
+    assert cold["kv"]  # the first one built the skeleton
     warm = _inspect(root, "tiny-llama", cache)
     assert not warm["torch"]
     assert (warm["table"], warm["kv"]) == (cold["table"], cold["kv"])
@@ -45,4 +46,5 @@ def test_second_inspect_answers_from_the_cache(tiny_models, tmp_path):
     cfg["num_hidden_layers"] = 1  # a different model: its skeleton is built again
     cfg_path.write_text(json.dumps(cfg))
     changed = _inspect(root, "tiny-llama", cache)
-    assert changed["torch"] and changed["kv"] == cold["kv"] // 2
+    assert changed["torch"]
+    assert changed["kv"] == cold["kv"] // 2

@@ -59,18 +59,24 @@ def test_split_gguf_is_one_entry_with_summed_params_and_size(tmp_path):
     entries = ModelStore([root], cache_path=None).list()
     assert [e.name for e in entries] == ["tiny split"]  # loose parts are not entries
     e = entries[0]
-    assert e.format == "gguf" and e.params == reader_params(parts) == sum(int(np.prod(s)) for s in SHAPES.values())
+    assert e.format == "gguf"
+    assert e.params == reader_params(parts) == sum(int(np.prod(s)) for s in SHAPES.values())
     assert e.size_bytes == sum(p.stat().st_size for p in parts)
-    assert e.weight_files == tuple(p.name for p in parts) and e.model_type == "llama" and e.has_tokenizer
+    assert e.weight_files == tuple(p.name for p in parts)
+    assert e.model_type == "llama"
+    assert e.has_tokenizer
     # transformers loads single-file GGUF only, so the entry is not "ok": the problem says what to do.
-    assert e.status == "broken" and "llama-gguf-split --merge" in e.problem and parts[0].name in e.problem
+    assert e.status == "broken"
+    assert "llama-gguf-split --merge" in e.problem
+    assert parts[0].name in e.problem
 
 
 def test_split_gguf_in_a_folder(tmp_path):
     root = tmp_path / "root"
     parts = write_split(root / "My Split", "model", per_part=2)
     entries = ModelStore([root], cache_path=None).list()
-    assert [e.name for e in entries] == ["My Split"] and entries[0].params == reader_params(parts)
+    assert [e.name for e in entries] == ["My Split"]
+    assert entries[0].params == reader_params(parts)
     assert len(entries[0].weight_files) == len(parts) == 4
 
 
@@ -81,7 +87,8 @@ def test_a_missing_part_is_broken_and_named(tmp_path, drop):
     parts[drop].unlink()
     entries = ModelStore([root], cache_path=None).list()
     assert [e.name for e in entries] == ["m"]
-    assert entries[0].status == "broken" and f"part {parts[drop].name}" in entries[0].problem
+    assert entries[0].status == "broken"
+    assert f"part {parts[drop].name}" in entries[0].problem
 
 
 def test_loading_or_importing_a_split_gguf_says_to_merge(tmp_path, capsys, monkeypatch):

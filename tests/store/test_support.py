@@ -78,8 +78,11 @@ def test_ok_names_the_auto_class_that_builds_the_checkpoints_class(key):
 def test_unsupported_families_are_what_the_runtime_cannot_run(key, auto_class, words):
     config = _config(key)
     verdict = model_support(config)
-    assert verdict.status == "unsupported" and verdict.auto_class is None
-    assert config["architectures"][0] in verdict.reason and auto_class in verdict.reason and words in verdict.reason
+    assert verdict.status == "unsupported"
+    assert verdict.auto_class is None
+    assert config["architectures"][0] in verdict.reason
+    assert auto_class in verdict.reason
+    assert words in verdict.reason
     # transformers agrees: the auto class named loads it, and neither runtime class builds this checkpoint's model.
     assert _built_by(auto_class, config) == config["architectures"][0]
     for runtime_class in (CAUSAL_LM, IMAGE_TEXT_TO_TEXT):
@@ -89,9 +92,12 @@ def test_unsupported_families_are_what_the_runtime_cannot_run(key, auto_class, w
 def test_configs_without_a_usable_model_type_are_unsupported_with_a_reason():
     assert "no model_type" in model_support({}).reason
     unknown = model_support({"model_type": "no-such-family", "architectures": ["NoSuchForCausalLM"]})
-    assert unknown.status == "unsupported" and "no-such-family" in unknown.reason
+    assert unknown.status == "unsupported"
+    assert "no-such-family" in unknown.reason
     base = model_support({"model_type": "llama", "architectures": ["LlamaModel"]})
-    assert base.status == "unsupported" and "AutoModel," in base.reason and "does not generate" in base.reason
+    assert base.status == "unsupported"
+    assert "AutoModel," in base.reason
+    assert "does not generate" in base.reason
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +112,28 @@ def mixed_root(tmp_path_factory, tiny_models) -> Path:
 def test_store_lists_unsupported_with_the_reason_and_refuses_the_load(mixed_root):
     store = ModelStore([mixed_root], cache_path=None)
     by_name = {e.name: e for e in store.list()}
-    assert by_name["tiny-llama"].status == "ok" and by_name["tiny-llama"].auto_class == CAUSAL_LM
+    assert by_name["tiny-llama"].status == "ok"
+    assert by_name["tiny-llama"].auto_class == CAUSAL_LM
     for name, words in (("tiny-t5", "encoder-decoder"), ("tiny-bert", "encoder-only")):
         entry = by_name[name]
-        assert entry.status == "unsupported" and words in entry.problem and entry.auto_class is None
-        assert entry.params and entry.params > 0  # still read from the headers
+        assert entry.status == "unsupported"
+        assert words in entry.problem
+        assert entry.auto_class is None
+        assert entry.params
+        assert entry.params > 0  # still read from the headers
         with pytest.raises(UnsupportedModelError) as err:
             check_entry(entry, trust_remote_code=True, allow_pickle=True)
-        assert name in str(err.value) and words in str(err.value) and err.value.context["reason"] == entry.problem
+        assert name in str(err.value)
+        assert words in str(err.value)
+        assert err.value.context["reason"] == entry.problem
 
 
 def test_unsupported_pickle_checkpoint_says_unsupported_not_unsafe(mixed_root, tmp_path):
     shutil.copytree(mixed_root / "tiny-t5", tmp_path / "t5-bin")
     (tmp_path / "t5-bin" / "model.safetensors").rename(tmp_path / "t5-bin" / "pytorch_model.bin")
     entry = ModelStore([tmp_path], cache_path=None).get("t5-bin")
-    assert (entry.status, entry.format) == ("unsupported", "pickle") and "encoder-decoder" in entry.problem
+    assert (entry.status, entry.format) == ("unsupported", "pickle")
+    assert "encoder-decoder" in entry.problem
 
 
 def test_store_list_json_and_the_cached_tables_need_no_torch(mixed_root, tmp_path):
@@ -140,7 +153,8 @@ def test_store_list_json_and_the_cached_tables_need_no_torch(mixed_root, tmp_pat
         doc = json.loads(out.stdout.strip().splitlines()[-1])
         assert doc["heavy"] == []
         assert doc["items"]["tiny-llama"] == ["ok", None, CAUSAL_LM]
-        assert doc["items"]["tiny-t5"][0] == "unsupported" and "AutoModelForSeq2SeqLM" in doc["items"]["tiny-t5"][1]
+        assert doc["items"]["tiny-t5"][0] == "unsupported"
+        assert "AutoModelForSeq2SeqLM" in doc["items"]["tiny-t5"][1]
         assert doc["items"]["tiny-bert"][0] == "unsupported"
     assert any((tmp_path / "cache").rglob("*.json"))  # the tables were kept for the second listing
 
@@ -151,9 +165,12 @@ def test_rest_document_and_store_panel_show_unsupported_with_the_reason(mixed_ro
 
     store = ModelStore([mixed_root], cache_path=None)
     doc = {d["name"]: d for d in store_document(store)}
-    assert doc["tiny-t5"]["status"] == "unsupported" and "encoder-decoder" in doc["tiny-t5"]["problem"]
+    assert doc["tiny-t5"]["status"] == "unsupported"
+    assert "encoder-decoder" in doc["tiny-t5"]["problem"]
     assert doc["tiny-llama"]["auto_class"] == CAUSAL_LM
     t5 = store.get("tiny-t5")
     assert ">unsupported<" in entries_table_html(store.list())
     details = entry_details_html(t5, devices=["cpu"])
-    assert "unsupported:" in details and "AutoModelForSeq2SeqLM" in details and "fits on" not in details
+    assert "unsupported:" in details
+    assert "AutoModelForSeq2SeqLM" in details
+    assert "fits on" not in details

@@ -70,10 +70,12 @@ def test_store_reports_the_template_transformers_reads(tiny_models, tmp_path, la
     folder = make(tiny_models, tmp_path, layout)
     truth = AutoTokenizer.from_pretrained(folder).chat_template
     found = find_chat_template(folder)
-    assert found is not None and found.source == LAYOUTS[layout][1]
+    assert found is not None
+    assert found.source == LAYOUTS[layout][1]
     assert (found.templates if isinstance(truth, dict) else found.template) == truth
     entry = ModelStore([tmp_path], cache_path=None).get(folder.name)
-    assert entry.has_chat_template and entry.chat_template_source == LAYOUTS[layout][1]
+    assert entry.has_chat_template
+    assert entry.chat_template_source == LAYOUTS[layout][1]
 
 
 def test_processor_style_chat_template_json(tiny_models, tmp_path):
@@ -83,7 +85,8 @@ def test_processor_style_chat_template_json(tiny_models, tmp_path):
     assert found.source == "chat_template.json"
     assert found.template == json.loads((folder / "chat_template.json").read_text())["chat_template"]
     entry = ModelStore([tmp_path], cache_path=None).get("proc")
-    assert entry.has_chat_template and entry.chat_template_source == "chat_template.json"
+    assert entry.has_chat_template
+    assert entry.chat_template_source == "chat_template.json"
 
 
 def test_named_templates_without_default_are_not_a_usable_template(tiny_models, tmp_path):
@@ -95,7 +98,8 @@ def test_named_templates_without_default_are_not_a_usable_template(tiny_models, 
     with pytest.raises(ValueError, match="no default"):
         tok.get_chat_template()  # transformers refuses to pick one, so the store has no template to apply
     found = find_chat_template(folder)
-    assert found.names == ("tool_use",) and found.template is None
+    assert found.names == ("tool_use",)
+    assert found.template is None
     assert not ModelStore([tmp_path], cache_path=None).get("nodefault").has_chat_template
 
 
@@ -106,7 +110,9 @@ def test_no_template_anywhere(tiny_models, tmp_path):
     assert AutoTokenizer.from_pretrained(folder).chat_template is None
     assert find_chat_template(folder) is None
     entry = ModelStore([tmp_path], cache_path=None).get("plain")
-    assert not entry.has_chat_template and entry.chat_template_source is None and entry.status == "ok"
+    assert not entry.has_chat_template
+    assert entry.chat_template_source is None
+    assert entry.status == "ok"
 
 
 def test_folder_without_tokenizer_is_listed_so(tiny_models, tmp_path):
@@ -117,11 +123,16 @@ def test_folder_without_tokenizer_is_listed_so(tiny_models, tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - transformers' own verdict: it cannot build one
         AutoTokenizer.from_pretrained(folder)
     entry = ModelStore([tmp_path], cache_path=None).get("no tok")
-    assert not entry.has_tokenizer and entry.status == "broken"
-    assert "no tokenizer" in entry.problem and str(folder) in entry.problem and "tokenizer.json" in entry.problem
-    assert entry.params and entry.dtype  # the weights were still read
+    assert not entry.has_tokenizer
+    assert entry.status == "broken"
+    assert "no tokenizer" in entry.problem
+    assert str(folder) in entry.problem
+    assert "tokenizer.json" in entry.problem
+    assert entry.params
+    assert entry.dtype  # the weights were still read
     full = ModelStore([tiny_models["llama"].parent], cache_path=None).get("tiny-llama")
-    assert full.has_tokenizer and full.status == "ok"
+    assert full.has_tokenizer
+    assert full.status == "ok"
     AutoTokenizer.from_pretrained(full.path)  # and transformers agrees it has one
     assert set(TOKENIZER_FILES) >= {"tokenizer.json", "tokenizer.model", "vocab.json"}
 
@@ -133,4 +144,5 @@ def test_store_panel_details_name_the_template_source_and_missing_tokenizer(tiny
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": tmpl("processor")}))
     (folder / "tokenizer.json").unlink()
     html = entry_details_html(ModelStore([tmp_path], cache_path=None).get("proc"))
-    assert "yes (chat_template.json)" in html and "no tokenizer in" in html
+    assert "yes (chat_template.json)" in html
+    assert "no tokenizer in" in html
