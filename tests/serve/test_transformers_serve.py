@@ -56,6 +56,16 @@ def test_serve_ask_and_stop(seeded_store) -> None:
         assert run["ttft_s"] > 0
         assert run["tokens_per_s"] > 0
 
+        # The engine holds about what the fit counted: its paged cache is sized to the counted
+        # context (--cb-num-blocks), not to 60-90% of the machine's free RAM (transformers'
+        # default: 13 GiB was seen). Above the estimate: the interpreter, torch and the server.
+        import psutil
+
+        engine = psutil.Process(pid)
+        rss = sum(p.memory_info().rss for p in [engine, *engine.children(recursive=True)])
+        assert "--cb-num-blocks" in engine.cmdline()
+        assert rss < ep["estimated_bytes"] + (512 << 20), (rss, ep["estimated_bytes"])
+
         listed = _workbench("endpoints")
         assert [(e["name"], e["state"]) for e in listed] == [(SMOL, "running")]
     finally:

@@ -290,10 +290,25 @@ def vllm_argv(command: Sequence[str], model_path: str | os.PathLike[str], served
     return argv
 
 
+#: ``transformers serve``'s continuous-batching page (``ContinuousBatchingConfig.page_size``'s default):
+#: ``--cb-num-blocks`` counts cache blocks of this many tokens.
+CB_PAGE_TOKENS = 256
+#: Tokens one continuous-batching step may process (``--cb-max-batch-tokens``; transformers' own
+#: default, 8192, sizes attention masks for a GPU: on a CPU it costs memory and buys nothing).
+CB_MAX_BATCH_TOKENS = 256
+
+
 def transformers_argv(command: Sequence[str], model_path: str | os.PathLike[str], *, port: int, device: str,
                       dtype: str = "auto", quant: str = "none", continuous_batching: bool = True,
-                      host: str = HOST) -> list[str]:
+                      host: str = HOST, cache_tokens: int | None = None) -> list[str]:
     """``transformers serve PATH --host 127.0.0.1 --port N --device D ...`` (the model preloaded).
+
+    With continuous batching, ``cache_tokens`` (what the fit check counted for the KV cache) sets
+    the engine's paged cache: ``--cb-num-blocks`` of :data:`CB_PAGE_TOKENS` tokens. Without it
+    transformers sizes the cache from the device's free memory (``max_memory_percent``: 60-90%
+    of it, ``transformers/generation/continuous_batching/initialization.py``
+    ``resolve_max_memory_percent``), which on a CPU is the machine's RAM: a 135M model's engine
+    took 13 GiB of a shared 23 GiB machine.
 
     Raises:
         LoadSpecError: a quantization ``transformers serve`` cannot apply (fp4).
@@ -307,4 +322,7 @@ def transformers_argv(command: Sequence[str], model_path: str | os.PathLike[str]
         argv += ["--quantization", TRANSFORMERS_QUANT[quant]]
     if continuous_batching:
         argv.append("--continuous-batching")
+        if cache_tokens:
+            argv += ["--cb-num-blocks", str(-(-int(cache_tokens) // CB_PAGE_TOKENS)),
+                     "--cb-max-batch-tokens", str(min(CB_MAX_BATCH_TOKENS, int(cache_tokens)))]
     return argv

@@ -120,7 +120,7 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         EngineNotFoundError: the engine asked for is not installed.
         LoadSpecError: a device, dtype or quantization the engine cannot use.
     """
-    from ..runtime.fit import require_fit
+    from ..runtime.fit import CONTEXT_TOKENS, require_fit
     from ..runtime.spec import LoadSpec, devices_tuple
     from ..store import ModelStore
     from ..store.safety import check_entry
@@ -138,9 +138,10 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
 
         n_ctx = default_n_ctx(entry, max_model_len)
         fit = require_fit(entry, spec, free=free, context_tokens=n_ctx, sequences=max(1, parallel))
-    else:
-        fit = require_fit(entry, spec, free=free)
     chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command(), gguf=on_llamacpp)
+    cache_tokens = _transformers_cache_tokens(entry, max_model_len) if chosen == "transformers" else 0
+    if not on_llamacpp:
+        fit = require_fit(entry, spec, free=free, context_tokens=cache_tokens or CONTEXT_TOKENS)
     port = port or process.free_port(engines.HOST)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     gpus = [d for d in spec.devices if is_gpu(d)]
@@ -192,7 +193,8 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
                               hint="use --engine vllm on GPUs, or nodes=1")
         device = spec.devices[0] if len(spec.devices) == 1 else "auto"
         argv = engines.transformers_argv(engines.transformers_command(), entry.path, port=port, device=device,
-                                         dtype=dtype, quant=quant, continuous_batching=continuous_batching)
+                                         dtype=dtype, quant=quant, continuous_batching=continuous_batching,
+                                         cache_tokens=cache_tokens)
         if trust_remote_code:
             argv.append("--trust-remote-code")
         # transformers serve lists cached hub models on /v1/models and fails without a cache folder.
@@ -203,6 +205,17 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         device_bytes = {b.device: b.needed_bytes for b in fit.budgets if b.device in gpus}
     return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
                      vllm_info, device_bytes)
+
+
+#: The KV cache ``transformers serve`` gets (tokens, over all its concurrent requests) unless
+#: ``max_model_len`` says otherwise.
+TRANSFORMERS_CACHE_TOKENS = 4096
+
+
+def _transformers_cache_tokens(entry: Any, max_model_len: int | None) -> int:
+    """The paged cache of ``transformers serve`` (engines.transformers_argv), which the fit counts:
+    the context asked for, else :data:`TRANSFORMERS_CACHE_TOKENS`, at most the model's."""
+    return int(max_model_len or min(TRANSFORMERS_CACHE_TOKENS, entry.context_length or TRANSFORMERS_CACHE_TOKENS))
 
 
 # Endpoints this process started without detach: stopped when it exits.
