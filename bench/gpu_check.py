@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -179,25 +181,35 @@ def check_refusal(checks: Checks, entry: Any, device: str) -> None:
 def check_fake_multi_gpu(checks: Checks) -> None:
     """The two-GPU max_memory map, against the NVML fakes (no GPU needed)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from transformers import LlamaConfig
+
     from fakes.fake_pynvml import FakeGpu, FakeProcess, installed, make_fake_nvml
     from workbench.runtime import LoadSpec, check_fit, placement_plan
     from workbench.runtime.fit import CUDA_CONTEXT_BYTES
     from workbench.store import ModelEntry, WeightStats
 
     params = 16_000_000_000
-    entry = ModelEntry(name="fake-16b", path=Path("/nonexistent"), root=Path("/nonexistent"), writable=False,
+    # A Llama config of the fake's shape, so the store measures its KV cache (transformers' meta-device cache):
+    # without one the cache is unknown, and an unknown cache is never counted as no cache.
+    folder = Path(tempfile.mkdtemp(prefix="gpu-check-fake-"))
+    LlamaConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=32000).save_pretrained(folder)
+    entry = ModelEntry(name="fake-16b", path=folder, root=folder.parent, writable=False,
                        format="safetensors", params=params, dtype="bfloat16", num_layers=40, num_kv_heads=8,
                        head_dim=128, weights=WeightStats(params=params, linear_params=params // 10 * 9,
                                                          linear_rows=params // 5120, linear_count=280,
                                                          bytes_by_dtype={"BF16": 2 * params}))
     fake = make_fake_nvml([FakeGpu(processes=[FakeProcess(4242, 3 * GiB)]), FakeGpu()])
-    with installed(fake, torch=fake.torch_cuda()):
-        spec = LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate()
-        chk = check_fit(entry, spec)
-        device_map, mm = placement_plan(spec, chk)
-    # The entry has no config.json, so no cache is measured (estimate unavailable) and none is reserved:
-    # cuda:0's budget is its free memory less the CUDA context, below cuda:1's by the other process's 3 GiB.
-    ok = device_map == "auto" and set(mm) == {0, 1} and mm[0] <= 21 * GiB - CUDA_CONTEXT_BYTES < mm[1]
+    try:
+        with installed(fake, torch=fake.torch_cuda()):
+            spec = LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate()
+            chk = check_fit(entry, spec)
+            device_map, mm = placement_plan(spec, chk)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # cuda:0's budget is its free memory less the CUDA context and its share of the KV cache (so strictly
+    # below 21 GiB less the context), and below cuda:1's by the other process's 3 GiB.
+    ok = device_map == "auto" and set(mm) == {0, 1} and mm[0] < 21 * GiB - CUDA_CONTEXT_BYTES < mm[1]
     checks.record("fake 2x24 GiB GPUs: max_memory map", ok and chk.fits is True,
                   f"{ {k: mib(v) for k, v in mm.items()} }, fits={chk.fits}")
 

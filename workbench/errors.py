@@ -171,6 +171,12 @@ class InsufficientMemoryError(RuntimeErrorBase, MemoryError):
     """The model does not fit in the memory of the chosen devices."""
 
 
+class UnknownNeedError(RuntimeErrorBase, ValueError):
+    """The fit of a load cannot be checked because part of what it needs is unknown (the KV cache of a
+    model transformers cannot build); ``unknown_parts`` names each part with its reason. The load may
+    still run when the user opts out (``LoadSpec(allow_unknown_cache=True)``, ``--allow-unknown-cache``)."""
+
+
 class LoadError(RuntimeErrorBase):
     """Loading failed; the workbench rolled back and holds nothing of the attempt."""
 

@@ -7,7 +7,7 @@ how the weights spread over several devices in order, as accelerate fills them.
 
 from __future__ import annotations
 
-from workbench.devices.budget import DeviceOffer, decide_fit
+from workbench.devices.budget import DeviceOffer, decide_fit, unknown_text
 
 GiB = 2**30
 MiB = 2**20
@@ -60,3 +60,13 @@ def test_unknown_free_memory_is_unknown_not_a_refusal():
     # Unknown on one device, but another one cannot hold its own parts: that is a refusal.
     v = decide_fit(GiB, [DeviceOffer("cuda:0", None), DeviceOffer("cuda:1", 0)], parts={"cuda:1": {"kv_cache": 1}})
     assert v.fits is False
+
+
+def test_an_unknown_part_is_never_zero_bytes():
+    """A part nobody can size (a cache transformers cannot measure) turns "fits" into unknown, keeps a
+    refusal a refusal, is named with its reason, and is in none of the byte totals."""
+    why = {"kv_cache": "estimate unavailable: no config.json"}
+    v = decide_fit(GiB, [DeviceOffer("cuda:0", 4 * GiB)], unknown_parts=why)
+    assert (v.fits, dict(v.unknown_parts), v.needed_bytes) == (None, why, GiB)
+    assert decide_fit(8 * GiB, [DeviceOffer("cuda:0", 4 * GiB)], unknown_parts=why).fits is False
+    assert unknown_text(why) == "KV cache unknown (estimate unavailable: no config.json)"

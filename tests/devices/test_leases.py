@@ -155,13 +155,18 @@ def test_no_double_counting_of_memory_the_holder_already_uses(gpu):
                      ).outstanding_bytes == 0
 
 
-def test_fit_check_counts_other_leases(gpu):
+def test_fit_check_counts_other_leases(gpu, tmp_path):
+    from transformers import LlamaConfig
+
     from workbench.runtime import LoadSpec, check_fit
     from workbench.runtime.fit import require_fit
     from workbench.store import ModelEntry, WeightStats
 
-    params = 4_000_000_000  # 8 GB of bfloat16 weights
-    entry = ModelEntry(name="m-4b", path=Path("/nonexistent/m"), root=Path("/nonexistent"), writable=False,
+    params = 4_000_000_000
+    # A config of its shape, so its KV cache is measured (unknown otherwise): 6.7B parameters, 13.5 GB in bfloat16.
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=32000).save_pretrained(tmp_path / "m")
+    entry = ModelEntry(name="m-4b", path=tmp_path / "m", root=tmp_path, writable=False,
                        format="safetensors", params=params, dtype="bfloat16", num_layers=32, num_kv_heads=8,
                        head_dim=128, weights=WeightStats(params=params, linear_params=int(params * 0.9),
                                                          linear_rows=100_000, linear_count=200,

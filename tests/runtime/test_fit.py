@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fakes.fake_pynvml import FakeGpu, FakeProcess
-from workbench.errors import InsufficientMemoryError, LoadSpecError
+from workbench.errors import InsufficientMemoryError, LoadSpecError, UnknownNeedError
 from workbench.runtime import LoadSpec, Registry, check_fit, placement_plan
 from workbench.runtime.fit import CUDA_CONTEXT_BYTES, require_fit
 from workbench.store import ModelEntry, WeightStats, estimate, format_bytes
@@ -47,12 +47,12 @@ def two_gpus(fake_nvml, clean_devices):
                       FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
 
 
-def test_fit_uses_nvml_free_memory_per_gpu(two_gpus):
-    entry = big_entry()
+def test_fit_uses_nvml_free_memory_per_gpu(two_gpus, tmp_path):
+    entry = big_entry(folder=tmp_path / "big-16b")
     chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate())
     budgets = {b.device: b for b in chk.budgets}
     assert budgets["cuda:0"].free_bytes == 21 * GiB and budgets["cuda:1"].free_bytes == 24 * GiB
-    assert chk.fits is True  # 32 GB of weights over 44 GiB of free memory
+    assert chk.fits is True  # 22.6 GB of weights (the config's 11.3B parameters) over 44 GiB of free memory
     assert chk.needed_bytes > estimate(entry, "bfloat16").total_bytes + 2 * CUDA_CONTEXT_BYTES - 1
 
 
@@ -176,3 +176,47 @@ def test_fit_table_is_the_load_check_per_device_and_precision(seeded_root):
     assert row.parts["cuda_context"] == CUDA_CONTEXT_BYTES
     # Without the CUDA context the weights and KV cache alone would have fitted in much less.
     assert row.needed_bytes - CUDA_CONTEXT_BYTES < room // 2
+
+
+def test_unknown_cache_is_unknown_not_zero(two_gpus):
+    """No config.json: transformers cannot build the model, so its KV cache is unknown. The check names
+    that part with the store's reason and answers ``None`` (never "fits" on weights alone)."""
+    from workbench.store.estimate import cache_problem
+
+    entry = big_entry()
+    chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate())
+    reason = cache_problem(entry)
+    assert reason is not None and reason.startswith("estimate unavailable:")
+    assert (chk.fits, chk.unknown_parts, "kv_cache" in chk.parts) == (None, {"kv_cache": reason}, False)
+    assert f"KV cache unknown ({reason})" in chk.message
+
+
+def test_unknown_cache_refused_with_an_opt_out(two_gpus, caplog):
+    entry = big_entry()
+    spec = LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate()
+    with pytest.raises(UnknownNeedError) as err:
+        require_fit(entry, spec)
+    text = str(err.value)
+    assert "cannot check that big-16b fits: KV cache unknown (estimate unavailable:" in text
+    assert "allow_unknown_cache=True" in text and "--allow-unknown-cache" in text
+    assert (err.value.context["name"], list(err.value.context["unknown_parts"])) == ("big-16b", ["kv_cache"])
+    with caplog.at_level("WARNING", logger="workbench.runtime.fit"):
+        chk = require_fit(entry, spec.with_(allow_unknown_cache=True))
+    assert chk.fits is None
+    assert "loading without a cache estimate" in caplog.text
+
+
+def test_unknown_cache_does_not_hide_a_refusal(two_gpus):
+    """What is known already does not fit on one GPU: refused for memory, whatever the cache."""
+    entry = big_entry()
+    with pytest.raises(InsufficientMemoryError):
+        require_fit(entry, LoadSpec(entry, devices=("cuda:0",), allow_unknown_cache=True).validate())
+
+
+def test_registry_refuses_an_unknown_cache_before_any_work(two_gpus, events):
+    entry = big_entry()
+    reg = Registry()
+    with pytest.raises(UnknownNeedError):
+        reg.load(LoadSpec(entry, devices=("cuda:0", "cuda:1")))
+    assert reg.list() == []
+    assert not events.of("load_started")

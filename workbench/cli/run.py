@@ -22,7 +22,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         local = [flag for flag, used in (("a model name", args.name), ("--device", args.device != "cpu"),
                                          ("--dtype", args.dtype != "auto"), ("--quant", args.quant != "none"),
                                          ("--allow-pickle", args.allow_pickle),
-                                         ("--trust-remote-code", args.trust_remote_code)) if used]
+                                         ("--trust-remote-code", args.trust_remote_code),
+                                         ("--allow-unknown-cache", args.allow_unknown_cache)) if used]
         if local:
             raise ConfigError(f"{', '.join(local)} cannot go with --endpoint {args.endpoint}",
                               hint="an endpoint serves the model its engine was started with: drop them, "
@@ -39,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         progress=None if args.json else progress, system_prompt=args.system,
-        engine=args.engine, n_ctx=args.n_ctx,
+        engine=args.engine, n_ctx=args.n_ctx, allow_unknown_cache=args.allow_unknown_cache,
         # The answer on stdout as it is generated (`ollama run`); --json: one document at the end.
         stream_to=lambda s: consume(s, live=not args.json),
     )
@@ -88,3 +89,5 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--n-ctx", type=int, default=None, help="llama.cpp's context in tokens (default 4096)")
     sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only=True)")
     sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
+    sp.add_argument("--allow-unknown-cache", action="store_true",
+                    help="load even when the KV cache cannot be measured (the fit check then covers the rest only)")

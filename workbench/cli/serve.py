@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = plan_serve(args.name, engine=args.engine, devices=devices, dtype=args.dtype, quant=args.quant,
                       port=args.port, max_model_len=args.max_model_len, name=args.endpoint_name, nodes=args.nodes,
                       allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                      parallel=args.parallel)
+                      parallel=args.parallel, allow_unknown_cache=args.allow_unknown_cache)
     if not args.json:
         progress(f"starting {plan.engine} for {plan.store_model} on {plan.base_url} ...")
     with terminate_as_interrupt():
@@ -141,3 +141,5 @@ def register(subparsers: Any) -> None:
                     help="accepted for symmetry: an engine started from the command line always outlives it")
     sp.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints")
     sp.add_argument("--trust-remote-code", action="store_true", help="allow this model's own Python code")
+    sp.add_argument("--allow-unknown-cache", action="store_true",
+                    help="load even when the KV cache cannot be measured (the fit check then covers the rest only)")

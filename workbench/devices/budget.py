@@ -28,6 +28,12 @@ The rule:
   together, and every device has room for its fixed parts.
 * A device whose free memory is unknown (and that has no cap) makes the answer
   unknown (``None``), never a refusal.
+* A part whose size is **unknown** (the KV cache of a model transformers cannot
+  build: ``"estimate unavailable: REASON"``) is never counted as zero bytes: it is
+  named with its reason in :attr:`FitVerdict.unknown_parts`, and the answer is
+  ``None`` where the known parts fit (they can only grow), ``False`` where they
+  already do not. The callers that load refuse an unknown answer of this kind unless
+  the user opts out (:func:`workbench.runtime.fit.require_fit`).
 
 Example:
     >>> v = decide_fit(10 * GiB, [DeviceOffer("cuda:0", free_bytes=24 * GiB, leased_bytes=16 * GiB)],
@@ -39,7 +45,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._format import format_bytes
 from .._records import Record
@@ -148,7 +154,9 @@ class FitVerdict(Record):
         devices: one :class:`DeviceBudget` per device, in the order given.
         weights_bytes: the loaded weights (what stays once loaded).
         load_peak_bytes: the most the load holds at once for its weights (at least ``weights_bytes``).
-        fits: ``True``, ``False``, or ``None`` when a device's free memory is unknown.
+        fits: ``True``, ``False``, or ``None`` when a device's free memory or a part's size is unknown.
+        unknown_parts: parts whose size is unknown, by name, each with the reason
+            (``{"kv_cache": "estimate unavailable: ..."}``); they are in none of the byte totals.
     """
 
     _json_properties = ("parts", "needed_bytes", "available_bytes", "reserve_bytes", "leased_bytes")
@@ -157,6 +165,7 @@ class FitVerdict(Record):
     weights_bytes: int
     load_peak_bytes: int
     fits: bool | None
+    unknown_parts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def weights_need_bytes(self) -> int:
@@ -211,7 +220,8 @@ def _usable(offer: DeviceOffer, reserve: int) -> int | None:
 
 
 def decide_fit(weights_bytes: int, offers: Sequence[DeviceOffer], *,
-               parts: Mapping[str, Mapping[str, int]] | None = None, load_peak_bytes: int = 0) -> FitVerdict:
+               parts: Mapping[str, Mapping[str, int]] | None = None, load_peak_bytes: int = 0,
+               unknown_parts: Mapping[str, str] | None = None) -> FitVerdict:
     """Whether ``weights_bytes`` (and each device's fixed ``parts``) fit what ``offers`` offer.
 
     Args:
@@ -221,6 +231,8 @@ def decide_fit(weights_bytes: int, offers: Sequence[DeviceOffer], *,
             "kv_cache": ...}}``); see :data:`PART_TITLES`.
         load_peak_bytes: the most the load holds at once for its weights, when above ``weights_bytes``
             (a CPU quantization reads the full-precision copy first).
+        unknown_parts: parts the load needs whose size nobody can tell, by name, with the reason;
+            they make a ``True`` answer ``None`` (the known parts fit; the unknown ones may not).
 
     Returns:
         A :class:`FitVerdict`; nothing here reads a device or raises for a lack of memory.
@@ -254,7 +266,15 @@ def decide_fit(weights_bytes: int, offers: Sequence[DeviceOffer], *,
         fits = None
     else:
         fits = remaining <= 0
-    return FitVerdict(tuple(budgets), int(weights_bytes), need, fits)
+    unknown_parts = dict(unknown_parts or {})
+    if fits and unknown_parts:
+        fits = None  # what is known fits; what is not known is never taken as zero bytes
+    return FitVerdict(tuple(budgets), int(weights_bytes), need, fits, unknown_parts)
+
+
+def unknown_text(unknown_parts: Mapping[str, str]) -> str:
+    """``"KV cache unknown (estimate unavailable: ...)"``, one per unknown part, or ``""``."""
+    return "; ".join(f"{part_title(k)} unknown ({why})" for k, why in unknown_parts.items())
 
 
 def parts_text(parts: Mapping[str, int]) -> str:

@@ -8,7 +8,9 @@ lease book also calls under its lock; this module gathers its inputs for a
   (not only the final footprint), the KV cache for ``context_tokens`` tokens and the
   fixed cache state once per concurrent sequence, torch's CUDA context on each GPU
   not yet initialised, the RSS of importing torch and bitsandbytes on the CPU when
-  they are not imported yet;
+  they are not imported yet; a cache the store cannot measure is an **unknown** part with its
+  reason (never zero bytes), and :func:`require_fit` refuses such a load unless the spec opts
+  out (``allow_unknown_cache``);
 * what each device offers: NVML's free memory on GPUs (which already subtracts other
   users' processes) less other users' GPU leases not yet allocated, available RAM
   (within the cgroup limit) on the CPU, and the spec's ``max_memory``.
@@ -32,11 +34,11 @@ from typing import Any
 
 from .._lazy import torch_if_imported
 from .._records import jsonable
-from ..devices.budget import DeviceBudget, DeviceOffer, FitVerdict, decide_fit, part_title
-from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError
+from ..devices.budget import DeviceBudget, DeviceOffer, FitVerdict, decide_fit, part_title, unknown_text
+from ..errors import DeviceNotFoundError, InsufficientMemoryError, LoadSpecError, UnknownNeedError
 from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, estimate, format_bytes
-from ..store.estimate import kv_cache_bytes, precisions
+from ..store.estimate import cache_problem, kv_cache_bytes, precisions
 from .spec import LoadSpec
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,11 @@ class FitCheck:
     def available_bytes(self) -> int | None:
         """What the devices offer together (free less others' leases, within caps); ``None`` if unknown."""
         return self.verdict.available_bytes
+
+    @property
+    def unknown_parts(self) -> dict[str, str]:
+        """Parts of the need whose size is unknown, by name, with the reason (``{"kv_cache": "estimate unavailable: ..."}``)."""
+        return dict(self.verdict.unknown_parts)
 
     @property
     def parts(self) -> dict[str, int]:
@@ -206,7 +213,7 @@ def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, contex
     context this process has not started yet needs one; the CPU needs the RSS of importing torch and
     bitsandbytes when they are not imported yet.
     """
-    kv = (kv_cache_bytes(entry, context_tokens, est.dtype) or 0) * max(1, sequences)
+    kv = (kv_cache_bytes(entry, context_tokens, est.dtype) or 0) * max(1, sequences)  # unknown: unknown_load_parts
     state = (getattr(est, "cache_state_bytes", None) or 0) * max(1, sequences)
     llamacpp = spec.uses_llamacpp(entry)
     if llamacpp:  # llama.cpp's own KV rule and compute buffers (workbench/store/gguf_estimate.py)
@@ -235,6 +242,23 @@ def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, contex
     return out
 
 
+def unknown_load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate) -> dict[str, str]:
+    """The parts of the need that nobody can size before loading, by name, with the reason.
+
+    The KV cache and the fixed cache state come from the cache transformers builds
+    (:func:`workbench.store.estimate.cache_profile`); where it cannot build the model (remote code,
+    an unknown ``model_type``, a folder without ``config.json``) they are unknown, never zero.
+    llama.cpp's cache is sized from the GGUF header by its own rule (:func:`load_parts`).
+    """
+    if spec.uses_llamacpp(entry):
+        return {}
+    if kv_cache_bytes(entry, 1, est.dtype) is not None:
+        return {}
+    why = getattr(est, "cache_problem", None) or cache_problem(entry) or (
+        f"estimate unavailable: the store cannot measure the cache of {entry.name}")
+    return {"kv_cache": why}
+
+
 def _message(spec: LoadSpec, est: MemoryEstimate, verdict: FitVerdict, context_tokens: int) -> str:
     named = []
     for k, v in verdict.parts.items():
@@ -251,6 +275,9 @@ def _message(spec: LoadSpec, est: MemoryEstimate, verdict: FitVerdict, context_t
         lacking = "; ".join(f"{b.device} lacks room for its {', '.join(part_title(k) for k in b.parts)} "
                             f"({format_bytes(b.reserve_bytes)})" for b in short)
         return f"{head}; {where}; {lacking}: does not fit"
+    unknown = unknown_text(verdict.unknown_parts)
+    if verdict.fits is None and unknown:
+        return f"{head}, {unknown}; {where}: the rest fits, cannot check the fit"
     if verdict.fits is None:
         return f"{head}; {where}: cannot check the fit"
     return f"{head}; {where}: {'fits' if verdict.fits else 'does not fit'}"
@@ -291,7 +318,8 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     parts = load_parts(entry, spec, est, context_tokens=context_tokens, sequences=sequences)
     # On the CPU, bitsandbytes quantizes after the full-precision weights are read, so
     # the peak is far above the footprint; on GPUs it quantizes tensor by tensor.
-    verdict = decide_fit(est.total_bytes, offers, parts=parts, load_peak_bytes=est.load_peak_bytes)
+    verdict = decide_fit(est.total_bytes, offers, parts=parts, load_peak_bytes=est.load_peak_bytes,
+                         unknown_parts=unknown_load_parts(entry, spec, est))
     return FitCheck(spec, est, verdict, context_tokens, _message(spec, est, verdict, context_tokens))
 
 
@@ -333,6 +361,10 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     def probe(other: LoadSpec) -> FitCheck:
         return check_fit(entry, other, free=free, context_tokens=context_tokens, sequences=sequences)
 
+    def fits(chk: FitCheck) -> bool:
+        # With an unknown cache, "everything known fits" is the most anyone can say (require_fit says the rest).
+        return bool(chk.fits) or (chk.fits is None and bool(chk.unknown_parts) and chk.available_bytes is not None)
+
     ideas = []
     current = spec_estimate(entry, spec).total_bytes
     # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
@@ -341,7 +373,7 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         if (alt.dtype, alt.quant) == (spec.dtype, spec.quant) or spec_estimate(entry, alt).total_bytes >= current:
             continue
         chk = probe(alt)
-        if chk.fits:
+        if fits(chk):
             what = f"quant={quant!r}" if quant != "none" else f"dtype={dtype!r}"
             ideas.append(f"try {what} (needs about {chk.needed_str})")
             break
@@ -349,10 +381,10 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     gpus_extra = [d for d in extra if is_gpu(d)]
     if gpus_extra:
         more = spec.with_(devices=tuple(d for d in spec.devices if d != "cpu") + tuple(gpus_extra))
-        if probe(more).fits:
+        if fits(probe(more)):
             ideas.append(f"add {', '.join(gpus_extra)}")
     for d in extra:
-        if probe(spec.with_(devices=(d,), max_memory=None)).fits:
+        if fits(probe(spec.with_(devices=(d,), max_memory=None))):
             ideas.append(f"load on {d} instead")
             break
     if spec.max_memory:
@@ -365,13 +397,30 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
 def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
                 other_devices: Sequence[str] | None = None, context_tokens: int = CONTEXT_TOKENS,
                 sequences: int = 1) -> FitCheck:
-    """:func:`check_fit`, raising when the load cannot fit.
+    """:func:`check_fit`, raising when the load cannot fit, or when its fit cannot be checked because
+    part of the need is unknown (the KV cache of a model transformers cannot build) and the spec does
+    not opt out (``spec.allow_unknown_cache``; then a warning is logged and the check returned).
+
+    An unknown free memory (a device NVML cannot read) is not refused: the load itself tells.
 
     Raises:
         InsufficientMemoryError: with ``needed_bytes``, ``available_bytes``, ``devices``
             and a suggestion (a smaller quantization, another device) as the hint.
+        UnknownNeedError: the known parts fit (or cannot be checked) but a part is unknown;
+            ``unknown_parts`` names each with its reason.
     """
     chk = check_fit(entry, spec, free=free, context_tokens=context_tokens, sequences=sequences)
+    unknown = chk.unknown_parts
+    if chk.fits is not False and unknown:
+        if not spec.allow_unknown_cache:
+            raise UnknownNeedError(
+                f"cannot check that {spec.model_name} fits: {unknown_text(unknown)}",
+                hint="load it anyway with allow_unknown_cache=True (workbench run/serve --allow-unknown-cache), "
+                     f"leaving room for its cache yourself (the rest needs about {chk.needed_str})",
+                name=spec.model_name, unknown_parts=unknown, needed_bytes=chk.needed_bytes,
+                devices=list(spec.devices))
+        logger.warning("%s: loading without a cache estimate (%s): %s", spec.model_name,
+                       unknown_text(unknown), chk.message)
     if chk.fits is False:
         if other_devices is None:
             other_devices = _visible_device_names()

@@ -69,13 +69,15 @@ def run_once(
     engine: str = "auto",
     n_ctx: int | None = None,
     stream_to: Callable[[Any], bool] | None = None,
+    allow_unknown_cache: bool = False,
 ) -> RunReport:
     """Load ``name``, answer ``prompt`` once, unload (also when generation fails).
 
     Args:
         progress: called with one line per load phase (the CLI prints them on stderr).
         system_prompt: a system message (a chat template's own default applies without one).
-        engine, n_ctx: as :class:`~workbench.runtime.spec.LoadSpec` (llama.cpp for GGUF entries by default).
+        engine, n_ctx, allow_unknown_cache: as :class:`~workbench.runtime.spec.LoadSpec` (llama.cpp for GGUF
+            entries by default).
         stream_to: reads the generation's :class:`~workbench.runtime.streaming.Stream` (the CLI
             prints it as it arrives) and returns whether it was interrupted (``interrupted``
             in the report; what arrived is kept).
@@ -88,7 +90,7 @@ def run_once(
 
     spec = LoadSpec(name, devices=devices_tuple(devices), dtype=dtype, quant=quant,
                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                    engine=engine, n_ctx=n_ctx)  # type: ignore[arg-type]
+                    engine=engine, n_ctx=n_ctx, allow_unknown_cache=allow_unknown_cache)  # type: ignore[arg-type]
     last_phase: list[str] = []
 
     def on_progress(p: LoadProgress) -> None:

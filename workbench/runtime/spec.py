@@ -55,6 +55,9 @@ class LoadSpec(Record):
             :func:`workbench.store.gguf_estimate.runs_on_llamacpp`), ``"llamacpp"`` or ``"transformers"``.
         n_ctx: llama.cpp's context in tokens (the KV cache it allocates); default the fit check's
             context, at most the model's.
+        allow_unknown_cache: load even when the KV cache cannot be measured (transformers cannot
+            build the model before loading: remote code, an unknown ``model_type``); the fit check
+            then covers the weights only, and the room for the cache is the user's to leave.
 
     Example:
         >>> LoadSpec("SmolLM2-135M-Instruct", devices=("cpu",), quant="nf4").validate().quant
@@ -73,6 +76,7 @@ class LoadSpec(Record):
     name: str | None = None
     engine: Literal["auto", "llamacpp", "transformers"] = "auto"
     n_ctx: int | None = None
+    allow_unknown_cache: bool = False
 
     def __post_init__(self) -> None:
         # Accept what people type: a list, or one device as a string.

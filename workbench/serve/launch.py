@@ -101,7 +101,8 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
                dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None,
                name: str | None = None, nodes: int = 1, continuous_batching: bool = True,
                allow_pickle: bool = False, trust_remote_code: bool = False,
-               free: Callable[[str], int | None] | None = None, parallel: int = 1) -> ServePlan:
+               free: Callable[[str], int | None] | None = None, parallel: int = 1,
+               allow_unknown_cache: bool = False) -> ServePlan:
     """Check ``model`` as a load would (safety, fit) and build the engine's command; start nothing.
 
     Args:
@@ -129,7 +130,8 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
     name = _endpoint_name(name, entry.name)
     spec_engine = engine if engine in ("auto", "llamacpp") else "transformers"
     spec = LoadSpec(entry, devices=devices_tuple(devices), dtype=dtype, quant=quant, allow_pickle=allow_pickle,
-                    trust_remote_code=trust_remote_code, engine=spec_engine).validate()  # type: ignore[arg-type]
+                    trust_remote_code=trust_remote_code, engine=spec_engine,
+                    allow_unknown_cache=allow_unknown_cache).validate()  # type: ignore[arg-type]
     check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
     on_llamacpp = engine in engines.ENGINES and spec.uses_llamacpp(entry)
     n_ctx = 0
@@ -331,7 +333,8 @@ def _first_model(body: bytes) -> str | None:
 def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[str] = ("cpu",),
           dtype: Dtype = "auto", quant: Quant = "none", port: int | None = None, max_model_len: int | None = None, name: str | None = None,
           detach: bool = False, nodes: int = 1, continuous_batching: bool = True, allow_pickle: bool = False,
-          trust_remote_code: bool = False, ready_timeout_s: float | None = None, parallel: int = 1) -> Endpoint:
+          trust_remote_code: bool = False, ready_timeout_s: float | None = None, parallel: int = 1,
+          allow_unknown_cache: bool = False) -> Endpoint:
     """Serve a store model with a real engine and return its endpoint once it answers.
 
     Started from a kernel, the engine stops when the kernel exits unless ``detach``.
@@ -342,7 +345,8 @@ def serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequence[
     """
     plan = plan_serve(model, engine=engine, devices=devices, dtype=dtype, quant=quant, port=port,
                       max_model_len=max_model_len, name=name, nodes=nodes, continuous_batching=continuous_batching,
-                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, parallel=parallel)
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, parallel=parallel,
+                      allow_unknown_cache=allow_unknown_cache)
     return start(plan, detach=detach, ready_timeout_s=ready_timeout_s)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..devices.budget import RESERVE_PARTS, part_title
+from ..devices.budget import RESERVE_PARTS, part_title, unknown_text
 from ..store import format_bytes
 from .display import html_table
 
@@ -63,15 +63,22 @@ def fit_table_html(checks: Sequence[Any], caption: str | None = None) -> str:
 def fit_summary(checks: Sequence[Any]) -> list[str]:
     """One sentence per device from single-device checks: ``"fits on cpu in bfloat16, int8, nf4; not in float32"``."""
     by_device: dict[str, list[tuple[str, bool | None]]] = {}
+    why: dict[str, str] = {}
     for chk in checks:
         by_device.setdefault(chk.spec.devices[0], []).append((chk.estimate.label, chk.fits))
+        unknown_parts = getattr(chk, "unknown_parts", None)
+        if chk.fits is None and unknown_parts:  # a part nobody can size, not the device
+            why.setdefault(chk.spec.devices[0], unknown_text(unknown_parts))
     out = []
     for device, fits in by_device.items():
         yes = [p for p, ok in fits if ok]
         no = [p for p, ok in fits if ok is False]
         unknown = [p for p, ok in fits if ok is None]
         if unknown and not yes and not no:
-            out.append(f"cannot tell whether it fits on {device}: its free memory is unknown")
+            out.append(f"cannot tell whether it fits on {device}: {why.get(device, 'its free memory is unknown')}")
+        elif unknown and no and not yes:
+            out.append(f"does not fit on {device} in {', '.join(no)}; cannot tell in {', '.join(unknown)}: "
+                       f"{why.get(device, 'its free memory is unknown')}")
         elif yes and no:
             out.append(f"fits on {device} in {', '.join(yes)}; not in {', '.join(no)}")
         elif yes:
