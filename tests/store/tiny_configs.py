@@ -10,7 +10,10 @@ build, and the sweep reports it as not tried, with transformers' error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 LAYERS = 4
@@ -27,7 +30,8 @@ _LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim", "model_dim", "word_embed_proj_dim")
 _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 _KV = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num", "n_kv_heads")
-_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length",
+              "max_target_positions", "max_seq_len")
 _WINDOWS = ("sliding_window", "attention_chunk_size")
 
 
@@ -59,12 +63,14 @@ _RULES: tuple[tuple[Callable[[str], bool], Callable[[int], int]], ...] = (
 )
 
 
-def _scaled(name: str, value: Any, layers: int | None) -> Any:
+def _scaled(name: str, value: Any, layers: int | None, tiny_layers: int = LAYERS) -> Any:
     """The tiny value of one attribute (``value`` is the default); unchanged when no rule applies."""
     if isinstance(value, list) and layers and len(value) == layers:
-        return value[:LAYERS]  # per-layer lists (layer_types, mlp_only_layers as flags...)
+        return value[:tiny_layers]  # per-layer lists (layer_types, mlp_only_layers as flags...)
     if not _is_int(value) or value <= 0:
         return value
+    if name in _LAYER_COUNTS:
+        return min(value, tiny_layers)
     for names, tiny in _RULES:
         if names(name):
             return tiny(value)
@@ -83,17 +89,126 @@ def tiny_config(model_type: str) -> Any:
     return _scale(type(default), default.to_dict())
 
 
-def _scale(cls: Any, values: dict[str, Any]) -> Any:
-    layers = next((values[k] for k in _LAYER_COUNTS if _is_int(values.get(k))), None)
+#: The variants :func:`tiny_configs` tries after the plain scaling, in order: keep the config's
+#: constraints (``"constrained"``), then the same with more layers (hybrid patterns whose first
+#: attention or recurrent layer lies past the first four).
+VARIANTS: tuple[tuple[str, int], ...] = (("constrained", LAYERS), ("constrained, 8 layers", 8))
+
+
+def tiny_configs(model_type: str) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """``(label, build)`` for each way to scale ``model_type`` down, the plain one first.
+
+    The plain scaling (:func:`tiny_config`) sets each attribute by its name alone; a family it
+    leaves inconsistent gets the constrained variants: values the config derives from others
+    (declared ``None`` or ``"auto"``, a number after ``to_dict()``) are left for it to derive again
+    from the tiny values; heads and head sizes of one group (``mamba_n_heads``/``mamba_d_head``,
+    ``num_heads``/``head_dim``) keep the default's ratio of heads x head size to the hidden size
+    (Mamba-2's ``num_heads x head_dim == expand x hidden_size``), with KV heads dividing the heads;
+    per-layer settings keyed by layer index keep the layers that remain, and every ``vocab_size*``
+    is the tiny vocabulary. The sweep tries the next
+    variant when transformers refuses a config or its forward pass fails.
+    """
+    from transformers import AutoConfig
+
+    def plain() -> Any:
+        return tiny_config(model_type)
+
+    yield "plain", plain
+    for label, layers in VARIANTS:
+        def build(layers: int = layers) -> Any:
+            default = AutoConfig.for_model(model_type)
+            return _scale(type(default), default.to_dict(), layers=layers, constrained=True)
+
+        yield label, build
+
+
+def _declared_defaults(cls: Any) -> dict[str, Any]:
+    """The defaults a config class declares (its dataclass fields, else its ``__init__`` signature)."""
+    try:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+    except TypeError:
+        return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+
+def _group(name: str) -> str:
+    """``"mamba_n_heads"`` and ``"mamba_d_head"`` -> ``"mamba"``: heads and head sizes of one kind share a group."""
+    return "_".join(w for w in name.split("_") if w not in _HEAD_WORDS)
+
+
+_HEAD_WORDS = {"num", "n", "d", "attention", "heads", "head", "dim", "size"}
+
+
+def _is_heads(name: str) -> bool:
+    return (name in _HEADS or name.endswith(("attention_heads", "_num_heads", "_heads"))) and "key_value" not in name
+
+
+def _is_head_dim(name: str) -> bool:
+    return name.endswith(("head_dim", "head_size", "_d_head"))
+
+
+def _keep_ratios(default: dict[str, Any], out: dict[str, Any]) -> None:
+    """Heads x head size keep their default ratio to the hidden size, per group (see :func:`tiny_configs`)."""
+    hidden = next((default[k] for k in _HIDDEN if _is_int(default.get(k))), None)
+    if not hidden:
+        return
+    dims = {_group(k): k for k, v in default.items() if _is_head_dim(k) and _is_int(v)}
+    for name, heads in default.items():
+        dim = dims.get(_group(name))
+        if not (_is_heads(name) and _is_int(heads) and dim and _is_int(out.get(dim))):
+            continue
+        tiny, rem = divmod(heads * default[dim] * HIDDEN, hidden * out[dim])
+        if rem == 0 and 1 <= tiny <= 32:
+            out[name] = tiny
+    heads = next((out[k] for k in _HEADS if _is_int(out.get(k))), None)
+    for kv in (k for k in out if k in _KV or k.endswith("key_value_heads")):
+        if heads and _is_int(out[kv]) and heads % out[kv]:
+            out[kv] = math.gcd(heads, out[kv])
+
+
+def _layer_keyed(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit()) for k in value)
+
+
+def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls: Any = None) -> dict[str, Any]:
+    own_layers = next((values[k] for k in _LAYER_COUNTS if _is_int(values.get(k))), None)
+    declared = _declared_defaults(cls) if constrained and cls is not None else {}
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if isinstance(value, dict) and ("model_type" in value or name.endswith("_config")):
-            out[name] = {k: _scaled(k, v, next((value[c] for c in _LAYER_COUNTS if _is_int(value.get(c))), None))
-                         for k, v in value.items()}
+        if constrained and _is_int(value) and name in declared and (
+                declared[name] is None or isinstance(declared[name], str)):
+            continue  # derived by the config from other values: let it derive it from the tiny ones
+        if _layer_keyed(value):  # per-layer settings (``per_layer_config``): the layers that remain
+            out[name] = {k: (_scale_values(v, layers=layers, constrained=True) if isinstance(v, dict) else v)
+                         for k, v in value.items() if int(k) < layers}
+        elif isinstance(value, dict) and ("model_type" in value or name.endswith("_config")):
+            out[name] = _scale_values(value, layers=layers, constrained=True)
         elif name.endswith("token_id") and isinstance(value, list):
             out[name] = [v if not _is_int(v) or v < VOCAB else VOCAB - 1 for v in value]
+        elif name.startswith("vocab_size") and _is_int(value):  # vocab_size_per_layer_input...
+            out[name] = VOCAB
         else:
-            out[name] = _scaled(name, value, layers)
+            out[name] = _scaled(name, value, own_layers, layers)
+    if constrained:
+        _keep_ratios(values, out)
+    return out
+
+
+def _scale(cls: Any, values: dict[str, Any], *, layers: int = LAYERS, constrained: bool = False) -> Any:
+    if constrained:
+        out = _scale_values(values, layers=layers, constrained=True, cls=cls)
+    else:
+        own_layers = next((values[k] for k in _LAYER_COUNTS if _is_int(values.get(k))), None)
+        out = {}
+        for name, value in values.items():
+            if isinstance(value, dict) and ("model_type" in value or name.endswith("_config")):
+                out[name] = {k: _scaled(k, v, next((value[c] for c in _LAYER_COUNTS if _is_int(value.get(c))), None))
+                             for k, v in value.items()}
+            elif name.endswith("token_id") and isinstance(value, list):
+                out[name] = [v if not _is_int(v) or v < VOCAB else VOCAB - 1 for v in value]
+            else:
+                out[name] = _scaled(name, value, own_layers)
     for k in ("transformers_version", "_name_or_path"):
         out.pop(k, None)
     return cls(**out)
