@@ -144,7 +144,7 @@ def measure_placement(model: torch.nn.Module) -> dict[str, int]:
 
 def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict[Any, int] | None,
          progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-         phase_times: dict[str, float] | None = None) -> LoadOutcome:
+         phase_times: dict[str, float] | None = None, dtype_name: str | None = None) -> LoadOutcome:
     """Load ``entry`` as ``spec`` says; on any failure nothing stays referenced.
 
     Args:
@@ -154,6 +154,8 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         progress: called with :class:`LoadProgress` as phases advance.
         cancel: set it (from another thread) to stop at the next tensor.
         phase_times: seconds already spent per phase (the registry's check).
+        dtype_name: the torch dtype the weights load in, as the registry's plan resolved it
+            (``None``: resolved here from ``spec.dtype``).
 
     Raises:
         LoadCancelledError, LoadError, InsufficientMemoryError, QuantizationUnsupportedError.
@@ -169,7 +171,8 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
     err: WorkbenchError | None = None
     outcome: LoadOutcome | None = None
     try:
-        outcome = _load(entry, spec, ctx, device_map, max_memory, dict(phase_times or {}))
+        dtype = dtype_name or resolve_dtype(entry, spec.dtype)
+        outcome = _load(entry, spec, ctx, device_map, max_memory, dict(phase_times or {}), dtype)
         return outcome
     except Exception as exc:  # translated and re-raised below, after the rollback
         err = translate_error(exc, entry, spec)
@@ -187,7 +190,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
 
 
 def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
-          max_memory: dict[Any, int] | None, times: dict[str, float]) -> LoadOutcome:
+          max_memory: dict[Any, int] | None, times: dict[str, float], dtype_name: str) -> LoadOutcome:
     ctx.check_cancel("start")
     hooked = install_tqdm_hook()
     common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "local_files_only": True}
@@ -203,7 +206,7 @@ def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
 
     t = time.perf_counter()
     ctx.report("weights", 0.0, f"reading weights ({spec.precision} on {', '.join(spec.devices)})")
-    model = _read_weights(entry, spec, ctx, common, device_map, max_memory)
+    model = _read_weights(entry, spec, ctx, common, device_map, max_memory, dtype_name)
     times["weights"] = time.perf_counter() - t
     if not hooked:
         ctx.check_cancel("weights")
@@ -264,12 +267,11 @@ def _read_processor(entry: ModelEntry, common: dict[str, Any],
 
 
 def _read_weights(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, common: dict[str, Any], device_map: Any,
-                  max_memory: dict[Any, int] | None) -> PreTrainedModel:
+                  max_memory: dict[Any, int] | None, dtype_name: str) -> PreTrainedModel:
     import torch
     import transformers
 
     auto_class = getattr(transformers, entry.auto_class or CAUSAL_LM)
-    dtype_name = resolve_dtype(entry, spec.dtype)
     kwargs: dict[str, Any] = dict(common, dtype=getattr(torch, dtype_name), device_map=device_map)
     if max_memory:
         kwargs["max_memory"] = max_memory

@@ -288,7 +288,8 @@ class Registry:
 
     # -- names --------------------------------------------------------------------------------
 
-    def _choose_name(self, spec: LoadSpec, entry: ModelEntry) -> str:
+    def _choose_name(self, plan: LoadPlan) -> str:
+        spec, entry = plan.spec, plan.entry
         taken = set(self._models) | self._reserved
         if spec.name is not None:
             if spec.name in taken:
@@ -296,15 +297,12 @@ class Registry:
                                     hint="unload it first, or choose another name", name=spec.name)
             return spec.name
         base = entry.name
-        if spec.uses_llamacpp(entry):
+        if plan.llamacpp:
             label = entry.quantization or entry.dtype or "gguf"
         elif spec.quant != "none":
             label = spec.precision
         else:
-            try:
-                label = resolve_dtype(entry, spec.dtype)
-            except WorkbenchError:
-                label = spec.dtype
+            label = plan.dtype or spec.dtype
         candidates = [base, f"{base}@{label}", f"{base}@{label}@{'+'.join(spec.devices)}"]
         for c in candidates:
             if c not in taken:
@@ -350,9 +348,10 @@ class Registry:
             check_prequantized(entry, spec)
             if cancel is not None and cancel.is_set():
                 raise LoadCancelledError(f"load of {name} cancelled before it started", hint="nothing was loaded")
-            llamacpp, n_ctx, fit, device_map, max_memory = _plan_load(entry, spec)
+            plan = _plan_load(entry, spec)
+            fit = plan.fit
             with self._lock:
-                reg_name = self._choose_name(spec, entry)
+                reg_name = self._choose_name(plan)
                 self._reserved.add(reg_name)
             try:  # GPU leases: other users see this load, and a GPU promised to them refuses it
                 leases = leasing.take(spec, fit, entry.name)
@@ -364,19 +363,20 @@ class Registry:
             post_event("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
             raise
         check_s = time.perf_counter() - t0
-        post_event("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}", model=reg_name,
-             devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
-             needed_bytes=fit.needed_bytes if fit else None)
+        post_event("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}",
+                   model=reg_name, devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
+                   needed_bytes=fit.needed_bytes if fit else None)
         try:
-            if llamacpp:
+            if plan.llamacpp:
                 from . import llamacpp as engine
 
                 free = {b.device: b.free_bytes for b in fit.verdict.devices} if fit else None
-                outcome = engine.load(entry, spec, n_ctx=n_ctx, free_bytes=free, progress=progress, cancel=cancel,
-                                      phase_times={"check": check_s})
-            else:
-                outcome = loader.load(entry, spec, device_map=device_map, max_memory=max_memory, progress=progress,
+                outcome = engine.load(entry, spec, n_ctx=plan.n_ctx, free_bytes=free, progress=progress,
                                       cancel=cancel, phase_times={"check": check_s})
+            else:
+                outcome = loader.load(entry, spec, device_map=plan.device_map, max_memory=plan.max_memory,
+                                      progress=progress, cancel=cancel, phase_times={"check": check_s},
+                                      dtype_name=plan.dtype)
         except WorkbenchError as exc:
             leasing.give_back(leases)
             with self._lock:
@@ -397,7 +397,7 @@ class Registry:
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
             estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s,
             processor=outcome.processor, processor_problem=outcome.processor_problem,
-            engine="llamacpp" if llamacpp else "transformers")
+            engine="llamacpp" if plan.llamacpp else "transformers")
         del outcome
         loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
@@ -497,24 +497,54 @@ class Registry:
         return [self.unload(m.name) for m in reversed(self.list())]
 
 
-def _plan_load(entry: ModelEntry, spec: LoadSpec) -> tuple[bool, int, FitCheck | None, Any, Any]:
-    """``(on llama.cpp, n_ctx, fit, device_map, max_memory)``: the fit check and placement of a load.
+@dataclass(frozen=True)
+class LoadPlan:
+    """A load decided before anything moves, resolved once and read by every step after.
 
-    A GGUF at its own quantization runs on llama.cpp (runtime/llamacpp.py), checked for the context it
-    allocates; pickle or remote-code entries have no headers to estimate from (no fit, devices checked).
+    Attributes:
+        entry: the store entry (looked up once).
+        spec: the validated spec.
+        llamacpp: a GGUF at its own quantization runs on llama.cpp (runtime/llamacpp.py).
+        dtype: the torch dtype name the weights load in, ``"auto"`` resolved from the checkpoint
+            (:func:`~workbench.store.estimate.resolve_dtype`); ``None`` on llama.cpp.
+        n_ctx: the context llama.cpp allocates (0 on transformers).
+        fit: the fit check (free memory and other users' leases read once, here), or ``None`` for
+            entries without headers to estimate from (pickle, remote code).
+        device_map, max_memory: what ``from_pretrained`` gets (:func:`.fit.placement_plan`).
+    """
+
+    entry: ModelEntry
+    spec: LoadSpec
+    llamacpp: bool
+    dtype: str | None
+    n_ctx: int
+    fit: FitCheck | None
+    device_map: Any
+    max_memory: dict[Any, int] | None
+
+
+def _plan_load(entry: ModelEntry, spec: LoadSpec) -> LoadPlan:
+    """The fit check and placement of a load.
+
+    A GGUF at its own quantization runs on llama.cpp, checked for the context it allocates;
+    pickle or remote-code entries have no headers to estimate from (no fit, devices checked).
+
+    Raises:
+        InsufficientMemoryError: it cannot fit.
+        LoadSpecError: a device this session does not have.
     """
     if spec.uses_llamacpp(entry):
         from .llamacpp import default_n_ctx
 
         n_ctx = default_n_ctx(entry, spec.n_ctx)
-        return True, n_ctx, require_fit(entry, spec, context_tokens=n_ctx), None, None
+        return LoadPlan(entry, spec, True, None, n_ctx, require_fit(entry, spec, context_tokens=n_ctx), None, None)
     fit = None
     if entry.params is not None:
         fit = require_fit(entry, spec)
     else:
         check_devices(spec)
     device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
-    return False, 0, fit, device_map, max_memory
+    return LoadPlan(entry, spec, False, resolve_dtype(entry, spec.dtype), 0, fit, device_map, max_memory)
 
 
 def _torch_free_bytes(device: str) -> int | None:
