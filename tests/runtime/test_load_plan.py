@@ -3,7 +3,8 @@ weights load in, and the loader does not resolve it again (bench/load_walk.py co
 
 from __future__ import annotations
 
-from workbench.runtime import LoadSpec, loader, registry as registry_module
+from workbench.runtime import LoadSpec, loader
+from workbench.runtime import registry as registry_module
 
 
 def test_the_loader_loads_in_the_plans_dtype_without_resolving_it(registry, monkeypatch):

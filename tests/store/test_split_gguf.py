@@ -24,8 +24,13 @@ SHAPES = {"token_embd.weight": (100, 64), "blk.0.attn_q.weight": (64, 64), "blk.
           "output.weight": (100, 64)}
 
 
-def write_split(folder: Path, base: str, per_part: int = 3) -> list[Path]:
-    """A tiny llama GGUF split into parts of ``per_part`` tensors; returns the part paths gguf wrote."""
+# A llama.cpp MoE block's routed experts (fused, ``*_exps``) and router (``ffn_gate_inp``).
+MOE_SHAPES = {**SHAPES, "blk.0.ffn_gate_inp.weight": (4, 64), "blk.0.ffn_gate_exps.weight": (4, 96, 64),
+              "blk.0.ffn_up_exps.weight": (4, 96, 64), "blk.0.ffn_down_exps.weight": (4, 64, 96)}
+
+
+def write_split(folder: Path, base: str, per_part: int = 3, shapes: dict[str, tuple[int, ...]] = SHAPES) -> list[Path]:
+    """A tiny llama GGUF split into parts of ``per_part`` tensors (0: one file); returns the paths gguf wrote."""
     import gguf
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,13 +42,13 @@ def write_split(folder: Path, base: str, per_part: int = 3) -> list[Path]:
     w.add_head_count_kv(2)
     w.add_file_type(0)
     w.add_token_list([f"t{i}".encode() for i in range(100)])
-    for name, shape in SHAPES.items():
+    for name, shape in shapes.items():
         w.add_tensor(name, np.ones(shape, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return sorted(folder.glob(f"{base}-*-of-*.gguf"))
+    return sorted(folder.glob(f"{base}-*-of-*.gguf")) or [folder / f"{base}.gguf"]
 
 
 def reader_params(parts: list[Path]) -> int:
@@ -69,6 +74,20 @@ def test_split_gguf_is_one_entry_with_summed_params_and_size(tmp_path):
     assert e.status == "broken"
     assert "llama-gguf-split --merge" in e.problem
     assert parts[0].name in e.problem
+
+
+def test_split_gguf_weights_count_as_the_same_file_unsplit(tmp_path):
+    # The split path adds its parts with the same rule as any entry's files: routed experts included.
+    import gguf
+
+    parts = write_split(tmp_path / "split", "moe", shapes=MOE_SHAPES)
+    [whole] = write_split(tmp_path / "whole", "moe", per_part=0, shapes=MOE_SHAPES)
+    split = ModelStore([tmp_path / "split"], cache_path=None).get("moe")
+    single = ModelStore([tmp_path / "whole"], cache_path=None).get("moe")
+    experts = sum(int(t.n_elements) for p in parts for t in gguf.GGUFReader(str(p)).tensors if t.name.endswith("_exps.weight"))
+    assert (len(parts), split.weights.expert_params) == (4, experts)
+    assert split.weights == single.weights
+    assert (split.params, split.active_params) == (single.params, single.active_params)
 
 
 def test_split_gguf_in_a_folder(tmp_path):

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -55,51 +58,87 @@ def classify_tensor(name: str, shape: tuple[int, ...]) -> str:
     return "other"
 
 
-def tensor_summary(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> dict[str, Any]:
-    """Sum ``(name, dtype, shape, nbytes)`` records of one file into a JSON-ready partial summary."""
-    out: dict[str, Any] = {"params": 0, "linear_params": 0, "linear_rows": 0, "linear_count": 0,
-                           "head_params": 0, "has_embed": False, "expert_params": 0, "bytes_by_dtype": {}}
+@dataclass(frozen=True)
+class FileSummary:
+    """One weight file's tensors, summed from its header: what the index cache keeps per file.
+
+    Attributes:
+        params: elements of every tensor.
+        linear_params, linear_rows, linear_count: of the tensors bitsandbytes would quantize
+            (:func:`classify_tensor`'s ``linear``).
+        head_params: of the output head; has_embed: whether an embedding is in the file (a
+            tied head counts once, :func:`weight_stats`).
+        expert_params: of routed experts' tensors (:func:`workbench.store.moe.is_routed_expert`).
+        bytes_by_dtype: stored bytes per dtype name (safetensors' ``F32``, ggml's ``Q4_K``...).
+    """
+
+    params: int = 0
+    linear_params: int = 0
+    linear_rows: int = 0
+    linear_count: int = 0
+    head_params: int = 0
+    has_embed: bool = False
+    expert_params: int = 0
+    bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> FileSummary:
+        """The summary :meth:`to_json` wrote (a cache of another version is never read: IndexCache's version)."""
+        return cls(**{f.name: doc[f.name] for f in dataclass_fields(cls)})
+
+
+def tensor_summary(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> FileSummary:
+    """Sum ``(name, dtype, shape, nbytes)`` records of one file."""
+    params = linear = rows = count = head = experts = 0
+    has_embed = False
     by_dtype: Counter[str] = Counter()
     for name, dtype, shape, nbytes in tensors:
         numel = 1
         for d in shape:
             numel *= d
         role = classify_tensor(name, shape)
-        out["params"] += numel
+        params += numel
         by_dtype[dtype] += nbytes
         if is_routed_expert(name):
-            out["expert_params"] += numel
+            experts += numel
         if role == "linear":
-            out["linear_params"] += numel
-            out["linear_rows"] += shape[0]
-            out["linear_count"] += 1
+            linear += numel
+            rows += shape[0]
+            count += 1
         elif role == "lm_head":
-            out["head_params"] += numel
+            head += numel
         elif role == "embedding":
-            out["has_embed"] = True
-    out["bytes_by_dtype"] = dict(by_dtype)
-    return out
+            has_embed = True
+    return FileSummary(params, linear, rows, count, head, has_embed, experts, dict(by_dtype))
 
 
-def weight_stats(parts: list[dict[str, Any]], tie_word_embeddings: bool) -> WeightStats:
-    """Combine per-file summaries (from :func:`tensor_summary`) into :class:`WeightStats`."""
-    params = sum(p["params"] for p in parts)
-    head = sum(p["head_params"] for p in parts)
-    has_embed = any(p["has_embed"] for p in parts)
+def weight_stats(parts: Sequence[FileSummary], tie_word_embeddings: bool) -> WeightStats:
+    """Combine per-file summaries into :class:`WeightStats`: the one place files are added up."""
+    params = sum(p.params for p in parts)
+    head = sum(p.head_params for p in parts)
+    has_embed = any(p.has_embed for p in parts)
     by_dtype: Counter[str] = Counter()
     for p in parts:
-        by_dtype.update(p["bytes_by_dtype"])
+        by_dtype.update(p.bytes_by_dtype)
     # A tied head is stored on disk but shares the embedding's tensor once loaded.
     tied = head if (tie_word_embeddings and has_embed and head) else 0
     return WeightStats(
         params=params - tied,
-        linear_params=sum(p["linear_params"] for p in parts),
-        linear_rows=sum(p["linear_rows"] for p in parts),
-        linear_count=sum(p["linear_count"] for p in parts),
+        linear_params=sum(p.linear_params for p in parts),
+        linear_rows=sum(p.linear_rows for p in parts),
+        linear_count=sum(p.linear_count for p in parts),
         tied_params=tied,
-        expert_params=sum(p.get("expert_params", 0) for p in parts),
+        expert_params=sum(p.expert_params for p in parts),
         bytes_by_dtype=dict(by_dtype),
     )
+
+
+def _gguf_stats(parts: Sequence[FileSummary]) -> WeightStats:
+    # GGUF names its untied head output.weight; without it llama.cpp uses the embedding (tied).
+    return weight_stats(parts, tie_word_embeddings=not any(p.head_params for p in parts))
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -321,24 +360,38 @@ class Scanner:
                               problem=f"{path.name}: holds a value the workbench cannot use "
                                       f"({type(exc).__name__}: {str(exc)[:200]}); re-download or re-export it")
 
+    def _summary(self, file: Path, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """``file``'s cached header summary (``{"tensors": FileSummary JSON, ...}``), computed on a miss.
+
+        Raises:
+            BrokenModelError: the header could not be read (the problem is cached too, until the file changes).
+        """
+        summary = self.cache.get(file, lambda: compute(file))
+        if "problem" in summary:
+            raise BrokenModelError(summary["problem"])
+        return summary
+
     # -- GGUF -------------------------------------------------------------------------------
 
     def _gguf(self, base: dict[str, Any], file: Path, folder: Path, size: int) -> ModelEntry:
         if split_name(file.name):
             return self._split_gguf(base, file, folder, size if folder != self.root else None)
-        summary = self.cache.get(file, lambda: _gguf_summary(file))
-        if "problem" in summary:
-            raise BrokenModelError(summary["problem"])
-        fields = dict(summary["fields"])
-        fields["architectures"] = tuple(fields.get("architectures") or ())
-        if not fields.get("license") and folder != self.root:
-            fields["license"] = _license_from_card(folder)
-        fields["active_params"] = active_params(summary["stats"]["params"], summary["stats"].get("expert_params", 0),
-                                                fields.get("num_experts"), fields.get("experts_per_token"))
+        stats, meta = self._gguf_fields([self._summary(file, _gguf_summary)], folder)
         return ModelEntry(
             **base, format="gguf", size_bytes=size, gguf_file=file.name, weight_files=(file.name,),
-            params=summary["stats"]["params"], weights=WeightStats(**summary["stats"]), **fields,
+            params=stats.params, weights=stats, **meta,
         )
+
+    def _gguf_fields(self, summaries: list[dict[str, Any]], folder: Path) -> tuple[WeightStats, dict[str, Any]]:
+        """``(weights of every part, the entry fields)`` of a GGUF file or of the parts of a split one."""
+        stats = _gguf_stats([FileSummary.from_json(s["tensors"]) for s in summaries])
+        meta = dict(summaries[0]["fields"])  # a split GGUF's first part holds the metadata
+        meta["architectures"] = tuple(meta.get("architectures") or ())
+        if not meta.get("license") and folder != self.root:
+            meta["license"] = _license_from_card(folder)
+        meta["active_params"] = active_params(stats.params, stats.expert_params, meta.get("num_experts"),
+                                              meta.get("experts_per_token"))
+        return stats, meta
 
     def _split_gguf(self, base: dict[str, Any], file: Path, folder: Path, folder_size: int | None) -> ModelEntry:
         split = split_name(file.name)
@@ -348,29 +401,14 @@ class Scanner:
             raise BrokenModelError(f"part {missing[0]} of the split GGUF {split.base} is missing"
                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                                    + f"; {split.count - len(missing)} of {split.count} parts are in {folder}")
-        summaries = []
-        for n in split.parts:
-            summary = self.cache.get(folder / n, lambda f=folder / n: _gguf_summary(f))
-            if "problem" in summary:
-                raise BrokenModelError(summary["problem"])
-            summaries.append(summary)
-        fields = dict(summaries[0]["fields"])  # the first part holds the metadata
-        fields["architectures"] = tuple(fields.get("architectures") or ())
-        if not fields.get("license") and folder != self.root:
-            fields["license"] = _license_from_card(folder)
-        stats: dict[str, Any] = {k: sum(s["stats"][k] for s in summaries)
-                                 for k in ("params", "linear_params", "linear_rows", "linear_count", "tied_params")}
-        by_dtype: Counter[str] = Counter()
-        for s in summaries:
-            by_dtype.update(s["stats"]["bytes_by_dtype"])
-        stats["bytes_by_dtype"] = dict(by_dtype)
+        stats, meta = self._gguf_fields([self._summary(folder / n, _gguf_summary) for n in split.parts], folder)
         size = folder_size if folder_size is not None else sum((folder / n).stat().st_size for n in split.parts)
         return ModelEntry(
             **base, format="gguf", size_bytes=size, gguf_file=split.parts[0], weight_files=split.parts,
-            params=stats["params"], weights=WeightStats(**stats), status="broken",
+            params=stats.params, weights=stats, status="broken",
             problem=f"{split.parts[0]} is a GGUF split into {split.count} parts, and transformers loads only "
                     f"single-file GGUF; {merge_hint(split.parts[0], split.base)}",
-            **fields,
+            **meta,
         )
 
     # -- folders ----------------------------------------------------------------------------
@@ -439,16 +477,11 @@ class Scanner:
             raise BrokenModelError(f"{len(weight_files)} weight files, more than the {limits.MAX_WEIGHT_FILES} "
                                    "the workbench reads for one model", hint="re-save it in fewer shards")
         self._check_header_budget([files[f] for f in weight_files])
-        parts = []
-        for fname in weight_files:
-            summary = self.cache.get(files[fname], lambda f=files[fname]: _safetensors_summary(f))
-            if "problem" in summary:
-                raise BrokenModelError(summary["problem"])
-            parts.append(summary)
+        parts = [self._summary(files[fname], _safetensors_summary) for fname in weight_files]
         if INDEX_NAME in files:
             _check_index_matches(files[INDEX_NAME], weight_files, parts)
         tie = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", True)))
-        stats = weight_stats(parts, tie)
+        stats = weight_stats([FileSummary.from_json(p["tensors"]) for p in parts], tie)
         dominant = max(stats.bytes_by_dtype.items(), key=lambda kv: kv[1])[0] if stats.bytes_by_dtype else None
         # "ok" means it loads and runs prompts: without a tokenizer it does neither, so it is broken.
         problem = None if extra["has_tokenizer"] else missing_tokenizer_text(folder)
@@ -545,7 +578,7 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
     except BrokenModelError as exc:
         return {"problem": exc.message}
     records = [(t.name, t.dtype, t.shape, t.nbytes) for t in hdr.tensors]
-    summary = tensor_summary(records)
+    summary: dict[str, Any] = {"tensors": tensor_summary(records).to_json()}
     summary["header_bytes"] = hdr.header_bytes
     summary["names"] = [t.name for t in hdr.tensors]  # checked against a shard index (_check_index_matches)
     packed = prequant.file_summary(path, records)
@@ -573,10 +606,8 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
         hdr = read_gguf_header(path)
     except BrokenModelError as exc:
         return {"problem": exc.message}
-    tie = not any(t.name == "output.weight" for t in hdr.tensors)
     # ggml stores shapes fastest-varying first; reverse to torch order for row counts.
-    stats = weight_stats([tensor_summary([(t.name, t.type_name, tuple(reversed(t.shape)), t.nbytes or 0)
-                                          for t in hdr.tensors])], tie)
+    tensors = tensor_summary([(t.name, t.type_name, tuple(reversed(t.shape)), t.nbytes or 0) for t in hdr.tensors])
     heads = hdr.arch_value("attention.head_count")
     hidden = hdr.arch_value("embedding_length")
     tokens = hdr.metadata.get("tokenizer.ggml.tokens")
@@ -605,7 +636,4 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
         "num_experts": hdr.arch_value("expert_count") or None,
         "experts_per_token": hdr.arch_value("expert_used_count") or None,
     }
-    s = stats
-    return {"stats": {"params": s.params, "linear_params": s.linear_params, "linear_rows": s.linear_rows,
-                      "linear_count": s.linear_count, "tied_params": s.tied_params,
-                      "expert_params": s.expert_params, "bytes_by_dtype": s.bytes_by_dtype}, "fields": fields}
+    return {"tensors": tensors.to_json(), "fields": fields}
