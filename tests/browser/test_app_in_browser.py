@@ -97,7 +97,9 @@ def _scenario(page, lab_server: LabServer, tmp_path: Path) -> None:
     nxt.wait_for(state="visible", timeout=240_000)
     assert _current_tab(page) == "Load"
     shown = page.locator(".workbench-app .workbench-panel:visible").first.inner_text()
-    assert "Placement" in shown and "Footprint" in shown and "cpu:" in shown, shown[-800:]
+    assert "Placement" in shown, shown[-800:]
+    assert "Footprint" in shown, shown[-800:]
+    assert "cpu:" in shown, shown[-800:]
     _tab(page, "Telemetry")
     after_load = _plots(page, "CPU and RAM", min_traces=3)
     assert after_load[0]["labels"] >= 1, "the load's events are not marked"

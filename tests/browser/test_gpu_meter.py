@@ -95,14 +95,17 @@ def test_status_bar_meter_shows_cpu_and_ram_and_opens_its_panel(
     body = panel.inner_text()
     for heading in ("Devices", "Your kernels", "Loaded models", "Leases", "Processes holding GPU memory"):
         assert heading in body
-    assert "No GPU:" in body and "CPU / RAM" not in body
+    assert "No GPU:" in body
+    assert "CPU / RAM" not in body
     # CPU use and RAM on rows of their own.
     rows = [r.inner_text() for r in panel.locator("tr").all()]
     assert any(r.startswith("CPU\t") and "%" in r for r in rows), rows
     assert any(r.startswith("RAM\t") and "GiB" in r for r in rows), rows
     # The kernel's CPU model is listed, with its kernel, on the CPU.
     model_rows = [r for r in rows if r.startswith(DEFAULT_MODEL_NAME)]
-    assert len(model_rows) == 1 and "\tcpu\t" in model_rows[0] and kernel_id[:8] in model_rows[0], rows
+    assert len(model_rows) == 1, rows
+    assert "\tcpu\t" in model_rows[0], rows
+    assert kernel_id[:8] in model_rows[0], rows
     assert "No model is loaded" not in body
     shot = tmp_path / "gpu-meter.png"
     page.screenshot(path=str(shot))

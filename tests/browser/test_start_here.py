@@ -96,7 +96,8 @@ def test_start_here_load_chat_telemetry(lab_server: LabServer, chromium_page, tm
     snaps = page.evaluate("() => window.__snaps")
     assert any("\u258c" in s for s in snaps), f"no partial (streaming) state was painted: {snaps}"
     transcript = page.locator(".workbench-transcript-box").inner_text()
-    assert QUESTION in transcript and "Paris" in transcript
+    assert QUESTION in transcript
+    assert "Paris" in transcript
     # Per-run metrics appear under the chat.
     page.get_by_text("Tokens/s").first.wait_for(timeout=30_000)
     chat_shot = tmp_path / "start-here-chat.png"

@@ -78,7 +78,8 @@ def _bob_sees_the_status_bar(hub: Hub, tmp_path) -> None:
                 "() => (document.querySelector('.jp-WorkbenchPanel')?.innerText || '').includes('alice')",
                 timeout=30_000)
             body = page.locator(".jp-WorkbenchPanel").inner_text()
-            assert "tiny-llama" in body and "20.0 GiB" in body
+            assert "tiny-llama" in body
+            assert "20.0 GiB" in body
             shot = tmp_path / "hub-gpu-meter.png"
             page.screenshot(path=str(shot))
             save_artifact(shot, "hub-gpu-meter.png")
@@ -95,14 +96,18 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
         status, store = hub.user_get(user, "workbench/api/store")
         assert status == 200, (status, store, hub.log_tail())
         [entry] = store
-        assert entry["name"] == "tiny-llama" and entry["status"] == "ok"
-        assert entry["root"] == str(hub.shared_root) and entry["writable"] is False
+        assert entry["name"] == "tiny-llama"
+        assert entry["status"] == "ok"
+        assert entry["root"] == str(hub.shared_root)
+        assert entry["writable"] is False
 
     # The hub's authentication guards the endpoints: no token, or another user's token, gets no data.
     status, body = hub.request("GET", "/user/bob/workbench/api/leases")
-    assert status in (302, 403) and "lease_dir" not in json.dumps(body)
+    assert status in (302, 403)
+    assert "lease_dir" not in json.dumps(body)
     status, body = hub.user_get("bob", "workbench/api/store", as_user="alice")
-    assert status == 403 and "tiny-llama" not in json.dumps(body)
+    assert status == 403
+    assert "tiny-llama" not in json.dumps(body)
 
     # Both servers see the fake GPU.
     status, devices = hub.user_get("bob", "workbench/api/devices")
@@ -114,20 +119,24 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
     alice_kernel, result = run_in_kernel(hub, "alice", TAKE)
     assert result["status"] == "ok", (result, hub.log_tail())
     owner, gpu_uuid, kernel_pid = result["stdout"].split()
-    assert owner == "alice" and gpu_uuid == gpu["uuid"]
+    assert owner == "alice"
+    assert gpu_uuid == gpu["uuid"]
 
     # bob sees it through his own server's REST endpoint and /metrics.
     [lease] = _leases(hub, "bob")
     # Every hub user here runs as the hub's own uid (the simple spawner): the owner is that uid's name and
     # the hub user a label (README, "Deploying on JupyterHub": give each user a uid of their own).
     assert (lease["hub_user"], lease["model"], lease["pid"]) == ("alice", "tiny-llama", int(kernel_pid))
-    assert lease["uid"] == os.geteuid() and lease["holder"] == f"{lease['owner']} (hub user alice)"
-    assert lease["reserved_bytes"] == 20 * GiB and lease["gpu_uuid"] == gpu["uuid"]
+    assert lease["uid"] == os.geteuid()
+    assert lease["holder"] == f"{lease['owner']} (hub user alice)"
+    assert lease["reserved_bytes"] == 20 * GiB
+    assert lease["gpu_uuid"] == gpu["uuid"]
     status, metrics = hub.user_get("bob", "metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     [reserved] = families["workbench_gpu_lease_reserved_bytes"].samples
-    assert reserved.value == 20 * GiB and reserved.labels["hub_user"] == "alice"
+    assert reserved.value == 20 * GiB
+    assert reserved.labels["hub_user"] == "alice"
 
     # ... and in JupyterLab's status bar, behind the hub's /user/bob/ base URL.
     _bob_sees_the_status_bar(hub, tmp_path)
@@ -136,7 +145,8 @@ def test_two_users_share_the_store_and_a_leased_gpu(hub: Hub, tmp_path) -> None:
     _, result = run_in_kernel(hub, "bob", TRY)
     assert result["status"] == "ok", result
     assert result["stdout"].startswith("REFUSED"), result
-    assert "(hub user alice)" in result["stdout"] and "tiny-llama" in result["stdout"]
+    assert "(hub user alice)" in result["stdout"]
+    assert "tiny-llama" in result["stdout"]
     assert f"kernel {kernel_pid}" in result["stdout"]
 
     # alice's server stops (her kernel with it): the lease is released or reclaimed.

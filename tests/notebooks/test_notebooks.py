@@ -74,7 +74,8 @@ def test_library_progress_bars_leave_no_widget_in_a_headless_kernel(notebook_env
                    resources={"metadata": {"path": str(notebook_env)}}).execute()
     assert "(100, True)" in outputs_text(nb)  # the loops ran, and the bars are back on afterwards
     found = widget_outputs(nb)
-    assert found and all(f.startswith("cell 1:") for f in found), found
+    assert found, found
+    assert all(f.startswith("cell 1:") for f in found), found
 
 
 def test_00_start_here(run_notebook) -> None:
@@ -82,23 +83,32 @@ def test_00_start_here(run_notebook) -> None:
     text = outputs_text(nb)
     # No Jupyter server session started this kernel, so the panels render static twins.
     assert "'static'" in text
-    assert "Loading widget" not in text and "application/vnd.jupyter.widget-view+json" not in str(nb)
-    assert "SmolLM2-135M-Instruct" in text and "Telemetry" in text
-    assert "Paris" in text and "Tokens/s" in text
+    assert "Loading widget" not in text
+    assert "application/vnd.jupyter.widget-view+json" not in str(nb)
+    assert "SmolLM2-135M-Instruct" in text
+    assert "Telemetry" in text
+    assert "Paris" in text
+    assert "Tokens/s" in text
 
 
 def test_01_model_store(run_notebook) -> None:
     text = outputs_text(run_notebook("01-model-store.ipynb"))
-    assert "truncated-model" in text and "'broken'" in text
-    assert "pickled-model" in text and "'unsafe'" in text
-    assert "smollm2-from-gguf" in text and "'gguf'" in text  # kept at its own quantization (llama.cpp)
-    assert "Fits now" in text and "nf4" in text
+    assert "truncated-model" in text
+    assert "'broken'" in text
+    assert "pickled-model" in text
+    assert "'unsafe'" in text
+    assert "smollm2-from-gguf" in text
+    assert "'gguf'" in text  # kept at its own quantization (llama.cpp)
+    assert "Fits now" in text
+    assert "nf4" in text
 
 
 def test_02_load_and_place(run_notebook) -> None:
     text = outputs_text(run_notebook("02-load-and-place.ipynb"))
-    assert "does not fit" in text and ": fits" in text
-    assert "freed" in text and "footprint" in text
+    assert "does not fit" in text
+    assert ": fits" in text
+    assert "freed" in text
+    assert "footprint" in text
     assert "'cpu'" in text  # the placement dict
 
 
@@ -106,14 +116,18 @@ def test_03_prompting(run_notebook) -> None:
     text = outputs_text(run_notebook("03-prompting.ipynb"))
     # Greedy, like the seed check: the one fact asserted is the one `store seed` relies on.
     assert "Paris" in text
-    assert "Tokens/s" in text and "Batch" in text and "ttft_s" in text
+    assert "Tokens/s" in text
+    assert "Batch" in text
+    assert "ttft_s" in text
 
 
 def test_04_telemetry(run_notebook) -> None:
     text = outputs_text(run_notebook("04-telemetry.ipynb"))
-    assert "Plotly.newPlot" in text and "plotly.js v" in text  # plotly.js inline, once
+    assert "Plotly.newPlot" in text
+    assert "plotly.js v" in text  # plotly.js inline, once
     assert text.count("plotly.js v") == 1
-    assert "load_started" in text and "unload" in text
+    assert "load_started" in text
+    assert "unload" in text
     assert "time_s,type,cpu_percent" in text
 
 
@@ -121,8 +135,12 @@ def test_05_quantization_study(run_notebook) -> None:
     text = outputs_text(run_notebook("05-quantization-study.ipynb"))
     for label in ("bfloat16", "int8", "nf4+dq", "fp4"):
         assert label in text
-    assert "ppl" in text and "Recommendation" in text and "of the memory" in text
-    assert "Memory vs quality" in text and "Plotly.newPlot" in text and text.count("plotly.js v") == 1
+    assert "ppl" in text
+    assert "Recommendation" in text
+    assert "of the memory" in text
+    assert "Memory vs quality" in text
+    assert "Plotly.newPlot" in text
+    assert text.count("plotly.js v") == 1
 
 
 def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
@@ -137,11 +155,16 @@ def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
     shutil.copyfile(out, REPO / "test-output" / "report.html")
 
     assert html.count("plotly.js v") == 1, "plotly.js should be inlined exactly once"
-    assert "Plotly.newPlot" in html and "<table" in html
-    assert "Paris" in html and "Tokens/s" in html and "freed" in html
+    assert "Plotly.newPlot" in html
+    assert "<table" in html
+    assert "Paris" in html
+    assert "Tokens/s" in html
+    assert "freed" in html
     assert "load_finished" in html
-    assert "Memory vs quality" in html and "Recommendation" in html  # the short quantization study
-    assert "Loading widget" not in html and "widget-view+json" not in html
+    assert "Memory vs quality" in html
+    assert "Recommendation" in html  # the short quantization study
+    assert "Loading widget" not in html
+    assert "widget-view+json" not in html
     # plotly.js itself mentions CDNs (map tiles and icons it never fetches here); the page must not.
     page = _PLOTLY_JS.sub("", html)
     assert len(page) < len(html) - 1_000_000

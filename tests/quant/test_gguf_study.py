@@ -59,20 +59,26 @@ def test_gguf_rows_beside_the_transformers_baseline(gguf_store_env, tmp_path):
     assert list(rows) == ["float32", "nf4", "gguf:tiny-llama-GGUF", "llamacpp:Q8_0", "llamacpp:Q4_K_M"]
     assert all(r.ok for r in rows.values()), [r.error for r in rows.values()]
     for r in rows.values():
-        assert math.isfinite(r.perplexity) and r.perplexity > 1, r
-        assert r.tokens_per_s > 0 and r.ttft_s > 0 and r.load_s > 0
+        assert math.isfinite(r.perplexity), r
+        assert r.perplexity > 1, r
+        assert r.tokens_per_s > 0
+        assert r.ttft_s > 0
+        assert r.load_s > 0
     f16, q8, q4 = rows["gguf:tiny-llama-GGUF"], rows["llamacpp:Q8_0"], rows["llamacpp:Q4_K_M"]
     assert rows["float32"].kl_divergence == 0.0
     # The F16 GGUF is the same model as the float32 baseline, scored on the same token ids by llama.cpp:
     # its distributions agree to F16 rounding, so the positions line up; quantizing moves them more.
-    assert f16.kl_divergence < 1e-3 and abs(f16.perplexity / rows["float32"].perplexity - 1) < 0.01
-    assert q8.kl_divergence > f16.kl_divergence and q4.kl_divergence > f16.kl_divergence
+    assert f16.kl_divergence < 1e-3
+    assert abs(f16.perplexity / rows["float32"].perplexity - 1) < 0.01
+    assert q8.kl_divergence > f16.kl_divergence
+    assert q4.kl_divergence > f16.kl_divergence
     # Memory is what llama.cpp reports for the file; llama.cpp's quantizer is deterministic.
     assert f16.footprint_bytes == _llamacpp_size(gguf_store_env)
     again = quantize(gguf_store_env, tmp_path / "q8.gguf", "Q8_0")
     assert q8.footprint_bytes == _llamacpp_size(again)
     assert f16.footprint_bytes > q8.footprint_bytes > q4.footprint_bytes
-    assert get_registry().list() == [] and os.listdir(work) == []  # unloaded, temporary files removed
+    assert get_registry().list() == []
+    assert os.listdir(work) == []  # unloaded, temporary files removed
     assert "llamacpp:Q4_K_M" in study.format_table()
 
 
@@ -86,4 +92,5 @@ def test_llamacpp_variants_without_a_gguf_write_one_from_the_safetensors(monkeyp
                     new_tokens=4, prompts=("Hello",), window=64, work_dir=tmp_path)
     base, f16 = study.rows
     assert f16.ok, f16.error
-    assert f16.kl_divergence < 1e-3 and f16.token_match_rate == 1.0
+    assert f16.kl_divergence < 1e-3
+    assert f16.token_match_rate == 1.0

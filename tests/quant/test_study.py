@@ -32,7 +32,8 @@ def test_variant_labels():
 
 def test_eval_text_is_a_few_thousand_tokens_of_prose():
     text = default_eval_text()
-    assert text.startswith("Chapter 1") and "It is a truth universally acknowledged" in text
+    assert text.startswith("Chapter 1")
+    assert "It is a truth universally acknowledged" in text
     assert 2000 < len(text.split()) < 5000
 
 
@@ -47,14 +48,18 @@ def test_tiny_study_orders_memory_and_agrees_with_itself(tiny_store_env):
     assert mem[0] > mem[1] > mem[2] > mem[3] >= mem[4]
     for r in rows.values():
         assert abs(r.estimate_error) <= 0.03, (r.variant.label, r.estimate_error)
-        assert math.isfinite(r.perplexity) and r.perplexity > 1
-        assert r.tokens_per_s > 0 and r.ttft_s > 0
+        assert math.isfinite(r.perplexity)
+        assert r.perplexity > 1
+        assert r.tokens_per_s > 0
+        assert r.ttft_s > 0
     base = rows["float32"]
-    assert base.kl_divergence == 0.0 and base.token_match_rate == 1.0
+    assert base.kl_divergence == 0.0
+    assert base.token_match_rate == 1.0
     assert rows["nf4"].kl_divergence > 0
     assert get_registry().list() == []  # every variant was unloaded
     table = study.format_table()
-    assert "nf4+dq" in table and "ppl" in table
+    assert "nf4+dq" in table
+    assert "ppl" in table
 
 
 def test_unsupported_variant_is_a_row_error(tiny_store_env, no_fp4_backend):
@@ -62,8 +67,10 @@ def test_unsupported_variant_is_a_row_error(tiny_store_env, no_fp4_backend):
     study = compare("tiny-llama", ["bfloat16", "fp4", "nf4"], "cpu", max_eval_tokens=64, kl_tokens=16,
                     new_tokens=4, prompts=("Hello",))
     rows = {r.variant.label: r for r in study.rows}
-    assert rows["fp4"].error and "FP4" in rows["fp4"].error
-    assert rows["bfloat16"].ok and rows["nf4"].ok
+    assert rows["fp4"].error
+    assert "FP4" in rows["fp4"].error
+    assert rows["bfloat16"].ok
+    assert rows["nf4"].ok
     from workbench.runtime import get_registry
 
     assert get_registry().list() == []
@@ -102,7 +109,8 @@ def test_recommendation_states_its_reason():
     assert rec.label == "nf4"
     assert rec.reason == "nf4: 41% of the memory, perplexity +3.1%, 0.9x speed on cpu"
     strict = study.recommendation(max_perplexity_increase=0.001)
-    assert strict.label == "bfloat16" and "no quantized variant" in strict.reason
+    assert strict.label == "bfloat16"
+    assert "no quantized variant" in strict.reason
     assert study.recommendation(max_kl=0.5).label == "nf4+dq"
 
 
@@ -121,7 +129,8 @@ def test_embedded_model_study_returns_memory_between_variants(monkeypatch, isola
     assert all(r.ok for r in rows.values()), [r.error for r in rows.values()]
     assert rows["bfloat16"].footprint_bytes > rows["int8"].footprint_bytes > rows["nf4"].footprint_bytes
     assert all(abs(r.estimate_error) <= 0.03 for r in rows.values())
-    assert rows["bfloat16"].kl_divergence == 0.0 and rows["bfloat16"].token_match_rate == 1.0
+    assert rows["bfloat16"].kl_divergence == 0.0
+    assert rows["bfloat16"].token_match_rate == 1.0
     # After each unload the process is back near where the first unload left it (glibc trimmed).
     first = rows["bfloat16"].rss_after_unload_bytes
     for r in rows.values():

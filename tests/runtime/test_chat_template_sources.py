@@ -44,7 +44,9 @@ def test_loaded_model_renders_with_the_template_the_store_reports(tiny_models, t
     folder = make(tiny_models, tmp_path, layout)
     assert ModelStore([tmp_path], cache_path=None).get(folder.name).chat_template_source == LAYOUTS[layout][1]
     text = _render(tmp_path, folder.name)
-    assert MARKERS[layout] in text and text.endswith("<go>") and "hi there" in text
+    assert MARKERS[layout] in text
+    assert text.endswith("<go>")
+    assert "hi there" in text
     assert "[[loser]]" not in text
 
 
@@ -72,5 +74,7 @@ def test_load_without_tokenizer_names_folder_and_files(tiny_models, tmp_path):
     with pytest.raises(MissingTokenizerError) as info:
         reg.load(LoadSpec("no tok", devices=("cpu",)))
     assert isinstance(info.value, BrokenModelError)
-    assert str(folder) in str(info.value) and all(f in str(info.value) for f in TOKENIZER_FILES)
-    assert info.value.path == folder and reg.list() == []
+    assert str(folder) in str(info.value)
+    assert all(f in str(info.value) for f in TOKENIZER_FILES)
+    assert info.value.path == folder
+    assert reg.list() == []

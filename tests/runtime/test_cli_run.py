@@ -30,7 +30,10 @@ def test_run_answers_paris_with_a_smaller_footprint(store_env, capsys, quant, ra
     for key in ("text", "prompt_tokens", "new_tokens", "ttft_s", "tokens_per_s", "load_s", "footprint_bytes",
                 "devices"):
         assert key in doc
-    assert doc["devices"] == ["cpu"] and doc["new_tokens"] > 0 and doc["tokens_per_s"] > 0 and doc["load_s"] > 0
+    assert doc["devices"] == ["cpu"]
+    assert doc["new_tokens"] > 0
+    assert doc["tokens_per_s"] > 0
+    assert doc["load_s"] > 0
     unquantized = estimate(ModelStore().get(SMOL), "bfloat16").weights_bytes  # equals the bf16 footprint
     assert doc["footprint_bytes"] < ratio * unquantized
     assert get_registry().list() == []  # run unloads
@@ -41,8 +44,11 @@ def test_run_plain_text_and_progress_on_stderr(store_env, capsys):
                  "--temperature", "0.8"]) == 0
     cap = capsys.readouterr()
     # stdout is the answer alone (streamed as generated); the numbers and progress go to stderr.
-    assert "[3 tokens" in cap.err and "footprint" in cap.err and "[3 tokens" not in cap.out
-    assert "weights" in cap.err and "done" in cap.err
+    assert "[3 tokens" in cap.err
+    assert "footprint" in cap.err
+    assert "[3 tokens" not in cap.out
+    assert "weights" in cap.err
+    assert "done" in cap.err
 
 
 def test_run_refuses_pickle_with_a_json_error(store_env, tmp_path, capsys, tiny_models):
@@ -58,7 +64,10 @@ def test_run_refuses_pickle_with_a_json_error(store_env, tmp_path, capsys, tiny_
     shutil.copytree(tiny_models["llama"], folder, ignore=shutil.ignore_patterns("*.safetensors"))
     torch.save({"evil": Evil()}, folder / "pytorch_model.bin")
     code, doc = run_json(capsys, "pickled", "--prompt", "Hello")
-    assert code == 1 and doc["error"] == "UnsafeModelError" and "allow_pickle" in doc["message"]
+    assert code == 1
+    assert doc["error"] == "UnsafeModelError"
+    assert "allow_pickle" in doc["message"]
     assert not marker.exists()
     code, doc = run_json(capsys, "nope", "--prompt", "Hello")
-    assert code == 1 and doc["error"] == "ModelNotFoundError"
+    assert code == 1
+    assert doc["error"] == "ModelNotFoundError"

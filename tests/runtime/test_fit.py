@@ -51,7 +51,8 @@ def test_fit_uses_nvml_free_memory_per_gpu(two_gpus, tmp_path):
     entry = big_entry(folder=tmp_path / "big-16b")
     chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate())
     budgets = {b.device: b for b in chk.budgets}
-    assert budgets["cuda:0"].free_bytes == 21 * GiB and budgets["cuda:1"].free_bytes == 24 * GiB
+    assert budgets["cuda:0"].free_bytes == 21 * GiB
+    assert budgets["cuda:1"].free_bytes == 24 * GiB
     assert chk.fits is True  # 22.6 GB of weights (the config's 11.3B parameters) over 44 GiB of free memory
     assert chk.needed_bytes > estimate(entry, "bfloat16").total_bytes + 2 * CUDA_CONTEXT_BYTES - 1
 
@@ -64,11 +65,13 @@ def test_refusal_on_one_gpu_names_numbers_and_suggests(two_gpus):
     e = err.value
     text = str(e)
     assert "big-16b in bfloat16 needs about" in text
-    assert "cuda:0 has 21.0 GiB free" in text and "does not fit" in text
+    assert "cuda:0 has 21.0 GiB free" in text
+    assert "does not fit" in text
     # Suggestions: a smaller quantization that fits here, and the second GPU.
     assert "quant='nf4'" in text or "quant='int8'" in text
     assert "add cuda:1" in text
-    assert e.needed_bytes > 30 * GiB and e.free_bytes == {"cuda:0": 21 * GiB}
+    assert e.needed_bytes > 30 * GiB
+    assert e.free_bytes == {"cuda:0": 21 * GiB}
     assert isinstance(e, MemoryError)
 
 
@@ -137,7 +140,8 @@ def test_cpu_refusal_with_little_ram(monkeypatch, shared_store):
     with pytest.raises(InsufficientMemoryError) as err:
         reg.load(LoadSpec(entry, dtype="float32"))
     text = str(err.value)
-    assert "cpu has 400.0 MiB free" in text and "float32" in text
+    assert "cpu has 400.0 MiB free" in text
+    assert "float32" in text
     assert "dtype='bfloat16'" in text  # 269 MB in bfloat16 fits in 400 MiB
     assert reg.list() == []
 
@@ -167,11 +171,14 @@ def test_fit_table_is_the_load_check_per_device_and_precision(seeded_root):
     free = {"cuda:0": room, "cuda:1": 10 * GiB, "cpu": None}
     table = fit_table(entry, ["cuda:0", "cuda:1", "cpu"], free=free.get, leased=lambda d: None)
     fits = {(c.spec.devices[0], c.estimate.label): c.fits for c in table}
-    assert fits[("cuda:0", "nf4")] and fits[("cuda:0", "int8")] and fits[("cuda:0", "bfloat16")] is False
+    assert fits[("cuda:0", "nf4")]
+    assert fits[("cuda:0", "int8")]
+    assert fits[("cuda:0", "bfloat16")] is False
     assert all(fits[("cuda:1", p)] for p in ("float32", "bfloat16", "int8", "nf4"))
     assert {v for (d, _), v in fits.items() if d == "cpu"} == {None}  # unknown free memory: unknown, not "fits"
     row = next(c for c in table if c.spec.devices == ("cuda:0",) and c.estimate.label == "int8")
-    assert row.needed_bytes == int8.needed_bytes and row.parts == int8.parts
+    assert row.needed_bytes == int8.needed_bytes
+    assert row.parts == int8.parts
     assert set(row.parts) == {"weights", "kv_cache", "cuda_context"}
     assert row.parts["cuda_context"] == CUDA_CONTEXT_BYTES
     # Without the CUDA context the weights and KV cache alone would have fitted in much less.
@@ -186,7 +193,8 @@ def test_unknown_cache_is_unknown_not_zero(two_gpus):
     entry = big_entry()
     chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0", "cuda:1")).validate())
     reason = cache_problem(entry)
-    assert reason is not None and reason.startswith("estimate unavailable:")
+    assert reason is not None
+    assert reason.startswith("estimate unavailable:")
     assert (chk.fits, chk.unknown_parts, "kv_cache" in chk.parts) == (None, {"kv_cache": reason}, False)
     assert f"KV cache unknown ({reason})" in chk.message
 
@@ -198,7 +206,8 @@ def test_unknown_cache_refused_with_an_opt_out(two_gpus, caplog):
         require_fit(entry, spec)
     text = str(err.value)
     assert "cannot check that big-16b fits: KV cache unknown (estimate unavailable:" in text
-    assert "allow_unknown_cache=True" in text and "--allow-unknown-cache" in text
+    assert "allow_unknown_cache=True" in text
+    assert "--allow-unknown-cache" in text
     assert (err.value.context["name"], list(err.value.context["unknown_parts"])) == ("big-16b", ["kv_cache"])
     with caplog.at_level("WARNING", logger="workbench.runtime.fit"):
         chk = require_fit(entry, spec.with_(allow_unknown_cache=True))

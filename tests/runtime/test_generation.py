@@ -32,19 +32,24 @@ GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
 @pytest.mark.slow
 def test_answer_and_metrics(smol_bf16, events):
     r = generate(smol_bf16, "What is the capital of France?", GREEDY)
-    assert "Paris" in r.text and r.stopped_by == "eos"
+    assert "Paris" in r.text
+    assert r.stopped_by == "eos"
     assert r.prompt_tokens > 10  # the chat template's system and user turns
     assert 0 < r.new_tokens <= 24
-    assert 0 < r.ttft_s <= r.total_s and r.tokens_per_s > 0
+    assert 0 < r.ttft_s <= r.total_s
+    assert r.tokens_per_s > 0
     assert r.weight_bytes == smol_bf16.footprint_bytes
     assert r.achieved_bytes_per_s == pytest.approx(r.weight_bytes * r.tokens_per_s)
     # A placement-weighted combination of per-device bandwidths: equal up to float rounding.
-    assert r.bandwidth_bytes_per_s == pytest.approx(measure_bandwidth("cpu"), rel=1e-9) and r.bandwidth_bytes_per_s > 0
+    assert r.bandwidth_bytes_per_s == pytest.approx(measure_bandwidth("cpu"), rel=1e-9)
+    assert r.bandwidth_bytes_per_s > 0
     assert 0 < r.decode_efficiency <= 1.0  # the roofline: no run beats the memory bandwidth
     assert json.loads(json.dumps(r.to_dict()))["stopped_by"] == "eos"
-    assert r.tokens_per_s_str.endswith("tokens/s") and r.efficiency_str.endswith("%")
+    assert r.tokens_per_s_str.endswith("tokens/s")
+    assert r.efficiency_str.endswith("%")
     finished = events.of("generate_finished")[-1]
-    assert finished.data["tokens_per_s"] == r.tokens_per_s and events.of("generate_started")
+    assert finished.data["tokens_per_s"] == r.tokens_per_s
+    assert events.of("generate_started")
 
 
 def _shared_prefix(a: str, b: str) -> int:
@@ -82,7 +87,8 @@ def test_stop_strings_cut_the_text_and_the_stream(smol_bf16):
     full = generate(smol_bf16, prompt, GenerationParams(temperature=0, max_new_tokens=40)).text
     k = len(full) // 2
     stop = full[k:k + 3]
-    assert len(stop) == 3 and full.find(stop) > 0, full
+    assert len(stop) == 3, full
+    assert full.find(stop) > 0, full
     expected = full[:full.find(stop)]
     params = GenerationParams(temperature=0, max_new_tokens=40, stop=(stop,))
     s = stream(smol_bf16, prompt, params)
@@ -90,7 +96,9 @@ def test_stop_strings_cut_the_text_and_the_stream(smol_bf16):
     assert s.result.stopped_by == "stop_string"
     assert "".join(pieces) == s.result.text == expected  # nothing of the stop string leaked
     r = generate(smol_bf16, prompt, params)
-    assert r.text == expected and r.new_tokens == s.result.new_tokens and r.stopped_by == "stop_string"
+    assert r.text == expected
+    assert r.new_tokens == s.result.new_tokens
+    assert r.stopped_by == "stop_string"
 
 
 def test_chat_template_and_system_prompt(tiny_llama):
@@ -117,7 +125,8 @@ def test_chat_template_and_system_prompt(tiny_llama):
 def test_seed_makes_sampling_reproducible(tiny_llama):
     p = GenerationParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, seed=1234)
     a, b = generate(tiny_llama, "Hello world", p), generate(tiny_llama, "Hello world", p)
-    assert a.text == b.text and a.new_tokens == b.new_tokens
+    assert a.text == b.text
+    assert a.new_tokens == b.new_tokens
     others = {generate(tiny_llama, "Hello world", GenerationParams(temperature=1.0, top_k=0, top_p=1.0,
                                                                    max_new_tokens=16, seed=s)).text
               for s in (1, 2, 3)}
@@ -132,9 +141,11 @@ def test_stream_matches_generate_and_calls_back(tiny_llama):
     got = []
     s = stream(tiny_llama, "The quick brown fox", GREEDY, on_piece=got.append)
     pieces = list(s)
-    assert pieces == got and "".join(pieces) == s.result.text
+    assert pieces == got
+    assert "".join(pieces) == s.result.text
     assert s.result.text == generate(tiny_llama, "The quick brown fox", GREEDY).text
-    assert s.result.stopped_by == "max_new_tokens" and s.result.new_tokens == 24
+    assert s.result.stopped_by == "max_new_tokens"
+    assert s.result.new_tokens == 24
     cb = []
     assert stream(tiny_llama, "Hello", GREEDY, on_piece=cb.append).wait().text == "".join(cb)
 
@@ -143,7 +154,9 @@ def test_wait_after_iterating_returns_the_result(tiny_llama):
     """The stream was read to its end: wait() returns the result at once (it used to hang)."""
     s = stream(tiny_llama, "Hello", GREEDY)
     text = s.text()
-    assert s.wait() is s.result and s.wait().text == text and list(s) == []
+    assert s.wait() is s.result
+    assert s.wait().text == text
+    assert list(s) == []
 
 
 def test_stop_ends_generation_within_one_step(tiny_llama, monkeypatch):
@@ -162,7 +175,8 @@ def test_stop_ends_generation_within_one_step(tiny_llama, monkeypatch):
     monkeypatch.setattr(model, "forward", forward)
     text = "".join(s)
     assert s.result.stopped_by == "cancelled"
-    assert len(calls) == 5 and s.result.new_tokens == 5
+    assert len(calls) == 5
+    assert s.result.new_tokens == 5
     assert text == s.result.text
 
 
@@ -170,7 +184,8 @@ def test_stop_from_the_consumer(tiny_llama):
     s = stream(tiny_llama, "Hello world", GenerationParams(temperature=0, max_new_tokens=400))
     for _ in s:
         s.stop()
-    assert s.result.stopped_by == "cancelled" and s.result.new_tokens < 400
+    assert s.result.stopped_by == "cancelled"
+    assert s.result.new_tokens < 400
 
 
 def test_stream_does_not_hang_when_generation_raises(tiny_llama, monkeypatch):
@@ -190,7 +205,8 @@ def test_stream_does_not_hang_when_generation_raises(tiny_llama, monkeypatch):
     t.start()
     t.join(60)
     assert not t.is_alive()
-    assert "boom in forward" in str(outcome["error"]) and "still loaded" in str(outcome["error"])
+    assert "boom in forward" in str(outcome["error"])
+    assert "still loaded" in str(outcome["error"])
 
 
 def test_out_of_memory_keeps_the_model_usable(tiny_llama, monkeypatch, events):
@@ -209,7 +225,8 @@ def test_out_of_memory_keeps_the_model_usable(tiny_llama, monkeypatch, events):
     monkeypatch.setattr(tiny_llama.model, "forward", once)
     with pytest.raises(GenerationOutOfMemoryError) as err:
         generate(tiny_llama, "Hello world", GREEDY)
-    assert isinstance(err.value, MemoryError) and "still loaded" in str(err.value)
+    assert isinstance(err.value, MemoryError)
+    assert "still loaded" in str(err.value)
     assert err.value.__context__ is None  # no traceback pinning the activations
     assert generate(tiny_llama, "Hello world", GREEDY).text == expected
     assert events.of("error")[-1].data["error"] == "GenerationOutOfMemoryError"
@@ -221,7 +238,8 @@ def test_out_of_memory_keeps_the_model_usable(tiny_llama, monkeypatch, events):
 
 def test_tiny_weights_have_no_roofline(tiny_llama):
     r = generate(tiny_llama, "Hello", GenerationParams(temperature=0, max_new_tokens=3))
-    assert r.decode_efficiency is None and r.efficiency_str == "N/A"  # 385 KiB lives in cache
+    assert r.decode_efficiency is None
+    assert r.efficiency_str == "N/A"  # 385 KiB lives in cache
     assert r.bandwidth_bytes_per_s is not None
 
 
@@ -325,16 +343,22 @@ def test_a_template_that_opens_think_makes_the_generation_reasoning(thinking_lla
     """Generation after an open <think> is reasoning, split the same way streamed or not."""
     params = GenerationParams(temperature=0, max_new_tokens=10)
     r = generate(thinking_llama, "你是人", params)
-    assert r.text == "" and len(r.reasoning) == 10 and all(c in CJK for c in r.reasoning)
+    assert r.text == ""
+    assert len(r.reasoning) == 10
+    assert all(c in CJK for c in r.reasoning)
     s = stream(thinking_llama, "你是人", params)
     pieces = list(s.pieces())
-    assert {p.kind for p in pieces} == {"reasoning"} and "".join(p.text for p in pieces) == r.reasoning
-    assert s.result.reasoning == r.reasoning and s.result.text == "" and s.result.new_tokens == 10
+    assert {p.kind for p in pieces} == {"reasoning"}
+    assert "".join(p.text for p in pieces) == r.reasoning
+    assert s.result.reasoning == r.reasoning
+    assert s.result.text == ""
+    assert s.result.new_tokens == 10
     assert 0 < s.result.ttft_s < s.result.total_s  # the first token of either kind
 
     # enable_thinking=False reaches the template (through the bounded renderer): the answer is text.
     off = generate(thinking_llama, "你是人", GenerationParams(temperature=0, max_new_tokens=10, enable_thinking=False))
-    assert off.reasoning == "" and len(off.text) == 10
+    assert off.reasoning == ""
+    assert len(off.text) == 10
 
 
 def test_think_tags_split_across_pieces():
@@ -367,9 +391,11 @@ def test_cjk_text_streams_one_character_per_step(cjk_llama, monkeypatch):
     pieces = list(s)
     # Prefill, then one pass per new token but the last: a piece had arrived before each of them.
     assert queued_at_step == list(range(12))
-    assert len(pieces) == 12 and all(len(p) == 1 and p in CJK for p in pieces)
+    assert len(pieces) == 12
+    assert all(len(p) == 1 and p in CJK for p in pieces)
     assert "".join(pieces) == s.result.text == generate(cjk_llama, "你是人", params).text
-    assert s.result.new_tokens == 12 and s.result.ttft_s < s.result.total_s
+    assert s.result.new_tokens == 12
+    assert s.result.ttft_s < s.result.total_s
 
 
 def test_cjk_stream_never_leaks_a_stop_string(cjk_llama):
@@ -378,7 +404,8 @@ def test_cjk_stream_never_leaks_a_stop_string(cjk_llama):
     expected = full[:full.find(stop)]
     s = stream(cjk_llama, "你是人", GenerationParams(temperature=0, max_new_tokens=12, stop=(stop,)))
     pieces = list(s)
-    assert "".join(pieces) == s.result.text == expected and s.result.stopped_by == "stop_string"
+    assert "".join(pieces) == s.result.text == expected
+    assert s.result.stopped_by == "stop_string"
     assert all(stop not in "".join(pieces[:i + 1]) for i in range(len(pieces)))
 
 
@@ -411,15 +438,20 @@ def test_batch_without_a_pad_token_pads_with_eos(tiny_llama):
 def test_batch_without_pad_or_eos_is_a_typed_error_and_the_model_stays_usable(tiny_llama, events):
     with _unset(tiny_llama, "pad_token", "pad_token_id"), _unset(tiny_llama, "eos_token", "eos_token_id"):
         tok = tiny_llama.tokenizer
-        assert tok.pad_token_id is None and tok.eos_token_id is None
+        assert tok.pad_token_id is None
+        assert tok.eos_token_id is None
         with pytest.raises(GenerationError) as err:
             generate_batch(tiny_llama, ["Hello world", "The quick brown fox"], GREEDY)
         assert not isinstance(err.value, ValueError)
         message = str(err.value)
-        assert "tiny-llama" in message and "pad_token" in message and "still loaded" in message
+        assert "tiny-llama" in message
+        assert "pad_token" in message
+        assert "still loaded" in message
         assert events.of("error")[-1].data["error"] == "GenerationError"
         r = generate(tiny_llama, "Hello world", GREEDY)  # still usable; no EOS, so it runs to the limit
-        assert r.new_tokens == 24 and r.stopped_by == "max_new_tokens" and tiny_llama.loaded
+        assert r.new_tokens == 24
+        assert r.stopped_by == "max_new_tokens"
+        assert tiny_llama.loaded
 
 
 # --- the one stream, fed by any producer -------------------------------------------------------
@@ -440,7 +472,9 @@ def test_a_stream_fed_by_a_plain_producer():
     s = Stream(produce, name="plain", on_piece=seen.append)
     assert list(s.pieces()) == [Piece("thinking", "reasoning", 1.0), Piece("Par", "content", 2.0),
                                 Piece("is", "content", 3.0)]
-    assert seen == ["Par", "is"] and s.wait().reasoning == "thinking" and s.text() == ""
+    assert seen == ["Par", "is"]
+    assert s.wait().reasoning == "thinking"
+    assert s.text() == ""
 
 
 def test_a_producers_error_reaches_the_consumer_typed_and_stop_reaches_the_producer():

@@ -45,4 +45,5 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), WORKBENCH_STORE=str(tmp_path))
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")], capture_output=True, text=True,
                           timeout=120, env=env)
-    assert proc.returncode == 2 and "--dry-run" in proc.stdout
+    assert proc.returncode == 2
+    assert "--dry-run" in proc.stdout

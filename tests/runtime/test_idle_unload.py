@@ -17,21 +17,28 @@ def test_unloads_after_the_limit_and_not_before(registry, events):
     m = registry.load(LoadSpec("tiny-llama"))
     watcher = registry.idle_watcher = IdleWatcher(registry, IDLE_S)
     t0 = m.last_used
-    assert watcher.check(now=t0 + IDLE_S - 1) == [] and m.loaded
+    assert watcher.check(now=t0 + IDLE_S - 1) == []
+    assert m.loaded
     generate(m, "Hello", GenerationParams(max_new_tokens=2, temperature=0))  # use resets the clock
     t1 = m.last_used
     assert t1 >= t0
     assert watcher.check(now=t1 + IDLE_S - 1) == []
     [done] = watcher.check(now=t1 + IDLE_S + 1)
-    assert done.name == m.name and done.idle_s == pytest.approx(IDLE_S + 1) and done.freed_bytes == m.footprint_bytes
-    assert not m.loaded and registry.list() == []
+    assert done.name == m.name
+    assert done.idle_s == pytest.approx(IDLE_S + 1)
+    assert done.freed_bytes == m.footprint_bytes
+    assert not m.loaded
+    assert registry.list() == []
     assert done.message == "tiny-llama unloaded after 30 min idle: load again to continue"
     [event] = events.of(EVENT_KIND)
-    assert event.model == m.name and event.message == done.message and event.data["limit_s"] == IDLE_S
+    assert event.model == m.name
+    assert event.message == done.message
+    assert event.data["limit_s"] == IDLE_S
     assert events.of("unload")  # the ordinary unload mark as well
     with pytest.raises(ModelNotLoadedError, match="unloaded after 30 min idle: load again to continue"):
         generate(m, "Hello")
-    assert idle_notices(registry) == [done] and idle_notices(registry, since_s=done.time_s) == []
+    assert idle_notices(registry) == [done]
+    assert idle_notices(registry, since_s=done.time_s) == []
 
 
 def test_a_generating_model_is_busy_not_idle(registry):
@@ -49,12 +56,14 @@ def test_a_generating_model_is_busy_not_idle(registry):
     assert holding.wait(timeout=60)
     busy_at = m.last_used + 5 * IDLE_S
     try:
-        assert watcher.check(now=busy_at) == [] and m.loaded
+        assert watcher.check(now=busy_at) == []
+        assert m.loaded
     finally:
         done.set()
         t.join(timeout=60)
     # Idle counts from when it was last seen busy, not from the generation's start.
-    assert watcher.check(now=busy_at + IDLE_S - 1) == [] and m.loaded
+    assert watcher.check(now=busy_at + IDLE_S - 1) == []
+    assert m.loaded
     assert [u.name for u in watcher.check(now=busy_at + IDLE_S + 1)] == [m.name]
 
 
@@ -67,7 +76,9 @@ def test_the_setting_starts_a_watcher_on_load(registry, monkeypatch):
     registry.load(LoadSpec("tiny-llama"))
     watcher = registry.idle_watcher
     try:
-        assert watcher.running and watcher.idle_s == IDLE_S and watcher.interval_s == 60.0
+        assert watcher.running
+        assert watcher.idle_s == IDLE_S
+        assert watcher.interval_s == 60.0
         assert ensure_watcher(registry) is watcher
     finally:
         watcher.stop()

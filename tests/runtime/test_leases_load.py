@@ -49,7 +49,8 @@ def test_a_load_refused_by_another_users_lease_names_them(gpu, registry, events)
     with pytest.raises(InsufficientMemoryError, match=r"leased by .*hub user alice\) \(Mixtral-8x7B, kernel"):
         registry.load(LoadSpec("tiny-llama", devices=("cuda:0",)))
     assert [x.hub_user for x in list_leases()] == ["alice"]
-    assert events.of("error") and not events.of("load_started")
+    assert events.of("error")
+    assert not events.of("load_started")
 
 
 def test_a_load_that_cannot_take_its_lease_is_refused(gpu, registry, events, tmp_path, monkeypatch):
@@ -64,8 +65,11 @@ def test_a_load_that_cannot_take_its_lease_is_refused(gpu, registry, events, tmp
     with pytest.raises(LeaseFolderError) as err:
         registry.load(LoadSpec("tiny-llama", devices=("cuda:0",)))
     assert "tiny-llama cannot take its GPU lease on cuda:0" in str(err.value)
-    assert "leases-link is a symbolic link" in str(err.value) and "leases_enabled = False" in str(err.value)
-    assert events.of("error") and not events.of("load_started") and registry.list() == []
+    assert "leases-link is a symbolic link" in str(err.value)
+    assert "leases_enabled = False" in str(err.value)
+    assert events.of("error")
+    assert not events.of("load_started")
+    assert registry.list() == []
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
@@ -83,9 +87,11 @@ def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, sha
     [lease] = list_leases()
     reserve = m.fit.budgets[0].reserve_bytes
     # Settled to the measured placement plus the GPU's reserve (CUDA context, KV cache share).
-    assert lease.reserved_bytes == m.footprint_bytes + reserve and [x.lease_id for x in m.leases] == [lease.lease_id]
+    assert lease.reserved_bytes == m.footprint_bytes + reserve
+    assert [x.lease_id for x in m.leases] == [lease.lease_id]
     registry.unload(m.name)
-    assert list_leases() == [] and m.leases == ()
+    assert list_leases() == []
+    assert m.leases == ()
 
 
 def test_lease_amounts_fill_gpus_in_order(fake_nvml, clean_devices, shared_store):

@@ -72,16 +72,22 @@ def test_gpus_picked_become_n_gpu_layers_main_gpu_and_tensor_split(gguf_root, fa
     out = llamacpp.load(entry, LoadSpec(entry, devices=("cuda:1", "cuda:2")), n_ctx=2048,
                         free_bytes={"cuda:1": 3 * 2**30, "cuda:2": 1 * 2**30})
     [kw] = FakeLlama.calls
-    assert kw["n_gpu_layers"] == -1 and kw["main_gpu"] == 1 and kw["tensor_split"] == [0.0, 0.75, 0.25]
-    assert kw["n_ctx"] == 2048 and kw["model_path"].endswith(".gguf")
+    assert kw["n_gpu_layers"] == -1
+    assert kw["main_gpu"] == 1
+    assert kw["tensor_split"] == [0.0, 0.75, 0.25]
+    assert kw["n_ctx"] == 2048
+    assert kw["model_path"].endswith(".gguf")
     from workbench.devices.cgroup import usable_cpus
 
     assert kw["n_threads"] == kw["n_threads_batch"] == usable_cpus()
-    assert out.placement == {"cuda:1": 750, "cuda:2": 250} and out.footprint_bytes == 1000
+    assert out.placement == {"cuda:1": 750, "cuda:2": 250}
+    assert out.footprint_bytes == 1000
     FakeLlama.calls = []
     out = llamacpp.load(entry, LoadSpec(entry), n_ctx=512)
     [kw] = FakeLlama.calls
-    assert kw["n_gpu_layers"] == 0 and "tensor_split" not in kw and out.placement == {"cpu": 1000}
+    assert kw["n_gpu_layers"] == 0
+    assert "tensor_split" not in kw
+    assert out.placement == {"cpu": 1000}
     assert llamacpp.gpu_layout(["cuda:0"]) == {"n_gpu_layers": -1, "main_gpu": 0}
 
 
@@ -117,11 +123,17 @@ def test_a_llamacpp_spec_refuses_bitsandbytes():
 
 
 def test_the_gguf_entry_answers_paris_on_llamacpp(loaded):
-    assert loaded.engine == "llamacpp" and loaded.to_dict()["engine"] == "llamacpp"
-    assert loaded.precision == "Q4_1" and loaded.model.n_ctx == 1024
+    assert loaded.engine == "llamacpp"
+    assert loaded.to_dict()["engine"] == "llamacpp"
+    assert loaded.precision == "Q4_1"
+    assert loaded.model.n_ctx == 1024
     r = generate(loaded, "What is the capital of France?", GREEDY)
-    assert "Paris" in r.text and r.prompt_tokens > 10 and r.new_tokens >= 2
-    assert r.ttft_s > 0 and r.tokens_per_s > 0 and r.stopped_by in ("eos", "max_new_tokens")
+    assert "Paris" in r.text
+    assert r.prompt_tokens > 10
+    assert r.new_tokens >= 2
+    assert r.ttft_s > 0
+    assert r.tokens_per_s > 0
+    assert r.stopped_by in ("eos", "max_new_tokens")
 
 
 def test_stream_stop_strings_stop_and_batches(loaded):
@@ -129,19 +141,23 @@ def test_stream_stop_strings_stop_and_batches(loaded):
     whole = generate(loaded, prompt, GREEDY)
     s = stream(loaded, prompt, GREEDY)
     pieces = list(s)
-    assert "".join(pieces) == s.result.text == whole.text and len(pieces) >= 2
+    assert "".join(pieces) == s.result.text == whole.text
+    assert len(pieces) >= 2
     # A stop string ends it before the string, in the stream and the result.
     cut = whole.text.split()[2]
     r = generate(loaded, prompt, GenerationParams(temperature=0.0, max_new_tokens=24, system_prompt=SYSTEM,
                                                   stop=(cut,)))
-    assert r.stopped_by == "stop_string" and cut not in r.text and whole.text.startswith(r.text)
+    assert r.stopped_by == "stop_string"
+    assert cut not in r.text
+    assert whole.text.startswith(r.text)
     # Stop after the first piece: the generation ends early and keeps what came.
     s = stream(loaded, prompt, GenerationParams(temperature=0.0, max_new_tokens=200, system_prompt=SYSTEM))
     got = []
     for piece in s:
         got.append(piece)
         s.stop()
-    assert s.result.stopped_by in ("cancelled", "eos") and s.result.new_tokens < 200
+    assert s.result.stopped_by in ("cancelled", "eos")
+    assert s.result.new_tokens < 200
     # A batch is each prompt alone.
     prompts = [prompt, "Name a colour."]
     batch = generate_batch(loaded, prompts, GREEDY)
@@ -188,10 +204,13 @@ def test_workbench_run_answers_paris_through_llamacpp(gguf_root, tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert "Paris" in doc["text"] and doc["engine"] == "llamacpp" and doc["dtype"] == "Q4_1"
+    assert "Paris" in doc["text"]
+    assert doc["engine"] == "llamacpp"
+    assert doc["dtype"] == "Q4_1"
     # What llama.cpp holds for the weights is every tensor at its stored type: the reference reader's sum.
     tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(embedded_gguf_path()).tensors)
-    assert doc["footprint_bytes"] == tensor_bytes and doc["freed_bytes"] == doc["footprint_bytes"]
+    assert doc["footprint_bytes"] == tensor_bytes
+    assert doc["freed_bytes"] == doc["footprint_bytes"]
 
 
 #: Qwen3's shape (as in test_generation): the generation prompt opens ``<think>``, or with
@@ -209,14 +228,18 @@ def test_a_reasoning_template_splits_thinking_on_llamacpp_too(loaded, monkeypatc
     monkeypatch.setattr(loaded.tokenizer, "chat_template", THINK_TEMPLATE)
     params = GenerationParams(temperature=0.0, max_new_tokens=12)
     r = generate(loaded, "What is the capital of France?", params)
-    assert r.text == "" and r.new_tokens >= 2 and len(r.reasoning) > 5
+    assert r.text == ""
+    assert r.new_tokens >= 2
+    assert len(r.reasoning) > 5
     s = stream(loaded, "What is the capital of France?", params)
     pieces = list(s.pieces())
-    assert {p.kind for p in pieces} == {"reasoning"} and "".join(p.text for p in pieces).strip() == r.reasoning
+    assert {p.kind for p in pieces} == {"reasoning"}
+    assert "".join(p.text for p in pieces).strip() == r.reasoning
     assert (s.result.text, s.result.reasoning) == ("", r.reasoning)
     off = generate(loaded, "What is the capital of France?",
                    GenerationParams(temperature=0.0, max_new_tokens=12, enable_thinking=False))
-    assert off.reasoning == "" and len(off.text) > 5
+    assert off.reasoning == ""
+    assert len(off.text) > 5
 
 
 def test_a_think_close_in_llamacpp_output_parts_reasoning_from_answer(gguf_root, fake_llama_cpp):

@@ -57,7 +57,8 @@ def test_embedded_footprint_matches_estimate(registry):
         footprints[quant] = m.footprint_bytes
         registry.unload(m.name)
     # Seen in notes/environment.md: bf16 269 MB, int8 163 MB, nf4 110 MB.
-    assert footprints["nf4"] < footprints["none"] / 2 and footprints["int8"] < 0.7 * footprints["none"]
+    assert footprints["nf4"] < footprints["none"] / 2
+    assert footprints["int8"] < 0.7 * footprints["none"]
 
 
 # --- what a LoadedModel reports ----------------------------------------------------------------
@@ -66,20 +67,29 @@ def test_embedded_footprint_matches_estimate(registry):
 def test_loaded_model_reports_placement_times_and_progress(registry, events, capfd):
     seen = []
     m = registry.load(LoadSpec("tiny-llama-sharded", dtype="bfloat16"), progress=seen.append)
-    assert m.name == "tiny-llama-sharded" and m.devices == ("cpu",) and m.precision == "bfloat16"
-    assert m.placement == {"cpu": m.footprint_bytes} and m.module_devices == {"": "cpu"}
+    assert m.name == "tiny-llama-sharded"
+    assert m.devices == ("cpu",)
+    assert m.precision == "bfloat16"
+    assert m.placement == {"cpu": m.footprint_bytes}
+    assert m.module_devices == {"": "cpu"}
     assert set(m.load_times_s) == {"check", "tokenizer", "weights", "finalize"}
     assert m.load_s >= sum(m.load_times_s.values()) * 0.99
-    assert m.estimate is not None and m.fit is not None and m.fit.fits
+    assert m.estimate is not None
+    assert m.fit is not None
+    assert m.fit.fits
     phases = [p.phase for p in seen]
-    assert phases[0] == "check" and phases[-1] == "done" and "weights" in phases
+    assert phases[0] == "check"
+    assert phases[-1] == "done"
+    assert "weights" in phases
     fractions = [p.fraction for p in seen]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
     assert sum(1 for p in seen if p.phase == "weights") > 3  # per tensor, not just start and end
     assert "Loading weights" not in capfd.readouterr().err  # our progress replaces transformers' bar
     d = m.to_dict()
     assert json.loads(json.dumps(d))["placement"] == {"cpu": m.footprint_bytes}
-    assert "cpu" in m.placement_str and repr(m).startswith("<LoadedModel 'tiny-llama-sharded'")
+    assert "cpu" in m.placement_str
+    assert repr(m).startswith("<LoadedModel 'tiny-llama-sharded'")
     assert events.kinds()[:2] == ["load_started", "load_finished"]
     assert events.of("load_finished")[0].data["footprint_bytes"] == m.footprint_bytes
 
@@ -90,14 +100,16 @@ def test_names_are_unique_and_explicit_names_checked(registry):
     c = registry.load(LoadSpec("tiny-gpt2", quant="nf4"))
     assert (a.name, b.name, c.name) == ("tiny-gpt2", "tiny-gpt2@float32", "tiny-gpt2@nf4")
     assert [m.name for m in registry.list()] == [a.name, b.name, c.name]
-    assert registry.get("tiny-gpt2@nf4") is c and "tiny-gpt2" in registry
+    assert registry.get("tiny-gpt2@nf4") is c
+    assert "tiny-gpt2" in registry
     with pytest.raises(LoadSpecError, match="already loaded"):
         registry.load(LoadSpec("tiny-gpt2", name="tiny-gpt2@nf4"))
     with pytest.raises(ModelNotLoadedError, match="loaded: tiny-gpt2"):
         registry.get("nope")
     assert registry.plan_unload(c.name).frees_bytes == c.weight_bytes > c.footprint_bytes
     reports = registry.unload_all()
-    assert [r.name for r in reports] == [c.name, b.name, a.name] and len(registry) == 0
+    assert [r.name for r in reports] == [c.name, b.name, a.name]
+    assert len(registry) == 0
 
 
 def test_unload_drops_every_reference(registry, events):
@@ -106,10 +118,13 @@ def test_unload_drops_every_reference(registry, events):
     generate(m, "Hello", GenerationParams(max_new_tokens=2, temperature=0))
     report = registry.unload(m.name)
     gc.collect()
-    assert model_ref() is None and tok_ref() is None
-    assert report.freed_bytes == m.footprint_bytes and report.rss_before_bytes > 0
+    assert model_ref() is None
+    assert tok_ref() is None
+    assert report.freed_bytes == m.footprint_bytes
+    assert report.rss_before_bytes > 0
     assert report.to_dict()["name"] == "tiny-qwen2"
-    assert not m.loaded and m.model is None
+    assert not m.loaded
+    assert m.model is None
     with pytest.raises(ModelNotLoadedError, match="unloaded"):
         generate(m, "Hello")
     with pytest.raises(ModelNotLoadedError):
@@ -147,8 +162,13 @@ def test_unload_clears_ipython_output_history_and_last_traceback(registry, monke
     report = registry.unload(m.name)
     gc.collect()
     assert ref() is None
-    assert out == {4: "other"} and "_3" not in ns and ns["_"] == "" and ns["___"] == "" and ns["_4"] == "other"
-    assert hook._ == "" and hook.___ == ""
+    assert out == {4: "other"}
+    assert "_3" not in ns
+    assert ns["_"] == ""
+    assert ns["___"] == ""
+    assert ns["_4"] == "other"
+    assert hook._ == ""
+    assert hook.___ == ""
     assert {"Out[3]", "_3", "_", "___", "sys.last_traceback"} <= set(report.cleared)
 
 
@@ -194,8 +214,10 @@ def test_truncated_file_rolls_back_and_names_it(tmp_path, tiny_models):
     before = _model_count()
     with pytest.raises(LoadError) as err:
         reg.load(LoadSpec(entry))  # the load itself finds the damage
-    assert "model.safetensors" in str(err.value) and err.value.path == weights
-    assert reg.list() == [] and _model_count() == before
+    assert "model.safetensors" in str(err.value)
+    assert err.value.path == weights
+    assert reg.list() == []
+    assert _model_count() == before
     with pytest.raises(BrokenModelError, match="model.safetensors"):
         reg.load(LoadSpec("damaged"))  # a fresh scan refuses it before loading
 
@@ -205,7 +227,8 @@ def test_quantization_failure_is_typed_and_rolled_back(registry, no_fp4_backend)
     before = _model_count()
     with pytest.raises(QuantizationUnsupportedError, match="FP4 is not available"):
         registry.load(LoadSpec("tiny-llama", quant="fp4"))
-    assert registry.list() == [] and _model_count() == before
+    assert registry.list() == []
+    assert _model_count() == before
 
 
 # --- safety ----------------------------------------------------------------------------------
@@ -232,12 +255,15 @@ def test_pickle_refused_and_never_unpickled(tmp_path, tiny_models):
     reg = Registry(ModelStore([root], cache_path=None))
     with pytest.raises(UnsafeModelError) as err:
         reg.load(LoadSpec("pickled"))
-    assert "pytorch_model.bin" in str(err.value) and "allow_pickle=True" in str(err.value)
+    assert "pytorch_model.bin" in str(err.value)
+    assert "allow_pickle=True" in str(err.value)
     # Opting in still loads with weights_only=True, which refuses the payload.
     with pytest.raises(LoadError) as err:
         reg.load(LoadSpec("pickled", allow_pickle=True))
-    assert "pytorch_model.bin" in str(err.value) and "not unpickled" in str(err.value)
-    assert not marker.exists() and reg.list() == []
+    assert "pytorch_model.bin" in str(err.value)
+    assert "not unpickled" in str(err.value)
+    assert not marker.exists()
+    assert reg.list() == []
 
 
 def test_remote_code_refused_and_never_run(tmp_path, tiny_models):
@@ -251,7 +277,8 @@ def test_remote_code_refused_and_never_run(tmp_path, tiny_models):
     reg = Registry(ModelStore([root], cache_path=None))
     with pytest.raises(UnsafeModelError, match="trust_remote_code=True"):
         reg.load(LoadSpec("custom"))
-    assert not marker.exists() and reg.list() == []
+    assert not marker.exists()
+    assert reg.list() == []
 
 
 def test_link_out_of_the_store_cannot_be_opted_in(tmp_path, tiny_models):
@@ -275,7 +302,8 @@ def test_out_of_memory_during_load_is_typed_and_rolled_back(registry, monkeypatc
 
     with pytest.raises(InsufficientMemoryError, match="ran out of memory loading tiny-llama") as err:
         registry.load(LoadSpec("tiny-llama"))
-    assert "quant='nf4'" in str(err.value) and registry.list() == []
+    assert "quant='nf4'" in str(err.value)
+    assert registry.list() == []
 
 
 def test_keyboard_interrupt_during_load_rolls_back(registry):
@@ -287,7 +315,8 @@ def test_keyboard_interrupt_during_load_rolls_back(registry):
 
     with pytest.raises(KeyboardInterrupt):
         registry.load(LoadSpec("tiny-llama-sharded"), progress=progress)
-    assert registry.list() == [] and _model_count() == before
+    assert registry.list() == []
+    assert _model_count() == before
     assert registry.load(LoadSpec("tiny-llama-sharded")).name == "tiny-llama-sharded"  # name not left reserved
 
 
@@ -319,7 +348,8 @@ def test_unload_accounts_cuda_memory_through_a_fake_torch_cuda(registry, monkeyp
     del module
     report = registry.unload("fake-gpu")
     assert (report.cuda_before_bytes, report.cuda_after_bytes) == ({"cuda:0": 300 * 2**20}, {"cuda:0": 2 * 2**20})
-    assert "empty_cache" in calls and ref() is None
+    assert "empty_cache" in calls
+    assert ref() is None
 
 
 def test_clean_pickle_loads_only_with_the_opt_in(tmp_path, tiny_models):
@@ -334,6 +364,7 @@ def test_clean_pickle_loads_only_with_the_opt_in(tmp_path, tiny_models):
     with pytest.raises(UnsafeModelError):
         reg.load(LoadSpec("plain-pickle"))
     m = reg.load(LoadSpec("plain-pickle", allow_pickle=True))
-    assert m.estimate is None and m.footprint_bytes > 0  # no headers to estimate from
+    assert m.estimate is None
+    assert m.footprint_bytes > 0  # no headers to estimate from
     assert generate(m, "Hello", GenerationParams(max_new_tokens=2, temperature=0)).new_tokens == 2
     reg.unload_all()

@@ -30,7 +30,8 @@ def test_run_reports_the_saved_quantization(nf4_root, monkeypatch, capsys):
     code = main(["run", "llama-nf4", "--prompt", "Hello", "--max-new-tokens", "4", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0, doc
-    assert doc["quant"] == "nf4" and doc["dtype"] == "bfloat16"
+    assert doc["quant"] == "nf4"
+    assert doc["dtype"] == "bfloat16"
     # The footprint of what really loaded, against the store's estimate for it.
     assert abs(doc["estimate_bytes"] - doc["footprint_bytes"]) <= 0.03 * doc["footprint_bytes"]
 

@@ -14,7 +14,8 @@ def test_defaults_and_normalisation():
     spec = LoadSpec("m", devices=["CUDA", " cpu "]).validate()
     assert spec.devices == ("cuda:0", "cpu")
     assert LoadSpec("m", devices="cuda:1").devices == ("cuda:1",)
-    assert LoadSpec("m").devices == ("cpu",) and LoadSpec("m").device_type == "cpu"
+    assert LoadSpec("m").devices == ("cpu",)
+    assert LoadSpec("m").device_type == "cpu"
     assert LoadSpec("m", devices=("cuda:0", "cpu")).device_type == "cuda"
     assert LoadSpec("m", quant="nf4", double_quant=True).precision == "nf4+dq"
     assert LoadSpec("m", max_memory={"CUDA": 5}, devices=("cuda:0",)).max_memory == {"cuda:0": 5}
@@ -51,7 +52,9 @@ def test_empty_model_name():
 
 def test_spec_round_trips_to_dict():
     d = LoadSpec("m", devices=("cuda:0", "cuda:1"), quant="nf4", max_memory={"cuda:0": 1}).to_dict()
-    assert d["devices"] == ["cuda:0", "cuda:1"] and d["quant"] == "nf4" and d["max_memory"] == {"cuda:0": 1}
+    assert d["devices"] == ["cuda:0", "cuda:1"]
+    assert d["quant"] == "nf4"
+    assert d["max_memory"] == {"cuda:0": 1}
 
 
 def test_generation_params_validate():

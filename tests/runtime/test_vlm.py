@@ -50,14 +50,16 @@ def test_listed_ok_and_loaded_with_the_image_text_to_text_class(vlms, vlm_root):
     import transformers
 
     for kind, loaded in vlms.items():
-        assert loaded.entry.status == "ok" and loaded.entry.auto_class == IMAGE_TEXT_TO_TEXT
+        assert loaded.entry.status == "ok"
+        assert loaded.entry.auto_class == IMAGE_TEXT_TO_TEXT
         config = transformers.AutoConfig.from_pretrained(loaded.entry.path)
         built = transformers.AutoModelForImageTextToText._model_mapping[type(config)]
         assert type(loaded.model) is built, kind
     assert type(vlms["llava"].processor).__name__ == "LlavaProcessor"
     assert type(vlms["gemma3"].processor).__name__ == "Gemma3Processor"
     # Qwen2-VL's processor needs torchvision (its video part), which is not installed: text still runs.
-    assert vlms["qwen2_vl"].processor is None and "torchvision" in vlms["qwen2_vl"].processor_problem.lower()
+    assert vlms["qwen2_vl"].processor is None
+    assert "torchvision" in vlms["qwen2_vl"].processor_problem.lower()
 
 
 @pytest.mark.parametrize("kind", ["llava", "qwen2_vl", "gemma3"])
@@ -145,4 +147,5 @@ def test_unload_drops_the_processor(vlm_root):
     loaded = reg.load(LoadSpec("tiny-llava"))
     assert loaded.processor is not None
     reg.unload("tiny-llava")
-    assert loaded.processor is None and loaded.model is None
+    assert loaded.processor is None
+    assert loaded.model is None

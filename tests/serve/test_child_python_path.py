@@ -42,7 +42,8 @@ def test_children_started_from_a_folder_another_user_writes_run_the_real_modules
         worker = chat_template._Worker()
         try:
             worker._start(64 << 20)
-            assert worker.proc is not None and worker.proc.poll() is None
+            assert worker.proc is not None
+            assert worker.proc.poll() is None
         finally:
             worker.kill()
         # An engine: llama-cpp-python's server, asked for its help only.

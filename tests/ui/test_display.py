@@ -35,7 +35,10 @@ def test_env_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_html_table_escapes_cells_and_headers() -> None:
     html = display.html_table(["<h>"], [["<script>alert(1)</script>"], [None]])
-    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;h&gt;" in html and "&mdash;" in html
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "&lt;h&gt;" in html
+    assert "&mdash;" in html
 
 
 def test_plotlyjs_is_inlined_once_per_page() -> None:
@@ -44,7 +47,10 @@ def test_plotlyjs_is_inlined_once_per_page() -> None:
     display.reset_plotlyjs()
     first = display.figure_html(go.Figure(go.Scatter(y=[1, 2])))
     second = display.figure_html(go.FigureWidget(go.Scatter(y=[3, 4])))
-    assert "plotly.js v" in first and len(first) > 1_000_000
-    assert "plotly.js v" not in second and "Plotly.newPlot" in second and len(second) < 50_000
+    assert "plotly.js v" in first
+    assert len(first) > 1_000_000
+    assert "plotly.js v" not in second
+    assert "Plotly.newPlot" in second
+    assert len(second) < 50_000
     assert "cdn.plot.ly" not in second
     display.reset_plotlyjs()

@@ -97,9 +97,11 @@ def test_store_tab_says_what_the_load_tab_says(tight_gpu, static_mode):
     # The same row, part by part: weights, KV cache, fixed state, reserves, leases, free, needed, verdict.
     load_row = fit_row(shown, "cuda:0", "float32")
     assert fit_row(details, "cuda:0", "float32") == load_row
-    assert load_row[-2] == format_bytes(chk.needed_bytes) and load_row[-1] == "does not fit"
+    assert load_row[-2] == format_bytes(chk.needed_bytes)
+    assert load_row[-1] == "does not fit"
     if tight_gpu == "lease":
-        assert "(hub user alice)" in load_row[6] and "(hub user alice)" in details
+        assert "(hub user alice)" in load_row[6]
+        assert "(hub user alice)" in details
     else:
         assert "CUDA context" in load_row[5]
     store_panel.close()
@@ -110,11 +112,13 @@ def test_cli_inspect_says_what_run_refuses(tight_gpu, capsys):
     assert main(["store", "inspect", MODEL, "--json"]) == 0
     fits = json.loads(capsys.readouterr().out)["fits"]
     gpu = {f["precision"]: f for f in fits if f["device"] == "cuda:0"}
-    assert set(gpu) == {"float32", "bfloat16", "int8", "nf4"} and not any(f["fits"] for f in gpu.values())
+    assert set(gpu) == {"float32", "bfloat16", "int8", "nf4"}
+    assert not any(f["fits"] for f in gpu.values())
     entry = ModelStore().get(MODEL)
     chk = check_fit(entry, LoadSpec(entry, devices=("cuda:0",), dtype="float32").validate())
     assert gpu["float32"]["needed_bytes"] == chk.needed_bytes
-    assert gpu["float32"]["parts"] == chk.parts and gpu["float32"]["message"] == chk.message
+    assert gpu["float32"]["parts"] == chk.parts
+    assert gpu["float32"]["message"] == chk.message
 
     assert main(["run", MODEL, "--device", "cuda:0", "--dtype", "float32", "--prompt", "Hi", "--json"]) == 1
     err = json.loads(capsys.readouterr().out)

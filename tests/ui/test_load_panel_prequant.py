@@ -31,11 +31,14 @@ def test_prequantized_model_offers_no_quantization(prequant_store) -> None:
     panel.controls.model.value = "tiny-llama"
     panel.controls.quant.value = "int8"
     panel.controls.model.value = "llama-nf4"
-    assert tuple(panel.controls.quant.options) == ("none",) and panel.controls.quant.disabled
-    assert panel.spec().quant == "none" and "nf4" in panel.controls.quant.description
+    assert tuple(panel.controls.quant.options) == ("none",)
+    assert panel.controls.quant.disabled
+    assert panel.spec().quant == "none"
+    assert "nf4" in panel.controls.quant.description
     assert "in nf4 needs about" in panel.outputs.check.value
     with pytest.raises(LoadSpecError, match="loads with its own quantization"):
         panel.select(quant="int8")  # the trait refuses a second quantization, as the runtime would
     assert (panel.quant, panel.controls.quant.value) == ("none", "none")
     panel.controls.model.value = "tiny-llama"
-    assert "int8" in panel.controls.quant.options and not panel.controls.quant.disabled
+    assert "int8" in panel.controls.quant.options
+    assert not panel.controls.quant.disabled

@@ -31,26 +31,31 @@ def test_load_panel_checks_loads_places_and_unloads(tiny_store: Path, registry) 
     _ = panel.widget
     panel.controls.model.value = "tiny-llama"
     panel.controls.dtype.value = "float32"
-    assert ": fits" in panel.outputs.check.value and "in float32 needs about" in panel.outputs.check.value
+    assert ": fits" in panel.outputs.check.value
+    assert "in float32 needs about" in panel.outputs.check.value
     panel.controls.budgets["cpu"].value = 0.00001  # about 10 KiB
     assert "does not fit" in panel.outputs.check.value
     panel.controls.budgets["cpu"].value = 0.0
     panel.controls.quant.value = "nf4"
-    assert not panel.controls.double_quant.disabled and "in nf4 needs about" in panel.outputs.check.value
+    assert not panel.controls.double_quant.disabled
+    assert "in nf4 needs about" in panel.outputs.check.value
     panel.controls.quant.value = "none"
     assert panel.controls.double_quant.disabled
 
     panel.controls.load.click()
     loaded = panel.wait()
     assert loaded.name in [m.name for m in registry.list()]
-    assert panel.outputs.progress.value == 1.0 and panel.outputs.progress.bar_style == "success"
-    assert loaded.name in panel.outputs.loaded.value and "cpu:" in panel.outputs.loaded.value
+    assert panel.outputs.progress.value == 1.0
+    assert panel.outputs.progress.bar_style == "success"
+    assert loaded.name in panel.outputs.loaded.value
+    assert "cpu:" in panel.outputs.loaded.value
     assert panel.message[1] == "ok"
 
     panel.controls.unload_pick.value = loaded.name
     panel.controls.unload.click()
     assert registry.list() == [] or loaded.name not in [m.name for m in registry.list()]
-    assert "freed" in panel.outputs.banner.value and "No model loaded" in panel.outputs.loaded.value
+    assert "freed" in panel.outputs.banner.value
+    assert "No model loaded" in panel.outputs.loaded.value
 
 
 def test_load_errors_show_in_the_banner_and_the_panel_stays_usable(tiny_store: Path, registry) -> None:
@@ -62,8 +67,10 @@ def test_load_errors_show_in_the_banner_and_the_panel_stays_usable(tiny_store: P
     with pytest.raises(Exception):  # noqa: B017 - whichever WorkbenchError the runtime raises
         panel.wait()
     kind, html = panel.message[1], panel.outputs.banner.value
-    assert kind == "error" and "Traceback" not in html
-    assert panel.outputs.progress.bar_style == "danger" and not panel.controls.load.disabled
+    assert kind == "error"
+    assert "Traceback" not in html
+    assert panel.outputs.progress.bar_style == "danger"
+    assert not panel.controls.load.disabled
     panel.controls.budgets["cpu"].value = 0.0
     panel.controls.load.click()
     assert panel.wait().name
@@ -73,7 +80,8 @@ def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_stor
     _load(registry)
     panel = PromptPanel(registry=registry)
     _ = panel.widget
-    assert panel.controls.model.value == "tiny-llama" and not panel.controls.send.disabled
+    assert panel.controls.model.value == "tiny-llama"
+    assert not panel.controls.send.disabled
     panel.controls.params["max_new_tokens"].value = 48
     panel.controls.seed.value = "0"
     panel.controls.input.value = "Hello <world>"
@@ -82,9 +90,11 @@ def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_stor
     result = panel.wait()
     assert result.new_tokens > 0
     assert "Hello &lt;world&gt;" in panel.outputs.transcript.value
-    assert "Tokens/s" in panel.outputs.metrics.value and "TTFT" in panel.outputs.metrics.value
+    assert "Tokens/s" in panel.outputs.metrics.value
+    assert "TTFT" in panel.outputs.metrics.value
     # One unit per kind: TTFT and total both in seconds.
-    assert f"{result.ttft_s:.3f} s" in panel.outputs.metrics.value and " ms<" not in panel.outputs.metrics.value
+    assert f"{result.ttft_s:.3f} s" in panel.outputs.metrics.value
+    assert " ms<" not in panel.outputs.metrics.value
     assert f"{result.total_s:.3f} s" in panel.outputs.metrics.value
     # At most ~10 repaints a second while streaming, plus the first and the last.
     assert panel.flushes <= result.total_s * 10 + 4
@@ -93,12 +103,16 @@ def test_prompt_streams_in_coarse_batches_with_metrics_clear_and_batch(tiny_stor
     panel.controls.batch_input.value = "The capital of France\nHello world\n\n"
     panel.controls.run_batch.click()
     results = panel.wait()
-    assert len(results) == 2 and "Batch" in panel.outputs.batch.value and "Hello world" in panel.outputs.batch.value
+    assert len(results) == 2
+    assert "Batch" in panel.outputs.batch.value
+    assert "Hello world" in panel.outputs.batch.value
 
     panel.clear()
-    assert panel.history == [] and "No messages yet" in panel.outputs.transcript.value
+    assert panel.history == []
+    assert "No messages yet" in panel.outputs.transcript.value
     static = panel.static_html()
-    assert "Tokens/s" in static and "Batch" in static
+    assert "Tokens/s" in static
+    assert "Batch" in static
 
 
 def test_stop_ends_a_long_answer(tiny_store: Path, registry) -> None:
@@ -113,7 +127,8 @@ def test_stop_ends_a_long_answer(tiny_store: Path, registry) -> None:
     panel.controls.stop.click()
     result = panel.wait()
     assert result.new_tokens < 2000
-    assert panel.controls.stop.disabled and not panel.controls.send.disabled
+    assert panel.controls.stop.disabled
+    assert not panel.controls.send.disabled
 
 
 def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
@@ -121,12 +136,14 @@ def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
     _ = panel.widget
     panel.controls.input.value = "hello"
     panel.controls.send.click()  # nothing loaded
-    assert panel.message[1] == "error" and "load" in panel.message[0].lower()
+    assert panel.message[1] == "error"
+    assert "load" in panel.message[0].lower()
     _load(registry)
     panel.refresh_models()
     panel.controls.input.value = "   "
     panel.controls.send.click()
-    assert panel.message[1] == "error" and "empty" in panel.message[0]
+    assert panel.message[1] == "error"
+    assert "empty" in panel.message[0]
     panel.controls.seed.value = "abc"
     assert "whole number" in panel.message[0]
 
@@ -134,15 +151,18 @@ def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
 def test_workbench_links_the_panels(tiny_store: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
     wb = Workbench(registry=registry)
     _ = wb.widget
-    assert wb.selected_tab == "Load" and list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry", "Quantization", "Serve"]
+    assert wb.selected_tab == "Load"
+    assert list(wb.panels) == ["Store", "Load", "Prompt", "Telemetry", "Quantization", "Serve"]
     wb.load.controls.model.value = "tiny-gpt2"
     wb.load.controls.load.click()
     loaded = wb.load.wait()
     # The Load tab stays, showing the placement and footprint, and offers the next step.
-    assert wb.selected_tab == "Load" and wb.prompt.model == loaded.name
+    assert wb.selected_tab == "Load"
+    assert wb.prompt.model == loaded.name
     assert loaded.name in wb.load.outputs.loaded.value
     nxt = wb.load.controls.next
-    assert nxt.layout.display != "none" and "Prompt" in nxt.description
+    assert nxt.layout.display != "none"
+    assert "Prompt" in nxt.description
     nxt.click()
     assert wb.selected_tab == "Prompt"
     result = wb.prompt.send("Hello", wait=True)

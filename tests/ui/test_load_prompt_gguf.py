@@ -33,11 +33,13 @@ def test_a_gguf_entry_loads_on_llamacpp_and_answers_in_the_prompt_tab(gguf_store
         panel = LoadPanel(registry=registry)
         _ = panel.widget
         panel.controls.model.value = DEFAULT_GGUF_NAME
-        assert "in Q4_1 needs about" in panel.outputs.check.value and "llama.cpp compute buffers" in panel.outputs.check.value
+        assert "in Q4_1 needs about" in panel.outputs.check.value
+        assert "llama.cpp compute buffers" in panel.outputs.check.value
         panel.controls.load.click()
         loaded = panel.wait()
         assert loaded.engine == "llamacpp"
-        assert "llama.cpp" in panel.outputs.loaded.value and "Q4_1" in panel.outputs.loaded.value
+        assert "llama.cpp" in panel.outputs.loaded.value
+        assert "Q4_1" in panel.outputs.loaded.value
 
         prompt = PromptPanel(registry=registry)
         _ = prompt.widget
@@ -48,8 +50,10 @@ def test_a_gguf_entry_loads_on_llamacpp_and_answers_in_the_prompt_tab(gguf_store
         prompt.controls.input.value = "What is the capital of France?"
         prompt.controls.send.click()
         result = prompt.wait()
-        assert "Paris" in result.text and "Paris" in prompt.outputs.transcript.value
-        assert "Tokens/s" in prompt.outputs.metrics.value and result.tokens_per_s > 0
+        assert "Paris" in result.text
+        assert "Paris" in prompt.outputs.transcript.value
+        assert "Tokens/s" in prompt.outputs.metrics.value
+        assert result.tokens_per_s > 0
     finally:
         for m in list(registry.list()):
             registry.unload(m.name)

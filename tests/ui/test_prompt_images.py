@@ -33,10 +33,12 @@ def test_the_upload_beside_the_message_goes_to_the_model_as_an_image_part(vlm_ro
                                                    "content": memoryview(data), "last_modified": 0}]})
         panel.controls.input.value = "What is <this>?"
         panel.controls.send.click()
-        assert panel.controls.input.value == "" and panel.controls.image.value == ()
+        assert panel.controls.input.value == ""
+        assert panel.controls.image.value == ()
         result = panel.wait()
         user = panel.history[0]["content"]
-        assert [p["type"] for p in user] == ["image", "text"] and user[0]["image"] == data
+        assert [p["type"] for p in user] == ["image", "text"]
+        assert user[0]["image"] == data
         assert "[image] What is &lt;this&gt;?" in panel.outputs.transcript.value
         # The same chat through the API: the same prompt tokens (the image's tokens included) and answer.
         alone = generate(loaded, [{"role": "user", "content": user}],

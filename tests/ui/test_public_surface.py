@@ -46,7 +46,9 @@ def test_the_scan_catches_a_private_access(tmp_path: Path) -> None:
 
 def test_widget_set_is_read_only() -> None:
     ws = WidgetSet(model="m", budgets={"cpu": "b"})
-    assert ws.model == ws["model"] == "m" and ws.budgets["cpu"] == "b" and list(ws) == ["model", "budgets"]
+    assert ws.model == ws["model"] == "m"
+    assert ws.budgets["cpu"] == "b"
+    assert list(ws) == ["model", "budgets"]
     with pytest.raises(AttributeError, match="read-only"):
         ws.model = "other"
     with pytest.raises(TypeError):

@@ -19,7 +19,8 @@ def test_lists_sorts_and_filters_through_the_widgets(tiny_store: Path) -> None:
     _ = panel.widget  # build
     panel.controls.filter.value = "llama"
     assert {e.name for e in panel.visible} == {"tiny-llama", "tiny-llama-sharded"}
-    assert "tiny-llama-sharded" in panel.outputs.table.value and "tiny-gpt2" not in panel.outputs.table.value
+    assert "tiny-llama-sharded" in panel.outputs.table.value
+    assert "tiny-gpt2" not in panel.outputs.table.value
     panel.controls.filter.value = ""
     panel.controls.sort.value = "params"
     panel.controls.descending.value = True
@@ -47,11 +48,14 @@ def test_broken_entry_shows_its_reason_and_errors_go_to_the_banner(tiny_store: P
     entry = next(e for e in panel.entries if e.name == "damaged")
     assert entry.status == "broken"
     panel.select("damaged")
-    assert "broken:" in panel.outputs.details.value and "damaged" in panel.outputs.details.value
+    assert "broken:" in panel.outputs.details.value
+    assert "damaged" in panel.outputs.details.value
     # A failing callback lands in the banner, escaped, and the panel keeps working.
     panel.guarded(panel.select)("no-such-<model>")
     kind, html = panel.message[1], panel.outputs.banner.value
-    assert kind == "error" and "no-such-&lt;model&gt;" in html and "Traceback" not in html
+    assert kind == "error"
+    assert "no-such-&lt;model&gt;" in html
+    assert "Traceback" not in html
     panel.refresh()
     assert panel.outputs.table.value
 
@@ -60,14 +64,18 @@ def test_text_from_model_folders_is_escaped(tiny_store: Path) -> None:
     entry = StorePanel().entries[0]
     evil = replace(entry, model_type="<script>alert(1)</script>", dtype="<b>x</b>")
     html = entries_table_html([evil])
-    assert "<script>" not in html and "&lt;script&gt;" in html and "<b>x</b>" not in html
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "<b>x</b>" not in html
 
 
 def test_import_a_model_folder(tiny_store: Path, tiny_models) -> None:
     panel = StorePanel()
     entry = panel.import_model(tiny_models["gpt2"], name="my-gpt2")
-    assert entry.name == "my-gpt2" and entry.writable
-    assert "my-gpt2" in [e.name for e in panel.entries] and panel.selected == "my-gpt2"
+    assert entry.name == "my-gpt2"
+    assert entry.writable
+    assert "my-gpt2" in [e.name for e in panel.entries]
+    assert panel.selected == "my-gpt2"
     with pytest.raises(FileNotFoundError):
         panel.import_model(tiny_store / "nowhere")
     assert panel.message[1] == "error"
@@ -77,8 +85,10 @@ def test_static_twin_and_live_bundle(tiny_store: Path, monkeypatch: pytest.Monke
     panel = StorePanel()
     monkeypatch.setenv("WORKBENCH_DISPLAY", "static")
     bundle = panel._repr_mimebundle_()
-    assert set(bundle) == {"text/html", "text/plain"} and "tiny-llama" in bundle["text/html"]
+    assert set(bundle) == {"text/html", "text/plain"}
+    assert "tiny-llama" in bundle["text/html"]
     assert not panel.built  # a report never creates widgets
     monkeypatch.setenv("WORKBENCH_DISPLAY", "live")
     bundle = panel._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle and "tiny-llama" in bundle["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "tiny-llama" in bundle["text/html"]

@@ -69,19 +69,26 @@ def test_engine_and_dcgm_figures_update_in_the_batched_redraw(event_log) -> None
     event_log.post("engine_ready", "vllm serving team-vllm", model="team-vllm")
     clock.now = 1.0
     before = panel.redraws
-    assert panel.tick() and panel.redraws == before + 1
+    assert panel.tick()
+    assert panel.redraws == before + 1
     assert panel.tick() is False  # throttled: under 0.25 s since the last redraw
 
     y = _by_name(eng_fig)
-    assert y["running"].dtype == np.float32 and list(y["running"]) == [3.0, 5.0]
+    assert y["running"].dtype == np.float32
+    assert list(y["running"]) == [3.0, 5.0]
     assert list(y["KV cache used"]) == pytest.approx([41.0, 41.0])
-    assert np.isnan(y["generated tokens/s"][0]) and y["generated tokens/s"][-1] == pytest.approx(300.0)
-    assert y["TTFT p50"][-1] == pytest.approx(20.0) and np.isnan(y["ITL p50"][-1])  # ms; no token: a gap
+    assert np.isnan(y["generated tokens/s"][0])
+    assert y["generated tokens/s"][-1] == pytest.approx(300.0)
+    assert y["TTFT p50"][-1] == pytest.approx(20.0)
+    assert np.isnan(y["ITL p50"][-1])  # ms; no token: a gap
     # On the panel's one timeline (seconds before the newest reading of anything): 2 s apart.
     x = np.asarray(eng_fig.data[0].x)
-    assert x.dtype == np.float32 and x[-1] <= 0 and x[-1] - x[0] == pytest.approx(2.0)
+    assert x.dtype == np.float32
+    assert x[-1] <= 0
+    assert x[-1] - x[0] == pytest.approx(2.0)
     # New traces: the figure is sent whole, as a new widget with every trace from its first message.
-    assert panel.figures["dcgm:http://node-a:9400/metrics"] is not dcgm_fig and panel.resends == 1
+    assert panel.figures["dcgm:http://node-a:9400/metrics"] is not dcgm_fig
+    assert panel.resends == 1
     assert panel.figures["engine:team-vllm"] is eng_fig  # same traces: updated in place
     dcgm_fig = panel.figures["dcgm:http://node-a:9400/metrics"]
     assert [len(d["x"]) for d in synced_state(dcgm_fig)[0]] == [len(d.x) for d in dcgm_fig.data]
@@ -112,14 +119,18 @@ def test_static_html_scrapes_a_registered_vllm_endpoint_and_a_dcgm_url(sampler, 
         html = panel.static_html()
         # Only the running vLLM endpoint is watched (transformers serve has no /metrics).
         assert panel.watched_keys() == ["engine:local-vllm", f"dcgm:{base}/dcgm"]
-        assert "Engine local-vllm" in html and "KV cache used" in html and "TTFT p50" in html
+        assert "Engine local-vllm" in html
+        assert "KV cache used" in html
+        assert "TTFT p50" in html
         # Plotly's JSON writes "/" as \u002f inside <script>.
-        assert "node-c\\u002fgpu 0" in html and "GPUs from DCGM exporter" in html
+        assert "node-c\\u002fgpu 0" in html
+        assert "GPUs from DCGM exporter" in html
         assert "local-vllm</b> 3 running &middot; 2 waiting &middot; KV cache 41%" in html
         assert "engine_started" in html
         fig = panel.figure(f"dcgm:{base}/dcgm")
         util = {d.name: d.y for d in fig.data[:len(fig.data) // 4]}  # the first subplot: utilisation, %
-        assert float(util["node-c/gpu 0"][-1]) == 61.0 and util["node-c/gpu 0"].dtype == np.float32
+        assert float(util["node-c/gpu 0"][-1]) == 61.0
+        assert util["node-c/gpu 0"].dtype == np.float32
         panel.close()
     finally:
         server.shutdown()

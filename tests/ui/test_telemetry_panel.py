@@ -47,8 +47,11 @@ def test_traces_are_bounded_float32_and_relative(event_log) -> None:
     t_end, data = panel.traces()
     for plot in data["host"]:
         for trace in plot:
-            assert trace.x.dtype == np.float32 and trace.y.dtype == np.float32
-            assert len(trace.x) <= MAX_POINTS and trace.x[-1] == 0.0 and trace.x[0] < 0
+            assert trace.x.dtype == np.float32
+            assert trace.y.dtype == np.float32
+            assert len(trace.x) <= MAX_POINTS
+            assert trace.x[-1] == 0.0
+            assert trace.x[0] < 0
     s.close()
 
 
@@ -108,10 +111,12 @@ def test_live_redraws_are_throttled_and_batched(event_log) -> None:
         before = panel.redraws
         s.sample_now()  # the panel's subscription ticks it
         drawn.append(panel.redraws - before)
-    assert [i for i, d in enumerate(drawn) if d] == [0, 5, 10, 15, 20, 25, 30] and max(drawn) == 1
+    assert [i for i, d in enumerate(drawn) if d] == [0, 5, 10, 15, 20, 25, 30]
+    assert max(drawn) == 1
     # One batch_update per redraw: one message to the front end carrying every trace and mark.
     assert messages == ["_send_update_msg"] * 7
-    assert len(fig.data[0].y) > 5 and fig.data[0].y.dtype == np.float32
+    assert len(fig.data[0].y) > 5
+    assert fig.data[0].y.dtype == np.float32
     panel.close()
 
 
@@ -142,9 +147,11 @@ def test_events_are_marked_and_escaped(sampler, event_log) -> None:
     fig = panel.figures["host"]
     assert len(fig.layout.shapes) == 2  # one line per subplot
     labels = [a for a in fig.layout.annotations if a.hovertext]
-    assert labels[0].text == "load finished" and "&lt;tiny&gt;" in labels[0].hovertext
+    assert labels[0].text == "load finished"
+    assert "&lt;tiny&gt;" in labels[0].hovertext
     static = panel.static_html(plots=False)
-    assert "load_finished" in static and "loaded &lt;tiny&gt;" in static
+    assert "load_finished" in static
+    assert "loaded &lt;tiny&gt;" in static
     panel.close()
 
 
@@ -154,14 +161,17 @@ def test_pause_and_resume(event_log) -> None:
     panel = TelemetryPanel(sampler=s, window_s=60, event_log=event_log, clock=clock)
     _ = panel.widget
     panel.controls.pause.value = True
-    assert panel.paused and panel.controls.pause.description == "Resume"
+    assert panel.paused
+    assert panel.controls.pause.description == "Resume"
     frozen = panel.redraws
     for step in range(1, 6):
         clock.now = step
         s.sample_now()  # ticks the panel: nothing drawn while paused
-    assert panel.redraws == frozen and panel.tick() is False
+    assert panel.redraws == frozen
+    assert panel.tick() is False
     panel.controls.pause.value = False
-    assert not panel.paused and panel.redraws == frozen + 1  # resuming redraws at once
+    assert not panel.paused
+    assert panel.redraws == frozen + 1  # resuming redraws at once
     panel.close()
     s.close()
 
@@ -172,8 +182,10 @@ def test_a_gpu_gets_its_own_figure(event_log) -> None:
     _ = panel.widget
     assert panel.devices() == ["cuda:0"]
     fig = panel.figures["cuda:0"]
-    assert len(fig.data) == 4 and float(fig.data[2].y[-1]) == pytest.approx(250.0)
-    assert "cuda:0" in panel.status_html() and "250 / 700 W" in panel.status_html()
+    assert len(fig.data) == 4
+    assert float(fig.data[2].y[-1]) == pytest.approx(250.0)
+    assert "cuda:0" in panel.status_html()
+    assert "250 / 700 W" in panel.status_html()
     panel.close()
     s.close()
 
@@ -182,7 +194,9 @@ def test_static_twin_has_a_plotly_figure_and_export(sampler, event_log, tmp_path
     panel = TelemetryPanel(sampler=sampler, window_s=60, event_log=event_log)
     event_log.post("unload", "unloaded tiny", model="tiny")
     html = panel.static().html
-    assert "Plotly.newPlot" in html and "unloaded tiny" in html and not panel.built
+    assert "Plotly.newPlot" in html
+    assert "unloaded tiny" in html
+    assert not panel.built
     path = panel.export_csv(tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().startswith("time_s,type,cpu_percent")
     assert path.endswith("t.csv")
@@ -203,7 +217,8 @@ def test_every_figure_is_sent_with_its_data_and_again_whole_when_shown(event_log
     fig = panel.figures["host"]
     # Constructed complete: the synced state itself has 3 traces with their points (a view made
     # later, or after a reload, draws them), not an empty figure filled by later diff messages.
-    assert _points(synced_state(fig)[0]) == [len(d.y) for d in fig.data] and len(fig.data) == 3
+    assert _points(synced_state(fig)[0]) == [len(d.y) for d in fig.data]
+    assert len(fig.data) == 3
     assert min(_points(synced_state(fig)[0])) >= 5
     for _ in range(3):
         s.sample_now()
@@ -212,11 +227,14 @@ def test_every_figure_is_sent_with_its_data_and_again_whole_when_shown(event_log
     assert panel.figures["host"] is fig  # a tick restyles in place
     panel.on_show()  # the tab is shown: the whole figure again, with the newest data in its first message
     shown = panel.figures["host"]
-    assert shown is not fig and panel.resends == 1
-    assert _points(synced_state(shown)[0]) == [len(d.y) for d in fig.data] and min(_points(synced_state(shown)[0])) >= 8
+    assert shown is not fig
+    assert panel.resends == 1
+    assert _points(synced_state(shown)[0]) == [len(d.y) for d in fig.data]
+    assert min(_points(synced_state(shown)[0])) >= 8
     # A Window change sends it whole too, with the new range.
     panel.controls.window.value = 60.0
-    assert panel.window_s == 60 and panel.resends == 2
+    assert panel.window_s == 60
+    assert panel.resends == 2
     assert synced_state(panel.figures["host"])[1]["xaxis"]["range"][0] >= -60
     panel.close()
     s.close()
@@ -227,10 +245,13 @@ def test_window_menu_shows_the_panels_window(sampler, event_log) -> None:
 
     panel = TelemetryPanel(sampler=sampler, window_s=600, event_log=event_log)
     menu = panel.controls.window
-    assert menu.value == 600 and menu.label == "10 min"
-    assert window_label(7200) == "2 hours" and window_label(90) == "90 s"
+    assert menu.value == 600
+    assert menu.label == "10 min"
+    assert window_label(7200) == "2 hours"
+    assert window_label(90) == "90 s"
     odd = dict(window_options(120))
-    assert odd["2 min"] == 120 and list(odd.values()) == sorted(odd.values())
+    assert odd["2 min"] == 120
+    assert list(odd.values()) == sorted(odd.values())
     panel.close()
 
 
@@ -241,12 +262,16 @@ def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event
     fig = panel.figure("host")
     assert tuple(fig.layout.yaxis.range) == (0, 100)  # CPU (%)
     assert fig.layout.yaxis2.range is None  # RAM (GiB) autoscales
-    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"  # under the plots, off the modebar
+    assert fig.layout.legend.y < 0
+    assert fig.layout.legend.yanchor == "top"  # under the plots, off the modebar
     labels = [a for a in fig.layout.annotations if a.hovertext]
-    assert len(labels) == 1 and labels[0].text == "load started +1"
-    assert "loading tiny" in labels[0].hovertext and "loaded tiny" in labels[0].hovertext
+    assert len(labels) == 1
+    assert labels[0].text == "load started +1"
+    assert "loading tiny" in labels[0].hovertext
+    assert "loaded tiny" in labels[0].hovertext
     # Inside the subplot, running down from its top: not over the subplot titles above it.
-    assert labels[0].y < 1 and labels[0].yanchor == "top"
+    assert labels[0].y < 1
+    assert labels[0].yanchor == "top"
     titles = [a for a in fig.layout.annotations if not a.hovertext]
     assert all(t.y >= 1 for t in titles)
     panel.close()

@@ -42,12 +42,14 @@ def test_the_prompt_tab_shows_the_thinking_switch_and_folds_the_reasoning(thinki
         c.params["temperature"].value = 0.0
         c.params["max_new_tokens"].value = 6
         r = panel.send("你是人")
-        assert len(r.reasoning) == 6 and r.text == ""
+        assert len(r.reasoning) == 6
+        assert r.text == ""
         assert "<details class='workbench-reasoning'" in panel.outputs.transcript.value
         assert r.reasoning in panel.outputs.transcript.value
         c.thinking.value = False
         assert panel.generation_params().enable_thinking is False
         r = panel.send("你是人")
-        assert r.reasoning == "" and len(r.text) == 6
+        assert r.reasoning == ""
+        assert len(r.text) == 6
     finally:
         panel.close()
