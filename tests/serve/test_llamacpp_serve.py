@@ -128,6 +128,11 @@ def test_serve_a_gguf_with_llamacpp_and_ask_with_the_openai_client(gguf_store, m
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
         assert len([p for p in pieces if p]) > 1
         assert "Paris" in "".join(pieces)
+        # The same through `workbench run --endpoint`, its --system included (a new user's run lost it and
+        # got the model's default persona; llama_cpp.server also penalises repeats, 1.1, unless told not to).
+        run = _workbench("run", "--endpoint", DEFAULT_GGUF_NAME, "--prompt", QUESTION, "--system", SYSTEM,
+                         "--max-new-tokens", "24")
+        assert "Paris" in run["text"]
     finally:
         stopped = _workbench("endpoints", "stop", DEFAULT_GGUF_NAME)
     assert stopped["was_running"] is True

@@ -58,7 +58,8 @@ def cmd_run_endpoint(args: argparse.Namespace) -> int:
     from ..runtime.generation import GenerationParams
     from ..serve.client import EndpointClient
 
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                              system_prompt=args.system)
     s = EndpointClient(args.endpoint).stream(args.prompt, params)
     interrupted = consume(s, live=not args.json)
     r = s.result

@@ -33,7 +33,13 @@ from ..errors import (
 from ..runtime.metrics import RunResult, decode_rate
 from ..runtime.streaming import Stream, StreamFeed
 from .endpoint import Endpoint
-from .engines import ENGINE_EXTENSIONS, ENGINE_IGNORED_FIELDS, SHARED_SAMPLING_FLAG, engine_extensions
+from .engines import (
+    ENGINE_EXTENSIONS,
+    ENGINE_IGNORED_FIELDS,
+    ENGINE_NEUTRAL_FIELDS,
+    SHARED_SAMPLING_FLAG,
+    engine_extensions,
+)
 
 #: OpenAI's API takes at most four stop sequences.
 MAX_STOP = 4
@@ -234,7 +240,7 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
     """
     kind = endpoint.request_engine
     taken = engine_extensions(kind)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(ENGINE_NEUTRAL_FIELDS.get(kind, {}))
     not_sent: list[str] = []
     notices: list[str] = []
     for control, value in _active_extensions(params).items():
