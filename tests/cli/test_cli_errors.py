@@ -203,3 +203,10 @@ def test_debug_is_accepted_after_any_command(tmp_path) -> None:
     proc = workbench("store", "list", "--no-such-flag", store=str(tmp_path / "user"))
     assert proc.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
+def test_json_before_the_command_is_the_same_as_after_it(tmp_path) -> None:
+    before = workbench("--json", "run", "no-such-model", "--prompt", "hi", store=str(tmp_path))
+    after = workbench("run", "no-such-model", "--prompt", "hi", "--json", store=str(tmp_path))
+    assert (before.returncode, json.loads(before.stdout)) == (after.returncode, json.loads(after.stdout))
+    assert json.loads(before.stdout)["error"] == "ModelNotFoundError"

@@ -131,15 +131,21 @@ def test_stop_ends_a_long_answer(tiny_store: Path, registry) -> None:
     assert not panel.controls.send.disabled
 
 
-def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry) -> None:
+def test_prompt_errors_show_in_the_banner(tiny_store: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench.ui.prompt_panel as prompt_panel
+
+    monkeypatch.setattr(prompt_panel, "_endpoint_choices", lambda: [])  # this user has no endpoints either
     panel = PromptPanel(registry=registry)
     _ = panel.widget
+    # Before anything is loaded the transcript says where a model comes from.
+    assert "load one in the Load tab" in panel.outputs.transcript.value
     panel.controls.input.value = "hello"
     panel.controls.send.click()  # nothing loaded
     assert panel.message[1] == "error"
     assert "load" in panel.message[0].lower()
     _load(registry)
     panel.refresh_models()
+    assert "No messages yet" in panel.outputs.transcript.value
     panel.controls.input.value = "   "
     panel.controls.send.click()
     assert panel.message[1] == "error"

@@ -77,6 +77,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             if "--debug" in extra:
                 args.debug = True
                 extra = [a for a in extra if a != "--debug"]
+            if "--json" in extra and hasattr(args, "json"):
+                # `workbench --json run ...`: every command takes --json, before it as after it.
+                args.json = True
+                extra = [a for a in extra if a != "--json"]
             if extra:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:

@@ -77,7 +77,8 @@ def reasoning_html(reasoning: str, *, open_: bool = False) -> str:
 
 
 def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]], pending: str | None = None,
-                    reasoning: dict[int, str] | None = None, pending_reasoning: str = "") -> str:
+                    reasoning: dict[int, str] | None = None, pending_reasoning: str = "", *,
+                    has_model: bool = True) -> str:
     """The chat as HTML: every message escaped, the answer being streamed last.
 
     ``reasoning`` maps a history index to the thinking shown folded above that answer;
@@ -92,7 +93,10 @@ def transcript_html(system_prompt: str | None, history: Sequence[dict[str, str]]
         parts.append(reasoning_html(reasoning.get(i, "")) + _bubble(m["role"], _content_text(m["content"])))
     if pending is not None:
         parts.append(reasoning_html(pending_reasoning, open_=not pending) + _bubble("assistant", pending + "\u258c"))
-    if not parts:
+    if not parts and not has_model:
+        parts.append("<div style='color:#888'><em>No model to talk to yet: load one in the Load tab (or start an "
+                     "engine in the Serve tab), then type a prompt below and press Send.</em></div>")
+    elif not parts:
         parts.append("<div style='color:#888'><em>No messages yet: type a prompt below and press Send.</em></div>")
     return "<div class='workbench-transcript'>" + "".join(parts) + "</div>"
 
@@ -254,6 +258,7 @@ class PromptPanel(Panel):
         if self._links:
             set_options(self._model_w, names, self._links["model"], value=model)
             self._send_button.disabled = self.model is None
+            self._render_transcript()
         else:
             self.model = model
         self._show_thinking_switch()
@@ -589,7 +594,7 @@ class PromptPanel(Panel):
             return
         self.flushes += 1
         self._transcript.value = transcript_html(self.system_prompt, self.history, self.pending, self.reasoning,
-                                                 self.pending_reasoning)
+                                                 self.pending_reasoning, has_model=self.model is not None)
 
     def _render_all(self) -> None:
         if not hasattr(self, "_metrics_w"):
