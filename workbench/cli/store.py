@@ -79,12 +79,14 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
         doc["estimate_detail"] = {label: est.to_dict() for label, est in table.items()}
         lines.append("Memory to load the weights:")
         lines += [f"  {label:<9} {format_bytes(est.total_bytes)}" for label, est in table.items()]
+        # A GGUF entry runs on llama.cpp, whose cache is f16 by default (the same two bytes a value).
+        kind = "f16, llama.cpp" if entry.format == "gguf" else "bfloat16"
         if problem is not None:
-            lines.append(f"KV cache (bfloat16): {problem}")
+            lines.append(f"KV cache ({kind}): {problem}")
         else:
-            lines.append(f"KV cache per 1,000 tokens (bfloat16): "
+            lines.append(f"KV cache per 1,000 tokens ({kind}): "
                          f"{format_bytes(doc['estimate']['kv_cache_bytes_per_1k_tokens'])}")
-            lines.append(f"Fixed cache state per sequence (bfloat16): "
+            lines.append(f"Fixed cache state per sequence ({kind}): "
                          f"{format_bytes(doc['estimate']['cache_state_bytes'])}")
         fits = _fits(entry)
         if fits is not None:
