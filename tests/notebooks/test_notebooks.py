@@ -14,6 +14,9 @@ import pytest
 
 from .conftest import NOTEBOOKS, REPO, outputs_text, widget_outputs
 
+#: nbconvert's options for the report, as ``make report`` passes them (``--config``).
+REPORT_CONFIG = NOTEBOOKS / "report_nbconvert_config.json"
+
 pytestmark = pytest.mark.slow
 
 _PLOTLY_JS = re.compile(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v[\s\S]*?</script>")
@@ -144,11 +147,14 @@ def test_05_quantization_study(run_notebook) -> None:
 
 
 def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
-    """``make report``'s notebook as HTML: plots with plotly.js inline, tables, the answer; no CDN, no widgets."""
+    """``make report``'s notebook as HTML (nbconvert with ``make report``'s config file): plots with
+    plotly.js inline, tables, the answer; no CDN, no widgets, and not one network request in a browser."""
     from nbconvert import HTMLExporter
+    from traitlets.config.loader import JSONFileConfigLoader
 
+    config = JSONFileConfigLoader(REPORT_CONFIG.name, path=str(REPORT_CONFIG.parent)).load_config()
     nb = run_notebook("report.ipynb")
-    html, _ = HTMLExporter().from_notebook_node(nb)
+    html, _ = HTMLExporter(config=config).from_notebook_node(nb)
     out = tmp_path / "report.html"
     out.write_text(html, encoding="utf-8")
     (REPO / "test-output").mkdir(exist_ok=True)
@@ -168,24 +174,39 @@ def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
     # plotly.js itself mentions CDNs (map tiles and icons it never fetches here); the page must not.
     page = _PLOTLY_JS.sub("", html)
     assert len(page) < len(html) - 1_000_000
-    for cdn in ("cdn.jsdelivr", "cdn.plot.ly", "unpkg.com"):
+    for cdn in ("cdn.jsdelivr", "cdn.plot.ly", "unpkg.com", "cdnjs.cloudflare.com/ajax/libs/require.js",
+                "cdnjs.cloudflare.com/ajax/libs/mathjax"):
         assert cdn not in page, cdn
+    # (nbconvert's Mermaid loader names its CDN too, but imports it only where a diagram is: none here;
+    # the browser below says whether anything is fetched.)
 
     chromium = Path("/usr/bin/chromium")
     assert chromium.exists(), "Debian chromium is missing: `make chromium` installs it"
     from playwright.sync_api import sync_playwright
+
+    failed: list[str] = []
+    outside: list[str] = []
+
+    def route(r) -> None:
+        url = r.request.url
+        if url.startswith(("file:", "data:", "blob:", "http://127.0.0.1", "http://localhost")):
+            r.continue_()
+        else:  # no network at all: only the file itself (and what it inlines) may load
+            outside.append(url)
+            r.abort()
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
             page_ = browser.new_page(viewport={"width": 1200, "height": 1600})
-            # No network at all: only the file itself may load.
-            page_.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                        else route.abort())
+            page_.on("requestfailed", lambda req: failed.append(f"{req.url} ({req.failure})"))
+            page_.route("**/*", route)
             page_.goto(out.as_uri(), wait_until="load")
             page_.locator(".js-plotly-plot .main-svg").first.wait_for(state="attached", timeout=30_000)
             assert page_.locator(".js-plotly-plot").count() >= 1
             assert "Paris" in page_.inner_text("body")
+            page_.wait_for_load_state("networkidle")
         finally:
             browser.close()
+    assert (failed, outside) == ([], [])
