@@ -24,6 +24,7 @@ from traitlets import HasTraits
 from ..errors import WorkbenchError
 from . import history
 from .display import StaticHTML, banner_html, mimebundle, section_html
+from .style import style_widget
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class Panel(HasTraits):
 
                 self._banner = widgets.HTML(layout=widgets.Layout(width="100%"))
                 body = self._build()
-                self._root = widgets.VBox([self._banner, body], layout=widgets.Layout(width="100%"))
+                self._root = widgets.VBox([style_widget(), self._banner, body], layout=widgets.Layout(width="100%"))
                 self._root.add_class("workbench-panel")
                 self._paint_banner()
         return self._root

@@ -122,7 +122,9 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, raw_col
         True
     """
     raw = set(raw_columns)
-    out = [f'<table style="{_TABLE_STYLE}">']
+    # Its own scrolling container: a table wider than the tab scrolls here, not the tab (ui/style.py).
+    out = ['<div class="workbench-table-scroll" style="max-width:100%;overflow-x:auto">',
+           f'<table style="{_TABLE_STYLE}">']
     if caption:
         out.append(f'<caption style="text-align:left;font-weight:600;padding:2px 0">{esc(caption)}</caption>')
     out.append("<thead><tr>" + "".join(f'<th style="{_HEAD_STYLE}">{esc(h)}</th>' for h in headers) + "</tr></thead>")
@@ -133,7 +135,7 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, raw_col
             for i, cell in enumerate(row)
         )
         out.append(f"<tr>{cells}</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

@@ -36,7 +36,8 @@ def endpoints_table_html(statuses: list[Any]) -> str:
         cells = (ep.name, ep.engine, state, ep.base_url, ep.pid or "-", ", ".join(ep.devices) or "-",
                  ep.model or "-")
         rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
-    return f"<table class='workbench-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f"<div class='workbench-table-scroll' style='max-width:100%;overflow-x:auto'><table class='workbench-table'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 class ServePanel(Panel):
