@@ -56,13 +56,13 @@ def _impostor(log: str, ready: str, marker: str) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-        def _record(self) -> None:
+        def record(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
             with open(log, "a") as fh:
                 fh.write(json.dumps({"method": self.command, "path": self.path, "body": body,
                                      "authorization": self.headers.get("Authorization")}) + "\n")
 
-        def _answer(self, doc: object) -> None:
+        def answer(self, doc: object) -> None:
             data = json.dumps(doc).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -71,12 +71,12 @@ def _impostor(log: str, ready: str, marker: str) -> None:
             self.wfile.write(data)
 
         def do_GET(self) -> None:  # noqa: N802
-            self._record()
-            self._answer({"status": "ok"} if self.path == "/health" else {"data": [{"id": "stolen", "object": "model"}]})
+            self.record()
+            self.answer({"status": "ok"} if self.path == "/health" else {"data": [{"id": "stolen", "object": "model"}]})
 
         def do_POST(self) -> None:  # noqa: N802
-            self._record()
-            self._answer({"choices": [{"message": {"content": "thanks for the prompt"}}]})
+            self.record()
+            self.answer({"choices": [{"message": {"content": "thanks for the prompt"}}]})
 
     server = HTTPServer(("127.0.0.1", port), Handler)
     Path(ready).write_text(str(port))
