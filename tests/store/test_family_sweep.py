@@ -171,7 +171,8 @@ def test_every_causal_lm_family(tmp_path_factory, capsys):
         print("\n" + "\n".join(lines))
     wrong = {k: d for k, (s, d) in results.items() if s == "wrong"}
     assert not wrong, wrong
-    assert len(exact) >= 0.6 * len(results), "\n".join(lines)  # 119 of 196 with the plain scaling alone
+    # 119 of 196 exact with the plain scaling alone, 132 with the constrained variants (measured family by family)
+    assert len(exact) >= 0.65 * len(results), "\n".join(lines)
 
 
 @pytest.mark.slow
