@@ -93,4 +93,4 @@ def test_llamacpp_variants_without_a_gguf_write_one_from_the_safetensors(monkeyp
     base, f16 = study.rows
     assert f16.ok, f16.error
     assert f16.kl_divergence < 1e-3
-    assert f16.token_match_rate == 1.0
+    assert f16.token_match_rate == 1.0  # EOS barred alike on both engines

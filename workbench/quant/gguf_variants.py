@@ -155,10 +155,21 @@ class GGUFScorer:
         return TextScore(count, nll, torch.cat(kept) if kept else None)
 
     def greedy(self, ids: Sequence[int], new_tokens: int) -> list[int]:
-        """``new_tokens`` greedy token ids after ``ids`` (not stopping at the end of text, as the study's
-        transformers path uses ``min_new_tokens``)."""
+        """``new_tokens`` greedy token ids after ``ids``, end-of-generation tokens barred, as the
+        transformers path's ``min_new_tokens`` bars EOS: both continue past the answer alike."""
+        import llama_cpp
+        import numpy as np
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        eog = np.array([i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)], dtype=np.int64)
+
+        def bar_eog(_ids: Any, scores: Any) -> Any:
+            scores[eog] = -np.inf
+            return scores
+
         out: list[int] = []
-        for token in self.llama.generate(list(ids), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
+        for token in self.llama.generate(list(ids), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True,
+                                         logits_processor=llama_cpp.LogitsProcessorList([bar_eog])):
             out.append(int(token))
             if len(out) >= new_tokens:
                 break
