@@ -40,6 +40,8 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WORKBENCH_LEASE_DIR", str(tmp_path / "leases"))
     # So is the endpoint registry (engines `workbench serve` started).
     monkeypatch.setenv("WORKBENCH_ENDPOINTS_FILE", str(tmp_path / "endpoints.json"))
+    # And the Jupyter runtime folder, where each process publishes what it holds (runtime/holdings.py).
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
     monkeypatch.delenv("WORKBENCH_IDLE_UNLOAD_S", raising=False)
     reset_settings()
     yield user

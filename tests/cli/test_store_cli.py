@@ -103,7 +103,7 @@ def test_a_hostile_folder_name_in_a_shared_root_reaches_no_terminal_as_escapes()
     from multiuser import OTHER, require_root, run_as, shared_tmp, sticky_folder
 
     require_root()
-    evil = "llama\x1b]0;PWNED\x07\x1b[2K\x1b[1A\x1b[31mfake"
+    evil = "llama\x1b]0;PWNED\x07\x1b[2K\x1b[1A\x1b[31mfake\n  other-model  safetensors  ok"
 
     def plant(root: str) -> None:
         folder = Path(root) / evil
@@ -118,6 +118,8 @@ def test_a_hostile_folder_name_in_a_shared_root_reaches_no_terminal_as_escapes()
         inspect = run_cli("store", "inspect", evil, env_store=str(root), check=False)
     for proc in (listing, inspect):
         assert "\x1b" not in proc.stdout + proc.stderr
+    # A newline in the name makes no line of its own (no fake "ok" row).
+    assert not [line for line in listing.stdout.splitlines() if line.lstrip().startswith("other-model")]
     assert "llama\\x1b]0;PWNED\\x07" in listing.stdout
     assert "Problems:" in listing.stdout
     assert "llama\\x1b" in inspect.stdout + inspect.stderr

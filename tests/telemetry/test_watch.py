@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -122,3 +123,28 @@ def test_dcgm_watcher_scrapes_a_loopback_exporter() -> None:
     finally:
         server.shutdown()
 
+
+
+def test_a_page_that_is_no_metrics_page_is_said_not_forgotten() -> None:
+    from workbench.telemetry.metrics import MAX_DCGM_GPUS
+
+    too_many = _dcgm({f"node-{i}": [(1, 2, 3)] for i in range(MAX_DCGM_GPUS + 1)})
+    w = DcgmWatcher("http://h:9400/metrics", fetch=lambda url, timeout_s: too_many)
+    assert w.scrape_once() is None
+    assert isinstance(w.last_error, EndpointResponseError)
+    assert f"more than {MAX_DCGM_GPUS} GPUs" in str(w.last_error)
+
+
+def test_the_engine_key_goes_to_a_local_engine_only_with_a_proof_of_its_port(monkeypatch) -> None:
+    import workbench.telemetry.watch as watch
+
+    sent: list[dict] = []
+    monkeypatch.setattr(watch, "scrape", lambda url, timeout_s, endpoint, headers: sent.append(headers) or VLLM_V1)
+    local = Endpoint(name="e", engine="vllm", base_url="http://127.0.0.1:1/v1", pid=os.getpid())
+    monkeypatch.setattr(Endpoint, "auth_headers", lambda self: {"Authorization": "Bearer k"})
+    EngineWatcher(local).scrape_once()
+    checked: list[str] = []
+    EngineWatcher(local, verify=lambda: checked.append("proved")).scrape_once()
+    EngineWatcher(Endpoint(name="r", engine="remote", base_url="http://10.0.0.5:8000/v1")).scrape_once()
+    assert sent == [{}, {"Authorization": "Bearer k"}, {"Authorization": "Bearer k"}]
+    assert checked == ["proved"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._output import emit, table
+from ._output import _cell, emit, table
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
@@ -31,8 +31,8 @@ def cmd_leases(args: argparse.Namespace) -> int:
     header = ["ID", "GPU", "OWNER", "HOST", "PID", "MODEL", "BYTES", "HEARTBEAT", "IDLE", "STATE"]
     text = table(rows, header) if rows else f"No GPU leases in {doc['lease_dir']}."
     for bad in doc["skipped"]:
-        owner = f" (owned by {bad['owner']})" if bad["owner"] else ""
-        text += f"\nskipped {bad['file']}{owner}: {bad['reason']}"
+        owner = f" (owned by {_cell(bad['owner'])})" if bad["owner"] else ""
+        text += f"\nskipped {_cell(bad['file'])}{owner}: {_cell(bad['reason'])}"
     emit(args, doc, text)
     return 0
 

@@ -130,7 +130,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--quant", default="none", choices=SERVE_QUANTS)
     sp.add_argument("--port", type=int, default=None, help="default: a free port on 127.0.0.1")
     sp.add_argument("--max-model-len", type=int, default=None,
-                    help="context length (vLLM: default what fits; llama.cpp: per slot, default 4096)")
+                    help="context length (vLLM: default what fits; llama.cpp: per slot, default 4096; "
+                         "transformers: the paged cache all requests share, default 4096 tokens)")
     sp.add_argument("--parallel", type=int, default=1,
                     help="llama.cpp slots for concurrent clients (a llama-server llamacpp_command)")
     sp.add_argument("--name", dest="endpoint_name", default=None, help="the endpoint's name (default: the model's)")

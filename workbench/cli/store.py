@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._output import add_command, emit, progress, record_summary, table, warn
+from ._output import _cell, add_command, emit, progress, record_summary, table, warn
 
 
 def open_store(*, write: bool = False) -> Any:
@@ -43,7 +43,8 @@ def cmd_store_list(args: argparse.Namespace) -> int:
     text = table(rows, ["NAME", "FORMAT", "STATUS", "PARAMS", "DTYPE", "SIZE", "CONTEXT", "QUANT", "ROOT"]) \
         if entries else (f"The store ({', '.join(str(r.path) for r in store.roots)}) is empty: "
                          "run `workbench store seed` or `workbench store import PATH`.")
-    problems = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
+    # One line each whatever a name or a problem holds (a newline in another user's folder name).
+    problems = [f"  {_cell(e.name)}: {_cell(e.problem)}" for e in entries if e.problem]
     if problems:
         text += "\n\nProblems:\n" + "\n".join(problems)
     emit(args, [e.to_dict() for e in entries], text)
@@ -58,7 +59,7 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
     doc = entry.to_dict()
     # For people: the record's fields as a summary (as the Store tab's details), then memory.
     lines = record_summary(doc, skip=("weights", "name"))
-    lines.insert(0, f"{entry.name}")
+    lines.insert(0, _cell(entry.name))
     table = None
     if entry.ok:
         try:

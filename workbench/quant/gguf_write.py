@@ -14,14 +14,21 @@ Only the ``llama`` model type is written (SmolLM2, Llama, TinyLlama...); others 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._bounded_read import load_json, read_text
 from ..errors import ConfigError
+from ..store.limits import TEMPLATE_MAX_BYTES, json_max_bytes
 
 #: Output types this writer produces: ``GGUFWriter`` tensor dtype per name.
 OUT_TYPES = ("F16", "F32")
+
+
+def _json(path: Path) -> Any:
+    # The folder may be a shared store's (another user's): bounded, and no symlink followed out of it.
+    return load_json(path, json_max_bytes(path.name), follow_symlinks=False)
 
 
 def _permute(w: Any, n_head: int, n_head_kv: int | None) -> Any:
@@ -35,7 +42,7 @@ def _tokenizer(folder: Path, vocab_size: int) -> tuple[list[bytes], list[int], l
     """``(tokens, token_types, merges)`` from ``tokenizer.json`` (a byte-level BPE)."""
     import gguf
 
-    doc = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    doc = _json(folder / "tokenizer.json")
     model = doc.get("model") or {}
     if model.get("type") != "BPE":
         raise ConfigError(f"{folder}: tokenizer.json is a {model.get('type')} tokenizer, not BPE",
@@ -57,13 +64,16 @@ def _tokenizer(folder: Path, vocab_size: int) -> tuple[list[bytes], list[int], l
     return tokens, types, merges
 
 
-def write_gguf(folder: str | Path, dest: str | Path, *, out_type: str = "F16") -> Path:
+def write_gguf(folder: str | Path, dest: str | Path, *, out_type: str = "F16",
+               weight_files: Sequence[str] | None = None) -> Path:
     """Write the safetensors model in ``folder`` as one GGUF file at ``dest``; returns ``dest``.
 
     Args:
         folder: a model folder (``config.json``, ``*.safetensors``, ``tokenizer.json``).
         dest: the ``.gguf`` file to write (its folder exists).
         out_type: ``"F16"`` or ``"F32"`` for the 2-D weights.
+        weight_files: the weight files by name, as the store's scan checked them
+            (``ModelEntry.weight_files``); default: the folder's ``*.safetensors``.
 
     Raises:
         ConfigError: not a ``llama`` model, no ``tokenizer.json`` BPE, or an unknown ``out_type``.
@@ -75,7 +85,7 @@ def write_gguf(folder: str | Path, dest: str | Path, *, out_type: str = "F16") -
     folder, dest = Path(folder), Path(dest)
     if out_type not in OUT_TYPES:
         raise ConfigError(f"GGUF output type {out_type!r} is not written here", hint=f"use one of {OUT_TYPES}")
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = _json(folder / "config.json")
     if cfg.get("model_type") != "llama":
         raise ConfigError(f"{folder} is a {cfg.get('model_type')!r} model; the study writes GGUF only for llama",
                           hint="give the study an F16 GGUF of the model (gguf_source=), or compare store GGUFs")
@@ -87,7 +97,9 @@ def write_gguf(folder: str | Path, dest: str | Path, *, out_type: str = "F16") -
     _add_metadata(w, cfg, folder, out_type)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
     tied = bool(cfg.get("tie_word_embeddings"))
-    for file in sorted(folder.glob("*.safetensors")):
+    files = ([folder / f for f in weight_files] if weight_files is not None
+             else sorted(folder.glob("*.safetensors")))
+    for file in files:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
                 if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"):
@@ -152,9 +164,9 @@ def _chat_template(folder: Path) -> str | None:
     """The model's chat template (``tokenizer_config.json`` or ``chat_template.jinja``), or None."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        return read_text(jinja, TEMPLATE_MAX_BYTES, follow_symlinks=False)
     cfg = folder / "tokenizer_config.json"
     if cfg.is_file():
-        value = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        value = _json(cfg).get("chat_template")
         return value if isinstance(value, str) else None
     return None

@@ -411,6 +411,11 @@ class _GGUFFiles:
                 self._source = arg
             else:
                 e = store.get(str(self.source_arg))
+                if e.format != "gguf" or (e.dtype or "").upper() not in UNQUANTIZED_TYPES:
+                    raise ConfigError(f"gguf_source {e.name!r} is a {e.format} entry of type {e.dtype or 'unknown'}, "
+                                      "not an unquantized GGUF to quantize from",
+                                      hint=f"give a GGUF of type {', '.join(UNQUANTIZED_TYPES)}, or leave gguf_source "
+                                           "unset to write one from the safetensors model")
                 self._source = e.folder / (e.gguf_file or "")
             return self._source
         base = store.get(self.model)
@@ -418,7 +423,8 @@ class _GGUFFiles:
             if (e.dtype or "").upper() in UNQUANTIZED_TYPES:
                 self._source = e.folder / (e.gguf_file or "")
                 return self._source
-        self._source = write_gguf(base.folder, self._folder() / f"{base.name}-F16.gguf", out_type="F16")
+        self._source = write_gguf(base.folder, self._folder() / f"{base.name}-F16.gguf", out_type="F16",
+                                  weight_files=base.weight_files)
         return self._source
 
     def entry(self, variant: Variant) -> Any:

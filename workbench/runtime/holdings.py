@@ -77,8 +77,8 @@ def publish(models: Iterable[Any], folder: Path | None = None) -> Path | None:
         The file written, or ``None`` (nothing loaded, or the folder cannot be written: the
         meter's panel then does not see this process, which is logged once at debug level).
     """
-    records = [model_record(m) for m in models]
     try:
+        records = [model_record(m) for m in models]
         folder = folder or holdings_dir()
         target = _path(folder, os.getpid())
         if not records:
@@ -98,7 +98,7 @@ def publish(models: Iterable[Any], folder: Path | None = None) -> Path | None:
                 os.unlink(tmp)
             raise
         return target
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - the meter's view must never fail a load or an unload
         logger.debug("holdings not published: %s", exc)
         return None
 

@@ -198,7 +198,10 @@ async def server_kernels(kernel_manager: Any, session_manager: Any) -> list[dict
             paths[kernel["id"]] = session.get("path")
     found = []
     for kernel_id in kernel_manager.list_kernel_ids():
-        km = kernel_manager.get_kernel(kernel_id)
+        try:
+            km = kernel_manager.get_kernel(kernel_id)
+        except KeyError:  # culled or shut down since it was listed
+            continue
         pid = getattr(getattr(km, "provisioner", None), "pid", None)
         found.append({"kernel_id": kernel_id, "name": getattr(km, "kernel_name", None),
                       "path": paths.get(kernel_id), "pid": pid if isinstance(pid, int) else None})

@@ -17,11 +17,12 @@ MiB = 1 << 20
 #: Bytes read of each JSON file a listing or a load parses, by file name; others use
 #: :data:`JSON_DEFAULT_BYTES`. Real sizes: config.json 1-60 KB (a vision config with
 #: id2label maps up to ~1 MB), tokenizer_config.json up to ~10 MB (100k added tokens),
-#: a shard index under 10 MB (DeepSeek-V3, 163 shards: 8.9 MB).
+#: a shard index under 10 MB (DeepSeek-V3, 163 shards: 8.9 MB), tokenizer.json up to ~33 MB (Gemma 3).
 JSON_MAX_BYTES: dict[str, int] = {
     "config.json": 8 * MiB,
     "generation_config.json": 8 * MiB,
     "tokenizer_config.json": 32 * MiB,
+    "tokenizer.json": 64 * MiB,  # a 262k-token vocabulary with its merges: ~33 MB
     "chat_template.json": 8 * MiB,
     "special_tokens_map.json": 8 * MiB,
     "preprocessor_config.json": 8 * MiB,

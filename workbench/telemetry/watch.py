@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .._periodic import Periodic
-from ..errors import ServeError
+from ..errors import EndpointResponseError, ServeError
 from .metrics import DcgmGpu, Histogram, VllmMetrics, parse_dcgm, parse_vllm, scrape
 from .series import Series, from_rows, series_key
 
@@ -90,7 +90,11 @@ class MetricsWatcher(Generic[T]):
         try:
             sample = self._parse(self._get(), self._clock())
         except (ServeError, ValueError) as exc:
-            self.last_error = exc if isinstance(exc, ServeError) else None
+            # A page that is not what it should be (not Prometheus text, too many GPUs) is said as
+            # such, not forgotten.
+            self.last_error = exc if isinstance(exc, ServeError) else EndpointResponseError(
+                f"{self.url} did not give a metrics page the workbench reads: {str(exc)[:200]}",
+                hint="check that the URL is the exporter's or the engine's /metrics", endpoint=self.name)
             return None
         self.last_error = None
         with self._new:
@@ -151,10 +155,14 @@ class EngineWatcher(MetricsWatcher[VllmMetrics]):
                  fetch: Fetch | None = None, clock: Callable[[], float] | None = None,
                  verify: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
-        # The engine's key goes with every scrape (vLLM leaves /metrics open; an engine may not).
+        # The engine's key goes with every scrape (vLLM leaves /metrics open; an engine may not), but to
+        # an engine started here only when ``verify`` proves the port still its own before each scrape:
+        # once it exits another user may bind the port (remote endpoints are the user's own address).
+        local = not endpoint.is_remote and bool(endpoint.pid)
+        headers = endpoint.auth_headers() if verify is not None or not local else {}
         super().__init__(metrics_url(endpoint), lambda text, t: parse_vllm(text, time_s=t), name=endpoint.name,
                          interval_s=interval_s, history=history, fetch=fetch, clock=clock,
-                         headers=endpoint.auth_headers(), verify=verify)
+                         headers=headers, verify=verify)
 
     def series(self) -> Series:
         """``(times, columns)`` for plotting, columns :data:`ENGINE_SERIES`: ``requests_running``,
