@@ -75,6 +75,15 @@ def test_load_panel_widgets_move_the_traits(load_panel: LoadPanel) -> None:
         other, "bfloat16", "nf4", True, "float16")
 
 
+def test_the_unknown_cache_opt_in_is_a_control_and_reaches_the_spec(load_panel: LoadPanel) -> None:
+    c = load_panel.controls
+    assert (load_panel.allow_unknown_cache, load_panel.spec().allow_unknown_cache) == (False, False)
+    c.allow_unknown_cache.value = True
+    assert (load_panel.allow_unknown_cache, load_panel.spec().allow_unknown_cache) == (True, True)
+    load_panel.allow_unknown_cache = False
+    assert c.allow_unknown_cache.value is False
+
+
 def test_a_change_of_the_load_selection_reads_the_store_no_more(load_panel: LoadPanel, scans: list[str]) -> None:
     c = load_panel.controls
     other = next(m for m in load_panel.models if m != load_panel.model)

@@ -123,6 +123,8 @@ class LoadPanel(Panel):
     quant = Unicode("none", help="one of workbench.precision.QUANTS (only none for a pre-quantized model)")
     double_quant = Bool(False, help="4-bit only: quantize the quantization constants too")
     compute_dtype = Unicode("bfloat16", help="4-bit only: the dtype of the matmuls")
+    allow_unknown_cache = Bool(False, help="load even when the store cannot measure the model's cache "
+                                           "(the fit check then leaves room for it to you)")
     budgets_gib = Dict(value_trait=Float(), help="per-device caps in GiB (absent or 0: no cap)")
 
     def __init__(self, store: ModelStore | None = None, registry: Registry | None = None) -> None:
@@ -265,7 +267,7 @@ class LoadPanel(Panel):
             model=self.model, devices=tuple(self.devices), dtype=self.dtype, quant=self.quant,
             double_quant=self.double_quant if four_bit else False,
             compute_dtype=self.compute_dtype if four_bit else None,
-            max_memory=budgets or None, name=name or None,
+            max_memory=budgets or None, name=name or None, allow_unknown_cache=self.allow_unknown_cache,
         ).validate()
 
     # --- actions ---------------------------------------------------------------------------
@@ -446,6 +448,9 @@ class LoadPanel(Panel):
                                       layout=widgets.Layout(width="170px"))
         self._compute_w = widgets.Dropdown(options=COMPUTE_DTYPES, value=self.compute_dtype, description="compute",
                                            layout=widgets.Layout(width="220px"))
+        self._unknown_w = widgets.Checkbox(value=self.allow_unknown_cache, indent=False,
+                                           description="load even if its cache size is unknown",
+                                           layout=widgets.Layout(width="auto"))
         self._check_w = widgets.HTML()
         self._load_button = widgets.Button(description="Load", button_style="primary", icon="play",
                                            layout=widgets.Layout(width="110px"))
@@ -463,7 +468,8 @@ class LoadPanel(Panel):
         # The traits are the selection; each widget shows one and sets it (see the class doc).
         self._links = {name: link((self, name), (w, "value")) for name, w in (
             ("model", self._model_w), ("dtype", self._dtype_w), ("quant", self._quant_w),
-            ("double_quant", self._dq_w), ("compute_dtype", self._compute_w))}
+            ("double_quant", self._dq_w), ("compute_dtype", self._compute_w),
+            ("allow_unknown_cache", self._unknown_w))}
         names = [d.name for d in self.device_records]
         for name, box in self._device_boxes.items():
             self._links[f"device:{name}"] = link((self, "devices"), (box, "value"), transform=(
@@ -488,6 +494,7 @@ class LoadPanel(Panel):
             *rows,
             widgets.HBox([self._dtype_w, self._quant_w, self._dq_w, self._compute_w]),
             self._check_w,
+            self._unknown_w,
             widgets.HBox([self._load_button, self._cancel_button, self._bar, self._progress_label]),
             self._loaded_w,
             widgets.HBox([self._unload_pick, self._unload_button, self._next_button],
@@ -496,11 +503,12 @@ class LoadPanel(Panel):
 
     def _control_widgets(self) -> dict[str, Any]:
         """``model``, ``devices`` and ``budgets`` (GiB; 0 = no cap), both keyed by device name, ``dtype``,
-        ``quant``, ``double_quant``, ``compute_dtype``, the ``load``/``cancel`` buttons, and
+        ``quant``, ``double_quant``, ``compute_dtype``, ``allow_unknown_cache`` (load although the
+        cache cannot be measured), the ``load``/``cancel`` buttons, and
         ``unload_pick`` with its ``unload`` button."""
         return {"model": self._model_w, "devices": self._device_boxes, "budgets": self._budget_fields,
                 "dtype": self._dtype_w, "quant": self._quant_w, "double_quant": self._dq_w,
-                "compute_dtype": self._compute_w, "load": self._load_button, "cancel": self._cancel_button,
+                "compute_dtype": self._compute_w, "allow_unknown_cache": self._unknown_w, "load": self._load_button, "cancel": self._cancel_button,
                 "unload_pick": self._unload_pick, "unload": self._unload_button, "next": self._next_button}
 
     def _output_widgets(self) -> dict[str, Any]:
