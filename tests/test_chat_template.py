@@ -21,7 +21,9 @@ from workbench.runtime import GenerationParams, LoadSpec, generate
 from workbench.runtime.registry import Registry
 from workbench.store import ModelStore
 
-LOOPS = "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}"
+# Hours of looping that print nothing: only the time bound can stop it (a loop that prints may
+# reach the memory budget first on a fast machine, which is the other bound's test).
+LOOPS = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
 HUGE = "{{ 'x' * 10**10 }}"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from tiny_models import build_tokenizer
+from workbench.errors import EstimateUnavailableError
 from workbench.store import ModelStore, cache_state_bytes, estimate, kv_cache_bytes
 from workbench.store.estimate import cache_profile
 from workbench.store.layout import model_layout
@@ -128,7 +129,10 @@ def _sweep_one(model_type: str, root: Path, tokenizer) -> tuple[str, str]:
     if not entry.ok:
         return "not tried", f"listed {entry.status}: {entry.problem}"
     wrong = []
-    layout = model_layout(folder)
+    try:
+        layout = model_layout(folder)
+    except EstimateUnavailableError as exc:  # the store's own bound on the skeleton (time, modules): a named reason
+        return "unavailable", str(exc)
     if layout is None:
         return "unavailable", "the store cannot build its skeleton"
     if layout.params != numel:

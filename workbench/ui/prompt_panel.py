@@ -258,7 +258,7 @@ class PromptPanel(Panel):
         if self._links:
             set_options(self._model_w, names, self._links["model"], value=model)
             self._send_button.disabled = self.model is None
-            self._render_transcript()
+            self._draw_transcript()  # the empty transcript says whether there is a model to talk to
         else:
             self.model = model
         self._show_thinking_switch()
@@ -593,6 +593,11 @@ class PromptPanel(Panel):
         if not hasattr(self, "_transcript"):
             return
         self.flushes += 1
+        self._draw_transcript()
+
+    def _draw_transcript(self) -> None:
+        if not hasattr(self, "_transcript"):
+            return
         self._transcript.value = transcript_html(self.system_prompt, self.history, self.pending, self.reasoning,
                                                  self.pending_reasoning, has_model=self.model is not None)
 
