@@ -186,7 +186,8 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
             raise EstimateUnavailableError(
                 f"{what}: transformers cannot run it on the meta device to measure its cache "
                 f"({type(exc).__name__}: {str(exc)[:200]})",
-                hint="its KV cache cannot be measured before loading; give the context length yourself",
+                hint="its KV cache cannot be measured before loading; load it with allow_unknown_cache "
+                     "(`--allow-unknown-cache`, or the Load tab's box) and leave room for the cache yourself",
                 name=what, reason="cache") from None
         cache = getattr(out, "cache", None)  # transformers 5.x renames past_key_values `cache`
         if cache is None:
