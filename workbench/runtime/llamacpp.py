@@ -272,18 +272,14 @@ class _Router:
         self.reasoning: list[str] = []
 
     def feed(self, piece: str, end: bool = False) -> None:
-        parts = [("content", piece)] if self.splitter is None else self.splitter.feed(piece)
-        if end and self.splitter is not None:
-            parts += self.splitter.finish()
-        for kind, part in parts:
-            if kind == "reasoning":
-                self.reasoning.append(part)
-                if self.on_reasoning is not None:
-                    self.on_reasoning(part)
-                continue
-            released = self.gate.feed(part)
-            if self.on_piece is not None and released:
-                self.on_piece(released)
+        from .streaming import route_text
+
+        route_text(piece, end, splitter=self.splitter, gate=self.gate, reasoning=self.reasoning,
+                   on_reasoning=self.on_reasoning, emit=self._emit)
+
+    def _emit(self, released: str) -> None:
+        if self.on_piece is not None and released:
+            self.on_piece(released)
 
 
 def _one_row(loaded: Any, text: str, add_special: bool, params: Any, on_piece: Callable[[str], None] | None,

@@ -171,18 +171,28 @@ class ThinkSplitter:
         return ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content"))
 
 
-def _route(streamer: Any, text: str, stream_end: bool) -> None:
-    """Final text of the streamer: reasoning to ``on_reasoning``, the answer through the stop gate."""
-    parts = [("content", text)] if streamer.splitter is None else streamer.splitter.feed(text)
-    if stream_end and streamer.splitter is not None:
-        parts += streamer.splitter.finish()
+def route_text(text: str, end: bool, *, splitter: Any, gate: Any, reasoning: list[str],
+               on_reasoning: Callable[[str], None] | None, emit: Callable[[str], None]) -> None:
+    """Decoded text to its place, for every engine: with a :class:`ThinkSplitter`, thinking to
+    ``reasoning`` and ``on_reasoning``; the answer through the stop-string ``gate`` to ``emit``
+    (called with what the gate releases, possibly ``""``). ``end``: the last text of the answer
+    (the splitter's held text is flushed; the gate is not: its owner decides)."""
+    parts = [("content", text)] if splitter is None else splitter.feed(text)
+    if end and splitter is not None:
+        parts += splitter.finish()
     for kind, piece in parts:
         if kind == "reasoning":
-            streamer.reasoning.append(piece)
-            if streamer.on_reasoning is not None:
-                streamer.on_reasoning(piece)
+            reasoning.append(piece)
+            if on_reasoning is not None:
+                on_reasoning(piece)
         else:
-            streamer._emit(streamer.gate.feed(piece))
+            emit(gate.feed(piece))
+
+
+def _route(streamer: Any, text: str, stream_end: bool) -> None:
+    """Final text of the streamer: reasoning to ``on_reasoning``, the answer through the stop gate."""
+    route_text(text, stream_end, splitter=streamer.splitter, gate=streamer.gate, reasoning=streamer.reasoning,
+               on_reasoning=streamer.on_reasoning, emit=streamer._emit)
     if stream_end:
         streamer._emit(streamer.gate.finish())
 
