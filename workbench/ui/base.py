@@ -199,6 +199,17 @@ class Panel(HasTraits):
     def _build(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _select(self, trait: str, widget_attr: str, options: Sequence[Any], value: Any) -> None:
+        """Offer ``options`` for the selection ``trait`` and choose ``value``: through its dropdown
+        (the attribute ``widget_attr``) once the panel is built (:func:`set_options`, the trait moved
+        once), else on the trait alone. The panel keeps its ``traitlets.link`` objects in
+        ``self._links`` by trait."""
+        links = getattr(self, "_links", None)
+        if links:
+            set_options(getattr(self, widget_attr), options, links[trait], value=value)
+        else:
+            setattr(self, trait, value)
+
     @property
     def controls(self) -> WidgetSet:
         """The panel's input widgets (boxes, dropdowns, buttons), built on first access.

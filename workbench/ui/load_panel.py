@@ -181,10 +181,7 @@ class LoadPanel(Panel):
         names = [e.name for e in listed if e.ok]
         model = self.model if self.model in names else (names[0] if names else None)
         self.models = names
-        if self._links:
-            set_options(self._model_w, names, self._links["model"], value=model)
-        else:
-            self.model = model
+        self._select("model", "_model_w", names, model)
         self._render_check()
         return self.models
 

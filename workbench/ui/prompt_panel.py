@@ -16,7 +16,7 @@ from traitlets import Bool, Float, Int, TraitError, Tuple, Unicode, link
 
 from ..errors import ConfigError, GenerationError, ModelNotLoadedError, WorkbenchError
 from ..store import format_bytes
-from .base import Panel, Throttle, error_message, set_options
+from .base import Panel, Throttle, error_message
 from .display import esc, html_table, pre_html
 
 if TYPE_CHECKING:
@@ -255,12 +255,10 @@ class PromptPanel(Panel):
         local = [m.name for m in self.registry.list()]
         names = local + _endpoint_choices()
         model = self.model if self.model in names else (local[-1] if local else (names[0] if names else None))
+        self._select("model", "_model_w", names, model)
         if self._links:
-            set_options(self._model_w, names, self._links["model"], value=model)
             self._send_button.disabled = self.model is None
             self._draw_transcript()  # the empty transcript says whether there is a model to talk to
-        else:
-            self.model = model
         self._show_thinking_switch()
         return names
 

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..precision import LABELS
 from ..quant.study import DEFAULT_VARIANTS
 from ..store import ModelStore, format_bytes
-from .base import Panel, Throttle, set_options, toggle
+from .base import Panel, Throttle, toggle
 from .display import banner_html, esc, figure_html, html_table
 from .figures import FigureSlot
 
@@ -146,10 +146,7 @@ class QuantizationPanel(Panel):
         names = [e.name for e in self.store.list() if e.ok and not e.shadowed]
         model = self.model if self.model in names else (names[0] if names else None)
         self.models = names
-        if self._links:
-            set_options(self._model_w, names, self._links["model"], value=model)
-        else:
-            self.model = model
+        self._select("model", "_model_w", names, model)
         return self.models
 
     # --- actions ---------------------------------------------------------------------------
