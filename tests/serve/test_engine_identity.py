@@ -12,6 +12,7 @@ and the fake engine of ``fake_openai.py`` where only the workbench's side is und
 
 from __future__ import annotations
 
+import contextlib
 import encodings.idna  # noqa: F401 (the other users' children cannot import from root's Python; loaded here)
 import json
 import os
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -273,9 +275,20 @@ def test_a_prompt_never_goes_to_a_port_another_user_took_after_the_engine_died(t
     ep = start(_fake_plan(port, "dies"), ready_timeout_s=60)
     client = EndpointClient(ep.name)
     assert "Paris" in client.chat("What is the capital of France?").text
-    os.killpg(ep.pid, signal.SIGKILL)  # the engine dies (an OOM kill, a crash)
+    with _engine_dies_and_another_user_takes_its_port(ep.pid, port) as log:
+        with pytest.raises(EndpointUnreachableError, match="no longer running; nothing was sent"):
+            client.chat("my secret prompt")
+        assert not log.exists() or b"secret prompt" not in log.read_bytes()
+    stop(ep.name)
+
+
+@contextlib.contextmanager
+def _engine_dies_and_another_user_takes_its_port(pid: int, port: int) -> Iterator[Path]:
+    """The engine is killed (an OOM kill, a crash); another user binds its port and records what it
+    hears (the log it yields); that user's server is stopped at the end."""
+    os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while process.is_running(ep.pid) and time.monotonic() < deadline:
+    while process.is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     with shared_tmp() as tmp:
         os.chmod(tmp, 0o777)
@@ -285,12 +298,9 @@ def test_a_prompt_never_goes_to_a_port_another_user_took_after_the_engine_died(t
             deadline = time.monotonic() + 30
             while not process.port_open("127.0.0.1", port) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            with pytest.raises(EndpointUnreachableError, match="no longer running; nothing was sent"):
-                client.chat("my secret prompt")
-            assert not log.exists() or b"secret prompt" not in log.read_bytes()
+            yield log
         finally:
             _kill(impostor.pid)
-    stop(ep.name)
 
 
 def test_a_port_held_by_another_user_is_named_when_refused(tmp_path):
@@ -328,23 +338,10 @@ def test_the_telemetry_panel_scrapes_no_port_another_user_took_after_the_engine_
     try:
         [watcher] = [w for w in panel.engine_watchers() if w.name == ep.name]
         assert watcher.scrape_once() is not None  # the engine's own page, while it runs
-        os.killpg(ep.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while process.is_running(ep.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with shared_tmp() as tmp:
-            os.chmod(tmp, 0o777)
-            log = tmp / "heard.log"
-            impostor = start_as(NOBODY, _serve_recording, port, str(log))
-            try:
-                deadline = time.monotonic() + 30
-                while not process.port_open("127.0.0.1", port) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert watcher.scrape_once() is None
-                assert isinstance(watcher.last_error, EndpointUnreachableError)
-                assert not log.exists()
-            finally:
-                _kill(impostor.pid)
+        with _engine_dies_and_another_user_takes_its_port(ep.pid, port) as log:
+            assert watcher.scrape_once() is None
+            assert isinstance(watcher.last_error, EndpointUnreachableError)
+            assert not log.exists()
     finally:
         panel.close()
         event_log.close()
