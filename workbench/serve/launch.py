@@ -122,6 +122,7 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         LoadSpecError: a device, dtype or quantization the engine cannot use.
     """
     from ..runtime.fit import CONTEXT_TOKENS, require_fit
+    from ..runtime.llamacpp import default_n_ctx
     from ..runtime.spec import LoadSpec, devices_tuple
     from ..store import ModelStore
     from ..store.safety import check_entry
@@ -136,12 +137,12 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
     on_llamacpp = engine in engines.ENGINES and spec.uses_llamacpp(entry)
     n_ctx = 0
     if on_llamacpp:  # llama.cpp's own KV rule and buffers, for every slot (workbench/store/gguf_estimate.py)
-        from ..runtime.llamacpp import default_n_ctx
-
         n_ctx = default_n_ctx(entry, max_model_len)
         fit = require_fit(entry, spec, free=free, context_tokens=n_ctx, sequences=max(1, parallel))
     chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command(), gguf=on_llamacpp)
-    cache_tokens = _transformers_cache_tokens(entry, max_model_len) if chosen == "transformers" else 0
+    # transformers serve's paged cache (engines.transformers_argv), shared by its concurrent requests and
+    # counted by the fit: the context asked for, else the same default a llama.cpp load takes.
+    cache_tokens = default_n_ctx(entry, max_model_len) if chosen == "transformers" else 0
     if not on_llamacpp:
         fit = require_fit(entry, spec, free=free, context_tokens=cache_tokens or CONTEXT_TOKENS)
     port = port or process.free_port(engines.HOST)
@@ -207,17 +208,6 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         device_bytes = {b.device: b.needed_bytes for b in fit.budgets if b.device in gpus}
     return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
                      vllm_info, device_bytes)
-
-
-#: The KV cache ``transformers serve`` gets (tokens, over all its concurrent requests) unless
-#: ``max_model_len`` says otherwise.
-TRANSFORMERS_CACHE_TOKENS = 4096
-
-
-def _transformers_cache_tokens(entry: Any, max_model_len: int | None) -> int:
-    """The paged cache of ``transformers serve`` (engines.transformers_argv), which the fit counts:
-    the context asked for, else :data:`TRANSFORMERS_CACHE_TOKENS`, at most the model's."""
-    return int(max_model_len or min(TRANSFORMERS_CACHE_TOKENS, entry.context_length or TRANSFORMERS_CACHE_TOKENS))
 
 
 # Endpoints this process started without detach: stopped when it exits.
