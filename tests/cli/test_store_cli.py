@@ -59,6 +59,9 @@ def test_store_table_and_inspect(mixed_store):
     assert set(est) >= {"float32", "bfloat16", "int8", "nf4", "kv_cache_bytes_per_1k_tokens"}
     assert est["float32"] > est["bfloat16"] > est["int8"] > est["nf4"] > 0
     assert any(f["device"] == "cpu" for f in doc["fits"])
+    human = run_cli("store", "inspect", "SmolLM2-135M-Instruct", env_store=mixed_store).stdout
+    # A dense model: no expert lines (they would read "Shared experts: 0").
+    assert ("Parameters:" in human, "Shared experts" in human, "Active params" in human) == (True, False, False)
 
 
 def test_errors_are_one_line_and_nonzero(mixed_store):

@@ -90,3 +90,14 @@ def test_dense_entries_report_active_equal_total(tiny_root):
     entry = ModelStore([tiny_root], cache_path=None).get("tiny-llama")
     assert entry.num_experts is None
     assert entry.active_params == entry.params
+
+
+def test_inspect_prints_expert_lines_for_a_mixture_of_experts(moe_root, capsys, monkeypatch):
+    import argparse
+
+    from workbench.cli.store import cmd_store_inspect
+
+    monkeypatch.setenv("WORKBENCH_STORE", str(moe_root))
+    assert cmd_store_inspect(argparse.Namespace(name="tiny-qwen2-moe", json=False)) == 0
+    out = capsys.readouterr().out
+    assert ("Shared experts:" in out, "Active params:" in out) == (True, True)

@@ -58,7 +58,9 @@ def cmd_store_inspect(args: argparse.Namespace) -> int:
     entry = open_store().get(args.name)
     doc = entry.to_dict()
     # For people: the record's fields as a summary (as the Store tab's details), then memory.
-    lines = record_summary(doc, skip=("weights", "name"))
+    # A dense model's expert fields say nothing (0 shared experts, active = all): not printed.
+    dense = ("shared_experts", "active_params") if doc.get("num_experts") is None else ()
+    lines = record_summary(doc, skip=("weights", "name", *dense))
     lines.insert(0, _cell(entry.name))
     table = None
     if entry.ok:
