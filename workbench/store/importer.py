@@ -291,13 +291,16 @@ def import_gguf(gguf: Path, store: ModelStore, *, name: str | None = None, check
     try:
         import torch
         from safetensors.torch import save_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         say(f"reading {gguf.name} with transformers' GGUF support")
         try:
             with library_progress_bars_off():
                 tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+                # Unpacked at load (dequantize=True): the safetensors hold plain bfloat16 tensors, and
+                # transformers does not warn that packed GGUF blocks compute fastest in float32.
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                             quantization_config=GgufConfig(dequantize=True))
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             raise ModelImportError(f"transformers cannot convert {gguf.name}: {exc}",
                                    hint="check that its architecture is one transformers' GGUF support knows",
