@@ -39,6 +39,12 @@ bet fails that named test instead of a load, a scan or an import:
   (seconds), so :func:`auto_mapping_names` reads the tables out of its source with
   ``ast.literal_eval`` (tens of milliseconds, no code run), and imports the module only
   when the source no longer has that shape.
+* **What a load reports missing** (:mod:`workbench.store.coverage`): ``from_pretrained`` decides which
+  checkpoint tensors fill which parameters in ``core_model_loading.convert_and_load_state_dict_in_model``
+  (keys renamed by ``conversion_mapping.get_model_conversion_mapping``'s transforms through
+  ``rename_source_key``, converters applied, the base-model prefix added or stripped, shapes compared
+  in ``set_param_for_module``), then ``PreTrainedModel.tie_weights(missing_keys=...)`` and
+  ``_adjust_missing_and_unexpected_keys``; :func:`loading_report` runs those calls on a meta skeleton.
 
 Nothing here imports transformers at module level.
 """
@@ -49,8 +55,9 @@ import ast
 import importlib.util
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -142,11 +149,12 @@ def install_tqdm_hook() -> bool:
 @contextmanager
 def observing_weights(observer: WeightsObserver) -> Iterator[None]:
     """``with observing_weights(observer): from_pretrained(...)``: this thread's weights loop reports to it."""
+    previous = getattr(_local, "observer", None)  # nested (a coverage check inside a load): restored after
     _local.observer = observer
     try:
         yield
     finally:
-        _local.observer = None
+        _local.observer = previous
 
 
 def conversion_error(exc: BaseException) -> tuple[str, str] | None:
@@ -233,6 +241,63 @@ def fp32_matchers(model: Any) -> dict[str, re.Pattern[str] | None]:
         plan = plan_of(getattr(torch, name))
         matchers[name] = build_glob_alternation(list(plan))[0] if plan else None
     return matchers
+
+
+@dataclass(frozen=True)
+class LoadingReport:
+    """What ``from_pretrained(..., output_loading_info=True)`` reports for a checkpoint, without loading it.
+
+    Attributes:
+        missing: parameters and persistent buffers no checkpoint tensor fills (left at random initialisation).
+        unexpected: checkpoint tensors the model has no place for (never read).
+        mismatched: ``(name, checkpoint shape, model shape)`` of tensors whose shape differs from the parameter's.
+        unconvertible: parameters whose checkpoint tensors transformers' weight conversion fails on
+            (a fused expert tensor from parts of the wrong shapes), with the error.
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    unconvertible: tuple[tuple[str, str], ...] = ()
+
+
+class _Unobserved:
+    def start(self, total: int) -> None:
+        return None
+
+    def step(self) -> None:
+        return None
+
+
+def loading_report(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> LoadingReport:
+    """What ``from_pretrained`` reports loading a checkpoint of tensors of ``shapes`` into ``model``.
+
+    ``model`` is built on the meta device (``from_config``); the checkpoint is given as meta tensors of
+    its shapes, so nothing is read or allocated. The calls are ``from_pretrained``'s own (module
+    docstring): the model's conversion mapping, ``convert_and_load_state_dict_in_model`` (which sets the
+    meta tensors into ``model``: build a skeleton for this or use it last), ``tie_weights`` with the
+    missing keys (a tied parameter present on either side is loaded) and
+    ``_adjust_missing_and_unexpected_keys`` (``_keys_to_ignore_on_load_missing``/``_unexpected``, old
+    per-layer ``rotary_emb.inv_freq`` and ``position_ids``).
+    """
+    import torch
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import convert_and_load_state_dict_in_model
+    from transformers.modeling_utils import LoadStateDictConfig
+
+    state = {name: torch.empty(tuple(shape), dtype=torch.float32, device="meta") for name, shape in shapes.items()}
+    # dtype None: each tensor takes its parameter's dtype, as in a load without a dtype plan.
+    config = LoadStateDictConfig(device_map={"": "meta"}, weight_mapping=get_model_conversion_mapping(model))
+    install_tqdm_hook()
+    with observing_weights(_Unobserved()):  # its "Loading weights" bar, on this thread only, draws nothing
+        info, _offload = convert_and_load_state_dict_in_model(model, state, config)
+    model.tie_weights(missing_keys=info.missing_keys, recompute_mapping=False)
+    model._adjust_missing_and_unexpected_keys(info)
+    return LoadingReport(
+        missing=tuple(sorted(info.missing_keys)), unexpected=tuple(sorted(info.unexpected_keys)),
+        mismatched=tuple(sorted((str(k), tuple(a), tuple(b)) for k, a, b in info.mismatched_keys)),
+        unconvertible=tuple(sorted((str(k), str(v).strip().splitlines()[-1][:200] if str(v).strip() else "")
+                                   for k, v in (info.conversion_errors or {}).items())))
 
 
 def render_jinja_template(conversations: list[Any], *, chat_template: str, **kwargs: Any) -> list[str]:

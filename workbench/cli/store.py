@@ -54,8 +54,10 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 def cmd_store_inspect(args: argparse.Namespace) -> int:
     from ..errors import EstimateUnavailableError
     from ..store import cache_problem, cache_state_bytes, estimate_table, format_bytes, kv_cache_bytes
+    from ..store.coverage import verified
 
-    entry = open_store().get(args.name)
+    # The skeleton the estimate builds also says whether the checkpoint covers the model (store/coverage.py).
+    entry = verified(open_store().get(args.name))
     doc = entry.to_dict()
     # For people: the record's fields as a summary (as the Store tab's details), then memory.
     # A dense model's expert fields say nothing (0 shared experts, active = all): not printed.

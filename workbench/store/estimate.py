@@ -105,9 +105,10 @@ def cache_profile(entry: ModelEntry) -> CacheProfile | str | None:
         return None
     if entry.format != "safetensors" or not entry.path.is_dir():
         return f"estimate unavailable: {entry.name} is not a model folder transformers can build"
+    from .coverage import shapes_if_checked
     from .layout import layout_or_reason
 
-    found = layout_or_reason(entry.path)
+    found = layout_or_reason(entry.path, shapes=lambda: shapes_if_checked(entry))  # one build for coverage too
     if isinstance(found, str):
         return f"estimate unavailable: {found}"
     if found.cache is None:
@@ -162,9 +163,10 @@ def _cache_fields(entry: ModelEntry, dtype: str) -> tuple[int | None, int | None
 def _layout(entry: ModelEntry):  # -> ModelLayout | None
     if entry.format != "safetensors" or not entry.path.is_dir():
         return None
+    from .coverage import shapes_if_checked
     from .layout import model_layout
 
-    return model_layout(entry.path)
+    return model_layout(entry.path, shapes=lambda: shapes_if_checked(entry))  # one build for coverage too
 
 
 def estimate(

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_VERSION = 10  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
+_VERSION = 11  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
 # 7: header_bytes (the per-entry bound); 8: results keyed by content (skeletons); 9: tensor names;
-# 10: every file's tensors as one FileSummary (workbench/store/scan.py) under "tensors"
+# 10: every file's tensors as one FileSummary (workbench/store/scan.py) under "tensors"; 11: tensor shapes
 
 
 class IndexCache:
@@ -85,6 +85,12 @@ class IndexCache:
             self._dirty = True
             self.misses += 1
         return summary
+
+    def peek_keyed(self, key: str) -> Any:
+        """The result stored under ``key``, or ``None`` (nothing is computed)."""
+        with self._lock:
+            self._load()
+            return self._keyed.get(key)
 
     def get_keyed(self, key: str, compute: Callable[[], Any]) -> Any:
         """The result stored under ``key`` (a content hash the caller derives), or ``compute()``'s, stored.

@@ -29,21 +29,35 @@ second ``store inspect`` imports neither), and
 rules for the weights, and says why the cache is unavailable) when the model cannot
 be built: no torch, remote code, GGUF, a ``model_type`` this transformers does not
 know (:func:`layout_or_reason` gives the reason).
+
+The same skeleton answers whether a checkpoint's tensors cover the model
+(:mod:`workbench.store.coverage`): :func:`coverage_or_reason` runs transformers' own
+loading report on it, and caches the verdict beside the layout, keyed by the config's
+content and the checkpoint's tensor names and shapes. A skeleton built for one also
+answers the other (given the tensors), so a load that checks coverage and then its fit
+builds one skeleton.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._transformers_compat import fp32_matchers, modules_not_to_convert, should_convert_module
+from .._transformers_compat import (
+    fp32_matchers,
+    loading_report,
+    modules_not_to_convert,
+    should_convert_module,
+)
 from ..errors import BrokenModelError, EstimateUnavailableError
 from . import limits
 from .folder_json import config_or_none
@@ -104,22 +118,26 @@ def _config_key(folder: Path, skip: tuple[str, ...] | None) -> tuple[Any, ...] |
     return (os.path.abspath(folder), st.st_size, st.st_mtime_ns, skip)
 
 
-def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -> ModelLayout | None:
+def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None,
+                 shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None) -> ModelLayout | None:
     """The layout of the model in ``folder`` as transformers builds it; ``None`` if it cannot be built.
 
     See :func:`layout_or_reason` (same arguments and errors).
     """
-    found = layout_or_reason(folder, skip_modules=skip_modules)
+    found = layout_or_reason(folder, skip_modules=skip_modules, shapes=shapes)
     return found if isinstance(found, ModelLayout) else None
 
 
-def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = None) -> ModelLayout | str:
+def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = None,
+                     shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None) -> ModelLayout | str:
     """The layout of the model in ``folder`` as transformers builds it, or why it cannot be built (a sentence).
 
     Args:
         folder: a model folder with ``config.json``.
         skip_modules: bitsandbytes' ``llm_int8_skip_modules`` (a pre-quantized checkpoint's);
             ``None`` for transformers' default skips (the head, tied and output embeddings).
+        shapes: the checkpoint's tensor shapes by name (called only if a skeleton is built; ``None``
+            from it: not to be checked); the same build then caches :func:`coverage_or_reason`'s verdict.
 
     Raises:
         EstimateUnavailableError: the skeleton is beyond the bounds of
@@ -134,7 +152,7 @@ def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = Non
             if isinstance(cached, EstimateUnavailableError):
                 raise cached
             return cached
-    layout = _persisted(folder, skip_modules)
+    layout = _persisted(folder, skip_modules, shapes if skip_modules is None else None)
     with _lock:
         _cache[key] = layout
     if isinstance(layout, EstimateUnavailableError):
@@ -142,9 +160,12 @@ def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = Non
     return layout
 
 
-def _verdict(folder: Path, skip_modules: tuple[str, ...] | None) -> ModelLayout | str | EstimateUnavailableError:
+def _verdict(folder: Path, skip_modules: tuple[str, ...] | None,
+             shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None
+             ) -> ModelLayout | str | EstimateUnavailableError:
     try:
-        return _build(folder, None if skip_modules is None else list(skip_modules))
+        wanted = shapes() if shapes is not None else None
+        return _build(folder, None if skip_modules is None else list(skip_modules), wanted)
     except EstimateUnavailableError as exc:
         if exc.reason == "time":  # depends on the machine's load now: not the config's verdict
             raise
@@ -172,34 +193,46 @@ def _persistent_cache() -> IndexCache | None:
         return found
 
 
-def _content_key(folder: Path, skip_modules: tuple[str, ...] | None) -> str | None:
-    """The config's content, the libraries that answer, the bounds and the skips, hashed; ``None``: not cacheable."""
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> tuple[str, str] | None:
+    """The transformers and torch versions (read once a process: a listing asks for every entry)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    raw = config_or_none(folder)
-    if raw is None:
-        return None
     try:
-        libs = [version("transformers"), version("torch")]
+        return version("transformers"), version("torch")
     except PackageNotFoundError:
         return None
-    text = json.dumps([_SCHEMA, raw, libs, skip_modules, limits.SKELETON_MAX_LAYERS, limits.SKELETON_MAX_MODULES],
+
+
+def _content_key(folder: Path, skip_modules: tuple[str, ...] | None) -> str | None:
+    """The config's content, the libraries that answer, the bounds and the skips, hashed; ``None``: not cacheable."""
+    raw = config_or_none(folder)
+    libs = _library_versions()
+    if raw is None or libs is None:
+        return None
+    text = json.dumps([_SCHEMA, raw, list(libs), skip_modules, limits.SKELETON_MAX_LAYERS, limits.SKELETON_MAX_MODULES],
                       sort_keys=True, default=str)
     return "skeleton:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _persisted(folder: Path, skip_modules: tuple[str, ...] | None) -> ModelLayout | str | EstimateUnavailableError:
-    """The verdict for ``folder``, from the persistent cache when its config was seen before (no torch import)."""
+def _persisted(folder: Path, skip_modules: tuple[str, ...] | None,
+               shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None,
+               built: ModelLayout | str | EstimateUnavailableError | None = None
+               ) -> ModelLayout | str | EstimateUnavailableError:
+    """The verdict for ``folder``, from the persistent cache when its config was seen before (no torch import).
+
+    ``built``: a verdict just computed (by :func:`coverage_or_reason`'s build), stored if none is.
+    """
     try:
         key = _content_key(folder, skip_modules)
     except BrokenModelError:
         key = None
     store = _persistent_cache()
     if key is None or store is None:
-        return _verdict(folder, skip_modules)
+        return built if built is not None else _verdict(folder, skip_modules, shapes)
 
     def compute() -> dict[str, Any]:
-        found = _verdict(folder, skip_modules)
+        found = built if built is not None else _verdict(folder, skip_modules, shapes)
         if isinstance(found, EstimateUnavailableError):
             return {"refused": {"message": found.message, "hint": found.hint, "reason": found.reason}}
         return {"reason": found} if isinstance(found, str) else {"layout": _layout_to_json(found)}
@@ -233,13 +266,121 @@ def _layout_from_json(data: dict[str, Any]) -> ModelLayout:
     return ModelLayout(**values)
 
 
-def _build(folder: Path, skip_modules: list[str] | None) -> ModelLayout | str:
+def _build(folder: Path, skip_modules: list[str] | None,
+           shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelLayout | str:
+    """Build the skeleton once: its layout, and with ``shapes``, the coverage verdict (remembered)."""
     skeleton = _meta_skeleton(folder, skip_modules)
     if isinstance(skeleton, str):
+        if shapes is not None:
+            _remember_coverage(folder, shapes, CoverageVerdict(unchecked=skeleton))
         return skeleton
     model, skip, matchers, cache, cache_problem = skeleton
     quantized, rows = _quantized_weights(model, skip)
-    return _count(model, quantized, rows, matchers, cache, cache_problem)
+    layout = _count(model, quantized, rows, matchers, cache, cache_problem)
+    if shapes is not None:  # last: the loading report sets the checkpoint's meta tensors into the model
+        from .coverage import report_problem
+
+        with skeleton_budget(folder.name), _quiet():
+            report = loading_report(model, shapes)
+        _remember_coverage(folder, shapes, CoverageVerdict(problem=report_problem(report)))
+    return layout
+
+
+# -- coverage: the checkpoint's tensors against the skeleton (workbench/store/coverage.py) --------------------
+
+
+@dataclass(frozen=True)
+class CoverageVerdict:
+    """Whether a checkpoint's tensors cover the model transformers builds for it.
+
+    Attributes:
+        problem: ``None`` when they do; else the sentence naming the tensors at fault
+            (:func:`workbench.store.coverage.report_problem`).
+        unchecked: why there is no verdict (the skeleton cannot be built); ``problem`` is then ``None``.
+    """
+
+    problem: str | None = None
+    unchecked: str | None = None
+
+
+_coverage: dict[tuple[Any, ...], CoverageVerdict] = {}
+
+
+def shapes_digest(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """A hash of a checkpoint's tensor names and shapes (dtypes do not matter: a load casts)."""
+    text = json.dumps(sorted([name, list(shape)] for name, shape in shapes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _coverage_keys(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[tuple[Any, ...] | None, str | None]:
+    """(in-process key, persistent key) of the verdict for ``shapes`` against ``folder``'s config."""
+    digest = shapes_digest(shapes)
+    config_key = _config_key(folder, None)
+    try:
+        content = _content_key(folder, None)
+    except BrokenModelError:
+        content = None
+    persistent = None if content is None else "coverage:" + hashlib.sha256(
+        json.dumps([_SCHEMA, content, digest]).encode()).hexdigest()
+    return (None if config_key is None else (*config_key, digest)), persistent
+
+
+def _remember_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]], verdict: CoverageVerdict) -> None:
+    local, persistent = _coverage_keys(folder, shapes)
+    if local is not None:
+        with _lock:
+            _coverage[local] = verdict
+    store = _persistent_cache()
+    if persistent is not None and store is not None and verdict.unchecked is None:
+        # get_keyed keeps a verdict already there (the same content gives the same verdict)
+        store.get_keyed(persistent, lambda: {"problem": verdict.problem})
+        store.save()
+
+
+def cached_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> CoverageVerdict | None:
+    """The verdict for ``shapes`` against ``folder``'s model if one was computed before, else ``None``.
+
+    Builds nothing and imports neither torch nor transformers (the listing asks this).
+    """
+    local, persistent = _coverage_keys(folder, shapes)
+    if local is not None:
+        with _lock:
+            hit = _coverage.get(local)
+        if hit is not None:
+            return hit
+    store = _persistent_cache()
+    if persistent is None or store is None:
+        return None
+    stored = store.peek_keyed(persistent)
+    if not isinstance(stored, dict) or not isinstance(stored.get("problem"), (str, type(None))):
+        return None  # none, or a damaged cache file
+    return CoverageVerdict(problem=stored["problem"])
+
+
+def coverage_or_reason(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> CoverageVerdict:
+    """Whether a checkpoint of tensors of ``shapes`` covers the model transformers builds from ``folder``'s config.
+
+    Cached (:func:`cached_coverage`); otherwise the skeleton is built once for this verdict and for
+    :func:`layout_or_reason`'s layout (stored too, so the estimate that follows builds nothing).
+
+    Raises:
+        EstimateUnavailableError: only for the time bound (the machine's load now); the other bounds
+            give a verdict with ``unchecked`` set.
+    """
+    hit = cached_coverage(folder, shapes)
+    if hit is not None:
+        return hit
+    key = _config_key(folder, None)
+    if key is None:
+        return CoverageVerdict(unchecked="it has no readable config.json")
+    built = _verdict(folder, None, lambda: shapes)
+    layout = _persisted(folder, None, built=built)
+    with _lock:
+        _cache.setdefault(key, layout)
+    if isinstance(built, EstimateUnavailableError):
+        return CoverageVerdict(unchecked=str(built))
+    found = cached_coverage(folder, shapes)
+    return found if found is not None else CoverageVerdict(unchecked="its verdict could not be kept")
 
 
 def model_class(raw: dict[str, Any] | None) -> str:

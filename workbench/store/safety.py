@@ -9,6 +9,7 @@ typed error a load (local or through a serving engine) raises before touching a 
 from __future__ import annotations
 
 from ..errors import BrokenModelError, UnsafeModelError, UnsupportedModelError
+from .coverage import check_coverage
 from .entry import ModelEntry
 from .folder_json import config_or_none
 from .tokenizer_files import missing_tokenizer_text, require_tokenizer
@@ -30,7 +31,8 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
 
     Raises:
         TokenizerMissingError: a safetensors/pickle folder without tokenizer files.
-        BrokenModelError: the store found the files unreadable.
+        BrokenModelError: the store found the files unreadable, or the checkpoint's tensors do not cover
+            the model transformers builds for it (:mod:`workbench.store.coverage`).
         UnsupportedModelError: the runtime does not run this kind of model (``reason`` says why).
         UnsafeModelError: pickle weights without ``allow_pickle``, remote code without
             ``trust_remote_code``, or a risk no opt-in covers (a link out of the store).
@@ -51,6 +53,9 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
                                     reason=entry.problem)
     if no_tokenizer:
         require_tokenizer(entry.path, entry.name)
+    if entry.status == "ok":
+        # The listing shows a coverage verdict only once one was computed; a load always asks.
+        check_coverage(entry)
     if entry.status != "unsafe":
         return
     remote = needs_remote_code(entry)

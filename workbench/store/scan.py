@@ -490,7 +490,7 @@ class Scanner:
         found.update(prequant.entry_fields(config, parts, stats))
         extra["active_params"] = active_params(found["params"], stats.expert_params, extra.get("num_experts"),
                                                extra.get("experts_per_token"))
-        files_problem = found.pop("problem", None)
+        files_problem = found.pop("problem", None) or _coverage_problem(folder, weight_files, parts, config)
         broken = problem or files_problem
         status = "unsupported" if unsupported and not files_problem else "broken" if broken else "ok"
         problem = unsupported if status == "unsupported" else broken
@@ -572,6 +572,22 @@ def _check_index_matches(index: Path, shards: list[str], parts: list[dict[str, A
             hint="re-download the checkpoint, or re-save it with save_pretrained")
 
 
+def _coverage_problem(folder: Path, weight_files: list[str], parts: list[dict[str, Any]],
+                      config: dict[str, Any]) -> str | None:
+    """The coverage verdict (:mod:`.coverage`) computed before for these tensors, if any: a listing builds none."""
+    from . import coverage
+
+    if not coverage.applies(weight_files, config):
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in parts:
+        names, dims = part.get("names"), part.get("shapes")
+        if not isinstance(names, list) or not isinstance(dims, list) or len(names) != len(dims):
+            return None
+        shapes.update((str(n), tuple(d)) for n, d in zip(names, dims))
+    return coverage.cached_problem(folder, shapes)
+
+
 def _safetensors_summary(path: Path) -> dict[str, Any]:
     try:
         hdr = read_safetensors_header(path)
@@ -581,6 +597,7 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"tensors": tensor_summary(records).to_json()}
     summary["header_bytes"] = hdr.header_bytes
     summary["names"] = [t.name for t in hdr.tensors]  # checked against a shard index (_check_index_matches)
+    summary["shapes"] = [list(t.shape) for t in hdr.tensors]  # beside names: the coverage verdict's key (.coverage)
     packed = prequant.file_summary(path, records)
     if packed is not None:
         summary["prequant"] = packed

@@ -1,0 +1,141 @@
+"""A checkpoint's tensors must cover the model transformers builds for it: the one rule, for listings and loads.
+
+transformers 5 loads a checkpoint that lacks a parameter with a warning and leaves the
+parameter at its random initialisation; it never reads a tensor the model has no place
+for; and it refuses one whose shape differs from the parameter's only after reading the
+weights. So a checkpoint missing a tensor, holding one of the wrong shape, or holding
+tensors the model does not have (beyond what transformers itself ignores) is ``broken``:
+the listing says so, naming the first tensors at fault, and a load refuses it before
+reading a weight (:func:`workbench.store.safety.check_entry` asks :func:`check_coverage`).
+
+The verdict is transformers' own: the names and shapes from the weight files' headers
+are given, as meta tensors, to the calls ``from_pretrained`` makes to match a checkpoint
+to the model (key renaming by the model's conversion mapping, base-model prefix, tied
+weights, ignore patterns: :func:`workbench._transformers_compat.loading_report`), on the
+meta-device skeleton the estimate builds (:mod:`workbench.store.layout`). It is cached
+with the skeleton's results, keyed by the config's content and the tensors' names and
+shapes, so the listing shows a verdict computed before (by ``store inspect`` or a load)
+without importing torch; a listing never builds a skeleton.
+
+Not checked, each for its reason:
+
+* pre-quantized checkpoints (``quantization_config``): they hold packed tensors and
+  quantization state (bitsandbytes' ``absmax``, MXFP4's ``*_blocks``/``*_scales``, GPTQ's
+  ``qweight``) that transformers' quantizer maps onto modules it replaces first, while the
+  skeleton is the full-precision model;
+* GGUF files (transformers converts their tensors with its own GGUF tables);
+* models transformers cannot build (the estimate says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .._transformers_compat import LoadingReport
+from ..errors import BrokenModelError, EstimateUnavailableError
+from .entry import ModelEntry
+from .folder_json import config_or_none
+from .safetensors_header import read_safetensors_header
+
+#: How many tensors a problem names before "and N more".
+NAMED = 3
+HINT = "re-download the checkpoint, or re-export it with save_pretrained from the model it came from"
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
+
+
+def report_problem(report: LoadingReport) -> str | None:
+    """The sentence a listing shows for a loading report with faults, ``None`` for a clean one."""
+    parts = []
+    if report.missing:
+        parts.append(f"lacks {_few(report.missing)}, which a load would leave randomly initialised")
+    if report.mismatched:
+        shapes = [f"{name} {list(ckpt)} (the model's is {list(model)})" for name, ckpt, model in report.mismatched]
+        parts.append(f"holds {_few(shapes)} of the wrong shape")
+    if report.unconvertible:
+        parts.append(f"holds tensors transformers cannot convert for {_few([k for k, _ in report.unconvertible])} "
+                     f"({report.unconvertible[0][1]})")
+    if report.unexpected:
+        parts.append(f"holds {_few(report.unexpected)}, which the model transformers builds does not have")
+    if not parts:
+        return None
+    return f"its checkpoint {'; it '.join(parts)}: {HINT}"
+
+
+def applies(weight_files: Sequence[str], config: Mapping[str, object] | None) -> bool:
+    """Whether the rule checks a checkpoint: safetensors weights, not pre-quantized (module docstring)."""
+    return (bool(weight_files) and all(f.endswith(".safetensors") for f in weight_files)
+            and not (config or {}).get("quantization_config"))
+
+
+def checkpoint_shapes(entry: ModelEntry) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape by name, from the headers of the entry's weight files (as the scan read them).
+
+    Raises:
+        BrokenModelError: a header cannot be read (the scan would have listed it broken).
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in entry.weight_files:
+        for t in read_safetensors_header(entry.path / name).tensors:
+            shapes[t.name] = tuple(t.shape)
+    return shapes
+
+
+def checked(entry: ModelEntry) -> bool:
+    """Whether the rule checks ``entry`` (:func:`applies` to a safetensors folder's entry)."""
+    return (entry.format == "safetensors" and entry.quant_method is None and entry.path.is_dir()
+            and applies(entry.weight_files, config_or_none(entry.path)))
+
+
+def shapes_if_checked(entry: ModelEntry) -> dict[str, tuple[int, ...]] | None:
+    """:func:`checkpoint_shapes` of an entry the rule checks, else ``None`` (what the estimate's build is given)."""
+    try:
+        return checkpoint_shapes(entry) if checked(entry) else None
+    except BrokenModelError:
+        return None
+
+
+def cached_problem(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The problem of a verdict computed before for these tensors, else ``None`` (nothing is built)."""
+    from .layout import cached_coverage
+
+    verdict = cached_coverage(folder, shapes)
+    return verdict.problem if verdict is not None else None
+
+
+def coverage_problem(entry: ModelEntry) -> str | None:
+    """Why ``entry``'s tensors do not cover its model (a sentence naming them), ``None`` when they do or
+    the rule does not apply (module docstring). Builds the skeleton when no verdict is cached."""
+    if not checked(entry):
+        return None
+    from .layout import coverage_or_reason
+
+    try:
+        shapes = checkpoint_shapes(entry)
+        return coverage_or_reason(entry.path, shapes).problem
+    except EstimateUnavailableError:  # the machine is too busy to build it now: the load's estimate says so
+        return None
+
+
+def check_coverage(entry: ModelEntry) -> None:
+    """Refuse an entry whose checkpoint does not cover its model.
+
+    Raises:
+        BrokenModelError: naming the first tensors at fault and what to do.
+    """
+    problem = coverage_problem(entry)
+    if problem is not None:
+        raise BrokenModelError(f"{entry.name} cannot be loaded: {problem}", hint=HINT, name=entry.name,
+                               path=entry.path)
+
+
+def verified(entry: ModelEntry) -> ModelEntry:
+    """``entry``, listed ``broken`` with the problem if its checkpoint does not cover its model."""
+    if entry.status != "ok":
+        return entry
+    problem = coverage_problem(entry)
+    return replace(entry, status="broken", problem=problem) if problem else entry
