@@ -182,3 +182,29 @@ def test_the_auto_tables_read_from_source_are_the_imported_auto_classes_mappings
     assert compat._imported_auto_mapping_names()["AutoModelForCausalLM"] == read["AutoModelForCausalLM"]
     # A source of another shape falls back to the imported module, never to an empty verdict.
     assert compat.auto_mapping_names("x = 1\n") == compat._imported_auto_mapping_names()
+
+
+def test_the_loading_report_on_a_meta_skeleton_is_what_from_pretrained_reports(tiny_models, tmp_path):
+    """store/coverage.py's bet: from_pretrained's own matching calls (conversion mapping, convert_and_load_state_dict_in_model,
+    tie_weights with the missing keys, _adjust_missing_and_unexpected_keys), run on a meta skeleton with meta tensors of
+    the checkpoint's shapes, report the missing, unexpected and mismatched keys a real load reports."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_models["mistral"], folder)
+    state = load_file(folder / "model.safetensors")
+    del state["model.layers.0.mlp.down_proj.weight"]
+    state["model.layers.1.input_layernorm.weight"] = torch.zeros(32)
+    state["model.layers.0.mlp.extra.weight"] = torch.zeros(3)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    _model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True)
+    report = compat.loading_report(_meta_model({"m": folder}, "m"), {k: tuple(v.shape) for k, v in state.items()})
+    assert set(report.missing) == info["missing_keys"] == {"model.layers.0.mlp.down_proj.weight"}
+    assert set(report.unexpected) == info["unexpected_keys"] == {"model.layers.0.mlp.extra.weight"}
+    assert {(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"]} == set(report.mismatched)
+    assert [k for k, _a, _b in report.mismatched] == ["model.layers.1.input_layernorm.weight"]
+    assert report.unconvertible == ()

@@ -110,12 +110,12 @@ def cached_problem(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> str |
 def coverage_problem(entry: ModelEntry) -> str | None:
     """Why ``entry``'s tensors do not cover its model (a sentence naming them), ``None`` when they do or
     the rule does not apply (module docstring). Builds the skeleton when no verdict is cached."""
-    if not checked(entry):
+    shapes = shapes_if_checked(entry)  # headers unreadable since the scan: the scan's rule (and the load) say so
+    if shapes is None:
         return None
     from .layout import coverage_or_reason
 
     try:
-        shapes = checkpoint_shapes(entry)
         return coverage_or_reason(entry.path, shapes).problem
     except EstimateUnavailableError:  # the machine is too busy to build it now: the load's estimate says so
         return None
