@@ -111,7 +111,7 @@ def test_the_report_is_transformers_own_for_every_fault_at_once(tmp_path):
     truth = _transformers_report(folder)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    report = loading_report(model, checkpoint_shapes(_entry(folder)))
+    report = loading_report(model, checkpoint_shapes(_entry(folder)).shapes)
     assert {"missing": list(report.missing), "unexpected": list(report.unexpected),
             "mismatched": list(report.mismatched)} == truth
     assert truth["missing"] == ["lm_head.weight", "model.norm.weight"]
@@ -141,7 +141,7 @@ def test_fused_experts_are_matched_through_transformers_conversion(tmp_path):
                                                      num_local_experts=4, num_experts_per_tok=2),
                                tmp_path / "tiny-mixtral")
     entry = _entry(folder)
-    assert any(".experts.3." in k for k in checkpoint_shapes(entry))  # stored per expert
+    assert any(".experts.3." in k for k in checkpoint_shapes(entry).shapes)  # stored per expert
     assert _transformers_report(folder) == {"missing": [], "unexpected": [], "mismatched": []}
     assert coverage_problem(entry) is None
 

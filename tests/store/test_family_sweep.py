@@ -10,6 +10,9 @@ meta-device skeleton; then
 * cache: the estimate after 1,000 and 4,000 tokens (what grows plus the fixed state) against
   the bytes of every tensor in the cache a real bfloat16 forward pass of that many tokens leaves
   (within 3%); windows are 32 tokens, so both lengths are past them;
+* coverage: the store's verdict on the checkpoint save_pretrained wrote (store/coverage.py) against what
+  ``from_pretrained(output_loading_info=True)`` reports for it (covered exactly when nothing is missing,
+  unexpected or mismatched);
 * footprint, for a sample of families: the estimate at bfloat16, int8 and nf4 against
   ``get_memory_footprint()`` after a real load (bitsandbytes on the CPU).
 
@@ -36,6 +39,7 @@ import pytest
 from tiny_models import build_tokenizer
 from workbench.errors import EstimateUnavailableError
 from workbench.store import ModelStore, cache_state_bytes, estimate, kv_cache_bytes
+from workbench.store.coverage import coverage_problem
 from workbench.store.estimate import cache_profile
 from workbench.store.layout import model_layout
 
@@ -117,6 +121,19 @@ def _tiny_model(model_type: str, root: Path, tokenizer):
     return reasons
 
 
+def _load_faults(folder: Path) -> list[str] | None:
+    """The keys ``from_pretrained`` reports missing, unexpected or mismatched for ``folder``; ``None`` when it
+    cannot load it at all (the comparison is then not made)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        _model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
+                                                            ignore_mismatched_sizes=True, local_files_only=True)
+    except Exception:  # noqa: BLE001 - transformers' own refusal: nothing to compare with
+        return None
+    return sorted([*info["missing_keys"], *info["unexpected_keys"], *(k for k, _a, _b in info["mismatched_keys"])])
+
+
 def _sweep_one(model_type: str, root: Path, tokenizer) -> tuple[str, str]:
     """``("exact" | "wrong" | "unavailable" | "not tried", detail)`` for one family."""
     found = _tiny_model(model_type, root / model_type, tokenizer)
@@ -129,6 +146,12 @@ def _sweep_one(model_type: str, root: Path, tokenizer) -> tuple[str, str]:
     if not entry.ok:
         return "not tried", f"listed {entry.status}: {entry.problem}"
     wrong = []
+    # The checkpoint save_pretrained wrote covers the model exactly where transformers' own load says so
+    # (store/coverage.py); first, so that the layout below reuses the skeleton this builds.
+    problem = coverage_problem(entry)
+    faults = _load_faults(folder)
+    if faults is not None and (problem is not None) != bool(faults):
+        wrong.append(f"coverage: the store says {problem or 'covered'}; transformers' load reports {faults or 'none'}")
     try:
         layout = model_layout(folder)
     except EstimateUnavailableError as exc:  # the store's own bound on the skeleton (time, modules): a named reason

@@ -29,8 +29,9 @@ Not checked, each for its reason:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .._transformers_compat import LoadingReport
@@ -72,17 +73,41 @@ def applies(weight_files: Sequence[str], config: Mapping[str, object] | None) ->
             and not (config or {}).get("quantization_config"))
 
 
-def checkpoint_shapes(entry: ModelEntry) -> dict[str, tuple[int, ...]]:
+def file_digest(tensors: Iterable[tuple[str, Sequence[int]]]) -> str:
+    """A hash of one weight file's tensor names and shapes (dtypes do not matter: a load casts them).
+
+    The scan keeps it in the header index cache, so a listing finds a verdict without hashing again.
+    """
+    text = "\n".join(sorted(f"{name}\t{','.join(map(str, shape))}" for name, shape in tensors))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checkpoint_digest(file_digests: Iterable[str]) -> str:
+    """The key of a checkpoint's tensors: its weight files' :func:`file_digest`, in order."""
+    return hashlib.sha256("\n".join(file_digests).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckpointTensors:
+    """A checkpoint's tensor shapes by name, with the :func:`checkpoint_digest` its verdict is cached under."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    digest: str
+
+
+def checkpoint_shapes(entry: ModelEntry) -> CheckpointTensors:
     """Every tensor's shape by name, from the headers of the entry's weight files (as the scan read them).
 
     Raises:
         BrokenModelError: a header cannot be read (the scan would have listed it broken).
     """
     shapes: dict[str, tuple[int, ...]] = {}
+    digests = []
     for name in entry.weight_files:
-        for t in read_safetensors_header(entry.path / name).tensors:
-            shapes[t.name] = tuple(t.shape)
-    return shapes
+        tensors = [(t.name, tuple(t.shape)) for t in read_safetensors_header(entry.path / name).tensors]
+        shapes.update(tensors)
+        digests.append(file_digest(tensors))
+    return CheckpointTensors(shapes, checkpoint_digest(digests))
 
 
 def checked(entry: ModelEntry) -> bool:
@@ -91,7 +116,7 @@ def checked(entry: ModelEntry) -> bool:
             and applies(entry.weight_files, config_or_none(entry.path)))
 
 
-def shapes_if_checked(entry: ModelEntry) -> dict[str, tuple[int, ...]] | None:
+def shapes_if_checked(entry: ModelEntry) -> CheckpointTensors | None:
     """:func:`checkpoint_shapes` of an entry the rule checks, else ``None`` (what the estimate's build is given)."""
     try:
         return checkpoint_shapes(entry) if checked(entry) else None
@@ -99,11 +124,12 @@ def shapes_if_checked(entry: ModelEntry) -> dict[str, tuple[int, ...]] | None:
         return None
 
 
-def cached_problem(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
-    """The problem of a verdict computed before for these tensors, else ``None`` (nothing is built)."""
+def cached_problem(folder: Path, digest: str) -> str | None:
+    """The problem of a verdict computed before for the tensors of :func:`checkpoint_digest` ``digest``, else
+    ``None`` (nothing is built)."""
     from .layout import cached_coverage
 
-    verdict = cached_coverage(folder, shapes)
+    verdict = cached_coverage(folder, digest)
     return verdict.problem if verdict is not None else None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 _VERSION = 11  # 3: headers checked as the reference reader does; 4: expert_params; 5: prequant; 6: GGUF dtype;
 # 7: header_bytes (the per-entry bound); 8: results keyed by content (skeletons); 9: tensor names;
-# 10: every file's tensors as one FileSummary (workbench/store/scan.py) under "tensors"; 11: tensor shapes
+# 10: every file's tensors as one FileSummary (workbench/store/scan.py) under "tensors"; 11: tensor digests (coverage)
 
 
 class IndexCache:

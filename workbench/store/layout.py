@@ -47,7 +47,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from .._transformers_compat import (
 )
 from ..errors import BrokenModelError, EstimateUnavailableError
 from . import limits
+from .coverage import CheckpointTensors
 from .folder_json import config_or_none
 from .index_cache import IndexCache
 from .kv_cache import CacheProfile, measure_cache
@@ -119,7 +120,7 @@ def _config_key(folder: Path, skip: tuple[str, ...] | None) -> tuple[Any, ...] |
 
 
 def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None,
-                 shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None) -> ModelLayout | None:
+                 shapes: Callable[[], CheckpointTensors | None] | None = None) -> ModelLayout | None:
     """The layout of the model in ``folder`` as transformers builds it; ``None`` if it cannot be built.
 
     See :func:`layout_or_reason` (same arguments and errors).
@@ -129,7 +130,7 @@ def model_layout(folder: Path, *, skip_modules: tuple[str, ...] | None = None,
 
 
 def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = None,
-                     shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None) -> ModelLayout | str:
+                     shapes: Callable[[], CheckpointTensors | None] | None = None) -> ModelLayout | str:
     """The layout of the model in ``folder`` as transformers builds it, or why it cannot be built (a sentence).
 
     Args:
@@ -161,7 +162,7 @@ def layout_or_reason(folder: Path, *, skip_modules: tuple[str, ...] | None = Non
 
 
 def _verdict(folder: Path, skip_modules: tuple[str, ...] | None,
-             shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None
+             shapes: Callable[[], CheckpointTensors | None] | None = None
              ) -> ModelLayout | str | EstimateUnavailableError:
     try:
         wanted = shapes() if shapes is not None else None
@@ -216,7 +217,7 @@ def _content_key(folder: Path, skip_modules: tuple[str, ...] | None) -> str | No
 
 
 def _persisted(folder: Path, skip_modules: tuple[str, ...] | None,
-               shapes: Callable[[], Mapping[str, tuple[int, ...]] | None] | None = None,
+               shapes: Callable[[], CheckpointTensors | None] | None = None,
                built: ModelLayout | str | EstimateUnavailableError | None = None
                ) -> ModelLayout | str | EstimateUnavailableError:
     """The verdict for ``folder``, from the persistent cache when its config was seen before (no torch import).
@@ -267,12 +268,12 @@ def _layout_from_json(data: dict[str, Any]) -> ModelLayout:
 
 
 def _build(folder: Path, skip_modules: list[str] | None,
-           shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelLayout | str:
+           shapes: CheckpointTensors | None = None) -> ModelLayout | str:
     """Build the skeleton once: its layout, and with ``shapes``, the coverage verdict (remembered)."""
     skeleton = _meta_skeleton(folder, skip_modules)
     if isinstance(skeleton, str):
         if shapes is not None:
-            _remember_coverage(folder, shapes, CoverageVerdict(unchecked=skeleton))
+            _remember_coverage(folder, shapes.digest, CoverageVerdict(unchecked=skeleton))
         return skeleton
     model, skip, matchers, cache, cache_problem = skeleton
     quantized, rows = _quantized_weights(model, skip)
@@ -281,8 +282,8 @@ def _build(folder: Path, skip_modules: list[str] | None,
         from .coverage import report_problem
 
         with skeleton_budget(folder.name), _quiet():
-            report = loading_report(model, shapes)
-        _remember_coverage(folder, shapes, CoverageVerdict(problem=report_problem(report)))
+            report = loading_report(model, shapes.shapes)
+        _remember_coverage(folder, shapes.digest, CoverageVerdict(problem=report_problem(report)))
     return layout
 
 
@@ -306,15 +307,9 @@ class CoverageVerdict:
 _coverage: dict[tuple[Any, ...], CoverageVerdict] = {}
 
 
-def shapes_digest(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """A hash of a checkpoint's tensor names and shapes (dtypes do not matter: a load casts)."""
-    text = json.dumps(sorted([name, list(shape)] for name, shape in shapes.items()))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _coverage_keys(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[tuple[Any, ...] | None, str | None]:
-    """(in-process key, persistent key) of the verdict for ``shapes`` against ``folder``'s config."""
-    digest = shapes_digest(shapes)
+def _coverage_keys(folder: Path, digest: str) -> tuple[tuple[Any, ...] | None, str | None]:
+    """(in-process key, persistent key) of the verdict for a checkpoint's tensors (their
+    :func:`~workbench.store.coverage.checkpoint_digest`) against ``folder``'s config."""
     config_key = _config_key(folder, None)
     try:
         content = _content_key(folder, None)
@@ -325,8 +320,8 @@ def _coverage_keys(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple
     return (None if config_key is None else (*config_key, digest)), persistent
 
 
-def _remember_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]], verdict: CoverageVerdict) -> None:
-    local, persistent = _coverage_keys(folder, shapes)
+def _remember_coverage(folder: Path, digest: str, verdict: CoverageVerdict) -> None:
+    local, persistent = _coverage_keys(folder, digest)
     if local is not None:
         with _lock:
             _coverage[local] = verdict
@@ -337,12 +332,13 @@ def _remember_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]], verd
         store.save()
 
 
-def cached_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> CoverageVerdict | None:
-    """The verdict for ``shapes`` against ``folder``'s model if one was computed before, else ``None``.
+def cached_coverage(folder: Path, digest: str) -> CoverageVerdict | None:
+    """The verdict for the checkpoint tensors of ``digest`` against ``folder``'s model if one was computed
+    before, else ``None``.
 
     Builds nothing and imports neither torch nor transformers (the listing asks this).
     """
-    local, persistent = _coverage_keys(folder, shapes)
+    local, persistent = _coverage_keys(folder, digest)
     if local is not None:
         with _lock:
             hit = _coverage.get(local)
@@ -357,7 +353,7 @@ def cached_coverage(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> Cove
     return CoverageVerdict(problem=stored["problem"])
 
 
-def coverage_or_reason(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> CoverageVerdict:
+def coverage_or_reason(folder: Path, shapes: CheckpointTensors) -> CoverageVerdict:
     """Whether a checkpoint of tensors of ``shapes`` covers the model transformers builds from ``folder``'s config.
 
     Cached (:func:`cached_coverage`); otherwise the skeleton is built once for this verdict and for
@@ -367,7 +363,7 @@ def coverage_or_reason(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> C
         EstimateUnavailableError: only for the time bound (the machine's load now); the other bounds
             give a verdict with ``unchecked`` set.
     """
-    hit = cached_coverage(folder, shapes)
+    hit = cached_coverage(folder, shapes.digest)
     if hit is not None:
         return hit
     key = _config_key(folder, None)
@@ -379,7 +375,7 @@ def coverage_or_reason(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> C
         _cache.setdefault(key, layout)
     if isinstance(built, EstimateUnavailableError):
         return CoverageVerdict(unchecked=str(built))
-    found = cached_coverage(folder, shapes)
+    found = cached_coverage(folder, shapes.digest)
     return found if found is not None else CoverageVerdict(unchecked="its verdict could not be kept")
 
 

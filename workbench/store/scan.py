@@ -20,7 +20,7 @@ from typing import Any
 from .._bounded_read import open_regular
 from .._format import format_bytes
 from ..errors import BrokenModelError, UntrustedFileError
-from . import limits, prequant
+from . import coverage, limits, prequant
 from .entry import Format, ModelEntry, WeightStats
 from .folder_json import read_json, read_json_object
 from .gguf_header import TORCH_DTYPES, read_gguf_header
@@ -575,17 +575,12 @@ def _check_index_matches(index: Path, shards: list[str], parts: list[dict[str, A
 def _coverage_problem(folder: Path, weight_files: list[str], parts: list[dict[str, Any]],
                       config: dict[str, Any]) -> str | None:
     """The coverage verdict (:mod:`.coverage`) computed before for these tensors, if any: a listing builds none."""
-    from . import coverage
-
     if not coverage.applies(weight_files, config):
         return None
-    shapes: dict[str, tuple[int, ...]] = {}
-    for part in parts:
-        names, dims = part.get("names"), part.get("shapes")
-        if not isinstance(names, list) or not isinstance(dims, list) or len(names) != len(dims):
-            return None
-        shapes.update((str(n), tuple(d)) for n, d in zip(names, dims))
-    return coverage.cached_problem(folder, shapes)
+    digests = [part.get("digest") for part in parts]
+    if not all(isinstance(d, str) for d in digests):
+        return None
+    return coverage.cached_problem(folder, coverage.checkpoint_digest(digests))
 
 
 def _safetensors_summary(path: Path) -> dict[str, Any]:
@@ -597,7 +592,7 @@ def _safetensors_summary(path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"tensors": tensor_summary(records).to_json()}
     summary["header_bytes"] = hdr.header_bytes
     summary["names"] = [t.name for t in hdr.tensors]  # checked against a shard index (_check_index_matches)
-    summary["shapes"] = [list(t.shape) for t in hdr.tensors]  # beside names: the coverage verdict's key (.coverage)
+    summary["digest"] = coverage.file_digest((t.name, t.shape) for t in hdr.tensors)  # the coverage verdict's key
     packed = prequant.file_summary(path, records)
     if packed is not None:
         summary["prequant"] = packed
