@@ -219,3 +219,14 @@ def test_vision_language_checkpoints_cover_their_models(vlm_root):
             "missing": [], "unexpected": [], "mismatched": []}, name
         entry = ModelStore([vlm_root], cache_path=None).get(name)
         assert coverage_problem(entry) is None, name
+
+
+def test_when_transformers_cannot_match_the_tensors_the_estimate_stands_and_nothing_is_refused(tmp_path, monkeypatch):
+    from workbench.store import estimate, layout
+
+    folder = build_tiny("llama", tmp_path / "tiny-llama")
+    monkeypatch.setattr(layout, "loading_report", lambda model, shapes: (_ for _ in ()).throw(RuntimeError("no")))
+    entry = _entry(folder)
+    assert estimate(entry, "bfloat16").weights_bytes > 0
+    assert coverage_problem(entry) is None
+    assert verified(entry).status == "ok"

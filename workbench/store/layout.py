@@ -267,6 +267,11 @@ def _layout_from_json(data: dict[str, Any]) -> ModelLayout:
     return ModelLayout(**values)
 
 
+#: What transformers raises for a model it cannot build or match a checkpoint to (a verdict, not a crash).
+_NO_SKELETON = (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+                NotImplementedError, AssertionError)
+
+
 def _build(folder: Path, skip_modules: list[str] | None,
            shapes: CheckpointTensors | None = None) -> ModelLayout | str:
     """Build the skeleton once: its layout, and with ``shapes``, the coverage verdict (remembered)."""
@@ -281,9 +286,16 @@ def _build(folder: Path, skip_modules: list[str] | None,
     if shapes is not None:  # last: the loading report sets the checkpoint's meta tensors into the model
         from .coverage import report_problem
 
-        with skeleton_budget(folder.name), _quiet():
-            report = loading_report(model, shapes.shapes)
-        _remember_coverage(folder, shapes.digest, CoverageVerdict(problem=report_problem(report)))
+        try:
+            with skeleton_budget(folder.name), _quiet():
+                report = loading_report(model, shapes.shapes)
+        except _NO_SKELETON + (EstimateUnavailableError,) as exc:  # the layout stands; only this verdict is lost
+            logger.debug("no coverage verdict for %s: %s: %s", folder, type(exc).__name__, exc)
+            verdict = CoverageVerdict(unchecked=f"transformers cannot match its tensors ({type(exc).__name__}: "
+                                                f"{str(exc)[:200]})")
+        else:
+            verdict = CoverageVerdict(problem=report_problem(report))
+        _remember_coverage(folder, shapes.digest, verdict)
     return layout
 
 
@@ -420,8 +432,7 @@ def _meta_skeleton(folder: Path, skip_modules: list[str] | None
                     raise
                 cache_problem = str(exc)
         return model, modules_not_to_convert(model, skip_modules), fp32_matchers(model), cache, cache_problem
-    except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
-            NotImplementedError, AssertionError) as exc:
+    except _NO_SKELETON as exc:
         logger.debug("no model layout for %s: %s: %s", folder, type(exc).__name__, exc)
         return f"transformers cannot build it ({type(exc).__name__}: {str(exc)[:200]})"
 
