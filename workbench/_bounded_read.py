@@ -6,8 +6,8 @@ JSON nested 200,000 levels deep (``RecursionError`` in every reader up the stack
 Every read of such a file goes through here and costs bounded time and memory:
 
 * opened with ``O_NONBLOCK`` (a FIFO or device never blocks the open) and, where
-  asked, ``O_NOFOLLOW``; only a regular file is read (``fstat`` after the open, so a
-  swap between a check and the open changes nothing);
+  asked, ``O_NOFOLLOW``; only a regular file is read, and where asked only one of a given
+  owner (``fstat`` after the open, so a swap between a check and the open changes nothing);
 * at most ``max_bytes`` are read: a longer file is refused, never half-parsed;
 * JSON is checked for nesting depth on the text, cheaply, before ``json.loads``
   builds anything (:func:`json_depth_exceeds`).
@@ -51,15 +51,17 @@ def _refuse(path: Path, reason: str, **context: Any) -> UntrustedFileError:
     return UntrustedFileError(f"{path.name}: {reason}", path=path, reason=reason, **context)
 
 
-def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> tuple[int, os.stat_result]:
-    """Open ``path`` for reading without blocking, and check it is a regular file.
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True,
+                 owner_uid: int | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without blocking, and check it is a regular file (of ``owner_uid``).
 
     Returns:
         ``(fd, its fstat)``; the caller closes ``fd``.
 
     Raises:
-        UntrustedFileError: not a regular file (FIFO, device, folder), or a symlink
-            when ``follow_symlinks`` is false.
+        UntrustedFileError: not a regular file (FIFO, device, folder), a symlink when
+            ``follow_symlinks`` is false, or owned by another uid than ``owner_uid`` (``owner_uid``
+            in its context: the file's).
         OSError: it cannot be opened (missing, no permission).
     """
     p = Path(path)
@@ -79,6 +81,8 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
                 "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else \
                 "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
             raise _refuse(p, f"is {kind}, not a regular file")
+        if owner_uid is not None and st.st_uid != owner_uid:
+            raise _refuse(p, f"belongs to uid {st.st_uid}, not to uid {owner_uid}", owner_uid=st.st_uid)
         # Reads of a regular file never block; keep the descriptor ordinary for callers.
         os.set_blocking(fd, True)
     except BaseException:
@@ -87,19 +91,20 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
     return fd, st
 
 
-def read_bytes(path: str | os.PathLike[str], max_bytes: int, *, follow_symlinks: bool = True) -> bytes:
-    """The whole of a regular file of at most ``max_bytes`` bytes.
+def read_bytes(path: str | os.PathLike[str], max_bytes: int, *, follow_symlinks: bool = True,
+               owner_uid: int | None = None) -> bytes:
+    """The whole of a regular file of at most ``max_bytes`` bytes (owned by ``owner_uid`` where given).
 
     The size is checked by reading (``max_bytes + 1`` at most), not only by ``st_size``:
     files under ``/proc`` report 0 and hold more.
 
     Raises:
-        UntrustedFileError: not a regular file, or larger than ``max_bytes`` (``size_bytes``
-            and ``max_bytes`` in its context).
+        UntrustedFileError: not a regular file, not ``owner_uid``'s, or larger than ``max_bytes``
+            (``size_bytes`` and ``max_bytes`` in its context).
         OSError: it cannot be opened or read.
     """
     p = Path(path)
-    fd, st = open_regular(p, follow_symlinks=follow_symlinks)
+    fd, st = open_regular(p, follow_symlinks=follow_symlinks, owner_uid=owner_uid)
     try:
         if st.st_size > max_bytes:
             raise _too_large(p, st.st_size, max_bytes)
@@ -126,13 +131,14 @@ def _too_large(path: Path, size: int, max_bytes: int) -> UntrustedFileError:
                          "the workbench reads for a file of this kind", size_bytes=size, max_bytes=max_bytes)
 
 
-def read_text(path: str | os.PathLike[str], max_bytes: int, *, follow_symlinks: bool = True) -> str:
+def read_text(path: str | os.PathLike[str], max_bytes: int, *, follow_symlinks: bool = True,
+              owner_uid: int | None = None) -> str:
     """:func:`read_bytes` decoded as UTF-8.
 
     Raises:
         UntrustedFileError: as :func:`read_bytes`, or the bytes are not UTF-8.
     """
-    raw = read_bytes(path, max_bytes, follow_symlinks=follow_symlinks)
+    raw = read_bytes(path, max_bytes, follow_symlinks=follow_symlinks, owner_uid=owner_uid)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -171,11 +177,12 @@ def loads(text: str, *, path: str | os.PathLike[str], max_depth: int = MAX_JSON_
 
 
 def load_json(path: str | os.PathLike[str], max_bytes: int, *, max_depth: int = MAX_JSON_DEPTH,
-              follow_symlinks: bool = True) -> Any:
-    """A JSON file read with every bound: regular file, ``max_bytes``, UTF-8, ``max_depth``.
+              follow_symlinks: bool = True, owner_uid: int | None = None) -> Any:
+    """A JSON file read with every bound: regular file (of ``owner_uid``), ``max_bytes``, UTF-8, ``max_depth``.
 
     Raises:
         UntrustedFileError: any bound broken, or not valid JSON; the message names the file.
         OSError: it cannot be opened or read (``FileNotFoundError`` when it is not there).
     """
-    return loads(read_text(path, max_bytes, follow_symlinks=follow_symlinks), path=path, max_depth=max_depth)
+    return loads(read_text(path, max_bytes, follow_symlinks=follow_symlinks, owner_uid=owner_uid), path=path,
+                 max_depth=max_depth)

@@ -57,16 +57,24 @@ async def test_kernels_lists_what_each_kernel_holds_on_the_cpu(jp_fetch, jp_serv
 
 
 def test_a_file_of_a_gone_process_or_another_pid_is_skipped(tmp_path: Path) -> None:
-    """Holdings are read as untrusted: a dead PID's file and a file naming another PID are skipped."""
+    """Holdings are read as untrusted: a dead PID's file and a file naming another PID are skipped
+    (the other hostile kinds: tests/runtime/test_holdings_untrusted.py)."""
     import subprocess
     import sys
+
+    import psutil
 
     from workbench.runtime.holdings import PREFIX, read_holdings
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    model = {"name": "m", "placement_bytes": {"cpu": 1}}
-    (tmp_path / f"{PREFIX}{gone.pid}.json").write_text(json.dumps({"pid": gone.pid, "models": [model]}))
-    (tmp_path / f"{PREFIX}{os.getppid()}.json").write_text(json.dumps({"pid": os.getpid(), "models": [model]}))
-    (tmp_path / f"{PREFIX}{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "models": [model]}))
+    model = {"name": "m", "engine": "transformers", "precision": "bfloat16", "footprint_bytes": 1,
+             "placement_bytes": {"cpu": 1}}
+    started = psutil.Process().create_time()
+    (tmp_path / f"{PREFIX}{gone.pid}.json").write_text(json.dumps({"pid": gone.pid, "started_s": started,
+                                                                   "models": [model]}))
+    (tmp_path / f"{PREFIX}{os.getppid()}.json").write_text(json.dumps({"pid": os.getpid(), "started_s": started,
+                                                                       "models": [model]}))
+    (tmp_path / f"{PREFIX}{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "started_s": started,
+                                                                      "models": [model]}))
     assert read_holdings(tmp_path) == {os.getpid(): [model]}

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ PREFIX = "workbench-holdings-"
 MAX_BYTES = 256 * 1024
 #: Files read per listing, at most (a folder planted with thousands costs bounded time).
 MAX_FILES = 256
+_NAME = re.compile(re.escape(PREFIX) + r"[0-9]{1,10}\.json")
 
 
 def holdings_dir() -> Path:
@@ -122,12 +124,48 @@ def registry_changed(registry: Any) -> None:
         publish(models)
 
 
+#: Longest name, engine or precision string kept from a document (a model name is tens of characters).
+MAX_TEXT = 512
+#: Devices listed per model, at most (a model spans a few GPUs and the CPU).
+MAX_DEVICES = 64
+
+
+def _count(value: Any) -> int | None:
+    """A byte count as a document may hold it: a non-negative int (``bool`` and floats, NaN among
+    them, are not: ``NaN`` would reach the meter's page as invalid JSON)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= MAX_TEXT else None
+
+
+def valid_model(record: Any) -> dict[str, Any] | None:
+    """``record`` as :func:`model_record` writes it, rebuilt from its checked fields, or ``None``
+    where any field is missing or of the wrong kind (the record is skipped, not repaired)."""
+    if not isinstance(record, dict):
+        return None
+    name, engine, precision = (_text(record.get(k)) for k in ("name", "engine", "precision"))
+    footprint = _count(record.get("footprint_bytes"))
+    placement = record.get("placement_bytes")
+    if None in (name, engine, precision, footprint) or not isinstance(placement, dict) \
+            or len(placement) > MAX_DEVICES:
+        return None
+    devices = {d: _count(b) for d, b in placement.items()}
+    if any(_text(d) is None or b is None for d, b in devices.items()):
+        return None
+    return {"name": name, "engine": engine, "precision": precision, "footprint_bytes": footprint,
+            "placement_bytes": devices}
+
+
 def read_holdings(folder: Path | None = None) -> dict[int, list[dict[str, Any]]]:
     """``{pid: [model records]}`` of this user's live processes that published what they hold.
 
-    Skipped: files not owned by this user or not regular, larger than :data:`MAX_BYTES`, malformed,
-    naming another PID than their file's, or whose process is gone (or is a newer process with a
-    reused PID). At most :data:`MAX_FILES` are read.
+    Skipped: files not owned by this user (checked on the opened file, not on the name), symlinks
+    and other files that are not regular, larger than :data:`MAX_BYTES`, malformed (not JSON, not
+    the document's shape), naming another PID than their file's, or whose process is gone (or is a
+    newer process with a reused PID, or its start time is not recorded). A model record of the
+    wrong shape is left out (:func:`valid_model`). At most :data:`MAX_FILES` files are read.
     """
     from .._bounded_read import load_json
     from ..errors import WorkbenchError
@@ -135,25 +173,22 @@ def read_holdings(folder: Path | None = None) -> dict[int, list[dict[str, Any]]]
     folder = folder or holdings_dir()
     found: dict[int, list[dict[str, Any]]] = {}
     try:
-        names = sorted(n for n in os.listdir(folder) if n.startswith(PREFIX) and n.endswith(".json"))
+        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
+        names = sorted(n for n in os.listdir(folder) if _NAME.fullmatch(n))
     except OSError:
         return found
     for name in names[:MAX_FILES]:
-        stem = name[len(PREFIX):-len(".json")]
-        if not stem.isdigit():
-            continue
-        pid, path = int(stem), folder / name
+        pid, path = int(name[len(PREFIX):-len(".json")]), folder / name
         try:
-            if path.lstat().st_uid != os.getuid():
-                continue
-            doc = load_json(path, MAX_BYTES, follow_symlinks=False)
+            doc = load_json(path, MAX_BYTES, follow_symlinks=False, owner_uid=os.geteuid())
         except (OSError, WorkbenchError, ValueError):
             continue
-        if not isinstance(doc, dict) or doc.get("pid") != pid or not isinstance(doc.get("models"), list):
+        if not isinstance(doc, dict) or _count(doc.get("pid")) != pid or not isinstance(doc.get("models"), list):
             continue
         started = _process_started_s(pid)
         recorded = doc.get("started_s")
-        if started is None or (isinstance(recorded, (int, float)) and abs(started - recorded) > 1.0):
+        if started is None or not isinstance(recorded, (int, float)) or isinstance(recorded, bool) \
+                or not abs(started - recorded) <= 1.0:
             continue
-        found[pid] = [m for m in doc["models"] if isinstance(m, dict)]
+        found[pid] = [m for m in map(valid_model, doc["models"]) if m is not None]
     return found
