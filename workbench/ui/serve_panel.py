@@ -135,7 +135,10 @@ class ServePanel(Panel):
         w["engine"] = widgets.Dropdown(options=ENGINES, value="auto", description="Engine")
         w["devices"] = widgets.Text(value="cpu", description="Devices", placeholder="cpu or cuda:0,cuda:1")
         w["quant"] = widgets.Dropdown(options=SERVE_QUANTS, value="none", description="Quant")
-        w["detach"] = widgets.Checkbox(value=False, description="keep running after the kernel exits")
+        # indent=False and an auto width: ipywidgets' default Checkbox is 300 px wide with an 80 px indent
+        # before the box, which cut this label to "keep running after the ker...".
+        w["detach"] = widgets.Checkbox(value=False, description="keep running after the kernel exits", indent=False,
+                                       layout=widgets.Layout(width="auto"))
         start = widgets.Button(description="Start", button_style="primary", icon="play")
         stop = widgets.Button(description="Stop", icon="stop")
         refresh = widgets.Button(description="Refresh", icon="refresh")
