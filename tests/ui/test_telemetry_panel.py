@@ -12,7 +12,7 @@ from fakes.clock import FakeClock
 from workbench.telemetry import GpuSample, HostSample, Sampler
 from workbench.ui import TelemetryPanel
 from workbench.ui.figures import synced_state
-from workbench.ui.telemetry_panel import MAX_POINTS, REDRAW_INTERVAL_S, align
+from workbench.ui.telemetry_panel import MAX_EVENTS, MAX_POINTS, REDRAW_INTERVAL_S, align
 
 
 class FakeHost:
@@ -255,7 +255,7 @@ def test_window_menu_shows_the_panels_window(sampler, event_log) -> None:
     panel.close()
 
 
-def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event_log) -> None:
+def test_percentages_on_0_100_legend_below_and_close_events_share_a_label(sampler, event_log) -> None:
     panel = TelemetryPanel(sampler=sampler, window_s=300, event_log=event_log)
     event_log.post("load_started", "loading tiny", model="tiny")
     event_log.post("load_finished", "loaded tiny", model="tiny")  # same moment: one label for both
@@ -269,13 +269,75 @@ def test_percentages_on_0_100_legend_below_and_event_labels_apart(sampler, event
     assert labels[0].text == "load started +1"
     assert "loading tiny" in labels[0].hovertext
     assert "loaded tiny" in labels[0].hovertext
-    # Inside the subplot, running down from its top: not over the subplot titles above it.
-    assert labels[0].y < 1
-    assert labels[0].yanchor == "top"
-    titles = [a for a in fig.layout.annotations if not a.hovertext]
-    assert all(t.y >= 1 for t in titles)
     panel.close()
 
+
+def _boxes_px(fig, width_px: float) -> tuple[list[tuple], list[tuple], tuple]:
+    """Plotly's geometry for ``fig`` drawn ``width_px`` wide: ``(label boxes, subplot title boxes, first
+    subplot)`` as ``(left, top, right, bottom)`` pixels in the plot area (y down), from the layout's own
+    fields: margins, axis domains and range, each annotation's x/y, refs, anchors, shift, angle, and its
+    explicit ``width``/``height`` (plotly clips text to them) plus ``borderpad`` and ``borderwidth``."""
+    lay = fig.layout
+    plot_w = width_px - lay.margin.l - lay.margin.r
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    (xd0, xd1), (yd0, yd1), (lo, hi) = lay.xaxis.domain, lay.yaxis.domain, lay.xaxis.range
+    subplot = (xd0 * plot_w, (1 - yd1) * plot_h, xd1 * plot_w, (1 - yd0) * plot_h)
+    labels, titles = [], []
+    for a in lay.annotations:
+        if not a.hovertext:
+            # A subplot title: paper coordinates, anchored at its bottom edge. Its text's width is not in the
+            # layout: take the whole plot's width and a line of its font (conservative), all above y.
+            assert (a.xref, a.yref, a.yanchor) == ("paper", "paper", "bottom")
+            bottom = (1 - a.y) * plot_h - (a.yshift or 0)
+            titles.append((0.0, bottom - 1.3 * (a.font.size or 16), plot_w, bottom))
+            continue
+        assert (a.xref, a.yref, a.textangle) == ("x", "y domain", -90), a
+        pad = 2 * ((a.borderpad or 0) + (a.borderwidth or 0))
+        across, along = a.height + pad, a.width + pad  # rotated a quarter turn: width runs down the line
+        px = (xd0 + (a.x - lo) / (hi - lo) * (xd1 - xd0)) * plot_w + (a.xshift or 0)
+        left = {"left": px, "right": px - across, "center": px - across / 2}[a.xanchor]
+        y_px = (1 - (yd0 + a.y * (yd1 - yd0))) * plot_h - (a.yshift or 0)
+        top = {"top": y_px, "bottom": y_px - along, "middle": y_px - along / 2}[a.yanchor]
+        labels.append((left, top, left + across, top + along))
+    return labels, titles, subplot
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_a_burst_of_event_labels_never_overlaps_each_other_or_a_subplot_title(event_log) -> None:
+    """A burst (25 events a second apart, ending now), a steady run (every 10 s) and an event at each end:
+    at the narrowest the figure is drawn and wider, no two label boxes overlap, none touches a subplot
+    title, each lies inside the first subplot, and every event is in some label's hover text."""
+    from workbench.telemetry.events import Event
+    from workbench.ui.telemetry_panel import MIN_FIGURE_WIDTH_PX
+
+    s = HandSampler(interval_s=1, history_s=600, sources=[FakeHost()])
+    s.sample_now()  # one sample: the x axis shows the whole window, [-300, 0]
+    panel = TelemetryPanel(sampler=s, window_s=300, event_log=event_log)
+    t_end, _ = panel.traces()
+    offsets = [-299.0, *(-290.0 + 10 * i for i in range(14)), *(-24.0 + i for i in range(25))]
+    assert len(offsets) == MAX_EVENTS  # all drawn (the newest MAX_EVENTS are)
+    kinds = ["load_started", "load_finished", "generate_started", "generate_finished", "engine_ready"]
+    for i, dx in enumerate(offsets):
+        event_log.append(Event(t_end + dx, kinds[i % len(kinds)], f"event {i}", "tiny", {}))
+    try:
+        fig = panel.figure("host")
+        labelled = [a for a in fig.layout.annotations if a.hovertext]
+        assert sum(len(a.hovertext.split("; ")) for a in labelled) == len(offsets)
+        assert 8 <= len(labelled) < len(offsets)  # the steady run keeps labels; the burst shares them
+        for width_px in (MIN_FIGURE_WIDTH_PX, 900, 1600):
+            labels, titles, subplot = _boxes_px(fig, width_px)
+            clashes = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels))
+                       if _overlap(labels[i], labels[j])]
+            assert clashes == [], (width_px, [(labelled[i].text, labelled[j].text) for i, j in clashes])
+            assert [b for b in labels for t in titles if _overlap(b, t)] == [], width_px
+            assert all(subplot[0] <= b[0] and b[2] <= subplot[2] + 1e-6 and subplot[1] <= b[1] and b[3] <= subplot[3]
+                       for b in labels), (width_px, labels, subplot)
+    finally:
+        panel.close()
+        s.close()
 
 
 def test_the_panel_installs_no_logging_filter_and_shows_notices_from_the_sampler(event_log) -> None:

@@ -37,6 +37,8 @@ class FigureSlot:
         height: the box's CSS height in pixels, kept while a figure is swapped (no jump in the page).
         lock: held while a repair swaps the figure (the panel's drawing lock, so a redraw on another
             thread never updates a half-swapped slot); default a lock of the slot's own.
+        min_width_px: the narrowest the box (and so the autosized figure) gets; default none. A figure
+            laid out in pixels (the Telemetry panel's event labels) states the width it was laid out for.
 
     Example:
         >>> import plotly.graph_objects as go
@@ -47,14 +49,16 @@ class FigureSlot:
         True
     """
 
-    def __init__(self, figure: Any = None, height: int | None = None, lock: Any = None) -> None:
+    def __init__(self, figure: Any = None, height: int | None = None, lock: Any = None,
+                 min_width_px: int | None = None) -> None:
         import ipywidgets as widgets
 
         self.lock = lock if lock is not None else threading.RLock()
         self.repairs = 0  # whole figures sent again because a view drew fewer traces than the figure has
         self._repairs_in_a_row = 0
 
-        layout = widgets.Layout(width="100%", min_width="0", overflow="hidden")
+        layout = widgets.Layout(width="100%", min_width=f"{min_width_px}px" if min_width_px else "0",
+                                overflow="hidden")
         if height:
             layout.min_height = f"{height}px"
         self.box = widgets.Box(layout=layout)

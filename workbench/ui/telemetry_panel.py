@@ -45,7 +45,14 @@ WINDOWS = (("1 min", 60), ("5 min", 300), ("10 min", 600), ("15 min", 900), ("1 
 # Subplots whose values are percentages: drawn on 0..100 (autoscaling made a 0.4-point dip of a
 # 99.6-100 % CPU look like a fall to zero).
 PERCENT_TITLES = frozenset({"Utilisation (%)", "CPU (%)", "KV cache used (%)"})
-EVENT_LABEL_GAP = 0.04  # events closer than this share of the window share one label
+# Event labels: written along their event's line (rotated), each a box of explicit size (plotly clips
+# text to an annotation's ``width``/``height``), laid out for the narrowest the figure is drawn
+# (its box's min-width): labels that do not overlap there have more room at any wider size.
+MIN_FIGURE_WIDTH_PX = 560
+LABEL_LENGTH_PX = 120  # along the line: fits the shortest subplot (the host plot's, 150 px)
+LABEL_THICKNESS_PX = 12  # across it: one line of 9 px text
+LABEL_GAP_PX = 2
+LABEL_MAX_CHARS = 22  # about LABEL_LENGTH_PX of 9 px text; longer text ends with an ellipsis
 
 # Per GPU: (metric, subplot title, scale divisor)
 GPU_PLOTS = (
@@ -83,6 +90,12 @@ class Trace:
     name: str
     x: np.ndarray
     y: np.ndarray
+
+
+def _event_x(event: Any, t_end: float, x_range: tuple[float, float]) -> float:
+    """An event's x: seconds before the newest sample; one after it (it happened since) is drawn at
+    the axis's end, to the sampling interval's precision, instead of off the plot."""
+    return min(float(np.float32(event.time_s - t_end)), x_range[1])
 
 
 def window_label(seconds: float) -> str:
@@ -314,33 +327,61 @@ class TelemetryPanel(Panel):
                 fig.update_yaxes(range=[0, 100], row=i // cols + 1, col=i % cols + 1)
         return fig
 
-    def _marks(self, key: str, events: list[Any], t_end: float) -> tuple[list[dict], list[dict]]:
+    def _marks(self, key: str, events: list[Any], t_end: float, fig: Any,
+               x_range: tuple[float, float]) -> tuple[list[dict], list[dict]]:
         rows, cols, _ = self._layout(key)
-        shapes, annotations = [], []
-        groups: list[list[tuple[float, Any]]] = []
+        shapes: list[dict] = []
         for e in events:
-            x = float(np.float32(e.time_s - t_end))
+            x = _event_x(e, t_end, x_range)
             colour = _EVENT_COLOURS.get(e.kind, "#7f7f7f")
             for i in range(1, rows * cols + 1):
                 suffix = "" if i == 1 else str(i)
                 shapes.append(dict(type="line", xref=f"x{suffix}", yref=f"y{suffix} domain", x0=x, x1=x, y0=0, y1=1,
                                    line=dict(color=colour, width=1, dash="dot")))
-            if groups and x - groups[-1][-1][0] < EVENT_LABEL_GAP * self.window_s:
-                groups[-1].append((x, e))
+        return shapes, self._labels(events, t_end, fig, x_range)
+
+    @staticmethod
+    def _labels(events: list[Any], t_end: float, fig: Any, x_range: tuple[float, float]) -> list[dict]:
+        """One label per group of events whose labels would overlap, in the first subplot.
+
+        Each label is written down its event's line from the top of the subplot (above it, the labels
+        sat on the subplot titles), on the line's right, or its left where the subplot ends first.
+        Positions are worked out in pixels at :data:`MIN_FIGURE_WIDTH_PX`, from the figure's own
+        margins, the first x axis's domain and ``x_range``; an event whose label box would touch the
+        previous label joins that label ("load started +2"); every message shows on hover.
+        """
+        lo, hi = x_range
+        margin = fig.layout.margin
+        plot_px = MIN_FIGURE_WIDTH_PX - (margin.l or 0) - (margin.r or 0)
+        d0, d1 = fig.layout.xaxis.domain or (0.0, 1.0)
+        left_px, right_px = d0 * plot_px, d1 * plot_px
+        span = (hi - lo) or 1.0
+        groups: list[tuple[float, str, list[Any]]] = []  # (box's left edge in px, xanchor, events)
+        for e in events:
+            x = _event_x(e, t_end, x_range)
+            if not lo <= x <= hi:
+                continue  # off the axis: plotly does not draw it
+            px = left_px + (x - lo) / span * (right_px - left_px)
+            anchor = "left" if px + LABEL_THICKNESS_PX <= right_px else "right"
+            box_left = px if anchor == "left" else px - LABEL_THICKNESS_PX
+            if groups and box_left < groups[-1][0] + LABEL_THICKNESS_PX + LABEL_GAP_PX:
+                groups[-1][2].append(e)
             else:
-                groups.append([(x, e)])
-        # One label per group of close events, inside the first subplot, running down from its top
-        # (above it the labels sat on the subplot titles, and close events printed over each other);
-        # every message shows on hover.
-        for group in groups:
-            x, first = group[0]
-            kinds = list(dict.fromkeys(e.kind.replace("_", " ") for _, e in group))
-            text = kinds[0] if len(kinds) == 1 else f"{kinds[0]} +{len(group) - 1}"
-            annotations.append(dict(x=x, xref="x", yref="y domain", y=0.98, yanchor="top", xanchor="left",
-                                    showarrow=False, text=esc(text), textangle=-90,
-                                    font=dict(size=9, color=_EVENT_COLOURS.get(first.kind, "#7f7f7f")),
-                                    hovertext=esc("; ".join(f"{e.kind}: {e.message}" for _, e in group))))
-        return shapes, annotations
+                groups.append((box_left, anchor, [e]))
+        labels = []
+        for _, anchor, group in groups:
+            first = group[0]
+            kinds = list(dict.fromkeys(e.kind.replace("_", " ") for e in group))
+            text = kinds[0] if len(group) == 1 else f"{kinds[0]} +{len(group) - 1}"
+            if len(text) > LABEL_MAX_CHARS:
+                text = text[:LABEL_MAX_CHARS - 1] + "…"
+            labels.append(dict(x=_event_x(first, t_end, x_range), xref="x", yref="y domain", y=1,
+                               yanchor="top", yshift=-LABEL_GAP_PX, xanchor=anchor, showarrow=False,
+                               text=esc(text), textangle=-90, width=LABEL_LENGTH_PX, height=LABEL_THICKNESS_PX,
+                               borderpad=0, borderwidth=0, align="left",
+                               font=dict(size=9, color=_EVENT_COLOURS.get(first.kind, "#7f7f7f")),
+                               hovertext=esc("; ".join(f"{e.kind}: {e.message}" for e in group))))
+        return labels
 
     def _fill(self, fig: Any, key: str, plots: list[list[Trace]], events: list[Any], t_end: float) -> None:
         """Put data and marks into ``fig``; adds traces on first use, else updates them in place."""
@@ -358,14 +399,15 @@ class TelemetryPanel(Panel):
         else:
             for data, (_, trace) in zip(fig.data, flat):
                 data.x, data.y = trace.x, trace.y
-        shapes, annotations = self._marks(key, events, t_end)
+        # Show the window, or less while the history is shorter than it (a fresh kernel, a report).
+        oldest = min((float(t.x[0]) for _, t in flat if len(t.x) > 1), default=-self.window_s)
+        x_range = (max(-self.window_s, oldest), 0.0)
+        shapes, annotations = self._marks(key, events, t_end, fig, x_range)
         # Keep the subplot titles (they are annotations too) ahead of the event labels.
         titles = [a for a in fig.layout.annotations if getattr(a, "hovertext", None) is None]
         fig.layout.shapes = shapes
         fig.layout.annotations = [*titles, *annotations]
-        # Show the window, or less while the history is shorter than it (a fresh kernel, a report).
-        oldest = min((float(t.x[0]) for _, t in flat if len(t.x) > 1), default=-self.window_s)
-        fig.update_xaxes(range=[max(-self.window_s, oldest), 0])
+        fig.update_xaxes(range=list(x_range))
 
     def figure(self, key: str = "host") -> Any:
         """A static ``go.Figure`` of one plot group (``"host"`` or a GPU name), for reports."""
@@ -553,7 +595,8 @@ class TelemetryPanel(Panel):
             self._status.value = self.status_html()
             t_end, data = self.traces()
             events = self.events(t_end)
-            return {key: FigureSlot(self._complete_figure(key, data.get(key, []), events, t_end), lock=self._draw_lock)
+            return {key: FigureSlot(self._complete_figure(key, data.get(key, []), events, t_end), lock=self._draw_lock,
+                                    min_width_px=MIN_FIGURE_WIDTH_PX)
                     for key in ["host", *self.devices(), *self.watched_keys()]}
 
     def close(self) -> None:
