@@ -1,4 +1,5 @@
-"""The Quantization panel's status line during a study: percent done and the time left, from the pace so far.
+"""The Quantization panel's status line during a study: percent done and the time left, from the pace so far;
+before the study a placeholder instead of empty plots, after it the figures with the study's rows.
 
 The clock is the panel's (injected): a study that runs at a steady pace of 120 s in all
 must say, at each step it shows, that ``120 * (1 - done)`` seconds are left, whatever the
@@ -26,6 +27,9 @@ def test_status_shows_percent_done_and_time_left_at_a_steady_pace(tiny_store: Pa
     shown: list[str] = []
     try:
         panel.outputs.status.observe(lambda ch: shown.append(ch["new"]), names="value")
+        # Before a study: what to do, and no empty canvases.
+        assert "No study yet: choose precisions and Run" in panel.outputs.table.value
+        assert panel.outputs.plots.layout.display == "none"
         study = panel.run("tiny-llama", ["float32", "bfloat16"], "cpu", eval_tokens=64, new_tokens=4,
                           kl_tokens=16, prompts=("Hello",))
         assert all(r.ok for r in study.rows), [r.error for r in study.rows]
@@ -37,6 +41,12 @@ def test_status_shows_percent_done_and_time_left_at_a_steady_pace(tiny_store: Pa
             lo, hi = format_seconds(TOTAL_S * (1 - done - 0.005)), format_seconds(TOTAL_S * (1 - done + 0.005))
             assert m.group(3) in {lo, hi, format_seconds(TOTAL_S * (1 - done))}, m.group(0)
         assert shown[-1] == "done"
+        # After it: both figures shown, each with a point (a bar) per variant, in the study's order.
+        assert panel.outputs.plots.layout.display == "grid"
+        labels = [r.variant.label for r in study.rows]
+        assert list(panel.outputs.quality.data[0].text) == labels
+        assert list(panel.outputs.speed.data[0].x) == labels
+        assert list(panel.outputs.speed.data[0].y) == [r.tokens_per_s for r in study.rows]
         assert not any("left" in s for s in shown[:1]), shown[0]  # nothing is estimated before 5 % is done
     finally:
         panel.close()

@@ -74,6 +74,8 @@ def study_rows(study: Any) -> list[list[Any]]:
     return rows
 
 
+NO_STUDY = "No study yet: choose precisions and Run study."
+
 STUDY_HEADERS = ["Variant", "Memory", "vs baseline", "Estimate error", "TTFT s", "Tokens/s", "Perplexity", "KL",
                  "Match"]
 
@@ -260,6 +262,11 @@ class QuantizationPanel(Panel):
                 lambda on, v=label: toggle(VARIANT_CHOICES, self.variants, v, on)))
         self._run_button.on_click(self.guarded(lambda _: self.run(wait=False)))
         self._cancel_button.on_click(self.guarded(lambda _: self.cancel()))
+        # Side by side where there is room, one under the other where not (no plot cut at the right);
+        # hidden until a study has a row to draw (two empty canvases read as "no data", not "not yet").
+        self._plots_w = widgets.Box([self._quality.box, self._speed.box],
+                                    layout=widgets.Layout(display="none", grid_template_columns="repeat(auto-fit, minmax(380px, 1fr))",
+                                                          width="100%", grid_gap="8px"))
         self._render_results()
         return widgets.VBox([
             widgets.HTML(f"<div style='font-size:13px;max-width:900px'>{EXPLANATION}</div>"),
@@ -268,10 +275,7 @@ class QuantizationPanel(Panel):
                           *self._boxes.values()]),
             widgets.HBox([self._run_button, self._cancel_button, self._bar, self._status]),
             self._table_w,
-            # Side by side where there is room, one under the other where not (no plot cut at the right).
-            widgets.Box([self._quality.box, self._speed.box],
-                        layout=widgets.Layout(display="grid", grid_template_columns="repeat(auto-fit, minmax(380px, 1fr))",
-                                              width="100%", grid_gap="8px")),
+            self._plots_w,
         ], layout=widgets.Layout(width="100%", min_width="0"))
 
     def _control_widgets(self) -> dict[str, Any]:
@@ -280,23 +284,27 @@ class QuantizationPanel(Panel):
                 "eval_tokens": self._tokens_w, "run": self._run_button, "cancel": self._cancel_button}
 
     def _output_widgets(self) -> dict[str, Any]:
-        """``progress`` (a bar, 0..1), ``status``, ``table`` (the study's results) and the ``quality`` and
-        ``speed`` figures."""
-        return {"progress": self._bar, "status": self._status, "table": self._table_w,
+        """``progress`` (a bar, 0..1), ``status``, ``table`` (the study's results, or what to do before
+        one), ``plots`` (the box of both figures: ``layout.display`` ``"none"`` until a study has a row
+        to draw) and the ``quality`` and ``speed`` figures."""
+        return {"progress": self._bar, "status": self._status, "table": self._table_w, "plots": self._plots_w,
                 "quality": self._quality.figure, "speed": self._speed.figure}
 
     def _render_results(self) -> None:
         if not hasattr(self, "_table_w"):  # widgets not built: the static twin renders on demand
             return
         if self.study is None:
-            self._table_w.value = "<i>No study yet: pick variants and press Run study.</i>"
+            self._table_w.value = f"<i>{NO_STUDY}</i>"
             return
         self._table_w.value = html_table(STUDY_HEADERS, study_rows(self.study),
                                          caption=f"{self.study.model} on {self.study.device}, "
                                                  f"{self.study.eval_tokens} evaluation tokens")
+        if not any(r.ok for r in self.study.rows):
+            return  # every row failed: the table says why; the plots keep the last study that drew
         quality, speed = study_figures(self.study)
         self._quality.show(quality)
         self._speed.show(speed)
+        self._plots_w.layout.display = "grid"
 
     def on_show(self) -> None:
         """The tab is shown: send both figures whole again."""
