@@ -199,6 +199,14 @@ function table(header: string[], rows: string[][]): HTMLTableElement {
   return t;
 }
 
+/** Why a request failed, in a few words: "500 Internal Server Error", or the error's message. */
+function failureText(reason: unknown): string {
+  if (reason instanceof ServerConnection.ResponseError) {
+    return `${reason.response.status} ${reason.response.statusText}`.trim();
+  }
+  return reason instanceof Error ? reason.message : String(reason);
+}
+
 /** The panel opened by a click: models on GPUs, leases, processes holding GPU memory. */
 class WorkbenchPanel extends Widget {
   constructor() {
@@ -210,23 +218,54 @@ class WorkbenchPanel extends Widget {
   }
 
   async refresh(): Promise<void> {
-    let devices: IDevices;
-    let leases: ILeases;
-    let telemetry: ITelemetry;
-    let kernels: IKernels;
-    try {
-      [devices, leases, telemetry, kernels] = await Promise.all([
-        getJSON<IDevices>('devices'),
-        getJSON<ILeases>('leases'),
-        getJSON<ITelemetry>('telemetry', '?since=0'),
-        getJSON<IKernels>('kernels')
-      ]);
-    } catch (reason) {
-      this.node.textContent = `Workbench API unavailable: ${reason}`;
-      return;
-    }
+    // Each endpoint on its own (allSettled, not all): one that fails (a 500 from /kernels) leaves
+    // the sections the others feed drawn, and a line names what did not answer.
+    const [devicesR, leasesR, telemetryR, kernelsR] = await Promise.allSettled([
+      getJSON<IDevices>('devices'),
+      getJSON<ILeases>('leases'),
+      getJSON<ITelemetry>('telemetry', '?since=0'),
+      getJSON<IKernels>('kernels')
+    ]);
+    const answered = <T>(r: PromiseSettledResult<T>): T | null => (r.status === 'fulfilled' ? r.value : null);
+    const devices = answered(devicesR);
+    const leases = answered(leasesR);
+    const telemetry = answered(telemetryR);
+    const kernels = answered(kernelsR);
     const node = this.node;
     node.textContent = '';
+    const failures = (
+      [
+        ['devices', devicesR],
+        ['leases', leasesR],
+        ['telemetry', telemetryR],
+        ['kernels', kernelsR]
+      ] as [string, PromiseSettledResult<unknown>][]
+    ).filter(([, r]) => r.status === 'rejected');
+    failures.forEach(([name, r]) =>
+      node.appendChild(
+        el(
+          'div',
+          `/workbench/api/${name} did not answer: ${failureText((r as PromiseRejectedResult).reason)}`,
+          'jp-WorkbenchPanel-error'
+        )
+      )
+    );
+    if (telemetry) {
+      this.drawDevices(telemetry, devices);
+    }
+    if (kernels) {
+      this.drawKernels(kernels);
+    }
+    if (leases) {
+      this.drawLeases(leases);
+    }
+    if (devices) {
+      this.drawProcesses(devices);
+    }
+  }
+
+  private drawDevices(telemetry: ITelemetry, devices: IDevices | null): void {
+    const node = this.node;
     node.appendChild(el('h3', 'Devices'));
     const sample = telemetry.latest;
     // CPU use and RAM are different things: one row each, never "CPU / RAM".
@@ -241,12 +280,15 @@ class WorkbenchPanel extends Widget {
       formatBytes(g.memory_total_bytes)
     ]);
     node.appendChild(table(['Device', 'Utilisation', 'Memory used', 'Total'], [...gpus, ...host]));
-    if (!gpus.length) {
+    if (!gpus.length && devices) {
       node.appendChild(
         el('div', `No GPU: ${devices.no_gpu_reason ?? 'none visible'}`, 'jp-WorkbenchPanel-note')
       );
     }
+  }
 
+  private drawKernels(kernels: IKernels): void {
+    const node = this.node;
     // What each kernel of the user holds, on every device (the CPU included), as nvitop lists processes.
     node.appendChild(el('h3', 'Your kernels'));
     const holders = [...kernels.kernels, ...kernels.processes];
@@ -283,7 +325,10 @@ class WorkbenchPanel extends Widget {
     } else {
       node.appendChild(el('div', 'No model is loaded in your kernels.', 'jp-WorkbenchPanel-note'));
     }
+  }
 
+  private drawLeases(leases: ILeases): void {
+    const node = this.node;
     node.appendChild(el('h3', 'Leases'));
     if (leases.leases.length) {
       node.appendChild(
@@ -302,7 +347,10 @@ class WorkbenchPanel extends Widget {
     } else {
       node.appendChild(el('div', `No leases in ${leases.lease_dir}.`, 'jp-WorkbenchPanel-note'));
     }
+  }
 
+  private drawProcesses(devices: IDevices): void {
+    const node = this.node;
     node.appendChild(el('h3', 'Processes holding GPU memory'));
     const rows: string[][] = [];
     const unknown: string[] = [];
