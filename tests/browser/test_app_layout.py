@@ -1,9 +1,9 @@
 """The Workbench app in a real JupyterLab and Chromium: it fits its cell, and a study draws its points.
 
 Widths are read where a user sees them, with JupyterLab's file browser open, at 1280 and 1600 px:
-the app and the tab on show have ``scrollWidth <= clientWidth``; an element that would draw a
+the app, the tab on show and every widget label in it have ``scrollWidth <= clientWidth`` (a label is not cut); an element that would draw a
 horizontal scrollbar is a table's own container (``.workbench-table-scroll``), at most one a tab;
-no plot is wider than its box (a cut plot). The Quantization tab's figures are read after the smallest
+no plot is wider than its box (a cut plot). The Quantization tab shows no plot before a study, and its figures are read after the smallest
 finished study (traces and points in each ``.js-plotly-plot``'s ``data``).
 """
 
@@ -42,6 +42,11 @@ _LAYOUT = """() => {
   scrollers.filter(el => !tables.includes(el))
       .forEach(el => out.push(`${name(el)} scrolls sideways by ${over(el)} px`));
   if (tables.length > 1) out.push(`${tables.length} tables scroll sideways`);
+  // A label cut by its widget (ipywidgets clips with an ellipsis: the Serve tab's checkbox read "...the ker...").
+  panel.querySelectorAll('.widget-label, .widget-label-basic').forEach(l => {
+    if (l.offsetParent !== null && l.clientWidth > 0 && l.scrollWidth > l.clientWidth)
+      out.push(`label "${l.innerText.trim().slice(0, 40)}" is cut by ${l.scrollWidth - l.clientWidth} px`);
+  });
   const right = panel.getBoundingClientRect().right;
   panel.querySelectorAll('.js-plotly-plot').forEach(g => {
     const box = g.closest('.workbench-figure') || g.parentElement;
@@ -111,6 +116,11 @@ def _scenario(page, lab_server: LabServer) -> None:
     _button(page, "Load").wait_for(state="visible", timeout=180_000)
     page.wait_for_function(_STATUS_IDLE, timeout=180_000)
 
+    # Before a study: what to do, and no empty plots.
+    _tab(page, "Quantization")
+    shown = page.locator(".workbench-app .workbench-panel:visible").first
+    assert "No study yet: choose precisions and Run" in shown.inner_text()
+    assert shown.locator(".js-plotly-plot:visible").count() == 0
     # A finished study: both figures draw its point (one variant: one point, one bar).
     _study(page)
     quality = _plots(page, "Memory vs quality")
