@@ -109,16 +109,14 @@ chromium:
 test: seed chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# WORKBENCH_DISPLAY=static: a report is static even when run from a VS Code or JupyterLab terminal,
-# whose environment would otherwise make the panels render live widgets. REPORT_CONFIG sets nbconvert's
-# own options so that the page makes no network request (tests/notebooks read the same file): no
-# require.js (plotly.js is inlined and defines a global; nothing else needs a module loader) and no
-# MathJax (the report has no math; a report that gets some would need a local MathJax URL there).
-REPORT_CONFIG := notebooks/report_nbconvert_config.json
+# notebooks/make_report.py executes notebooks/report.ipynb and writes it as HTML, saying on stderr which
+# cell runs, how long each took and the time expected in all (the last run's, kept in reports/). It sets
+# WORKBENCH_DISPLAY=static (a report is static even when run from a VS Code or JupyterLab terminal) and
+# exports with notebooks/report_nbconvert_config.json, nbconvert's own options for a page that makes no
+# network request (tests/notebooks read the same file): no require.js (plotly.js is inlined and defines a
+# global; nothing else needs a module loader) and no MathJax (the report has no math).
 report: seed
-	@mkdir -p reports
-	WORKBENCH_DISPLAY=static $(BIN)/jupyter nbconvert --config $(REPORT_CONFIG) --to html --execute notebooks/report.ipynb \
-		--ExecutePreprocessor.store_widget_state=False --output-dir reports --output report.html
+	$(BIN)/python notebooks/make_report.py --output-dir reports --output report.html
 
 bench: seed
 	$(BIN)/python bench/bench_runtime.py

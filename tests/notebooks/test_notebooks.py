@@ -14,9 +14,6 @@ import pytest
 
 from .conftest import NOTEBOOKS, REPO, outputs_text, widget_outputs
 
-#: nbconvert's options for the report, as ``make report`` passes them (``--config``).
-REPORT_CONFIG = NOTEBOOKS / "report_nbconvert_config.json"
-
 pytestmark = pytest.mark.slow
 
 _PLOTLY_JS = re.compile(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v[\s\S]*?</script>")
@@ -146,17 +143,48 @@ def test_05_quantization_study(run_notebook) -> None:
     assert text.count("plotly.js v") == 1
 
 
-def test_report_renders_offline(run_notebook, tmp_path: Path) -> None:
-    """``make report``'s notebook as HTML (nbconvert with ``make report``'s config file): plots with
-    plotly.js inline, tables, the answer; no CDN, no widgets, and not one network request in a browser."""
-    from nbconvert import HTMLExporter
-    from traitlets.config.loader import JSONFileConfigLoader
+def test_report_renders_offline_and_says_how_far_it_is(notebook_env: Path, tmp_path: Path) -> None:
+    """``make report``'s own script (notebooks/make_report.py): on stderr, each code cell as it runs and
+    finishes with its seconds and the seconds so far, the expected total first, the total last; a second
+    run expects what the first took. The HTML: plots with plotly.js inline, tables, the answer; no CDN,
+    no widgets, and not one network request in a browser."""
+    import subprocess
+    import sys
 
-    config = JSONFileConfigLoader(REPORT_CONFIG.name, path=str(REPORT_CONFIG.parent)).load_config()
-    nb = run_notebook("report.ipynb")
-    html, _ = HTMLExporter(config=config).from_notebook_node(nb)
-    out = tmp_path / "report.html"
-    out.write_text(html, encoding="utf-8")
+    import nbformat
+
+    code_cells = sum(1 for c in nbformat.read(notebook_env / "report.ipynb", as_version=4).cells
+                     if c.cell_type == "code" and c.source.strip())
+    reports = tmp_path / "reports"
+    run = subprocess.run([sys.executable, str(notebook_env / "make_report.py"), "--output-dir", str(reports)],
+                         capture_output=True, text=True, timeout=3600, cwd=notebook_env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("[report] ")]
+    assert re.fullmatch(rf"\[report\] executing report\.ipynb: {code_cells} code cells, about .+ in all "
+                        r"\(at most, on a busy 2-core CPU; .+\)", lines[0]), lines[0]
+    done = [re.fullmatch(r"\[report\] cell (\d+)/(\d+) done in ([\d.]+) s; ([\d.]+) s so far", ln) for ln in lines]
+    done = [m for m in done if m]
+    assert [int(m.group(1)) for m in done] == list(range(1, code_cells + 1)), lines
+    so_far = [float(m.group(4)) for m in done]
+    assert so_far == sorted(so_far)
+    assert so_far[-1] >= sum(float(m.group(3)) for m in done) - 0.1 * code_cells
+    total = re.fullmatch(r"\[report\] wrote (.+) in ([\d.]+) s \(.+\)", lines[-1])
+    assert total, lines[-1]
+    assert Path(total.group(1)) == reports / "report.html", lines[-1]
+    assert float(total.group(2)) >= so_far[-1]
+    # The next run expects what this one took (read back, not run again: a second run costs minutes).
+    sys.path.insert(0, str(notebook_env))
+    try:
+        import make_report
+
+        assert make_report.last_timing(reports / make_report.TIMING) == pytest.approx(
+            [float(m.group(3)) for m in done], abs=0.06)
+    finally:
+        sys.path.remove(str(notebook_env))
+        sys.modules.pop("make_report", None)
+
+    html = (reports / "report.html").read_text(encoding="utf-8")
+    out = reports / "report.html"
     (REPO / "test-output").mkdir(exist_ok=True)
     shutil.copyfile(out, REPO / "test-output" / "report.html")
 
