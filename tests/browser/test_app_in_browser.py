@@ -29,6 +29,21 @@ _PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')]
               labels: ((g.layout && g.layout.annotations) || []).filter(a => a.hovertext).length}))"""
 
 
+# Annotations of the visible plot whose title holds the argument that plotly.js drew overlapping: each
+# annotation's box as drawn (its background rect, rotated with it), subplot titles and event labels alike.
+_ANNOTATION_CLASHES = """t => {
+  const g = [...document.querySelectorAll('.js-plotly-plot')]
+      .find(g => g.offsetParent !== null && ((g.layout && g.layout.title && g.layout.title.text) || '').includes(t));
+  const boxes = [...g.querySelectorAll('.infolayer g.annotation')].map(a => ({
+      text: a.textContent.trim(), r: a.querySelector('rect.bg').getBoundingClientRect()}))
+      .filter(b => b.r.width > 0 && b.r.height > 0);
+  const hit = (a, b) => a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5;
+  const out = [];
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach(b => { if (hit(a.r, b.r)) out.push(`${a.text} / ${b.text}`); }));
+  return {count: boxes.length, clashes: out};
+}"""
+
+
 @pytest.fixture
 def busy_cores() -> Iterator[None]:
     """A busy loop per core at normal priority, as on the machine the issue was found on."""
@@ -120,6 +135,10 @@ def _scenario(page, lab_server: LabServer, tmp_path: Path) -> None:
     _tab(page, "Telemetry")
     after_generation = _plots(page, "CPU and RAM", min_traces=3, min_points=2)
     assert after_generation[0]["labels"] >= 1, "the generation's events are not marked"
+    # The event labels, as drawn, overlap neither each other nor the subplot titles (two titles at least).
+    drawn = page.evaluate(_ANNOTATION_CLASHES, "CPU and RAM")
+    assert drawn["count"] >= 3, drawn
+    assert drawn["clashes"] == [], drawn
 
     shot = tmp_path / "app-telemetry.png"
     page.screenshot(path=str(shot))

@@ -130,9 +130,11 @@ def test_status_bar_meter_shows_cpu_and_ram_and_opens_its_panel(
         timeout=15_000)
     body = panel.inner_text()
     errors = [e.inner_text() for e in panel.locator(".jp-WorkbenchPanel-error").all()]
-    assert len(errors) == 1 and errors[0].startswith("/workbench/api/kernels did not answer: 500"), errors
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("/workbench/api/kernels did not answer: 500"), errors
     rows = [r.inner_text() for r in panel.locator("tr").all()]
     assert any(r.startswith("CPU\t") and "%" in r for r in rows), rows  # the devices part, from /telemetry
     for heading in ("Devices", "Leases", "Processes holding GPU memory"):
         assert heading in body
-    assert "Your kernels" not in body and "Loaded models" not in body
+    assert "Your kernels" not in body
+    assert "Loaded models" not in body
