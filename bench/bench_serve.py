@@ -118,7 +118,8 @@ def main() -> int:
 
     from workbench.runtime import GenerationParams, LoadSpec, generate, get_registry
     from workbench.serve import EndpointClient, serve, stop
-    from workbench.serve.process import group_members, is_running, port_open
+    from workbench.serve.listener import group_members
+    from workbench.serve.process import is_running, port_open
 
     params = GenerationParams(max_new_tokens=args.new_tokens, temperature=0)
     log(f"starting transformers serve for {args.model} on the CPU ...")

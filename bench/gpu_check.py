@@ -244,7 +244,8 @@ def check_vllm(checks: Checks, entry: Any, device: str) -> None:
     from workbench.runtime import GenerationParams
     from workbench.serve import EndpointClient, serve, stop
     from workbench.serve.engines import vllm_command
-    from workbench.serve.process import group_members, port_open
+    from workbench.serve.listener import group_members
+    from workbench.serve.process import port_open
 
     if not is_gpu(device):
         checks.record(name, None, "no GPU (vLLM runs on GPUs only)")

@@ -32,6 +32,7 @@ from multiuser import NOBODY, require_root, shared_tmp, start_as
 from workbench.config import reset_settings
 from workbench.errors import EndpointUnreachableError, ListenerNotOursError
 from workbench.serve import EndpointClient, EndpointRegistry, ServePlan, plan_serve, process, start, stop
+from workbench.serve.listener import group_members
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")
 TINY = "tiny-llama"
@@ -139,7 +140,7 @@ def test_an_impostor_on_the_engines_port_makes_serve_fail_and_hears_nothing(tiny
             assert f"127.0.0.1:{plan.port}" in message
             assert "nothing was sent" in message
             assert not process.is_running(engine["pid"])
-            assert process.group_members(engine["pid"]) == []
+            assert group_members(engine["pid"]) == []
             assert EndpointRegistry().list() == []
             heard = log.read_text() if log.exists() else ""
             assert heard == "", heard  # not a probe, not a key, not a prompt

@@ -11,6 +11,7 @@ import pytest
 
 from workbench.errors import EngineStartError
 from workbench.serve import EndpointClient, EndpointRegistry, ServePlan, process, start, stop
+from workbench.serve.listener import group_members
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai.py")
 
@@ -49,14 +50,14 @@ def test_start_answers_and_stop_takes_the_whole_group(tmp_path: Path) -> None:
     assert EndpointRegistry().get("fake").pid == ep.pid
     grandchild = int(spawned.read_text())
     assert process.is_running(grandchild)
-    assert process.group_members(ep.pid)
+    assert group_members(ep.pid)
     assert "Paris" in EndpointClient("fake").chat("What is the capital of France?").text
 
     report = stop("fake")
     assert report.was_running
     assert not process.is_running(ep.pid)
     assert _gone(grandchild)
-    assert process.group_members(ep.pid) == []
+    assert group_members(ep.pid) == []
     assert not process.port_open("127.0.0.1", port)
     assert EndpointRegistry().list() == []
 
@@ -96,7 +97,7 @@ def test_engine_that_never_answers_is_stopped(tmp_path: Path) -> None:
     assert "still loading" in info.value.log_tail
     pid = int(pid_file.read_text())
     assert not process.is_running(pid)
-    assert process.group_members(pid) == []
+    assert group_members(pid) == []
     assert EndpointRegistry().list() == []
 
 
@@ -128,7 +129,7 @@ def test_engine_started_from_a_kernel_stops_at_its_exit_unless_detached(detach: 
     else:
         # atexit ran in the child before it exited: the engine is gone and unregistered.
         assert not process.is_running(pid)
-        assert process.group_members(pid) == []
+        assert group_members(pid) == []
         assert EndpointRegistry().list() == []
     assert not process.port_open("127.0.0.1", port)
 

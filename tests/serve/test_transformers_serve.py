@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from workbench.serve import process
+from workbench.serve.listener import group_members
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,6 @@ def test_serve_ask_and_stop(seeded_store) -> None:
         stopped = _workbench("endpoints", "stop", SMOL)
     assert stopped["was_running"] is True
     assert not process.is_running(pid)
-    assert process.group_members(pid) == []
+    assert group_members(pid) == []
     assert not process.port_open("127.0.0.1", port)
     assert _workbench("endpoints") == []
