@@ -96,3 +96,24 @@ def test_the_type_checking_block_imports_the_table(package: str) -> None:
 def test_each_name_is_defined_where_the_table_says(package: str) -> None:
     missing = sorted(f"{name} (in {module})" for name, module in _table(package).items() if not _defines(module, name))
     assert missing == []
+
+
+#: What ``workbench.serve`` exported until the watchers moved to ``workbench.telemetry`` (f18fa1d).
+MOVED_TO_TELEMETRY = ("DcgmGpu", "DcgmWatcher", "EngineWatcher", "MetricsWatcher", "VllmMetrics", "parse_dcgm",
+                      "parse_vllm", "scrape")
+
+
+@pytest.mark.parametrize("name", MOVED_TO_TELEMETRY)
+def test_a_name_workbench_serve_exported_before_the_move_resolves_to_telemetrys_with_a_warning(name: str) -> None:
+    import workbench.serve as serve
+    import workbench.telemetry as telemetry
+
+    with pytest.warns(DeprecationWarning, match=rf"workbench\.serve\.{name} moved to workbench\.telemetry"):
+        value = getattr(serve, name)
+    assert value is getattr(telemetry, name)
+
+
+def test_the_moved_names_are_not_listed_by_workbench_serve() -> None:
+    import workbench.serve as serve
+
+    assert (set(MOVED_TO_TELEMETRY) & set(serve.__all__), set(MOVED_TO_TELEMETRY) & set(dir(serve))) == (set(), set())

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 
-def lazy_exports(package: str, namespace: dict[str, Any],
-                 exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(package: str, namespace: dict[str, Any], exports: dict[str, str], *,
+                 deprecated: dict[str, str] | None = None) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Build a package's ``__getattr__`` and ``__dir__``.
 
     Args:
@@ -28,10 +29,19 @@ def lazy_exports(package: str, namespace: dict[str, Any],
             later lookups skip ``__getattr__``.
         exports: public name -> module, relative to ``package`` (``"store"``) or
             absolute (``"workbench.store"``).
+        deprecated: names that moved to another package, old name -> the absolute module
+            that has it now: still resolved, with a :class:`DeprecationWarning` naming the new
+            home on every access (never cached, never listed by ``dir()`` or ``__all__``), so
+            code written against an earlier release keeps working while it is told to move.
     """
+    moved = deprecated or {}
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
+        if module is None and name in moved:
+            warnings.warn(f"{package}.{name} moved to {moved[name]}: import it from there "
+                          f"(`from {moved[name]} import {name}`)", DeprecationWarning, stacklevel=2)
+            return getattr(importlib.import_module(moved[name]), name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         target = module if module.startswith("workbench") else f"{package}.{module}"

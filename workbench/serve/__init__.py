@@ -39,5 +39,10 @@ _EXPORTS = {
     "derive_vllm_args": "vllm_memory",
 }
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+# Moved to workbench.telemetry with the engine and DCGM watchers (f18fa1d); kept here, deprecated,
+# for code written against the releases that exported them from workbench.serve.
+_MOVED = {name: "workbench.telemetry" for name in (
+    "VllmMetrics", "DcgmGpu", "parse_vllm", "parse_dcgm", "scrape", "EngineWatcher", "DcgmWatcher", "MetricsWatcher")}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, deprecated=_MOVED)
 __all__ = sorted(_EXPORTS)
