@@ -125,7 +125,7 @@ def test_controls_that_change_nothing_are_not_reported(remote) -> None:
     alone = Endpoint("tf1", "transformers", "http://127.0.0.1:1/v1", argv=("serve",))
     assert request_plan(alone, GenerationParams(temperature=0.7, top_k=0)).notices == ()
     # llama.cpp's servers penalise repeats (1.1) and cut by min_p (0.05) unless told otherwise:
-    # greedy and unpenalised there too, as in the kernel (engines.ENGINE_NEUTRAL_FIELDS).
+    # greedy and unpenalised there too, as in the kernel (runtime/llamacpp.py's NEUTRAL_SAMPLING).
     llama = Endpoint("l", "llamacpp", "http://127.0.0.1:1/v1")
     assert request_plan(llama, GenerationParams(temperature=0)).extra_body == {
         "repeat_penalty": 1.0, "min_p": 0.0, "top_k": 0}

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._lazy import torch_if_imported
@@ -82,6 +82,10 @@ class FitCheck:
     verdict: FitVerdict
     context_tokens: int
     message: str
+    #: Per GPU, the lease book's reading the offer came from (NVML's memory and others' leases, read
+    #: together once: :meth:`workbench.devices.leases.LeaseBook.share`); the load's lease is checked
+    #: against its NVML numbers (:func:`.leasing.take`), so that a load reads NVML once.
+    readings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def budgets(self) -> tuple[DeviceBudget, ...]:
@@ -135,6 +139,8 @@ def _default_free(device: str) -> int | None:
 
 
 def _default_leased(device: str) -> Any:
+    """The lease book's one reading of a GPU (NVML's free memory and other users' leases, together),
+    or ``None`` with leases off or a book that cannot read (then free memory alone is asked)."""
     from ..devices.leases import get_lease_book, policy
     from ..errors import WorkbenchError
 
@@ -173,18 +179,35 @@ def device_offers(devices: Iterable[str], *, free: FreeFn | None = None, leased:
     Raises:
         LoadSpecError: a device that this session does not have.
     """
-    free = free or _default_free
+    return read_devices(devices, free=free, leased=leased, caps=caps)[0]
+
+
+def read_devices(devices: Iterable[str], *, free: FreeFn | None = None, leased: LeasedFn | None = None,
+                 caps: dict[str, int] | None = None) -> tuple[list[DeviceOffer], dict[str, Any]]:
+    """:func:`device_offers`, and per GPU the lease book's reading each offer came from.
+
+    By default a GPU is read once, by the lease book (:meth:`~workbench.devices.leases.LeaseBook.share`:
+    NVML's free memory and the leases together); ``free`` asks free memory separately, and the
+    CPU (or a GPU with leases off) is asked ``free`` alone.
+
+    Raises:
+        LoadSpecError: a device that this session does not have.
+    """
     leased = leased or _default_leased
-    out = []
+    out, readings = [], {}
     for d in devices:
-        free_now = _free_of(d, free)
         share = leased(d) if d != "cpu" else None
+        if share is not None and free is None and getattr(share, "gpu_uuid", None) is not None:
+            free_now = share.free_bytes  # read with the leases, by the book
+            readings[d] = share
+        else:
+            free_now = _free_of(d, free or _default_free)
         if share is not None and share.leases:
             out.append(DeviceOffer(d, free_now, (caps or {}).get(d), int(share.outstanding_bytes),
                                    tuple(share.holders())))
         else:
             out.append(DeviceOffer(d, free_now, (caps or {}).get(d)))
-    return out
+    return out, readings
 
 
 def _cuda_initialized() -> bool:
@@ -195,9 +218,13 @@ def _cuda_initialized() -> bool:
         return False
 
 
-def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
-    """The store's estimate for ``spec`` (the CPU's load peak when no GPU is chosen; llama.cpp's for GGUF)."""
-    if spec.uses_llamacpp(entry):
+def spec_estimate(entry: ModelEntry, spec: LoadSpec, *, llamacpp: bool | None = None) -> MemoryEstimate:
+    """The store's estimate for ``spec`` (the CPU's load peak when no GPU is chosen; llama.cpp's for GGUF).
+
+    ``llamacpp``: whether the load runs on llama.cpp, when the caller decided it already
+    (default: :meth:`LoadSpec.uses_llamacpp`).
+    """
+    if spec.uses_llamacpp(entry) if llamacpp is None else llamacpp:
         from ..store.estimate import llamacpp_memory_estimate
 
         return llamacpp_memory_estimate(entry)
@@ -205,17 +232,17 @@ def spec_estimate(entry: ModelEntry, spec: LoadSpec) -> MemoryEstimate:
 
 
 def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, context_tokens: int = CONTEXT_TOKENS,
-               sequences: int = 1) -> dict[str, dict[str, int]]:
+               sequences: int = 1, llamacpp: bool | None = None) -> dict[str, dict[str, int]]:
     """The fixed parts a load needs on each device of ``spec``, by name (see :data:`~workbench.devices.budget.PART_TITLES`).
 
     The KV cache for ``context_tokens`` tokens per sequence and the fixed cache state (once per
     sequence) go to the GPUs, shared evenly, or to the CPU when no GPU is chosen; each GPU whose CUDA
     context this process has not started yet needs one; the CPU needs the RSS of importing torch and
-    bitsandbytes when they are not imported yet.
+    bitsandbytes when they are not imported yet. ``llamacpp`` as in :func:`spec_estimate`.
     """
     kv = (kv_cache_bytes(entry, context_tokens, est.dtype) or 0) * max(1, sequences)  # unknown: unknown_load_parts
     state = (getattr(est, "cache_state_bytes", None) or 0) * max(1, sequences)
-    llamacpp = spec.uses_llamacpp(entry)
+    llamacpp = spec.uses_llamacpp(entry) if llamacpp is None else llamacpp
     if llamacpp:  # llama.cpp's own KV rule and compute buffers (workbench/store/gguf_estimate.py)
         from ..store.gguf_estimate import llamacpp_parts
 
@@ -242,15 +269,17 @@ def load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *, contex
     return out
 
 
-def unknown_load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate) -> dict[str, str]:
+def unknown_load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *,
+                       llamacpp: bool | None = None) -> dict[str, str]:
     """The parts of the need that nobody can size before loading, by name, with the reason.
 
     The KV cache and the fixed cache state come from the cache transformers builds
     (:func:`workbench.store.estimate.cache_profile`); where it cannot build the model (remote code,
     an unknown ``model_type``, a folder without ``config.json``) they are unknown, never zero.
     llama.cpp's cache is sized from the GGUF header by its own rule (:func:`load_parts`).
+    ``llamacpp`` as in :func:`spec_estimate`.
     """
-    if spec.uses_llamacpp(entry):
+    if spec.uses_llamacpp(entry) if llamacpp is None else llamacpp:
         return {}
     if kv_cache_bytes(entry, 1, est.dtype) is not None:
         return {}
@@ -285,7 +314,7 @@ def _message(spec: LoadSpec, est: MemoryEstimate, verdict: FitVerdict, context_t
 
 def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
               context_tokens: int = CONTEXT_TOKENS, leased: LeasedFn | None = None, sequences: int = 1,
-              offers: Sequence[DeviceOffer] | None = None) -> FitCheck:
+              offers: Sequence[DeviceOffer] | None = None, llamacpp: bool | None = None) -> FitCheck:
     """Check ``spec``'s estimate against what its devices offer (nothing is refused here).
 
     Args:
@@ -298,6 +327,8 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         sequences: sequences generated at once (the fixed cache state counts once per sequence).
         offers: what the devices offer, read once by the caller (:func:`device_offers`) when it checks
             many specs; ``free`` and ``leased`` are then not used. Caps come from ``spec.max_memory``.
+        llamacpp: whether the load runs on llama.cpp, when the caller decided it (a load's plan);
+            default :meth:`LoadSpec.uses_llamacpp`, asked once here.
 
     Raises:
         LoadSpecError: a device that this session does not have.
@@ -306,21 +337,23 @@ def check_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
         >>> check_fit(entry, LoadSpec(entry, devices=("cpu",))).fits  # doctest: +SKIP
         True
     """
-    est = spec_estimate(entry, spec)
+    llamacpp = spec.uses_llamacpp(entry) if llamacpp is None else llamacpp
+    est = spec_estimate(entry, spec, llamacpp=llamacpp)
     caps = spec.max_memory or {}
+    readings: dict[str, Any] = {}
     if offers is None:
-        offers = device_offers(spec.devices, free=free, leased=leased, caps=caps)
+        offers, readings = read_devices(spec.devices, free=free, leased=leased, caps=caps)
     else:
         by_name = {o.device: o for o in offers}
         offers = [DeviceOffer(d, by_name[d].free_bytes, caps.get(d), by_name[d].leased_bytes, by_name[d].lease_holders)
                   if d in by_name else device_offers([d], free=free, leased=leased, caps=caps)[0]
                   for d in spec.devices]
-    parts = load_parts(entry, spec, est, context_tokens=context_tokens, sequences=sequences)
+    parts = load_parts(entry, spec, est, context_tokens=context_tokens, sequences=sequences, llamacpp=llamacpp)
     # On the CPU, bitsandbytes quantizes after the full-precision weights are read, so
     # the peak is far above the footprint; on GPUs it quantizes tensor by tensor.
     verdict = decide_fit(est.total_bytes, offers, parts=parts, load_peak_bytes=est.load_peak_bytes,
-                         unknown_parts=unknown_load_parts(entry, spec, est))
-    return FitCheck(spec, est, verdict, context_tokens, _message(spec, est, verdict, context_tokens))
+                         unknown_parts=unknown_load_parts(entry, spec, est, llamacpp=llamacpp))
+    return FitCheck(spec, est, verdict, context_tokens, _message(spec, est, verdict, context_tokens), readings)
 
 
 def fit_table(entry: ModelEntry, devices: Iterable[str], *, free: FreeFn | None = None,
@@ -396,7 +429,7 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
 
 def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
                 other_devices: Sequence[str] | None = None, context_tokens: int = CONTEXT_TOKENS,
-                sequences: int = 1) -> FitCheck:
+                sequences: int = 1, llamacpp: bool | None = None) -> FitCheck:
     """:func:`check_fit`, raising when the load cannot fit, or when its fit cannot be checked because
     part of the need is unknown (the KV cache of a model transformers cannot build) and the spec does
     not opt out (``spec.allow_unknown_cache``; then a warning is logged and the check returned).
@@ -409,7 +442,7 @@ def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None
         UnknownNeedError: the known parts fit (or cannot be checked) but a part is unknown;
             ``unknown_parts`` names each with its reason.
     """
-    chk = check_fit(entry, spec, free=free, context_tokens=context_tokens, sequences=sequences)
+    chk = check_fit(entry, spec, free=free, context_tokens=context_tokens, sequences=sequences, llamacpp=llamacpp)
     unknown = chk.unknown_parts
     if chk.fits is not False and unknown:
         if not spec.allow_unknown_cache:

@@ -16,8 +16,8 @@ same metrics (TTFT, decode tokens/s from step times: :mod:`.metrics`), stop stri
 step) apply as for transformers; a batch runs its prompts one after another (llama.cpp's
 KV cache keeps the common prompt prefix). Sampling maps to llama.cpp's parameters:
 ``temperature`` -> ``temp`` (0 is greedy), ``top_p``, ``top_k``, ``repetition_penalty``
--> ``repeat_penalty``, ``seed`` -> ``Llama.set_seed``; ``min_p`` is 0 so that only the
-workbench's settings shape the distribution.
+-> ``repeat_penalty``, ``seed`` -> ``Llama.set_seed``; the rest (``min_p``) at
+:data:`NEUTRAL_SAMPLING`, so that only the workbench's settings shape the distribution.
 
 Why our own module: llama-cpp-python is the engine; this is only the adaptor that makes
 it one more engine behind the workbench's load, stream, metrics and unload contracts.
@@ -37,15 +37,11 @@ from ..store import ModelEntry
 
 logger = logging.getLogger(__name__)
 
-#: The context a llama.cpp load allocates when the user chooses none (Ollama's habit), at most the model's.
-DEFAULT_N_CTX = 4096
-
-
-def default_n_ctx(entry: ModelEntry, n_ctx: int | None = None) -> int:
-    """The context a load allocates: the user's ``n_ctx``, else :data:`DEFAULT_N_CTX` capped by the model's."""
-    if n_ctx:
-        return int(n_ctx)
-    return min(DEFAULT_N_CTX, entry.context_length or DEFAULT_N_CTX)
+#: llama.cpp's sampling fields at the values that leave the distribution alone (0 disables top-k and
+#: min-p, a repeat penalty of 1 penalises nothing). The one table: the kernel's ``Llama.generate`` keywords
+#: start from it (:func:`sampling_kwargs`, the workbench's own controls on top), and
+#: ``serve/engines.py`` sends it to llama.cpp's servers, whose defaults are not neutral.
+NEUTRAL_SAMPLING: dict[str, float | int] = {"repeat_penalty": 1.0, "min_p": 0.0, "top_k": 0}
 
 
 def gpu_layout(devices: Sequence[str], free_bytes: dict[str, int | None] | None = None) -> dict[str, Any]:
@@ -219,8 +215,8 @@ def _model_size(llama_cpp: Any, llama: Any, entry: ModelEntry) -> int:
 
 def sampling_kwargs(params: Any) -> dict[str, Any]:
     """The workbench's :class:`~workbench.runtime.generation.GenerationParams` as ``Llama.generate`` keywords."""
-    return {"temp": float(params.temperature), "top_p": float(params.top_p), "top_k": int(params.top_k),
-            "min_p": 0.0, "repeat_penalty": float(params.repetition_penalty)}
+    return {**NEUTRAL_SAMPLING, "temp": float(params.temperature), "top_p": float(params.top_p),
+            "top_k": int(params.top_k), "repeat_penalty": float(params.repetition_penalty)}
 
 
 def _is_eog(llama: Any, token: int) -> bool:
@@ -355,7 +351,7 @@ def check_answer(path: Any, prompt: str, max_new_tokens: int = 20) -> str:
         else:
             ids = tok.encode(prompt)
         out = []
-        for token in llama.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
+        for token in llama.generate(ids, reset=True, **{**NEUTRAL_SAMPLING, "temp": 0.0, "top_k": 1, "top_p": 1.0}):
             if _is_eog(llama, int(token)) or len(out) >= max_new_tokens:
                 break
             out.append(int(token))

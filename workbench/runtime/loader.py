@@ -144,7 +144,8 @@ def measure_placement(model: torch.nn.Module) -> dict[str, int]:
 
 def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict[Any, int] | None,
          progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-         phase_times: dict[str, float] | None = None, dtype_name: str | None = None) -> LoadOutcome:
+         phase_times: dict[str, float] | None = None, dtype_name: str | None = None,
+         precision: str | None = None) -> LoadOutcome:
     """Load ``entry`` as ``spec`` says; on any failure nothing stays referenced.
 
     Args:
@@ -156,6 +157,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
         phase_times: seconds already spent per phase (the registry's check).
         dtype_name: the torch dtype the weights load in, as the registry's plan resolved it
             (``None``: resolved here from ``spec.dtype``).
+        precision: the precision label progress shows, as the plan has it (``None``: ``spec.precision``).
 
     Raises:
         LoadCancelledError, LoadError, InsufficientMemoryError, QuantizationUnsupportedError.
@@ -172,7 +174,8 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
     outcome: LoadOutcome | None = None
     try:
         dtype = dtype_name or resolve_dtype(entry, spec.dtype)
-        outcome = _load(entry, spec, ctx, device_map, max_memory, dict(phase_times or {}), dtype)
+        outcome = _load(entry, spec, ctx, device_map, max_memory, dict(phase_times or {}), dtype,
+                        precision or spec.precision)
         return outcome
     except Exception as exc:  # translated and re-raised below, after the rollback
         err = translate_error(exc, entry, spec)
@@ -190,7 +193,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
 
 
 def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
-          max_memory: dict[Any, int] | None, times: dict[str, float], dtype_name: str) -> LoadOutcome:
+          max_memory: dict[Any, int] | None, times: dict[str, float], dtype_name: str, precision: str) -> LoadOutcome:
     ctx.check_cancel("start")
     hooked = install_tqdm_hook()
     common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "local_files_only": True}
@@ -205,7 +208,7 @@ def _load(entry: ModelEntry, spec: LoadSpec, ctx: _LoadContext, device_map: Any,
     ctx.check_cancel("tokenizer")
 
     t = time.perf_counter()
-    ctx.report("weights", 0.0, f"reading weights ({spec.precision} on {', '.join(spec.devices)})")
+    ctx.report("weights", 0.0, f"reading weights ({precision} on {', '.join(spec.devices)})")
     model = _read_weights(entry, spec, ctx, common, device_map, max_memory, dtype_name)
     times["weights"] = time.perf_counter() - t
     if not hooked:

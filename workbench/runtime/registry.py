@@ -33,7 +33,7 @@ from ..store.safety import check_entry
 from ..telemetry.events import post_event
 from . import _memory, holdings, idle, leasing
 from .fit import FitCheck, check_devices, placement_plan, require_fit
-from .spec import LoadProgress, LoadSpec, ProgressCallback, UnloadReason, check_prequantized
+from .spec import LoadProgress, LoadSpec, ProgressCallback, UnloadReason, check_prequantized, default_n_ctx
 from .unload_hooks import run_unload_hooks
 
 if TYPE_CHECKING:
@@ -300,7 +300,7 @@ class Registry:
         if plan.llamacpp:
             label = entry.quantization or entry.dtype or "gguf"
         elif spec.quant != "none":
-            label = spec.precision
+            label = plan.precision
         else:
             label = plan.dtype or spec.dtype
         candidates = [base, f"{base}@{label}", f"{base}@{label}@{'+'.join(spec.devices)}"]
@@ -363,7 +363,7 @@ class Registry:
             post_event("error", f"load of {name} refused: {exc}", model=name, error=type(exc).__name__, phase="check")
             raise
         check_s = time.perf_counter() - t0
-        post_event("load_started", f"loading {reg_name} ({spec.precision}) on {', '.join(spec.devices)}",
+        post_event("load_started", f"loading {reg_name} ({plan.precision}) on {', '.join(spec.devices)}",
                    model=reg_name, devices=list(spec.devices), dtype=spec.dtype, quant=spec.quant,
                    needed_bytes=fit.needed_bytes if fit else None)
         try:
@@ -376,7 +376,7 @@ class Registry:
             else:
                 outcome = loader.load(entry, spec, device_map=plan.device_map, max_memory=plan.max_memory,
                                       progress=progress, cancel=cancel, phase_times={"check": check_s},
-                                      dtype_name=plan.dtype)
+                                      dtype_name=plan.dtype, precision=plan.precision)
         except WorkbenchError as exc:
             leasing.give_back(leases)
             with self._lock:
@@ -397,7 +397,7 @@ class Registry:
             module_devices=outcome.module_devices, footprint_bytes=outcome.footprint_bytes,
             estimate=fit.estimate if fit else None, fit=fit, load_times_s=outcome.load_times_s, load_s=load_s,
             processor=outcome.processor, processor_problem=outcome.processor_problem,
-            engine="llamacpp" if plan.llamacpp else "transformers")
+            engine=plan.engine)
         del outcome
         loaded.leases = leasing.settle(leases, loaded)
         with self._lock:
@@ -504,27 +504,34 @@ class LoadPlan:
     Attributes:
         entry: the store entry (looked up once).
         spec: the validated spec.
-        llamacpp: a GGUF at its own quantization runs on llama.cpp (runtime/llamacpp.py).
+        engine: ``"llamacpp"`` for a GGUF at its own quantization (runtime/llamacpp.py), else
+            ``"transformers"``: :meth:`LoadSpec.uses_llamacpp`, asked once, here.
+        precision: the spec's precision label (``"bfloat16"``, ``"nf4+dq"``), for names, events and progress.
         dtype: the torch dtype name the weights load in, ``"auto"`` resolved from the checkpoint
             (:func:`~workbench.store.estimate.resolve_dtype`); ``None`` on llama.cpp.
-        n_ctx: the context llama.cpp allocates (0 on transformers).
-        fit: the fit check (free memory and other users' leases read once, here), or ``None`` for
-            entries without headers to estimate from (pickle, remote code).
+        n_ctx: the context llama.cpp allocates (:func:`.spec.default_n_ctx`; 0 on transformers).
+        fit: the fit check (free memory and other users' leases read once, here, and handed to the
+            lease's own check), or ``None`` for entries without headers to estimate from (pickle, remote code).
         device_map, max_memory: what ``from_pretrained`` gets (:func:`.fit.placement_plan`).
     """
 
     entry: ModelEntry
     spec: LoadSpec
-    llamacpp: bool
+    engine: Engine
+    precision: str
     dtype: str | None
     n_ctx: int
     fit: FitCheck | None
     device_map: Any
     max_memory: dict[Any, int] | None
 
+    @property
+    def llamacpp(self) -> bool:
+        return self.engine == "llamacpp"
+
 
 def _plan_load(entry: ModelEntry, spec: LoadSpec) -> LoadPlan:
-    """The fit check and placement of a load.
+    """The engine, precision, fit check and placement of a load.
 
     A GGUF at its own quantization runs on llama.cpp, checked for the context it allocates;
     pickle or remote-code entries have no headers to estimate from (no fit, devices checked).
@@ -533,18 +540,19 @@ def _plan_load(entry: ModelEntry, spec: LoadSpec) -> LoadPlan:
         InsufficientMemoryError: it cannot fit.
         LoadSpecError: a device this session does not have.
     """
+    precision = spec.precision
     if spec.uses_llamacpp(entry):
-        from .llamacpp import default_n_ctx
-
         n_ctx = default_n_ctx(entry, spec.n_ctx)
-        return LoadPlan(entry, spec, True, None, n_ctx, require_fit(entry, spec, context_tokens=n_ctx), None, None)
+        fit = require_fit(entry, spec, context_tokens=n_ctx, llamacpp=True)
+        return LoadPlan(entry, spec, "llamacpp", precision, None, n_ctx, fit, None, None)
     fit = None
     if entry.params is not None:
-        fit = require_fit(entry, spec)
+        fit = require_fit(entry, spec, llamacpp=False)
     else:
         check_devices(spec)
     device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
-    return LoadPlan(entry, spec, False, resolve_dtype(entry, spec.dtype), 0, fit, device_map, max_memory)
+    return LoadPlan(entry, spec, "transformers", precision, resolve_dtype(entry, spec.dtype), 0, fit, device_map,
+                    max_memory)
 
 
 def _torch_free_bytes(device: str) -> int | None:

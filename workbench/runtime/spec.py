@@ -31,6 +31,19 @@ from ..store import ModelEntry
 
 #: The in-kernel engines a load may ask for.
 ENGINES = ("auto", "llamacpp", "transformers")
+#: The context a load or an engine allocates when the user chooses none (Ollama's habit), at most the model's.
+DEFAULT_N_CTX = 4096
+
+
+def default_n_ctx(entry: ModelEntry, n_ctx: int | None = None) -> int:
+    """The context (tokens) a load allocates: the asked-for ``n_ctx``, else :data:`DEFAULT_N_CTX` capped by the model's.
+
+    The one rule for llama.cpp in the kernel (``LoadSpec.n_ctx``), llama.cpp engines and ``transformers
+    serve``'s paged cache (``max_model_len``): :mod:`workbench.serve.launch` asks it too.
+    """
+    if n_ctx:
+        return int(n_ctx)
+    return min(DEFAULT_N_CTX, entry.context_length or DEFAULT_N_CTX)
 
 
 @dataclass(frozen=True)

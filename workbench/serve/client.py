@@ -36,9 +36,9 @@ from .endpoint import Endpoint
 from .engines import (
     ENGINE_EXTENSIONS,
     ENGINE_IGNORED_FIELDS,
-    ENGINE_NEUTRAL_FIELDS,
     SHARED_SAMPLING_FLAG,
     engine_extensions,
+    engine_neutral_fields,
 )
 
 #: OpenAI's API takes at most four stop sequences.
@@ -240,7 +240,7 @@ def request_plan(endpoint: Endpoint, params: Any) -> RequestPlan:
     """
     kind = endpoint.request_engine
     taken = engine_extensions(kind)
-    extra: dict[str, Any] = dict(ENGINE_NEUTRAL_FIELDS.get(kind, {}))
+    extra: dict[str, Any] = engine_neutral_fields(kind)
     not_sent: list[str] = []
     notices: list[str] = []
     for control, value in _active_extensions(params).items():

@@ -75,16 +75,23 @@ ENGINE_IGNORED_FIELDS: dict[str, frozenset[str]] = {"transformers": frozenset({"
 SHARED_SAMPLING_FLAG: dict[str, str] = {"transformers": "--continuous-batching"}
 
 
-#: Fields sent with every request to an engine kind, unless a control sets them: where the server's own
-#: defaults sample in ways the workbench's settings do not (a request the workbench calls greedy and
-#: unpenalised must be that on the engine too, as it is for a model run in the kernel). llama-cpp-python's
-#: server: ``repeat_penalty`` 1.1, ``min_p`` 0.05, ``top_k`` 40 (``llama_cpp/server/types.py``
-#: ``repeat_penalty_field``, ``min_p_field``, ``top_k_field``); ``llama-server``: ``min_p`` 0.05, ``top_k`` 40
-#: (llama.cpp ``common/common.h`` ``common_params_sampling``). The neutral values are the workbench's own
-#: ("none", 0: disabled), as ``runtime/llamacpp.py`` passes them to ``Llama`` in the kernel.
-ENGINE_NEUTRAL_FIELDS: dict[str, dict[str, float | int]] = {
-    "llamacpp": {"repeat_penalty": 1.0, "min_p": 0.0, "top_k": 0},
-}
+def engine_neutral_fields(engine: str) -> dict[str, float | int]:
+    """Fields sent with every request to an engine kind, unless a control sets them.
+
+    Where the server's own defaults sample in ways the workbench's settings do not (a request the
+    workbench calls greedy and unpenalised must be that on the engine too, as it is for a model run in
+    the kernel). llama-cpp-python's server: ``repeat_penalty`` 1.1, ``min_p`` 0.05, ``top_k`` 40
+    (``llama_cpp/server/types.py`` ``repeat_penalty_field``, ``min_p_field``, ``top_k_field``);
+    ``llama-server``: ``min_p`` 0.05, ``top_k`` 40 (llama.cpp ``common/common.h``
+    ``common_params_sampling``). The neutral values are :data:`workbench.runtime.llamacpp.NEUTRAL_SAMPLING`,
+    the one table the kernel's ``Llama.generate`` starts from too.
+    """
+    if engine == "llamacpp":
+        # Imported here, not at the top: the ui imports this module, and must not import the runtime with it.
+        from ..runtime.llamacpp import NEUTRAL_SAMPLING
+
+        return dict(NEUTRAL_SAMPLING)
+    return {}
 
 
 #: What ``workbench endpoints add --engine`` takes: a kind whose requests the workbench knows, or unknown.

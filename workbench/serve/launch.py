@@ -122,8 +122,7 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         LoadSpecError: a device, dtype or quantization the engine cannot use.
     """
     from ..runtime.fit import CONTEXT_TOKENS, require_fit
-    from ..runtime.llamacpp import default_n_ctx
-    from ..runtime.spec import LoadSpec, devices_tuple
+    from ..runtime.spec import LoadSpec, default_n_ctx, devices_tuple
     from ..store import ModelStore
     from ..store.safety import check_entry
 
@@ -134,17 +133,17 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
                     trust_remote_code=trust_remote_code, engine=spec_engine,
                     allow_unknown_cache=allow_unknown_cache).validate()  # type: ignore[arg-type]
     check_entry(entry, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
-    on_llamacpp = engine in engines.ENGINES and spec.uses_llamacpp(entry)
+    on_llamacpp = engine in engines.ENGINES and spec.uses_llamacpp(entry)  # asked once; the fit is told
     n_ctx = 0
     if on_llamacpp:  # llama.cpp's own KV rule and buffers, for every slot (workbench/store/gguf_estimate.py)
         n_ctx = default_n_ctx(entry, max_model_len)
-        fit = require_fit(entry, spec, free=free, context_tokens=n_ctx, sequences=max(1, parallel))
+        fit = require_fit(entry, spec, free=free, context_tokens=n_ctx, sequences=max(1, parallel), llamacpp=True)
     chosen = engines.pick_engine(engine, spec.devices, engines.vllm_command(), gguf=on_llamacpp)
     # transformers serve's paged cache (engines.transformers_argv), shared by its concurrent requests and
     # counted by the fit: the context asked for, else the same default a llama.cpp load takes.
     cache_tokens = default_n_ctx(entry, max_model_len) if chosen == "transformers" else 0
     if not on_llamacpp:
-        fit = require_fit(entry, spec, free=free, context_tokens=cache_tokens or CONTEXT_TOKENS)
+        fit = require_fit(entry, spec, free=free, context_tokens=cache_tokens or CONTEXT_TOKENS, llamacpp=False)
     port = port or process.free_port(engines.HOST)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     gpus = [d for d in spec.devices if is_gpu(d)]
