@@ -14,9 +14,12 @@ that imports and first-use caches are not counted), and reports:
   left (``returns == stops - modules``). This is "following the spec of ``Registry.load``
   call by call" of issue 20, made mechanical.
 * **concepts computed per load**: calls of the functions that compute one concept each:
-  the store lookup (``ModelStore.get``), the dtype resolution (``resolve_dtype``), the
-  device's free memory (``workbench.devices.memory_free_bytes``) and the lease files
-  (``LeaseBook.share`` / ``LeaseBook.listing``).
+  the store lookup (``ModelStore.get``), the dtype resolution (``resolve_dtype``), the engine
+  choice (``LoadSpec.uses_llamacpp``) and the precision label (``LoadSpec.precision``), the
+  device's free memory (``workbench.devices.memory_free_bytes``, NVML's ``memory_info``) and the
+  lease files (``LeaseBook.share``, ``LeaseFolder.list``). A CPU load reads no NVML and no
+  lease; a GPU load's counts are tests/runtime/test_leases_load.py's (NVML's fake: one NVML
+  memory read, two folder listings, both by ``LeaseBook._read_gpu``).
 
 Counts are of calls, not time: the numbers are the same on every machine for one tree.
 """
@@ -39,9 +42,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 CONCEPTS = {
     ("workbench/store/store.py", "get"): "store lookup (ModelStore.get)",
     ("workbench/store/estimate.py", "resolve_dtype"): "dtype resolved (resolve_dtype)",
+    ("workbench/runtime/spec.py", "uses_llamacpp"): "engine chosen (LoadSpec.uses_llamacpp)",
+    ("workbench/runtime/spec.py", "precision"): "precision label (LoadSpec.precision)",
     ("workbench/devices/inventory.py", "memory_free_bytes"): "free memory read (devices.memory_free_bytes)",
-    ("workbench/devices/leases/book.py", "share"): "lease files read (LeaseBook.share)",
-    ("workbench/devices/leases/book.py", "listing"): "lease files read (LeaseBook.listing)",
+    ("workbench/devices/nvml.py", "memory_info"): "NVML memory read (nvml.memory_info)",
+    ("workbench/devices/leases/book.py", "share"): "GPU read for the fit (LeaseBook.share)",
+    ("workbench/devices/leases/folder.py", "list"): "lease folder listed (LeaseFolder.list)",
 }
 
 

@@ -9,11 +9,12 @@ model that reports a cuda:0 placement, and runs the registry's real bookkeeping.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 
 from fakes.fake_pynvml import FakeGpu
-from workbench.devices.leases import LeaseBook, list_leases
+from workbench.devices.leases import LeaseBook, get_lease_book, list_leases
 from workbench.errors import InsufficientMemoryError, LoadError
 from workbench.runtime import LoadSpec, loader
 from workbench.runtime.fit import check_fit
@@ -105,3 +106,57 @@ def test_lease_amounts_fill_gpus_in_order(fake_nvml, clean_devices, shared_store
     b0, b1 = chk.budgets
     assert lease_amounts(spec, chk) == {"cuda:0": cap + b0.reserve_bytes, "cuda:1": weights - cap + b1.reserve_bytes}
     assert lease_amounts(LoadSpec(entry).validate(), check_fit(entry, LoadSpec(entry).validate())) == {}
+
+
+def _counting(monkeypatch, cls, name: str, counter: Counter) -> None:
+    real = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        counter[name] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+
+
+def test_a_gpu_load_reads_nvml_memory_once_and_lists_the_lease_folder_twice_by_one_function(
+        fake_nvml, clean_devices, registry, monkeypatch):
+    """One reading of the GPU (NVML's free memory and the leases, together) sizes the claim and is
+    what the claim is checked against. The folder is listed a second time after the claim is written,
+    and must be: every claimant writes before it lists, so that of two concurrent claimants the later
+    writer sees the other (LeaseBook.acquire); a listing made before our claim was written cannot.
+    Both listings are the one reading function's."""
+    from workbench.devices.leases import LeaseFolder
+
+    fake = fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
+    real_load = loader.load
+
+    def weights_on_the_fake_gpu(entry, spec, **kw):
+        cpu = real_load(entry, spec.with_(devices=("cpu",)), device_map="cpu", max_memory=None)
+        cpu.placement = {"cuda:0": cpu.footprint_bytes}
+        cpu.module_devices = {"": "cuda:0"}
+        return cpu
+
+    monkeypatch.setattr(loader, "load", weights_on_the_fake_gpu)
+    # Another user's lease: the folder exists and has a lease to count (its holder's memory is matched too).
+    LeaseBook(hub_user="alice", heartbeat_s=None).acquire("cuda:0", GiB, "Mixtral-8x7B", hold=False)
+    get_lease_book()  # built (and NVML started) before counting: the book is the process's, not the load's
+    calls: Counter = Counter()
+    _counting(monkeypatch, LeaseFolder, "list", calls)
+    _counting(monkeypatch, LeaseBook, "_read_gpu", calls)
+    fake.calls.clear()
+    m = registry.load(LoadSpec("tiny-llama", devices=("cuda:0",), dtype="float32"))
+    assert (fake.calls["memory"], calls["list"], calls["_read_gpu"]) == (1, 2, 2)
+    assert sorted(x.hub_user or "" for x in list_leases()) == sorted(["alice", m.leases[0].hub_user or ""])
+
+
+def test_a_claim_written_after_the_fits_reading_is_seen_by_the_claims_own_check(fake_nvml, clean_devices):
+    """The reading a load carries to its acquire is NVML's only: the folder is listed again after the
+    claim is written, so a lease taken between the fit and the claim refuses the claim."""
+    fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
+    me = LeaseBook(heartbeat_s=None)
+    reading = me.share("cuda:0")  # the fit's: nothing leased yet, 24 GiB free
+    assert (reading.free_bytes, reading.leases) == (24 * GiB, ())
+    LeaseBook(hub_user="alice", heartbeat_s=None).acquire("cuda:0", 20 * GiB, "Mixtral-8x7B", hold=False)
+    with pytest.raises(InsufficientMemoryError, match=r"leased by .*hub user alice\) \(Mixtral-8x7B"):
+        me.acquire("cuda:0", 8 * GiB, "tiny-llama", reading=reading, hold=False)
+    assert [x.hub_user for x in list_leases()] == ["alice"]

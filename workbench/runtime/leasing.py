@@ -43,13 +43,18 @@ def lease_amounts(spec: LoadSpec, fit: FitCheck | None) -> dict[str, int]:
 def take(spec: LoadSpec, fit: FitCheck | None, model: str) -> tuple[Any, ...]:
     """Take one lease per GPU of ``spec`` (all or none; none at all for a CPU load).
 
+    Each lease's check is made against the NVML numbers of the fit's reading of its GPU
+    (:attr:`FitCheck.readings`): a load reads NVML once; the lease book lists its folder
+    again after writing the claim, which is what makes the claim safe (see
+    :meth:`workbench.devices.leases.LeaseBook.acquire`).
+
     Raises:
         InsufficientMemoryError: a GPU is promised to other leases; the message names them.
         LeaseError: no lease can be taken (see :func:`workbench.devices.leases.policy.take`).
     """
     from ..devices.leases import policy
 
-    return policy.take(lease_amounts(spec, fit), model)
+    return policy.take(lease_amounts(spec, fit), model, readings=fit.readings if fit is not None else None)
 
 
 def settle(leases: Iterable[Any], loaded: Any) -> tuple[Any, ...]:

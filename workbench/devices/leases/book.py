@@ -91,20 +91,30 @@ def outstanding_bytes(leases: Iterable[Lease], used: dict[int, int | None], tota
 
 @dataclass(frozen=True)
 class LeaseShare:
-    """What other leases take from one GPU, as a fit check needs it.
+    """One reading of a GPU, as a fit check needs it: NVML's memory and what other leases take from it.
+
+    Read by :meth:`LeaseBook.share` (the fit) and by :meth:`LeaseBook.acquire` (the claim's check),
+    both through one function (``LeaseBook._read_gpu``); a load hands the fit's reading to its
+    acquire, which then reads NVML no more and lists the folder once more (see :meth:`LeaseBook.acquire`).
 
     Attributes:
         device: the GPU as the reader names it.
-        leases: the live leases on it.
+        leases: the live leases on it (others', when the reader excludes its own claim).
         outstanding_bytes: leased but not yet allocated (:func:`outstanding_bytes`);
             subtract it from NVML's free memory.
-        process_used_bytes: NVML's used memory per PID on this GPU (``None``: unknown).
+        process_used_bytes: NVML's used memory per PID on this GPU (``None``: unknown; read only
+            when there are leases to match it to).
+        free_bytes, total_bytes: NVML's free and total memory of the GPU at the reading (``None``: unknown).
+        gpu_uuid: the GPU's UUID (what lease files are keyed by); ``None`` when not read by a book.
     """
 
     device: str
     leases: tuple[Lease, ...] = ()
     outstanding_bytes: int = 0
     process_used_bytes: dict[int, int | None] = field(default_factory=dict)
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    gpu_uuid: str | None = None
 
     @property
     def leased_bytes(self) -> int:
@@ -308,17 +318,44 @@ class LeaseBook:
         return live, dead, listing
 
     def share(self, device: str, *, exclude: Iterable[str] = ()) -> LeaseShare:
-        """Other leases on ``device`` and what they take from its NVML free memory (see the module doc).
+        """One reading of ``device``: NVML's free memory, and the other leases on it with what they
+        take from that (see the module doc). One NVML memory query and one listing of the folder.
 
         Args:
             device: ``"cuda:0"`` (this process's numbering) or a UUID.
             exclude: lease ids not to count (a load's own leases).
+
+        Raises:
+            LeaseFolderError: the lease folder cannot be trusted (see :mod:`.folder`).
+            DeviceNotFoundError: no such GPU.
         """
         uuid, name = resolve_gpu(device)
         skip = set(exclude)
-        leases = [x for x in self.leases(uuid) if x.lease_id not in skip]
-        used = self._safe_processes(name) if leases else {}
-        return LeaseShare(name, tuple(leases), outstanding_bytes(leases, used, self._safe_memory(name)[1]), used)
+        with self.folder.opened() as fd:
+            return self._read_gpu(fd, uuid, name, self.clock(), skip=lambda x: x.lease_id in skip)
+
+    def _read_gpu(self, fd: int | None, uuid: str, name: str, now: float, *,
+                  nvml: LeaseShare | None = None, skip: Callable[[Lease], bool] = lambda _x: False,
+                  keep: frozenset[str] = frozenset()) -> LeaseShare:
+        """The one reading of a GPU, for the fit (:meth:`share`) and for a claim's check (:meth:`_refusal`).
+
+        NVML's free and total memory (one query), unless ``nvml`` carries an earlier reading's; one
+        listing of the folder's live claims on the GPU, those ``skip`` says to leave out left out;
+        NVML's per-process memory, read (or taken from ``nvml``) only when there are claims to match
+        it to. An earlier reading's NVML numbers stay consistent with each other: a holder's
+        allocation since then lowers NVML's free memory by what it lowers the holder's outstanding
+        bytes, and a claim written since (seen by this listing) is counted whole, as not yet allocated.
+        """
+        if nvml is not None:
+            free, total, used = nvml.free_bytes, nvml.total_bytes, dict(nvml.process_used_bytes)
+        else:
+            (free, total), used = self._safe_memory(name), None
+        listing = self.folder.list(fd, gpu_uuid=uuid, now=now, totals={uuid: total}) if fd is not None else Listing()
+        live, _dead = self._sort(fd, listing, now, keep=keep)
+        leases = [x for x in live if not skip(x)]
+        if used is None:
+            used = self._safe_processes(name) if leases else {}
+        return LeaseShare(name, tuple(leases), outstanding_bytes(leases, used, total), used, free, total, uuid)
 
     def _safe_processes(self, name: str) -> dict[int, int | None]:
         if is_gpu_uuid(name):
@@ -348,11 +385,19 @@ class LeaseBook:
     # -- taking -----------------------------------------------------------------------------
 
     def acquire(self, device: str, reserved_bytes: int, model: str, *, pid: int | None = None,
-                watch: Watch = "heartbeat", check: bool = True, hold: bool | None = None) -> Lease:
+                watch: Watch = "heartbeat", check: bool = True, hold: bool | None = None,
+                reading: LeaseShare | None = None) -> Lease:
         """Reserve ``reserved_bytes`` on ``device`` for ``model``, refusing if it would not fit.
 
         Lock-free (see the module doc): two users racing for the last free gigabytes
         cannot both win, and nobody can make the others wait.
+
+        The check after the claim is written is the authoritative one, and it always lists the
+        folder again: every claimant writes before it reads, so that of two concurrent claimants
+        the later writer sees the other; a listing made before this claim was written (the fit's,
+        which sized it) cannot see a claim written after it. NVML is not read again when ``reading``
+        (the fit's :meth:`share` of this GPU, made just before) is given: its memory numbers are
+        consistent with each other (see ``_read_gpu``); a retry after contention reads NVML afresh.
 
         Args:
             device: ``"cuda:0"`` or a GPU UUID.
@@ -362,6 +407,8 @@ class LeaseBook:
             watch: ``"heartbeat"`` (this process heartbeats it) or ``"pid"`` (stale when ``pid`` ends).
             check: refuse when NVML free memory minus other leases is below ``reserved_bytes``.
             hold: heartbeat it and release it at exit (default: when ``pid`` is this process).
+            reading: the fit's reading of this GPU (:meth:`share`), whose NVML numbers the first
+                check uses; ignored when it is of another GPU.
 
         Raises:
             InsufficientMemoryError: it does not fit; the message names who holds what.
@@ -372,6 +419,8 @@ class LeaseBook:
         if isinstance(reserved_bytes, bool) or int(reserved_bytes) < 0:
             raise ConfigError(f"reserved_bytes must be >= 0, not {reserved_bytes}", reserved_bytes=reserved_bytes)
         uuid, name = resolve_gpu(device)
+        if reading is not None and reading.gpu_uuid != uuid:
+            reading = None
         me = ProcessIdentity.current()
         process = me if pid is None or int(pid) == me.pid else ProcessIdentity.of(int(pid))
         hold = (process.pid == me.pid) if hold is None else hold
@@ -390,7 +439,7 @@ class LeaseBook:
                 except FileExistsError:
                     continue  # a name someone else took: another id
                 try:
-                    refusal = None if not check else self._refusal(fd, lease)
+                    refusal = None if not check else self._refusal(fd, lease, reading)
                     if refusal is None:
                         if check:
                             self.folder.grant(file_fd)
@@ -408,23 +457,24 @@ class LeaseBook:
                     os.close(file_fd)
                 time.sleep(random.uniform(0, backoff_s))
                 backoff_s = min(backoff_s * 2, 0.2)
+                reading = None  # time has passed: the next check reads NVML again
         if hold:
             self._heart.hold(lease)
         return lease
 
-    def _refusal(self, fd: int, lease: Lease) -> tuple[InsufficientMemoryError, bool] | None:
+    def _refusal(self, fd: int, lease: Lease, reading: LeaseShare | None = None,
+                 ) -> tuple[InsufficientMemoryError, bool] | None:
         """``None`` when ``lease`` fits beside every other live claim on its GPU; else the error and
         whether it would fit beside the granted ones alone (then only contention refused it)."""
-        free, total = self._safe_memory(lease.device)
+        now = self.clock()
+        share = self._read_gpu(fd, lease.gpu_uuid, lease.device, now, nvml=reading,
+                               skip=lambda x: (x.uid, x.lease_id) == (lease.uid, lease.lease_id),
+                               keep=frozenset([lease.lease_id]))
+        free, total = share.free_bytes, share.total_bytes
         if free is None:
             return None  # NVML cannot say: nothing to check against (the lease still tells the others)
-        used = self._safe_processes(lease.device)
-        now = self.clock()
-        listing = self.folder.list(fd, gpu_uuid=lease.gpu_uuid, now=now, totals={lease.gpu_uuid: total})
-        live, _dead = self._sort(fd, listing, now, keep=frozenset([lease.lease_id]))
-        others = [x for x in live if (x.uid, x.lease_id) != (lease.uid, lease.lease_id)]
+        others, used, promised = list(share.leases), share.process_used_bytes, share.outstanding_bytes
         need = min(lease.reserved_bytes, total) if total else lease.reserved_bytes
-        promised = outstanding_bytes(others, used, total)
         # The one fit rule (devices/budget.py) on this GPU's numbers: beside every other live claim...
         if decide_fit(need, [DeviceOffer(lease.device, free, leased_bytes=promised)]).fits:
             return None
@@ -436,8 +486,7 @@ class LeaseBook:
         counted = others if contended else granted
         counted_bytes = promised if contended else promised_granted
         available = max(0, free - counted_bytes) if contended else (verdict.available_bytes or 0)
-        share = LeaseShare(lease.device, tuple(counted), counted_bytes, used)
-        held = f"; {share.describe(now)}" if counted else ""
+        held = f"; {LeaseShare(lease.device, tuple(counted), counted_bytes, used).describe(now)}" if counted else ""
         why = ("other users are taking leases on it at this moment" if contended
                else f"only {format_bytes(available)} is free")
         error = InsufficientMemoryError(

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from ...errors import LeaseError
 from ...precision import is_gpu
+from .book import LeaseShare
 from .record import Lease
 
 logger = logging.getLogger("workbench.devices.leases")
@@ -32,7 +33,8 @@ def leases_enabled() -> bool:
     return bool(get_settings().leases_enabled)
 
 
-def take(device_bytes: Mapping[str, int], model: str, *, pid: int | None = None) -> tuple[Lease, ...]:
+def take(device_bytes: Mapping[str, int], model: str, *, pid: int | None = None,
+         readings: Mapping[str, LeaseShare] | None = None) -> tuple[Lease, ...]:
     """Lease ``device_bytes[d]`` on each GPU ``d`` for ``model``: all of them, or none and an error.
 
     Args:
@@ -40,6 +42,8 @@ def take(device_bytes: Mapping[str, int], model: str, *, pid: int | None = None)
         model: the model's name, shown to other users.
         pid: the engine holding the memory (its lease is judged by that PID and not
             heartbeated by this process); ``None``: this process (a kernel's load).
+        readings: per GPU, the fit's reading of it (:meth:`LeaseBook.share`), handed to
+            :meth:`LeaseBook.acquire` so that NVML is read once per load.
 
     Returns:
         The leases taken (``()`` without GPUs, or with leases turned off).
@@ -58,10 +62,11 @@ def take(device_bytes: Mapping[str, int], model: str, *, pid: int | None = None)
     try:
         book = get_lease_book()
         for device, nbytes in gpus.items():
+            reading = (readings or {}).get(device)
             if pid is None:
-                taken.append(book.acquire(device, nbytes, model))
+                taken.append(book.acquire(device, nbytes, model, reading=reading))
             else:
-                taken.append(book.acquire(device, nbytes, model, pid=pid, watch="pid", hold=False))
+                taken.append(book.acquire(device, nbytes, model, pid=pid, watch="pid", hold=False, reading=reading))
     except LeaseError as exc:
         give_back(taken)
         hint = f"{exc.hint}; {OFF_HINT}" if exc.hint else OFF_HINT
