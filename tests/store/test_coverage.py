@@ -17,7 +17,8 @@ import pytest
 from tiny_models import build_from_config, build_tiny
 from workbench.errors import BrokenModelError
 from workbench.store import ModelStore
-from workbench.store.coverage import NAMED, checked, checkpoint_shapes, coverage_problem, verified
+from workbench.store.coverage import checked, checkpoint_shapes, coverage_problem, verified
+from workbench.store.coverage_report import NAMED
 
 
 def _state(folder: Path) -> dict:

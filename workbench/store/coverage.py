@@ -31,40 +31,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from .._transformers_compat import LoadingReport
 from ..errors import BrokenModelError, EstimateUnavailableError
+from .coverage_report import HINT, CheckpointTensors
 from .entry import ModelEntry
 from .folder_json import config_or_none
 from .safetensors_header import read_safetensors_header
-
-#: How many tensors a problem names before "and N more".
-NAMED = 3
-HINT = "re-download the checkpoint, or re-export it with save_pretrained from the model it came from"
-
-
-def _few(names: Sequence[str]) -> str:
-    return ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
-
-
-def report_problem(report: LoadingReport) -> str | None:
-    """The sentence a listing shows for a loading report with faults, ``None`` for a clean one."""
-    parts = []
-    if report.missing:
-        parts.append(f"lacks {_few(report.missing)}, which a load would leave randomly initialised")
-    if report.mismatched:
-        shapes = [f"{name} {list(ckpt)} (the model's is {list(model)})" for name, ckpt, model in report.mismatched]
-        parts.append(f"holds {_few(shapes)} of the wrong shape")
-    if report.unconvertible:
-        parts.append(f"holds tensors transformers cannot convert for {_few([k for k, _ in report.unconvertible])} "
-                     f"({report.unconvertible[0][1]})")
-    if report.unexpected:
-        parts.append(f"holds {_few(report.unexpected)}, which the model transformers builds does not have")
-    if not parts:
-        return None
-    return f"its checkpoint {'; it '.join(parts)}: {HINT}"
 
 
 def applies(weight_files: Sequence[str], config: Mapping[str, object] | None) -> bool:
@@ -85,14 +59,6 @@ def file_digest(tensors: Iterable[tuple[str, Sequence[int]]]) -> str:
 def checkpoint_digest(file_digests: Iterable[str]) -> str:
     """The key of a checkpoint's tensors: its weight files' :func:`file_digest`, in order."""
     return hashlib.sha256("\n".join(file_digests).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class CheckpointTensors:
-    """A checkpoint's tensor shapes by name, with the :func:`checkpoint_digest` its verdict is cached under."""
-
-    shapes: Mapping[str, tuple[int, ...]]
-    digest: str
 
 
 def checkpoint_shapes(entry: ModelEntry) -> CheckpointTensors:

@@ -60,7 +60,7 @@ from .._transformers_compat import (
 )
 from ..errors import BrokenModelError, EstimateUnavailableError
 from . import limits
-from .coverage import CheckpointTensors
+from .coverage_report import CheckpointTensors, report_problem
 from .folder_json import config_or_none
 from .index_cache import IndexCache
 from .kv_cache import CacheProfile, measure_cache
@@ -284,8 +284,6 @@ def _build(folder: Path, skip_modules: list[str] | None,
     quantized, rows = _quantized_weights(model, skip)
     layout = _count(model, quantized, rows, matchers, cache, cache_problem)
     if shapes is not None:  # last: the loading report sets the checkpoint's meta tensors into the model
-        from .coverage import report_problem
-
         try:
             with skeleton_budget(folder.name), _quiet():
                 report = loading_report(model, shapes.shapes)
