@@ -2,8 +2,10 @@
 
 The plots are read where the user sees them: each visible ``.js-plotly-plot`` element's ``data``
 (the traces plotly.js drew, and their points), when the Telemetry tab is first shown, after a
-Window change, after a load and after a generation. An empty default canvas (no traces) fails. Busy loops on every core reproduce the machine
-on which updates were lost (stopped by PID at the end).
+Window change, after a load and after a generation, and after the page is reloaded with the kernel
+alive (the app must come back from the kernel, not as "model not found"). An empty default canvas (no
+traces) fails. Busy loops on every core reproduce the machine on which updates were lost and the
+reload failed (stopped by PID at the end).
 """
 
 from __future__ import annotations
@@ -143,3 +145,29 @@ def _scenario(page, lab_server: LabServer, tmp_path: Path) -> None:
     shot = tmp_path / "app-telemetry.png"
     page.screenshot(path=str(shot))
     save_artifact(shot, "app-telemetry.png")
+
+    _reload_and_check(page)
+
+
+_TITLES = ["Store", "Load", "Prompt", "Telemetry", "Quantization", "Serve"]
+# What the widget manager writes where a view's model did not come back from the kernel.
+_LOST = "() => document.body.innerText.includes('model not found')"
+
+
+def _reload_and_check(page) -> None:
+    """Save, reload the tab with the kernel alive (the cores still busy): the app comes back from the
+    kernel as it was, the Telemetry tab on show, its figure drawing, with no click to help it."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    page.wait_for_function(
+        f"() => ({_LOST})() || document.querySelectorAll('.workbench-app .lm-TabBar-tab').length >= 6",
+        timeout=120_000)
+    assert not page.evaluate(_LOST), "after a reload the app's views did not come back: 'model not found'"
+    titles = page.locator(".workbench-app .lm-TabBar-tab").all_inner_texts()
+    assert [t.strip() for t in titles] == _TITLES
+    assert _current_tab(page) == "Telemetry"  # the kernel's Tab state, restored
+    host = _plots(page, "CPU and RAM", min_traces=3, min_points=2, timeout_ms=120_000)
+    assert [len(p["points"]) for p in host] == [3]
+    assert not page.evaluate(_LOST)

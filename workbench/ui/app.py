@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UnknownChoiceError
 from ..store import ModelStore
 from .base import Panel
+from .closing import close_tree
 from .display import StaticHTML, esc, mimebundle, section_html
 from .load_panel import LoadPanel
 from .prompt_panel import PromptPanel
@@ -167,6 +168,6 @@ class Workbench:
         for panel in self.panels.values():
             panel.close()
         if self._root is not None:
-            self._root.close()
+            close_tree(self._root)  # the header and the Tab too, not only the root box (ui/closing.py)
             self._root = None
             self._tab_widget = None

@@ -23,6 +23,7 @@ from traitlets import HasTraits
 
 from ..errors import WorkbenchError
 from . import history
+from .closing import close_tree
 from .display import StaticHTML, banner_html, mimebundle, section_html
 from .style import style_widget
 
@@ -344,7 +345,8 @@ class Panel(HasTraits):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         if self._root is not None:
-            self._root.close()
+            # The whole tree: a box left open with a closed child breaks every reload (ui/closing.py).
+            close_tree(self._root)
             self._root = None
             self._banner = None
 

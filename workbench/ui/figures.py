@@ -23,10 +23,81 @@ times in a row.
 
 from __future__ import annotations
 
+import functools
 import threading
+from pathlib import Path
 from typing import Any
 
+from .closing import close_tree
+
 MAX_REPAIRS = 3
+BUNDLE_REQUEST = "workbench:plotly-bundle"  # the custom message a figure's front end asks with
+_LOADER = Path(__file__).with_name("static") / "plotly_widget_loader.js"
+
+
+def _plotly_bundle_path() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
+
+
+@functools.cache
+def _plotly_bundle() -> bytes:
+    """plotly's FigureWidget front end (about 5 MB of JavaScript), read once per kernel."""
+    return _plotly_bundle_path().read_bytes()
+
+
+@functools.cache
+def _light_figure_widget_class() -> type:
+    """``go.FigureWidget`` whose widget state carries a 3 kB loader instead of plotly's 5 MB front end.
+
+    Why: plotly's ``FigureWidget`` is an anywidget whose ``_esm`` trait is the whole widget bundle, so
+    every figure's state holds 5 MB of JavaScript. After a page reload JupyterLab asks the kernel for
+    the state of every live widget in one reply (ipywidgets' ``request_states``) and waits 4 s for it
+    (``CONTROL_COMM_TIMEOUT``); with the app's three figures that reply was 15 MB, which a busy machine
+    does not serialize, relay and parse in 4 s, and then every view said "Error displaying widget: model
+    not found". Each new figure (every whole resend) also re-sent and re-parsed the 5 MB. With this
+    class the front end asks the kernel for the bundle once per page, by a custom widget message
+    (``workbench/ui/static/plotly_widget_loader.js``), and figures cost only their data.
+    """
+    import plotly
+    import plotly.graph_objects as go
+
+    key = f"plotly-{plotly.__version__}-{_plotly_bundle_path().stat().st_size}"
+    loader = _LOADER.read_text(encoding="utf-8").replace("__BUNDLE_KEY__", key)
+
+    class LightFigureWidget(go.FigureWidget):
+        _esm = loader
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.on_msg(self._send_bundle)
+
+        def _send_bundle(self, _widget: Any, content: Any, _buffers: Any) -> None:
+            if not isinstance(content, dict) or content.get("request") != BUNDLE_REQUEST:
+                return
+            try:
+                bundle = _plotly_bundle()
+            except OSError as exc:  # plotly installed without its package data: say so in the plot
+                self.send({"reply": BUNDLE_REQUEST, "error": f"cannot read {_plotly_bundle_path()}: {exc}"})
+                return
+            self.send({"reply": BUNDLE_REQUEST, "key": key}, buffers=[bundle])
+
+    LightFigureWidget.__module__ = __name__
+    LightFigureWidget.__qualname__ = "LightFigureWidget"
+    return LightFigureWidget
+
+
+def figure_widget(figure: Any = None) -> Any:
+    """A live plotly figure (a ``go.FigureWidget``) whose widget state is its data, not plotly's front end.
+
+    Example:
+        >>> import plotly.graph_objects as go
+        >>> fig = figure_widget(go.Figure(go.Scatter(y=[1, 2])))
+        >>> isinstance(fig, go.FigureWidget), len(fig._esm) < 10_000
+        (True, True)
+    """
+    return _light_figure_widget_class()(figure)
 
 
 class FigureSlot:
@@ -77,14 +148,14 @@ class FigureSlot:
 
         if isinstance(figure, go.FigureWidget):
             figure = figure.to_dict()
-        new = go.FigureWidget(figure)
+        new = figure_widget(figure)
         new.layout.autosize = True
         new.observe(self._view_drew, names="_js2py_traceDeltas")
         old, self.figure = self.figure, new
         self.box.children = (new,)
         self.builds += 1
         if old is not None:
-            old.close()
+            close_tree(old)
         return new
 
     def resend(self) -> Any:
@@ -109,10 +180,8 @@ class FigureSlot:
 
     def close(self) -> None:
         """Close the figure widget and the box."""
-        if self.figure is not None:
-            self.figure.close()
-            self.figure = None
-        self.box.close()
+        close_tree(self.box)  # the box, its figure and their layouts, unless a live widget still shows them
+        self.figure = None
 
 
 def synced_state(figure: Any) -> tuple[list[dict], dict]:

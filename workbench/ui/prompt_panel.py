@@ -484,7 +484,8 @@ class PromptPanel(Panel):
         self._stop_w = widgets.Text(value=", ".join(p["stop"]), placeholder="e.g. ###, User:", description="stop at",
                                     layout=widgets.Layout(width="320px"))
         for w in self._param_w.values():
-            w.style = {"description_width": "100px"}
+            # Set on the slider's own style: assigning a new one orphans the old SliderStyle widget.
+            w.style.description_width = "100px"
         sampling = widgets.VBox([widgets.HBox(list(self._param_w.values())[:3]),
                                  widgets.HBox([*list(self._param_w.values())[3:], self._seed_w]), self._stop_w])
         self._transcript = widgets.HTML(layout=widgets.Layout(width="100%", max_height="420px", overflow="auto"))
