@@ -108,6 +108,8 @@ def test_the_wheel_ships_the_labextension_and_the_server_config(dists: tuple[Pat
     assert meta["jupyterlab"]["_build"]["load"].startswith("static/remoteEntry.")
     assert config == {"ServerApp": {"jpserver_extensions": {"workbench.server": True}}}
     assert "workbench/server/__init__.py" in names
+    # The figures' front-end loader (ui/figures.py reads it next to the module).
+    assert "workbench/ui/static/plotly_widget_loader.js" in names
 
 
 def _free_port() -> int:

@@ -147,5 +147,5 @@ def test_close_tree_closes_children_layouts_and_styles_but_not_what_another_box_
     inner = widgets.Label("inside")
     outer = widgets.VBox([inner])
     assert close_tree(inner) == 0  # still shown by a live box: closing it would break every reload
-    assert close_tree(outer) == 4
+    assert close_tree(outer) == 5  # the box and its Layout, the label with its Layout and LabelStyle
     close_tree(other)
