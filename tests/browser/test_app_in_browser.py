@@ -159,6 +159,20 @@ def _reload_and_check(page) -> None:
     kernel as it was, the Telemetry tab on show, its figure drawing, with no click to help it."""
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+    # The kernel's answer to the reloaded widget manager, read off the wire: one update_states reply
+    # (it gets 4 s, CONTROL_COMM_TIMEOUT; 15 MB of figure bundles missed that on a busy machine), and
+    # no per-model request_state, the fallback the manager takes when the reply is late.
+    replies: list[int] = []
+    fallbacks: list[int] = []
+
+    def _payload(frame: object) -> bytes:
+        return frame if isinstance(frame, bytes) else str(frame).encode()
+
+    def _watch(ws: object) -> None:
+        ws.on("framereceived", lambda f: b'"update_states"' in _payload(f) and replies.append(len(_payload(f))))
+        ws.on("framesent", lambda f: b'"request_state"' in _payload(f) and fallbacks.append(len(_payload(f))))
+
+    page.on("websocket", _watch)
     page.reload(wait_until="domcontentloaded")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
     page.wait_for_function(
@@ -171,3 +185,6 @@ def _reload_and_check(page) -> None:
     host = _plots(page, "CPU and RAM", min_traces=3, min_points=2, timeout_ms=120_000)
     assert [len(p["points"]) for p in host] == [3]
     assert not page.evaluate(_LOST)
+    assert replies, "no update_states reply from the kernel after the reload"
+    assert max(replies) < 1_000_000, f"the kernel's reload reply is {max(replies)} bytes"
+    assert not fallbacks, f"the widget manager gave up on the reply and asked {len(fallbacks)} models one by one"
