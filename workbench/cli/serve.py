@@ -71,7 +71,8 @@ def preflight(model: str, devices: list[str], name: str | None, *, allow_pickle:
     from ..store.safety import check_entry
 
     entry = ModelStore().get(model)
-    check_entry(entry, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    # Torch-free: bad arguments are refused at once; plan_serve checks the tensors' coverage before the start.
+    check_entry(entry, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, coverage=False)
     name = _endpoint_name(name, entry.name)
     try:
         prev = EndpointRegistry().get(name)

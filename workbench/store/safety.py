@@ -21,13 +21,16 @@ def needs_remote_code(entry: ModelEntry) -> bool:
     return config is not None and bool(config.get("auto_map"))
 
 
-def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                coverage: bool = True) -> None:
     """Refuse broken entries, and unsafe ones unless the caller opts in for exactly that risk.
 
     Args:
         entry: a store entry.
         trust_remote_code: the caller accepts running the model folder's own Python code.
         allow_pickle: the caller accepts pickle weights (loaded with ``weights_only=True``).
+        coverage: also check that the tensors cover the model (builds the skeleton, so imports torch);
+            ``False`` only for a torch-free preflight whose load checks again (``workbench serve``'s).
 
     Raises:
         TokenizerMissingError: a safetensors/pickle folder without tokenizer files.
@@ -53,7 +56,7 @@ def check_entry(entry: ModelEntry, *, trust_remote_code: bool = False, allow_pic
                                     reason=entry.problem)
     if no_tokenizer:
         require_tokenizer(entry.path, entry.name)
-    if entry.status == "ok":
+    if entry.status == "ok" and coverage:
         # The listing shows a coverage verdict only once one was computed; a load always asks.
         check_coverage(entry)
     if entry.status != "unsafe":
