@@ -74,7 +74,8 @@ def test_a_load_that_cannot_take_its_lease_is_refused(gpu, registry, events, tmp
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
-def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, shared_store):
+def _weights_on_the_fake_gpu(monkeypatch) -> None:
+    """Loads run on the CPU and report their weights as placed on the fake cuda:0."""
     real_load = loader.load
 
     def weights_on_the_fake_gpu(entry, spec, **kw):
@@ -84,6 +85,10 @@ def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, sha
         return cpu
 
     monkeypatch.setattr(loader, "load", weights_on_the_fake_gpu)
+
+
+def test_load_and_unload_take_settle_and_release(gpu, registry, monkeypatch, shared_store):
+    _weights_on_the_fake_gpu(monkeypatch)
     m = registry.load(LoadSpec("tiny-llama", devices=("cuda:0",), dtype="float32"))
     [lease] = list_leases()
     reserve = m.fit.budgets[0].reserve_bytes
@@ -128,15 +133,7 @@ def test_a_gpu_load_reads_nvml_memory_once_and_lists_the_lease_folder_twice_by_o
     from workbench.devices.leases import LeaseFolder
 
     fake = fake_nvml([FakeGpu(memory_total_bytes=24 * GiB)], torch=True)
-    real_load = loader.load
-
-    def weights_on_the_fake_gpu(entry, spec, **kw):
-        cpu = real_load(entry, spec.with_(devices=("cpu",)), device_map="cpu", max_memory=None)
-        cpu.placement = {"cuda:0": cpu.footprint_bytes}
-        cpu.module_devices = {"": "cuda:0"}
-        return cpu
-
-    monkeypatch.setattr(loader, "load", weights_on_the_fake_gpu)
+    _weights_on_the_fake_gpu(monkeypatch)
     # Another user's lease: the folder exists and has a lease to count (its holder's memory is matched too).
     LeaseBook(hub_user="alice", heartbeat_s=None).acquire("cuda:0", GiB, "Mixtral-8x7B", hold=False)
     get_lease_book()  # built (and NVML started) before counting: the book is the process's, not the load's

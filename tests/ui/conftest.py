@@ -41,3 +41,14 @@ def event_log() -> Iterator[object]:
     log = EventLog()
     yield log
     log.close()
+
+
+@pytest.fixture
+def registry() -> Iterator[object]:
+    """The process's registry, with every model it holds unloaded after the test."""
+    from workbench.runtime import get_registry
+
+    reg = get_registry()
+    yield reg
+    for m in list(reg.list()):
+        reg.unload(m.name)

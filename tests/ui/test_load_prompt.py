@@ -12,16 +12,6 @@ from workbench.ui import LoadPanel, PromptPanel, Workbench
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def registry():
-    from workbench.runtime import get_registry
-
-    reg = get_registry()
-    yield reg
-    for m in list(reg.list()):
-        reg.unload(m.name)
-
-
 def _load(registry, model: str = "tiny-llama"):
     return LoadPanel(registry=registry).load_model(model, devices=["cpu"], dtype="float32")
 

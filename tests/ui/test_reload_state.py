@@ -61,16 +61,6 @@ def _describe(ids: set[str]) -> list[str]:
     return sorted(f"{type(_instances[i]).__name__}({getattr(_instances[i], 'description', '')!r})" for i in ids)
 
 
-@pytest.fixture
-def registry():
-    from workbench.runtime import get_registry
-
-    reg = get_registry()
-    yield reg
-    for m in list(reg.list()):
-        reg.unload(m.name)
-
-
 def _use(wb: Workbench) -> None:
     """One round of what a user does: look at tabs, change the window, re-list models."""
     for title in ("Telemetry", "Quantization", "Load", "Telemetry"):
