@@ -46,7 +46,9 @@ def test_plotlyjs_is_inlined_once_per_page() -> None:
 
     display.reset_plotlyjs()
     first = display.figure_html(go.Figure(go.Scatter(y=[1, 2])))
-    second = display.figure_html(go.FigureWidget(go.Scatter(y=[3, 4])))
+    widget = go.FigureWidget(go.Scatter(y=[3, 4]))
+    second = display.figure_html(widget)
+    widget.close()  # a live widget stays in the kernel's reload reply
     assert "plotly.js v" in first
     assert len(first) > 1_000_000
     assert "plotly.js v" not in second
