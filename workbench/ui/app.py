@@ -161,7 +161,8 @@ class Workbench:
         return StaticHTML(self.static_html(plots=True), text="<Workbench (static)>")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return mimebundle(lambda: self.widget, lambda: self.static_html(plots=False), self.static, include, exclude)
+        return mimebundle(lambda: self.widget, lambda: self.static_html(plots=False), self.static, include, exclude,
+                          title="Workbench")
 
     def close(self) -> None:
         """Close every panel (unsubscribes from telemetry; loaded models stay in the registry)."""

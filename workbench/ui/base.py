@@ -370,4 +370,4 @@ class Panel(HasTraits):
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return mimebundle(lambda: self.widget, lambda: self._static_with_banner(plots=False), self.static,
-                          include, exclude)
+                          include, exclude, title=self.title)

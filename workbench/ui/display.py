@@ -86,16 +86,39 @@ BANNER_STYLES = {
 }
 
 
+# The mark on a live view's output: JupyterLab's workbench extension (extensions/gpu-meter, src/gone.ts)
+# looks for this key in an output's bundle, and where the widget renderer cannot draw that view (its model
+# is gone from the kernel: "model not found" after a reload, or a closed view) it writes ``gone`` there.
+# Front ends without the extension ignore a mime type they have no renderer for; nbformat accepts any
+# ``+json`` type holding an object.
+VIEW_MIME = "application/vnd.llm-workbench.view+json"
+
+
+def gone_notice(title: str) -> str:
+    """What an output says where a live view of ``title`` cannot come back, and what to run.
+
+    Example:
+        >>> gone_notice("Workbench").startswith("This Workbench view belongs to a kernel session")
+        True
+    """
+    return (f"This {title} view belongs to a kernel session that is gone (the kernel restarted, or the "
+            f"view was closed), so it cannot come back here. Run this cell again for a live one; after a "
+            f"kernel restart run the cells above it first (Run > Run All Above Selected Cell).")
+
+
 def mimebundle(widget: Callable[[], Any], twin_html: Callable[[], str], static: Callable[[], Any],
-               include: Any = None, exclude: Any = None) -> dict[str, Any]:
+               include: Any = None, exclude: Any = None, *, title: str) -> dict[str, Any]:
     """What a panel shows in a notebook: the live widget, or its static twin in a report.
 
     Live, the bundle also carries the twin without plots as ``text/html``, so a saved
-    notebook still says something where widgets cannot render.
+    notebook still says something where widgets cannot render, and :data:`VIEW_MIME`
+    (``{"title": title, "gone": gone_notice(title)}``), so JupyterLab says what to run
+    where the view cannot come back.
     """
     if display_mode() == "live":
         bundle = dict(widget()._repr_mimebundle_(include=include, exclude=exclude) or {})
         bundle["text/html"] = twin_html()
+        bundle[VIEW_MIME] = {"title": title, "gone": gone_notice(title)}
         return bundle
     return static()._repr_mimebundle_()
 

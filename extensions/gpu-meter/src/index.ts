@@ -19,6 +19,8 @@ import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar, showPopup } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
 
+import { gonePlugin } from './gone';
+
 const PLUGIN_ID = 'llm-workbench-gpu-meter:plugin';
 /** Milliseconds between refreshes of the status-bar text. */
 const REFRESH_MS = 3000;
@@ -436,4 +438,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, gonePlugin];

@@ -1,0 +1,149 @@
+/**
+ * Where a workbench view cannot come back, the output says so and what to run.
+ *
+ * A live workbench view (the Workbench app, or one panel shown on its own) is an
+ * ipywidgets view whose model lives in the kernel. When the kernel no longer has
+ * that model (the kernel restarted, or the app was closed with `wb.close()`) and
+ * the page is reloaded, the widget renderer of @jupyter-widgets/jupyterlab-manager
+ * (renderMime.ts) writes only "Error displaying widget: model not found"; a view
+ * closed while on show is hidden by the renderer (and its model id blanked), so
+ * the output goes empty. Neither says what to do.
+ *
+ * The Python side (workbench/ui/display.py, VIEW_MIME) marks a live view's bundle
+ * with `{"title": ..., "gone": <the sentence to show>}`. This plugin watches each
+ * notebook's outputs (a MutationObserver on the notebook, scans batched) and, in
+ * an output holding that mark whose view is lost as above, adds the sentence
+ * below the renderer; it removes it again if the view comes back. Only marked
+ * outputs are touched, and the text is set as textContent, never as HTML.
+ */
+import {
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import type { CodeCell } from '@jupyterlab/cells';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
+
+/** The key workbench/ui/display.py (VIEW_MIME) puts in a live view's bundle. */
+export const VIEW_MIME = 'application/vnd.llm-workbench.view+json';
+const WIDGET_MIME = 'application/vnd.jupyter.widget-view+json';
+/** What the widget renderer writes where the kernel has no model of that id (a reload after it went). */
+const MODEL_NOT_FOUND = 'Error displaying widget: model not found';
+/** Class of the notice this plugin adds (style/index.css); tests find it by this name. */
+export const NOTICE_CLASS = 'jp-WorkbenchGone';
+/** Milliseconds a scan waits, so that a burst of DOM changes (a plot redrawing) costs one scan. */
+const SCAN_DELAY_MS = 200;
+
+interface IViewMark {
+  title: string;
+  gone: string;
+}
+
+function viewMark(data: ReadonlyPartialJSONObject): IViewMark | null {
+  const mark = data[VIEW_MIME] as Partial<IViewMark> | undefined;
+  return mark && typeof mark.gone === 'string' ? (mark as IViewMark) : null;
+}
+
+/**
+ * Whether the widget renderer in `child` (one output's node) cannot show its view:
+ * "model not found", or hidden because its view was closed (the renderer blanks
+ * the output's model id then).
+ */
+export function isLost(child: HTMLElement, data: ReadonlyPartialJSONObject): boolean {
+  const source = data[WIDGET_MIME] as { model_id?: string } | undefined;
+  if (source && source.model_id === '') {
+    return true;
+  }
+  const rendered = child.querySelector<HTMLElement>('.jp-OutputArea-output');
+  if (!rendered) {
+    return false;
+  }
+  if (rendered.classList.contains('lm-mod-hidden')) {
+    return true;
+  }
+  return rendered.childElementCount === 0 && (rendered.textContent || '').includes(MODEL_NOT_FOUND);
+}
+
+/** Add (text) or remove (null) the notice in one output's node; idempotent. */
+function setNotice(child: HTMLElement, text: string | null): void {
+  const notice = child.querySelector<HTMLElement>(`:scope > .${NOTICE_CLASS}`);
+  if (text === null) {
+    notice?.remove();
+    return;
+  }
+  if (notice) {
+    if (notice.textContent !== text) {
+      notice.textContent = text;
+    }
+    return;
+  }
+  const div = document.createElement('div');
+  div.className = NOTICE_CLASS;
+  div.setAttribute('role', 'status');
+  div.textContent = text;
+  child.appendChild(div);
+}
+
+function scan(panel: NotebookPanel): void {
+  for (const cell of panel.content.widgets) {
+    if (cell.model.type !== 'code') {
+      continue;
+    }
+    const area = (cell as CodeCell).outputArea;
+    // One child widget per output, in the model's order (a trimmed area adds its indicator after them).
+    const count = Math.min(area.model.length, area.widgets.length);
+    for (let i = 0; i < count; i++) {
+      const data = area.model.get(i).data;
+      const mark = viewMark(data);
+      if (mark) {
+        const child = area.widgets[i].node;
+        setNotice(child, isLost(child, data) ? mark.gone : null);
+      }
+    }
+  }
+}
+
+function watch(panel: NotebookPanel): void {
+  let pending = 0;
+  const observer = new MutationObserver(() => {
+    if (!pending) {
+      pending = window.setTimeout(() => {
+        pending = 0;
+        if (!panel.isDisposed) {
+          scan(panel);
+        }
+      }, SCAN_DELAY_MS);
+    }
+  });
+  // Class changes too: the renderer hides a closed view by a class, without a child change.
+  observer.observe(panel.content.node, {
+    childList: true,
+    subtree: true,
+    attributes: true,
+    attributeFilter: ['class']
+  });
+  panel.disposed.connect(() => {
+    observer.disconnect();
+    window.clearTimeout(pending);
+  });
+  void panel.context.ready.then(() => {
+    if (!panel.isDisposed) {
+      scan(panel);
+    }
+  });
+}
+
+export const gonePlugin: JupyterFrontEndPlugin<void> = {
+  id: 'llm-workbench-gpu-meter:gone-views',
+  description:
+    'Where a workbench view cannot come back from the kernel, the output says so and what to run.',
+  autoStart: true,
+  optional: [INotebookTracker],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker | null) => {
+    if (!tracker) {
+      return;
+    }
+    tracker.forEach(watch);
+    tracker.widgetAdded.connect((_, panel) => watch(panel));
+  }
+};
