@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from workbench.errors import ConfigError
@@ -56,3 +58,10 @@ def test_plotlyjs_is_inlined_once_per_page() -> None:
     assert len(second) < 50_000
     assert "cdn.plot.ly" not in second
     display.reset_plotlyjs()
+
+
+def test_the_labextension_looks_for_the_mark_live_bundles_carry() -> None:
+    # The notice where a view cannot come back (tests/browser/test_gone_view.py draws it) keys on
+    # this mime type in both languages; a rename on one side only would silently drop the notice.
+    source = (Path(__file__).resolve().parents[2] / "extensions" / "gpu-meter" / "src" / "gone.ts").read_text()
+    assert f"export const VIEW_MIME = '{display.VIEW_MIME}';" in source

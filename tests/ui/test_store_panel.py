@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from workbench.ui import StorePanel
@@ -92,3 +93,13 @@ def test_static_twin_and_live_bundle(tiny_store: Path, monkeypatch: pytest.Monke
     bundle = panel._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "tiny-llama" in bundle["text/html"]
+    # The mark JupyterLab's extension finds (extensions/gpu-meter/src/gone.ts, VIEW_MIME there):
+    # what the output says where this view cannot come back, and what to run.
+    mark = bundle["application/vnd.llm-workbench.view+json"]
+    assert mark["title"] == "Store"
+    assert mark["gone"].startswith("This Store view belongs to a kernel session that is gone")
+    assert "Run this cell again" in mark["gone"]
+    # A notebook holding that output is valid nbformat (nbformat's own schema, not ours).
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "panel", outputs=[nbformat.v4.new_output("display_data", data=bundle)])])
+    nbformat.validate(nbformat.reads(nbformat.writes(nb), as_version=4))
