@@ -13,7 +13,7 @@
  * with `{"title": ..., "gone": <the sentence to show>}`. This plugin watches each
  * notebook's outputs (a MutationObserver on the notebook, scans batched) and, in
  * an output holding that mark whose view is lost as above, adds the sentence
- * below the renderer; it removes it again if the view comes back. Only marked
+ * under the renderer's error; it removes it again if the view comes back. Only marked
  * outputs are touched, and the text is set as textContent, never as HTML.
  */
 import {
@@ -44,6 +44,11 @@ function viewMark(data: ReadonlyPartialJSONObject): IViewMark | null {
   return mark && typeof mark.gone === 'string' ? (mark as IViewMark) : null;
 }
 
+/** The renderer of one output (its first `.jp-OutputArea-output`: nested outputs come after it). */
+function renderer(child: HTMLElement): HTMLElement | null {
+  return child.querySelector<HTMLElement>('.jp-OutputArea-output');
+}
+
 /**
  * Whether the widget renderer in `child` (one output's node) cannot show its view:
  * "model not found", or hidden because its view was closed (the renderer blanks
@@ -54,26 +59,40 @@ export function isLost(child: HTMLElement, data: ReadonlyPartialJSONObject): boo
   if (source && source.model_id === '') {
     return true;
   }
-  const rendered = child.querySelector<HTMLElement>('.jp-OutputArea-output');
+  const rendered = renderer(child);
   if (!rendered) {
     return false;
   }
   if (rendered.classList.contains('lm-mod-hidden')) {
     return true;
   }
-  return rendered.childElementCount === 0 && (rendered.textContent || '').includes(MODEL_NOT_FOUND);
+  // The error is plain text in the renderer's node (our notice may sit after it); a view is an element.
+  const onlyText = Array.from(rendered.children).every(c => c.classList.contains(NOTICE_CLASS));
+  return onlyText && (rendered.textContent || '').includes(MODEL_NOT_FOUND);
 }
 
-/** Add (text) or remove (null) the notice in one output's node; idempotent. */
+/**
+ * Add (text) or remove (null) the notice in one output's node; idempotent. It goes under the
+ * renderer's error, inside the renderer (lined up with the output; the renderer's next render
+ * clears it), or beside the prompt where the renderer hid itself.
+ */
 function setNotice(child: HTMLElement, text: string | null): void {
-  const notice = child.querySelector<HTMLElement>(`:scope > .${NOTICE_CLASS}`);
+  const rendered = renderer(child);
+  const host = rendered && !rendered.classList.contains('lm-mod-hidden') ? rendered : child;
+  let found: HTMLElement | null = null;
+  for (const notice of Array.from(child.querySelectorAll<HTMLElement>(`.${NOTICE_CLASS}`))) {
+    if (text !== null && found === null && notice.parentElement === host) {
+      found = notice;
+    } else {
+      notice.remove();
+    }
+  }
   if (text === null) {
-    notice?.remove();
     return;
   }
-  if (notice) {
-    if (notice.textContent !== text) {
-      notice.textContent = text;
+  if (found) {
+    if (found.textContent !== text) {
+      found.textContent = text;
     }
     return;
   }
@@ -81,7 +100,7 @@ function setNotice(child: HTMLElement, text: string | null): void {
   div.className = NOTICE_CLASS;
   div.setAttribute('role', 'status');
   div.textContent = text;
-  child.appendChild(div);
+  host.appendChild(div);
 }
 
 function scan(panel: NotebookPanel): void {
