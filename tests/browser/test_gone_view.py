@@ -1,9 +1,9 @@
 """A Workbench view whose kernel session is gone says so in a real JupyterLab, and says what to run.
 
-The app is shown, the notebook saved, the kernel restarted and the page reloaded: the widget
-renderer finds no model for the saved view ("model not found"), and the labextension's notice
-(extensions/gpu-meter/src/gone.ts) must be drawn in that same output, worded as the Python side
-words it (workbench.ui.display.gone_notice), and nowhere else. Then what the notice says to run
+The app is shown and the kernel restarted with the page open: the labextension's notice
+(extensions/gpu-meter/src/gone.ts) must be drawn under the dead app, worded as the Python side
+words it (workbench.ui.display.gone_notice), and nowhere else. Saved and reloaded, the widget
+renderer finds no model for the saved view ("model not found"): the notice is in that output. Then what the notice says to run
 must work: running the cells again brings the app back there and the notice goes. Last, closing
 the app with ``wb.close()`` while the page is open puts the notice where the view was.
 """
@@ -50,10 +50,17 @@ def _scenario(page, lab_server: LabServer, tmp_path: Path) -> None:
     page.wait_for_function(_STATUS_IDLE, timeout=180_000)
     assert page.evaluate(_NOTICES) == []  # a live view has none
 
-    # Save with the view's output, restart the kernel (its widgets are gone), reload the page.
+    # The kernel restarts with the page open: the app stays drawn, dead, and the notice says so there.
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
+    page.wait_for_function(f"() => ({_NOTICES})().length > 0", timeout=60_000)
+    notices = page.evaluate(_NOTICES)
+    assert [n["notice"] for n in notices] == [expected], notices
+    assert "wb = Workbench()" in notices[0]["cell"], notices
+    page.wait_for_function(_STATUS_IDLE, timeout=120_000)
+
+    # Saved with the view's output and reloaded: the new kernel has no such widget.
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
     page.reload(wait_until="domcontentloaded")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
     page.wait_for_function(_STATUS_IDLE, timeout=120_000)

@@ -7,12 +7,14 @@
  * the page is reloaded, the widget renderer of @jupyter-widgets/jupyterlab-manager
  * (renderMime.ts) writes only "Error displaying widget: model not found"; a view
  * closed while on show is hidden by the renderer (and its model id blanked), so
- * the output goes empty. Neither says what to do.
+ * the output goes empty; a kernel restart with the page open leaves the old view
+ * drawn but dead (its clicks reach no kernel). None of these says what to do.
  *
  * The Python side (workbench/ui/display.py, VIEW_MIME) marks a live view's bundle
  * with `{"title": ..., "gone": <the sentence to show>}`. This plugin watches each
  * notebook's outputs (a MutationObserver on the notebook, scans batched) and, in
- * an output holding that mark whose view is lost as above, adds the sentence
+ * an output holding that mark whose view is lost as above (or that was on show
+ * when its notebook's kernel restarted, died or was changed), adds the sentence
  * under the renderer's error; it removes it again if the view comes back. Only marked
  * outputs are touched, and the text is set as textContent, never as HTML.
  */
@@ -22,6 +24,7 @@ import {
 } from '@jupyterlab/application';
 import type { CodeCell } from '@jupyterlab/cells';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import type { IOutputModel } from '@jupyterlab/rendermime';
 import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 /** The key workbench/ui/display.py (VIEW_MIME) puts in a live view's bundle. */
@@ -103,7 +106,25 @@ function setNotice(child: HTMLElement, text: string | null): void {
   host.appendChild(div);
 }
 
-function scan(panel: NotebookPanel): void {
+/** Kernel statuses after which the widgets a page shows belong to a kernel session that is gone. */
+const SESSION_ENDS = new Set(['restarting', 'autorestarting', 'dead']);
+
+/** Marked outputs that were on show when their kernel session ended (a new run makes new ones). */
+function markAll(panel: NotebookPanel, stale: WeakSet<IOutputModel>): void {
+  for (const cell of panel.content.widgets) {
+    if (cell.model.type === 'code') {
+      const area = (cell as CodeCell).outputArea;
+      for (let i = 0; i < area.model.length; i++) {
+        const output = area.model.get(i);
+        if (viewMark(output.data)) {
+          stale.add(output);
+        }
+      }
+    }
+  }
+}
+
+function scan(panel: NotebookPanel, stale: WeakSet<IOutputModel>): void {
   for (const cell of panel.content.widgets) {
     if (cell.model.type !== 'code') {
       continue;
@@ -112,26 +133,42 @@ function scan(panel: NotebookPanel): void {
     // One child widget per output, in the model's order (a trimmed area adds its indicator after them).
     const count = Math.min(area.model.length, area.widgets.length);
     for (let i = 0; i < count; i++) {
-      const data = area.model.get(i).data;
-      const mark = viewMark(data);
+      const output = area.model.get(i);
+      const mark = viewMark(output.data);
       if (mark) {
         const child = area.widgets[i].node;
-        setNotice(child, isLost(child, data) ? mark.gone : null);
+        setNotice(child, stale.has(output) || isLost(child, output.data) ? mark.gone : null);
       }
     }
   }
 }
 
 function watch(panel: NotebookPanel): void {
+  const stale = new WeakSet<IOutputModel>();
   let pending = 0;
-  const observer = new MutationObserver(() => {
+  const schedule = () => {
     if (!pending) {
       pending = window.setTimeout(() => {
         pending = 0;
         if (!panel.isDisposed) {
-          scan(panel);
+          scan(panel, stale);
         }
       }, SCAN_DELAY_MS);
+    }
+  };
+  const observer = new MutationObserver(schedule);
+  const sessionEnded = () => {
+    markAll(panel, stale);
+    schedule();
+  };
+  panel.sessionContext.statusChanged.connect((_, status) => {
+    if (SESSION_ENDS.has(status)) {
+      sessionEnded();
+    }
+  });
+  panel.sessionContext.kernelChanged.connect((_, change) => {
+    if (change.oldValue) {
+      sessionEnded();
     }
   });
   // Class changes too: the renderer hides a closed view by a class, without a child change.
@@ -147,7 +184,7 @@ function watch(panel: NotebookPanel): void {
   });
   void panel.context.ready.then(() => {
     if (!panel.isDisposed) {
-      scan(panel);
+      scan(panel, stale);
     }
   });
 }
