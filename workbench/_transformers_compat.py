@@ -45,6 +45,10 @@ bet fails that named test instead of a load, a scan or an import:
   ``rename_source_key``, converters applied, the base-model prefix added or stripped, shapes compared
   in ``set_param_for_module``), then ``PreTrainedModel.tie_weights(missing_keys=...)`` and
   ``_adjust_missing_and_unexpected_keys``; :func:`loading_report` runs those calls on a meta skeleton.
+* **Where a forward pass returns its cache** (:mod:`workbench.store.kv_cache`, the family sweep): under
+  one of the names ``generate()`` looks for, ``transformers.generation.utils.ALL_CACHE_NAMES``
+  (``cache``; RWKV's ``state``, XLNet's ``mems``, Reformer's ``past_buckets_states``);
+  :func:`cache_output` reads it.
 
 Nothing here imports transformers at module level.
 """
@@ -414,3 +418,39 @@ def _imported_auto_mapping_names() -> dict[str, dict[str, list[str]]]:
         if cls_name.startswith("AutoModel") and isinstance(names, dict):
             out[cls_name] = {str(k): _names(v) for k, v in names.items()}
     return out
+
+
+#: Where transformers versions before ``ALL_CACHE_NAMES`` (5.x renamed ``past_key_values`` to ``cache``)
+#: returned the cache; read after the names the installed version declares.
+_OLDER_CACHE_NAMES = ("past_key_values", "cache_params")
+
+
+def cache_output_names() -> tuple[str, ...]:
+    """The output names a forward pass may return its cache under, in ``generate()``'s order of preference.
+
+    ``transformers.generation.utils.ALL_CACHE_NAMES`` (``["cache", "state", "mems",
+    "past_buckets_states"]`` in 5.24), then the pre-5.x names.
+    """
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:
+        ALL_CACHE_NAMES = []
+    return tuple(dict.fromkeys([*ALL_CACHE_NAMES, *_OLDER_CACHE_NAMES]))
+
+
+def cache_output(out: Any) -> Any:
+    """The cache a model's forward pass returned (a ``Cache``, RWKV's list of states...), or ``None``.
+
+    ``out`` is the ``ModelOutput`` of ``model(..., use_cache=True)``; a ``ModelOutput`` holds as keys
+    only the fields that are set, so a name is looked up as a key (never through the deprecated
+    ``past_key_values`` attribute, which warns).
+
+    Example:
+        >>> cache = cache_output(model(input_ids=ids, use_cache=True))  # doctest: +SKIP
+    """
+    if not isinstance(out, Mapping):
+        return None
+    for name in cache_output_names():
+        if name in out and out[name] is not None:
+            return out[name]
+    return None

@@ -42,10 +42,10 @@ def _is_int(v: Any) -> bool:
 # (does this rule name the attribute?, its tiny value from the default), first match wins.
 _RULES: tuple[tuple[Callable[[str], bool], Callable[[int], int]], ...] = (
     (lambda n: n in _LAYER_COUNTS, lambda v: min(v, LAYERS)),
-    (lambda n: n in _HIDDEN or (n.endswith("hidden_size") and "intermediate" not in n), lambda v: HIDDEN),
+    (lambda n: n in _HIDDEN or (n.endswith(("hidden_size", "lru_width")) and "intermediate" not in n), lambda v: HIDDEN),
     (lambda n: "intermediate_size" in n or n in ("n_inner", "ffn_dim", "ffn_hidden_size", "moe_ffn_hidden_size"),
      lambda v: INTERMEDIATE),
-    (lambda n: n.endswith(("head_dim", "head_size")), lambda v: HEAD_DIM),
+    (lambda n: n.endswith(("head_dim", "head_size", "headdim")), lambda v: HEAD_DIM),
     (lambda n: n in _KV or n.endswith("key_value_heads"), lambda v: 1 if v == 1 else KV_HEADS),
     (lambda n: n in _HEADS or n.endswith(("attention_heads", "_num_heads", "_heads")), lambda v: HEADS),
     (lambda n: n == "vocab_size", lambda v: VOCAB),
@@ -136,7 +136,7 @@ def _group(name: str) -> str:
     return "_".join(w for w in name.split("_") if w not in _HEAD_WORDS)
 
 
-_HEAD_WORDS = {"num", "n", "d", "attention", "heads", "head", "dim", "size"}
+_HEAD_WORDS = {"num", "n", "d", "attention", "heads", "head", "dim", "size", "headdim"}
 
 
 def _is_heads(name: str) -> bool:
@@ -144,7 +144,7 @@ def _is_heads(name: str) -> bool:
 
 
 def _is_head_dim(name: str) -> bool:
-    return name.endswith(("head_dim", "head_size", "_d_head"))
+    return name.endswith(("head_dim", "head_size", "_d_head", "headdim"))
 
 
 def _keep_ratios(default: dict[str, Any], out: dict[str, Any]) -> None:
@@ -171,14 +171,40 @@ def _layer_keyed(value: Any) -> bool:
         (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit()) for k in value)
 
 
+def _is_size(name: str) -> bool:
+    """A size attribute one of :data:`_RULES` scales (token ids and positions are not sizes)."""
+    return not name.endswith("token_id") and name not in _POSITIONS and any(names(name) for names, _ in _RULES)
+
+
+def _fields(cls: Any) -> set[str] | None:
+    """The attributes a dataclass config declares (``None``: not a dataclass, its ``__init__`` takes ``**kwargs``)."""
+    try:
+        return {f.name for f in dataclasses.fields(cls)}
+    except TypeError:
+        return None
+
+
 def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls: Any = None) -> dict[str, Any]:
     own_layers = next((values[k] for k in _LAYER_COUNTS if _is_int(values.get(k))), None)
     declared = _declared_defaults(cls) if constrained and cls is not None else {}
+    fields = _fields(cls) if constrained and cls is not None else None
+    keep = _kept_layers(values, own_layers, layers) if constrained else None
     out: dict[str, Any] = {}
     for name, value in values.items():
         if constrained and _is_int(value) and name in declared and (
                 declared[name] is None or isinstance(declared[name], str)):
             continue  # derived by the config from other values: let it derive it from the tiny ones
+        if constrained and fields is not None and _is_int(value) and name not in fields and _is_size(name):
+            continue  # set by __post_init__ from declared ones (``qk_head_dim = nope + rope``): derived again
+        if keep is not None and isinstance(value, list) and own_layers and len(value) == own_layers:
+            out[name] = _with_attention([value[i] for i in keep])  # per-layer lists: the layers kept
+            continue
+        if constrained and value is None and own_layers and "att" in name and name.endswith(_INDEX_LISTS):
+            out[name] = [min(own_layers, layers) // 2]  # no attention layer at all: one (see _with_attention)
+            continue
+        if keep is not None and _is_layer_index_list(name, value, own_layers):
+            out[name] = [keep.index(i) for i in value if i in keep] or [len(keep) // 2]
+            continue
         if _layer_keyed(value):  # per-layer settings (``per_layer_config``): the layers that remain
             out[name] = {k: (_scale_values(v, layers=layers, constrained=True) if isinstance(v, dict) else v)
                          for k, v in value.items() if int(k) < layers}
@@ -192,7 +218,75 @@ def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls
             out[name] = _scaled(name, value, own_layers, layers)
     if constrained:
         _keep_ratios(values, out)
+        _keep_equal_heads(values, out)
+        _keep_experts_per_token(out)
     return out
+
+
+def _kept_layers(values: dict[str, Any], own_layers: int | None, layers: int) -> list[int] | None:
+    """Which of the default's layers a constrained tiny config keeps: the first layer of each kind in every
+    per-layer list (``layer_types``, ``mlp_layer_types``...) and the first index of every layer-index list
+    (``attn_layer_indices``, ``hybrid_layer_ids``), then the first layers, ``layers`` in all, in order;
+    ``None`` when there are no per-layer settings to keep."""
+    if not own_layers or own_layers <= layers:
+        return None
+    wanted: list[int] = []
+    for name, value in values.items():
+        if isinstance(value, list) and len(value) == own_layers:
+            firsts: dict[str, int] = {}
+            for i, kind in enumerate(value):
+                firsts.setdefault(repr(kind), i)
+            wanted += firsts.values()
+        elif _is_layer_index_list(name, value, own_layers) and value:
+            wanted.append(value[0])
+    if not wanted:
+        return None
+    kept = sorted(set(wanted))[:layers]
+    kept += [i for i in range(own_layers) if i not in kept][:layers - len(kept)]
+    return sorted(kept)
+
+
+_INDEX_LISTS = ("layer_indices", "layer_ids", "layers_idx")
+
+
+def _is_layer_index_list(name: str, value: Any, own_layers: int | None) -> bool:
+    """``attn_layer_indices = [4, 12, ...]``: layer indices by name (``*layer_indices``, ``*layer_ids``)."""
+    return (bool(own_layers) and isinstance(value, list) and name.endswith(_INDEX_LISTS)
+            and all(_is_int(i) and 0 <= i < own_layers for i in value))
+
+
+#: Per-layer kinds that are not attention: a list of only these gets one attention layer (see :func:`_with_attention`).
+_LINEAR_KINDS = ("linear_attention", "mamba", "linear", "recurrent")
+
+
+def _with_attention(kinds: list[Any]) -> list[Any]:
+    """A per-layer list of linear/recurrent kinds only gets a ``"full_attention"`` layer (at the middle): caches
+    that hold no attention layer are refused by transformers (``get_seq_length``); other lists are kept."""
+    if len(kinds) > 1 and all(isinstance(k, str) and k in _LINEAR_KINDS for k in kinds) and len(set(kinds)) == 1:
+        return [*kinds[:len(kinds) // 2], "full_attention", *kinds[len(kinds) // 2 + 1:]]
+    return kinds
+
+
+def _keep_equal_heads(default: dict[str, Any], out: dict[str, Any]) -> None:
+    """KV heads stay equal to the heads where the default has them equal (MLA's keys are per head)."""
+    heads = next((k for k in _HEADS if _is_int(default.get(k))), None)
+    if heads is None or not _is_int(out.get(heads)):
+        return
+    for kv in (k for k in default if k in _KV or k.endswith("key_value_heads")):
+        if default[kv] == default[heads] and kv in out:
+            out[kv] = out[heads]
+
+
+_PER_TOKEN = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k")
+
+
+def _keep_experts_per_token(out: dict[str, Any]) -> None:
+    """Experts chosen per token stay at most the experts there are (a tiny config keeps few)."""
+    experts = [v for k, v in out.items() if _is_int(v) and "experts" in k and k.startswith(("num_", "n_", "moe_num"))
+               and "per_tok" not in k and "shared" not in k]
+    for k in _PER_TOKEN:
+        if experts and _is_int(out.get(k)):
+            out[k] = min(out[k], min(experts))
 
 
 def _scale(cls: Any, values: dict[str, Any], *, layers: int = LAYERS, constrained: bool = False) -> Any:
@@ -211,4 +305,17 @@ def _scale(cls: Any, values: dict[str, Any], *, layers: int = LAYERS, constraine
                 out[name] = _scaled(name, value, own_layers)
     for k in ("transformers_version", "_name_or_path"):
         out.pop(k, None)
-    return cls(**out)
+    config = cls(**out)
+    if not constrained:
+        return config
+    # A size the config leaves unset even after deriving (``head_dim=None`` read as ``head_dim ** -0.5``,
+    # ``n_routed_experts=None``): the tiny value of its rule.
+    unset = {n: _unset_size(n) for n in out if getattr(config, n, 0) is None and _unset_size(n) is not None}
+    return cls(**{**out, **unset}) if unset else config
+
+
+def _unset_size(name: str) -> int | None:
+    """The tiny value of a size attribute the default leaves ``None`` (windows, positions, layer counts stay)."""
+    if name in _LAYER_COUNTS or name in _WINDOWS or not _is_size(name):
+        return None
+    return next(tiny(1 << 20) for names, tiny in _RULES if names(name))

@@ -7,7 +7,10 @@ No formula per family: the model transformers builds from ``config.json`` on the
 keys and values, MLA's compressed latents, convolution and recurrent (SSM,
 linear-attention) states, whatever the family keeps. Sliding and chunked windows,
 layers sharing another layer's keys and values, hybrid layer patterns named any
-way: whatever transformers does is right here by construction.
+way: whatever transformers does is right here by construction. The cache is read under
+whichever output name ``generate()`` reads it from (``cache``, RWKV's ``state``, XLNet's
+``mems``: :func:`workbench._transformers_compat.cache_output`); a forward pass that returns
+none but leaves tensors on its modules (recurrent_gemma's states) is unmeasurable, not 0 bytes.
 
 Each tensor of the cache is followed by its place in the cache object
 (``layers[3].keys``) through forward passes of :data:`PROBE_LENGTHS` tokens, and one
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._records import Record
+from .._transformers_compat import cache_output
 from ..errors import EstimateUnavailableError
 
 #: Context lengths of the probing forward passes (see the module docstring).
@@ -167,12 +171,14 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
 
     Raises:
         EstimateUnavailableError: the model cannot run on the meta device (``reason="cache"``),
-            or its cache does not grow as ``fixed + rate x min(tokens, window)``.
+            its cache does not grow as ``fixed + rate x min(tokens, window)``, or it returns no
+            cache but keeps state on its modules.
     """
     import torch
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
     lengths = list(PROBE_LENGTHS)
+    before = _module_tensors(model)
     runs: list[dict[str, tuple[int, int]]] = []
     i = 0
     while i < len(lengths):
@@ -189,9 +195,9 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
                 hint="its KV cache cannot be measured before loading; load it with allow_unknown_cache "
                      "(`--allow-unknown-cache`, or the Load tab's box) and leave room for the cache yourself",
                 name=what, reason="cache") from None
-        cache = getattr(out, "cache", None)  # transformers 5.x renames past_key_values `cache`
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
+        cache = cache_output(out)  # `cache`, RWKV's `state`, XLNet's `mems`... (generate()'s names)
+        if cache is None and i == 0:
+            _no_state_on_modules(model, before, what)
         runs.append(_sizes(cache, dtype) if cache is not None else {})
         if i == len(PROBE_LENGTHS) - 1:
             bound = max([-1, *_layer_bounds(cache)])
@@ -200,6 +206,35 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
         del out, cache
         i += 1
     return _fit(runs, tuple(lengths), what)
+
+
+def _module_tensors(model: Any) -> dict[str, int]:
+    """``"layers.0.temporal_block.conv1d_state" -> id`` of every tensor a module holds as a plain attribute
+    (not a parameter or buffer: those live in the module's own dicts)."""
+    import torch
+
+    return {f"{name}.{attr}" if name else attr: id(value) for name, module in model.named_modules()
+            for attr, value in vars(module).items() if isinstance(value, torch.Tensor)}
+
+
+def _no_state_on_modules(model: Any, before: dict[str, int], what: str) -> None:
+    """A forward pass that returned no cache must not have left state on the model's modules instead.
+
+    Some families (``recurrent_gemma``) keep their recurrent and convolution states as module
+    attributes rather than in a cache object; what they hold is not in any output, so it cannot be
+    measured here: unavailable, never a cache of 0 bytes.
+
+    Raises:
+        EstimateUnavailableError: ``reason="cache"``, naming the first such attribute.
+    """
+    kept = sorted(k for k, v in _module_tensors(model).items() if before.get(k) != v)
+    if kept:
+        raise EstimateUnavailableError(
+            f"{what}: its forward pass returns no cache but keeps state on its modules ({kept[0]}"
+            f"{f' and {len(kept) - 1} more' if len(kept) > 1 else ''}), which cannot be measured before loading",
+            hint="load it with allow_unknown_cache (`--allow-unknown-cache`, or the Load tab's box) and leave "
+                 "room for its state yourself",
+            name=what, reason="cache")
 
 
 def _fit(runs: list[dict[str, tuple[int, int]]], lengths: tuple[int, ...], what: str) -> CacheProfile:
