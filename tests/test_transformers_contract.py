@@ -208,3 +208,29 @@ def test_the_loading_report_on_a_meta_skeleton_is_what_from_pretrained_reports(t
     assert {(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"]} == set(report.mismatched)
     assert [k for k, _a, _b in report.mismatched] == ["model.layers.1.input_layernorm.weight"]
     assert report.unconvertible == ()
+
+
+def test_a_forward_pass_returns_its_cache_under_one_of_the_names_generate_reads(tiny_models):
+    """store/kv_cache.py and the family sweep read a forward pass's cache where ``generate()`` reads it: under
+    ``transformers.generation.utils.ALL_CACHE_NAMES`` (a ``Cache`` as ``cache``; RWKV's list of states as
+    ``state``); a pass without a cache gives ``None``."""
+    import torch
+    from transformers import AutoModelForCausalLM, RwkvConfig
+    from transformers.cache_utils import Cache
+    from transformers.generation.utils import ALL_CACHE_NAMES
+
+    assert set(ALL_CACHE_NAMES) <= set(compat.cache_output_names())
+    ids = torch.tensor([[1, 2, 3]])
+    llama = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], local_files_only=True)
+    with torch.no_grad():
+        out = llama(input_ids=ids, use_cache=True)
+        assert compat.cache_output(llama(input_ids=ids, use_cache=False)) is None
+    assert isinstance(compat.cache_output(out), Cache)
+    assert compat.cache_output(out) is out["cache"]
+    rwkv = AutoModelForCausalLM.from_config(RwkvConfig(vocab_size=64, hidden_size=32, attention_hidden_size=32,
+                                                       intermediate_size=64, num_hidden_layers=2, context_length=16))
+    with torch.no_grad():
+        out = rwkv(input_ids=ids, use_cache=True)
+    state = compat.cache_output(out)
+    assert state is out.state
+    assert len(state) == 5 and all(isinstance(t, torch.Tensor) for t in state)

@@ -114,6 +114,14 @@ def build_from_config(cls_name: str, kwargs: dict, dest: Path, *, dtype: str = "
     return dest
 
 
+def build_unknown_cache_model(dest: Path) -> Path:
+    """A tiny recurrent_gemma in bfloat16 at ``dest``: a model whose cache the store cannot measure (its
+    forward pass returns no cache and keeps its recurrent states on its modules), that loads and generates."""
+    return build_from_config("RecurrentGemmaConfig", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, lru_width=64, attention_window_size=32), dest, dtype="bfloat16")
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 

@@ -76,6 +76,23 @@ def test_unsupported_variant_is_a_row_error(tiny_store_env, no_fp4_backend):
     assert get_registry().list() == []
 
 
+def test_a_model_whose_cache_is_unknown_is_studied_only_when_allowed(isolated_store):
+    """recurrent_gemma keeps its states on its modules, not in a returned cache: the store cannot measure its
+    cache, so each variant is refused (a row error naming the opt-in) until ``allow_unknown_cache=True``."""
+    from tiny_models import build_unknown_cache_model
+    from workbench.runtime import get_registry
+
+    build_unknown_cache_model(isolated_store / "tiny-recurrent")
+    args = dict(max_eval_tokens=32, kl_tokens=8, new_tokens=4, prompts=("Hello",))
+    (refused,) = compare("tiny-recurrent", ["bfloat16"], "cpu", **args).rows
+    assert not refused.ok
+    assert "KV cache unknown" in refused.error and "allow_unknown_cache" in refused.error
+    (row,) = compare("tiny-recurrent", ["bfloat16"], "cpu", allow_unknown_cache=True, **args).rows
+    assert row.ok, row.error
+    assert math.isfinite(row.perplexity) and row.perplexity > 1
+    assert get_registry().list() == []
+
+
 def test_cancel_leaves_nothing_loaded(tiny_store_env):
     from workbench.runtime import get_registry
 

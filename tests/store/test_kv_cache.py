@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import build_from_config
+from tiny_models import build_from_config, build_unknown_cache_model
+from workbench.errors import EstimateUnavailableError
 from workbench.store import ModelStore, format_bytes, kv_cache_bytes
+from workbench.store.estimate import cache_problem
+from workbench.store.kv_cache import measure_cache
 
 _C = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
           max_position_embeddings=8192)
@@ -133,3 +136,26 @@ def test_inspect_kv_label_and_number_agree(kv_root):
     line = next(ln for ln in text.splitlines() if "KV cache per 1,000 tokens" in ln)
     assert "bfloat16" in line
     assert line.rstrip().endswith(format_bytes(kv))
+
+
+def test_state_kept_on_modules_is_unavailable_never_zero(tmp_path):
+    """recurrent_gemma's forward pass returns no cache and keeps its states as module attributes (what
+    transformers' own real pass shows): the store says why it cannot measure that, never 0 bytes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = build_unknown_cache_model(tmp_path / "recurrent")
+    real = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        out = real(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True)
+    assert "cache" not in out
+    assert any(isinstance(v, torch.Tensor) for m in real.modules() for v in vars(m).values())
+    entry = ModelStore([tmp_path], cache_path=None).get("recurrent")
+    assert kv_cache_bytes(entry, 1000) is None
+    problem = cache_problem(entry)
+    assert problem.startswith("estimate unavailable: recurrent: its forward pass returns no cache but keeps state")
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
+    with pytest.raises(EstimateUnavailableError) as raised:
+        measure_cache(meta, "recurrent")
+    assert raised.value.context["reason"] == "cache"

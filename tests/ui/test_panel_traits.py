@@ -153,3 +153,26 @@ def test_quantization_panel_traits_and_widgets_are_one(tiny_store: Path) -> None
         assert (panel.variants, panel.eval_tokens) == (["int8", "nf4"], 256)
     finally:
         panel.close()
+
+
+def test_the_quantization_panels_unknown_cache_opt_in_is_a_control_and_reaches_the_study(tiny_store: Path) -> None:
+    """The box is the trait; a study of a model whose cache the store cannot measure (tiny_models'
+    recurrent_gemma) is refused row by row until it is ticked."""
+    from tiny_models import build_unknown_cache_model
+
+    build_unknown_cache_model(tiny_store / "tiny-recurrent")
+    panel = QuantizationPanel()
+    try:
+        c = panel.controls
+        assert (panel.allow_unknown_cache, c.allow_unknown_cache.value) == (False, False)
+        args = dict(eval_tokens=32, new_tokens=4, prompts=("Hello",), kl_tokens=8)
+        (refused,) = panel.run("tiny-recurrent", ["bfloat16"], "cpu", **args).rows
+        assert "KV cache unknown" in refused.error
+        c.allow_unknown_cache.value = True
+        assert panel.allow_unknown_cache is True
+        (row,) = panel.run("tiny-recurrent", ["bfloat16"], "cpu", **args).rows
+        assert row.ok, row.error
+        panel.allow_unknown_cache = False
+        assert c.allow_unknown_cache.value is False
+    finally:
+        panel.close()

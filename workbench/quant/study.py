@@ -235,6 +235,7 @@ def compare(
     gguf_source: str | Path | None = None,
     work_dir: str | Path | None = None,
     window: int = 512,
+    allow_unknown_cache: bool = False,
 ) -> QuantStudy:
     """Load, measure and unload each variant of ``model`` on ``device`` in turn.
 
@@ -254,6 +255,9 @@ def compare(
             written from ``model``'s safetensors (llama models).
         work_dir: where quantized GGUFs are written (a temporary folder inside it, removed at the end).
         window: tokens scored at once for perplexity and KL (every row alike).
+        allow_unknown_cache: load each variant even when the store cannot measure the model's cache
+            (as :class:`~workbench.runtime.spec.LoadSpec`'s; without it such a variant is a row with
+            ``error`` naming the unknown part and this option).
 
     A variant that fails (unsupported on this backend, out of memory) becomes a
     row with ``error`` set; the others still run.
@@ -293,11 +297,11 @@ def compare(
                     say(f"{variant.label}: preparing the GGUF", i / steps)
                     entry = ggufs.entry(variant)
                     spec = LoadSpec(model=entry, devices=(device,), engine="llamacpp", n_ctx=window + 64,
-                                    name=f"{model}@study-{variant.label}")
+                                    name=f"{model}@study-{variant.label}", allow_unknown_cache=allow_unknown_cache)
                 else:
                     spec = LoadSpec(model=model, devices=(device,), dtype=variant.dtype, quant=variant.quant,
                                     double_quant=variant.double_quant, compute_dtype=variant.compute_dtype,
-                                    name=f"{model}@study-{variant.label}")
+                                    name=f"{model}@study-{variant.label}", allow_unknown_cache=allow_unknown_cache)
                 loaded = registry.load(spec, cancel=cancel)
                 if reference_tokenizer is None and variant.engine == "transformers":
                     reference_tokenizer = loaded.tokenizer

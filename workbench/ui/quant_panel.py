@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Int, List, Unicode, link
+from traitlets import Bool, Int, List, Unicode, link
 
 from ..errors import ConfigError
 from ..precision import LABELS
@@ -105,7 +105,8 @@ def study_figures(study: Any) -> tuple[Any, Any]:
 class QuantizationPanel(Panel):
     """Run and show a quantization study.
 
-    The model, device, variants and evaluation tokens are the panel's traits, each linked to
+    The model, device, variants, evaluation tokens and ``allow_unknown_cache`` (load each variant
+    although the store cannot measure the model's cache) are the panel's traits, each linked to
     its widget once the widgets exist (``panel.variants = ["bfloat16", "nf4"]`` ticks the boxes).
 
     Args:
@@ -127,6 +128,8 @@ class QuantizationPanel(Panel):
     device = Unicode("cpu", help="where each variant is loaded")
     variants = List(Unicode(), help="precision labels, the first the baseline")
     eval_tokens = Int(512, help="held-out tokens the perplexity is measured on")
+    allow_unknown_cache = Bool(False, help="study a model even when the store cannot measure its cache "
+                                           "(each variant is then loaded without that check)")
 
     def __init__(self, store: ModelStore | None = None, registry: Registry | None = None,
                  clock: Callable[[], float] | None = None) -> None:
@@ -183,7 +186,7 @@ class QuantizationPanel(Panel):
             self._set_progress("starting", 0.0, force=True)
             study = compare(self.model, self.variants, self.device, max_eval_tokens=self.eval_tokens,
                             new_tokens=new_tokens, progress=self._set_progress, cancel=cancel,
-                            registry=self._registry, **kwargs)
+                            registry=self._registry, **{"allow_unknown_cache": self.allow_unknown_cache, **kwargs})
             self.study = study
             self._set_progress("cancelled" if study.cancelled else "done", 1.0, force=True)
             failed = [r.variant.label for r in study.rows if not r.ok]
@@ -243,6 +246,9 @@ class QuantizationPanel(Panel):
                        for label in VARIANT_CHOICES}
         self._tokens_w = widgets.BoundedIntText(value=self.eval_tokens, min=32, max=8192, step=64,
                                                 description="eval tokens", layout=widgets.Layout(width="200px"))
+        self._unknown_w = widgets.Checkbox(value=self.allow_unknown_cache, indent=False,
+                                           description="study it even if its cache size is unknown",
+                                           layout=widgets.Layout(width="auto"))
         self._run_button = widgets.Button(description="Run study", button_style="primary", icon="play",
                                           layout=widgets.Layout(width="120px"))
         self._cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
@@ -255,7 +261,8 @@ class QuantizationPanel(Panel):
         self._speed = FigureSlot(go.Figure(layout={"height": 320, "title": "Decode speed"}), height=320)
         # The traits are the state; each widget shows one and sets it (see the class doc).
         self._links = {name: link((self, name), (w, "value")) for name, w in (
-            ("model", self._model_w), ("device", self._device_w), ("eval_tokens", self._tokens_w))}
+            ("model", self._model_w), ("device", self._device_w), ("eval_tokens", self._tokens_w),
+            ("allow_unknown_cache", self._unknown_w))}
         for label, box in self._boxes.items():
             self._links[f"variant:{label}"] = link((self, "variants"), (box, "value"), transform=(
                 lambda variants, v=label: v in variants,
@@ -270,7 +277,7 @@ class QuantizationPanel(Panel):
         self._render_results()
         return widgets.VBox([
             widgets.HTML(f"<div style='font-size:13px;max-width:900px'>{EXPLANATION}</div>"),
-            widgets.HBox([self._model_w, self._device_w, self._tokens_w]),
+            widgets.HBox([self._model_w, self._device_w, self._tokens_w, self._unknown_w]),
             widgets.HBox([widgets.HTML("<b>Variants</b>", layout=widgets.Layout(width="70px")),
                           *self._boxes.values()]),
             widgets.HBox([self._run_button, self._cancel_button, self._bar, self._status]),
@@ -279,9 +286,11 @@ class QuantizationPanel(Panel):
         ], layout=widgets.Layout(width="100%", min_width="0"))
 
     def _control_widgets(self) -> dict[str, Any]:
-        """``model``, ``device``, ``variants`` (checkboxes by variant label), ``eval_tokens``, ``run``, ``cancel``."""
+        """``model``, ``device``, ``variants`` (checkboxes by variant label), ``eval_tokens``,
+        ``allow_unknown_cache`` (study a model whose cache the store cannot measure), ``run``, ``cancel``."""
         return {"model": self._model_w, "device": self._device_w, "variants": self._boxes,
-                "eval_tokens": self._tokens_w, "run": self._run_button, "cancel": self._cancel_button}
+                "eval_tokens": self._tokens_w, "allow_unknown_cache": self._unknown_w, "run": self._run_button,
+                "cancel": self._cancel_button}
 
     def _output_widgets(self) -> dict[str, Any]:
         """``progress`` (a bar, 0..1), ``status``, ``table`` (the study's results, or what to do before
