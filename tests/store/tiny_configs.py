@@ -105,8 +105,20 @@ def tiny_configs(model_type: str) -> Iterator[tuple[str, Callable[[], Any]]]:
     ``num_heads``/``head_dim``) keep the default's ratio of heads x head size to the hidden size
     (Mamba-2's ``num_heads x head_dim == expand x hidden_size``), with KV heads dividing the heads;
     per-layer settings keyed by layer index keep the layers that remain, and every ``vocab_size*``
-    is the tiny vocabulary. The sweep tries the next
-    variant when transformers refuses a config or its forward pass fails.
+    is the tiny vocabulary. Besides:
+
+    * sizes ``__post_init__`` derives (not declared fields: ``qk_head_dim``) are dropped, to be derived
+      again; sizes still ``None`` after it (``head_dim``, ``n_routed_experts``) get their rule's value;
+    * KV heads equal to the heads in the default stay equal (MLA keeps keys per head);
+    * experts per token stay at most the experts kept;
+    * per-layer lists (``layer_types``, ``layers_block_type``, ``mlp_layer_types``) keep the first layer
+      of each kind, and layer-index lists (``attn_layer_indices``, ``hybrid_layer_ids``) their first
+      index, renumbered; a list of linear/recurrent layers only, or no attention index at all, gets one
+      attention layer (transformers' hybrid caches refuse a cache without one);
+    * ``rotary_dim`` stays within the tiny head, ``is_decoder`` is set (a causal LM), and a
+      ``default_X`` left ``None`` is the first of ``Xs`` (``default_language``).
+
+    The sweep tries the next variant when transformers refuses a config or its forward pass fails.
     """
     from transformers import AutoConfig
 
@@ -196,6 +208,16 @@ def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls
             continue  # derived by the config from other values: let it derive it from the tiny ones
         if constrained and fields is not None and _is_int(value) and name not in fields and _is_size(name):
             continue  # set by __post_init__ from declared ones (``qk_head_dim = nope + rope``): derived again
+        if constrained and name.endswith("rotary_dim") and _is_int(value):
+            out[name] = min(value, HEAD_DIM)  # rotated dimensions within the tiny head (GPT-J's 64 of 256)
+            continue
+        if constrained and name == "is_decoder" and value is False:
+            out[name] = True  # a causal LM is a decoder (some refuse to build as an encoder)
+            continue
+        if constrained and value is None and name.startswith("default_") and isinstance(
+                values.get(name[len("default_"):] + "s"), (list, tuple)) and values[name[len("default_"):] + "s"]:
+            out[name] = values[name[len("default_"):] + "s"][0]  # default_language: the first of languages
+            continue
         if keep is not None and isinstance(value, list) and own_layers and len(value) == own_layers:
             out[name] = _with_attention([value[i] for i in keep])  # per-layer lists: the layers kept
             continue
