@@ -142,3 +142,37 @@ def save_prequantized(src: Path, dest: Path, quant: str) -> Path:
         if (src / name).is_file():
             shutil.copy(src / name, dest / name)
     return dest
+
+
+def save_mxfp4(dest: Path) -> int:
+    """A tiny GPT-OSS saved by transformers (bfloat16) with its expert matrices re-saved in MXFP4's
+    layout with safetensors, as GPT-OSS checkpoints are; returns the ``numel`` of the model built.
+
+    ``X_blocks``: ``[experts, in, out / 32 blocks, 16]`` bytes, two 4-bit values a byte; ``X_scales``:
+    one exponent per 32 values; ``config.json`` says ``quant_method: mxfp4``.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from store.tiny_configs import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt_oss"), dtype=torch.bfloat16)
+    model.save_pretrained(dest)
+    numel = sum(p.numel() for p in model.parameters())
+    tensors = {}
+    for name, t in load_file(dest / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            experts, rows, cols = t.shape  # stored transposed: [experts, out, in / 32 blocks, 16 bytes]
+            tensors[f"{name}_blocks"] = torch.randint(0, 255, (experts, cols, rows // 32, 16), dtype=torch.uint8)
+            tensors[f"{name}_scales"] = torch.full((experts, cols, rows // 32), 127, dtype=torch.uint8)
+        else:
+            tensors[name] = t
+    save_file(tensors, dest / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4"}
+    (dest / "config.json").write_text(json.dumps(cfg))
+    build_tokenizer().save_pretrained(dest)
+    return numel

@@ -33,7 +33,7 @@ from .._transformers_compat import install_tqdm_hook, observing_weights
 from ..errors import InsufficientMemoryError, LoadCancelledError, QuantizationUnsupportedError, WorkbenchError
 from ..precision import normalize_device
 from ..store import ModelEntry
-from ..store.estimate import TRIM_EVERY, resolve_dtype
+from ..store.estimate import TRIM_EVERY, load_dtype
 from ..store.support import CAUSAL_LM, IMAGE_TEXT_TO_TEXT
 from ..store.tokenizer_files import find_chat_template
 from . import _memory, _noise
@@ -173,7 +173,7 @@ def load(entry: ModelEntry, spec: LoadSpec, *, device_map: Any, max_memory: dict
     err: WorkbenchError | None = None
     outcome: LoadOutcome | None = None
     try:
-        dtype = dtype_name or resolve_dtype(entry, spec.dtype)
+        dtype = dtype_name or load_dtype(entry, spec.dtype)
         outcome = _load(entry, spec, ctx, device_map, max_memory, dict(phase_times or {}), dtype,
                         precision or spec.precision)
         return outcome

@@ -28,7 +28,7 @@ from .._records import Record, jsonable
 from ..errors import LoadCancelledError, LoadSpecError, ModelNotLoadedError, WorkbenchError
 from ..precision import is_gpu
 from ..store import MemoryEstimate, ModelEntry, ModelStore, format_bytes
-from ..store.estimate import resolve_dtype
+from ..store.estimate import load_dtype
 from ..store.safety import check_entry
 from ..telemetry.events import post_event
 from . import _memory, holdings, idle, leasing
@@ -507,8 +507,9 @@ class LoadPlan:
         engine: ``"llamacpp"`` for a GGUF at its own quantization (runtime/llamacpp.py), else
             ``"transformers"``: :meth:`LoadSpec.uses_llamacpp`, asked once, here.
         precision: the spec's precision label (``"bfloat16"``, ``"nf4+dq"``), for names, events and progress.
-        dtype: the torch dtype name the weights load in, ``"auto"`` resolved from the checkpoint
-            (:func:`~workbench.store.estimate.resolve_dtype`); ``None`` on llama.cpp.
+        dtype: the torch dtype name the weights load in: the fit's estimate's, so the dtype counted is
+            the dtype loaded (:func:`~workbench.store.estimate.load_dtype`, the one rule: ``"auto"``
+            resolved from the checkpoint); ``None`` on llama.cpp.
         n_ctx: the context llama.cpp allocates (:func:`.spec.default_n_ctx`; 0 on transformers).
         fit: the fit check (free memory and other users' leases read once, here, and handed to the
             lease's own check), or ``None`` for entries without headers to estimate from (pickle, remote code).
@@ -551,8 +552,10 @@ def _plan_load(entry: ModelEntry, spec: LoadSpec) -> LoadPlan:
     else:
         check_devices(spec)
     device_map, max_memory = placement_plan(spec, fit, fallback=_torch_free_bytes)
-    return LoadPlan(entry, spec, "transformers", precision, resolve_dtype(entry, spec.dtype), 0, fit, device_map,
-                    max_memory)
+    # The dtype the estimate counted (store.estimate.load_dtype decided it there); asked afresh only
+    # when there is no estimate (entries without headers).
+    dtype = fit.estimate.dtype if fit is not None else load_dtype(entry, spec.dtype)
+    return LoadPlan(entry, spec, "transformers", precision, dtype, 0, fit, device_map, max_memory)
 
 
 def _torch_free_bytes(device: str) -> int | None:

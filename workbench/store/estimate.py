@@ -38,8 +38,17 @@ TABLE_PRECISIONS: tuple[tuple[str, str, str], ...] = (
 _BLOCK = 64  # bitsandbytes' default 4-bit block size
 
 
-def resolve_dtype(entry: ModelEntry, dtype: str) -> str:
-    """``"auto"`` becomes the checkpoint's floating dtype (bfloat16 for GGUF or integer checkpoints).
+def load_dtype(entry: ModelEntry, dtype: str) -> str:
+    """The dtype a load of ``entry`` asked at ``dtype`` holds its weights in: the one rule for it.
+
+    ``"auto"`` becomes the checkpoint's floating dtype (bfloat16 for GGUF or integer checkpoints).
+    An MXFP4 checkpoint that transformers dequantizes (no kernels) holds this dtype too, not always
+    bfloat16 as its warning says: ``Mxfp4Dequantize`` (``integrations/mxfp4.py``) dequantizes "to the
+    dtype of the parameter they load into", the model's dtype (tests/runtime/test_load_plan.py).
+
+    The store's :func:`estimate` counts the weights at this dtype (its :attr:`MemoryEstimate.dtype`);
+    the runtime's load plan takes the estimate's answer and hands it to ``from_pretrained``, so what
+    is counted and what is loaded cannot differ.
 
     Raises:
         ConfigError: a dtype that is neither ``"auto"`` nor one of :data:`DTYPE_BYTES`.
@@ -215,7 +224,7 @@ def estimate(
         raise BrokenModelError(f"{entry.name} has no readable weight headers, so its memory cannot be estimated",
                                hint=entry.problem or "check the entry with `workbench store inspect`",
                                name=entry.name, path=entry.path)
-    dtype = resolve_dtype(entry, dtype)
+    dtype = load_dtype(entry, dtype)
     width = DTYPE_BYTES[dtype]
     w = entry.weights
     layout = _layout(entry)
@@ -261,7 +270,7 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
     if entry.params is None:
         raise ConfigError(f"{entry.name} has no readable weight headers, so its memory cannot be estimated",
                           hint=entry.problem or "check the entry with `workbench store inspect`")
-    dtype = resolve_dtype(entry, dtype)
+    dtype = load_dtype(entry, dtype)
     width = DTYPE_BYTES[dtype]
     w = entry.weights
     dq = False
@@ -273,16 +282,15 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
         dq = saved != "int8" and double_quant(entry.path)
         layout = model_layout(entry.path, skip_modules=bnb_skip_modules(entry.path))
     if entry.quant_method == "mxfp4" and entry.path.is_dir() and not mxfp4_stays_packed(device_type):
-        # transformers dequantizes MXFP4 to bfloat16 without its kernels (prequant.mxfp4_stays_packed):
+        # transformers dequantizes MXFP4 without its kernels, to the load's dtype (load_dtype):
         # the load holds the full-precision model its skeleton is.
         from .layout import model_layout
 
         full = model_layout(entry.path)
         if full is not None:
-            weights = full.unquantized_bytes(DTYPE_BYTES["bfloat16"], "bfloat16")
-            peak = load_peak(entry, "bfloat16", saved, weights, device_type)
-            return MemoryEstimate("bfloat16", saved, False, int(weights), 0, int(peak),
-                                  *_cache_fields(entry, "bfloat16"))
+            weights = full.unquantized_bytes(width, dtype)
+            peak = load_peak(entry, dtype, saved, weights, device_type)
+            return MemoryEstimate(dtype, saved, False, int(weights), 0, int(peak), *_cache_fields(entry, dtype))
     if layout is not None:
         linear = layout.linear_params
         packed = linear if saved == "int8" else (linear + 1) // 2

@@ -163,7 +163,7 @@ def mxfp4_stays_packed(device_type: str) -> bool:
     """Whether transformers keeps an MXFP4 checkpoint packed when loading it on ``device_type``.
 
     ``quantizers/quantizer_mxfp4.py`` (``validate_environment``) dequantizes a pre-quantized MXFP4
-    model to bfloat16 unless its kernels can run: a CUDA GPU (compute capability 7.5 or more) with
+    model (to the dtype of the load, see estimate.load_dtype) unless its kernels can run: a CUDA GPU (compute capability 7.5 or more) with
     Triton 3.4 or later and the ``kernels`` package; on the CPU it dequantizes unless ``use_kernels``
     is set, which the workbench does not set.
     """
