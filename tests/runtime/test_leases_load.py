@@ -157,3 +157,19 @@ def test_a_claim_written_after_the_fits_reading_is_seen_by_the_claims_own_check(
     with pytest.raises(InsufficientMemoryError, match=r"leased by .*hub user alice\) \(Mixtral-8x7B"):
         me.acquire("cuda:0", 8 * GiB, "tiny-llama", reading=reading, hold=False)
     assert [x.hub_user for x in list_leases()] == ["alice"]
+
+
+def test_a_gpu_load_refused_for_memory_reads_each_gpus_memory_once_suggestion_included(
+        fake_nvml, clean_devices, registry):
+    """The refusal's suggestion (other precisions, the other GPU, the CPU) is tried against the fit's
+    own reading of cuda:0 and one reading of cuda:1, not NVML afresh for every alternative: NVML's
+    memory is read once per GPU (the fake counts the queries)."""
+    mib = 2**20
+    # 256 MiB each, 200 MiB of it used by others: not even torch's CUDA context fits (512 MiB).
+    fake = fake_nvml([FakeGpu(memory_total_bytes=256 * mib, memory_used_bytes=200 * mib)] * 2, torch=True)
+    get_lease_book()  # built (and NVML started) before counting, as above
+    fake.calls.clear()
+    with pytest.raises(InsufficientMemoryError) as err:
+        registry.load(LoadSpec("tiny-llama", devices=("cuda:0",), dtype="float32"))
+    assert "load on cpu instead" in err.value.hint.lower()  # the suggestion was made, the CPU among the ideas
+    assert fake.calls["memory"] == 2

@@ -97,6 +97,22 @@ def test_three_gpus_get_tensor_parallel_and_only_what_the_model_needs(seeded_sto
     assert list_leases() == []
 
 
+def test_a_serve_plan_and_its_start_read_nvmls_memory_once(seeded_store, fake_vllm, gpus) -> None:
+    """The fit check's reading of the GPU sizes vLLM's share of it and is what the engine's lease is
+    checked against (the lease folder is listed again after the claim; NVML is not read again)."""
+    from workbench.devices.leases import get_lease_book
+
+    fake = gpus(3 * GiB)
+    get_lease_book()  # the process's book, built (and NVML started) before counting
+    fake.calls.clear()
+    ep = start(plan_serve(SMOL, engine="vllm", devices=["cuda:0"], dtype="bfloat16"), ready_timeout_s=60)
+    try:
+        assert fake.calls["memory"] == 1
+        assert [x.pid for x in list_leases()] == [ep.pid]
+    finally:
+        stop(ep.name)
+
+
 def test_a_gpu_leased_to_someone_else_refuses_the_engine(seeded_store, fake_vllm, gpus) -> None:
     gpus(3 * GiB)
     plan = plan_serve(SMOL, engine="vllm", devices=["cuda:0"], dtype="bfloat16")

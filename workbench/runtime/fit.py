@@ -386,26 +386,43 @@ _ALTERNATIVES: tuple[tuple[str, str], ...] = (("bfloat16", "none"), ("bfloat16",
 
 
 def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
-            other_devices: Sequence[str] = (), context_tokens: int = CONTEXT_TOKENS, sequences: int = 1) -> str:
+            other_devices: Sequence[str] = (), context_tokens: int = CONTEXT_TOKENS, sequences: int = 1,
+            check: FitCheck | None = None) -> str:
     """What to change so the load fits: a smaller precision, or more/other devices (each tried with
-    :func:`check_fit` at the same context and sequences)."""
-    free = free or _default_free
+    :func:`check_fit` at the same context and sequences).
+
+    Every device is read once: the spec's own from ``check`` (the fit check of ``spec`` that did not
+    fit, whose offers every alternative is tried against), the others (and all of them without
+    ``check``) once here, through ``free`` and the leases as :func:`check_fit` reads them.
+
+    Raises:
+        LoadSpecError: a device that this session does not have.
+    """
+    offers: dict[str, DeviceOffer] = {}
+    if check is not None:
+        offers = {b.device: DeviceOffer(b.device, b.free_bytes, None, b.leased_bytes, b.lease_holders)
+                  for b in check.budgets}
+    unread = list(dict.fromkeys(d for d in (*spec.devices, *other_devices) if d not in offers))
+    offers.update((o.device, o) for o in device_offers(unread, free=free))
 
     def probe(other: LoadSpec) -> FitCheck:
-        return check_fit(entry, other, free=free, context_tokens=context_tokens, sequences=sequences)
+        return check_fit(entry, other, context_tokens=context_tokens, sequences=sequences,
+                         offers=[offers[d] for d in other.devices])
 
     def fits(chk: FitCheck) -> bool:
         # With an unknown cache, "everything known fits" is the most anyone can say (require_fit says the rest).
         return bool(chk.fits) or (chk.fits is None and bool(chk.unknown_parts) and chk.available_bytes is not None)
 
     ideas = []
-    current = spec_estimate(entry, spec).total_bytes
+    current = (check.estimate if check is not None else spec_estimate(entry, spec)).total_bytes
     # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
     for dtype, quant in (_ALTERNATIVES if entry.quant_method is None else ()):
         alt = spec.with_(dtype=dtype, quant=quant, double_quant=False, compute_dtype=None)
-        if (alt.dtype, alt.quant) == (spec.dtype, spec.quant) or spec_estimate(entry, alt).total_bytes >= current:
+        if (alt.dtype, alt.quant) == (spec.dtype, spec.quant):
             continue
-        chk = probe(alt)
+        chk = probe(alt)  # its estimate is the one compared: estimated once
+        if chk.estimate.total_bytes >= current:
+            continue
         if fits(chk):
             what = f"quant={quant!r}" if quant != "none" else f"dtype={dtype!r}"
             ideas.append(f"try {what} (needs about {chk.needed_str})")
@@ -458,7 +475,7 @@ def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None
         if other_devices is None:
             other_devices = _visible_device_names()
         hint = suggest(entry, spec, free=free, other_devices=other_devices, context_tokens=context_tokens,
-                       sequences=sequences)
+                       sequences=sequences, check=chk)
         raise InsufficientMemoryError(
             chk.message + ".", hint=hint[:1].upper() + hint[1:] + ".",
             needed_bytes=chk.needed_bytes, available_bytes=chk.available_bytes, devices=list(spec.devices),
@@ -469,10 +486,12 @@ def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None
 
 
 def _visible_device_names() -> list[str]:
+    """The session's devices by name only: the GPUs' memory is not read here (:func:`suggest` reads
+    each device once)."""
     from .. import devices
 
     try:
-        return [d.name for d in devices.list_devices()]
+        return [g.name for g in devices.visible_gpus().gpus] + ["cpu"]
     except (RuntimeError, OSError) as exc:  # the inventory degrades itself; be safe anyway
         return ["cpu"] if str(exc) else []
 

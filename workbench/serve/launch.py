@@ -17,8 +17,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,12 @@ class ServePlan(Record):
         served_model: the model name requests must carry (``None``: read from ``/v1/models``).
         vllm: vLLM's derived numbers (tensor parallel size, memory utilisation, max model length).
         device_bytes: what the engine will take on each GPU, leased for its PID.
+        readings: per GPU, the fit check's one reading of it (NVML's memory and others' leases,
+            :attr:`workbench.runtime.fit.FitCheck.readings`): the engine's leases are checked against
+            its NVML numbers (:func:`start`), so that a serve plan reads NVML once. Not in the JSON.
     """
+
+    _json_exclude = ("readings",)
 
     name: str
     store_model: str
@@ -57,6 +62,7 @@ class ServePlan(Record):
     served_model: str | None
     vllm: dict[str, Any] | None = None
     device_bytes: dict[str, int] | None = None
+    readings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def base_url(self) -> str:
@@ -71,12 +77,12 @@ def _workbench_dir(sub: str) -> Path:
 
 def _cuda_visible(devices: Sequence[str]) -> str:
     """``CUDA_VISIBLE_DEVICES`` for the engine: the chosen GPUs' UUIDs (stable across processes)."""
-    from .. import devices as devs
+    from ..devices.visibility import resolve_gpu
 
     ids = []
     for d in devices:
-        dev = devs.get_device(d)
-        ids.append(dev.uuid or str(dev.nvml_index if dev.nvml_index is not None else dev.index))
+        vg = resolve_gpu(d)  # who the GPU is, not its memory (the fit read that)
+        ids.append(vg.uuid or str(vg.nvml.nvml_index if vg.nvml is not None else vg.index))
     return ",".join(ids)
 
 
@@ -155,13 +161,16 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         from .vllm_memory import GpuMemory, derive_vllm_args
 
         mem = []
+        free_of = {b.device: b.free_bytes for b in fit.budgets}  # the fit's one reading of each GPU
         for d in gpus:
-            dev = devs.get_device(d)
-            free_b = free(d) if free is not None else dev.memory_free_bytes
-            if dev.memory_total_bytes is None or free_b is None:
+            reading = fit.readings.get(d)
+            # The total comes with the fit's reading (the lease book's); read here only with leases off.
+            total_b = reading.total_bytes if reading is not None else devs.get_device(d).memory_total_bytes
+            free_b = free_of.get(d)
+            if total_b is None or free_b is None:
                 raise ConfigError(f"the memory of {d} cannot be read, so vLLM's share of it cannot be set",
                                   hint="check `workbench devices`", device=d)
-            mem.append(GpuMemory(d, dev.memory_total_bytes, free_b))
+            mem.append(GpuMemory(d, total_b, free_b))
         vargs = derive_vllm_args(entry, fit.estimate, mem, max_model_len=max_model_len, nodes=nodes, quant=quant,
                                  dtype=dtype)
         argv = engines.vllm_argv(engines.vllm_command() or [], entry.path, name, vargs, port=port)
@@ -206,7 +215,7 @@ def plan_serve(model: str, *, engine: EngineChoice = "auto", devices: str | Sequ
         served = None
         device_bytes = {b.device: b.needed_bytes for b in fit.budgets if b.device in gpus}
     return ServePlan(name, entry.name, chosen, spec.devices, port, tuple(argv), env, fit.needed_bytes, served,
-                     vllm_info, device_bytes)
+                     vllm_info, device_bytes, dict(fit.readings))
 
 
 # Endpoints this process started without detach: stopped when it exits.
@@ -276,7 +285,7 @@ def start(plan: ServePlan, *, detach: bool = False, ready_timeout_s: float | Non
     lease_ids: tuple[str, ...] = ()
     try:
         proc = process.start(plan.argv, env=env, log_path=log_path)
-        lease_ids = lease_hook.acquire(plan.device_bytes or {}, plan.store_model, proc.pid)
+        lease_ids = lease_hook.acquire(plan.device_bytes or {}, plan.store_model, proc.pid, readings=plan.readings)
         ready_s, body = process.wait_ready(proc, plan.base_url, timeout_s=timeout, log_path=log_path,
                                            what=f"{plan.engine} serving {plan.store_model}", api_key=secret,
                                            health=engines.has_health(plan.engine, plan.argv))

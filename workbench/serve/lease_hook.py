@@ -11,10 +11,16 @@ stopped or fails to start. The rule is the one loads follow
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 
-def acquire(device_bytes: Mapping[str, int], model: str, pid: int) -> tuple[str, ...]:
+def acquire(device_bytes: Mapping[str, int], model: str, pid: int, *,
+            readings: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """Lease ``device_bytes[d]`` on each GPU ``d`` for the engine ``pid``; returns the lease ids.
+
+    ``readings``: the serve plan's fit readings of its GPUs (:attr:`ServePlan.readings`), whose NVML
+    numbers each lease is checked against, so that NVML is not read again (the lease folder is:
+    :meth:`workbench.devices.leases.LeaseBook.acquire`).
 
     Raises:
         InsufficientMemoryError: a GPU's free memory, less other users' leases, is too small
@@ -23,7 +29,7 @@ def acquire(device_bytes: Mapping[str, int], model: str, pid: int) -> tuple[str,
     """
     from ..devices.leases import policy
 
-    return tuple(lease.lease_id for lease in policy.take(device_bytes, model, pid=pid))
+    return tuple(lease.lease_id for lease in policy.take(device_bytes, model, pid=pid, readings=readings))
 
 
 def release(lease_ids: tuple[str, ...] | list[str]) -> None:

@@ -225,13 +225,17 @@ class LoadPanel(Panel):
         spec = self.spec()
         return check_fit(self._entry(spec.model_name), spec)
 
-    def suggestion(self) -> str:
-        """What to change when the selection does not fit (a smaller precision, another device)."""
+    def suggestion(self, check: FitCheck | None = None) -> str:
+        """What to change when the selection does not fit (a smaller precision, another device).
+
+        ``check``: the selection's :meth:`check` already made, whose device readings the
+        alternatives are tried against (default: the devices are read afresh).
+        """
         from ..runtime.fit import suggest
 
         spec = self.spec()
         return suggest(self._entry(spec.model_name), spec,
-                       other_devices=[d.name for d in self.device_records])
+                       other_devices=[d.name for d in self.device_records], check=check)
 
     def saved_quantization(self) -> str | None:
         """The selected model's own quantization when it is a pre-quantized checkpoint, else ``None``."""
@@ -556,7 +560,7 @@ class LoadPanel(Panel):
             check = self.check()
             table = fit_table_html([check])
             if check.fits is False:
-                return banner_html(f"{check.message}. {self.suggestion().capitalize()}.", "warning") + table
+                return banner_html(f"{check.message}. {self.suggestion(check).capitalize()}.", "warning") + table
         except WorkbenchError as exc:
             return banner_html(str(exc), "error")
         return banner_html(check.message, "ok" if check.fits else "info") + table
