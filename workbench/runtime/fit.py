@@ -281,7 +281,7 @@ def unknown_load_parts(entry: ModelEntry, spec: LoadSpec, est: MemoryEstimate, *
     """
     if spec.uses_llamacpp(entry) if llamacpp is None else llamacpp:
         return {}
-    if kv_cache_bytes(entry, 1, est.dtype) is not None:
+    if est.kv_cache_bytes_per_1k_tokens is not None:  # the estimate measured the cache: nothing unknown
         return {}
     why = getattr(est, "cache_problem", None) or cache_problem(entry) or (
         f"estimate unavailable: the store cannot measure the cache of {entry.name}")

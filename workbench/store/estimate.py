@@ -136,8 +136,26 @@ def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16
     Raises:
         EstimateUnavailableError: the skeleton is beyond the bounds of the skeleton budget.
     """
+    return _kv_bytes(entry, cache_profile(entry), tokens, dtype, batch)
+
+
+def cache_state_bytes(entry: ModelEntry, dtype: str = "bfloat16", batch: int = 1) -> int | None:
+    """Bytes of the cache fixed per sequence (conv and recurrent states) for ``batch`` sequences; see
+    :func:`kv_cache_bytes`."""
+    return _state_bytes(entry, cache_profile(entry), dtype, batch)
+
+
+def cache_problem(entry: ModelEntry) -> str | None:
+    """``"estimate unavailable: REASON"`` when the cache of ``entry`` cannot be measured, else ``None``."""
+    return _problem(entry, cache_profile(entry))
+
+
+# The three above, from one cache_profile answer (an estimate asks it once for all three).
+Profile = CacheProfile | str | None
+
+
+def _kv_bytes(entry: ModelEntry, profile: Profile, tokens: int, dtype: str, batch: int) -> int | None:
     width = DTYPE_BYTES.get(dtype, 2)
-    profile = cache_profile(entry)
     if profile is None:
         rate = gguf_kv_bytes_per_token(entry.num_layers, entry.num_kv_heads, entry.head_dim, width)
         return None if rate is None else rate * tokens * batch
@@ -146,10 +164,7 @@ def kv_cache_bytes(entry: ModelEntry, tokens: int = 1000, dtype: str = "bfloat16
     return profile.kv_bytes(tokens, width, batch)
 
 
-def cache_state_bytes(entry: ModelEntry, dtype: str = "bfloat16", batch: int = 1) -> int | None:
-    """Bytes of the cache fixed per sequence (conv and recurrent states) for ``batch`` sequences; see
-    :func:`kv_cache_bytes`."""
-    profile = cache_profile(entry)
+def _state_bytes(entry: ModelEntry, profile: Profile, dtype: str, batch: int) -> int | None:
     if profile is None:
         return 0 if entry.num_layers else None
     if isinstance(profile, str):
@@ -157,16 +172,15 @@ def cache_state_bytes(entry: ModelEntry, dtype: str = "bfloat16", batch: int = 1
     return profile.state_bytes(DTYPE_BYTES.get(dtype, 2), batch)
 
 
-def cache_problem(entry: ModelEntry) -> str | None:
-    """``"estimate unavailable: REASON"`` when the cache of ``entry`` cannot be measured, else ``None``."""
-    profile = cache_profile(entry)
+def _problem(entry: ModelEntry, profile: Profile) -> str | None:
     if profile is None and not (entry.num_layers and entry.num_kv_heads and entry.head_dim):
         return f"estimate unavailable: the GGUF header of {entry.name} lacks its layer and head counts"
     return profile if isinstance(profile, str) else None
 
 
 def _cache_fields(entry: ModelEntry, dtype: str) -> tuple[int | None, int | None, str | None]:
-    return kv_cache_bytes(entry, 1000, dtype), cache_state_bytes(entry, dtype), cache_problem(entry)
+    profile = cache_profile(entry)
+    return _kv_bytes(entry, profile, 1000, dtype, 1), _state_bytes(entry, profile, dtype, 1), _problem(entry, profile)
 
 
 def _layout(entry: ModelEntry):  # -> ModelLayout | None
