@@ -150,8 +150,8 @@ def test_close_tree_closes_children_layouts_and_styles_but_not_what_another_box_
     box, other = widgets.VBox([button, shared]), widgets.HBox([shared])
     closed = close_tree(box)
     assert closed == 5  # the box and its Layout, the button with its Layout and ButtonStyle
-    assert box.comm is None and button.comm is None and button.layout.comm is None
-    assert shared.comm is not None and other.comm is not None and shared.layout.comm is not None
+    assert [w.comm for w in (box, button, button.layout)] == [None, None, None]
+    assert None not in [w.comm for w in (shared, other, shared.layout)]
     inner = widgets.Label("inside")
     outer = widgets.VBox([inner])
     assert close_tree(inner) == 0  # still shown by a live box: closing it would break every reload
