@@ -13,8 +13,11 @@ that imports and first-use caches are not counted), and reports:
   *modules* are the distinct ones; a *return* is a stop in a module the walk had already
   left (``returns == stops - modules``). This is "following the spec of ``Registry.load``
   call by call" of issue 20, made mechanical.
+* **the spec and entry walk**: the same, following the spec and the store entry it resolves to
+  (calls that receive either): the store's estimate, layout and cache functions take the entry.
 * **concepts computed per load**: calls of the functions that compute one concept each:
-  the store lookup (``ModelStore.get``), the dtype resolution (``resolve_dtype``), the engine
+  the store lookup (``ModelStore.get``), the dtype resolution (``load_dtype``), the estimate,
+  the cache profile and the layout transformers builds, the engine
   choice (``LoadSpec.uses_llamacpp``) and the precision label (``LoadSpec.precision``), the
   device's free memory (``workbench.devices.memory_free_bytes``, NVML's ``memory_info``) and the
   lease files (``LeaseBook.share``, ``LeaseFolder.list``). A CPU load reads no NVML and no
@@ -41,7 +44,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 #: (module suffix, function name) -> the concept it computes.
 CONCEPTS = {
     ("workbench/store/store.py", "get"): "store lookup (ModelStore.get)",
-    ("workbench/store/estimate.py", "resolve_dtype"): "dtype resolved (resolve_dtype)",
+    ("workbench/store/estimate.py", "load_dtype"): "dtype resolved (estimate.load_dtype)",
+    ("workbench/store/estimate.py", "resolve_dtype"): "dtype resolved (estimate.resolve_dtype, before issue 20)",
+    ("workbench/store/estimate.py", "estimate"): "memory estimated (estimate.estimate)",
+    ("workbench/store/estimate.py", "cache_profile"): "cache profile asked (estimate.cache_profile)",
+    ("workbench/store/layout.py", "model_layout"): "layout asked (layout.model_layout)",
+    ("workbench/store/layout.py", "layout_or_reason"): "layout asked (layout.layout_or_reason)",
     ("workbench/runtime/spec.py", "uses_llamacpp"): "engine chosen (LoadSpec.uses_llamacpp)",
     ("workbench/runtime/spec.py", "precision"): "precision label (LoadSpec.precision)",
     ("workbench/devices/inventory.py", "memory_free_bytes"): "free memory read (devices.memory_free_bytes)",
@@ -57,6 +65,8 @@ class Walk:
 
     stops: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    #: The same walk following the spec *and* the store entry it resolves to (calls receiving either).
+    entry_stops: list[str] = field(default_factory=list)
     concepts: dict[str, int] = field(default_factory=dict)
     #: The whole call tree below ``Registry.load`` through workbench code (calls made by a
     #: workbench function to a workbench function; callbacks from transformers are left out).
@@ -73,8 +83,12 @@ class Walk:
     def summary(self) -> dict[str, Any]:
         visits = Counter(self.stops)
         tree = Counter(self.tree_stops)
+        by_entry = Counter(self.entry_stops)
         return {"stops": len(self.stops), "modules": self.modules, "returns": self.returns,
                 "stops_per_module": dict(visits.most_common()), "concepts": self.concepts,
+                "spec_and_entry": {"stops": len(self.entry_stops), "modules": len(by_entry),
+                                   "returns": len(self.entry_stops) - len(by_entry),
+                                   "stops_per_module": dict(by_entry.most_common())},
                 "tree": {"stops": len(self.tree_stops), "modules": len(tree),
                          "returns": len(self.tree_stops) - len(tree), "stops_per_module": dict(tree.most_common())},
                 "walk": self.calls}
@@ -89,12 +103,18 @@ def _module(filename: str, package: str) -> str | None:
 def walk(registry: Any, spec: Any) -> tuple[Walk, Any]:
     """Load ``spec`` with ``registry`` under a profiler; returns the walk and the loaded model."""
     import workbench
+    from workbench.store import ModelEntry
 
     package = str(Path(workbench.__file__).resolve().parent) + "/"
     found = Walk()
     concepts: Counter[str] = Counter()
     last: list[str | None] = [None]
     tree_last: list[str | None] = [None]
+    entry_last: list[str | None] = [None]
+    name = spec.model if isinstance(spec.model, str) else spec.model.name
+
+    def is_entry(value: Any) -> bool:
+        return isinstance(value, ModelEntry) and value.name == name
 
     def profile(frame: Any, event: str, _arg: Any) -> None:
         if event != "call":
@@ -113,11 +133,15 @@ def walk(registry: Any, spec: Any) -> tuple[Walk, Any]:
             tree_last[0] = module
         n_args = code.co_argcount + code.co_kwonlyargcount
         local = frame.f_locals
-        if any(local.get(name) is spec for name in code.co_varnames[:n_args]):
+        args = [local.get(arg) for arg in code.co_varnames[:n_args]]
+        if any(a is spec for a in args):
             found.calls.append(f"{module}:{code.co_name}")
             if module != last[0]:
                 found.stops.append(module)
                 last[0] = module
+        if any(a is spec or is_entry(a) for a in args) and module != entry_last[0]:
+            found.entry_stops.append(module)
+            entry_last[0] = module
 
     sys.setprofile(profile)
     try:
@@ -142,7 +166,9 @@ def measure() -> dict[str, Any]:
         spec = LoadSpec("tiny-llama")
         found, loaded = walk(registry, spec)
         registry.unload(loaded.name)
-    return found.summary()
+    import workbench
+
+    return {"package": str(Path(workbench.__file__).parent), **found.summary()}
 
 
 def main() -> int:
@@ -153,9 +179,15 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"stops {result['stops']}, modules {result['modules']}, returns {result['returns']}")
+    print(f"spec walk: stops {result['stops']}, modules {result['modules']}, returns {result['returns']}")
     for module, n in result["stops_per_module"].items():
         print(f"  {n:3d}  {module}")
+    both = result["spec_and_entry"]
+    print(f"spec and entry walk: stops {both['stops']}, modules {both['modules']}, returns {both['returns']}")
+    for module, n in both["stops_per_module"].items():
+        print(f"  {n:3d}  {module}")
+    tree = result["tree"]
+    print(f"call tree: stops {tree['stops']}, modules {tree['modules']}, returns {tree['returns']}")
     for concept, n in result["concepts"].items():
         print(f"  {concept}: {n}")
     return 0
