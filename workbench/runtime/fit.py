@@ -398,12 +398,7 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     Raises:
         LoadSpecError: a device that this session does not have.
     """
-    offers: dict[str, DeviceOffer] = {}
-    if check is not None:
-        offers = {b.device: DeviceOffer(b.device, b.free_bytes, None, b.leased_bytes, b.lease_holders)
-                  for b in check.budgets}
-    unread = list(dict.fromkeys(d for d in (*spec.devices, *other_devices) if d not in offers))
-    offers.update((o.device, o) for o in device_offers(unread, free=free))
+    offers = _offers_once(spec, other_devices, free, check)
 
     def probe(other: LoadSpec) -> FitCheck:
         return check_fit(entry, other, context_tokens=context_tokens, sequences=sequences,
@@ -415,18 +410,9 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
 
     ideas = []
     current = (check.estimate if check is not None else spec_estimate(entry, spec)).total_bytes
-    # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
-    for dtype, quant in (_ALTERNATIVES if entry.quant_method is None else ()):
-        alt = spec.with_(dtype=dtype, quant=quant, double_quant=False, compute_dtype=None)
-        if (alt.dtype, alt.quant) == (spec.dtype, spec.quant):
-            continue
-        chk = probe(alt)  # its estimate is the one compared: estimated once
-        if chk.estimate.total_bytes >= current:
-            continue
-        if fits(chk):
-            what = f"quant={quant!r}" if quant != "none" else f"dtype={dtype!r}"
-            ideas.append(f"try {what} (needs about {chk.needed_str})")
-            break
+    smaller = _smaller_precision(entry, spec, current, probe, fits)
+    if smaller:
+        ideas.append(smaller)
     extra = [d for d in other_devices if d not in spec.devices]
     gpus_extra = [d for d in extra if is_gpu(d)]
     if gpus_extra:
@@ -442,6 +428,33 @@ def suggest(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,
     if not ideas:
         ideas.append("free memory on the device (other models or processes), or choose a smaller model")
     return "; or ".join(ideas)
+
+
+def _offers_once(spec: LoadSpec, other_devices: Sequence[str], free: FreeFn | None,
+                 check: FitCheck | None) -> dict[str, DeviceOffer]:
+    """What each device :func:`suggest` may try offers: the spec's own from ``check``, the rest read once."""
+    offers: dict[str, DeviceOffer] = {}
+    if check is not None:
+        offers = {b.device: DeviceOffer(b.device, b.free_bytes, None, b.leased_bytes, b.lease_holders)
+                  for b in check.budgets}
+    unread = list(dict.fromkeys(d for d in (*spec.devices, *other_devices) if d not in offers))
+    offers.update((o.device, o) for o in device_offers(unread, free=free))
+    return offers
+
+
+def _smaller_precision(entry: ModelEntry, spec: LoadSpec, current_bytes: int,
+                       probe: Callable[[LoadSpec], FitCheck], fits: Callable[[FitCheck], bool]) -> str | None:
+    """The best-quality precision of :data:`_ALTERNATIVES` smaller than ``spec``'s that fits, as an idea."""
+    # A pre-quantized checkpoint loads only as saved: no other precision to suggest.
+    for dtype, quant in (_ALTERNATIVES if entry.quant_method is None else ()):
+        alt = spec.with_(dtype=dtype, quant=quant, double_quant=False, compute_dtype=None)
+        if (alt.dtype, alt.quant) == (spec.dtype, spec.quant):
+            continue
+        chk = probe(alt)  # its estimate is the one compared: estimated once
+        if chk.estimate.total_bytes < current_bytes and fits(chk):
+            what = f"quant={quant!r}" if quant != "none" else f"dtype={dtype!r}"
+            return f"try {what} (needs about {chk.needed_str})"
+    return None
 
 
 def require_fit(entry: ModelEntry, spec: LoadSpec, *, free: FreeFn | None = None,

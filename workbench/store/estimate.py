@@ -21,6 +21,7 @@ is far above the footprint: see there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .._records import Record
 from ..errors import BrokenModelError, ConfigError
@@ -110,14 +111,26 @@ def cache_profile(entry: ModelEntry) -> CacheProfile | str | None:
         EstimateUnavailableError: the skeleton is beyond the bounds of
             :func:`workbench.store.skeleton.skeleton_budget`.
     """
+    return _profile_of(entry, _built(entry))
+
+
+def _built(entry: ModelEntry):  # -> ModelLayout | str | None
+    """The layout transformers builds for ``entry`` (:func:`workbench.store.layout.layout_or_reason`), or
+    why not; ``None`` for GGUF. One ask gives an estimate both its weights' layout and its cache."""
     if entry.format == "gguf":
         return None
     if entry.format != "safetensors" or not entry.path.is_dir():
-        return f"estimate unavailable: {entry.name} is not a model folder transformers can build"
+        return f"{entry.name} is not a model folder transformers can build"
     from .coverage import shapes_if_checked
     from .layout import layout_or_reason
 
-    found = layout_or_reason(entry.path, shapes=lambda: shapes_if_checked(entry))  # one build for coverage too
+    return layout_or_reason(entry.path, shapes=lambda: shapes_if_checked(entry))  # one build for coverage too
+
+
+def _profile_of(entry: ModelEntry, found: Any) -> CacheProfile | str | None:
+    """:func:`cache_profile` from :func:`_built`'s answer."""
+    if found is None:
+        return None
     if isinstance(found, str):
         return f"estimate unavailable: {found}"
     if found.cache is None:
@@ -178,18 +191,8 @@ def _problem(entry: ModelEntry, profile: Profile) -> str | None:
     return profile if isinstance(profile, str) else None
 
 
-def _cache_fields(entry: ModelEntry, dtype: str) -> tuple[int | None, int | None, str | None]:
-    profile = cache_profile(entry)
+def _cache_fields(entry: ModelEntry, dtype: str, profile: Profile) -> tuple[int | None, int | None, str | None]:
     return _kv_bytes(entry, profile, 1000, dtype, 1), _state_bytes(entry, profile, dtype, 1), _problem(entry, profile)
-
-
-def _layout(entry: ModelEntry):  # -> ModelLayout | None
-    if entry.format != "safetensors" or not entry.path.is_dir():
-        return None
-    from .coverage import shapes_if_checked
-    from .layout import model_layout
-
-    return model_layout(entry.path, shapes=lambda: shapes_if_checked(entry))  # one build for coverage too
 
 
 def estimate(
@@ -241,7 +244,8 @@ def estimate(
     dtype = load_dtype(entry, dtype)
     width = DTYPE_BYTES[dtype]
     w = entry.weights
-    layout = _layout(entry)
+    found = _built(entry)
+    layout = None if found is None or isinstance(found, str) else found
     if layout is not None:
         # What the installed transformers builds (workbench/store/layout.py): fused experts,
         # routers and buffers included, quantized only where bitsandbytes replaces nn.Linear.
@@ -264,7 +268,8 @@ def estimate(
             state = blocks + -(-blocks // 256) * 4 + 16 * count if double_quant else blocks * 4
     peak = load_peak(entry, dtype, quant, weights + state, device_type)
     return MemoryEstimate(dtype, quant, double_quant if quant in FOUR_BIT else False,
-                          int(weights), int(state), int(peak), *_cache_fields(entry, dtype))
+                          int(weights), int(state), int(peak),
+                          *_cache_fields(entry, dtype, _profile_of(entry, found)))
 
 
 def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: DeviceKind) -> MemoryEstimate:
@@ -304,7 +309,8 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
         if full is not None:
             weights = full.unquantized_bytes(width, dtype)
             peak = load_peak(entry, dtype, saved, weights, device_type)
-            return MemoryEstimate(dtype, saved, False, int(weights), 0, int(peak), *_cache_fields(entry, dtype))
+            return MemoryEstimate(dtype, saved, False, int(weights), 0, int(peak),
+                                  *_cache_fields(entry, dtype, cache_profile(entry)))
     if layout is not None:
         linear = layout.linear_params
         packed = linear if saved == "int8" else (linear + 1) // 2
@@ -315,7 +321,8 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
         weights = w.packed_bytes + state + (entry.params - w.linear_params) * width
         state = 0
     peak = load_peak(entry, dtype, saved, weights + state, device_type)
-    return MemoryEstimate(dtype, saved, dq, int(weights), int(state), int(peak), *_cache_fields(entry, dtype))
+    return MemoryEstimate(dtype, saved, dq, int(weights), int(state), int(peak),
+                          *_cache_fields(entry, dtype, cache_profile(entry)))
 
 
 def precisions(entry: ModelEntry) -> tuple[tuple[str, str, str], ...]:
