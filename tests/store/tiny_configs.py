@@ -203,30 +203,13 @@ def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls
     keep = _kept_layers(values, own_layers, layers) if constrained else None
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if constrained and _is_int(value) and name in declared and (
-                declared[name] is None or isinstance(declared[name], str)):
-            continue  # derived by the config from other values: let it derive it from the tiny ones
-        if constrained and fields is not None and _is_int(value) and name not in fields and _is_size(name):
-            continue  # set by __post_init__ from declared ones (``qk_head_dim = nope + rope``): derived again
-        if constrained and name.endswith("rotary_dim") and _is_int(value):
-            out[name] = min(value, HEAD_DIM)  # rotated dimensions within the tiny head (GPT-J's 64 of 256)
-            continue
-        if constrained and name == "is_decoder" and value is False:
-            out[name] = True  # a causal LM is a decoder (some refuse to build as an encoder)
-            continue
-        if constrained and value is None and name.startswith("default_") and isinstance(
-                values.get(name[len("default_"):] + "s"), (list, tuple)) and values[name[len("default_"):] + "s"]:
-            out[name] = values[name[len("default_"):] + "s"][0]  # default_language: the first of languages
-            continue
-        if keep is not None and isinstance(value, list) and own_layers and len(value) == own_layers:
-            out[name] = _with_attention([value[i] for i in keep])  # per-layer lists: the layers kept
-            continue
-        if constrained and value is None and own_layers and "att" in name and name.endswith(_INDEX_LISTS):
-            out[name] = [min(own_layers, layers) // 2]  # no attention layer at all: one (see _with_attention)
-            continue
-        if keep is not None and _is_layer_index_list(name, value, own_layers):
-            out[name] = [keep.index(i) for i in value if i in keep] or [len(keep) // 2]
-            continue
+        if constrained:
+            kept = _constrained(name, value, values, declared=declared, fields=fields, keep=keep,
+                                own_layers=own_layers, layers=layers)
+            if kept is not _UNHANDLED:
+                if kept is not _DERIVED:
+                    out[name] = kept
+                continue
         if _layer_keyed(value):  # per-layer settings (``per_layer_config``): the layers that remain
             out[name] = {k: (_scale_values(v, layers=layers, constrained=True) if isinstance(v, dict) else v)
                          for k, v in value.items() if int(k) < layers}
@@ -243,6 +226,33 @@ def _scale_values(values: dict[str, Any], *, layers: int, constrained: bool, cls
         _keep_equal_heads(values, out)
         _keep_experts_per_token(out)
     return out
+
+
+_DERIVED, _UNHANDLED = object(), object()
+
+
+def _constrained(name: str, value: Any, values: dict[str, Any], *, declared: dict[str, Any], fields: set[str] | None,
+                 keep: list[int] | None, own_layers: int | None, layers: int) -> Any:
+    """The constrained tiny value of one attribute (see :func:`tiny_configs`): ``_DERIVED`` to leave it out
+    (the config derives it), ``_UNHANDLED`` when the plain rules decide."""
+    if _is_int(value) and name in declared and (declared[name] is None or isinstance(declared[name], str)):
+        return _DERIVED  # derived by the config from other values: let it derive it from the tiny ones
+    if fields is not None and _is_int(value) and name not in fields and _is_size(name):
+        return _DERIVED  # set by __post_init__ from declared ones (``qk_head_dim = nope + rope``): derived again
+    if name.endswith("rotary_dim") and _is_int(value):
+        return min(value, HEAD_DIM)  # rotated dimensions within the tiny head (GPT-J's 64 of 256)
+    if name == "is_decoder" and value is False:
+        return True  # a causal LM is a decoder (some refuse to build as an encoder)
+    plural = values.get(name[len("default_"):] + "s") if name.startswith("default_") else None
+    if value is None and isinstance(plural, (list, tuple)) and plural:
+        return plural[0]  # default_language: the first of languages
+    if keep is not None and isinstance(value, list) and own_layers and len(value) == own_layers:
+        return _with_attention([value[i] for i in keep])  # per-layer lists: the layers kept
+    if value is None and own_layers and "att" in name and name.endswith(_INDEX_LISTS):
+        return [min(own_layers, layers) // 2]  # no attention layer at all: one (see _with_attention)
+    if keep is not None and _is_layer_index_list(name, value, own_layers):
+        return [keep.index(i) for i in value if i in keep] or [len(keep) // 2]
+    return _UNHANDLED
 
 
 def _kept_layers(values: dict[str, Any], own_layers: int | None, layers: int) -> list[int] | None:
