@@ -38,6 +38,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                              new_decoder_architecture=True, max_position_embeddings=8192)),
     "starcoder": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, multi_query=True, n_positions=8192,
                                            bos_token_id=0, eos_token_id=0)),
+    # BioGPT makes an all-ones attention mask that SDPA's mask code reads (.item(), impossible on the meta
+    # device): the store measures it with eager attention.
+    "biogpt": ("BioGptConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    max_position_embeddings=8192)),
 }
 # Configs written before transformers 5 carry no `layer_types`: the store must derive them as transformers does.
 LEGACY = ("qwen2-window", "gemma2", "gemma3", "starcoder")

@@ -115,8 +115,10 @@ def tiny_configs(model_type: str) -> Iterator[tuple[str, Callable[[], Any]]]:
       of each kind, and layer-index lists (``attn_layer_indices``, ``hybrid_layer_ids``) their first
       index, renumbered; a list of linear/recurrent layers only, or no attention index at all, gets one
       attention layer (transformers' hybrid caches refuse a cache without one);
-    * ``rotary_dim`` stays within the tiny head, ``is_decoder`` is set (a causal LM), and a
-      ``default_X`` left ``None`` is the first of ``Xs`` (``default_language``).
+    * ``rotary_dim`` stays within the tiny head, ``emb_dim`` is a hidden size and ``*_ffn_dim`` an
+      intermediate one, a count of layers of one kind (``num_kv_shared_layers``) keeps its share of the
+      layers, ``is_decoder`` is set (a causal LM), and a ``default_X`` left ``None`` is the first of
+      ``Xs`` (``default_language``).
 
     The sweep tries the next variant when transformers refuses a config or its forward pass fails.
     """
@@ -239,6 +241,10 @@ def _constrained(name: str, value: Any, values: dict[str, Any], *, declared: dic
         return _DERIVED  # derived by the config from other values: let it derive it from the tiny ones
     if fields is not None and _is_int(value) and name not in fields and _is_size(name):
         return _DERIVED  # set by __post_init__ from declared ones (``qk_head_dim = nope + rope``): derived again
+    if _is_int(value) and value > 0 and (name == "emb_dim" or name.endswith("_ffn_dim")):
+        return HIDDEN if name == "emb_dim" else INTERMEDIATE  # XLM's width, encoder-decoders' feed-forwards
+    if _is_int(value) and own_layers and name.startswith("num_") and name.endswith("_layers") and layers <= value < own_layers:
+        return value * layers // own_layers  # layers of a kind (``num_kv_shared_layers``): the same share of fewer
     if name.endswith("rotary_dim") and _is_int(value):
         return min(value, HEAD_DIM)  # rotated dimensions within the tiny head (GPT-J's 64 of 256)
     if name == "is_decoder" and value is False:

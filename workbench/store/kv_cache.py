@@ -162,7 +162,8 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
 
     Probes at :data:`PROBE_LENGTHS` tokens; when a cache layer says it holds at most more
     tokens than the last of them (a window), once more just past that bound (at most
-    :data:`MAX_PROBE_TOKENS`), so the window shows. Call inside
+    :data:`MAX_PROBE_TOKENS`), so the window shows. A model whose forward pass fails on the meta
+    device is probed once more with transformers' eager attention (SDPA's mask reads values). Call inside
     :func:`workbench.store.skeleton.skeleton_budget`: the forward passes are bounded with the build.
 
     Args:
@@ -177,8 +178,48 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
     import torch
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
-    lengths = list(PROBE_LENGTHS)
     before = _module_tensors(model)
+    try:
+        return _probe(model, what, dtype, before)
+    except _ForwardFailed as failed:
+        # transformers' SDPA mask reads mask values (``padding_mask.all().item()``) the meta device does
+        # not have; its eager path builds the mask from shapes alone, and the cache is the same.
+        if not _to_eager(model):
+            raise failed.error from None
+        try:
+            return _probe(model, what, dtype, before)
+        except _ForwardFailed:
+            raise failed.error from None
+
+
+class _ForwardFailed(Exception):
+    """A probe's forward pass failed; ``error`` is what to raise if no other way runs."""
+
+    def __init__(self, error: EstimateUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _to_eager(model: Any) -> bool:
+    """Switch ``model`` to transformers' eager attention (``PreTrainedModel.set_attn_implementation``);
+    ``False`` when it refuses."""
+    try:
+        model.set_attn_implementation("eager")
+    except (AttributeError, ValueError, TypeError, NotImplementedError, ImportError):
+        return False
+    return True
+
+
+def _probe(model: Any, what: str, dtype: Any, before: dict[str, int]) -> CacheProfile:
+    """:func:`measure_cache`'s forward passes and fit.
+
+    Raises:
+        _ForwardFailed: a forward pass failed (the error names the library's exception).
+        EstimateUnavailableError: the cache does not grow in the measurable form, or is kept on modules.
+    """
+    import torch
+
+    lengths = list(PROBE_LENGTHS)
     runs: list[dict[str, tuple[int, int]]] = []
     i = 0
     while i < len(lengths):
@@ -189,12 +230,12 @@ def measure_cache(model: Any, what: str) -> CacheProfile:
         except EstimateUnavailableError:
             raise
         except Exception as exc:  # noqa: BLE001 - any library failure means: not measurable this way
-            raise EstimateUnavailableError(
+            raise _ForwardFailed(EstimateUnavailableError(
                 f"{what}: transformers cannot run it on the meta device to measure its cache "
                 f"({type(exc).__name__}: {str(exc)[:200]})",
                 hint="its KV cache cannot be measured before loading; load it with allow_unknown_cache "
                      "(`--allow-unknown-cache`, or the Load tab's box) and leave room for the cache yourself",
-                name=what, reason="cache") from None
+                name=what, reason="cache")) from None
         cache = cache_output(out)  # `cache`, RWKV's `state`, XLNet's `mems`... (generate()'s names)
         if cache is None and i == 0:
             _no_state_on_modules(model, before, what)
