@@ -302,15 +302,13 @@ def _prequantized(entry: ModelEntry, dtype: str, quant: str, device_type: Device
         layout = model_layout(entry.path, skip_modules=bnb_skip_modules(entry.path))
     if entry.quant_method == "mxfp4" and entry.path.is_dir() and not mxfp4_stays_packed(device_type):
         # transformers dequantizes MXFP4 without its kernels, to the load's dtype (load_dtype):
-        # the load holds the full-precision model its skeleton is.
-        from .layout import model_layout
-
-        full = model_layout(entry.path)
-        if full is not None:
-            weights = full.unquantized_bytes(width, dtype)
+        # the load holds the full-precision model its skeleton is (one ask for its weights and cache).
+        found = _built(entry)
+        if found is not None and not isinstance(found, str):
+            weights = found.unquantized_bytes(width, dtype)
             peak = load_peak(entry, dtype, saved, weights, device_type)
             return MemoryEstimate(dtype, saved, False, int(weights), 0, int(peak),
-                                  *_cache_fields(entry, dtype, cache_profile(entry)))
+                                  *_cache_fields(entry, dtype, _profile_of(entry, found)))
     if layout is not None:
         linear = layout.linear_params
         packed = linear if saved == "int8" else (linear + 1) // 2
