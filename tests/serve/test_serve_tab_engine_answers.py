@@ -84,7 +84,8 @@ def test_the_serve_tabs_engine_answers_every_panel_and_command(seeded_store, tmp
         # The README's "Serving" example, as written there.
         results = client.batch(["Hello", "Bonjour"], GenerationParams(max_new_tokens=32))
         assert len(results) == 2
-        assert all(x.text and x.new_tokens <= 32 for x in results)
+        assert all(x.text for x in results)
+        assert all(x.new_tokens <= 32 for x in results)
     finally:
         if prompt_tab is not None:
             prompt_tab.close()
