@@ -23,7 +23,6 @@ from pathlib import Path
 import plotly
 import plotly.graph_objects as go
 import pytest
-
 from comm.base_comm import BaseComm
 from ipywidgets.widgets.widget import __control_protocol_version__ as CONTROL_PROTOCOL_VERSION
 
